@@ -1,0 +1,10 @@
+"""The one exception a user sees: a problem named together with its fix."""
+
+
+class Fatal(Exception):
+    """Bad input or a failed step. The CLI prints it as one ``FATAL:`` line."""
+
+    def __init__(self, problem: str, fix: str = ""):
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{problem} ({fix})" if fix else problem)

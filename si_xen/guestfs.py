@@ -1,0 +1,142 @@
+"""Confined access to an untrusted guest tree.
+
+Every guest path is resolved as if the process were chrooted into the guest root: an
+absolute symlink restarts at the guest root, ``..`` stops at it. Nothing here can reach a
+file of the dom0 through a link planted in an image.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import stat
+import tempfile
+
+_MAX_LINKS = 40
+
+
+class GuestPathError(Exception):
+    """A guest path that cannot be resolved inside the guest (link loop, too deep)."""
+
+
+class Guest:
+    def __init__(self, root: str):
+        self.root = os.path.realpath(root)
+
+    def __repr__(self) -> str:
+        return f"Guest({self.root!r})"
+
+    # -- resolution -------------------------------------------------------------------
+    def path(self, gpath: str, follow: bool = True) -> str:
+        """Host path of guest path ``gpath``; the last component is followed if ``follow``."""
+        todo = [c for c in gpath.split("/") if c not in ("", ".")]
+        todo.reverse()
+        done: list[str] = []
+        links = 0
+        while todo:
+            comp = todo.pop()
+            if comp == "..":
+                if done:
+                    done.pop()
+                continue
+            cand = os.path.join(self.root, *done, comp)
+            if (follow or todo) and os.path.islink(cand):
+                links += 1
+                if links > _MAX_LINKS:
+                    raise GuestPathError(f"too many symlinks resolving {gpath} in {self.root}")
+                target = os.readlink(cand)
+                if target.startswith("/"):
+                    done = []
+                parts = [c for c in target.split("/") if c not in ("", ".")]
+                todo.extend(reversed(parts))
+                continue
+            done.append(comp)
+        return os.path.join(self.root, *done)
+
+    # -- queries --------------------------------------------------------------------------
+    def exists(self, gpath: str) -> bool:
+        return os.path.lexists(self.path(gpath))
+
+    def isfile(self, gpath: str) -> bool:
+        return os.path.isfile(self.path(gpath))
+
+    def isdir(self, gpath: str) -> bool:
+        return os.path.isdir(self.path(gpath))
+
+    def islink(self, gpath: str) -> bool:
+        return os.path.islink(self.path(gpath, follow=False))
+
+    def readlink(self, gpath: str) -> str:
+        return os.readlink(self.path(gpath, follow=False))
+
+    def read_text(self, gpath: str, default: str | None = None) -> str | None:
+        try:
+            with open(self.path(gpath), encoding="utf-8", errors="surrogateescape") as f:
+                return f.read()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return default
+
+    def listdir(self, gpath: str) -> list[str]:
+        try:
+            return sorted(os.listdir(self.path(gpath)))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def glob(self, gdir: str, pattern: str) -> list[str]:
+        """Guest paths of the entries of ``gdir`` whose name matches ``pattern``."""
+        return [f"{gdir.rstrip('/')}/{n}" for n in self.listdir(gdir) if fnmatch.fnmatch(n, pattern)]
+
+    # -- changes ----------------------------------------------------------------------
+    def makedirs(self, gpath: str, mode: int = 0o755) -> str:
+        host = self.path(gpath)
+        if not os.path.isdir(host):
+            parent = os.path.dirname(gpath.rstrip("/")) or "/"
+            if parent != gpath:
+                self.makedirs(parent, mode)
+            host = self.path(gpath)  # re-resolve: the parent is now real
+            if os.path.lexists(host) and not os.path.isdir(host):
+                os.unlink(host)
+            os.mkdir(host, mode)
+        return host
+
+    def write_text(self, gpath: str, text: str, mode: int | None = None) -> bool:
+        """Atomically replace a guest file; return False if it already held ``text``."""
+        host = self.path(gpath)
+        if os.path.isfile(host):
+            with open(host, encoding="utf-8", errors="surrogateescape") as f:
+                if f.read() == text and (mode is None or stat.S_IMODE(os.stat(host).st_mode) == mode):
+                    return False
+            if mode is None:
+                mode = stat.S_IMODE(os.stat(host).st_mode)
+        d = self.makedirs(os.path.dirname(gpath) or "/")
+        host = os.path.join(d, os.path.basename(host))
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".si-xen.")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
+                f.write(text)
+            os.chmod(tmp, 0o644 if mode is None else mode)
+            os.replace(tmp, host)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return True
+
+    def unlink(self, gpath: str) -> bool:
+        """Remove a file or link (never what a link points to); False if absent."""
+        host = self.path(gpath, follow=False)
+        if os.path.lexists(host) and not os.path.isdir(host) or os.path.islink(host):
+            os.unlink(host)
+            return True
+        return False
+
+    def symlink(self, target: str, gpath: str) -> bool:
+        """Make ``gpath`` a link to ``target`` (a guest-side value, never resolved here)."""
+        host = self.path(gpath, follow=False)
+        if os.path.islink(host) and os.readlink(host) == target:
+            return False
+        self.makedirs(os.path.dirname(gpath) or "/")
+        host = self.path(gpath, follow=False)
+        if os.path.lexists(host):
+            os.unlink(host)
+        os.symlink(target, host)
+        return True

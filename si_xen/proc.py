@@ -1,0 +1,80 @@
+"""The one way si-xen runs programs: argv lists, never a shell.
+
+Built on :mod:`subprocess` so unit tests can fake every call with pytest-subprocess.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+log = logging.getLogger("si_xen.proc")
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class ProcError(Exception):
+    """A program exited with a code not in ``ok``."""
+
+    def __init__(self, result: Result):
+        self.result = result
+        tail = (result.stderr or result.stdout).strip().splitlines()[-5:]
+        msg = f"{result.argv[0]} exited {result.returncode}"
+        super().__init__(msg + (": " + " | ".join(tail) if tail else ""))
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    ok: Iterable[int] = (0,),
+    input: str | bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    timeout: float | None = None,
+    capture: bool = True,
+) -> Result:
+    """Run ``argv``; raise :class:`ProcError` unless its exit code is in ``ok``."""
+    argv = tuple(str(a) for a in argv)
+    if not argv or isinstance(argv, str):
+        raise TypeError("argv must be a non-empty list")
+    log.debug("run %s", argv)
+    full_env = None
+    if env is not None:
+        full_env = dict(os.environ)
+        full_env.update(env)
+    text = not isinstance(input, bytes)
+    cp = subprocess.run(
+        list(argv),
+        input=input,
+        env=full_env,
+        cwd=cwd,
+        timeout=timeout,
+        stdout=subprocess.PIPE if capture else None,
+        stderr=subprocess.PIPE if capture else None,
+        text=text,
+        check=False,
+    )
+    out = cp.stdout or ""
+    err = cp.stderr or ""
+    if isinstance(out, bytes):
+        out, err = out.decode(errors="replace"), err.decode(errors="replace")
+    res = Result(argv, cp.returncode, out, err)
+    if cp.returncode not in tuple(ok):
+        raise ProcError(res)
+    return res
+
+
+def which(program: str) -> str | None:
+    """Full path of ``program`` on PATH (sbin dirs included, as root expects)."""
+    path = os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin"
+    return shutil.which(program, path=path)

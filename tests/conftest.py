@@ -1,0 +1,29 @@
+"""Shared test plumbing: tiers, and the rule that a tier which cannot run fails loudly in CI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+IN_CI = os.environ.get("CI") == "true"
+
+
+def require(condition: bool, why: str) -> None:
+    """Skip locally when a tier's prerequisite is missing; fail in CI, never skip silently."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"prerequisite missing in CI: {why}")
+    pytest.skip(why)
+
+
+@pytest.fixture
+def as_root():
+    require(os.geteuid() == 0, "needs root")
+
+
+def need_tools(*names: str) -> None:
+    missing = [n for n in names if not shutil.which(n, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")]
+    require(not missing, f"missing tools: {' '.join(missing)}")

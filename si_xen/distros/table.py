@@ -1,0 +1,87 @@
+"""What differs between distro releases, as data: one row per (id, first release).
+
+The fixups read these fields; they never test a distro name. ``nic`` is the name the
+guest's kernel+udev give the Xen vif: ``eth0`` before systemd's predictable names knew
+Xen netfront devices (systemd < 250), ``enX0`` after.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# hostname file styles: "short" (host only), "fqdn", "sysconfig" (HOSTNAME= in a shell file)
+DEB_HOSTNAME = (("etc/hostname", "short"),)
+RH_OLD_HOSTNAME = (("etc/sysconfig/network", "sysconfig"),)
+RH_HOSTNAME = (("etc/hostname", "fqdn"), ("etc/sysconfig/network", "sysconfig"))
+SUSE_OLD_HOSTNAME = (("etc/HOSTNAME", "fqdn"),)
+SUSE_HOSTNAME = (("etc/hostname", "fqdn"), ("etc/HOSTNAME", "fqdn"))
+
+
+@dataclass(frozen=True)
+class Profile:
+    family: str
+    init: str  # systemd | upstart | sysvinit
+    nic: str
+    network: str  # ifupdown | netplan | ifcfg | nm-keyfile | suse-ifcfg | networkd | none
+    hostname_files: tuple[tuple[str, str], ...]
+    initramfs: str  # initramfs-tools | dracut | mkinitrd | none
+
+
+def _p(family, init, nic, network, hostname_files, initramfs):
+    return Profile(family, init, nic, network, hostname_files, initramfs)
+
+
+# id -> [(first release, profile)], ascending; a release uses the last row <= it.
+RELEASES: dict[str, list[tuple[str, Profile]]] = {
+    "debian": [
+        ("0", _p("debian", "sysvinit", "eth0", "ifupdown", DEB_HOSTNAME, "initramfs-tools")),
+        ("8", _p("debian", "systemd", "eth0", "ifupdown", DEB_HOSTNAME, "initramfs-tools")),
+        ("12", _p("debian", "systemd", "enX0", "ifupdown", DEB_HOSTNAME, "initramfs-tools")),
+    ],
+    "ubuntu": [
+        ("0", _p("debian", "sysvinit", "eth0", "ifupdown", DEB_HOSTNAME, "initramfs-tools")),
+        ("6.10", _p("debian", "upstart", "eth0", "ifupdown", DEB_HOSTNAME, "initramfs-tools")),
+        ("15.04", _p("debian", "systemd", "eth0", "ifupdown", DEB_HOSTNAME, "initramfs-tools")),
+        ("17.10", _p("debian", "systemd", "eth0", "netplan", DEB_HOSTNAME, "initramfs-tools")),
+        ("23.04", _p("debian", "systemd", "enX0", "netplan", DEB_HOSTNAME, "initramfs-tools")),
+    ],
+    "centos": [
+        ("0", _p("redhat", "sysvinit", "eth0", "ifcfg", RH_OLD_HOSTNAME, "mkinitrd")),
+        ("6", _p("redhat", "upstart", "eth0", "ifcfg", RH_OLD_HOSTNAME, "dracut")),
+        ("7", _p("redhat", "systemd", "eth0", "ifcfg", RH_HOSTNAME, "dracut")),
+        ("9", _p("redhat", "systemd", "enX0", "nm-keyfile", RH_HOSTNAME, "dracut")),
+    ],
+    "rhel": [
+        ("0", _p("redhat", "sysvinit", "eth0", "ifcfg", RH_OLD_HOSTNAME, "mkinitrd")),
+        ("6", _p("redhat", "upstart", "eth0", "ifcfg", RH_OLD_HOSTNAME, "dracut")),
+        ("7", _p("redhat", "systemd", "eth0", "ifcfg", RH_HOSTNAME, "dracut")),
+        ("9", _p("redhat", "systemd", "enX0", "nm-keyfile", RH_HOSTNAME, "dracut")),
+    ],
+    "fedora": [
+        ("0", _p("redhat", "systemd", "eth0", "ifcfg", RH_HOSTNAME, "dracut")),
+        ("33", _p("redhat", "systemd", "eth0", "nm-keyfile", RH_HOSTNAME, "dracut")),
+        ("36", _p("redhat", "systemd", "enX0", "nm-keyfile", RH_HOSTNAME, "dracut")),
+    ],
+    "opensuse": [  # 10.x .. 13.x and Leap (42.x, 15.x) share the "opensuse" key
+        ("0", _p("suse", "sysvinit", "eth0", "suse-ifcfg", SUSE_OLD_HOSTNAME, "mkinitrd")),
+        ("12.1", _p("suse", "systemd", "eth0", "suse-ifcfg", SUSE_OLD_HOSTNAME, "mkinitrd")),
+        ("13.2", _p("suse", "systemd", "eth0", "suse-ifcfg", SUSE_HOSTNAME, "dracut")),
+    ],
+    "sles": [
+        ("0", _p("suse", "sysvinit", "eth0", "suse-ifcfg", SUSE_OLD_HOSTNAME, "mkinitrd")),
+        ("12", _p("suse", "systemd", "eth0", "suse-ifcfg", SUSE_HOSTNAME, "dracut")),
+    ],
+}
+RELEASES["rocky"] = RELEASES["almalinux"] = RELEASES["ol"] = RELEASES["rhel"]
+RELEASES["scientific"] = RELEASES["rhel"]
+
+# ID/ID_LIKE words -> the RELEASES key a derivative falls back to
+LIKE = {
+    "debian": "debian", "ubuntu": "ubuntu", "rhel": "rhel", "centos": "rhel", "fedora": "fedora",
+    "suse": "opensuse", "opensuse": "opensuse", "sles": "sles",
+}
+# openSUSE Leap 42.x is 13.2-era, Leap 15 is SLE 15: map to the comparable release
+SUSE_LEAP_RELEASE = {"42": "13.2", "15": "15"}
+
+UNKNOWN_SYSTEMD = _p("unknown", "systemd", "eth0", "none", DEB_HOSTNAME, "none")
+UNKNOWN_SYSV = _p("unknown", "sysvinit", "eth0", "none", DEB_HOSTNAME, "none")

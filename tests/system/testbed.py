@@ -1,0 +1,203 @@
+"""The Xen testbed: Xen 4.17 + a Debian 12 dom0 booted in QEMU (TCG), driven through disks.
+
+`boot()` puts a directory and a `run` script on a payload disk, boots Xen and the dom0 (or the
+dom0 kernel alone with xen=False), lets the dom0's runner unit execute the script once the
+toolstack is up, and reads back what the script left in $TESTBED_RESULTS. QEMU, its disks and
+temp files never outlive the call. Usable from pytest and from the demo script alike.
+See shared/reference/xen-testbed.md for why each QEMU/Xen argument is what it is.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CACHE = Path(os.environ.get("SI_XEN_TEST_CACHE", "/var/cache/si-xen-tests"))
+MARK = "@@ "  # dom0 runner marks the payload's console lines with this
+
+XEN_ARGS = ("dom0_mem=1024M,max:1024M dom0_max_vcpus=2 console=com1 com1=115200,8n1 loglvl=all "
+            "guest_loglvl=all console_timestamps=boot bootscrub=false")
+DOM0_ARGS = "root=LABEL=si-dom0 rw console=hvc0 earlyprintk=xen"
+LINUX_ARGS = "root=LABEL=si-dom0 rw console=ttyS0"
+
+
+class TestbedError(RuntimeError):
+    pass
+
+
+@dataclass
+class Disk:
+    """An extra virtio disk, seen in dom0 as /dev/disk/by-id/virtio-SERIAL."""
+    serial: str
+    path: Path | None = None  # an existing image (opened snapshot=on: never changed)
+    size: str = "8G"  # without a path: a sparse scratch disk of this size, deleted after
+
+
+@dataclass
+class Result:
+    rc: int | None  # the payload script's exit status; None if it never finished
+    qemu_rc: int | None
+    results: Path  # what the script left in $TESTBED_RESULTS, plus dom0/ logs
+    serial_log: Path
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def log(self) -> str:
+        p = self.results / "run.log"
+        return p.read_text(errors="replace") if p.exists() else ""
+
+    def tail(self, n: int = 60) -> str:
+        src = self.log() or self.serial_log.read_text(errors="replace")
+        return "\n".join(src.splitlines()[-n:])
+
+
+def dom0(rebuild_log: Callable[[str], None] | None = None) -> Path:
+    """The cached dom0 build (built on first use: minutes, needs the Debian mirror)."""
+    t0 = time.monotonic()
+    out = subprocess.run([str(HERE / "mkdom0"), str(CACHE / "dom0")], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise TestbedError(f"dom0 build failed:\n{out.stderr[-3000:]}")
+    if rebuild_log and out.stderr.strip():
+        rebuild_log(f"{out.stderr.strip()} (total {time.monotonic() - t0:.0f} s)")
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def ext4_image(src: Path, dest: Path, *, label: str, extra_mb: int = 256) -> Path:
+    """An ext4 image holding a copy of src, made without mounting anything (mkfs.ext4 -d)."""
+    used = subprocess.run(["du", "-sm", "--apparent-size", str(src)], capture_output=True, text=True,
+                          check=True).stdout.split()[0]
+    size_mb = int(int(used) * 1.25) + extra_mb
+    with open(dest, "wb") as f:
+        f.truncate(size_mb << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", label, "-d", str(src), str(dest)], check=True)
+    return dest
+
+
+def _escape(arg: str) -> str:
+    return arg.replace(",", ",,")  # QEMU's option syntax
+
+
+def _qemu_argv(build: Path, tmp: Path, disks: Sequence[tuple[str, Path, bool]], *, xen: bool, mem: int,
+               cpus: int, accel: str) -> list[str]:
+    argv = ["qemu-system-x86_64", "-machine", "pc", "-accel", accel, "-cpu",
+            "host" if accel == "kvm" else "qemu64,+npt", "-smp", str(cpus), "-m", str(mem),
+            "-nic", "none", "-no-reboot", "-display", "none", "-monitor", "none",
+            "-serial", f"file:{tmp / 'serial.log'}"]
+    if xen:
+        argv += ["-kernel", str(build / "xen"), "-append", XEN_ARGS,
+                 "-initrd", f"{_escape(str(build / 'vmlinuz'))} {DOM0_ARGS},{_escape(str(build / 'initrd.img'))}"]
+    else:
+        argv += ["-kernel", str(build / "vmlinuz"), "-initrd", str(build / "initrd.img"), "-append", LINUX_ARGS]
+    for i, (serial, path, snapshot) in enumerate(disks):
+        opts = f"file={_escape(str(path))},format=raw,if=none,id=d{i},cache=unsafe"
+        argv += ["-drive", opts + (",snapshot=on" if snapshot else ""),
+                 "-device", f"virtio-blk-pci,drive=d{i},serial={serial}"]
+    return argv
+
+
+def boot(payload_dir: Path | None, script: str, *, xen: bool = True, timeout: float = 1200, mem: int = 3072,
+         cpus: int = 2, disks: Sequence[Disk] = (), outdir: Path | None = None,
+         on_console: Callable[[str], None] | None = None) -> Result:
+    """Boot the testbed once, run `script` (bash) in dom0 with payload_dir as its cwd, return results.
+
+    on_console gets every line the script prints, as it is printed (over the serial console).
+    Results land in outdir (a new temp dir if None; the caller owns it).
+    """
+    build = dom0()
+    outdir = Path(outdir or tempfile.mkdtemp(prefix="si-testbed-out."))
+    outdir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="si-testbed.", dir=os.environ.get("SI_XEN_TESTBED_TMP", "/var/tmp")))
+    proc = None
+    try:
+        t0 = time.monotonic()
+        tree = tmp / "payload"
+        if payload_dir:
+            shutil.copytree(payload_dir, tree, symlinks=True)
+        else:
+            tree.mkdir()
+        (tree / "run").write_text(script)
+        attached = [("dom0", build / "dom0.ext4", True),
+                    ("payload", ext4_image(tree, tmp / "payload.ext4", label="payload"), False)]
+        results_img = tmp / "results.img"
+        with open(results_img, "wb") as f:
+            f.truncate(512 << 20)
+        attached.append(("results", results_img, False))
+        for d in disks:
+            if d.path:
+                attached.append((d.serial, d.path, True))
+            else:
+                scratch = tmp / f"{d.serial}.img"
+                subprocess.run(["truncate", "-s", d.size, str(scratch)], check=True)
+                attached.append((d.serial, scratch, False))
+        shutil.rmtree(tree)
+        accel = os.environ.get("SI_XEN_TESTBED_ACCEL", "tcg")
+        argv = _qemu_argv(build, tmp, attached, xen=xen, mem=mem, cpus=cpus, accel=accel)
+        timings = {"payload": time.monotonic() - t0}
+        t1 = time.monotonic()
+        (tmp / "serial.log").touch()
+        env = dict(os.environ, TMPDIR=str(tmp))  # QEMU's snapshot overlay goes here, and goes with it
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=open(tmp / "qemu.out", "wb"),
+                                stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        qemu_rc = _watch(proc, tmp / "serial.log", t1 + timeout, on_console, timings, t1)
+        timings["qemu"] = time.monotonic() - t1
+        shutil.copy(tmp / "serial.log", outdir / "serial.log")
+        shutil.copy(tmp / "qemu.out", outdir / "qemu.out")
+        res = outdir / "results"
+        rc = _extract(results_img, res)
+        if qemu_rc is None:
+            raise TestbedError(f"testbed timed out after {timeout:.0f} s; serial log tail:\n"
+                               + "\n".join((outdir / "serial.log").read_text(errors="replace").splitlines()[-40:]))
+        return Result(rc, qemu_rc, res, outdir / "serial.log", timings)
+    finally:
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # QEMU runs in its own session: only what we started
+            proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _watch(proc: subprocess.Popen, serial: Path, deadline: float, on_console, timings: dict,
+           t1: float) -> int | None:
+    """Follow the serial log until QEMU exits or the deadline passes; record milestones."""
+    pos, partial = 0, b""
+    while True:
+        rc = proc.poll()
+        with open(serial, "rb") as f:
+            f.seek(pos)
+            data = f.read()
+        pos += len(data)
+        lines = (partial + data).split(b"\n")
+        partial = lines.pop()
+        for raw in lines:
+            line = raw.decode(errors="replace").rstrip("\r")
+            i = line.find(MARK)
+            if i < 0:
+                continue
+            text = line[i + len(MARK):]
+            if text.startswith("si-testbed: dom0 up") and "dom0_up" not in timings:
+                timings["dom0_up"] = time.monotonic() - t1
+            if on_console:
+                on_console(text)
+        if rc is not None:
+            return rc
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.3)
+
+
+def _extract(img: Path, dest: Path) -> int | None:
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(img) as tar:
+            tar.extractall(dest, filter="data")
+    except tarfile.ReadError:
+        return None  # the script never got to write its results
+    rc = dest / "rc"
+    return int(rc.read_text().strip()) if rc.exists() else None

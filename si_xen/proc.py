@@ -9,8 +9,8 @@ import logging
 import os
 import shutil
 import subprocess
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
 log = logging.getLogger("si_xen.proc")
 
@@ -42,6 +42,8 @@ def run(
     cwd: str | None = None,
     timeout: float | None = None,
     capture: bool = True,
+    stdin=None,
+    stdout=None,
 ) -> Result:
     """Run ``argv``; raise :class:`ProcError` unless its exit code is in ``ok``."""
     argv = tuple(str(a) for a in argv)
@@ -53,6 +55,13 @@ def run(
         full_env = dict(os.environ)
         full_env.update(env)
     text = not isinstance(input, bytes)
+    if stdin is not None or stdout is not None:  # file objects: data that must not sit in memory
+        cp = subprocess.run(list(argv), stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=full_env,
+                            cwd=cwd, timeout=timeout, check=False)
+        res = Result(argv, cp.returncode, "", cp.stderr.decode(errors="replace"))
+        if cp.returncode not in tuple(ok):
+            raise ProcError(res)
+        return res
     cp = subprocess.run(
         list(argv),
         input=input,
@@ -70,6 +79,35 @@ def run(
         out, err = out.decode(errors="replace"), err.decode(errors="replace")
     res = Result(argv, cp.returncode, out, err)
     if cp.returncode not in tuple(ok):
+        raise ProcError(res)
+    return res
+
+
+def stream(argv: Sequence[str], on_line, *, ok: Iterable[int] = (0,)) -> Result:
+    """Run ``argv`` calling ``on_line`` for each stdout line (``\r`` ends a line too, for
+    progress meters). The child is killed if we are interrupted, so no copy outlives us."""
+    argv = tuple(str(a) for a in argv)
+    log.debug("stream %s", argv)
+    p = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        buf = b""
+        while True:
+            chunk = p.stdout.read1(65536) if hasattr(p.stdout, "read1") else p.stdout.read()
+            if not chunk:
+                break
+            buf += chunk
+            *lines, buf = buf.replace(b"\r", b"\n").split(b"\n")
+            for line in lines:
+                if line.strip():
+                    on_line(line.decode(errors="replace"))
+        err = p.stderr.read().decode(errors="replace")
+        rc = p.wait()
+    except BaseException:
+        p.kill()
+        p.wait()
+        raise
+    res = Result(argv, rc, "", err)
+    if rc not in tuple(ok):
         raise ProcError(res)
     return res
 

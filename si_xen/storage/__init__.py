@@ -1,0 +1,17 @@
+"""Where a VM's disks live: sparse files under --dir, or LVs in --lvm VG.
+
+Every backend offers the same small interface; each ``create`` registers its undo.
+"""
+
+from __future__ import annotations
+
+from ..plan import Plan
+from .files import FileBackend
+from .lvm import LvmBackend
+
+
+def backend_for(plan: Plan):
+    return LvmBackend(plan.storage_root) if plan.storage == "lvm" else FileBackend(plan.storage_root)
+
+
+__all__ = ["FileBackend", "LvmBackend", "backend_for"]

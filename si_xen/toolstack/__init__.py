@@ -1,0 +1,80 @@
+"""Activation: register the domain with the Xen toolstack, autostart it, start it.
+
+``xl`` is the toolstack; ``xm`` only where ``xl`` is absent (Xen < 4.1 dom0s).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+from .. import proc
+from ..errors import Fatal
+
+AUTO_DIR = "/etc/xen/auto"
+
+
+def hypervisor_running() -> bool:
+    try:
+        with open("/sys/hypervisor/type") as f:
+            if f.read().strip() == "xen":
+                return True
+    except OSError:
+        pass
+    return os.path.exists("/proc/xen/capabilities") and os.path.exists("/dev/xen/privcmd")
+
+
+class Toolstack:
+    def __init__(self, name: str, path: str):
+        self.name, self.path = name, path
+
+    def create(self, cfg: str, console: bool = False) -> None:
+        if console:
+            # The console takes over the terminal until the admin detaches (Ctrl-]).
+            subprocess.run([self.path, "create", "-c", cfg], check=False)
+        else:
+            proc.run([self.path, "create", cfg])
+
+    def domains(self) -> dict[str, str]:
+        """Running domains: name -> state flags (``r-----``)."""
+        out = proc.run([self.path, "list"]).stdout
+        doms = {}
+        for line in out.splitlines()[1:]:
+            parts = line.split()
+            if len(parts) >= 5 and re.fullmatch(r"\d+", parts[1]):
+                doms[parts[0]] = parts[4]
+        return doms
+
+    def shutdown(self, name: str) -> None:
+        proc.run([self.path, "shutdown", "-w", name], timeout=120, ok=(0, 1))
+        if name in self.domains():
+            proc.run([self.path, "destroy", name])
+
+
+def find(choice: str = "auto") -> Toolstack | None:
+    names = ("xl", "xm") if choice == "auto" else (choice,)
+    for n in names:
+        p = proc.which(n)
+        if p:
+            return Toolstack(n, p)
+    return None
+
+
+def require_running(choice: str) -> Toolstack:
+    ts = find(choice)
+    if ts is None:
+        raise Fatal(f"no Xen toolstack ({'xl or xm' if choice == 'auto' else choice}) found", "install xen-utils or drop --start")
+    if not hypervisor_running():
+        raise Fatal("Xen is not running on this machine, so the VM cannot be started", "boot the dom0 under Xen or drop --start")
+    return ts
+
+
+def link_autostart(cfg: str, undo, auto_dir: str = AUTO_DIR) -> str:
+    os.makedirs(auto_dir, exist_ok=True)
+    link = os.path.join(auto_dir, os.path.basename(cfg))
+    if os.path.lexists(link):
+        os.unlink(link)
+    os.symlink(cfg, link)
+    undo.push(f"remove {link}", os.unlink, link)
+    return link

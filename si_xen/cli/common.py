@@ -1,0 +1,60 @@
+"""What every si_* command shares: banner, FATAL reporting, root check, exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .. import PROJECT, __version__, proc
+from ..errors import Fatal
+from ..rollback import Interrupted
+
+EPILOG = "Download, report bugs, and make suggestions at:\nhttps://github.com/si-xen/si-xen"
+
+
+def parser(prog: str, usage_line: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=f"{prog} (part of {PROJECT}) v{__version__}\n\n{description}",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=True,
+    )
+    p.add_argument("--version", action="version", version=f"{prog} (part of {PROJECT}) v{__version__}")
+    return p
+
+
+class _FatalParser(argparse.ArgumentParser):
+    pass
+
+
+def need_root(prog: str) -> None:
+    if os.geteuid() != 0:
+        raise Fatal(f"{prog} must be run as root", f"run it with sudo {prog} ...")
+
+
+def run_main(prog: str, func, argv=None) -> int:
+    """Run a command body; turn every expected failure into one FATAL line and an exit code."""
+    try:
+        return func(argv) or 0
+    except Fatal as e:
+        print(f"FATAL: {e}", file=sys.stderr)
+        return 1
+    except proc.ProcError as e:
+        print(f"FATAL: {e} (see the log for details)", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, Interrupted) as e:
+        what = getattr(e, "args", [""])[0] if isinstance(e, Interrupted) else "SIGINT"
+        print(f"FATAL: interrupted by {what}; everything made so far was removed", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+def confirm(question: str, yes: bool) -> bool:
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        raise Fatal(f"{question} needs confirmation", "add --yes to confirm without a terminal")
+    return input(f"{question} ([y]/n): ").strip().lower() in ("", "y", "yes")

@@ -1,0 +1,58 @@
+"""si_lsxenvm: list the VMs si_mkxenvm made, with their image, disks, config and state."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from .. import config, registry, toolstack
+from .common import parser, run_main
+
+PROG = "si_lsxenvm"
+
+
+def states() -> dict[str, str] | None:
+    """Running domains by name, or None when no toolstack answers (no Xen here)."""
+    ts = toolstack.find()
+    if ts is None or not toolstack.hypervisor_running():
+        return None
+    try:
+        return ts.domains()
+    except Exception:  # a toolstack that cannot answer is "state unknown", not a failure
+        return None
+
+
+def body(argv) -> int:
+    p = parser(PROG, "", "List the Xen VMs made by si_mkxenvm.")
+    p.add_argument("names", nargs="*", metavar="NAME", help="only these VMs")
+    p.add_argument("--json", action="store_true", help="one JSON object per VM, one per line")
+    p.add_argument("--config", help="config file (default /etc/systemimager/xen.conf)")
+    args = p.parse_args(argv)
+    settings = config.load(args.config)
+    recs = [r for r in registry.all_records(settings.paths["state_dir"]) if not args.names or r["name"] in args.names]
+    running = states()
+    for r in recs:
+        r["state"] = "unknown" if running is None else ("running" if r["name"] in running else "stopped")
+    if args.json:
+        for r in recs:
+            print(json.dumps(r, sort_keys=True))
+        return 0
+    print("-" * 80)
+    print(f"{'NAME':<20} {'IMAGE':<18} {'STATE':<8} {'BOOT':<8} DISKS")
+    print("-" * 80)
+    for r in recs:
+        disks = ", ".join(f"{d['vdev']}:{d['mountpoint'] or 'swap'}:{d['size']}" for d in r["disks"])
+        print(f"{r['name']:<20} {r['image']:<18} {r['state']:<8} {r['boot']:<8} {disks}")
+        print(f"{'':<20} config {r['config']}")
+    missing = set(args.names) - {r["name"] for r in recs}
+    for n in sorted(missing):
+        print(f"WARNING: VM '{n}' not found!", file=sys.stderr)
+    return 1 if missing else 0
+
+
+def main(argv=None) -> int:
+    sys.exit(run_main(PROG, body, argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""si_mkxenvm: deploy a Xen VM from a SystemImager image in one command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .. import config, deploy, planner, populate
+from ..errors import Fatal
+from ..image import open_image
+from ..plan import describe
+from ..registry import lock
+from ..report import Reporter
+from .common import confirm, need_root, parser, run_main
+
+PROG = "si_mkxenvm"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = parser(PROG, "", "Create a Xen virtual machine from a SystemImager image: disks, a copy of the image,\n"
+               "guest fixups for Xen, the domain config, and (with --start) the running domain.")
+    p.add_argument("image_pos", nargs="?", metavar="IMAGE", help="image name (or path); same as --image")
+    a = p.add_argument
+    a("--image", help="SystemImager image name, looked up like si_lsimage does, or a path")
+    a("--hostname", help="the VM's hostname, also its Xen domain name (required)")
+    g = p.add_argument_group("size")
+    g.add_argument("--memory", help="memory, e.g. 512M or 1G (default 512M)")
+    g.add_argument("--maxmem", help="maximum memory for ballooning")
+    g.add_argument("--vcpus", help="virtual CPUs (default 1)")
+    g.add_argument("--size", help="root filesystem size, e.g. 2G, 2Gb, 2048 (MiB) (default 4G)")
+    g.add_argument("--swap", help="swap size (default 256M); 0 for none")
+    g.add_argument("--noswap", action="store_true", default=None, help="no swap disk")
+    g.add_argument("--fs", help="root filesystem: ext3, ext4, xfs (default ext4)")
+    g.add_argument("--layout", help="'default' (root + swap) or 'image' (the golden client's filesystems)")
+    g = p.add_argument_group("network")
+    g.add_argument("--dhcp", action="store_true", default=None, help="configure the NIC by DHCP")
+    g.add_argument("--ip", action="append", help="static address (repeatable), A.B.C.D or A.B.C.D/NN")
+    g.add_argument("--netmask", help="netmask for --ip, e.g. 255.255.255.0 or 24")
+    g.add_argument("--gateway", help="default gateway")
+    g.add_argument("--broadcast", help="broadcast address")
+    g.add_argument("--nameserver", help="name servers, space or comma separated")
+    g.add_argument("--mac", help="MAC address (default: stable per hostname, Xen OUI 00:16:3e)")
+    g.add_argument("--bridge", help="dom0 bridge for the vif (default xenbr0)")
+    g = p.add_argument_group("storage and output")
+    g.add_argument("--dir", help="store disks as sparse files under DIR/domains/HOSTNAME/")
+    g.add_argument("--lvm", metavar="VG", help="store disks as logical volumes HOSTNAME-NAME in VG")
+    g.add_argument("--output", help="directory for the domain config (default /etc/xen)")
+    g.add_argument("--extension", help="config file extension (default .cfg)")
+    g = p.add_argument_group("boot")
+    g.add_argument("--type", help="guest type: pv or pvh (default pv)")
+    g.add_argument("--boot", help="direct (guest's kernel handed to Xen), pygrub or pvgrub2 (default direct)")
+    g.add_argument("--kernel", help="a Xen-capable kernel to boot instead of the guest's own")
+    g.add_argument("--initrd", help="the initrd for --kernel")
+    g = p.add_argument_group("activation")
+    g.add_argument("--start", action="store_true", default=None, help="start the VM when it is made")
+    g.add_argument("--console", action="store_true", default=None, help="start it and attach its console")
+    g.add_argument("--autostart", action="store_true", default=None, help="link the config into /etc/xen/auto")
+    g.add_argument("--toolstack", help="xl, xm or auto (default auto: xl, else xm)")
+    g = p.add_argument_group("behaviour")
+    g.add_argument("--fixups", help="run only these fixups (comma separated; si_xenhooks list)")
+    g.add_argument("--skip-fixups", dest="skip_fixups", help="fixups not to run (comma separated)")
+    g.add_argument("--config", help="config file (default /etc/systemimager/xen.conf)")
+    g.add_argument("--dry-run", action="store_true", help="validate and print the plan; change nothing")
+    g.add_argument("--force", action="store_true", default=None, help="overwrite an existing VM of the same name")
+    g.add_argument("--yes", "-y", action="store_true", help="answer yes to questions")
+    g.add_argument("--quiet", "-q", action="store_true", help="print only errors")
+    g.add_argument("--verbose", "-v", action="store_true", help="print every change and command")
+    return p
+
+
+def options(args, settings) -> dict:
+    o = dict(settings.options)
+    for k, v in vars(args).items():
+        if v is not None and k in config.KNOWN:
+            o[k] = v
+    if isinstance(o.get("ip"), str):
+        o["ip"] = o["ip"].split()
+    o["dhcp"] = str(o.get("dhcp", "")).lower() in ("1", "true", "yes", "on")
+    for flag in ("noswap", "start", "console", "autostart", "force"):
+        o[flag] = str(o.get(flag, "")).lower() in ("1", "true", "yes", "on")
+    o["size_given"] = args.size is not None
+    return o
+
+
+def body(argv) -> int:
+    args = build_parser().parse_args(argv)
+    if args.image and args.image_pos and args.image != args.image_pos:
+        raise Fatal(f"two images given ('{args.image_pos}' and '{args.image}')", "give one image")
+    name = args.image or args.image_pos
+    if not name:
+        raise Fatal("no image given", f"{PROG} IMAGE --hostname NAME ... (si_lsimage lists the images)")
+    if not args.hostname:
+        raise Fatal("no --hostname given", "name the VM with --hostname NAME")
+    if not args.dry_run:
+        need_root(PROG)
+    image = open_image(name)
+    settings = config.load(args.config, image.name)
+    rep = Reporter(quiet=args.quiet, verbose=args.verbose)
+    for w in image.os.__dict__.get("warnings", ()):
+        rep.warn(w)
+    o = options(args, settings)
+    plan = planner.make_plan(o, image, settings, warn=rep.warn)
+    kernel = planner.check_boot(plan, image)
+    usage = populate.measure(image.path, [d.mountpoint for d in plan.disks if d.mountpoint])
+    need = sum(populate.needed_mib(*u) for u in usage.values()) if plan.storage == "dir" else 0
+    deploy.preflight(plan, settings, need)
+    if args.dry_run:
+        print(describe(plan))
+        print("\nDry run: nothing was changed.")
+        return 0
+    if plan.force and (os.path.lexists(plan.cfg_path)) and not confirm(f"Overwrite VM '{plan.hostname}'?", args.yes):
+        raise Fatal("not confirmed", "nothing was changed")
+    with lock(settings.paths["lock_dir"], plan.hostname):
+        deploy.preflight(plan, settings, need)  # again, now that no one else can race us
+        rep.open_log(os.path.join(settings.paths["log_dir"], f"{plan.hostname}.log"))
+        try:
+            rep.say(describe(plan) + "\n")
+            rec = deploy.execute(plan, image, kernel, settings, rep)
+            summary(rec, plan, rep, settings)
+        finally:
+            rep.close()
+    return 0
+
+
+def summary(rec: dict, plan, rep: Reporter, settings) -> None:
+    rep.say("\nInstallation Summary\n---------------------")
+    rep.say(f"Hostname        :  {rec['name']}")
+    rep.say(f"Distribution    :  {rec['guest']}")
+    rep.say(f"MAC Address     :  {rec['mac']}")
+    rep.say(f"IP Address(es)  :  {' '.join(rec['ips']) if rec['ips'] != ['dhcp'] else 'dynamic'}")
+    for fp in rec["ssh_fingerprints"]:
+        rep.say(f"SSH Fingerprint :  {fp}")
+    rep.say(f"Config          :  {rec['config']}")
+    rep.say(f"Time            :  {rec['seconds']} s")
+    if not plan.start:
+        rep.say(f"Start it with   :  xl create {rec['config']}")
+    rep.say(f"\nLogfile produced at:\n  {os.path.join(settings.paths['log_dir'], rec['name'] + '.log')}")
+
+
+def main(argv=None) -> int:
+    sys.exit(run_main(PROG, body, argv))
+
+if __name__ == "__main__":
+    main()

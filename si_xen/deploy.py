@@ -1,0 +1,127 @@
+"""The orchestrator: storage -> populate -> fixups -> boot -> domain config -> toolstack.
+
+Everything made is registered for undo; a failure or a signal at any step removes it all.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from . import __version__, boot, domain, populate, proc, registry, toolstack
+from .errors import Fatal
+from .fixups import run_all
+from .guestfs import Guest
+from .image import Image
+from .plan import Plan, hook_env
+from .report import Reporter
+from .rollback import Undo, signals_raise
+from .sizes import human
+from .storage import backend_for
+from .storage.mount import mkfs, mount_tree
+
+
+def boot_dir(plan: Plan, state_dir: str) -> str:
+    """Where the guest's kernel goes: beside its disk files, or in our state dir for LVs."""
+    if plan.storage == "dir":
+        return os.path.join(plan.storage_root, "domains", plan.hostname)
+    return os.path.join(state_dir, "boot", plan.hostname)
+
+
+def preflight(plan: Plan, settings, need_mib: int) -> None:
+    """Checks that must hold right before the first change (and again under the lock)."""
+    backend = backend_for(plan)
+    backend.validate(plan.hostname, list(plan.disks), need_mib, plan.force)
+    if os.path.lexists(plan.cfg_path) and not plan.force:
+        raise Fatal(f"config {plan.cfg_path} already exists", "remove the VM with si_rmxenvm or use --force")
+    if registry.load(settings.paths["state_dir"], plan.hostname) and not plan.force:
+        raise Fatal(f"VM '{plan.hostname}' already exists (si_lsxenvm lists it)", "remove it with si_rmxenvm or use --force")
+    if plan.start:
+        ts = toolstack.require_running(plan.toolstack)
+        if plan.hostname in ts.domains():
+            raise Fatal(f"domain '{plan.hostname}' is running", f"stop it first: {ts.name} shutdown {plan.hostname}")
+
+
+def fingerprints(guest: Guest) -> list[str]:
+    out = []
+    for pub in guest.glob("/etc/ssh", "ssh_host_*_key.pub"):
+        try:
+            out.append(proc.run(["ssh-keygen", "-lf", guest.path(pub)]).stdout.strip())
+        except proc.ProcError:
+            pass
+    return out
+
+
+def execute(plan: Plan, image: Image, kernel: boot.GuestKernel, settings, rep: Reporter) -> dict:
+    backend = backend_for(plan)
+    undo, cleanup = Undo(), Undo()
+    try:
+        with signals_raise():
+            return _run(plan, image, kernel, settings, rep, backend, undo, cleanup)
+    except BaseException:
+        rep.end_progress()
+        leftovers = cleanup.pop_all() + undo.pop_all()
+        for what in leftovers:
+            rep.warn(f"could not undo: {what}")
+        raise
+
+
+def _run(plan, image, kernel, settings, rep, backend, undo, cleanup) -> dict:
+    t0 = time.monotonic()
+    for d in sorted(plan.disks, key=lambda d: d.vdev):
+        label = "swap image" if d.fs == "swap" else f"disk image ({d.mountpoint})"
+        with rep.step(f"Creating {label}: {d.target}"):
+            backend.create(d, undo)
+        with rep.step(f"Creating {'swap' if d.fs == 'swap' else d.fs + ' filesystem'} on {d.target}"):
+            mkfs(d)
+    root = mount_tree(list(plan.disks), backend, cleanup, plan.hostname)
+    with rep.step(f"Installation method: copy\n(Source: {image.path})"):
+        populate.copy(image.path, root, rep.progress)
+        rep.end_progress()
+    with rep.step("Running hooks"):
+        results = run_all(root, hook_env(plan), only=plan.fixups_only or None, skip=plan.fixups_skip or None, log=rep.detail)
+        for name, changes in results:
+            for c in changes:
+                rep.detail(f"  {name}: {c}")
+    guest = Guest(root)
+    kernel_path = ramdisk = None
+    if plan.boot == "direct" and not plan.kernel:
+        kernel_path, ramdisk = boot.copy_out(guest, kernel, boot_dir(plan, settings.paths["state_dir"]), undo)
+    elif plan.boot == "direct":
+        kernel_path, ramdisk = plan.kernel, plan.initrd
+    else:
+        separate_boot = any(d.mountpoint == "/boot" for d in plan.disks)
+        boot.write_grub_cfg(guest, kernel, plan.root.vdev, separate_boot, f"{image.os.pretty} (si-xen)")
+    fps = fingerprints(guest)
+    with rep.step("Unmounting and syncing"):
+        failed = cleanup.pop_all()
+        if failed:
+            raise Fatal(f"could not unmount the new filesystems: {failed[0]}", "check with findmnt, then si_rmxenvm")
+        os.sync()
+    with rep.step(f"Creating Xen configuration file: {plan.cfg_path}"):
+        text = domain.render(plan, kernel=kernel_path, ramdisk=ramdisk, cmdline=boot.cmdline(plan.root.vdev),
+                             user_dir=settings.paths["template_dir"])
+        existed = os.path.lexists(plan.cfg_path)
+        domain.write_atomic(plan.cfg_path, text)
+        if not existed:
+            undo.push(f"remove {plan.cfg_path}", os.unlink, plan.cfg_path)
+    auto_link = toolstack.link_autostart(plan.cfg_path, undo) if plan.autostart else None
+    record = {
+        "name": plan.hostname, "image": plan.image_name, "image_path": plan.image_path,
+        "image_time": image.meta.retrieval_time, "guest": image.os.pretty, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "config": plan.cfg_path, "autostart": auto_link, "storage": plan.storage, "storage_root": plan.storage_root,
+        "disks": [{"vdev": d.vdev, "mountpoint": d.mountpoint, "fs": d.fs, "size": human(d.size_mib), "target": d.target}
+                  for d in plan.disks],
+        "boot": plan.boot, "type": plan.type, "boot_files": [p for p in (kernel_path, ramdisk) if p and not plan.kernel],
+        "mac": plan.net.mac, "ips": list(plan.net.ips) or ["dhcp"], "memory": plan.memory, "version": __version__,
+        "ssh_fingerprints": fps, "seconds": round(time.monotonic() - t0, 2),
+    }
+    registry.save(settings.paths["state_dir"], record)
+    undo.push("remove VM record", registry.remove, settings.paths["state_dir"], plan.hostname)
+    if plan.start:
+        ts = toolstack.require_running(plan.toolstack)
+        rep.say(f"Starting {plan.hostname} with {ts.name} create")
+        ts.create(plan.cfg_path, console=plan.console)
+    undo.forget()
+    return record
+

@@ -1,0 +1,67 @@
+"""The domain config: jinja2 templates rendered to xl.cfg, written atomically.
+
+A template in the admin's template dir (/etc/systemimager/xen/) overrides ours, as
+/etc/xen-tools/xm.tmpl does for xen-tools.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+
+import jinja2
+
+from . import __version__
+from .boot import PVGRUB2
+from .errors import Fatal
+from .plan import Plan
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+SEARCH = (
+    os.path.join(sys.prefix, "share", "si-xen", "templates"),
+    "/usr/share/si-xen/templates",
+    os.path.join(os.path.dirname(_HERE), "etc", "templates"),  # a source checkout
+)
+
+
+def template_dirs(user_dir: str | None) -> list[str]:
+    return [d for d in ([user_dir] if user_dir else []) + list(SEARCH) if os.path.isdir(d)]
+
+
+def render(plan: Plan, *, kernel: str | None, ramdisk: str | None, cmdline: str, user_dir: str | None = None,
+           template: str = "xl.cfg.j2") -> str:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(template_dirs(user_dir)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    try:
+        tmpl = env.get_template(template)
+    except jinja2.TemplateNotFound:
+        raise Fatal(f"template {template} not found in {', '.join(SEARCH)}", "reinstall si-xen") from None
+    # The root disk first: pygrub boots from the first disk of the list.
+    disks = sorted(plan.disks, key=lambda d: (d.mountpoint != "/", d.vdev))
+    try:
+        return tmpl.render(
+            plan=plan, disks=disks, kernel=kernel, ramdisk=ramdisk, cmdline=cmdline,
+            pvgrub=PVGRUB2[plan.type], version=__version__,
+            created=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        )
+    except jinja2.TemplateError as e:
+        raise Fatal(f"template {template} failed: {e}", "fix the template in /etc/systemimager/xen/") from None
+
+
+def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
+    d = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{os.path.basename(path)}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

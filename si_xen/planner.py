@@ -1,0 +1,172 @@
+"""CLI options + xen.conf + image metadata -> a validated Plan. Touches nothing."""
+
+from __future__ import annotations
+
+import os
+
+from . import boot, populate
+from .errors import Fatal
+from .image import Image
+from .plan import (
+    BOOT_MODES,
+    FILESYSTEMS,
+    TYPES,
+    Disk,
+    Plan,
+    check_hostname,
+    check_mac,
+    check_network,
+    number_disks,
+    stable_mac,
+)
+from .sizes import human, parse_mib
+from .storage import backend_for
+from .storage.mount import MKFS
+
+ROOT_OPTIONS = {"ext3": "errors=remount-ro", "ext4": "errors=remount-ro", "xfs": "defaults"}
+
+
+def _choice(value: str, allowed, what: str) -> str:
+    if value not in allowed:
+        raise Fatal(f"invalid {what} '{value}'", f"use one of: {', '.join(allowed)}")
+    return value
+
+
+def _disk_name(mountpoint: str) -> str:
+    return "disk" if mountpoint == "/" else mountpoint.strip("/").replace("/", "-")
+
+
+def _image_layout(image: Image, o: dict, fs: str, size_given: bool, warn) -> list[Disk]:
+    entries = image.meta.filesystems
+    if not entries:
+        raise Fatal(
+            f"image '{image.name}' has no disk layout (etc/systemimager/autoinstallscript.conf or disks-layout.xml)",
+            "use --layout default",
+        )
+    disks = []
+    for e in entries:
+        if e.mountpoint == "swap":
+            continue
+        if not e.mountpoint.startswith("/") or e.mountpoint.startswith("/boot/efi"):
+            warn(f"golden client filesystem {e.mountpoint} ({e.fs}) is not needed under Xen; skipped")
+            continue
+        efs = e.fs if e.fs in FILESYSTEMS else fs
+        if efs != e.fs:
+            warn(f"{e.mountpoint}: {e.fs} cannot be made here, using {efs}")
+        size = parse_mib(o["size"], "--size") if e.mountpoint == "/" and size_given else (e.size_mib or 0)
+        disks.append(Disk(_disk_name(e.mountpoint), e.mountpoint, efs, size, e.options))
+    swaps = [e for e in entries if e.mountpoint == "swap"]
+    if swaps and not o.get("noswap"):
+        disks.append(Disk("swap", "", "swap", swaps[0].size_mib or parse_mib(o["swap"], "--swap"), "sw"))
+    if not any(d.mountpoint == "/" for d in disks):
+        raise Fatal(f"the disk layout of image '{image.name}' has no / filesystem", "use --layout default")
+    return disks
+
+
+def _sized(disks: list[Disk], image: Image) -> list[Disk]:
+    """Give layout disks without a size their need plus headroom; refuse ones too small."""
+    usage = populate.measure(image.path, [d.mountpoint for d in disks if d.mountpoint])
+    out = []
+    for d in disks:
+        if d.mountpoint:
+            need = populate.needed_mib(*usage[d.mountpoint])
+            if d.size_mib == 0:
+                d = Disk(d.name, d.mountpoint, d.fs, max(256, need * 3 // 2 // 64 * 64 + 64), d.options)
+            elif d.size_mib < need:
+                what = "--size" if d.mountpoint == "/" else f"the {d.mountpoint} filesystem"
+                raise Fatal(
+                    f"{what} of {human(d.size_mib)} is too small: image '{image.name}' needs {need} MiB for {d.mountpoint}",
+                    f"use --size {human(-(-need // 256) * 256)} or more" if d.mountpoint == "/" else "use --layout default",
+                )
+        out.append(d)
+    return out
+
+
+def make_plan(o: dict, image: Image, settings, warn=lambda m: None) -> Plan:
+    """``o``: option name -> value (CLI over config over built-in defaults)."""
+    hostname = check_hostname(o["hostname"] or "")
+    memory = parse_mib(o["memory"], "--memory")
+    maxmem = parse_mib(o["maxmem"], "--maxmem") if o.get("maxmem") else None
+    if memory < 64:
+        raise Fatal(f"--memory {memory}M is too small", "give a Xen guest at least 64M")
+    if maxmem is not None and maxmem < memory:
+        raise Fatal(f"--maxmem {maxmem}M is less than --memory {memory}M", "make --maxmem at least --memory")
+    try:
+        vcpus = int(o["vcpus"])
+    except ValueError:
+        vcpus = 0
+    if not 1 <= vcpus <= 128:
+        raise Fatal(f"invalid --vcpus '{o['vcpus']}'", "give a whole number from 1 to 128")
+    fs = _choice(o["fs"], FILESYSTEMS, "--fs")
+    vtype = _choice(o["type"], TYPES, "--type")
+    bmode = _choice(o["boot"], BOOT_MODES, "--boot")
+    if vtype == "pvh" and bmode == "pygrub":
+        raise Fatal("pygrub cannot boot a PVH guest here", "use --boot direct or --boot pvgrub2 with --type pvh")
+    layout = _choice(o["layout"], ("default", "image"), "--layout")
+
+    if layout == "image":
+        disks = _image_layout(image, o, fs, o.get("size_given", False), warn)
+    else:
+        disks = [Disk("disk", "/", fs, parse_mib(o["size"], "--size"), ROOT_OPTIONS[fs])]
+        swap = 0 if o.get("noswap") else parse_mib(o["swap"], "--swap") if o["swap"] not in ("0", "") else 0
+        if swap:
+            disks.append(Disk("swap", "", "swap", swap, "sw"))
+    for d in disks:
+        if d.fs not in MKFS:
+            raise Fatal(f"filesystem {d.fs} is not supported", f"use one of {', '.join(FILESYSTEMS)}")
+    disks = number_disks(_sized(disks, image))
+
+    net = check_network(
+        bool(o.get("dhcp")), tuple(o.get("ip") or ()), o.get("netmask") or "", o.get("gateway") or "",
+        o.get("broadcast") or "", tuple((o.get("nameserver") or "").replace(",", " ").split()),
+        check_mac(o["mac"]) if o.get("mac") else stable_mac(hostname), o.get("bridge") or "xenbr0",
+    )
+
+    if o.get("dir") and o.get("lvm"):
+        raise Fatal("both --dir and --lvm given", "choose one place for the disks")
+    if not o.get("dir") and not o.get("lvm"):
+        raise Fatal("no storage given", "add --dir DIR (image files) or --lvm VG (logical volumes)")
+    storage, root = ("lvm", o["lvm"]) if o.get("lvm") else ("dir", os.path.abspath(o["dir"]))
+
+    output = o["output"]
+    if not os.path.isdir(output):
+        raise Fatal(f"config directory {output} does not exist", "install the Xen tools or give --output DIR")
+    cfg_path = os.path.join(output, hostname + o["extension"])
+
+    boot.check_supplied(o.get("kernel"), o.get("initrd"))
+    plan = Plan(
+        hostname=hostname, image_name=image.name, image_path=image.path, os=image.os, memory=memory,
+        vcpus=vcpus, type=vtype, boot=bmode, disks=tuple(disks), storage=storage, storage_root=root, net=net,
+        cfg_path=cfg_path, maxmem=maxmem, kernel=o.get("kernel"), initrd=o.get("initrd"),
+        toolstack=o["toolstack"], start=bool(o.get("start") or o.get("console")), console=bool(o.get("console")),
+        autostart=bool(o.get("autostart")), force=bool(o.get("force")), layout=layout,
+        fixups_only=tuple(x for x in (o.get("fixups") or "").split(",") if x),
+        fixups_skip=tuple(x for x in (o.get("skip_fixups") or "").split(",") if x),
+    )
+    backend = backend_for(plan)
+    plan = plan.with_disks(d.__class__(**{**d.__dict__, "target": backend.assign(hostname, d)}) for d in plan.disks)
+    return plan
+
+
+def check_boot(plan: Plan, image: Image) -> boot.GuestKernel | None:
+    """The kernel the VM boots, and whether the memory given lets it get past its initramfs."""
+    guest = image.guest
+    if plan.kernel:
+        k = boot.GuestKernel("supplied", plan.kernel, plan.initrd)
+        need = boot.memory_needed(boot.Guest("/"), k)
+    else:
+        k = boot.find_kernel(guest)
+        if k is None:
+            raise Fatal(
+                f"image '{image.name}' has no kernel in /boot",
+                "supply a Xen-capable kernel with --kernel and --initrd",
+            )
+        need = boot.memory_needed(guest, k)
+    if plan.memory < need:
+        raise Fatal(
+            f"--memory {plan.memory}M is too small for this guest: its kernel and initramfs need {need} MiB to boot",
+            f"use --memory {need}M or more",
+        )
+    if plan.boot == "pvgrub2" and not os.path.isfile(boot.PVGRUB2[plan.type]):
+        raise Fatal(f"pvgrub2 image {boot.PVGRUB2[plan.type]} not found", "apt-get install grub-xen-host, or use --boot direct")
+    return k

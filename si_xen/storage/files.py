@@ -1,0 +1,73 @@
+"""Sparse image files under DIR/domains/HOST/, the xen-tools layout."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from ..errors import Fatal
+from ..plan import Disk
+
+
+class FileBackend:
+    kind = "file"
+
+    def __init__(self, root: str):
+        self.root = root
+
+    def vm_dir(self, hostname: str) -> str:
+        return os.path.join(self.root, "domains", hostname)
+
+    def assign(self, hostname: str, disk: Disk) -> str:
+        return os.path.join(self.vm_dir(hostname), f"{disk.name}.img")
+
+    def validate(self, hostname: str, disks: list[Disk], need_mib: int, force: bool) -> None:
+        if not os.path.isdir(self.root):
+            raise Fatal(f"storage directory {self.root} does not exist", "create it or give another --dir")
+        for d in disks:
+            if os.path.lexists(d.target) and not force:
+                raise Fatal(f"disk {d.target} already exists", "remove the VM with si_rmxenvm or use --force")
+        st = os.statvfs(self.root)
+        free = st.f_bavail * st.f_frsize // (1024 * 1024)
+        if free < need_mib:
+            raise Fatal(
+                f"{self.root} has {free} MiB free, the VM's data needs {need_mib} MiB",
+                "free some space or choose another --dir",
+            )
+
+    def create(self, disk: Disk, undo) -> str:
+        vm_dir = os.path.dirname(disk.target)
+        if not os.path.isdir(vm_dir):
+            os.makedirs(vm_dir)
+            undo.push(f"remove {vm_dir}", _rmdir_if_empty, vm_dir)
+        if os.path.lexists(disk.target):
+            os.unlink(disk.target)  # --force was checked in validate()
+        fd = os.open(disk.target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        undo.push(f"remove {disk.target}", os.unlink, disk.target)
+        try:
+            os.ftruncate(fd, disk.size_mib * 1024 * 1024)  # sparse: costs only what is written
+        finally:
+            os.close(fd)
+        return disk.target
+
+    def mount_source(self, target: str) -> tuple[str, list[str]]:
+        return target, ["-o", "loop"]
+
+    def exists(self, target: str) -> bool:
+        return os.path.lexists(target)
+
+    def remove(self, target: str) -> None:
+        if os.path.lexists(target):
+            os.unlink(target)
+        _rmdir_if_empty(os.path.dirname(target))
+
+
+def _rmdir_if_empty(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+def disk_usage_note(path: str) -> str:
+    return f"{shutil.disk_usage(path).free // (1024 * 1024)} MiB free"

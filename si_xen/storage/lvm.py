@@ -1,0 +1,74 @@
+"""Logical volumes HOST-NAME in a volume group (needs device-mapper in the kernel)."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from .. import proc
+from ..errors import Fatal
+from ..plan import Disk
+
+
+def device_mapper_ok() -> bool:
+    try:
+        fd = os.open("/dev/mapper/control", os.O_RDWR)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+class LvmBackend:
+    kind = "phy"
+
+    def __init__(self, vg: str):
+        self.vg = vg
+
+    def assign(self, hostname: str, disk: Disk) -> str:
+        return f"/dev/{self.vg}/{hostname}-{disk.name}"
+
+    def validate(self, hostname: str, disks: list[Disk], need_mib: int, force: bool) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9+_.][A-Za-z0-9+_.-]*", self.vg):
+            raise Fatal(f"invalid volume group name '{self.vg}'", "give the name of an existing VG to --lvm")
+        if not proc.which("lvcreate"):
+            raise Fatal("lvcreate not found", "install lvm2 (apt-get install lvm2) or use --dir")
+        if not device_mapper_ok():
+            raise Fatal(
+                "this kernel has no device-mapper (/dev/mapper/control unusable), so LVM cannot work here",
+                "load dm_mod (modprobe dm_mod) or use --dir",
+            )
+        try:
+            out = proc.run(["vgs", "--noheadings", "--units", "m", "--nosuffix", "-o", "vg_free", self.vg]).stdout
+        except proc.ProcError:
+            raise Fatal(f"volume group '{self.vg}' not found", "check with vgs and give an existing VG to --lvm") from None
+        free = int(float(out.strip() or 0))
+        total = sum(d.size_mib for d in disks)
+        existing = [d for d in disks if self.exists(d.target)]
+        if existing and not force:
+            raise Fatal(f"logical volume {existing[0].target} already exists", "remove it with si_rmxenvm or use --force")
+        free += sum(self._size(d.target) for d in existing)
+        if free < total:
+            raise Fatal(f"volume group '{self.vg}' has {free} MiB free, {total} MiB needed", "use a smaller --size/--swap or another VG")
+
+    def _size(self, target: str) -> int:
+        out = proc.run(["lvs", "--noheadings", "--units", "m", "--nosuffix", "-o", "lv_size", target]).stdout
+        return int(float(out.strip() or 0))
+
+    def create(self, disk: Disk, undo) -> str:
+        if self.exists(disk.target):
+            self.remove(disk.target)  # --force was checked in validate()
+        lv = os.path.basename(disk.target)
+        proc.run(["lvcreate", "--yes", "--wipesignatures", "y", "-L", f"{disk.size_mib}M", "-n", lv, self.vg])
+        undo.push(f"remove LV {disk.target}", self.remove, disk.target)
+        return disk.target
+
+    def mount_source(self, target: str) -> tuple[str, list[str]]:
+        return target, []
+
+    def exists(self, target: str) -> bool:
+        return proc.run(["lvs", target], ok=(0, 5)).returncode == 0
+
+    def remove(self, target: str) -> None:
+        if self.exists(target):
+            proc.run(["lvremove", "-f", target])

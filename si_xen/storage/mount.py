@@ -1,0 +1,37 @@
+"""Filesystems on the new disks, mounted as one tree for populate and fixups."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from .. import proc
+from ..plan import Disk
+
+MKFS = {
+    "ext3": ["mkfs.ext3", "-q", "-F"],
+    "ext4": ["mkfs.ext4", "-q", "-F"],
+    "xfs": ["mkfs.xfs", "-q", "-f"],
+    "swap": ["mkswap"],
+}
+
+
+def mkfs(disk: Disk) -> None:
+    proc.run([*MKFS[disk.fs], disk.target])
+
+
+def mount_tree(disks: list[Disk], backend, cleanup, hostname: str) -> str:
+    """Mount / then the other filesystems (shallowest first) under a fresh directory."""
+    top = tempfile.mkdtemp(prefix=f"si-xen.{hostname}.", dir="/run" if os.path.isdir("/run") else None)
+    cleanup.push(f"remove {top}", os.rmdir, top)
+    for d in sorted((d for d in disks if d.mountpoint), key=lambda d: d.mountpoint.count("/") + len(d.mountpoint) / 1e4):
+        where = top if d.mountpoint == "/" else os.path.join(top, d.mountpoint.lstrip("/"))
+        os.makedirs(where, exist_ok=True)  # a fresh filesystem: no guest symlinks yet
+        source, opts = backend.mount_source(d.target)
+        proc.run(["mount", *opts, "-t", d.fs, source, where])
+        cleanup.push(f"unmount {where}", umount, where)
+    return top
+
+
+def umount(where: str) -> None:
+    proc.run(["umount", where])

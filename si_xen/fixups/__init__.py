@@ -1,0 +1,32 @@
+"""The guest fixups: what makes a SystemImager image boot right as a Xen guest.
+
+``FIXUPS`` is the ordered registry (name, order, hook, summary, families, help); ``run_all``
+applies them in-process to a mounted guest root with xen-tools' environment names.
+"""
+
+from __future__ import annotations
+
+from si_xen.fixups import (  # noqa: F401  (imported to register their fixups)
+    clock,
+    console,
+    disks,
+    identity,
+    kernel,
+    macs,
+    network,
+    systemimager,
+)
+from si_xen.fixups.base import REGISTRY, Fixup
+from si_xen.fixups.runner import run_all
+
+FIXUPS: list[Fixup] = sorted(REGISTRY, key=lambda f: (f.order, f.name))
+
+
+def by_name(name: str) -> Fixup:
+    for f in FIXUPS:
+        if name in (f.name, f.hook):
+            return f
+    raise KeyError(name)
+
+
+__all__ = ["FIXUPS", "Fixup", "by_name", "run_all"]

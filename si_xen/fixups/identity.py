@@ -1,0 +1,148 @@
+"""identity: the VM's own name, and nothing of the golden client's machine identity."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+
+from si_xen import proc
+from si_xen.errors import Fatal
+from si_xen.fixups.base import Ctx, fixup
+from si_xen.guestfs import Guest
+
+IPV6_HOSTS = """
+# The following lines are desirable for IPv6 capable hosts
+::1     localhost ip6-localhost ip6-loopback
+ff02::1 ip6-allnodes
+ff02::2 ip6-allrouters
+"""
+SEEDS = ("var/lib/systemd/random-seed", "var/lib/urandom/random-seed", "var/lib/random-seed",
+         "var/lib/misc/random-seed")
+LEASES = (("var/lib/dhcp", "*.lease*"), ("var/lib/dhcp3", "*.lease*"), ("var/lib/dhclient", "*.lease*"),
+          ("var/lib/NetworkManager", "*.lease"), ("var/lib/wicked", "lease-*"), ("var/lib/dhcpcd", "*.lease*"),
+          ("var/lib/dhcpcd5", "*.lease*"), ("var/lib/dhcp", "dhclient*.leases"))
+KEY_TYPES = {"rsa": "rsa", "dsa": "dsa", "ecdsa": "ecdsa", "ed25519": "ed25519"}
+
+
+def _old_names(ctx: Ctx) -> set[str]:
+    g, names = ctx.guest, set()
+    for path in ("etc/hostname", "etc/HOSTNAME", "etc/mailname"):
+        names.update((g.read_text(path) or "").split()[:1])
+    m = re.search(r'(?m)^HOSTNAME=["\']?([^"\'\s]+)', g.read_text("etc/sysconfig/network") or "")
+    if m:
+        names.add(m.group(1))
+    names |= {n.split(".")[0] for n in names}
+    return names - {"localhost", "localhost.localdomain", ""}
+
+
+def hosts(text: str | None, s, old: set[str]) -> str:
+    """/etc/hosts with the golden client's names gone and the VM's line after localhost."""
+    ip = s.ips[0] if s.static else "127.0.1.1"
+    mine = f"{ip}\t{s.hostname} {s.short}" if s.domain else f"{ip}\t{s.short}"
+    if text is None:
+        return f"127.0.0.1\tlocalhost\n{mine}\n{IPV6_HOSTS}"
+    gone = old | {s.hostname, s.short}
+    out, at = [], None
+    for line in text.split("\n"):
+        body, hash_, comment = line.partition("#")
+        words = body.split()
+        if words and not line.lstrip().startswith("#"):
+            if words[0] in ("127.0.1.1", ip) or any(w in gone for w in words[1:]):
+                kept = [w for w in words[1:] if w not in gone]
+                if words[0] in ("127.0.1.1", ip) or not kept:
+                    continue
+                line = "\t".join([words[0], " ".join(kept)]) + (f" #{comment}" if hash_ else "")
+            if words[0] == "127.0.0.1" and at is None:
+                at = len(out) + 1
+        out.append(line)
+    out.insert(at if at is not None else 0, mine)
+    return "\n".join(out)
+
+
+@fixup("hostname", 50, "setup-hostname")
+def hostname(ctx: Ctx) -> None:
+    """The VM's hostname in every file its family reads, /etc/hosts and /etc/mailname.
+
+    /etc/hostname (short on Debian, FQDN on Red Hat/SUSE), /etc/HOSTNAME (SUSE),
+    HOSTNAME= in /etc/sysconfig/network (Red Hat); the golden client's name and address
+    leave /etc/hosts, which gets the VM's line (ip1, or 127.0.1.1 with DHCP).
+    """
+    s, g = ctx.s, ctx.guest
+    if not s.hostname:
+        ctx.warn("hostname: no hostname in the environment; the guest keeps its own")
+        return
+    old = _old_names(ctx)
+    for i, (path, style) in enumerate(ctx.os.hostname_files):
+        if style == "sysconfig":
+            if g.exists(path) or i == 0:
+                ctx.write(path, _sysconfig(g.read_text(path) or "NETWORKING=yes\n", s.hostname))
+        else:
+            ctx.write(path, (s.short if style == "short" else s.hostname) + "\n")
+    ctx.write("etc/hosts", hosts(g.read_text("etc/hosts"), s, old))
+    if g.exists("etc/mailname") or ctx.os.family in ("debian", "unknown"):
+        ctx.write("etc/mailname", s.hostname + "\n")
+
+
+def _sysconfig(text: str, name: str) -> str:
+    if re.search(r"(?m)^HOSTNAME=", text):
+        return re.sub(r"(?m)^HOSTNAME=.*$", f"HOSTNAME={name}", text)
+    return text + ("" if text.endswith("\n") or not text else "\n") + f"HOSTNAME={name}\n"
+
+
+@fixup("identity", 70, "fresh-identity")
+def identity(ctx: Ctx) -> None:
+    """Fresh machine identity: SSH host keys, machine-id, random seeds, DHCP leases.
+
+    Every SSH host key type the image had is regenerated with the dom0's ssh-keygen (never
+    a guest binary); /etc/machine-id is emptied (systemd makes a new one at first boot) and
+    /var/lib/dbus/machine-id kept as a link to it; random seeds and leases are removed.
+    """
+    _ssh_keys(ctx)
+    g = ctx.guest
+    if g.exists("etc/machine-id"):
+        ctx.write("etc/machine-id", "", mode=0o444)
+        if g.exists("var/lib/dbus/machine-id") or g.isdir("var/lib/dbus"):
+            ctx.link("/etc/machine-id", "var/lib/dbus/machine-id")
+    else:  # pre-systemd dbus: dbus-uuidgen --ensure recreates it at boot
+        ctx.remove("var/lib/dbus/machine-id")
+    for path in SEEDS:
+        ctx.remove(path)
+    for d, pattern in LEASES:
+        for path in g.glob(d, pattern):
+            ctx.remove(path)
+
+
+def _ssh_keys(ctx: Ctx) -> None:
+    g, s = ctx.guest, ctx.s
+    tag = f"si-xen:root@{s.hostname or 'localhost'}"
+    image = Guest(s.env["install_source"]) if os.path.isdir(s.env.get("install_source", "")) else None
+    for priv in g.glob("etc/ssh", "ssh_host_*_key"):
+        ktype = KEY_TYPES.get(priv.rsplit("/", 1)[1][len("ssh_host_"):-len("_key")])
+        if ktype is None:
+            continue
+        pub = (g.read_text(priv + ".pub") or "").strip().split(None, 2)
+        cloned = image is not None and (image.read_text(priv + ".pub") or "").split()[:2] == pub[:2]
+        if pub[2:] == [tag] and not cloned:
+            continue
+        _keygen(ctx, priv, ktype, tag)
+
+
+def _keygen(ctx: Ctx, priv: str, ktype: str, tag: str) -> None:
+    keygen = proc.which("ssh-keygen")
+    if keygen is None:
+        raise Fatal("ssh-keygen not found on this host", "install openssh-client to regenerate guest SSH keys")
+    with tempfile.TemporaryDirectory(prefix="si-xen-key.") as tmp:
+        key = os.path.join(tmp, "key")
+        try:
+            proc.run([keygen, "-q", "-t", ktype, "-N", "", "-C", tag, "-f", key])
+        except proc.ProcError as e:
+            ctx.warn(f"identity: cannot make a {ktype} host key ({e}); the cloned /{priv} is removed")
+            ctx.remove(priv)
+            ctx.remove(priv + ".pub")
+            return
+        with open(key) as f:
+            ctx.guest.write_text(priv, f.read(), mode=0o600)
+        with open(key + ".pub") as f:
+            ctx.guest.write_text(priv + ".pub", f.read(), mode=0o644)
+    ctx.note(f"new {ktype} SSH host key /{priv}")

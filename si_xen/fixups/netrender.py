@@ -1,0 +1,189 @@
+"""Network config in each family's own format, for the vif name the guest really gets.
+
+One renderer per format (OSInfo.network picks it). Each writes its file(s) and removes the
+golden client's interface configs, so neither its address nor its gateway survives.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from si_xen.fixups.base import Ctx
+
+HEADER = "# Written by si-xen for this Xen VM (the golden client's settings were removed).\n"
+
+
+def _cidr(ctx: Ctx, ip: str) -> str:
+    return f"{ip}/{ctx.s.prefixlen}"
+
+
+def ifupdown(ctx: Ctx, nic: str) -> None:
+    s, g = ctx.s, ctx.guest
+    old = g.read_text("etc/network/interfaces") or ""
+    sources = [ln for ln in old.splitlines() if re.match(r"^\s*source(-directory)?\s", ln)]
+    out = [HEADER.rstrip(), *sources, "", "auto lo", "iface lo inet loopback", ""]
+    if s.dhcp:
+        out += [f"auto {nic}", f"iface {nic} inet dhcp"]
+    else:
+        for n, ip in enumerate(s.ips):
+            name = nic if n == 0 else f"{nic}:{n}"
+            out += [f"auto {name}", f"iface {name} inet static", f"    address {ip}", f"    netmask {s.netmask}"]
+            if n == 0:
+                out += [f"    {k} {v}" for k, v in (("gateway", s.gateway), ("broadcast", s.broadcast)) if v]
+                if s.nameservers:  # read by resolvconf when installed, ignored otherwise
+                    out.append(f"    dns-nameservers {' '.join(s.nameservers)}")
+            out.append("")
+    ctx.write("etc/network/interfaces", "\n".join(out).rstrip("\n") + "\n")
+    for path in g.glob("etc/network/interfaces.d", "*"):
+        text = g.read_text(path) or ""
+        if re.search(r"(?m)^\s*iface\s+(?!lo\b)\S+", text):
+            ctx.remove(path)  # sourced by interfaces: a golden eth0/ens3 stanza would survive
+
+
+def netplan(ctx: Ctx, nic: str) -> None:
+    s, g = ctx.s, ctx.guest
+    ours = "etc/netplan/01-netcfg.yaml"
+    renderer = "NetworkManager" if not _has_networkd(ctx) and g.exists("usr/sbin/NetworkManager") else "networkd"
+    y = [HEADER.rstrip(), "network:", "  version: 2", f"  renderer: {renderer}", "  ethernets:", f"    {nic}:"]
+    if s.dhcp:
+        y.append("      dhcp4: true")
+    else:
+        y.append(f"      addresses: [{', '.join(_cidr(ctx, ip) for ip in s.ips)}]")
+        if s.gateway:
+            y += ["      routes:", "        - to: 0.0.0.0/0", f"          via: {s.gateway}"]
+    if s.nameservers:
+        y += ["      nameservers:", f"        addresses: [{', '.join(s.nameservers)}]"]
+        if s.domain:
+            y.append(f"        search: [{s.domain}]")
+    for path in g.glob("etc/netplan", "*.yaml"):
+        if path != ours and re.search(r"(?m)^\s*ethernets:", g.read_text(path) or ""):
+            ctx.remove(path)
+    ctx.write(ours, "\n".join(y) + "\n", mode=0o600)
+
+
+def _has_networkd(ctx: Ctx) -> bool:
+    return any(ctx.guest.exists(f"{d}/systemd/systemd-networkd") for d in ("lib", "usr/lib"))
+
+
+def _rm_ifcfgs(ctx: Ctx, d: str, keep: set[str]) -> None:
+    for path in ctx.guest.glob(d, "ifcfg-*") + ctx.guest.glob(d, "route-*"):
+        name = path.rsplit("/", 1)[1]
+        if name not in keep and name not in ("ifcfg-lo", "route-lo") and not name.endswith((".bak", "~")):
+            ctx.remove(path)
+
+
+def _kv(pairs) -> str:
+    return "".join(f"{k}={v}\n" for k, v in pairs if v != "")
+
+
+def ifcfg(ctx: Ctx, nic: str) -> None:
+    s, d = ctx.s, "etc/sysconfig/network-scripts"
+    keep = {f"ifcfg-{nic}"}
+    base = [("DEVICE", nic), ("TYPE", "Ethernet"), ("ONBOOT", "yes"), ("NM_CONTROLLED", "")]
+    if s.dhcp:
+        ctx.write(f"{d}/ifcfg-{nic}", HEADER + _kv(base + [("BOOTPROTO", "dhcp")]))
+    else:
+        dns = [(f"DNS{i + 1}", ns) for i, ns in enumerate(s.nameservers)]
+        ctx.write(f"{d}/ifcfg-{nic}", HEADER + _kv(base + [
+            ("BOOTPROTO", "none"), ("IPADDR", s.ips[0]), ("NETMASK", s.netmask),
+            ("GATEWAY", s.gateway), ("BROADCAST", s.broadcast), *dns, ("DOMAIN", s.domain)]))
+        for n, ip in enumerate(s.ips[1:], 1):
+            keep.add(f"ifcfg-{nic}:{n}")
+            ctx.write(f"{d}/ifcfg-{nic}:{n}", HEADER + _kv([("DEVICE", f"{nic}:{n}"), ("ONBOOT", "yes"),
+                                                           ("BOOTPROTO", "none"), ("IPADDR", ip),
+                                                           ("NETMASK", s.netmask)]))
+    _rm_ifcfgs(ctx, d, keep)
+    _sysconfig_network(ctx)
+
+
+def _sysconfig_network(ctx: Ctx) -> None:
+    """etc/sysconfig/network: NETWORKING=yes, GATEWAY= the VM's (or none)."""
+    if ctx.guest.isdir("etc/sysconfig/network"):
+        return  # SUSE: a directory, handled by suse_ifcfg
+
+    def fix(text: str) -> str:
+        text = re.sub(r"(?m)^(GATEWAY|GATEWAYDEV)=.*\n?", "", text)
+        if not re.search(r"(?m)^NETWORKING=", text):
+            text = "NETWORKING=yes\n" + text
+        if ctx.s.static and ctx.s.gateway:
+            text += ("" if text.endswith("\n") else "\n") + f"GATEWAY={ctx.s.gateway}\n"
+        return text
+
+    if not ctx.guest.exists("etc/sysconfig/network"):
+        ctx.write("etc/sysconfig/network", fix(""))
+    else:
+        ctx.edit("etc/sysconfig/network", fix)
+
+
+def nm_keyfile(ctx: Ctx, nic: str) -> None:
+    s, g, d = ctx.s, ctx.guest, "etc/NetworkManager/system-connections"
+    ours = f"{d}/si-xen-{nic}.nmconnection"
+    ini = ["[connection]", f"id={nic}", f"uuid={uuid.uuid5(uuid.NAMESPACE_DNS, f'si-xen.{nic}')}",
+           "type=ethernet", f"interface-name={nic}", "autoconnect=true", "", "[ethernet]", "", "[ipv4]"]
+    if s.dhcp:
+        ini.append("method=auto")
+    else:
+        ini.append("method=manual")
+        for n, ip in enumerate(s.ips, 1):
+            ini.append(f"address{n}={_cidr(ctx, ip)}" + (f",{s.gateway}" if n == 1 and s.gateway else ""))
+    if s.nameservers:
+        ini.append(f"dns={';'.join(s.nameservers)};")
+    if s.domain:
+        ini.append(f"dns-search={s.domain};")
+    ini += ["", "[ipv6]", "method=auto", ""]
+    for path in g.glob(d, "*"):
+        text = g.read_text(path) or ""
+        if path != ours and re.search(r"(?m)^type=(ethernet|802-3-ethernet)\s*$", text):
+            ctx.remove(path)
+    ctx.write(ours, HEADER + "\n".join(ini), mode=0o600)
+    _rm_ifcfgs(ctx, "etc/sysconfig/network-scripts", set())
+    _sysconfig_network(ctx)
+
+
+def suse_ifcfg(ctx: Ctx, nic: str) -> None:
+    s, d = ctx.s, "etc/sysconfig/network"
+    keep = {f"ifcfg-{nic}"}
+    if s.dhcp:
+        text = _kv([("BOOTPROTO", "'dhcp'"), ("STARTMODE", "'auto'")])
+    else:
+        addrs = [("IPADDR", f"'{_cidr(ctx, s.ips[0])}'")] + [
+            (f"IPADDR_{n}", f"'{_cidr(ctx, ip)}'") for n, ip in enumerate(s.ips[1:], 1)]
+        text = _kv([("BOOTPROTO", "'static'"), ("STARTMODE", "'auto'"), *addrs,
+                    ("BROADCAST", f"'{s.broadcast}'" if s.broadcast else "")])
+    ctx.write(f"{d}/ifcfg-{nic}", HEADER + text)
+    _rm_ifcfgs(ctx, d, keep)
+    routes = f"{d}/routes"
+    old = ctx.guest.read_text(routes) or ""
+    new = "".join(ln + "\n" for ln in old.splitlines() if not re.match(r"^\s*default\s", ln))
+    if s.static and s.gateway:
+        new += f"default {s.gateway} - -\n"
+    if new != old and (new or ctx.guest.exists(routes)):
+        ctx.write(routes, new)
+    if s.nameservers:
+        ctx.edit(f"{d}/config", lambda t: re.sub(r'(?m)^NETCONFIG_DNS_STATIC_SERVERS=.*$',
+                                                  f'NETCONFIG_DNS_STATIC_SERVERS="{" ".join(s.nameservers)}"', t))
+
+
+def networkd(ctx: Ctx, nic: str) -> None:
+    s, g, d = ctx.s, ctx.guest, "etc/systemd/network"
+    ours = f"{d}/10-si-xen-{nic}.network"
+    net = ["[Match]", f"Name={nic}", "", "[Network]"]
+    if s.dhcp:
+        net.append("DHCP=ipv4")
+    else:
+        net += [f"Address={_cidr(ctx, ip)}" for ip in s.ips] + ([f"Gateway={s.gateway}"] if s.gateway else [])
+    net += [f"DNS={ns}" for ns in s.nameservers] + ([f"Domains={s.domain}"] if s.domain else [])
+    for path in g.glob(d, "*.network"):
+        if path != ours and not re.search(r"(?m)^\s*Name\s*=\s*lo\s*$", g.read_text(path) or ""):
+            ctx.remove(path)
+    ctx.write(ours, HEADER + "\n".join(net) + "\n")
+    if not g.exists("etc/systemd/system/multi-user.target.wants/systemd-networkd.service"):
+        unit = next((f"/{x}/systemd/system/systemd-networkd.service" for x in ("lib", "usr/lib")
+                     if g.exists(f"{x}/systemd/system/systemd-networkd.service")), None)
+        if unit:
+            ctx.link(unit, "etc/systemd/system/multi-user.target.wants/systemd-networkd.service")
+
+
+RENDERERS = {"ifupdown": ifupdown, "netplan": netplan, "ifcfg": ifcfg, "nm-keyfile": nm_keyfile,
+             "suse-ifcfg": suse_ifcfg, "networkd": networkd}

@@ -10,7 +10,6 @@ import time
 
 from . import __version__, boot, domain, populate, proc, registry, toolstack
 from .errors import Fatal
-from .fixups import run_all
 from .guestfs import Guest
 from .image import Image
 from .plan import Plan, hook_env
@@ -78,6 +77,8 @@ def _run(plan, image, kernel, settings, rep, backend, undo, cleanup) -> dict:
     with rep.step(f"Installation method: copy\n(Source: {image.path})"):
         populate.copy(image.path, root, rep.progress)
         rep.end_progress()
+    from .fixups import run_all  # the fixup catalogue loads only when a deploy needs it
+
     with rep.step("Running hooks"):
         results = run_all(root, hook_env(plan), only=plan.fixups_only or None, skip=plan.fixups_skip or None, log=rep.detail)
         for name, changes in results:

@@ -31,7 +31,7 @@ def template_dirs(user_dir: str | None) -> list[str]:
 
 
 def render(plan: Plan, *, kernel: str | None, ramdisk: str | None, cmdline: str, user_dir: str | None = None,
-           template: str = "xl.cfg.j2") -> str:
+           template: str = "xl.cfg.j2", created: str | None = None) -> str:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(template_dirs(user_dir)),
         undefined=jinja2.StrictUndefined,
@@ -48,7 +48,7 @@ def render(plan: Plan, *, kernel: str | None, ramdisk: str | None, cmdline: str,
         return tmpl.render(
             plan=plan, disks=disks, kernel=kernel, ramdisk=ramdisk, cmdline=cmdline,
             pvgrub=PVGRUB2[plan.type], version=__version__,
-            created=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            created=created or time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         )
     except jinja2.TemplateError as e:
         raise Fatal(f"template {template} failed: {e}", "fix the template in /etc/systemimager/xen/") from None

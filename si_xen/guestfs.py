@@ -88,15 +88,11 @@ class Guest:
 
     # -- changes ----------------------------------------------------------------------
     def makedirs(self, gpath: str, mode: int = 0o755) -> str:
+        """Create a guest directory; links on the way resolve inside the guest, and the
+        missing rest cannot be a link (it does not exist yet)."""
         host = self.path(gpath)
         if not os.path.isdir(host):
-            parent = os.path.dirname(gpath.rstrip("/")) or "/"
-            if parent != gpath:
-                self.makedirs(parent, mode)
-            host = self.path(gpath)  # re-resolve: the parent is now real
-            if os.path.lexists(host) and not os.path.isdir(host):
-                os.unlink(host)
-            os.mkdir(host, mode)
+            os.makedirs(host, mode, exist_ok=True)
         return host
 
     def write_text(self, gpath: str, text: str, mode: int | None = None) -> bool:

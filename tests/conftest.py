@@ -27,3 +27,18 @@ def as_root():
 def need_tools(*names: str) -> None:
     missing = [n for n in names if not shutil.which(n, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")]
     require(not missing, f"missing tools: {' '.join(missing)}")
+
+
+TEST_IMAGE_BUILDER = os.path.join(os.path.dirname(__file__), "images", "mkimage-debian12")
+TEST_IMAGE = "/var/cache/si-xen-tests/images/debian12"
+
+
+@pytest.fixture(scope="session")
+def debian12_image():
+    """The debootstrap'd Debian 12 image (built once, ~80 s, then cached)."""
+    require(os.geteuid() == 0, "building the Debian 12 test image needs root")
+    need_tools("debootstrap")
+    import subprocess
+
+    subprocess.run([TEST_IMAGE_BUILDER, TEST_IMAGE], check=True, stdout=subprocess.DEVNULL)
+    return TEST_IMAGE

@@ -80,6 +80,7 @@ def options(args, settings) -> dict:
     for flag in ("noswap", "start", "console", "autostart", "force"):
         o[flag] = str(o.get(flag, "")).lower() in ("1", "true", "yes", "on")
     o["size_given"] = args.size is not None
+    o["hostname"] = args.hostname
     return o
 
 

@@ -87,3 +87,21 @@ def hook_main(name: str, argv: list[str] | None = None) -> int:
         print(f"FATAL: {prog}: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def role_main(argv: list[str] | None = None) -> int:
+    """xen-tools role script: every fixup, after the hooks (resolv.conf is the guest's again)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        print("FATAL: si-xen role: usage: ROLE PREFIX [ARGS]", file=sys.stderr)
+        return 2
+    env = dict(os.environ)
+    if env.get("ip", "").startswith("ARRAY(") and not env.get("ip1"):
+        print("WARNING: si-xen role: --hooks=0 hides the --ip addresses from roles; configuring DHCP",
+              file=sys.stderr)
+    try:
+        run_all(argv[0], env, log=lambda m: print(m, flush=True))
+    except Fatal as e:
+        print(f"FATAL: si-xen role: {e}", file=sys.stderr)
+        return 1
+    return 0

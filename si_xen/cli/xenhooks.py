@@ -1,0 +1,75 @@
+"""si_xenhooks: list, run, and install into xen-tools the si-xen guest fixups."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from ..errors import Fatal
+from ..fixups import FIXUPS, run_all, xentools
+from .common import need_root, parser, run_main
+
+PROG = "si_xenhooks"
+
+
+def _fixup_help() -> str:
+    return "fixups, in order:\n" + "\n".join(
+        f"  {f.hook:<22} {f.summary}" for f in FIXUPS)
+
+
+def build_parser():
+    p = parser(PROG, "", "Guest fixups that make a SystemImager image boot as a Xen guest, usable\n"
+               "directly, from si_mkxenvm, or as xen-tools hooks (xen-create-image --dist=systemimager).\n\n"
+               + _fixup_help())
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+    sub.add_parser("list", help="each fixup: hook name, families, what it does")
+    r = sub.add_parser("run", help="run the fixups on a guest root; settings from xen-tools' env names")
+    r.add_argument("prefix", metavar="PREFIX", help="the guest root (mounted VM filesystem)")
+    r.add_argument("--only", help="comma separated fixups to run (names or NN-name hooks)")
+    r.add_argument("--skip", help="comma separated fixups not to run")
+    r.add_argument("--xen-tools", action="store_true",
+                   help="nameservers to etc/resolv.conf.old, as inside xen-create-image")
+    for name, what in (("install-xen-tools", "install"), ("uninstall-xen-tools", "remove")):
+        i = sub.add_parser(name, help=f"{what} the xen-tools hook set ({xentools.HOOK_DIR}) and role script")
+        i.add_argument("--root", "--prefix", dest="root", default="/",
+                       help="install below this directory instead of / (for tests and packaging)")
+        if name == "install-xen-tools":
+            i.add_argument("--force", action="store_true", help="overwrite files si-xen did not write")
+    return p
+
+
+def _list() -> None:
+    width = max(len(f.hook) for f in FIXUPS)
+    for f in FIXUPS:
+        fams = "all" if set(f.families) >= {"debian", "redhat", "suse", "unknown"} else ",".join(f.families)
+        print(f"{f.hook:<{width}}  {f.name:<12}  [{fams}]  {f.summary}")
+
+
+def _body(argv) -> int:
+    args = build_parser().parse_args(argv)
+    if args.cmd in (None, "list"):
+        _list()
+        return 0
+    if args.cmd == "run":
+        if not os.path.isdir(args.prefix):
+            raise Fatal(f"guest root {args.prefix} is not a directory", "give the mounted guest root")
+        results = run_all(args.prefix, os.environ, only=args.only, skip=args.skip, xen_tools=args.xen_tools)
+        if not any(ch for _, ch in results):
+            print("nothing to change")
+        return 0
+    if args.root in ("/", ""):
+        need_root(PROG)
+    if args.cmd == "install-xen-tools":
+        xentools.install(args.root, force=args.force)
+        print(f"use: xen-create-image --dist={xentools.DIST} --install-method=copy --install-source=IMAGE_DIR ...")
+    else:
+        xentools.uninstall(args.root)
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_main(PROG, _body, sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""xen-tools adapter: hook wrappers, and installing them as the ``systemimager`` dist.
+
+``xen-create-image --dist=systemimager --install-method=copy`` then runs our fixups from
+/usr/share/xen-tools/systemimager.d/ (xen-tools.md §1.2, §2.4); the role script
+/etc/xen-tools/role.d/systemimager runs them all for any other --dist.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from si_xen.errors import Fatal
+
+DIST = "systemimager"
+HOOK_DIR = f"usr/share/xen-tools/{DIST}.d"
+ROLE = f"etc/xen-tools/role.d/{DIST}"
+MANIFEST = "var/lib/si-xen/xen-tools.manifest"
+MARK = "# si-xen generated"
+
+# Hooks run from a source checkout find si_xen beside hooks/; installed ones get the path
+# of the package that installed them (its interpreter may not have it on sys.path).
+_FIND = """import os
+import sys
+
+sys.path.insert(0, {path})
+"""
+
+
+def _pkg_parent() -> str:
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def hook_text(fx, python: str = "/usr/bin/env python3", pkg_path: str | None = None) -> str:
+    """The source of one hook executable (checked in under hooks/, or installed)."""
+    where = repr(pkg_path) if pkg_path else "os.path.join(os.path.dirname(os.path.realpath(__file__)), '..')"
+    return (f"#!{python}\n{MARK}: xen-tools hook, runs one si-xen fixup. $1 = guest root.\n"
+            f'"""{fx.hook}: {fx.summary}"""\n' + _FIND.format(path=where) +
+            "from si_xen.fixups.runner import hook_main  # noqa: E402\n\n"
+            f"sys.exit(hook_main({fx.name!r}))\n")
+
+
+def role_text(python: str, pkg_path: str) -> str:
+    return (f"#!{python}\n{MARK}: xen-tools role, runs every si-xen fixup. $1 = guest root.\n"
+            '"""Role script: all si-xen guest fixups, for xen-create-image --role=systemimager."""\n'
+            + _FIND.format(path=repr(pkg_path)) +
+            "from si_xen.fixups.runner import role_main  # noqa: E402\n\nsys.exit(role_main())\n")
+
+
+def _root_path(root: str, rel: str) -> str:
+    return os.path.join(root or "/", rel)
+
+
+def _write(path: str, text: str, written: list[str], force: bool) -> None:
+    if os.path.lexists(path) and not force:
+        with open(path, errors="replace") as f:
+            if MARK not in f.read(4096):
+                raise Fatal(f"{path} exists and was not written by si-xen", "remove it or use --force")
+    tmp = path + ".si-xen-tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, path)
+    written.append(path)
+
+
+def install(root: str = "/", force: bool = False, log=print) -> list[str]:
+    """Install the hook set and the role script under ``root``; return the paths written."""
+    from si_xen.fixups import FIXUPS
+
+    python, pkg = sys.executable, _pkg_parent()
+    made_dirs, written = [], []
+    for d in (HOOK_DIR, os.path.dirname(ROLE), os.path.dirname(MANIFEST)):
+        path = _root_path(root, d)
+        missing = []
+        while not os.path.isdir(path):
+            missing.append(path)
+            path = os.path.dirname(path)
+        for m in reversed(missing):
+            os.mkdir(m, 0o755)
+            made_dirs.append(m)
+    hook_dir = _root_path(root, HOOK_DIR)
+    old = _manifest(root)
+    for fx in FIXUPS:
+        _write(os.path.join(hook_dir, fx.hook), hook_text(fx, python, pkg), written, force)
+    _write(_root_path(root, ROLE), role_text(python, pkg), written, force)
+    # a previous install's hooks that no longer exist (renamed fixups) go
+    for path in set(old.get("files", [])) - set(written):
+        if os.path.lexists(path):
+            os.unlink(path)
+    dirs = [d for d in old.get("dirs", []) if d not in made_dirs] + made_dirs
+    with open(_root_path(root, MANIFEST), "w") as f:
+        json.dump({"files": written, "dirs": dirs}, f, indent=1)
+    for p in written:
+        log(f"installed {p}")
+    return written
+
+
+def _manifest(root: str) -> dict:
+    try:
+        with open(_root_path(root, MANIFEST)) as f:
+            return json.load(f)
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def uninstall(root: str = "/", log=print) -> list[str]:
+    """Remove exactly what :func:`install` wrote (files, then the dirs it created if empty)."""
+    man = _manifest(root)
+    if not man:
+        raise Fatal(f"no si-xen xen-tools installation recorded in {_root_path(root, MANIFEST)}",
+                    "nothing to uninstall")
+    removed = []
+    for path in man.get("files", []):
+        if os.path.lexists(path):
+            os.unlink(path)
+            removed.append(path)
+            log(f"removed {path}")
+    os.unlink(_root_path(root, MANIFEST))
+    for d in sorted(man.get("dirs", []), key=len, reverse=True):
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass  # not empty: something else lives there now
+    return removed

@@ -1,0 +1,92 @@
+"""Storage talks to LVM and mkfs in exact, reviewable command sequences (faked processes)."""
+
+import os
+
+import pytest
+
+from si_xen.errors import Fatal
+from si_xen.plan import Disk
+from si_xen.rollback import Undo
+from si_xen.storage import lvm
+from si_xen.storage.mount import mkfs
+
+
+@pytest.fixture
+def dm_ok(monkeypatch):
+    monkeypatch.setattr(lvm, "device_mapper_ok", lambda: True)
+    monkeypatch.setattr(lvm.proc, "which", lambda p: f"/sbin/{p}")
+
+
+DISKS = [Disk("disk", "/", "ext4", 2048, "d", "xvda2", "/dev/vg0/vm-disk"),
+         Disk("swap", "", "swap", 128, "sw", "xvda1", "/dev/vg0/vm-swap")]
+
+
+def test_lvm_validate_checks_vg_room_and_existing_lvs(fp, dm_ok):
+    fp.register(["vgs", "--noheadings", "--units", "m", "--nosuffix", "-o", "vg_free", "vg0"], stdout="  5120.00\n")
+    fp.register(["lvs", "/dev/vg0/vm-disk"], returncode=5)
+    fp.register(["lvs", "/dev/vg0/vm-swap"], returncode=5)
+    lvm.LvmBackend("vg0").validate("vm", DISKS, 0, force=False)
+    assert fp.call_count(["vgs", fp.any()]) == 1
+
+
+def test_lvm_refuses_a_full_vg(fp, dm_ok):
+    fp.register(["vgs", fp.any()], stdout="  1000.00\n")
+    fp.register(["lvs", fp.any()], returncode=5, occurrences=2)
+    with pytest.raises(Fatal, match="has 1000 MiB free, 2176 MiB needed"):
+        lvm.LvmBackend("vg0").validate("vm", DISKS, 0, force=False)
+
+
+def test_lvm_refuses_existing_lv_without_force(fp, dm_ok):
+    fp.register(["vgs", fp.any()], stdout="  9000\n")
+    fp.register(["lvs", "/dev/vg0/vm-disk"], returncode=0)
+    fp.register(["lvs", "/dev/vg0/vm-swap"], returncode=5)
+    with pytest.raises(Fatal, match="vm-disk already exists.*--force"):
+        lvm.LvmBackend("vg0").validate("vm", DISKS, 0, force=False)
+
+
+def test_lvm_missing_vg(fp, dm_ok):
+    fp.register(["vgs", fp.any()], returncode=5, stderr="Volume group \"vg9\" not found")
+    with pytest.raises(Fatal, match="volume group 'vg9' not found"):
+        lvm.LvmBackend("vg9").validate("vm", DISKS, 0, force=False)
+
+
+def test_no_device_mapper_is_refused_before_any_command(fp, monkeypatch):
+    monkeypatch.setattr(lvm, "device_mapper_ok", lambda: False)
+    monkeypatch.setattr(lvm.proc, "which", lambda p: "/sbin/lvcreate")
+    with pytest.raises(Fatal, match="no device-mapper.*use --dir"):
+        lvm.LvmBackend("vg0").validate("vm", DISKS, 0, force=False)
+    assert len(fp.calls) == 0
+
+
+def test_lvcreate_then_undo_lvremove(fp):
+    fp.register(["lvs", "/dev/vg0/vm-disk"], returncode=5)
+    fp.register(["lvcreate", "--yes", "--wipesignatures", "y", "-L", "2048M", "-n", "vm-disk", "vg0"])
+    fp.register(["lvs", "/dev/vg0/vm-disk"], returncode=0)
+    fp.register(["lvremove", "-f", "/dev/vg0/vm-disk"])
+    undo = Undo()
+    lvm.LvmBackend("vg0").create(DISKS[0], undo)
+    assert undo.pop_all() == []
+    assert [c[0] for c in fp.calls] == ["lvs", "lvcreate", "lvs", "lvremove"]
+
+
+@pytest.mark.parametrize("fs,argv", [("ext4", ["mkfs.ext4", "-q", "-F"]), ("xfs", ["mkfs.xfs", "-q", "-f"]),
+                                     ("ext3", ["mkfs.ext3", "-q", "-F"]), ("swap", ["mkswap"])])
+def test_mkfs_commands(fp, fs, argv):
+    fp.register([*argv, "/t"])
+    mkfs(Disk("d", "/", fs, 1, "", "xvda1", "/t"))
+    assert fp.call_count([*argv, "/t"]) == 1
+
+
+def test_file_backend_is_sparse_and_undone(tmp_path):
+    from si_xen.storage.files import FileBackend
+
+    b = FileBackend(str(tmp_path))
+    d = Disk("disk", "/", "ext4", 1024, "d", "xvda2", b.assign("vm", Disk("disk", "/", "ext4", 1, "")))
+    undo = Undo()
+    b.create(d, undo)
+    st = os.stat(d.target)
+    assert st.st_size == 1024 * 2**20 and st.st_blocks == 0
+    with pytest.raises(Fatal, match="already exists.*--force"):
+        b.validate("vm", [d], 0, force=False)
+    undo.pop_all()
+    assert os.listdir(tmp_path) == ["domains"] and os.listdir(tmp_path / "domains") == []

@@ -19,6 +19,7 @@ _GRUB2_RE = re.compile(r"^(\s*linux(?:16|efi)?\s+\S+)([^\n]*)$", re.M)
 _BLS_RE = re.compile(r"^(options)([^\n]*)$", re.M)
 _ENV_RE = re.compile(r"^(kernelopts=)([^\n]*)$", re.M)
 _DEFAULT_RE = re.compile(r'^(GRUB_CMDLINE_LINUX=)(["\']?)(.*?)\2[ \t]*$', re.M)
+_DEFAULT_DFLT_RE = re.compile(r'^(GRUB_CMDLINE_LINUX_DEFAULT=)(["\']?)(.*?)\2[ \t]*$', re.M)
 
 
 def _sub(regex: re.Pattern, edit: Callable[[str], str], sep: str = " "):
@@ -33,11 +34,27 @@ def _sub(regex: re.Pattern, edit: Callable[[str], str], sep: str = " "):
 
 
 def _default(edit: Callable[[str], str]):
+    """GRUB_CMDLINE_LINUX gets the edit; _DEFAULT too, minus what the first line now carries."""
+
     def apply(text: str) -> str:
         if not _DEFAULT_RE.search(text):
-            args = edit("")
-            return text + ("" if text.endswith("\n") or not text else "\n") + f'GRUB_CMDLINE_LINUX="{args}"\n'
-        return _DEFAULT_RE.sub(lambda m: f'{m.group(1)}"{edit(m.group(3).strip())}"', text)
+            sep = "" if text.endswith("\n") or not text else "\n"
+            text += f'{sep}GRUB_CMDLINE_LINUX=""\n'
+        linux = ""
+
+        def one(m: re.Match) -> str:
+            nonlocal linux
+            linux = edit(m.group(3).strip())
+            return f'{m.group(1)}"{linux}"'
+
+        text = _DEFAULT_RE.sub(one, text)
+
+        def dflt(m: re.Match) -> str:
+            old = m.group(3).split()
+            new = [w for w in edit(m.group(3).strip()).split() if w in old or w not in linux.split()]
+            return f'{m.group(1)}"{" ".join(new)}"' if new != old else m.group(0)
+
+        return _DEFAULT_DFLT_RE.sub(dflt, text)
 
     return apply
 
@@ -69,13 +86,17 @@ def edit_cmdlines(ctx: Ctx, edit: Callable[[str], str]) -> None:
         ctx.edit("etc/kernel/cmdline", lambda t: edit(t.strip()) + "\n")
 
 
-def set_arg(args: str, key: str, value: str | None, drop_all: bool = True) -> str:
-    """Return ``args`` with ``key=...`` replaced by ``key=value`` (removed if None)."""
-    words = args.split()
-    kept = [w for w in words if not (w.startswith(key + "=") and drop_all)]
-    if value is None:
-        return " ".join(kept)
-    new = f"{key}={value}"
-    if words.count(new) == 1 and [w for w in words if w.startswith(key + "=")] == [new]:
-        return " ".join(words)  # already exactly right: keep its position
-    return " ".join(kept + [new])
+def set_arg(args: str, key: str, value: str | None) -> str:
+    """``args`` with the first ``key=...`` set to ``key=value`` in place, any others dropped
+    (all dropped if ``value`` is None); appended when absent."""
+    out, placed = [], False
+    for w in args.split():
+        if w.startswith(key + "="):
+            if value is not None and not placed:
+                out.append(f"{key}={value}")
+                placed = True
+            continue
+        out.append(w)
+    if value is not None and not placed:
+        out.append(f"{key}={value}")
+    return " ".join(out)

@@ -48,10 +48,12 @@ def hosts(text: str | None, s, old: set[str]) -> str:
         body, hash_, comment = line.partition("#")
         words = body.split()
         if words and not line.lstrip().startswith("#"):
-            if words[0] in ("127.0.1.1", ip) or any(w in gone for w in words[1:]):
+            if words[0] in ("127.0.1.1", ip):
+                continue
+            if any(w in gone for w in words[1:]):
                 kept = [w for w in words[1:] if w not in gone]
-                if words[0] in ("127.0.1.1", ip) or not kept:
-                    continue
+                if not (words[0].startswith("127.") or words[0] == "::1") or not kept:
+                    continue  # the golden client's own address line goes whole
                 line = "\t".join([words[0], " ".join(kept)]) + (f" #{comment}" if hash_ else "")
             if words[0] == "127.0.0.1" and at is None:
                 at = len(out) + 1
@@ -116,6 +118,9 @@ def identity(ctx: Ctx) -> None:
 def _ssh_keys(ctx: Ctx) -> None:
     g, s = ctx.guest, ctx.s
     tag = f"si-xen:root@{s.hostname or 'localhost'}"
+    if g.exists("etc/ssh/ssh_host_key"):  # SSH-1 rsa1: no modern ssh-keygen makes one; sshd's init does
+        ctx.remove("etc/ssh/ssh_host_key")
+        ctx.remove("etc/ssh/ssh_host_key.pub")
     image = Guest(s.env["install_source"]) if os.path.isdir(s.env.get("install_source", "")) else None
     for priv in g.glob("etc/ssh", "ssh_host_*_key"):
         ktype = KEY_TYPES.get(priv.rsplit("/", 1)[1][len("ssh_host_"):-len("_key")])

@@ -18,12 +18,15 @@ def _cidr(ctx: Ctx, ip: str) -> str:
     return f"{ip}/{ctx.s.prefixlen}"
 
 
-def ifupdown(ctx: Ctx, nic: str) -> None:
+def ifupdown(ctx: Ctx, nic: str | None) -> None:
+    """/etc/network/interfaces; with ``nic`` None only loopback (another renderer owns the vif)."""
     s, g = ctx.s, ctx.guest
     old = g.read_text("etc/network/interfaces") or ""
     sources = [ln for ln in old.splitlines() if re.match(r"^\s*source(-directory)?\s", ln)]
     out = [HEADER.rstrip(), *sources, "", "auto lo", "iface lo inet loopback", ""]
-    if s.dhcp:
+    if nic is None:
+        pass
+    elif s.dhcp:
         out += [f"auto {nic}", f"iface {nic} inet dhcp"]
     else:
         for n, ip in enumerate(s.ips):
@@ -102,13 +105,16 @@ def _sysconfig_network(ctx: Ctx) -> None:
     if ctx.guest.isdir("etc/sysconfig/network"):
         return  # SUSE: a directory, handled by suse_ifcfg
 
+    gw = f"GATEWAY={ctx.s.gateway}" if ctx.s.static and ctx.s.gateway else None
+
     def fix(text: str) -> str:
-        text = re.sub(r"(?m)^(GATEWAY|GATEWAYDEV)=.*\n?", "", text)
         if not re.search(r"(?m)^NETWORKING=", text):
             text = "NETWORKING=yes\n" + text
-        if ctx.s.static and ctx.s.gateway:
-            text += ("" if text.endswith("\n") else "\n") + f"GATEWAY={ctx.s.gateway}\n"
-        return text
+        text = re.sub(r"(?m)^GATEWAYDEV=.*\n?", "", text)
+        if gw and re.search(r"(?m)^GATEWAY=", text):
+            return re.sub(r"(?m)^GATEWAY=.*$", gw, text)
+        text = re.sub(r"(?m)^GATEWAY=.*\n?", "", text)
+        return text + ("" if text.endswith("\n") or not text else "\n") + f"{gw}\n" if gw else text
 
     if not ctx.guest.exists("etc/sysconfig/network"):
         ctx.write("etc/sysconfig/network", fix(""))

@@ -24,6 +24,9 @@ def network(ctx: Ctx) -> None:
                  "interfaces not configured (DHCP/static settings skipped)")
     else:
         render(ctx, ctx.os.nic)
+    if ctx.os.network != "ifupdown" and re.search(r"(?m)^\s*iface\s+(?!lo\b)",
+                                                  ctx.guest.read_text("etc/network/interfaces") or ""):
+        RENDERERS["ifupdown"](ctx, None)  # a leftover golden eth0 stanza: loopback only
     _resolv(ctx)
 
 

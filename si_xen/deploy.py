@@ -57,10 +57,10 @@ def execute(plan: Plan, image: Image, kernel: boot.GuestKernel, settings, rep: R
     try:
         with signals_raise():
             return _run(plan, image, kernel, settings, rep, backend, undo, cleanup)
-    except BaseException:
+    except BaseException as e:
         rep.end_progress()
-        leftovers = cleanup.pop_all() + undo.pop_all()
-        for what in leftovers:
+        e.leftovers = cleanup.pop_all() + undo.pop_all()
+        for what in e.leftovers:
             rep.warn(f"could not undo: {what}")
         raise
 
@@ -80,10 +80,7 @@ def _run(plan, image, kernel, settings, rep, backend, undo, cleanup) -> dict:
     from .fixups import run_all  # the fixup catalogue loads only when a deploy needs it
 
     with rep.step("Running hooks"):
-        results = run_all(root, hook_env(plan), only=plan.fixups_only or None, skip=plan.fixups_skip or None, log=rep.detail)
-        for name, changes in results:
-            for c in changes:
-                rep.detail(f"  {name}: {c}")
+        run_all(root, hook_env(plan), only=plan.fixups_only or None, skip=plan.fixups_skip or None, log=rep.detail)
     guest = Guest(root)
     kernel_path = ramdisk = None
     if plan.boot == "direct" and not plan.kernel:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -88,7 +89,8 @@ def stream(argv: Sequence[str], on_line, *, ok: Iterable[int] = (0,)) -> Result:
     progress meters). The child is killed if we are interrupted, so no copy outlives us."""
     argv = tuple(str(a) for a in argv)
     log.debug("stream %s", argv)
-    p = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # Own process group: rsync forks helpers, and all of them must die before we unmount.
+    p = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         buf = b""
         while True:
@@ -103,7 +105,10 @@ def stream(argv: Sequence[str], on_line, *, ok: Iterable[int] = (0,)) -> Result:
         err = p.stderr.read().decode(errors="replace")
         rc = p.wait()
     except BaseException:
-        p.kill()
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         p.wait()
         raise
     res = Result(argv, rc, "", err)

@@ -46,7 +46,9 @@ def run_main(prog: str, func, argv=None) -> int:
         return 1
     except (KeyboardInterrupt, Interrupted) as e:
         what = getattr(e, "args", [""])[0] if isinstance(e, Interrupted) else "SIGINT"
-        print(f"FATAL: interrupted by {what}; everything made so far was removed", file=sys.stderr)
+        left = getattr(e, "leftovers", None)
+        done = "some of what was made could not be removed (see the WARNINGs)" if left else "everything made so far was removed"
+        print(f"FATAL: interrupted by {what}; {done}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 1

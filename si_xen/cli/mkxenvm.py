@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 def options(args, settings) -> dict:
     o = dict(settings.options)
     for k, v in vars(args).items():
-        if v is not None and k in config.KNOWN:
+        if v is not None:
             o[k] = v
     if isinstance(o.get("ip"), str):
         o["ip"] = o["ip"].split()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 
 from .. import proc
 from ..plan import Disk
@@ -34,4 +35,9 @@ def mount_tree(disks: list[Disk], backend, cleanup, hostname: str) -> str:
 
 
 def umount(where: str) -> None:
+    # A process killed a moment ago may still hold the filesystem: give it a second.
+    for _ in range(10):
+        if proc.run(["umount", where], ok=(0, 32)).returncode == 0:
+            return
+        time.sleep(0.2)
     proc.run(["umount", where])

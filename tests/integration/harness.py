@@ -1,0 +1,95 @@
+"""Run the real si_* commands against a private SystemImager store and config."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@dataclass
+class Env:
+    base: str
+    confdir: str
+    config: str
+    dir: str
+    output: str
+    state: str
+    lock: str
+
+    def run(self, prog: str, *args: str, check: bool = False, timeout: float = 600) -> subprocess.CompletedProcess:
+        env = dict(os.environ, SIS_CONFDIR=self.confdir, PYTHONPATH=REPO)
+        argv = [sys.executable, "-m", f"si_xen.cli.{prog}", *args, "--config", self.config]
+        cp = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+        if check and cp.returncode:
+            raise AssertionError(f"{prog} {' '.join(args)} -> {cp.returncode}\n{cp.stdout}\n{cp.stderr}")
+        return cp
+
+    def mk(self, *args: str, **kw) -> subprocess.CompletedProcess:
+        return self.run("mkxenvm", *args, **kw)
+
+    def popen_mk(self, *args: str) -> subprocess.Popen:
+        env = dict(os.environ, SIS_CONFDIR=self.confdir, PYTHONPATH=REPO)
+        argv = [sys.executable, "-m", "si_xen.cli.mkxenvm", *args, "--config", self.config]
+        return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def make_env(tmp_path, images_dir: str) -> Env:
+    base = str(tmp_path)
+    e = Env(base, f"{base}/sis", f"{base}/xen.conf", f"{base}/vms", f"{base}/etc-xen", f"{base}/state", f"{base}/lock")
+    for d in (e.confdir, e.dir, e.output):
+        os.makedirs(d)
+    with open(f"{e.confdir}/systemimager.conf", "w") as f:
+        f.write(f"DEFAULT_IMAGE_DIR = {images_dir}\nRSYNC_STUB_DIR = {e.confdir}/rsync_stubs\n")
+    with open(e.config, "w") as f:
+        f.write(f"[paths]\nstate_dir = {e.state}\nlog_dir = {base}/log\nlock_dir = {e.lock}\n"
+                f"template_dir = {base}/templates\n")
+    return e
+
+
+def debugfs_cat(image: str, path: str) -> str | None:
+    """Read a file from an ext filesystem image without mounting it."""
+    cp = subprocess.run(["debugfs", "-R", f"cat {path}", image], capture_output=True, text=True)
+    return cp.stdout if cp.returncode == 0 and "File not found" not in cp.stderr else None
+
+
+def debugfs_ls(image: str, path: str) -> list[str]:
+    cp = subprocess.run(["debugfs", "-R", f"ls -l {path}", image], capture_output=True, text=True)
+    return cp.stdout.splitlines()
+
+
+def host_state() -> dict:
+    """What a run could leak: loop devices, si-xen mounts, temp mount dirs."""
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout.splitlines()
+    with open("/proc/mounts") as f:
+        mounts = [line for line in f if "si-xen." in line]
+    tmpdirs = [n for n in os.listdir("/run") if n.startswith("si-xen.")]
+    return {"loops": sorted(loops), "mounts": mounts, "run": sorted(tmpdirs)}
+
+
+def tree_files(path: str) -> list[str]:
+    out = []
+    for d, dirs, files in os.walk(path):
+        out += [os.path.join(d, n) for n in dirs + files]
+    return sorted(out)
+
+
+def manifest(root: str) -> str:
+    """Metadata of every entry plus the content of etc/ and boot/: proves the image unchanged."""
+    h = hashlib.sha256()
+    for d, dirs, files in os.walk(root):
+        dirs.sort()
+        for n in sorted(dirs + files):
+            p = os.path.join(d, n)
+            st = os.lstat(p)
+            h.update(f"{p}|{st.st_mode}|{st.st_uid}|{st.st_gid}|{st.st_size}|{st.st_mtime_ns}".encode())
+            if os.path.islink(p):
+                h.update(os.readlink(p).encode())
+            elif n in files and p.startswith((f"{root}/etc/", f"{root}/boot/")) and os.path.isfile(p):
+                with open(p, "rb") as f:
+                    h.update(hashlib.sha256(f.read()).digest())
+    return h.hexdigest()

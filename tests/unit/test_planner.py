@@ -1,0 +1,77 @@
+"""Plans from options + image, on a small fake image (no root, nothing touched)."""
+
+import os
+
+import pytest
+
+from si_xen import config, planner
+from si_xen.errors import Fatal
+from si_xen.image import open_image
+
+from . import fakeimage
+
+LAYOUT = """<config>
+  <fsinfo line="10" real_dev="/dev/sda1" mp="/" fs="ext4" options="errors=remount-ro" />
+  <fsinfo line="20" real_dev="/dev/sda3" mp="/var" fs="reiserfs" options="defaults" />
+  <fsinfo line="30" real_dev="/dev/sda2" mp="swap" fs="swap" options="defaults" />
+  <fsinfo line="40" real_dev="/dev/sda4" mp="/boot/efi" fs="vfat" options="defaults" />
+</config>"""
+
+
+@pytest.fixture
+def image(tmp_path):
+    root = fakeimage.make(tmp_path / "images" / "deb", unpacked_mib=16)
+    with open(os.path.join(root, "etc/systemimager/autoinstallscript.conf"), "w") as f:
+        f.write(LAYOUT)
+    return open_image(root)
+
+
+def opts(tmp_path, **kw):
+    o = dict(config.BUILTIN, hostname="vm1", dhcp=True, dir=str(tmp_path), output=str(tmp_path))
+    o.update(kw)
+    return o
+
+
+def test_default_plan(tmp_path, image):
+    p = planner.make_plan(opts(tmp_path), image, None)
+    assert [(d.vdev, d.mountpoint, d.size_mib) for d in p.disks] == [("xvda1", "", 256), ("xvda2", "/", 4096)]
+    assert p.root.target == f"{tmp_path}/domains/vm1/disk.img"
+    assert p.cfg_path == f"{tmp_path}/vm1.cfg" and p.net.mac.startswith("00:16:3e:")
+    assert planner.check_boot(p, image).version == "6.1.0-99-amd64"
+
+
+def test_image_layout_keeps_known_filesystems_and_warns(tmp_path, image):
+    warnings = []
+    p = planner.make_plan(opts(tmp_path, layout="image", size_given=False), image, None, warn=warnings.append)
+    assert [(d.vdev, d.mountpoint, d.fs) for d in p.disks] == [
+        ("xvda1", "", "swap"), ("xvda2", "/", "ext4"), ("xvda3", "/var", "ext4")]
+    assert any("reiserfs" in w for w in warnings) and any("/boot/efi" in w for w in warnings)
+    assert all(d.size_mib >= 256 for d in p.disks if d.mountpoint)
+
+
+def test_memory_need_is_checked_against_the_guest(tmp_path, image):
+    p = planner.make_plan(opts(tmp_path, memory="128M"), image, None)
+    with pytest.raises(Fatal, match=r"need \d+ MiB to boot"):
+        planner.check_boot(p, image)
+
+
+def test_size_too_small_names_the_need(tmp_path, image):
+    big = os.path.join(image.path, "bin", "big")
+    with open(big, "wb") as f:
+        f.write(os.urandom(80 * 2**20))
+    with pytest.raises(Fatal, match=r"--size of 64M is too small: image 'deb' needs \d+ MiB"):
+        planner.make_plan(opts(tmp_path, size="64M"), image, None)
+
+
+def test_layout_image_without_metadata(tmp_path):
+    img = open_image(fakeimage.make(tmp_path / "plain"))
+    with pytest.raises(Fatal, match="has no disk layout"):
+        planner.make_plan(opts(tmp_path, layout="image"), img, None)
+
+
+def test_no_kernel_needs_kernel_option(tmp_path, image):
+    for n in os.listdir(os.path.join(image.path, "boot")):
+        os.unlink(os.path.join(image.path, "boot", n))
+    p = planner.make_plan(opts(tmp_path), image, None)
+    with pytest.raises(Fatal, match="no kernel in /boot.*--kernel"):
+        planner.check_boot(p, image)

@@ -52,11 +52,14 @@ def _root_path(root: str, rel: str) -> str:
     return os.path.join(root or "/", rel)
 
 
-def _write(path: str, text: str, written: list[str], force: bool) -> None:
+def _check_ours(path: str, force: bool) -> None:
     if os.path.lexists(path) and not force:
         with open(path, errors="replace") as f:
             if MARK not in f.read(4096):
                 raise Fatal(f"{path} exists and was not written by si-xen", "remove it or use --force")
+
+
+def _write(path: str, text: str, written: list[str], force: bool) -> None:
     tmp = path + ".si-xen-tmp"
     with open(tmp, "w") as f:
         f.write(text)
@@ -70,6 +73,9 @@ def install(root: str = "/", force: bool = False, log=print) -> list[str]:
     from si_xen.fixups import FIXUPS
 
     python, pkg = sys.executable, _pkg_parent()
+    targets = [_root_path(root, f"{HOOK_DIR}/{fx.hook}") for fx in FIXUPS] + [_root_path(root, ROLE)]
+    for path in targets:  # refuse before writing anything: no half installation
+        _check_ours(path, force)
     made_dirs, written = [], []
     for d in (HOOK_DIR, os.path.dirname(ROLE), os.path.dirname(MANIFEST)):
         path = _root_path(root, d)

@@ -9,6 +9,25 @@ from .. import config, registry, toolstack
 from .common import parser, run_main
 
 PROG = "si_lsxenvm"
+MAN = {
+    "summary": "list the Xen VMs made by si_mkxenvm",
+    "synopsis": "[--json] [NAME]...",
+    "description": (
+        "si_lsxenvm lists the VMs that si_mkxenvm(8) made: name, image, boot mode, disks and config, and the\n"
+        "domain's state when a Xen toolstack answers (running or stopped; unknown without a hypervisor).\n"
+        "A NAME that is not found gives a WARNING and exit status 1."
+    ),
+    "files": "/var/lib/si-xen/vms/*.json  one record per VM",
+    "see_also": "si_mkxenvm(8), si_rmxenvm(8), si-xen.conf(5)",
+}
+
+
+def build_parser():
+    p = parser(PROG, "", "List the Xen VMs made by si_mkxenvm.")
+    p.add_argument("names", nargs="*", metavar="NAME", help="only these VMs")
+    p.add_argument("--json", action="store_true", help="one JSON object per VM, one per line")
+    p.add_argument("--config", help="config file (default /etc/systemimager/xen.conf)")
+    return p
 
 
 def states() -> dict[str, str] | None:
@@ -23,11 +42,7 @@ def states() -> dict[str, str] | None:
 
 
 def body(argv) -> int:
-    p = parser(PROG, "", "List the Xen VMs made by si_mkxenvm.")
-    p.add_argument("names", nargs="*", metavar="NAME", help="only these VMs")
-    p.add_argument("--json", action="store_true", help="one JSON object per VM, one per line")
-    p.add_argument("--config", help="config file (default /etc/systemimager/xen.conf)")
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     settings = config.load(args.config)
     recs = [r for r in registry.all_records(settings.paths["state_dir"]) if not args.names or r["name"] in args.names]
     running = states()

@@ -15,6 +15,40 @@ from ..report import Reporter
 from .common import confirm, need_root, parser, run_main
 
 PROG = "si_mkxenvm"
+MAN = {
+    "summary": "deploy a Xen virtual machine from a SystemImager image",
+    "synopsis": "[IMAGE] --hostname NAME (--dhcp | --ip ADDR --netmask MASK) (--dir DIR | --lvm VG) [OPTION]...",
+    "description": (
+        "si_mkxenvm turns a SystemImager image (a directory tree under /var/lib/systemimager/images) into a\n"
+        "Xen virtual machine in one command: it validates everything first, creates the VM's disks (sparse files\n"
+        "or logical volumes), copies the image in with rsync as SystemImager installs a client (owners, modes,\n"
+        "hard links, ACLs, xattrs, device nodes, sparse files), applies the guest fixups for Xen (the hooks that\n"
+        "si_xenhooks(8) lists: fstab, hostname, console on hvc0, network, fresh identity...), makes the guest\n"
+        "bootable, writes the domain config and, with --start, starts the domain.\n\n"
+        "The image is never modified. Nothing existing is overwritten without --force. A failure, SIGINT or\n"
+        "SIGTERM at any step removes everything made so far: no loop device, mount, LV, disk, config or lock\n"
+        "stays behind. Memory is checked against what the guest's kernel and initramfs need to boot.\n\n"
+        "Defaults come from /etc/systemimager/xen.conf (si-xen.conf(5)); options override them."
+    ),
+    "examples": (
+        "The seed article's deployment, in si_mkxenvm's terms:\n"
+        "  si_mkxenvm ubuntu7_10 --hostname ubuntu --memory 256M --size 2Gb --swap 128Mb \\\n"
+        "      --dhcp --dir /home/xen\n\n"
+        "A static address, LVM storage, started with its console attached:\n"
+        "  si_mkxenvm debian12 --hostname web01 --ip 192.168.1.10/24 --gateway 192.168.1.1 \\\n"
+        "      --lvm vg0 --console\n\n"
+        "Show what would be done:\n"
+        "  si_mkxenvm debian12 --hostname web02 --dhcp --dir /srv/xen --dry-run"
+    ),
+    "files": (
+        "/etc/systemimager/xen.conf  defaults and per-image settings\n"
+        "/etc/systemimager/xen/xl.cfg.j2  a template overriding the shipped one\n"
+        "/etc/xen/HOSTNAME.cfg  the domain config (--output, --extension)\n"
+        "/var/lib/si-xen/vms/HOSTNAME.json  what was made, for si_lsxenvm and si_rmxenvm\n"
+        "/var/log/si-xen/HOSTNAME.log  the log of each deploy"
+    ),
+    "see_also": "si_lsxenvm(8), si_rmxenvm(8), si_xenhooks(8), si-xen.conf(5), xl.cfg(5), xen-create-image(8), si_lsimage(8)",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,20 @@ from .common import confirm, need_root, parser, run_main
 PROG = "si_rmxenvm"
 
 
-def body(argv) -> int:
+MAN = {
+    "summary": "remove a Xen VM made by si_mkxenvm",
+    "synopsis": "[--stop] [--keep-disks] [--yes] NAME...",
+    "description": (
+        "si_rmxenvm removes what si_mkxenvm(8) made for each NAME: the domain config, its autostart link,\n"
+        "the kernel files copied out of the guest, the disks (files or logical volumes) and the VM's record.\n"
+        "It asks first unless --yes. A running domain is refused unless --stop, which shuts it down (and\n"
+        "destroys it if it does not stop)."
+    ),
+    "see_also": "si_mkxenvm(8), si_lsxenvm(8), si-xen.conf(5), xl(1)",
+}
+
+
+def build_parser():
     p = parser(PROG, "", "Remove Xen VMs made by si_mkxenvm: the domain config, its autostart link,\n"
                "its disks and its kernel files. A running domain is refused unless --stop.")
     p.add_argument("names", nargs="+", metavar="NAME", help="VM (hostname) to remove")
@@ -22,7 +35,11 @@ def body(argv) -> int:
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     p.add_argument("--config", help="config file (default /etc/systemimager/xen.conf)")
     p.add_argument("--quiet", "-q", action="store_true", help="print only errors")
-    args = p.parse_args(argv)
+    return p
+
+
+def body(argv) -> int:
+    args = build_parser().parse_args(argv)
     need_root(PROG)
     settings = config.load(args.config)
     for name in args.names:

@@ -1,0 +1,74 @@
+"""Section 8 man pages rendered from the commands' own argparse parsers, so --help and
+man never disagree. ``python3 -m si_xen.cli.manpage DIR`` writes them all."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from .. import PROJECT, __version__
+
+COMMANDS = ("mkxenvm", "lsxenvm", "rmxenvm")
+
+
+def _esc(text: str) -> str:
+    out = text.replace("\\", "\\\\").replace("-", "\\-")
+    return "\n".join(("\\&" + line) if line.startswith((".", "'")) else line for line in out.splitlines())
+
+
+def _opt(action: argparse.Action) -> str:
+    names = ", ".join(f"\\fB{_esc(s)}\\fR" for s in action.option_strings) or f"\\fI{_esc(action.metavar or action.dest).upper()}\\fR"
+    if action.option_strings and action.nargs != 0:
+        names += f" \\fI{_esc(action.metavar or action.dest.upper())}\\fR"
+    return names
+
+
+def render(prog: str, parser: argparse.ArgumentParser, man: dict) -> str:
+    """``man``: summary, description, and optional examples/files/see_also/extra sections."""
+    title = prog.upper().replace("_", "\\_")
+    lines = [
+        f'.TH {title} 8 "" "{PROJECT} {__version__}" "{PROJECT}"',
+        ".SH NAME",
+        f"{_esc(prog)} \\- {_esc(man['summary'])}",
+        ".SH SYNOPSIS",
+        f".B {_esc(prog)}",
+        _esc(man["synopsis"]),
+        ".SH DESCRIPTION",
+        _esc(man["description"]),
+    ]
+    for title, body in man.get("extra", ()):
+        lines += [f".SH {title}", _esc(body)]
+    for group in parser._action_groups:
+        actions = [a for a in group._group_actions if a.help is not argparse.SUPPRESS]
+        if not actions:
+            continue
+        title = group.title.upper() if group.title not in ("options", "optional arguments") else "OPTIONS"
+        lines.append(f".SH {_esc(title)}")
+        for a in actions:
+            lines += [".TP", _opt(a), _esc(a.help or "")]
+    for title in ("examples", "files", "see_also"):
+        if man.get(title):
+            lines += [f".SH {title.replace('_', ' ').upper()}", ".nf" if title == "examples" else "", _esc(man[title])]
+            if title == "examples":
+                lines.append(".fi")
+    return "\n".join(x for x in lines if x != "") + "\n"
+
+
+def page(cmd: str) -> tuple[str, str]:
+    mod = importlib.import_module(f"si_xen.cli.{cmd}")
+    return f"si_{cmd}.8", render(mod.PROG, mod.build_parser(), mod.MAN)
+
+
+def main(argv=None) -> int:
+    out = (argv or sys.argv[1:] or ["man"])[0]
+    for cmd in COMMANDS:
+        name, text = page(cmd)
+        with open(os.path.join(out, name), "w") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

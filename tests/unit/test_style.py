@@ -1,0 +1,18 @@
+"""The code base stays ruff clean (the rules are in pyproject.toml)."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+from tests.conftest import require
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_ruff_clean():
+    ruff = shutil.which("ruff", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    require(ruff is not None, "ruff is not installed (pip install ruff)")
+    cp = subprocess.run([ruff, "check", "--quiet", "si_xen", "hooks", "tests", "bench"], cwd=REPO,
+                        capture_output=True, text=True)
+    assert cp.returncode == 0, cp.stdout + cp.stderr

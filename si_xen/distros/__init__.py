@@ -68,7 +68,7 @@ def _profile(key: str, release: str) -> table.Profile:
 RENDERER_MARKERS = {
     "ifupdown": ("sbin/ifup", "usr/sbin/ifup"),
     "netplan": ("usr/sbin/netplan", "etc/netplan"),
-    "ifcfg": ("etc/sysconfig/network-scripts/ifup-eth", "etc/sysconfig/network-scripts/ifcfg-lo"),
+    "ifcfg": ("etc/sysconfig/network-scripts",),
     "nm-keyfile": ("usr/sbin/NetworkManager",),
     "suse-ifcfg": ("etc/sysconfig/network/ifcfg-lo", "sbin/wicked", "usr/sbin/wicked"),
     "networkd": ("lib/systemd/systemd-networkd", "usr/lib/systemd/systemd-networkd"),

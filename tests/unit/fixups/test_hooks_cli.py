@@ -107,3 +107,13 @@ def test_install_refuses_foreign_file(tmp_path, capsys):
     assert "not written by si-xen" in capsys.readouterr().err
     assert role.read_text() == "#!/bin/sh\n# someone else's\n"
     assert not (tmp_path / "usr").exists()  # nothing half-installed
+
+
+def test_man_page_fixups_match_registry():
+    from si_xen.fixups.manpage import render
+
+    with open(os.path.join(REPO, "man/si_xenhooks.8")) as f:
+        page = f.read()
+    assert render(page) == page, "run man/gen-fixups"
+    for fx in FIXUPS:
+        assert fx.name in page

@@ -9,6 +9,7 @@ See shared/reference/xen-testbed.md for why each QEMU/Xen argument is what it is
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -81,6 +82,11 @@ def ext4_image(src: Path, dest: Path, *, label: str, extra_mb: int = 256) -> Pat
     return dest
 
 
+def _die_with_parent() -> None:
+    """In QEMU's child before exec: SIGKILL it if the runner dies, whatever kills the runner."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def _escape(arg: str) -> str:
     return arg.replace(",", ",,")  # QEMU's option syntax
 
@@ -145,7 +151,8 @@ def boot(payload_dir: Path | None, script: str, *, xen: bool = True, timeout: fl
         (tmp / "serial.log").touch()
         env = dict(os.environ, TMPDIR=str(tmp))  # QEMU's snapshot overlay goes here, and goes with it
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=open(tmp / "qemu.out", "wb"),
-                                stderr=subprocess.STDOUT, start_new_session=True, env=env)
+                                stderr=subprocess.STDOUT, start_new_session=True, env=env,
+                                preexec_fn=_die_with_parent)
         qemu_rc = _watch(proc, tmp / "serial.log", t1 + timeout, on_console, timings, t1)
         timings["qemu"] = time.monotonic() - t1
         shutil.copy(tmp / "serial.log", outdir / "serial.log")
@@ -201,3 +208,33 @@ def _extract(img: Path, dest: Path) -> int | None:
         return None  # the script never got to write its results
     rc = dest / "rc"
     return int(rc.read_text().strip()) if rc.exists() else None
+
+
+def image_disk(image: Path) -> Path:
+    """A cached ext4 copy of a SystemImager image tree, rebuilt when the tree's stamp is newer."""
+    image = Path(image)
+    stamp = image / ".si-xen-test-image"
+    dest = CACHE / "disks" / f"{image.name}.ext4"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists() and (not stamp.exists() or dest.stat().st_mtime >= stamp.stat().st_mtime):
+        return dest
+    tmp = dest.with_suffix(f".tmp{os.getpid()}")
+    try:
+        ext4_image(image, tmp, label=image.name[:16])
+        tmp.rename(dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def wheel(src: Path, dest: Path) -> Path:
+    """Build si-xen's wheel from a copy of the work tree (the build must not litter the checkout)."""
+    tree = dest / "src"
+    shutil.copytree(src, tree, ignore=shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__",
+                                                           ".ruff_cache", ".pytest_cache", "tests", "bench"))
+    out = subprocess.run(["python3", "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(dest), str(tree)],
+                         capture_output=True, text=True)
+    shutil.rmtree(tree)
+    if out.returncode != 0:
+        raise TestbedError(f"pip wheel failed:\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
+    return next(dest.glob("si_xen-*.whl"))

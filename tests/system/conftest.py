@@ -1,0 +1,87 @@
+"""System tier fixtures: the testbed's prerequisites, the test image, si-xen's wheel, timings."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import testbed  # noqa: E402
+
+from tests.conftest import need_tools, require  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGE = Path(os.environ.get("SI_XEN_TEST_IMAGE", "/var/cache/si-xen-tests/images/debian12"))
+TIMINGS: list[tuple[str, float]] = []
+
+
+def record(what: str, seconds: float) -> None:
+    TIMINGS.append((what, seconds))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if TIMINGS:
+        terminalreporter.section("system tier timings (s)")
+        for what, s in TIMINGS:
+            terminalreporter.write_line(f"{what:40s} {s:7.1f}")
+
+
+@pytest.fixture(scope="session")
+def testbed_ready():
+    require(os.geteuid() == 0, "the system tier needs root")
+    need_tools("qemu-system-x86_64", "debootstrap", "mkfs.ext4")
+    t = time.monotonic()
+    build = testbed.dom0(rebuild_log=lambda msg: print(msg))
+    record("dom0 build (0 = cached)", time.monotonic() - t)
+    return build
+
+
+@pytest.fixture(scope="session")
+def image_disk(testbed_ready):
+    """The Debian 12 test image (built by tests/images/mkimage-debian12 when missing) as a disk."""
+    t = time.monotonic()
+    out = subprocess.run([str(REPO / "tests/images/mkimage-debian12"), str(IMAGE)], capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.fail(f"test image build failed:\n{out.stderr[-2000:]}")
+    disk = testbed.image_disk(IMAGE)
+    record("test image + its disk", time.monotonic() - t)
+    return disk
+
+
+@pytest.fixture(scope="session")
+def payload(tmp_path_factory, testbed_ready):
+    """A payload directory: si-xen's wheel built from this work tree, and the dom0-side scripts."""
+    d = tmp_path_factory.mktemp("payload")
+    testbed.wheel(REPO, d)
+    for f in (Path(__file__).parent / "payload").iterdir():
+        shutil.copy(f, d / f.name)
+    return d
+
+
+def run_scenarios(payload: Path, image_disk: Path, body: str, out: Path, *, xen: bool, timeout: float):
+    """Boot once, run `body` after the dom0 setup; return (result, {scenario: ok}, log)."""
+    script = f". ./lib.sh\n. ./scenarios.sh\n{body}\n"
+    disks = [testbed.Disk("image-debian12", image_disk), testbed.Disk("scratch", size="8G"),
+             testbed.Disk("lvm", size="12G")]
+    res = testbed.boot(payload, script, xen=xen, timeout=timeout, outdir=out, disks=disks,
+                       on_console=lambda line: print(line, flush=True))
+    kind = "xen" if xen else "linux"
+    if "dom0_up" in res.timings:
+        record(f"{kind}: QEMU start -> dom0 runner", res.timings["dom0_up"])
+    record(f"{kind}: whole QEMU run", res.timings["qemu"])
+    log = res.log()
+    scenarios = {}
+    for line in log.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "TIMING":
+            record(f"{kind}: {parts[1]}", float(parts[2]))
+        if len(parts) == 4 and parts[0] == "SCENARIO":
+            scenarios[parts[1]] = parts[2] == "ok"
+            record(f"{kind}: scenario {parts[1]} ({parts[2]})", float(parts[3]))
+    return res, scenarios, log

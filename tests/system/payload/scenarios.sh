@@ -1,0 +1,104 @@
+# The system tests' scenarios, run inside the testbed's dom0 (sourced after lib.sh).
+# Each takes a VM name and checks one thing end to end; `scenario` reports ok/FAIL.
+
+IMAGE=${IMAGE:-debian12}
+VG=${VG:-vg0}
+
+setup_dom0() {
+  install_sixen || return 1
+  mount_images
+  make_bridge
+  # The static-IP guests' gateway: dom0 itself, on the bridge (nothing leaves the testbed).
+  ip addr add 10.0.0.1/24 dev xenbr0 2>/dev/null || true
+}
+
+# si_mkxenvm NAME ... --start, login prompt, `xl list`, then si_rmxenvm removes every trace.
+vm_boots() {
+  local name=$1 t=$SECONDS
+  shift
+  si_mkxenvm "$IMAGE" --hostname "$name" --memory 512M --size 2G --swap 128M --yes --start "$@"
+  timing "mkxenvm_$name" $((SECONDS - t))
+  xl list | awk '{print $1}' | grep -qx "$name"
+  wait_login "$name" "${LOGIN_TIMEOUT:-420}"
+  [ -z "${EXPECT_CONSOLE:-}" ] || grep -q "$EXPECT_CONSOLE" "/var/log/xen/console/guest-$name.log" \
+    || { echo "console of $name does not show '$EXPECT_CONSOLE'"; return 1; }
+  [ -z "${PING:-}" ] || ping_guest "$PING"
+  vm_removed "$name"
+}
+
+ping_guest() {
+  local t=$SECONDS
+  until ping -c 1 -W 2 "$1" >/dev/null; do
+    (( SECONDS - t < 60 )) || { echo "no answer from $1 on xenbr0"; return 1; }
+  done
+  echo "$1 answers on xenbr0"
+}
+
+vm_removed() {
+  local name=$1
+  si_rmxenvm --yes --stop "$name"
+  if xl domid "$name" >/dev/null 2>&1; then echo "domain $name still running"; return 1; fi
+  if [ -e "/etc/xen/$name.cfg" ]; then echo "/etc/xen/$name.cfg left behind"; return 1; fi
+  if lvs --noheadings -o lv_name 2>/dev/null | grep -q "^ *$name-"; then echo "LVs of $name left"; return 1; fi
+  if [ -e "/srv/xen/domains/$name" ]; then echo "/srv/xen/domains/$name left behind"; return 1; fi
+  if losetup -a | grep -q "/srv/xen/domains/$name/"; then echo "loop devices of $name left"; return 1; fi
+  echo "$name removed"
+}
+
+# xen-create-image's copy install of the image, with si-xen's hooks as the systemimager dist.
+xentools_boots() {
+  local name=$1 t=$SECONDS
+  si_xenhooks install-xen-tools
+  if ! xen-create-image --hostname="$name" --dist=systemimager --install-method=copy \
+    --install-source="/srv/images/$IMAGE" --lvm="$VG" --size=2G --swap=128M --memory=512M --dhcp \
+    --fs=ext4 </dev/null > "$TESTBED_RESULTS/xen-create-image-$name.out" 2>&1; then
+    cp "/var/log/xen-tools/$name.log" "$TESTBED_RESULTS/" 2>/dev/null
+    echo "xen-create-image failed:"; tail -n 30 "$TESTBED_RESULTS/xen-create-image-$name.out"
+    return 1
+  fi
+  timing "xen_create_image_$name" $((SECONDS - t))
+  sed 's/^/  cfg| /' "/etc/xen/$name.cfg"
+  xl create "/etc/xen/$name.cfg"
+  wait_login "$name" "${LOGIN_TIMEOUT:-420}"
+  xl destroy "$name"
+  xen-delete-image --lvm="$VG" "$name"
+  si_xenhooks uninstall-xen-tools
+}
+
+# --lvm without Xen (the plain-Linux testbed): the LVs, a clean filesystem, the guest fixed up,
+# then si_rmxenvm takes the LVs away.
+lvm_made() {
+  local name=$1 t=$SECONDS lv root
+  si_mkxenvm "$IMAGE" --hostname "$name" --memory 512M --size 2G --swap 128M --dhcp --lvm "$VG" --yes
+  timing "mkxenvm_$name" $((SECONDS - t))
+  lvs "$VG"
+  root=$(lvs --noheadings -o lv_path "$VG" | awk -v n="$name" '$1 ~ "/"n"-disk$" {print $1}')
+  [ -n "$root" ] || { echo "no root LV $VG/$name-disk"; return 1; }
+  for lv in $(lvs --noheadings -o lv_path "$VG" | grep "/$name-"); do
+    echo "LV $lv: $(blkid -o value -s TYPE "$lv")"
+  done
+  e2fsck -fn "$root"
+  mkdir -p "/mnt/$name"
+  mount -o ro "$root" "/mnt/$name"
+  guest_fixed_up "/mnt/$name" "$name"; local ok=$?
+  umount "/mnt/$name"
+  [ $ok = 0 ] || return 1
+  si_rmxenvm --yes "$name"
+  if lvs --noheadings -o lv_name "$VG" | grep -q "^ *$name-"; then echo "LVs of $name left"; return 1; fi
+  [ ! -e "/etc/xen/$name.cfg" ] || { echo "/etc/xen/$name.cfg left behind"; return 1; }
+  echo "$name removed"
+}
+
+# What every clone of the golden image must have: its own name, an fstab for the VM's
+# disks (not the golden client's), and a getty on Xen's console.
+guest_fixed_up() {
+  local root=$1 name=$2
+  echo "hostname: $(cat "$root/etc/hostname")"; sed 's/^/  fstab| /' "$root/etc/fstab"
+  [ "$(cat "$root/etc/hostname")" = "$name" ] || { echo "hostname is not $name"; return 1; }
+  ! grep -q '0b7c2f7e-1d2a-4c5e-9f00-3a1b2c3d4e5f\|/dev/sda' "$root/etc/fstab" || { echo "golden client's fstab kept"; return 1; }
+  grep -Eq '^[^#]+[[:space:]]/[[:space:]]+ext4' "$root/etc/fstab" || { echo "no root in fstab"; return 1; }
+  grep -q swap "$root/etc/fstab" || { echo "no swap in fstab"; return 1; }
+  ls "$root"/etc/systemd/system/*/serial-getty@hvc0.service >/dev/null 2>&1 \
+    || grep -q hvc0 "$root/etc/inittab" 2>/dev/null || { echo "no getty on hvc0"; return 1; }
+  grep -q "$name" "$root/etc/hosts" || { echo "$name not in /etc/hosts"; return 1; }
+}

@@ -17,7 +17,7 @@ from .report import Reporter
 from .rollback import Undo, signals_raise
 from .sizes import human
 from .storage import backend_for
-from .storage.mount import mkfs, mount_tree
+from .storage.mount import sync_targets
 
 
 def boot_dir(plan: Plan, state_dir: str) -> str:
@@ -67,16 +67,11 @@ def execute(plan: Plan, image: Image, kernel: boot.GuestKernel, settings, rep: R
 
 def _run(plan, image, kernel, settings, rep, backend, undo, cleanup) -> dict:
     t0 = time.monotonic()
-    for d in sorted(plan.disks, key=lambda d: d.vdev):
-        label = "swap image" if d.fs == "swap" else f"disk image ({d.mountpoint})"
-        with rep.step(f"Creating {label}: {d.target}"):
-            backend.create(d, undo)
-        with rep.step(f"Creating {'swap' if d.fs == 'swap' else d.fs + ' filesystem'} on {d.target}"):
-            mkfs(d)
-    root = mount_tree(list(plan.disks), backend, cleanup, plan.hostname)
-    with rep.step(f"Installation method: copy\n(Source: {image.path})"):
-        populate.copy(image.path, root, rep.progress)
-        rep.end_progress()
+    bases: list[str] = []
+    if plan.clone:
+        root, bases = populate.cloned(plan, image, plan.fingerprint, backend, rep, undo, cleanup)
+    else:
+        root = populate.fresh(plan, image, backend, rep, undo, cleanup)
     from .fixups import run_all  # the fixup catalogue loads only when a deploy needs it
 
     with rep.step("Running hooks"):
@@ -84,7 +79,8 @@ def _run(plan, image, kernel, settings, rep, backend, undo, cleanup) -> dict:
     guest = Guest(root)
     kernel_path = ramdisk = None
     if plan.boot == "direct" and not plan.kernel:
-        kernel_path, ramdisk = boot.copy_out(guest, kernel, boot_dir(plan, settings.paths["state_dir"]), undo)
+        kernel_path, ramdisk = boot.copy_out(guest, kernel, boot_dir(plan, settings.paths["state_dir"]), undo,
+                                             shared=bases[0] if bases else None)
     elif plan.boot == "direct":
         kernel_path, ramdisk = plan.kernel, plan.initrd
     else:
@@ -95,7 +91,7 @@ def _run(plan, image, kernel, settings, rep, backend, undo, cleanup) -> dict:
         failed = cleanup.pop_all()
         if failed:
             raise Fatal(f"could not unmount the new filesystems: {failed[0]}", "check with findmnt, then si_rmxenvm")
-        os.sync()
+        sync_targets(list(plan.disks))
     with rep.step(f"Creating Xen configuration file: {plan.cfg_path}"):
         text = domain.render(plan, kernel=kernel_path, ramdisk=ramdisk, cmdline=boot.cmdline(plan.root.vdev),
                              user_dir=settings.paths["template_dir"])
@@ -112,7 +108,7 @@ def _run(plan, image, kernel, settings, rep, backend, undo, cleanup) -> dict:
                   for d in plan.disks],
         "boot": plan.boot, "type": plan.type, "boot_files": [p for p in (kernel_path, ramdisk) if p and not plan.kernel],
         "mac": plan.net.mac, "ips": list(plan.net.ips) or ["dhcp"], "memory": plan.memory, "version": __version__,
-        "ssh_fingerprints": fps, "seconds": round(time.monotonic() - t0, 2),
+        "ssh_fingerprints": fps, "bases": bases, "seconds": round(time.monotonic() - t0, 2),
     }
     registry.save(settings.paths["state_dir"], record)
     undo.push("remove VM record", registry.remove, settings.paths["state_dir"], plan.hostname)

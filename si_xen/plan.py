@@ -65,6 +65,8 @@ class Plan:
     autostart: bool = False
     force: bool = False
     layout: str = "default"
+    clone: bool = False  # reflink a cached base disk of the image instead of a full copy
+    fingerprint: str = ""  # of the image tree, names its base disks
     fixups_only: tuple[str, ...] = ()
     fixups_skip: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
@@ -176,6 +178,7 @@ def describe(plan: Plan) -> str:
     for d in plan.disks:
         mp = d.mountpoint or "swap"
         lines.append(f"{d.vdev:<6} {mp:<14} {d.fs:<5} {human(d.size_mib):>6}  {d.target}")
+    lines += [f"Copy           : {n}" for n in plan.notes]
     lines += ["", "Networking Information", "----------------------"]
     lines.append("IP Address     : " + ("DHCP" if net.dhcp else " ".join(net.ips) + f" / {net.netmask}"))
     if net.gateway:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 
-from . import boot, populate
+from . import boot, domain
 from .errors import Fatal
 from .image import Image
+from .image.survey import Survey, needed_mib
 from .plan import (
     BOOT_MODES,
     FILESYSTEMS,
@@ -21,6 +23,7 @@ from .plan import (
 )
 from .sizes import human, parse_mib
 from .storage import backend_for
+from .storage.bases import reflinks_work
 from .storage.mount import MKFS
 
 ROOT_OPTIONS = {"ext3": "errors=remount-ro", "ext4": "errors=remount-ro", "xfs": "defaults"}
@@ -63,13 +66,13 @@ def _image_layout(image: Image, o: dict, fs: str, size_given: bool, warn) -> lis
     return disks
 
 
-def _sized(disks: list[Disk], image: Image) -> list[Disk]:
+def _sized(disks: list[Disk], image: Image, survey: Survey) -> list[Disk]:
     """Give layout disks without a size their need plus headroom; refuse ones too small."""
-    usage = populate.measure(image.path, [d.mountpoint for d in disks if d.mountpoint])
+    usage = survey.usage([d.mountpoint for d in disks if d.mountpoint])
     out = []
     for d in disks:
         if d.mountpoint:
-            need = populate.needed_mib(*usage[d.mountpoint])
+            need = needed_mib(*usage[d.mountpoint])
             if d.size_mib == 0:
                 d = Disk(d.name, d.mountpoint, d.fs, max(256, need * 3 // 2 // 64 * 64 + 64), d.options)
             elif d.size_mib < need:
@@ -82,7 +85,7 @@ def _sized(disks: list[Disk], image: Image) -> list[Disk]:
     return out
 
 
-def make_plan(o: dict, image: Image, settings, warn=lambda m: None) -> Plan:
+def make_plan(o: dict, image: Image, survey: Survey, warn=lambda m: None) -> Plan:
     """``o``: option name -> value (CLI over config over built-in defaults)."""
     hostname = check_hostname(o["hostname"] or "")
     memory = parse_mib(o["memory"], "--memory")
@@ -114,7 +117,7 @@ def make_plan(o: dict, image: Image, settings, warn=lambda m: None) -> Plan:
     for d in disks:
         if d.fs not in MKFS:
             raise Fatal(f"filesystem {d.fs} is not supported", f"use one of {', '.join(FILESYSTEMS)}")
-    disks = number_disks(_sized(disks, image))
+    disks = number_disks(_sized(disks, image, survey))
 
     net = check_network(
         bool(o.get("dhcp")), tuple(o.get("ip") or ()), o.get("netmask") or "", o.get("gateway") or "",
@@ -127,6 +130,15 @@ def make_plan(o: dict, image: Image, settings, warn=lambda m: None) -> Plan:
     if not o.get("dir") and not o.get("lvm"):
         raise Fatal("no storage given", "add --dir DIR (image files) or --lvm VG (logical volumes)")
     storage, root = ("lvm", o["lvm"]) if o.get("lvm") else ("dir", os.path.abspath(o["dir"]))
+    clone = storage == "dir" and not o.get("full_copy") and os.path.isdir(root) and reflinks_work(root)
+    if storage == "lvm":
+        copy_note = "full copy into logical volumes"
+    elif clone:
+        copy_note = f"copy-on-write clone of the image's base disk in {root}/bases"
+    elif o.get("full_copy"):
+        copy_note = "full copy (--full-copy)"
+    else:
+        copy_note = f"full copy ({root} cannot reflink; XFS or btrfs give clones)"
 
     output = o["output"]
     if not os.path.isdir(output):
@@ -140,6 +152,7 @@ def make_plan(o: dict, image: Image, settings, warn=lambda m: None) -> Plan:
         cfg_path=cfg_path, maxmem=maxmem, kernel=o.get("kernel"), initrd=o.get("initrd"),
         toolstack=o["toolstack"], start=bool(o.get("start") or o.get("console")), console=bool(o.get("console")),
         autostart=bool(o.get("autostart")), force=bool(o.get("force")), layout=layout,
+        clone=clone, fingerprint=survey.fingerprint, notes=(copy_note,),
         fixups_only=tuple(x for x in (o.get("fixups") or "").split(",") if x),
         fixups_skip=tuple(x for x in (o.get("skip_fixups") or "").split(",") if x),
     )
@@ -148,20 +161,27 @@ def make_plan(o: dict, image: Image, settings, warn=lambda m: None) -> Plan:
     return plan
 
 
-def check_boot(plan: Plan, image: Image) -> boot.GuestKernel | None:
-    """The kernel the VM boots, and whether the memory given lets it get past its initramfs."""
-    guest = image.guest
+def check_boot(plan: Plan, image: Image, cache_dir: str | None = None) -> boot.GuestKernel | None:
+    """The kernel the VM boots, and whether the memory given lets it get past its initramfs.
+
+    Measuring an initramfs means unpacking it (~0.5 s): the result is kept per image
+    fingerprint in ``cache_dir`` (by remember_boot, once a VM is made), so later VMs skip it."""
     if plan.kernel:
         k = boot.GuestKernel("supplied", plan.kernel, plan.initrd)
         need = boot.memory_needed(boot.Guest("/"), k)
     else:
-        k = boot.find_kernel(guest)
-        if k is None:
-            raise Fatal(
-                f"image '{image.name}' has no kernel in /boot",
-                "supply a Xen-capable kernel with --kernel and --initrd",
-            )
-        need = boot.memory_needed(guest, k)
+        cached = _cached(cache_dir, plan)
+        if cached:
+            k, need = boot.GuestKernel(**cached["kernel"]), cached["memory_need"]
+        else:
+            k = boot.find_kernel(image.guest)
+            if k is None:
+                raise Fatal(
+                    f"image '{image.name}' has no kernel in /boot",
+                    "supply a Xen-capable kernel with --kernel and --initrd",
+                )
+            need = boot.memory_needed(image.guest, k)
+            _pending[plan.fingerprint] = {"kernel": k.__dict__, "memory_need": need}
     if plan.memory < need:
         raise Fatal(
             f"--memory {plan.memory}M is too small for this guest: its kernel and initramfs need {need} MiB to boot",
@@ -170,3 +190,28 @@ def check_boot(plan: Plan, image: Image) -> boot.GuestKernel | None:
     if plan.boot == "pvgrub2" and not os.path.isfile(boot.PVGRUB2[plan.type]):
         raise Fatal(f"pvgrub2 image {boot.PVGRUB2[plan.type]} not found", "apt-get install grub-xen-host, or use --boot direct")
     return k
+
+
+def _cache_file(cache_dir: str | None, plan: Plan) -> str | None:
+    return os.path.join(cache_dir, f"{plan.image_name}-{plan.fingerprint}.json") if cache_dir else None
+
+
+def _cached(cache_dir, plan) -> dict | None:
+    path = _cache_file(cache_dir, plan)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (TypeError, OSError, ValueError):
+        return None
+
+
+_pending: dict[str, dict] = {}
+
+
+def remember_boot(plan: Plan, cache_dir: str) -> None:
+    """Keep what check_boot measured, now that a VM of this image exists."""
+    facts = _pending.pop(plan.fingerprint, None)
+    path = _cache_file(cache_dir, plan)
+    if facts and path:
+        os.makedirs(cache_dir, exist_ok=True)
+        domain.write_atomic(path, json.dumps(facts))

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 from contextlib import contextmanager
 
 from .domain import write_atomic
 from .errors import Fatal
+from .locks import exclusive
 
 
 def vm_dir(state_dir: str) -> str:
@@ -54,20 +54,9 @@ def remove(state_dir: str, name: str) -> None:
 @contextmanager
 def lock(lock_dir: str, name: str):
     """One si_* command per VM name at a time; the lock file goes away with us."""
-    os.makedirs(lock_dir, exist_ok=True)
     path = os.path.join(lock_dir, f"{name}.lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise Fatal(f"another si_* command is working on VM '{name}' ({path})", "wait for it to finish") from None
-        try:
+        with exclusive(path, wait=False):
             yield
-        finally:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-    finally:
-        os.close(fd)
+    except BlockingIOError:
+        raise Fatal(f"another si_* command is working on VM '{name}' ({path})", "wait for it to finish") from None

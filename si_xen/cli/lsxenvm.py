@@ -59,6 +59,8 @@ def body(argv) -> int:
         disks = ", ".join(f"{d['vdev']}:{d['mountpoint'] or 'swap'}:{d['size']}" for d in r["disks"])
         print(f"{r['name']:<20} {r['image']:<18} {r['state']:<8} {r['boot']:<8} {disks}")
         print(f"{'':<20} config {r['config']}")
+        for base in r.get("bases", []):
+            print(f"{'':<20} clone of {base}")
     missing = set(args.names) - {r["name"] for r in recs}
     for n in sorted(missing):
         print(f"WARNING: VM '{n}' not found!", file=sys.stderr)

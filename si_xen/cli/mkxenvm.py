@@ -6,9 +6,10 @@ import argparse
 import os
 import sys
 
-from .. import config, deploy, planner, populate
+from .. import config, deploy, planner
 from ..errors import Fatal
 from ..image import open_image
+from ..image.survey import needed_mib, survey
 from ..plan import describe
 from ..registry import lock
 from ..report import Reporter
@@ -79,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("storage and output")
     g.add_argument("--dir", help="store disks as sparse files under DIR/domains/HOSTNAME/")
     g.add_argument("--lvm", metavar="VG", help="store disks as logical volumes HOSTNAME-NAME in VG")
+    g.add_argument("--full-copy", action="store_true", default=None,
+                   help="copy the image into every VM, even where a reflink clone of its base disk is possible")
     g.add_argument("--output", help="directory for the domain config (default /etc/xen)")
     g.add_argument("--extension", help="config file extension (default .cfg)")
     g = p.add_argument_group("boot")
@@ -111,7 +114,7 @@ def options(args, settings) -> dict:
     if isinstance(o.get("ip"), str):
         o["ip"] = o["ip"].split()
     o["dhcp"] = str(o.get("dhcp", "")).lower() in ("1", "true", "yes", "on")
-    for flag in ("noswap", "start", "console", "autostart", "force"):
+    for flag in ("noswap", "start", "console", "autostart", "force", "full_copy"):
         o[flag] = str(o.get(flag, "")).lower() in ("1", "true", "yes", "on")
     o["size_given"] = args.size is not None
     o["hostname"] = args.hostname
@@ -135,10 +138,12 @@ def body(argv) -> int:
     for w in image.os.__dict__.get("warnings", ()):
         rep.warn(w)
     o = options(args, settings)
-    plan = planner.make_plan(o, image, settings, warn=rep.warn)
-    kernel = planner.check_boot(plan, image)
-    usage = populate.measure(image.path, [d.mountpoint for d in plan.disks if d.mountpoint])
-    need = sum(populate.needed_mib(*u) for u in usage.values()) if plan.storage == "dir" else 0
+    tree = survey(image.path)
+    plan = planner.make_plan(o, image, tree, warn=rep.warn)
+    facts_dir = None if args.dry_run else os.path.join(settings.paths["state_dir"], "images")
+    kernel = planner.check_boot(plan, image, facts_dir)
+    usage = tree.usage([d.mountpoint for d in plan.disks if d.mountpoint])
+    need = sum(needed_mib(*u) for u in usage.values()) if plan.storage == "dir" and not plan.clone else 0
     deploy.preflight(plan, settings, need)
     if args.dry_run:
         print(describe(plan))
@@ -152,6 +157,7 @@ def body(argv) -> int:
         try:
             rep.say(describe(plan) + "\n")
             rec = deploy.execute(plan, image, kernel, settings, rep)
+            planner.remember_boot(plan, facts_dir)
             summary(rec, plan, rep, settings)
         finally:
             rep.close()

@@ -8,6 +8,7 @@ import sys
 from .. import config, registry, toolstack
 from ..errors import Fatal
 from ..storage import FileBackend, LvmBackend
+from ..storage.bases import remove_base
 from .common import confirm, need_root, parser, run_main
 
 PROG = "si_rmxenvm"
@@ -32,6 +33,8 @@ def build_parser():
     p.add_argument("names", nargs="+", metavar="NAME", help="VM (hostname) to remove")
     p.add_argument("--stop", action="store_true", help="shut a running domain down first (destroy if it hangs)")
     p.add_argument("--keep-disks", action="store_true", help="remove the VM but keep its disks")
+    p.add_argument("--prune-bases", action="store_true",
+                   help="also remove the base disks this VM was cloned from, when no other VM uses them")
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     p.add_argument("--config", help="config file (default /etc/systemimager/xen.conf)")
     p.add_argument("--quiet", "-q", action="store_true", help="print only errors")
@@ -76,6 +79,10 @@ def remove(name: str, args, settings) -> None:
             except OSError:
                 pass
         registry.remove(state_dir, name)
+        if args.prune_bases:
+            in_use = {b for r in registry.all_records(state_dir) for b in r.get("bases", [])}
+            for base in set(rec.get("bases", [])) - in_use:
+                remove_base(base)
     if not args.quiet:
         print(f"Removed VM '{name}'.")
 

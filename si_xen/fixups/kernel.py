@@ -7,7 +7,7 @@ import re
 import shutil
 
 from si_xen.fixups.base import Ctx, fixup
-from si_xen.fixups.initramfs import Unreadable, members
+from si_xen.initramfs import Unreadable, scan_cached
 
 XEN_DRIVERS = ("xen-blkfront", "xen-netfront")
 INITRDS = ("boot/initrd.img-{v}", "boot/initramfs-{v}.img", "boot/initrd-{v}.img", "boot/initrd-{v}")
@@ -51,9 +51,8 @@ def _check_initrd(ctx: Ctx, ver: str) -> None:
     if initrd is None:
         return
     try:
-        with open(g.path(initrd), "rb") as f:
-            names = members(f.read())
-    except (Unreadable, ValueError, OSError, EOFError, Exception) as e:  # noqa: B014
+        names = scan_cached(g.path(initrd)).names
+    except (Unreadable, ValueError, OSError) as e:
         ctx.warn(f"kernel: cannot read /{initrd} ({e}); check it holds xen-blkfront")
         return
     have = {os.path.basename(n).split(".ko")[0].replace("_", "-") for n in names if ".ko" in n}

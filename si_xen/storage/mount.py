@@ -17,8 +17,9 @@ MKFS = {
 }
 
 
-def mkfs(disk: Disk) -> None:
-    proc.run([*MKFS[disk.fs], disk.target])
+def mkfs(disk: Disk, tree: str | None = None) -> None:
+    """Make the filesystem; with ``tree`` (ext3/ext4 only) mke2fs fills it in the same pass."""
+    proc.run([*MKFS[disk.fs], *(["-d", tree] if tree else []), disk.target])
 
 
 def mount_tree(disks: list[Disk], backend, cleanup, hostname: str) -> str:
@@ -29,9 +30,21 @@ def mount_tree(disks: list[Disk], backend, cleanup, hostname: str) -> str:
         where = top if d.mountpoint == "/" else os.path.join(top, d.mountpoint.lstrip("/"))
         os.makedirs(where, exist_ok=True)  # a fresh filesystem: no guest symlinks yet
         source, opts = backend.mount_source(d.target)
-        proc.run(["mount", *opts, "-t", d.fs, source, where])
+        # nouuid: XFS clones of one base share a UUID, and XFS refuses that otherwise
+        extra = ["-o", "nouuid"] if d.fs == "xfs" else []
+        proc.run(["mount", *opts, *extra, "-t", d.fs, source, where])
         cleanup.push(f"unmount {where}", umount, where)
     return top
+
+
+def sync_targets(disks: list[Disk]) -> None:
+    """Flush just these disks (os.sync would wait for every dirty page of the machine)."""
+    for d in disks:
+        fd = os.open(d.target, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def umount(where: str) -> None:

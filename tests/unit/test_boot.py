@@ -1,17 +1,41 @@
 import os
 
-from si_xen import boot
+import pytest
+
+from si_xen import boot, initramfs
 from si_xen.guestfs import Guest
 
 from . import fakeimage
 
 
-def test_initramfs_measured_as_the_kernel_unpacks_it(tmp_path):
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SI_XEN_CACHE", str(tmp_path / "cache"))
+
+
+def test_initramfs_read_as_the_kernel_unpacks_it(tmp_path):
     root = fakeimage.make(tmp_path / "img", unpacked_mib=40)
     g = Guest(root)
     k = boot.find_kernel(g)
     assert k.version == "6.1.0-99-amd64" and k.initrd.endswith("initrd.img-6.1.0-99-amd64")
-    assert boot.initrd_unpacked_mib(g.path(k.initrd)) == 40
+    s = initramfs.scan(g.path(k.initrd))
+    assert s.names == ("kernel/x86/microcode/AuthenticAMD.bin", "init", "big")
+    assert 40 * 2**20 < s.unpacked < 41 * 2**20
+
+
+def test_initramfs_scan_is_cached_by_file_identity(tmp_path, monkeypatch):
+    root = fakeimage.make(tmp_path / "img", unpacked_mib=4, microcode=False)
+    path = Guest(root).path("/boot/initrd.img-6.1.0-99-amd64")
+    first = initramfs.scan_cached(path)
+    monkeypatch.setattr(initramfs, "scan", lambda p: pytest.fail("scanned twice"))
+    assert initramfs.scan_cached(path) == first and first.names == ("init", "big")
+
+
+def test_unknown_compression_is_unreadable(tmp_path):
+    p = tmp_path / "initrd"
+    p.write_bytes(b"\x42\x42\x42\x42" * 100)
+    with pytest.raises(initramfs.Unreadable):
+        initramfs.scan(str(p))
 
 
 def test_memory_need_grows_with_the_initramfs(tmp_path):

@@ -1,0 +1,66 @@
+"""One walk over an image: the space each target filesystem needs, and a fingerprint that
+changes when anything in the tree does (so a cached base disk is never stale)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+
+# Not copied into VMs (SystemImager's install-time exclusions), so not counted either.
+SKIP_CONTENT = ("proc", "sys", "run", "tmp")
+
+
+@dataclass(frozen=True)
+class Survey:
+    fingerprint: str
+    entries: tuple[tuple[str, int], ...]  # (guest path, bytes on disk); hard links once
+
+    def usage(self, mountpoints: list[str]) -> dict[str, tuple[int, int]]:
+        """Bytes and inodes per target mountpoint (the deepest mountpoint holding a path)."""
+        mps = sorted(mountpoints, key=len, reverse=True)
+        out = {mp: [0, 0] for mp in mountpoints}
+        for path, size in self.entries:
+            mp = next((m for m in mps if m == "/" or path == m or path.startswith(m + "/")), "/")
+            out[mp][0] += size
+            out[mp][1] += 1
+        return {mp: (v[0], v[1]) for mp, v in out.items()}
+
+
+def survey(image: str) -> Survey:
+    h = hashlib.sha256()
+    entries: list[tuple[str, int]] = []
+    seen: set[tuple[int, int]] = set()
+    stack = [("", image)]
+    while stack:
+        rel, path = stack.pop()
+        try:
+            with os.scandir(path) as it:
+                items = sorted(it, key=lambda e: e.name)
+        except OSError:
+            continue
+        for e in items:
+            erel = f"{rel}/{e.name}"
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            h.update(f"{erel}\0{st.st_mode}\0{st.st_uid}\0{st.st_gid}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n"
+                     .encode(errors="surrogateescape"))
+            isdir = stat.S_ISDIR(st.st_mode)
+            if st.st_nlink > 1 and not isdir:
+                if (st.st_dev, st.st_ino) in seen:
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+            entries.append((erel, st.st_blocks * 512))
+            if isdir and not (rel == "" and e.name in SKIP_CONTENT) and e.name != "lost+found":
+                stack.append((erel, e.path))
+    return Survey(h.hexdigest()[:16], tuple(entries))
+
+
+def needed_mib(used_bytes: int, inodes: int) -> int:
+    """Filesystem size that holds the data with room for metadata, journal and inodes."""
+    data = used_bytes * 1.08 / 2**20 + 64
+    inode_room = inodes * 1.2 * 16384 / 2**20  # ext4's default bytes-per-inode
+    return int(max(data, inode_room)) + 1

@@ -1,0 +1,97 @@
+"""Copy-on-write clones on a real XFS filesystem (reflinks), and the ext4 fallback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from tests.conftest import need_tools
+from tests.unit import fakeimage
+
+from .harness import debugfs_cat, host_state, make_env
+
+pytestmark = pytest.mark.integration
+OPTS = ["--memory", "512M", "--size", "2G", "--swap", "128M", "--dhcp"]
+
+
+@pytest.fixture
+def xfs_dir(tmp_path, as_root):
+    """An XFS filesystem (reflink=1 is mkfs.xfs's default) on a loop device."""
+    need_tools("mkfs.xfs", "mount", "umount")
+    img, mnt = tmp_path / "xfs.img", tmp_path / "xfs"
+    mnt.mkdir()
+    with open(img, "wb") as f:
+        f.truncate(8 * 2**30)
+    subprocess.run(["mkfs.xfs", "-q", str(img)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], check=True)
+    try:
+        yield str(mnt)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def used_mib(path: str) -> float:
+    st = os.statvfs(path)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize / 2**20
+
+
+def test_second_vm_is_a_clone_costing_almost_nothing(debian12_image, xfs_dir, tmp_path):
+    env = make_env(tmp_path / "e", os.path.dirname(debian12_image))
+    before = host_state()
+    first = env.mk("debian12", "--hostname", "c1", *OPTS, "--dir", xfs_dir, "--output", env.output, check=True)
+    assert "Building base disks" in first.stdout and "Cloning disk image" in first.stdout
+    used = used_mib(xfs_dir)
+    second = env.mk("debian12", "--hostname", "c2", *OPTS, "--dir", xfs_dir, "--output", env.output, check=True)
+    assert "Building base" not in second.stdout and "Cloning disk image" in second.stdout
+    image_mib = 640
+    assert used_mib(xfs_dir) - used < 0.05 * image_mib, "a clone must add under 5% of the image"
+    bases = [n for n in os.listdir(f"{xfs_dir}/bases") if n.endswith(".img")]
+    assert len(bases) == 1
+    base = f"{xfs_dir}/bases/{bases[0]}"
+    for h in ("c1", "c2"):
+        disk = f"{xfs_dir}/domains/{h}/disk.img"
+        assert subprocess.run(["e2fsck", "-fn", disk], capture_output=True).returncode == 0
+        assert debugfs_cat(disk, "/etc/hostname") == f"{h}\n"
+    # the base is the image's plain copy: no VM's identity leaks into it
+    assert debugfs_cat(base, "/etc/hostname") == "golden01\n"
+    assert debugfs_cat(f"{xfs_dir}/domains/c1/disk.img", "/etc/ssh/ssh_host_ed25519_key.pub") != debugfs_cat(
+        f"{xfs_dir}/domains/c2/disk.img", "/etc/ssh/ssh_host_ed25519_key.pub")
+    ls = env.run("lsxenvm", check=True).stdout
+    assert f"clone of {base}" in ls
+    env.run("rmxenvm", "c1", "--yes", "--prune-bases", check=True)
+    assert os.path.exists(base), "c2 still uses the base"
+    env.run("rmxenvm", "c2", "--yes", "--prune-bases", check=True)
+    assert not any(n.endswith(".img") for n in os.listdir(f"{xfs_dir}/bases"))
+    assert host_state() == before
+
+
+def test_changed_image_gets_a_new_base(xfs_dir, tmp_path, as_root):
+    images = tmp_path / "images"
+    root = fakeimage.make(images / "tiny", unpacked_mib=4)
+    env = make_env(tmp_path / "e", str(images))
+    opts = ["--memory", "512M", "--size", "512M", "--noswap", "--dhcp", "--dir", xfs_dir, "--output", env.output]
+    env.mk("tiny", "--hostname", "t1", *opts, check=True)
+    with open(os.path.join(root, "etc/motd"), "w") as f:
+        f.write("new release\n")
+    out = env.mk("tiny", "--hostname", "t2", *opts, check=True).stdout
+    assert "Building base disks" in out
+    assert len([n for n in os.listdir(f"{xfs_dir}/bases") if n.endswith(".img")]) == 2
+    assert debugfs_cat(f"{xfs_dir}/domains/t2/disk.img", "/etc/motd") == "new release\n"
+    assert debugfs_cat(f"{xfs_dir}/domains/t1/disk.img", "/etc/motd") is None
+
+
+def test_full_copy_and_ext4_fallback_say_so(debian12_image, tmp_path):
+    env = make_env(tmp_path / "e", os.path.dirname(debian12_image))
+    out = env.mk("debian12", "--hostname", "f1", *OPTS, "--dir", env.dir, "--output", env.output, "--dry-run",
+                 check=True).stdout
+    fs = subprocess.run(["stat", "-f", "-c", "%T", env.dir], capture_output=True, text=True).stdout.strip()
+    if fs in ("xfs", "btrfs"):
+        pytest.skip(f"{env.dir} is on {fs}")
+    assert "cannot reflink" in out
+    out = env.mk("debian12", "--hostname", "f1", *OPTS, "--dir", env.dir, "--output", env.output, "--full-copy",
+                 "--dry-run", check=True).stdout
+    assert "full copy (--full-copy)" in out
+    shutil.rmtree(env.dir)

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from .. import config, deploy, planner
+from .. import batch, config, deploy, planner
 from ..errors import Fatal
 from ..image import open_image
 from ..image.survey import needed_mib, survey
@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image_pos", nargs="?", metavar="IMAGE", help="image name (or path); same as --image")
     a = p.add_argument
     a("--image", help="SystemImager image name, looked up like si_lsimage does, or a path")
-    a("--hostname", help="the VM's hostname, also its Xen domain name (required)")
+    a("--hostname", help="the VM's hostname, also its Xen domain name (required); a list or pattern such as "
+      "web[01-20] makes a batch, in parallel, with consecutive --ip addresses")
     g = p.add_argument_group("size")
     g.add_argument("--memory", help="memory, e.g. 512M or 1G (default 512M)")
     g.add_argument("--maxmem", help="maximum memory for ballooning")
@@ -139,18 +140,35 @@ def body(argv) -> int:
         rep.warn(w)
     o = options(args, settings)
     tree = survey(image.path)
-    plan = planner.make_plan(o, image, tree, warn=rep.warn)
+    hosts = batch.expand(args.hostname)
+    plans = [planner.make_plan(dict(o, hostname=h, ip=batch.shifted(o.get("ip") or [], i),
+                                    mac=o.get("mac") if len(hosts) == 1 else None),
+                               image, tree, warn=rep.warn) for i, h in enumerate(hosts)]
+    plan = plans[0]
     facts_dir = None if args.dry_run else os.path.join(settings.paths["state_dir"], "images")
     kernel = planner.check_boot(plan, image, facts_dir)
     usage = tree.usage([d.mountpoint for d in plan.disks if d.mountpoint])
     need = sum(needed_mib(*u) for u in usage.values()) if plan.storage == "dir" and not plan.clone else 0
-    deploy.preflight(plan, settings, need)
+    for p in plans:
+        deploy.preflight(p, settings, need * len(plans))
     if args.dry_run:
         print(describe(plan))
+        for p in plans[1:]:
+            print(f"... and {p.hostname}: {' '.join(p.net.ips) or 'DHCP'}, MAC {p.net.mac}, {p.root.target}")
         print("\nDry run: nothing was changed.")
         return 0
-    if plan.force and (os.path.lexists(plan.cfg_path)) and not confirm(f"Overwrite VM '{plan.hostname}'?", args.yes):
+    existing = [p.hostname for p in plans if os.path.lexists(p.cfg_path)]
+    if plan.force and existing and not confirm(f"Overwrite VM {', '.join(existing)}?", args.yes):
         raise Fatal("not confirmed", "nothing was changed")
+    if len(plans) > 1:
+        rep.say(f"Deploying {len(plans)} VMs from image '{image.name}'")
+        done, failed = batch.run(plans, image, kernel, settings, rep)
+        if done:
+            planner.remember_boot(plan, facts_dir)
+        if failed:
+            raise Fatal(f"{len(failed)} of {len(plans)} VMs failed: {'; '.join(failed)}",
+                        f"see the logs in {settings.paths['log_dir']}")
+        return 0
     with lock(settings.paths["lock_dir"], plan.hostname):
         deploy.preflight(plan, settings, need)  # again, now that no one else can race us
         rep.open_log(os.path.join(settings.paths["log_dir"], f"{plan.hostname}.log"))

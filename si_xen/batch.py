@@ -1,0 +1,104 @@
+"""Many VMs from one command: hostname patterns, consecutive addresses, parallel workers.
+
+``web[01-20]`` expands to web01..web20 (the width of the first bound is kept), and a list
+may mix names and patterns: ``db1,web[1-3]``. With static addresses, each VM gets the next
+address after the previous VM's.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import multiprocessing
+import os
+import re
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+
+from .errors import Fatal
+from .report import Reporter
+
+_RANGE = re.compile(r"^(.*)\[(\d+)-(\d+)\](.*)$")
+MAX_VMS = 1000
+
+
+def expand(spec: str) -> list[str]:
+    names: list[str] = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        m = _RANGE.match(part)
+        if not m:
+            names.append(part)
+            continue
+        head, lo, hi, tail = m.groups()
+        if int(hi) < int(lo) or int(hi) - int(lo) >= MAX_VMS:
+            raise Fatal(f"invalid hostname range '{part}'", "write it low-high, e.g. web[01-20]")
+        names += [f"{head}{n:0{len(lo)}d}{tail}" for n in range(int(lo), int(hi) + 1)]
+    if len(set(names)) != len(names):
+        raise Fatal(f"hostname list '{spec}' names a VM twice", "give each VM once")
+    if len(names) > MAX_VMS:
+        raise Fatal(f"{len(names)} VMs in one command", f"deploy at most {MAX_VMS} at a time")
+    return names
+
+
+def shifted(ips: list[str], offset: int) -> list[str]:
+    """The addresses of the offset-th VM of a batch (prefix lengths kept)."""
+    out = []
+    for ip in ips:
+        addr, sep, prefix = ip.partition("/")
+        try:
+            out.append(str(ipaddress.IPv4Address(addr) + offset) + sep + prefix)
+        except (ValueError, ipaddress.AddressValueError):
+            out.append(ip)  # check_network names the bad address
+    return out
+
+
+def _one(plan, image, kernel, settings, log_path: str) -> dict:
+    """A worker: deploy one VM, quietly, with its own log and lock."""
+    from . import deploy, registry
+    from .plan import describe
+
+    rep = Reporter(quiet=True)
+    with registry.lock(settings.paths["lock_dir"], plan.hostname):
+        deploy.preflight(plan, settings, 0)
+        rep.open_log(log_path)
+        try:
+            rep.say(describe(plan) + "\n")
+            return deploy.execute(plan, image, kernel, settings, rep)
+        finally:
+            rep.close()
+
+
+def run(plans, image, kernel, settings, rep: Reporter, workers: int | None = None) -> tuple[list[dict], list[str]]:
+    """Deploy every plan; the first alone (it may build the base the others clone)."""
+    workers = workers or max(1, min(len(plans), os.cpu_count() or 1))
+    done: list[dict] = []
+    failed: list[str] = []
+    t0 = time.monotonic()
+
+    def log(p):
+        return os.path.join(settings.paths["log_dir"], f"{p.hostname}.log")
+
+    def report(p, rec=None, err=None):
+        n = len(done) + len(failed) + 1
+        if rec is not None:
+            done.append(rec)
+            rep.say(f"[{n:>{len(str(len(plans)))}}/{len(plans)}] {p.hostname:<24} done   {rec['seconds']:6.2f} s")
+        else:
+            failed.append(f"{p.hostname} ({err})")
+            rep.say(f"[{n}/{len(plans)}] {p.hostname:<24} FAILED {err}")
+
+    first, rest = plans[0], plans[1:]
+    try:
+        report(first, _one(first, image, kernel, settings, log(first)))
+    except Fatal as e:
+        report(first, err=e)
+    if rest:
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            futures = {pool.submit(_one, p, image, kernel, settings, log(p)): p for p in rest}
+            for fut in as_completed(futures):
+                try:
+                    report(futures[fut], fut.result())
+                except Exception as e:  # a failed VM is reported; the batch goes on
+                    report(futures[fut], err=e)
+    rep.say(f"\n{len(done)} of {len(plans)} VMs made in {time.monotonic() - t0:.1f} s")
+    return done, failed

@@ -95,3 +95,24 @@ def test_full_copy_and_ext4_fallback_say_so(debian12_image, tmp_path):
                  "--dry-run", check=True).stdout
     assert "full copy (--full-copy)" in out
     shutil.rmtree(env.dir)
+
+
+def test_batch_of_clones_with_consecutive_addresses(debian12_image, xfs_dir, tmp_path):
+    env = make_env(tmp_path / "e", os.path.dirname(debian12_image))
+    before = host_state()
+    out = env.mk("debian12", "--hostname", "b[1-4]", "--memory", "512M", "--size", "2G", "--noswap",
+                 "--ip", "10.0.0.10/24", "--gateway", "10.0.0.1", "--dir", xfs_dir, "--output", env.output,
+                 check=True).stdout
+    assert "4 of 4 VMs made" in out
+    for i in range(1, 5):
+        ifaces = debugfs_cat(f"{xfs_dir}/domains/b{i}/disk.img", "/etc/network/interfaces")
+        assert f"address 10.0.0.{9 + i}" in ifaces
+        assert debugfs_cat(f"{xfs_dir}/domains/b{i}/disk.img", "/etc/hostname") == f"b{i}\n"
+    macs = {open(f"{env.output}/b{i}.cfg").read().split("mac=")[1][:17] for i in range(1, 5)}
+    assert len(macs) == 4
+    # a batch that would clash with an existing VM is refused before anything is made
+    cp = env.mk("debian12", "--hostname", "b[4-6]", "--memory", "512M", "--dhcp", "--dir", xfs_dir,
+                "--output", env.output)
+    assert cp.returncode == 1 and "b4" in cp.stderr and not os.path.exists(f"{xfs_dir}/domains/b5")
+    env.run("rmxenvm", "b1", "b2", "b3", "b4", "--yes", "--prune-bases", check=True)
+    assert host_state() == before

@@ -9,19 +9,15 @@ import os
 import sys
 
 from .. import PROJECT, __version__
+from ..roff import esc
 
 COMMANDS = ("mkxenvm", "lsxenvm", "rmxenvm")
 
 
-def _esc(text: str) -> str:
-    out = text.replace("\\", "\\\\").replace("-", "\\-")
-    return "\n".join(("\\&" + line) if line.startswith((".", "'")) else line for line in out.splitlines())
-
-
 def _opt(action: argparse.Action) -> str:
-    names = ", ".join(f"\\fB{_esc(s)}\\fR" for s in action.option_strings) or f"\\fI{_esc(action.metavar or action.dest).upper()}\\fR"
+    names = ", ".join(f"\\fB{esc(s)}\\fR" for s in action.option_strings) or f"\\fI{esc(action.metavar or action.dest).upper()}\\fR"
     if action.option_strings and action.nargs != 0:
-        names += f" \\fI{_esc(action.metavar or action.dest.upper())}\\fR"
+        names += f" \\fI{esc(action.metavar or action.dest.upper())}\\fR"
     return names
 
 
@@ -31,26 +27,26 @@ def render(prog: str, parser: argparse.ArgumentParser, man: dict) -> str:
     lines = [
         f'.TH {title} 8 "" "{PROJECT} {__version__}" "{PROJECT}"',
         ".SH NAME",
-        f"{_esc(prog)} \\- {_esc(man['summary'])}",
+        f"{esc(prog)} \\- {esc(man['summary'])}",
         ".SH SYNOPSIS",
-        f".B {_esc(prog)}",
-        _esc(man["synopsis"]),
+        f".B {esc(prog)}",
+        esc(man["synopsis"]),
         ".SH DESCRIPTION",
-        _esc(man["description"]),
+        esc(man["description"]),
     ]
     for title, body in man.get("extra", ()):
-        lines += [f".SH {title}", _esc(body)]
+        lines += [f".SH {title}", esc(body)]
     for group in parser._action_groups:
         actions = [a for a in group._group_actions if a.help is not argparse.SUPPRESS]
         if not actions:
             continue
         title = group.title.upper() if group.title not in ("options", "optional arguments") else "OPTIONS"
-        lines.append(f".SH {_esc(title)}")
+        lines.append(f".SH {esc(title)}")
         for a in actions:
-            lines += [".TP", _opt(a), _esc(a.help or "")]
+            lines += [".TP", _opt(a), esc(a.help or "")]
     for title in ("examples", "files", "see_also"):
         if man.get(title):
-            lines += [f".SH {title.replace('_', ' ').upper()}", ".nf" if title == "examples" else "", _esc(man[title])]
+            lines += [f".SH {title.replace('_', ' ').upper()}", ".nf" if title == "examples" else "", esc(man[title])]
             if title == "examples":
                 lines.append(".fi")
     return "\n".join(x for x in lines if x != "") + "\n"

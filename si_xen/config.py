@@ -45,7 +45,7 @@ PATHS = {
 }
 KNOWN = set(BUILTIN) | {
     "maxmem", "noswap", "dir", "lvm", "dhcp", "ip", "netmask", "gateway", "broadcast",
-    "nameserver", "mac", "kernel", "initrd", "autostart", "start", "fixups", "skip_fixups", "full_copy",
+    "nameserver", "mac", "kernel", "initrd", "autostart", "start", "fixups", "skip_fixups", "full_copy", "thin_pool",
 }  # fmt: skip
 
 

@@ -80,7 +80,7 @@ def _run(plan, image, kernel, settings, rep, backend, undo, cleanup) -> dict:
     kernel_path = ramdisk = None
     if plan.boot == "direct" and not plan.kernel:
         kernel_path, ramdisk = boot.copy_out(guest, kernel, boot_dir(plan, settings.paths["state_dir"]), undo,
-                                             shared=bases[0] if bases else None)
+                                             shared=bases[0] if bases and backend.kind == "file" else None)
     elif plan.boot == "direct":
         kernel_path, ramdisk = plan.kernel, plan.initrd
     else:
@@ -104,6 +104,7 @@ def _run(plan, image, kernel, settings, rep, backend, undo, cleanup) -> dict:
         "name": plan.hostname, "image": plan.image_name, "image_path": plan.image_path,
         "image_time": image.meta.retrieval_time, "guest": image.os.pretty, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "config": plan.cfg_path, "autostart": auto_link, "storage": plan.storage, "storage_root": plan.storage_root,
+        "thin_pool": plan.thin_pool,
         "disks": [{"vdev": d.vdev, "mountpoint": d.mountpoint, "fs": d.fs, "size": human(d.size_mib), "target": d.target}
                   for d in plan.disks],
         "boot": plan.boot, "type": plan.type, "boot_files": [p for p in (kernel_path, ramdisk) if p and not plan.kernel],

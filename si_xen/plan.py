@@ -65,6 +65,7 @@ class Plan:
     autostart: bool = False
     force: bool = False
     layout: str = "default"
+    thin_pool: str | None = None  # LVM thin pool in the VG: disks are thin LVs, clones thin snapshots
     clone: bool = False  # reflink a cached base disk of the image instead of a full copy
     fingerprint: str = ""  # of the image tree, names its base disks
     fixups_only: tuple[str, ...] = ()

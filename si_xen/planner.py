@@ -130,8 +130,16 @@ def make_plan(o: dict, image: Image, survey: Survey, warn=lambda m: None) -> Pla
     if not o.get("dir") and not o.get("lvm"):
         raise Fatal("no storage given", "add --dir DIR (image files) or --lvm VG (logical volumes)")
     storage, root = ("lvm", o["lvm"]) if o.get("lvm") else ("dir", os.path.abspath(o["dir"]))
-    clone = storage == "dir" and not o.get("full_copy") and os.path.isdir(root) and reflinks_work(root)
+    pool = o.get("thin_pool") or None
+    if pool and storage != "lvm":
+        raise Fatal("--thin-pool given without --lvm", "name the volume group with --lvm VG")
     if storage == "lvm":
+        clone = bool(pool) and not o.get("full_copy")
+    else:
+        clone = not o.get("full_copy") and os.path.isdir(root) and reflinks_work(root)
+    if storage == "lvm" and clone:
+        copy_note = f"thin snapshot of the image's base LV in {root}/{pool}"
+    elif storage == "lvm":
         copy_note = "full copy into logical volumes"
     elif clone:
         copy_note = f"copy-on-write clone of the image's base disk in {root}/bases"
@@ -152,7 +160,7 @@ def make_plan(o: dict, image: Image, survey: Survey, warn=lambda m: None) -> Pla
         cfg_path=cfg_path, maxmem=maxmem, kernel=o.get("kernel"), initrd=o.get("initrd"),
         toolstack=o["toolstack"], start=bool(o.get("start") or o.get("console")), console=bool(o.get("console")),
         autostart=bool(o.get("autostart")), force=bool(o.get("force")), layout=layout,
-        clone=clone, fingerprint=survey.fingerprint, notes=(copy_note,),
+        thin_pool=pool, clone=clone, fingerprint=survey.fingerprint, notes=(copy_note,),
         fixups_only=tuple(x for x in (o.get("fixups") or "").split(",") if x),
         fixups_skip=tuple(x for x in (o.get("skip_fixups") or "").split(",") if x),
     )

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 
 from . import __version__, proc
-from .storage.bases import BaseCache, reflink
+from .rollback import Undo
 from .storage.mount import mkfs, mount_tree, sync_targets, umount
 
 # SystemImager's install-time exclusions (master's list; /dev is kept because old guests
@@ -69,13 +70,12 @@ def fresh(plan, image, backend, rep, undo, cleanup) -> str:
 
 
 def cloned(plan, image, fingerprint: str, backend, rep, undo, cleanup) -> tuple[str, list[str]]:
-    """Reflink the image's base disks (building them first if needed); return root, bases."""
-    cache = BaseCache(plan.storage_root)
+    """Clone the image's base disks (building them first if needed); return root, bases."""
     data = [d for d in plan.disks if d.fs != "swap"]
-    bases = {d.name: cache.path(plan.image_name, fingerprint, d) for d in data}
-    with cache.locked(plan.image_name):
-        if not all(cache.have(p) for p in bases.values()):
-            _build_bases(plan, image, fingerprint, backend, rep, bases, cache)
+    bases = {d.name: backend.base_target(plan.image_name, fingerprint, d) for d in data}
+    with backend.base_lock(plan.image_name):
+        if not all(backend.have_base(b) for b in bases.values()):
+            _build_bases(plan, image, fingerprint, backend, rep, bases)
     for d in sorted(plan.disks, key=lambda d: d.vdev):
         if d.fs == "swap":
             with rep.step(f"Creating swap image: {d.target}"):
@@ -83,28 +83,20 @@ def cloned(plan, image, fingerprint: str, backend, rep, undo, cleanup) -> tuple[
                 mkfs(d)
             continue
         with rep.step(f"Cloning disk image ({d.mountpoint}): {d.target}\n(Base: {bases[d.name]})"):
-            os.makedirs(os.path.dirname(d.target), exist_ok=True)
-            if os.path.lexists(d.target):
-                os.unlink(d.target)  # --force was checked before
-            reflink(bases[d.name], d.target)
-            undo.push(f"remove {d.target}", os.unlink, d.target)
-    vm_dir = os.path.dirname(data[0].target)
-    undo.push(f"remove {vm_dir}", _rmdir_quiet, vm_dir)
+            backend.clone(bases[d.name], d, undo)
+    if backend.kind == "file":
+        vm_dir = os.path.dirname(data[0].target)
+        undo.push(f"remove {vm_dir}", _rmdir_quiet, vm_dir)
     return mount_tree(list(plan.disks), backend, cleanup, plan.hostname), sorted(bases.values())
 
 
-def _build_bases(plan, image, fingerprint, backend, rep, bases, cache) -> None:
+def _build_bases(plan, image, fingerprint, backend, rep, bases) -> None:
     """The first VM of an image: a full copy into base disks, published atomically."""
-    from dataclasses import replace
-
-    from .rollback import Undo
-
     undo, cleanup = Undo(), Undo()
     tmps = [replace(d, target=f"{bases[d.name]}.tmp{os.getpid()}") for d in plan.disks if d.fs != "swap"]
-    tplan = replace(plan, disks=tuple(tmps))
     try:
         rep.say(f"Building base disks of image '{plan.image_name}' (once; later VMs are clones)")
-        fresh(tplan, image, backend, rep, undo, cleanup)
+        fresh(replace(plan, disks=tuple(tmps)), image, backend, rep, undo, cleanup)
         if cleanup.pop_all():
             raise OSError("could not unmount the base disks")
         sync_targets(tmps)
@@ -112,7 +104,7 @@ def _build_bases(plan, image, fingerprint, backend, rep, bases, cache) -> None:
                 "image_time": image.meta.retrieval_time, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "version": __version__}
         for t in tmps:
-            cache.publish(t.target, bases[t.name], dict(meta, disk=t.name, fs=t.fs, size_mib=t.size_mib))
+            backend.publish_base(t.target, bases[t.name], dict(meta, disk=t.name, fs=t.fs, size_mib=t.size_mib))
     except BaseException:
         cleanup.pop_all()
         undo.pop_all()

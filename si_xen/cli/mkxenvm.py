@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("storage and output")
     g.add_argument("--dir", help="store disks as sparse files under DIR/domains/HOSTNAME/")
     g.add_argument("--lvm", metavar="VG", help="store disks as logical volumes HOSTNAME-NAME in VG")
+    g.add_argument("--thin-pool", dest="thin_pool", metavar="POOL",
+                   help="with --lvm: thin LVs in this pool of VG; VMs are thin snapshots of the image's base LV")
     g.add_argument("--full-copy", action="store_true", default=None,
                    help="copy the image into every VM, even where a reflink clone of its base disk is possible")
     g.add_argument("--output", help="directory for the domain config (default /etc/xen)")

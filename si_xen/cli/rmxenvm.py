@@ -8,7 +8,6 @@ import sys
 from .. import config, registry, toolstack
 from ..errors import Fatal
 from ..storage import FileBackend, LvmBackend
-from ..storage.bases import remove_base
 from .common import confirm, need_root, parser, run_main
 
 PROG = "si_rmxenvm"
@@ -69,8 +68,9 @@ def remove(name: str, args, settings) -> None:
         for path in (rec.get("autostart"), rec["config"], *rec.get("boot_files", [])):
             if path and os.path.lexists(path):
                 os.unlink(path)
+        backend = (LvmBackend(rec["storage_root"], rec.get("thin_pool")) if rec["storage"] == "lvm"
+                   else FileBackend(rec["storage_root"]))
         if not args.keep_disks:
-            backend = LvmBackend(rec["storage_root"]) if rec["storage"] == "lvm" else FileBackend(rec["storage_root"])
             for target in disks:
                 backend.remove(target)
         for d in {os.path.dirname(p) for p in rec.get("boot_files", [])}:
@@ -82,7 +82,7 @@ def remove(name: str, args, settings) -> None:
         if args.prune_bases:
             in_use = {b for r in registry.all_records(state_dir) for b in r.get("bases", [])}
             for base in set(rec.get("bases", [])) - in_use:
-                remove_base(base)
+                backend.remove_base(base)
     if not args.quiet:
         print(f"Removed VM '{name}'.")
 

@@ -11,7 +11,9 @@ from .lvm import LvmBackend
 
 
 def backend_for(plan: Plan):
-    return LvmBackend(plan.storage_root) if plan.storage == "lvm" else FileBackend(plan.storage_root)
+    if plan.storage == "lvm":
+        return LvmBackend(plan.storage_root, plan.thin_pool)
+    return FileBackend(plan.storage_root)
 
 
 __all__ = ["FileBackend", "LvmBackend", "backend_for"]

@@ -1,8 +1,9 @@
 """Copy-on-write clones: the first VM of an image builds a base disk per filesystem;
 later VMs get reflinks of it (XFS, btrfs) and only their own fixups are written.
 
-Bases live beside the VMs (reflinks cannot cross filesystems), named by image, image
-fingerprint, filesystem and size, so a changed image or another size gets a new base.
+Bases live beside the VMs (reflinks cannot cross filesystems; LVM thin snapshots stay in
+their pool), named by image, image fingerprint, filesystem and size, so a changed image or
+another size gets a new base. The backends (files.py, lvm.py) hold the storage-specific part.
 """
 
 from __future__ import annotations
@@ -12,10 +13,7 @@ import json
 import os
 import tempfile
 
-from ..locks import exclusive
-
 FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
-BASE_DIR = "bases"
 
 
 def reflink(src: str, dst: str) -> None:
@@ -44,26 +42,15 @@ def reflinks_work(directory: str) -> bool:
         return True
 
 
-class BaseCache:
-    def __init__(self, storage_root: str):
-        self.dir = os.path.join(storage_root, BASE_DIR)
+def base_name(image: str, fingerprint: str, disk) -> str:
+    """Image, image fingerprint, disk, filesystem and size: what a clone must match."""
+    return f"{image}-{fingerprint}-{disk.name}-{disk.fs}-{disk.size_mib}M"
 
-    def path(self, image: str, fingerprint: str, disk) -> str:
-        return os.path.join(self.dir, f"{image}-{fingerprint}-{disk.name}-{disk.fs}-{disk.size_mib}M.img")
 
-    def have(self, path: str) -> bool:
-        return os.path.isfile(path) and os.path.isfile(path + ".json")
-
-    def locked(self, image: str):
-        """One builder per image at a time (parallel batch workers wait here)."""
-        return exclusive(os.path.join(self.dir, f".{image}.lock"))
-
-    def publish(self, tmp: str, path: str, meta: dict) -> None:
-        """Make a fully built base visible (atomic renames; the .json marks it complete)."""
-        os.replace(tmp, path)
-        with open(path + ".json.tmp", "w") as f:
-            json.dump(meta, f, indent=1)
-        os.replace(path + ".json.tmp", path + ".json")
+def write_meta(path: str, meta: dict) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(meta, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 def beside(base: str, what: str) -> str:
@@ -71,7 +58,7 @@ def beside(base: str, what: str) -> str:
     return f"{base.removesuffix('.img')}.{what}"
 
 
-def remove_base(path: str) -> None:
-    for p in (path + ".json", beside(path, "vmlinuz"), beside(path, "initrd"), path):
+def remove_beside(base: str) -> None:
+    for p in (beside(base, "json"), beside(base, "vmlinuz"), beside(base, "initrd")):
         if os.path.lexists(p):
             os.unlink(p)

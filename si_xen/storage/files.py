@@ -6,7 +6,9 @@ import os
 import shutil
 
 from ..errors import Fatal
+from ..locks import exclusive
 from ..plan import Disk
+from .bases import base_name, beside, reflink, remove_beside, write_meta
 
 
 class FileBackend:
@@ -49,6 +51,34 @@ class FileBackend:
         finally:
             os.close(fd)
         return disk.target
+
+    # -- copy-on-write clones (reflinks) ---------------------------------------------------
+    def base_target(self, image: str, fingerprint: str, disk: Disk) -> str:
+        return os.path.join(self.root, "bases", base_name(image, fingerprint, disk) + ".img")
+
+    def have_base(self, base: str) -> bool:
+        return os.path.isfile(base) and os.path.isfile(beside(base, "json"))
+
+    def base_lock(self, image: str):
+        """One builder per image at a time (parallel batch workers wait here)."""
+        return exclusive(os.path.join(self.root, "bases", f".{image}.lock"))
+
+    def publish_base(self, tmp: str, base: str, meta: dict) -> None:
+        """Make a fully built base visible; its .json, written last, marks it complete."""
+        os.replace(tmp, base)
+        write_meta(beside(base, "json"), meta)
+
+    def clone(self, base: str, disk: Disk, undo) -> None:
+        os.makedirs(os.path.dirname(disk.target), exist_ok=True)
+        if os.path.lexists(disk.target):
+            os.unlink(disk.target)  # --force was checked in validate()
+        reflink(base, disk.target)
+        undo.push(f"remove {disk.target}", os.unlink, disk.target)
+
+    def remove_base(self, base: str) -> None:
+        remove_beside(base)
+        if os.path.lexists(base):
+            os.unlink(base)
 
     def mount_source(self, target: str) -> tuple[str, list[str]]:
         return target, ["-o", "loop"]

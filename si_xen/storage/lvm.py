@@ -7,7 +7,11 @@ import re
 
 from .. import proc
 from ..errors import Fatal
+from ..locks import exclusive
 from ..plan import Disk
+from .bases import base_name
+
+COMPLETE = "si_xen_base"
 
 
 def device_mapper_ok() -> bool:
@@ -20,10 +24,12 @@ def device_mapper_ok() -> bool:
 
 
 class LvmBackend:
+    """Thick LVs, or with ``pool`` thin LVs whose clones are thin snapshots of a base LV."""
+
     kind = "phy"
 
-    def __init__(self, vg: str):
-        self.vg = vg
+    def __init__(self, vg: str, pool: str | None = None):
+        self.vg, self.pool = vg, pool
 
     def assign(self, hostname: str, disk: Disk) -> str:
         return f"/dev/{self.vg}/{hostname}-{disk.name}"
@@ -44,6 +50,11 @@ class LvmBackend:
             raise Fatal(f"volume group '{self.vg}' not found", "check with vgs and give an existing VG to --lvm") from None
         free = int(float(out.strip() or 0))
         total = sum(d.size_mib for d in disks)
+        if self.pool:
+            attr = proc.run(["lvs", "--noheadings", "-o", "lv_attr", f"{self.vg}/{self.pool}"], ok=(0, 5)).stdout
+            if not attr.strip().startswith("t"):
+                raise Fatal(f"thin pool '{self.vg}/{self.pool}' not found", "create it (lvcreate -T) or drop --thin-pool")
+            free = total  # thin volumes are allocated on write: the pool, not the VG, runs out
         existing = [d for d in disks if self.exists(d.target)]
         if existing and not force:
             raise Fatal(f"logical volume {existing[0].target} already exists", "remove it with si_rmxenvm or use --force")
@@ -59,7 +70,10 @@ class LvmBackend:
         if self.exists(disk.target):
             self.remove(disk.target)  # --force was checked in validate()
         lv = os.path.basename(disk.target)
-        proc.run(["lvcreate", "--yes", "--wipesignatures", "y", "-L", f"{disk.size_mib}M", "-n", lv, self.vg])
+        if self.pool:
+            proc.run(["lvcreate", "--yes", "-V", f"{disk.size_mib}M", "-T", f"{self.vg}/{self.pool}", "-n", lv])
+        else:
+            proc.run(["lvcreate", "--yes", "--wipesignatures", "y", "-L", f"{disk.size_mib}M", "-n", lv, self.vg])
         undo.push(f"remove LV {disk.target}", self.remove, disk.target)
         return disk.target
 
@@ -72,3 +86,31 @@ class LvmBackend:
     def remove(self, target: str) -> None:
         if self.exists(target):
             proc.run(["lvremove", "-f", target])
+
+    # -- copy-on-write clones (thin snapshots) -------------------------------------------
+    def base_target(self, image: str, fingerprint: str, disk: Disk) -> str:
+        return f"/dev/{self.vg}/si-base-{base_name(image, fingerprint, disk)}"
+
+    def have_base(self, base: str) -> bool:
+        cp = proc.run(["lvs", "--noheadings", "-o", "lv_tags", base], ok=(0, 5))
+        return cp.returncode == 0 and COMPLETE in cp.stdout
+
+    def base_lock(self, image: str):
+        return exclusive(f"/run/lock/si-xen/base-{self.vg}-{image}.lock")
+
+    def publish_base(self, tmp: str, base: str, meta: dict) -> None:
+        proc.run(["lvrename", self.vg, os.path.basename(tmp), os.path.basename(base)])
+        # the tag marks it complete; the base is never written again
+        proc.run(["lvchange", "--addtag", COMPLETE, "--permission", "r", base])
+
+    def clone(self, base: str, disk: Disk, undo) -> None:
+        if self.exists(disk.target):
+            self.remove(disk.target)  # --force was checked in validate()
+        lv = os.path.basename(disk.target)
+        # -kn: a thin snapshot is skipped at activation by default; a VM disk must come up
+        proc.run(["lvcreate", "--yes", "-s", "-kn", "-n", lv, f"{self.vg}/{os.path.basename(base)}"])
+        undo.push(f"remove LV {disk.target}", self.remove, disk.target)
+        proc.run(["lvchange", "-ay", "--permission", "rw", f"{self.vg}/{lv}"])
+
+    def remove_base(self, base: str) -> None:
+        self.remove(base)

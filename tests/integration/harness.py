@@ -62,13 +62,17 @@ def debugfs_ls(image: str, path: str) -> list[str]:
     return cp.stdout.splitlines()
 
 
-def host_state() -> dict:
-    """What a run could leak: loop devices, si-xen mounts, temp mount dirs."""
+def host_state(scope: str = "/", hosts: tuple[str, ...] = ()) -> dict:
+    """What a run could leak: loop devices on files under ``scope``, their mounts, and
+    si-xen's temporary mount points (scoped, so a concurrent test run does not count)."""
     loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout.splitlines()
+    ours = [line for line in loops if f"({scope}" in line or scope == "/"]
+    devs = {line.split(":", 1)[0] for line in ours}
     with open("/proc/mounts") as f:
-        mounts = [line for line in f if "si-xen." in line]
-    tmpdirs = [n for n in os.listdir("/run") if n.startswith("si-xen.")]
-    return {"loops": sorted(loops), "mounts": mounts, "run": sorted(tmpdirs)}
+        mounts = [line for line in f if line.split()[0] in devs or scope in line.split()[1]]
+    tmpdirs = [n for n in os.listdir("/run") if n.startswith("si-xen.")
+               and (not hosts or n.split(".")[1] in hosts)]
+    return {"loops": sorted(ours), "mounts": mounts, "run": sorted(tmpdirs)}
 
 
 def tree_files(path: str) -> list[str]:

@@ -40,7 +40,7 @@ def used_mib(path: str) -> float:
 
 def test_second_vm_is_a_clone_costing_almost_nothing(debian12_image, xfs_dir, tmp_path):
     env = make_env(tmp_path / "e", os.path.dirname(debian12_image))
-    before = host_state()
+    before = host_state(str(tmp_path), ("c1", "c2"))
     first = env.mk("debian12", "--hostname", "c1", *OPTS, "--dir", xfs_dir, "--output", env.output, check=True)
     assert "Building base disks" in first.stdout and "Cloning disk image" in first.stdout
     used = used_mib(xfs_dir)
@@ -65,7 +65,7 @@ def test_second_vm_is_a_clone_costing_almost_nothing(debian12_image, xfs_dir, tm
     assert os.path.exists(base), "c2 still uses the base"
     env.run("rmxenvm", "c2", "--yes", "--prune-bases", check=True)
     assert not any(n.endswith(".img") for n in os.listdir(f"{xfs_dir}/bases"))
-    assert host_state() == before
+    assert host_state(str(tmp_path), ("c1", "c2")) == before
 
 
 def test_changed_image_gets_a_new_base(xfs_dir, tmp_path, as_root):
@@ -99,7 +99,8 @@ def test_full_copy_and_ext4_fallback_say_so(debian12_image, tmp_path):
 
 def test_batch_of_clones_with_consecutive_addresses(debian12_image, xfs_dir, tmp_path):
     env = make_env(tmp_path / "e", os.path.dirname(debian12_image))
-    before = host_state()
+    hosts = ("b1", "b2", "b3", "b4", "b5", "b6")
+    before = host_state(str(tmp_path), hosts)
     out = env.mk("debian12", "--hostname", "b[1-4]", "--memory", "512M", "--size", "2G", "--noswap",
                  "--ip", "10.0.0.10/24", "--gateway", "10.0.0.1", "--dir", xfs_dir, "--output", env.output,
                  check=True).stdout
@@ -115,4 +116,4 @@ def test_batch_of_clones_with_consecutive_addresses(debian12_image, xfs_dir, tmp
                 "--output", env.output)
     assert cp.returncode == 1 and "b4" in cp.stderr and not os.path.exists(f"{xfs_dir}/domains/b5")
     env.run("rmxenvm", "b1", "b2", "b3", "b4", "--yes", "--prune-bases", check=True)
-    assert host_state() == before
+    assert host_state(str(tmp_path), hosts) == before

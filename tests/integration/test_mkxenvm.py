@@ -35,9 +35,9 @@ def image(debian12_image):
 @pytest.fixture
 def env(tmp_path, image):
     e = make_env(tmp_path, os.path.dirname(image))
-    before = host_state()
+    before = host_state(e.base)
     yield e
-    assert host_state() == before, "loop devices, mounts or temp dirs left behind"
+    assert host_state(e.base) == before, "loop devices, mounts or temp dirs left behind"
     assert not os.path.isdir(e.lock) or os.listdir(e.lock) == [], "lock left behind"
 
 

@@ -90,3 +90,38 @@ def test_file_backend_is_sparse_and_undone(tmp_path):
         b.validate("vm", [d], 0, force=False)
     undo.pop_all()
     assert os.listdir(tmp_path) == ["domains"] and os.listdir(tmp_path / "domains") == []
+
+
+def test_thin_lvs_base_publish_and_snapshot_clone(fp):
+    b = lvm.LvmBackend("vg0", "pool0")
+    base = b.base_target("deb", "abc123", DISKS[0])
+    assert base == "/dev/vg0/si-base-deb-abc123-disk-ext4-2048M"
+    fp.register(["lvs", "/dev/vg0/tmpbase"], returncode=5)
+    fp.register(["lvcreate", "--yes", "-V", "2048M", "-T", "vg0/pool0", "-n", "tmpbase"])
+    b.create(Disk("disk", "/", "ext4", 2048, "d", "xvda2", "/dev/vg0/tmpbase"), Undo())
+    fp.register(["lvrename", "vg0", "tmpbase", os.path.basename(base)])
+    fp.register(["lvchange", "--addtag", "si_xen_base", "--permission", "r", base])
+    b.publish_base("/dev/vg0/tmpbase", base, {})
+    fp.register(["lvs", "--noheadings", "-o", "lv_tags", base], stdout="  si_xen_base\n")
+    assert b.have_base(base)
+    fp.register(["lvs", "/dev/vg0/vm-disk"], returncode=5)
+    fp.register(["lvcreate", "--yes", "-s", "-kn", "-n", "vm-disk", f"vg0/{os.path.basename(base)}"])
+    fp.register(["lvchange", "-ay", "--permission", "rw", "vg0/vm-disk"])
+    undo = Undo()
+    b.clone(base, DISKS[0], undo)
+    fp.register(["lvs", "/dev/vg0/vm-disk"], returncode=0)
+    fp.register(["lvremove", "-f", "/dev/vg0/vm-disk"])
+    assert undo.pop_all() == []
+    assert fp.call_count(["lvremove", fp.any()]) == 1
+
+
+def test_incomplete_base_is_not_used(fp):
+    fp.register(["lvs", "--noheadings", "-o", "lv_tags", fp.any()], stdout="  \n")
+    assert not lvm.LvmBackend("vg0", "pool0").have_base("/dev/vg0/si-base-x")
+
+
+def test_missing_thin_pool(fp, dm_ok):
+    fp.register(["vgs", fp.any()], stdout="  9000\n")
+    fp.register(["lvs", "--noheadings", "-o", "lv_attr", "vg0/nopool"], returncode=5)
+    with pytest.raises(Fatal, match="thin pool 'vg0/nopool' not found"):
+        lvm.LvmBackend("vg0", "nopool").validate("vm", DISKS, 0, force=False)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 from dataclasses import dataclass
 
 from . import proc
@@ -88,15 +87,11 @@ def scan(path: str) -> Scan:
         if tool is None or not proc.which(tool):
             raise Unreadable(f"{tool or 'unknown'} compression")
         os.lseek(f.fileno(), start, os.SEEK_SET)
-        p = subprocess.Popen([proc.which(tool), "-dc"], stdin=f, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        try:
+        with proc.reading([proc.which(tool), "-dc"], stdin=f) as p:
             inner = _Reader(p.stdout)
             _cpio(inner, names)
             while inner.read(1 << 20):  # whatever follows is unpacked too
                 pass
-        finally:
-            p.stdout.close()
-            p.wait()
         if p.returncode not in (0, 2):  # 2: gzip's "trailing garbage ignored"
             raise Unreadable(f"{tool} failed ({p.returncode})")
         return Scan(tuple(names), start + inner.count)

@@ -10,7 +10,8 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 log = logging.getLogger("si_xen.proc")
@@ -115,6 +116,20 @@ def stream(argv: Sequence[str], on_line, *, ok: Iterable[int] = (0,)) -> Result:
     if rc not in tuple(ok):
         raise ProcError(res)
     return res
+
+
+@contextmanager
+def reading(argv: Sequence[str], stdin) -> Iterator:
+    """Run ``argv`` reading ``stdin`` (a file); yield the process, whose stdout the caller
+    reads as a stream (large outputs never sit in memory). Its ``returncode`` is set after."""
+    argv = tuple(str(a) for a in argv)
+    log.debug("reading %s", argv)
+    p = subprocess.Popen(list(argv), stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        yield p
+    finally:
+        p.stdout.close()
+        p.wait()
 
 
 def which(program: str) -> str | None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 
 from .. import proc
 from ..errors import Fatal
@@ -32,7 +31,7 @@ class Toolstack:
     def create(self, cfg: str, console: bool = False) -> None:
         if console:
             # The console takes over the terminal until the admin detaches (Ctrl-]).
-            subprocess.run([self.path, "create", "-c", cfg], check=False)
+            proc.run([self.path, "create", "-c", cfg], capture=False)
         else:
             proc.run([self.path, "create", cfg])
 

@@ -5,24 +5,17 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import testbed  # noqa: E402
-
-from tests.conftest import need_tools, require  # noqa: E402
+from tests.conftest import need_tools, require
+from tests.system import testbed
+from tests.system.harness import TIMINGS, record
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = Path(os.environ.get("SI_XEN_TEST_IMAGE", "/var/cache/si-xen-tests/images/debian12"))
-TIMINGS: list[tuple[str, float]] = []
-
-
-def record(what: str, seconds: float) -> None:
-    TIMINGS.append((what, seconds))
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -62,26 +55,3 @@ def payload(tmp_path_factory, testbed_ready):
     for f in (Path(__file__).parent / "payload").iterdir():
         shutil.copy(f, d / f.name)
     return d
-
-
-def run_scenarios(payload: Path, image_disk: Path, body: str, out: Path, *, xen: bool, timeout: float):
-    """Boot once, run `body` after the dom0 setup; return (result, {scenario: ok}, log)."""
-    script = f". ./lib.sh\n. ./scenarios.sh\n{body}\n"
-    disks = [testbed.Disk("image-debian12", image_disk), testbed.Disk("scratch", size="8G"),
-             testbed.Disk("lvm", size="12G")]
-    res = testbed.boot(payload, script, xen=xen, timeout=timeout, outdir=out, disks=disks,
-                       on_console=lambda line: print(line, flush=True))
-    kind = "xen" if xen else "linux"
-    if "dom0_up" in res.timings:
-        record(f"{kind}: QEMU start -> dom0 runner", res.timings["dom0_up"])
-    record(f"{kind}: whole QEMU run", res.timings["qemu"])
-    log = res.log()
-    scenarios = {}
-    for line in log.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[0] == "TIMING":
-            record(f"{kind}: {parts[1]}", float(parts[2]))
-        if len(parts) == 4 and parts[0] == "SCENARIO":
-            scenarios[parts[1]] = parts[2] == "ok"
-            record(f"{kind}: scenario {parts[1]} ({parts[2]})", float(parts[3]))
-    return res, scenarios, log

@@ -6,7 +6,8 @@ The dom0 kernel boots without Xen here (nothing is started, so no hypervisor is 
 from __future__ import annotations
 
 import pytest
-from conftest import run_scenarios
+
+from tests.system.harness import run_scenarios
 
 pytestmark = pytest.mark.system
 

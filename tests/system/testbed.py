@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -232,7 +233,7 @@ def wheel(src: Path, dest: Path) -> Path:
     tree = dest / "src"
     shutil.copytree(src, tree, ignore=shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__",
                                                            ".ruff_cache", ".pytest_cache", "tests", "bench"))
-    out = subprocess.run(["python3", "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(dest), str(tree)],
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(dest), str(tree)],
                          capture_output=True, text=True)
     shutil.rmtree(tree)
     if out.returncode != 0:

@@ -12,14 +12,20 @@ setup_dom0() {
   ip addr add 10.0.0.1/24 dev xenbr0 2>/dev/null || true
 }
 
-# si_mkxenvm NAME ... --start, login prompt, `xl list`, then si_rmxenvm removes every trace.
-vm_boots() {
+# si_mkxenvm NAME ... --start, and `xl list` shows it (then the next VM can be made) ...
+vm_started() {
   local name=$1 t=$SECONDS
   shift
   si_mkxenvm "$IMAGE" --hostname "$name" --memory 512M --size 2G --swap 128M --yes --start "$@"
+  watch_login "$name" "${LOGIN_TIMEOUT:-600}"
   timing "mkxenvm_$name" $((SECONDS - t))
-  xl list | awk '{print $1}' | grep -qx "$name"
-  wait_login "$name" "${LOGIN_TIMEOUT:-420}"
+  xl list | awk '{print $1}' | grep -qx "$name" || { echo "xl list does not show $name"; return 1; }
+}
+
+# ... its login prompt (and what EXPECT_CONSOLE/PING ask), then si_rmxenvm removes every trace.
+vm_checked() {
+  local name=$1
+  wait_login "$name"
   [ -z "${EXPECT_CONSOLE:-}" ] || grep -q "$EXPECT_CONSOLE" "/var/log/xen/console/guest-$name.log" \
     || { echo "console of $name does not show '$EXPECT_CONSOLE'"; return 1; }
   [ -z "${PING:-}" ] || ping_guest "$PING"
@@ -46,7 +52,7 @@ vm_removed() {
 }
 
 # xen-create-image's copy install of the image, with si-xen's hooks as the systemimager dist.
-xentools_boots() {
+xentools_started() {
   local name=$1 t=$SECONDS
   si_xenhooks install-xen-tools
   if ! xen-create-image --hostname="$name" --dist=systemimager --install-method=copy \
@@ -59,7 +65,11 @@ xentools_boots() {
   timing "xen_create_image_$name" $((SECONDS - t))
   sed 's/^/  cfg| /' "/etc/xen/$name.cfg"
   xl create "/etc/xen/$name.cfg"
-  wait_login "$name" "${LOGIN_TIMEOUT:-420}"
+  watch_login "$name" "${LOGIN_TIMEOUT:-600}"
+}
+xentools_checked() {
+  local name=$1
+  wait_login "$name"
   xl destroy "$name"
   xen-delete-image --lvm="$VG" "$name"
   si_xenhooks uninstall-xen-tools

@@ -42,7 +42,7 @@ def image_disk(testbed_ready):
     out = subprocess.run([str(REPO / "tests/images/mkimage-debian12"), str(IMAGE)], capture_output=True, text=True)
     if out.returncode != 0:
         pytest.fail(f"test image build failed:\n{out.stderr[-2000:]}")
-    disk = testbed.image_disk(IMAGE)
+    disk = testbed.image_disk(IMAGE, slim=True)
     record("test image + its disk", time.monotonic() - t)
     return disk
 

@@ -82,6 +82,7 @@ finish() {
   if [ "$rc" = 0 ]; then echo "SCENARIO $name ok $took"; else echo "SCENARIO $name FAIL $took"; fi
   mkdir -p "$TESTBED_RESULTS/consoles"
   cp /var/log/xen/console/guest-*.log "$TESTBED_RESULTS/consoles/" 2>/dev/null || true
+  cp -r /var/log/si-xen "$TESTBED_RESULTS/" 2>/dev/null || true
 }
 
 # Note when NAME's login prompt appears (in the background, so the timing is exact);
@@ -91,7 +92,11 @@ watch_login() {
   rm -f "/run/sx-login-$name"
   (
     while (( SECONDS - t < timeout )); do
-      grep -q "$name login:" "$log" 2>/dev/null && { echo $((SECONDS - t)) > "/run/sx-login-$name"; exit; }
+      if grep -q "$name login:" "$log" 2>/dev/null; then
+        echo $((SECONDS - t)) > "/run/sx-login-$name"
+        echo "@@ ($name: login prompt $((SECONDS - t)) s after start)" > /dev/console
+        exit
+      fi
       sleep 1
     done
     echo timeout > "/run/sx-login-$name"

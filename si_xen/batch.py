@@ -53,18 +53,20 @@ def shifted(ips: list[str], offset: int) -> list[str]:
 
 def _one(plan, image, kernel, settings, log_path: str) -> dict:
     """A worker: deploy one VM, quietly, with its own log and lock."""
-    from . import deploy, registry
+    from . import deploy, hostkeys, registry
     from .plan import describe
 
     rep = Reporter(quiet=True)
-    with registry.lock(settings.paths["lock_dir"], plan.hostname):
-        deploy.preflight(plan, settings, 0)
-        rep.open_log(log_path)
-        try:
+    keys = hostkeys.Prefetch(hostkeys.image_key_types(image.guest), plan.hostname)
+    try:
+        with registry.lock(settings.paths["lock_dir"], plan.hostname):
+            deploy.preflight(plan, settings, 0)
+            rep.open_log(log_path)
             rep.say(describe(plan) + "\n")
-            return deploy.execute(plan, image, kernel, settings, rep)
-        finally:
-            rep.close()
+            return deploy.execute(plan, image, kernel, settings, rep, keys)
+    finally:
+        rep.close()
+        keys.close()
 
 
 def run(plans, image, kernel, settings, rep: Reporter, workers: int | None = None) -> tuple[list[dict], list[str]]:

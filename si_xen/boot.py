@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from . import initramfs
 from .errors import Fatal
 from .guestfs import Guest
+from .rollback import critical
 from .storage.bases import beside, reflink
 
 PVGRUB2 = {"pv": "/usr/lib/grub-xen/grub-x86_64-xen.bin", "pvh": "/usr/lib/grub-xen/grub-i386-xen_pvh.bin"}
@@ -51,7 +52,7 @@ def memory_needed(guest: Guest, k: GuestKernel) -> int:
     if k.initrd:
         path = guest.path(k.initrd)
         try:
-            unpacked = initramfs.scan_cached(path).unpacked
+            unpacked = initramfs.unpacked_hint(path) or initramfs.scan_cached(path).unpacked
         except initramfs.Unreadable:
             unpacked = os.path.getsize(path) * 4  # a typical ratio, when we cannot measure
         need += (os.path.getsize(path) + unpacked) // 2**20
@@ -68,8 +69,9 @@ def copy_out(guest: Guest, k: GuestKernel, boot_dir: str, undo, shared: str | No
     With ``shared`` (a cloned VM's base disk), they are kept once beside the base and each
     VM gets a reflink, so a clone costs no kernel-sized copy."""
     if not os.path.isdir(boot_dir):
-        os.makedirs(boot_dir)
-        undo.push(f"remove {boot_dir}", shutil.rmtree, boot_dir, True)
+        with critical():
+            os.makedirs(boot_dir)
+            undo.push(f"remove {boot_dir}", shutil.rmtree, boot_dir, True)
     out = []
     for gpath, name in ((k.kernel, "vmlinuz"), (k.initrd, "initrd.img")):
         if gpath is None:
@@ -77,6 +79,7 @@ def copy_out(guest: Guest, k: GuestKernel, boot_dir: str, undo, shared: str | No
             continue
         dst = os.path.join(boot_dir, name)
         _unlink(dst)
+        undo.push(f"remove {dst}", _unlink, dst)  # first: a copy cut short is removed too
         if shared:
             cached = beside(shared, name.split(".")[0])
             if not os.path.isfile(cached):
@@ -88,7 +91,6 @@ def copy_out(guest: Guest, k: GuestKernel, boot_dir: str, undo, shared: str | No
                 shutil.copyfile(cached, dst)
         else:
             shutil.copyfile(guest.path(gpath), dst)
-        undo.push(f"remove {dst}", _unlink, dst)
         out.append(dst)
     return out[0], out[1]
 

@@ -6,15 +6,16 @@ Everything made is registered for undo; a failure or a signal at any step remove
 from __future__ import annotations
 
 import os
+import threading
 import time
 
-from . import __version__, boot, domain, populate, proc, registry, toolstack
+from . import __version__, boot, domain, hostkeys, initramfs, populate, registry, toolstack
 from .errors import Fatal
 from .guestfs import Guest
 from .image import Image
 from .plan import Plan, hook_env
 from .report import Reporter
-from .rollback import Undo, signals_raise
+from .rollback import Undo, critical, signals_raise
 from .sizes import human
 from .storage import backend_for
 from .storage.mount import sync_targets
@@ -45,18 +46,19 @@ def fingerprints(guest: Guest) -> list[str]:
     out = []
     for pub in guest.glob("/etc/ssh", "ssh_host_*_key.pub"):
         try:
-            out.append(proc.run(["ssh-keygen", "-lf", guest.path(pub)]).stdout.strip())
-        except proc.ProcError:
-            pass
+            out.append(hostkeys.fingerprint(guest.read_text(pub) or ""))
+        except (IndexError, ValueError):
+            pass  # not a key: nothing to show
     return out
 
 
-def execute(plan: Plan, image: Image, kernel: boot.GuestKernel, settings, rep: Reporter) -> dict:
+def execute(plan: Plan, image: Image, kernel: boot.GuestKernel, settings, rep: Reporter, keys=None) -> dict:
+    """Make the VM. ``keys``: a hostkeys.Prefetch started earlier, or None."""
     backend = backend_for(plan)
     undo, cleanup = Undo(), Undo()
     try:
         with signals_raise():
-            return _run(plan, image, kernel, settings, rep, backend, undo, cleanup)
+            return _run(plan, image, kernel, settings, rep, backend, undo, cleanup, keys)
     except BaseException as e:
         rep.end_progress()
         e.leftovers = cleanup.pop_all() + undo.pop_all()
@@ -65,8 +67,21 @@ def execute(plan: Plan, image: Image, kernel: boot.GuestKernel, settings, rep: R
         raise
 
 
-def _run(plan, image, kernel, settings, rep, backend, undo, cleanup) -> dict:
+def _warm_initramfs(path: str) -> None:
+    try:
+        initramfs.scan_cached(path)
+    except Exception:  # only a cache warmer: the kernel fixup reports what is wrong
+        pass
+
+
+def _run(plan, image, kernel, settings, rep, backend, undo, cleanup, keys) -> dict:
     t0 = time.monotonic()
+    # The kernel fixup reads the initramfs (~0.7 s of decompression): do it now, while the
+    # disks are written; the copy in the guest has the same identity, so the fixup hits the cache.
+    warm = None
+    if kernel and kernel.initrd and not plan.kernel:
+        warm = threading.Thread(target=_warm_initramfs, args=(image.guest.path(kernel.initrd),), daemon=True)
+        warm.start()
     bases: list[str] = []
     if plan.clone:
         root, bases = populate.cloned(plan, image, plan.fingerprint, backend, rep, undo, cleanup)
@@ -74,8 +89,14 @@ def _run(plan, image, kernel, settings, rep, backend, undo, cleanup) -> dict:
         root = populate.fresh(plan, image, backend, rep, undo, cleanup)
     from .fixups import run_all  # the fixup catalogue loads only when a deploy needs it
 
+    if warm is not None:
+        warm.join()
+
     with rep.step("Running hooks"):
-        run_all(root, hook_env(plan), only=plan.fixups_only or None, skip=plan.fixups_skip or None, log=rep.detail)
+        env = hook_env(plan)
+        if keys is not None:
+            env[hostkeys.ENV] = keys.ready()
+        run_all(root, env, only=plan.fixups_only or None, skip=plan.fixups_skip or None, log=rep.detail)
     guest = Guest(root)
     kernel_path = ramdisk = None
     if plan.boot == "direct" and not plan.kernel:
@@ -96,9 +117,10 @@ def _run(plan, image, kernel, settings, rep, backend, undo, cleanup) -> dict:
         text = domain.render(plan, kernel=kernel_path, ramdisk=ramdisk, cmdline=boot.cmdline(plan.root.vdev),
                              user_dir=settings.paths["template_dir"])
         existed = os.path.lexists(plan.cfg_path)
-        domain.write_atomic(plan.cfg_path, text)
-        if not existed:
-            undo.push(f"remove {plan.cfg_path}", os.unlink, plan.cfg_path)
+        with critical():
+            domain.write_atomic(plan.cfg_path, text)
+            if not existed:
+                undo.push(f"remove {plan.cfg_path}", os.unlink, plan.cfg_path)
     auto_link = toolstack.link_autostart(plan.cfg_path, undo) if plan.autostart else None
     record = {
         "name": plan.hostname, "image": plan.image_name, "image_path": plan.image_path,
@@ -111,8 +133,9 @@ def _run(plan, image, kernel, settings, rep, backend, undo, cleanup) -> dict:
         "mac": plan.net.mac, "ips": list(plan.net.ips) or ["dhcp"], "memory": plan.memory, "version": __version__,
         "ssh_fingerprints": fps, "bases": bases, "seconds": round(time.monotonic() - t0, 2),
     }
-    registry.save(settings.paths["state_dir"], record)
-    undo.push("remove VM record", registry.remove, settings.paths["state_dir"], plan.hostname)
+    with critical():
+        registry.save(settings.paths["state_dir"], record)
+        undo.push("remove VM record", registry.remove, settings.paths["state_dir"], plan.hostname)
     if plan.start:
         ts = toolstack.require_running(plan.toolstack)
         rep.say(f"Starting {plan.hostname} with {ts.name} create")

@@ -97,6 +97,31 @@ def scan(path: str) -> Scan:
         return Scan(tuple(names), start + inner.count)
 
 
+def unpacked_hint(path: str) -> int | None:
+    """The unpacked size as the compressed stream records it, without decompressing:
+    gzip's ISIZE trailer, zstd's frame content size. None when it does not say."""
+    names: list[str] = []
+    with open(path, "rb", buffering=0) as f:
+        outer = _Reader(f)
+        rest = _cpio(outer, names)
+        start = outer.count - len(rest)
+        size = os.fstat(f.fileno()).st_size
+        head = os.pread(f.fileno(), 18, start)
+        if head.startswith(b"\x1f\x8b"):
+            isize = int.from_bytes(os.pread(f.fileno(), 4, size - 4), "little")
+            return start + isize if isize >= size - start else None  # else: several members, or > 4 GiB
+        if head.startswith(b"\x28\xb5\x2f\xfd"):
+            fhd = head[4]
+            single, did, fcs = (fhd >> 5) & 1, fhd & 3, fhd >> 6
+            pos = 5 + (0 if single else 1) + (0, 1, 2, 4)[did]
+            width = (1 if single else 0, 2, 4, 8)[fcs]
+            if width == 0:
+                return None
+            value = int.from_bytes(head[pos:pos + width], "little") + (256 if width == 2 else 0)
+            return start + value
+    return None
+
+
 def _key(path: str) -> str:
     st = os.stat(path)
     h = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode())

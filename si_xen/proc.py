@@ -132,6 +132,14 @@ def reading(argv: Sequence[str], stdin) -> Iterator:
         p.wait()
 
 
+def start(argv: Sequence[str]) -> subprocess.Popen:
+    """Start ``argv`` in the background (output discarded); the caller waits for it."""
+    argv = tuple(str(a) for a in argv)
+    log.debug("start %s", argv)
+    return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
 def which(program: str) -> str | None:
     """Full path of ``program`` on PATH (sbin dirs included, as root expects)."""
     path = os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin"

@@ -43,6 +43,20 @@ class Undo:
         self._stack.clear()
 
 
+SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
+@contextmanager
+def critical():
+    """Hold signals while something is made and its undo registered: an interrupt between
+    the two would leak it. Held signals are delivered (and raise) on leaving."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 @contextmanager
 def signals_raise():
     """Turn SIGTERM/SIGHUP into an exception so ``finally`` and undo blocks run."""

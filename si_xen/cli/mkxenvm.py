@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from .. import batch, config, deploy, planner
+from .. import batch, config, deploy, hostkeys, planner
 from ..errors import Fatal
 from ..image import open_image
 from ..image.survey import needed_mib, survey
@@ -141,8 +141,19 @@ def body(argv) -> int:
     for w in image.os.__dict__.get("warnings", ()):
         rep.warn(w)
     o = options(args, settings)
-    tree = survey(image.path)
     hosts = batch.expand(args.hostname)
+    keys = None
+    if len(hosts) == 1 and not args.dry_run:  # RSA keys take long: start them now, for later
+        keys = hostkeys.Prefetch(hostkeys.image_key_types(image.guest), hosts[0])
+    try:
+        return _deploy(args, image, settings, rep, o, hosts, keys)
+    finally:
+        if keys is not None:
+            keys.close()
+
+
+def _deploy(args, image, settings, rep, o, hosts, keys) -> int:
+    tree = survey(image.path)
     plans = [planner.make_plan(dict(o, hostname=h, ip=batch.shifted(o.get("ip") or [], i),
                                     mac=o.get("mac") if len(hosts) == 1 else None),
                                image, tree, warn=rep.warn) for i, h in enumerate(hosts)]
@@ -176,7 +187,7 @@ def body(argv) -> int:
         rep.open_log(os.path.join(settings.paths["log_dir"], f"{plan.hostname}.log"))
         try:
             rep.say(describe(plan) + "\n")
-            rec = deploy.execute(plan, image, kernel, settings, rep)
+            rec = deploy.execute(plan, image, kernel, settings, rep, keys)
             planner.remember_boot(plan, facts_dir)
             summary(rec, plan, rep, settings)
         finally:

@@ -6,7 +6,7 @@ import os
 import re
 import tempfile
 
-from si_xen import proc
+from si_xen import hostkeys, proc
 from si_xen.errors import Fatal
 from si_xen.fixups.base import Ctx, fixup
 from si_xen.guestfs import Guest
@@ -22,7 +22,6 @@ SEEDS = ("var/lib/systemd/random-seed", "var/lib/urandom/random-seed", "var/lib/
 LEASES = (("var/lib/dhcp", "*.lease*"), ("var/lib/dhcp3", "*.lease*"), ("var/lib/dhclient", "*.lease*"),
           ("var/lib/NetworkManager", "*.lease"), ("var/lib/wicked", "lease-*"), ("var/lib/dhcpcd", "*.lease*"),
           ("var/lib/dhcpcd5", "*.lease*"), ("var/lib/dhcp", "dhclient*.leases"))
-KEY_TYPES = {"rsa": "rsa", "dsa": "dsa", "ecdsa": "ecdsa", "ed25519": "ed25519"}
 
 
 def _old_names(ctx: Ctx) -> set[str]:
@@ -117,13 +116,13 @@ def identity(ctx: Ctx) -> None:
 
 def _ssh_keys(ctx: Ctx) -> None:
     g, s = ctx.guest, ctx.s
-    tag = f"si-xen:root@{s.hostname or 'localhost'}"
+    tag = hostkeys.tag(s.hostname)
     if g.exists("etc/ssh/ssh_host_key"):  # SSH-1 rsa1: no modern ssh-keygen makes one; sshd's init does
         ctx.remove("etc/ssh/ssh_host_key")
         ctx.remove("etc/ssh/ssh_host_key.pub")
     image = Guest(s.env["install_source"]) if os.path.isdir(s.env.get("install_source", "")) else None
     for priv in g.glob("etc/ssh", "ssh_host_*_key"):
-        ktype = KEY_TYPES.get(priv.rsplit("/", 1)[1][len("ssh_host_"):-len("_key")])
+        ktype = hostkeys.KEY_TYPES.get(priv.rsplit("/", 1)[1][len("ssh_host_"):-len("_key")])
         if ktype is None:
             continue
         pub = (g.read_text(priv + ".pub") or "").strip().split(None, 2)
@@ -134,6 +133,12 @@ def _ssh_keys(ctx: Ctx) -> None:
 
 
 def _keygen(ctx: Ctx, priv: str, ktype: str, tag: str) -> None:
+    ready = hostkeys.take(ktype, tag, ctx.s.env)  # made by si_mkxenvm while it copied the image
+    if ready:
+        ctx.guest.write_text(priv, ready[0], mode=0o600)
+        ctx.guest.write_text(priv + ".pub", ready[1], mode=0o644)
+        ctx.note(f"new {ktype} SSH host key /{priv}")
+        return
     keygen = proc.which("ssh-keygen")
     if keygen is None:
         raise Fatal("ssh-keygen not found on this host", "install openssh-client to regenerate guest SSH keys")

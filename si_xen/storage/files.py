@@ -8,6 +8,7 @@ import shutil
 from ..errors import Fatal
 from ..locks import exclusive
 from ..plan import Disk
+from ..rollback import critical
 from .bases import base_name, beside, reflink, remove_beside, write_meta
 
 
@@ -40,12 +41,14 @@ class FileBackend:
     def create(self, disk: Disk, undo) -> str:
         vm_dir = os.path.dirname(disk.target)
         if not os.path.isdir(vm_dir):
-            os.makedirs(vm_dir)
-            undo.push(f"remove {vm_dir}", _rmdir_if_empty, vm_dir)
+            with critical():
+                os.makedirs(vm_dir)
+                undo.push(f"remove {vm_dir}", _rmdir_if_empty, vm_dir)
         if os.path.lexists(disk.target):
             os.unlink(disk.target)  # --force was checked in validate()
-        fd = os.open(disk.target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        undo.push(f"remove {disk.target}", os.unlink, disk.target)
+        with critical():
+            fd = os.open(disk.target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            undo.push(f"remove {disk.target}", os.unlink, disk.target)
         try:
             os.ftruncate(fd, disk.size_mib * 1024 * 1024)  # sparse: costs only what is written
         finally:
@@ -72,8 +75,9 @@ class FileBackend:
         os.makedirs(os.path.dirname(disk.target), exist_ok=True)
         if os.path.lexists(disk.target):
             os.unlink(disk.target)  # --force was checked in validate()
-        reflink(base, disk.target)
-        undo.push(f"remove {disk.target}", os.unlink, disk.target)
+        with critical():
+            reflink(base, disk.target)
+            undo.push(f"remove {disk.target}", os.unlink, disk.target)
 
     def remove_base(self, base: str) -> None:
         remove_beside(base)

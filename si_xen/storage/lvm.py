@@ -9,6 +9,7 @@ from .. import proc
 from ..errors import Fatal
 from ..locks import exclusive
 from ..plan import Disk
+from ..rollback import critical
 from .bases import base_name
 
 COMPLETE = "si_xen_base"
@@ -70,11 +71,12 @@ class LvmBackend:
         if self.exists(disk.target):
             self.remove(disk.target)  # --force was checked in validate()
         lv = os.path.basename(disk.target)
-        if self.pool:
-            proc.run(["lvcreate", "--yes", "-V", f"{disk.size_mib}M", "-T", f"{self.vg}/{self.pool}", "-n", lv])
-        else:
-            proc.run(["lvcreate", "--yes", "--wipesignatures", "y", "-L", f"{disk.size_mib}M", "-n", lv, self.vg])
-        undo.push(f"remove LV {disk.target}", self.remove, disk.target)
+        with critical():
+            if self.pool:
+                proc.run(["lvcreate", "--yes", "-V", f"{disk.size_mib}M", "-T", f"{self.vg}/{self.pool}", "-n", lv])
+            else:
+                proc.run(["lvcreate", "--yes", "--wipesignatures", "y", "-L", f"{disk.size_mib}M", "-n", lv, self.vg])
+            undo.push(f"remove LV {disk.target}", self.remove, disk.target)
         return disk.target
 
     def mount_source(self, target: str) -> tuple[str, list[str]]:
@@ -108,8 +110,9 @@ class LvmBackend:
             self.remove(disk.target)  # --force was checked in validate()
         lv = os.path.basename(disk.target)
         # -kn: a thin snapshot is skipped at activation by default; a VM disk must come up
-        proc.run(["lvcreate", "--yes", "-s", "-kn", "-n", lv, f"{self.vg}/{os.path.basename(base)}"])
-        undo.push(f"remove LV {disk.target}", self.remove, disk.target)
+        with critical():
+            proc.run(["lvcreate", "--yes", "-s", "-kn", "-n", lv, f"{self.vg}/{os.path.basename(base)}"])
+            undo.push(f"remove LV {disk.target}", self.remove, disk.target)
         proc.run(["lvchange", "-ay", "--permission", "rw", f"{self.vg}/{lv}"])
 
     def remove_base(self, base: str) -> None:

@@ -8,6 +8,7 @@ import time
 
 from .. import proc
 from ..plan import Disk
+from ..rollback import critical
 
 MKFS = {
     "ext3": ["mkfs.ext3", "-q", "-F"],
@@ -24,16 +25,18 @@ def mkfs(disk: Disk, tree: str | None = None) -> None:
 
 def mount_tree(disks: list[Disk], backend, cleanup, hostname: str) -> str:
     """Mount / then the other filesystems (shallowest first) under a fresh directory."""
-    top = tempfile.mkdtemp(prefix=f"si-xen.{hostname}.", dir="/run" if os.path.isdir("/run") else None)
-    cleanup.push(f"remove {top}", os.rmdir, top)
+    with critical():
+        top = tempfile.mkdtemp(prefix=f"si-xen.{hostname}.", dir="/run" if os.path.isdir("/run") else None)
+        cleanup.push(f"remove {top}", os.rmdir, top)
     for d in sorted((d for d in disks if d.mountpoint), key=lambda d: d.mountpoint.count("/") + len(d.mountpoint) / 1e4):
         where = top if d.mountpoint == "/" else os.path.join(top, d.mountpoint.lstrip("/"))
         os.makedirs(where, exist_ok=True)  # a fresh filesystem: no guest symlinks yet
         source, opts = backend.mount_source(d.target)
         # nouuid: XFS clones of one base share a UUID, and XFS refuses that otherwise
         extra = ["-o", "nouuid"] if d.fs == "xfs" else []
-        proc.run(["mount", *opts, *extra, "-t", d.fs, source, where])
-        cleanup.push(f"unmount {where}", umount, where)
+        with critical():
+            proc.run(["mount", *opts, *extra, "-t", d.fs, source, where])
+            cleanup.push(f"unmount {where}", umount, where)
     return top
 
 

@@ -10,6 +10,7 @@ import re
 
 from .. import proc
 from ..errors import Fatal
+from ..rollback import critical
 
 AUTO_DIR = "/etc/xen/auto"
 
@@ -74,6 +75,7 @@ def link_autostart(cfg: str, undo, auto_dir: str = AUTO_DIR) -> str:
     link = os.path.join(auto_dir, os.path.basename(cfg))
     if os.path.lexists(link):
         os.unlink(link)
-    os.symlink(cfg, link)
-    undo.push(f"remove {link}", os.unlink, link)
+    with critical():
+        os.symlink(cfg, link)
+        undo.push(f"remove {link}", os.unlink, link)
     return link

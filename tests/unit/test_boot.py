@@ -73,3 +73,9 @@ def test_grub_cfg_for_bootloaders_keeps_the_original(tmp_path):
     boot.write_grub_cfg(g, k, "xvda3", True, "Debian (si-xen)")  # /boot on its own disk
     assert "linux /vmlinuz-6.1.0-99-amd64 root=/dev/xvda3" in g.read_text("/boot/grub/grub.cfg")
     assert g.read_text("/boot/grub/grub.cfg.si-xen-orig") == "golden client menu\n"
+
+
+def test_unpacked_size_read_from_the_gzip_trailer(tmp_path):
+    root = fakeimage.make(tmp_path / "img", unpacked_mib=12)
+    path = Guest(root).path("/boot/initrd.img-6.1.0-99-amd64")
+    assert initramfs.unpacked_hint(path) == initramfs.scan(path).unpacked

@@ -18,9 +18,9 @@ SCENARIOS = {
     "pvgrub2": "--dhcp --lvm vg0 --boot pvgrub2 --type pv",
     "pygrub": "--dhcp --lvm vg0 --boot pygrub --type pv",
     # Static address: the console banner shows it and dom0 reaches it over xenbr0.
-    "pvh_static": "--ip 10.0.0.5 --netmask 255.255.255.0 --gateway 10.0.0.1 --dir /srv/xen --boot direct --type pvh",
+    "pvhstatic": "--ip 10.0.0.5 --netmask 255.255.255.0 --gateway 10.0.0.1 --dir /srv/xen --boot direct --type pvh",
 }
-EXTRA_ENV = {"pvh_static": "EXPECT_CONSOLE=10.0.0.5 PING=10.0.0.5 "}
+EXTRA_ENV = {"pvhstatic": "EXPECT_CONSOLE=10.0.0.5 PING=10.0.0.5 "}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def xen_run(payload, image_disk, tmp_path_factory):
         body.append(f"{EXTRA_ENV.get(name, '')}finish {name} vm_checked {name}")
     body.append("finish xentools xentools_checked xt1")
     return run_scenarios(payload, image_disk, "\n".join(body), tmp_path_factory.mktemp("xen"), xen=True,
-                         timeout=1800, mem=4608)  # dom0 1 GiB + five 512 MiB domUs at once
+                         timeout=1800, mem=5120)  # dom0 1 GiB + five 512 MiB domUs at once
 
 
 @pytest.mark.parametrize("name", [*SCENARIOS, "xentools"])

@@ -150,12 +150,18 @@ def boot(payload_dir: Path | None, script: str, *, xen: bool = True, timeout: fl
         argv = _qemu_argv(build, tmp, attached, xen=xen, mem=mem, cpus=cpus, accel=accel)
         timings = {"payload": time.monotonic() - t0}
         t1 = time.monotonic()
-        (tmp / "serial.log").touch()
         env = dict(os.environ, TMPDIR=str(tmp))  # QEMU's snapshot overlay goes here, and goes with it
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=open(tmp / "qemu.out", "wb"),
-                                stderr=subprocess.STDOUT, start_new_session=True, env=env,
-                                preexec_fn=_die_with_parent)
-        qemu_rc = _watch(proc, tmp / "serial.log", t1 + timeout, on_console, timings, t1)
+        for attempt in (1, 2):
+            (tmp / "serial.log").write_bytes(b"")
+            with open(tmp / "qemu.out", "wb") as out:
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                        start_new_session=True, env=env, preexec_fn=_die_with_parent)
+            qemu_rc = _watch(proc, tmp / "serial.log", t1 + timeout, on_console, timings, t1)
+            # QEMU 7.2's TCG has been seen to segfault while dom0 probes PCI: nothing ran yet, so
+            # booting again is safe.
+            if qemu_rc is None or qemu_rc == 0 or "dom0_up" in timings or attempt == 2:
+                break
+            print(f"testbed: QEMU died ({qemu_rc}) before dom0 was up; booting again", flush=True)
         timings["qemu"] = time.monotonic() - t1
         shutil.copy(tmp / "serial.log", outdir / "serial.log")
         shutil.copy(tmp / "qemu.out", outdir / "qemu.out")

@@ -49,7 +49,7 @@ wait_login() {
     if ! xl domid "$name" >/dev/null 2>&1; then echo "domain $name is gone"; break; fi
     sleep 1
   done
-  got=$(cat "/run/sx-login-$name" 2>/dev/null)
+  got=$(cat "/run/sx-login-$name" 2>/dev/null || true)
   if [ -n "$got" ] && [ "$got" != timeout ]; then
     timing "login_$name" "$got"
     return 0

@@ -14,13 +14,13 @@ pytestmark = pytest.mark.system
 
 # name -> si_mkxenvm arguments (besides image, hostname, sizes, --yes --start).
 SCENARIOS = {
-    "pvdirect": "--dhcp --dir /srv/xen --boot direct --type pv",
-    "pvgrub2": "--dhcp --lvm vg0 --boot pvgrub2 --type pv",
-    "pygrub": "--dhcp --lvm vg0 --boot pygrub --type pv",
     # Static address: the console banner shows it and dom0 reaches it over xenbr0.
-    "pvhstatic": "--ip 10.0.0.5 --netmask 255.255.255.0 --gateway 10.0.0.1 --dir /srv/xen --boot direct --type pvh",
+    "pvstatic": "--ip 10.0.0.5 --netmask 255.255.255.0 --gateway 10.0.0.1 --dir /srv/xen --boot direct --type pv",
+    "pvgrub2": "--dhcp --lvm vg0 --boot pvgrub2 --type pv",
+    "pygrub": "--dhcp --dir /srv/xen --boot pygrub --type pv",
+    "pvh": "--dhcp --lvm vg0 --boot direct --type pvh",
 }
-EXTRA_ENV = {"pvhstatic": "EXPECT_CONSOLE=10.0.0.5 PING=10.0.0.5 "}
+EXTRA_ENV = {"pvstatic": "EXPECT_CONSOLE=10.0.0.5 PING=10.0.0.5 "}
 LAG = 2
 
 

@@ -10,6 +10,10 @@ setup_dom0() {
   make_bridge
   # The static-IP guests' gateway: dom0 itself, on the bridge (nothing leaves the testbed).
   ip addr add 10.0.0.1/24 dev xenbr0 2>/dev/null || true
+  # And a DHCP server there: --dhcp guests get an address instead of waiting a minute for none.
+  dnsmasq --interface=xenbr0 --bind-interfaces --port=0 --no-resolv --dhcp-range=10.0.0.100,10.0.0.199,1h \
+    --pid-file=/run/dnsmasq-xenbr0.pid --dhcp-leasefile=/run/dnsmasq-xenbr0.leases --user=root \
+    </dev/null >"$TESTBED_RESULTS/dnsmasq.out" 2>&1 || echo "WARNING: no DHCP server on xenbr0"
 }
 
 # si_mkxenvm NAME ... --start, and `xl list` shows it (then the next VM can be made) ...

@@ -57,7 +57,8 @@ def _one(plan, image, kernel, settings, log_path: str) -> dict:
     from .plan import describe
 
     rep = Reporter(quiet=True)
-    keys = hostkeys.Prefetch(hostkeys.image_key_types(image.guest), plan.hostname)
+    keys = hostkeys.Prefetch(hostkeys.image_key_types(image.guest), plan.hostname,
+                             hostkeys.Stock(settings.paths["state_dir"]))
     try:
         with registry.lock(settings.paths["lock_dir"], plan.hostname):
             deploy.preflight(plan, settings, 0)

@@ -83,10 +83,16 @@ def _run(plan, image, kernel, settings, rep, backend, undo, cleanup, keys) -> di
         warm = threading.Thread(target=_warm_initramfs, args=(image.guest.path(kernel.initrd),), daemon=True)
         warm.start()
     bases: list[str] = []
-    if plan.clone:
-        root, bases = populate.cloned(plan, image, plan.fingerprint, backend, rep, undo, cleanup)
-    else:
-        root = populate.fresh(plan, image, backend, rep, undo, cleanup)
+    # A long copy is ahead when there is no base to clone: spare CPU for the key stock.
+    stock = hostkeys.Stock(settings.paths["state_dir"])
+    refill = stock.refill() if not (plan.clone and populate.bases_ready(plan, backend)) else []
+    try:
+        if plan.clone:
+            root, bases = populate.cloned(plan, image, plan.fingerprint, backend, rep, undo, cleanup)
+        else:
+            root = populate.fresh(plan, image, backend, rep, undo, cleanup)
+    finally:
+        stock.settle(refill)
     from .fixups import run_all  # the fixup catalogue loads only when a deploy needs it
 
     if warm is not None:

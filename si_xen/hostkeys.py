@@ -1,9 +1,11 @@
 """SSH host keys for a VM: made by the dom0's ssh-keygen, ahead of need.
 
 An RSA key takes ssh-keygen 0.2-2 s (a random prime search), longer than cloning a whole
-VM. si_mkxenvm starts the key generation as soon as it knows the VM's name, so it runs
-while the image is surveyed, the disks are made and the tree is copied; the identity
-fixup then takes the ready keys from SI_XEN_HOSTKEYS instead of making them itself.
+VM. So si_mkxenvm keeps a small stock of RSA keys, made with spare CPU
+(niced, during the long copy of a first deploy) and each handed to one VM only; without stock it
+starts ssh-keygen as soon as it knows the VM's name. Either way the identity fixup takes
+the ready keys from SI_XEN_HOSTKEYS instead of making them itself. The stock is root's
+alone (0700), like the keys ssh-keygen would have written into the guest.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from . import proc
 from .guestfs import Guest
 
 ENV = "SI_XEN_HOSTKEYS"
+STOCK_TYPES = ("rsa",)  # the slow one; ECDSA and Ed25519 keys take a millisecond, DSA is obsolete
+STOCK_SIZE = 4
 KEY_TYPES = {"rsa": "rsa", "dsa": "dsa", "ecdsa": "ecdsa", "ed25519": "ed25519"}
 
 
@@ -31,17 +35,83 @@ def image_key_types(guest: Guest) -> list[str]:
     return [KEY_TYPES[t] for t in (n[len("ssh_host_"):-len("_key")] for n in names) if t in KEY_TYPES]
 
 
-class Prefetch:
-    """ssh-keygen running in the background into a private directory."""
+def _keygen(ktype: str, comment: str, path: str, idle: bool = False):
+    keygen = proc.which("ssh-keygen")
+    if not keygen:
+        return None
+    nice = ["nice", "-n", "19"] if idle and proc.which("nice") else []  # stock: only spare CPU
+    return proc.start([*nice, keygen, "-q", "-t", ktype, "-N", "", "-C", comment, "-f", path])
 
-    def __init__(self, types: list[str], hostname: str):
-        self.dir = tempfile.mkdtemp(prefix="si-xen-keys.")
+
+class Stock:
+    """Unused host keys made ahead of time: TYPE-ID and TYPE-ID.pub in a root-only directory."""
+
+    def __init__(self, state_dir: str):
+        self.dir = os.path.join(state_dir, "hostkeys")
+
+    def _keys(self, ktype: str) -> list[str]:
+        try:
+            return sorted(n for n in os.listdir(self.dir) if n.startswith(ktype + "-") and not n.endswith(".pub"))
+        except FileNotFoundError:
+            return []
+
+    def claim(self, ktype: str, dest: str) -> bool:
+        """Move one stock key to ``dest`` (same filesystem); renaming it is the claim."""
+        for name in self._keys(ktype):
+            try:
+                os.rename(os.path.join(self.dir, name), dest)
+            except FileNotFoundError:
+                continue  # another si_mkxenvm took it first
+            os.rename(os.path.join(self.dir, name + ".pub"), dest + ".pub")
+            return True
+        return False
+
+    def refill(self) -> list[tuple[str, object]]:
+        """Start making the missing stock keys; pass the result to ``settle``."""
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        started = []
+        for t in STOCK_TYPES:
+            for _ in range(STOCK_SIZE - len(self._keys(t))):
+                path = os.path.join(self.dir, f".new-{t}-{os.urandom(6).hex()}")
+                p = _keygen(t, tag(""), path, idle=True)
+                if p:
+                    started.append((path, p))
+        return started
+
+    def settle(self, started) -> None:
+        """Keep the keys that are done; stop and discard the rest (no time is spent waiting)."""
+        for path, p in started:
+            done = p.poll() == 0
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            name = os.path.basename(path)[len(".new-"):]
+            if done:  # the public half first: a private key in stock always has its pair
+                os.rename(path + ".pub", os.path.join(self.dir, name + ".pub"))
+                os.rename(path, os.path.join(self.dir, name))
+            else:
+                for f in (path, path + ".pub"):
+                    if os.path.lexists(f):
+                        os.unlink(f)
+
+
+class Prefetch:
+    """A VM's host keys: taken from the stock, or ssh-keygen running in the background."""
+
+    def __init__(self, types: list[str], hostname: str, stock: Stock | None = None):
+        if stock:
+            os.makedirs(stock.dir, mode=0o700, exist_ok=True)
+        self.dir = tempfile.mkdtemp(prefix=".si-xen-keys.", dir=stock.dir if stock else None)
         self.procs = []
-        keygen = proc.which("ssh-keygen")
-        if keygen:
-            for t in types:
-                argv = [keygen, "-q", "-t", t, "-N", "", "-C", tag(hostname), "-f", os.path.join(self.dir, t)]
-                self.procs.append(proc.start(argv))
+        for t in types:
+            path = os.path.join(self.dir, t)
+            if stock and stock.claim(t, path):
+                argv = [proc.which("ssh-keygen") or "ssh-keygen", "-q", "-c", "-C", tag(hostname), "-P", "", "-f", path]
+                self.procs.append(proc.start(argv))  # the VM's name as the comment, as if made now
+            else:
+                p = _keygen(t, tag(hostname), path)
+                if p:
+                    self.procs.append(p)
 
     def ready(self) -> str:
         """Wait for the keys; return the directory holding TYPE and TYPE.pub files."""

@@ -69,6 +69,11 @@ def fresh(plan, image, backend, rep, undo, cleanup) -> str:
     return root
 
 
+def bases_ready(plan, backend) -> bool:
+    return all(backend.have_base(backend.base_target(plan.image_name, plan.fingerprint, d))
+               for d in plan.disks if d.fs != "swap")
+
+
 def cloned(plan, image, fingerprint: str, backend, rep, undo, cleanup) -> tuple[str, list[str]]:
     """Clone the image's base disks (building them first if needed); return root, bases."""
     data = [d for d in plan.disks if d.fs != "swap"]

@@ -6,12 +6,9 @@ import argparse
 import os
 import sys
 
-from .. import batch, config, deploy, hostkeys, planner
+from .. import batch, config, hostkeys
 from ..errors import Fatal
 from ..image import open_image
-from ..image.survey import needed_mib, survey
-from ..plan import describe
-from ..registry import lock
 from ..report import Reporter
 from .common import confirm, need_root, parser, run_main
 
@@ -144,7 +141,8 @@ def body(argv) -> int:
     hosts = batch.expand(args.hostname)
     keys = None
     if len(hosts) == 1 and not args.dry_run:  # RSA keys take long: start them now, for later
-        keys = hostkeys.Prefetch(hostkeys.image_key_types(image.guest), hosts[0])
+        stock = hostkeys.Stock(settings.paths["state_dir"])
+        keys = hostkeys.Prefetch(hostkeys.image_key_types(image.guest), hosts[0], stock)
     try:
         return _deploy(args, image, settings, rep, o, hosts, keys)
     finally:
@@ -153,6 +151,12 @@ def body(argv) -> int:
 
 
 def _deploy(args, image, settings, rep, o, hosts, keys) -> int:
+    # Imported only now, with the SSH keys already being made: these take a tenth of a second.
+    from .. import deploy, planner
+    from ..image.survey import needed_mib, survey
+    from ..plan import describe
+    from ..registry import lock
+
     tree = survey(image.path)
     plans = [planner.make_plan(dict(o, hostname=h, ip=batch.shifted(o.get("ip") or [], i),
                                     mac=o.get("mac") if len(hosts) == 1 else None),

@@ -38,3 +38,34 @@ def test_prefetched_keys_are_taken_once_and_fingerprinted_like_ssh_keygen(tmp_pa
 
 def test_no_prefetch_means_none():
     assert hostkeys.take("rsa", "x", {}) is None
+
+
+def test_stock_is_filled_with_spare_cpu_and_each_key_serves_one_vm(tmp_path, keygen):
+    stock = hostkeys.Stock(str(tmp_path))
+    started = stock.refill()
+    assert len(started) == hostkeys.STOCK_SIZE * len(hostkeys.STOCK_TYPES)
+    for _, p in started:
+        p.wait()
+    stock.settle(started)
+    assert oct(os.stat(stock.dir).st_mode & 0o777) == "0o700"
+    assert len(stock._keys("rsa")) == hostkeys.STOCK_SIZE
+    assert stock.refill() == [], "a full stock makes nothing"
+    pre = hostkeys.Prefetch(["rsa", "ed25519"], "vm7", stock)
+    try:
+        env = {hostkeys.ENV: pre.ready()}
+        priv, pub = hostkeys.take("rsa", hostkeys.tag("vm7"), env)
+        assert pub.split()[2] == "si-xen:root@vm7", "a stock key gets the VM's name"
+        assert hostkeys.take("ed25519", hostkeys.tag("vm7"), env) is not None
+    finally:
+        pre.close()
+    assert len(stock._keys("rsa")) == hostkeys.STOCK_SIZE - 1
+    assert not [n for n in os.listdir(stock.dir) if n.startswith(".")], "nothing half-made left"
+
+
+def test_settle_discards_unfinished_keys(tmp_path, keygen):
+    stock = hostkeys.Stock(str(tmp_path))
+    started = stock.refill()
+    stock.settle(started)  # at once: most are still running
+    names = os.listdir(stock.dir)
+    assert not [n for n in names if n.startswith(".new-")]
+    assert all(n + ".pub" in names for n in names if not n.endswith(".pub"))

@@ -14,5 +14,5 @@ pytestmark = pytest.mark.system
 
 def test_lvm_storage_made_and_removed(payload, image_disk, tmp_path):
     body = "install_sixen || exit 1\nmount_images\nscratch_vg vg0 || exit 1\nscenario lvm lvm_made lvm1"
-    res, scenarios, log = run_scenarios(payload, image_disk, body, tmp_path, xen=False, timeout=900)
-    assert scenarios.get("lvm") is True, f"LVM scenario failed:\n{res.tail(80)}"
+    run = run_scenarios(payload, image_disk, body, tmp_path, xen=False, timeout=900)
+    assert run.ok.get("lvm"), f"LVM scenario failed:\n{run.section('lvm')}"

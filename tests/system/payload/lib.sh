@@ -52,6 +52,7 @@ wait_login() {
   got=$(cat "/run/sx-login-$name" 2>/dev/null || true)
   if [ -n "$got" ] && [ "$got" != timeout ]; then
     timing "login_$name" "$got"
+    echo "REACHED $name login"
     return 0
   fi
   echo "no login prompt from $name; console tail:"

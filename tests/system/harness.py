@@ -22,7 +22,9 @@ class Run:
     reached: set[str] = field(default_factory=set)  # VMs whose login prompt appeared
 
     def section(self, name: str) -> str:
-        start = self.log.find(f"=== scenario {name}")
+        start = self.log.find(f"=== scenario {name} (finish)")  # two-phase scenarios: the checking half
+        if start < 0:
+            start = self.log.find(f"=== scenario {name}")
         end = self.log.find(f"SCENARIO {name} ", start)
         return self.log[start:end + 200][-6000:] if start >= 0 else self.res.tail()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import sysconfig
 import tempfile
 import time
 
@@ -20,6 +21,8 @@ from .plan import Plan
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 SEARCH = (
+    # where pip put the wheel's data files (Debian's pip: /usr/local), then distro packages
+    os.path.join(sysconfig.get_paths()["data"], "share", "si-xen", "templates"),
     os.path.join(sys.prefix, "share", "si-xen", "templates"),
     "/usr/share/si-xen/templates",
     os.path.join(os.path.dirname(_HERE), "etc", "templates"),  # a source checkout

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 
 from .. import proc
 from ..errors import Fatal
@@ -46,10 +47,16 @@ class Toolstack:
                 doms[parts[0]] = parts[4]
         return doms
 
-    def shutdown(self, name: str) -> None:
-        proc.run([self.path, "shutdown", "-w", name], timeout=120, ok=(0, 1))
-        if name in self.domains():
-            proc.run([self.path, "destroy", name])
+    def shutdown(self, name: str, wait: float = 120) -> None:
+        """Shut the domain down; destroy it if it does not go. Gone is gone, however it went."""
+        proc.run([self.path, "shutdown", "-w", name], timeout=wait, ok=(0, 1))
+        deadline = time.monotonic() + 30
+        while name in self.domains():
+            # a domain on its way out makes destroy fail ("unable to find domain info")
+            proc.run([self.path, "destroy", name], ok=(0, 1, 255))
+            if time.monotonic() > deadline:
+                raise Fatal(f"domain '{name}' does not go away", f"check with {self.name} list, then retry")
+            time.sleep(0.5)
 
 
 def find(choice: str = "auto") -> Toolstack | None:

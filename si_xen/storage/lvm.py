@@ -113,7 +113,7 @@ class LvmBackend:
         with critical():
             proc.run(["lvcreate", "--yes", "-s", "-kn", "-n", lv, f"{self.vg}/{os.path.basename(base)}"])
             undo.push(f"remove LV {disk.target}", self.remove, disk.target)
-        proc.run(["lvchange", "-ay", "--permission", "rw", f"{self.vg}/{lv}"])
+        proc.run(["lvchange", "-ay", f"{self.vg}/{lv}"])  # a snapshot is writable, even of a read-only base
 
     def remove_base(self, base: str) -> None:
         self.remove(base)

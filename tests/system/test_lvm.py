@@ -12,7 +12,16 @@ from tests.system.harness import run_scenarios
 pytestmark = pytest.mark.system
 
 
-def test_lvm_storage_made_and_removed(payload, image_disk, tmp_path):
-    body = "install_sixen || exit 1\nmount_images\nscratch_vg vg0 || exit 1\nscenario lvm lvm_made lvm1"
-    run = run_scenarios(payload, image_disk, body, tmp_path, xen=False, timeout=900)
-    assert run.ok.get("lvm"), f"LVM scenario failed:\n{run.section('lvm')}"
+@pytest.fixture(scope="module")
+def lvm_run(payload, image_disk, tmp_path_factory):
+    body = ("install_sixen || exit 1\nmount_images\nscratch_vg vg0 || exit 1\nthin_pool vg0 pool0 6G || exit 1\n"
+            "scenario lvm lvm_made lvm1\nscenario thin thin_made thin1 thin2")
+    return run_scenarios(payload, image_disk, body, tmp_path_factory.mktemp("lvm"), xen=False, timeout=1200)
+
+
+def test_lvm_storage_made_and_removed(lvm_run):
+    assert lvm_run.ok.get("lvm"), f"LVM scenario failed:\n{lvm_run.section('lvm')}"
+
+
+def test_thin_snapshot_clones_made_and_removed(lvm_run):
+    assert lvm_run.ok.get("thin"), f"thin-pool scenario failed:\n{lvm_run.section('thin')}"

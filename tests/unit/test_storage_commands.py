@@ -106,7 +106,7 @@ def test_thin_lvs_base_publish_and_snapshot_clone(fp):
     assert b.have_base(base)
     fp.register(["lvs", "/dev/vg0/vm-disk"], returncode=5)
     fp.register(["lvcreate", "--yes", "-s", "-kn", "-n", "vm-disk", f"vg0/{os.path.basename(base)}"])
-    fp.register(["lvchange", "-ay", "--permission", "rw", "vg0/vm-disk"])
+    fp.register(["lvchange", "-ay", "vg0/vm-disk"])
     undo = Undo()
     b.clone(base, DISKS[0], undo)
     fp.register(["lvs", "/dev/vg0/vm-disk"], returncode=0)

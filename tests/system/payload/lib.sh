@@ -28,9 +28,13 @@ mount_images() {
 }
 
 # The spare disks as the VMs' storage: disk "scratch" a filesystem for --dir, disk "lvm" a VG.
-scratch_fs() {
+scratch_fs() {  # MOUNTPOINT [FSTYPE]: xfs gives reflinks, so VMs there are clones of a base
   local dev=/dev/disk/by-id/virtio-scratch
-  mkfs.ext4 -q -F "$dev" && mkdir -p "$1" && mount "$dev" "$1"
+  "mkfs.${2:-ext4}" -q -f "$dev" 2>/dev/null || "mkfs.${2:-ext4}" -q -F "$dev"
+  mkdir -p "$1" && mount "$dev" "$1"
+}
+thin_pool() {  # VG POOL SIZE: a thin pool, so VMs there are thin snapshots of a base LV
+  lvcreate -q -L "$3" -T "$1/$2"
 }
 scratch_vg() {
   local dev=/dev/disk/by-id/virtio-lvm

@@ -33,6 +33,8 @@ vm_checked() {
   [ -z "${EXPECT_CONSOLE:-}" ] || grep -q "$EXPECT_CONSOLE" "/var/log/xen/console/guest-$name.log" \
     || { echo "console of $name does not show '$EXPECT_CONSOLE'"; return 1; }
   [ -z "${PING:-}" ] || ping_guest "$PING"
+  [ -z "${EXPECT_CLONE:-}" ] || si_lsxenvm "$name" | grep "clone of" \
+    || { echo "$name is not a clone of a base"; return 1; }
   vm_removed "$name"
 }
 
@@ -115,4 +117,29 @@ guest_fixed_up() {
   ls "$root"/etc/systemd/system/*/serial-getty@hvc0.service >/dev/null 2>&1 \
     || grep -q hvc0 "$root/etc/inittab" 2>/dev/null || { echo "no getty on hvc0"; return 1; }
   grep -q "$name" "$root/etc/hosts" || { echo "$name not in /etc/hosts"; return 1; }
+}
+
+# --thin-pool without Xen: the first VM builds the image's base LV, the second is a thin
+# snapshot of it; both carry their own identity; removing the last prunes the base.
+thin_made() {
+  local a=$1 b=$2 t=$SECONDS origin
+  for n in "$a" "$b"; do
+    si_mkxenvm "$IMAGE" --hostname "$n" --memory 512M --size 2G --swap 128M --dhcp --lvm "$VG" \
+      --thin-pool pool0 --yes || return 1
+  done
+  timing "mkxenvm_thin_two" $((SECONDS - t))
+  lvs -o lv_name,pool_lv,origin,data_percent "$VG"
+  origin=$(lvs --noheadings -o origin "$VG/$b-disk" | tr -d ' ')
+  case "$origin" in si-base-*) echo "$b-disk is a snapshot of $origin";; *) echo "$b-disk is no clone"; return 1;; esac
+  for n in "$a" "$b"; do
+    e2fsck -fn "/dev/$VG/$n-disk" >/dev/null || { echo "$n-disk not clean"; return 1; }
+    mkdir -p "/mnt/$n" && mount -o ro "/dev/$VG/$n-disk" "/mnt/$n"
+    guest_fixed_up "/mnt/$n" "$n"; local ok=$?
+    umount "/mnt/$n"
+    [ $ok = 0 ] || return 1
+  done
+  si_lsxenvm | grep -q "clone of /dev/$VG/$origin" || { echo "si_lsxenvm does not show the base"; return 1; }
+  si_rmxenvm --yes --prune-bases "$a" "$b" || return 1
+  if lvs --noheadings -o lv_name "$VG" | grep -q "si-base-\|$a-\|$b-"; then echo "LVs left"; return 1; fi
+  echo "thin clones made and removed"
 }

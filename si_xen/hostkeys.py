@@ -99,8 +99,9 @@ class Prefetch:
     """A VM's host keys: taken from the stock, or ssh-keygen running in the background."""
 
     def __init__(self, types: list[str], hostname: str, stock: Stock | None = None):
-        if stock:
-            os.makedirs(stock.dir, mode=0o700, exist_ok=True)
+        if stock and not os.path.isdir(stock.dir):
+            stock = None  # made by a deploy's refill; before validation nothing may be created
+        # beside the stock (a claim is a rename), else in /tmp
         self.dir = tempfile.mkdtemp(prefix=".si-xen-keys.", dir=stock.dir if stock else None)
         self.procs = []
         for t in types:

@@ -13,7 +13,7 @@ from ..rollback import Interrupted
 EPILOG = "Download, report bugs, and make suggestions at:\nhttps://github.com/si-xen/si-xen"
 
 
-def parser(prog: str, usage_line: str, description: str) -> argparse.ArgumentParser:
+def parser(prog: str, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
         description=f"{prog} (part of {PROJECT}) v{__version__}\n\n{description}",
@@ -23,10 +23,6 @@ def parser(prog: str, usage_line: str, description: str) -> argparse.ArgumentPar
     )
     p.add_argument("--version", action="version", version=f"{prog} (part of {PROJECT}) v{__version__}")
     return p
-
-
-class _FatalParser(argparse.ArgumentParser):
-    pass
 
 
 def need_root(prog: str) -> None:

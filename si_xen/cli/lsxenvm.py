@@ -23,7 +23,7 @@ MAN = {
 
 
 def build_parser():
-    p = parser(PROG, "", "List the Xen VMs made by si_mkxenvm.")
+    p = parser(PROG, "List the Xen VMs made by si_mkxenvm.")
     p.add_argument("names", nargs="*", metavar="NAME", help="only these VMs")
     p.add_argument("--json", action="store_true", help="one JSON object per VM, one per line")
     p.add_argument("--config", help="config file (default /etc/systemimager/xen.conf)")

@@ -50,7 +50,7 @@ MAN = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = parser(PROG, "", "Create a Xen virtual machine from a SystemImager image: disks, a copy of the image,\n"
+    p = parser(PROG, "Create a Xen virtual machine from a SystemImager image: disks, a copy of the image,\n"
                "guest fixups for Xen, the domain config, and (with --start) the running domain.")
     p.add_argument("image_pos", nargs="?", metavar="IMAGE", help="image name (or path); same as --image")
     a = p.add_argument

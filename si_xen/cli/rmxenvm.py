@@ -27,7 +27,7 @@ MAN = {
 
 
 def build_parser():
-    p = parser(PROG, "", "Remove Xen VMs made by si_mkxenvm: the domain config, its autostart link,\n"
+    p = parser(PROG, "Remove Xen VMs made by si_mkxenvm: the domain config, its autostart link,\n"
                "its disks and its kernel files. A running domain is refused unless --stop.")
     p.add_argument("names", nargs="+", metavar="NAME", help="VM (hostname) to remove")
     p.add_argument("--stop", action="store_true", help="shut a running domain down first (destroy if it hangs)")

@@ -18,7 +18,7 @@ def _fixup_help() -> str:
 
 
 def build_parser():
-    p = parser(PROG, "", "Guest fixups that make a SystemImager image boot as a Xen guest, usable\n"
+    p = parser(PROG, "Guest fixups that make a SystemImager image boot as a Xen guest, usable\n"
                "directly, from si_mkxenvm, or as xen-tools hooks (xen-create-image --dist=systemimager).\n\n"
                + _fixup_help())
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 
 from ..errors import Fatal
 from ..locks import exclusive
@@ -102,6 +101,3 @@ def _rmdir_if_empty(path: str) -> None:
     except OSError:
         pass
 
-
-def disk_usage_note(path: str) -> str:
-    return f"{shutil.disk_usage(path).free // (1024 * 1024)} MiB free"

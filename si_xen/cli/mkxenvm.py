@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("activation")
     g.add_argument("--start", action="store_true", default=None, help="start the VM when it is made")
     g.add_argument("--console", action="store_true", default=None, help="start it and attach its console")
-    g.add_argument("--autostart", action="store_true", default=None, help="link the config into /etc/xen/auto")
+    g.add_argument("--autostart", action="store_true", default=None, help="link the config into auto/ beside it (/etc/xen/auto), where xendomains starts domains at boot")
     g.add_argument("--toolstack", help="xl, xm or auto (default auto: xl, else xm)")
     g = p.add_argument_group("behaviour")
     g.add_argument("--fixups", help="run only these fixups (comma separated; si_xenhooks list)")

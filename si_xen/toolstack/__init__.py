@@ -13,8 +13,6 @@ from .. import proc
 from ..errors import Fatal
 from ..rollback import critical
 
-AUTO_DIR = "/etc/xen/auto"
-
 
 def hypervisor_running() -> bool:
     try:
@@ -77,7 +75,9 @@ def require_running(choice: str) -> Toolstack:
     return ts
 
 
-def link_autostart(cfg: str, undo, auto_dir: str = AUTO_DIR) -> str:
+def link_autostart(cfg: str, undo) -> str:
+    """xendomains starts what is linked in /etc/xen/auto: the auto/ beside the config dir."""
+    auto_dir = os.path.join(os.path.dirname(cfg), "auto")
     os.makedirs(auto_dir, exist_ok=True)
     link = os.path.join(auto_dir, os.path.basename(cfg))
     if os.path.lexists(link):

@@ -125,6 +125,15 @@ def test_layout_image_maps_the_golden_client_filesystems(env):
     env.run("rmxenvm", "lay01", "--yes", check=True)
 
 
+def test_autostart_link_made_and_removed(env):
+    env.mk("debian12", "--hostname", "web01", *ARTICLE, "--dir", env.dir, "--output", env.output, "--autostart",
+           check=True)
+    link = f"{env.output}/auto/web01.cfg"
+    assert os.path.islink(link) and os.readlink(link) == f"{env.output}/web01.cfg"
+    env.run("rmxenvm", "web01", "--yes", check=True)
+    assert not os.path.lexists(link) and not os.path.exists(f"{env.output}/web01.cfg")
+
+
 def test_dry_run_changes_nothing(env):
     cp = env.mk("debian12", "--hostname", "dry01", *ARTICLE, "--dir", env.dir, "--output", env.output, "--dry-run",
                 check=True)

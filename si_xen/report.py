@@ -62,7 +62,8 @@ class Reporter:
 
     def progress(self, line: str) -> None:
         """rsync --info=progress2 lines, redrawn in place on a terminal."""
-        self._record(line.strip()) if self.verbose else None
+        if self.verbose:
+            self._record(line.strip())
         if not self.quiet and self.out.isatty():
             print("\r  " + line.strip()[:70].ljust(70), end="", file=self.out, flush=True)
 

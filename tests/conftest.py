@@ -30,7 +30,9 @@ def need_tools(*names: str) -> None:
 
 
 TEST_IMAGE_BUILDER = os.path.join(os.path.dirname(__file__), "images", "mkimage-debian12")
-TEST_IMAGE = "/var/cache/si-xen-tests/images/debian12"
+# Big test artefacts (images, the dom0, disks) live here, outside the work tree.
+TEST_CACHE = os.environ.get("SI_XEN_TEST_CACHE", "/var/cache/si-xen-tests")
+TEST_IMAGE = os.path.join(TEST_CACHE, "images", "debian12")
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.conftest import need_tools, require
+from tests.conftest import TEST_IMAGE, need_tools, require
 from tests.lib import xlu
 
 from .harness import debugfs_cat, debugfs_ls, host_state, make_env, manifest, tree_files
@@ -68,9 +68,8 @@ def test_article_command_with_512m_gives_a_bootable_dhcp_vm(env):
     assert os.path.getsize(f"{env.dir}/domains/web01/swap.img") == 128 * 2**20
     assert os.path.getsize(disk) == 2 * 2**30
     # the golden client's SSH keys are not the VM's
-    assert debugfs_cat(disk, "/etc/ssh/ssh_host_ed25519_key.pub") != open(
-        f"{os.path.dirname(env.dir)}/../../../../var/cache/si-xen-tests/images/debian12/etc/ssh/ssh_host_ed25519_key.pub"
-        if False else "/var/cache/si-xen-tests/images/debian12/etc/ssh/ssh_host_ed25519_key.pub").read()
+    with open(f"{TEST_IMAGE}/etc/ssh/ssh_host_ed25519_key.pub") as golden:
+        assert debugfs_cat(disk, "/etc/ssh/ssh_host_ed25519_key.pub") != golden.read()
     # the lifecycle companions see it and remove it whole
     ls = env.run("lsxenvm", "--json", check=True)
     rec = json.loads(ls.stdout.splitlines()[0])

@@ -12,12 +12,12 @@ import time
 import pytest
 
 from si_xen.cli import xenhooks
-from tests.conftest import need_tools, require
+from tests.conftest import TEST_IMAGE, need_tools, require
 from tests.unit.fixups.trees import build
 
 pytestmark = pytest.mark.integration
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-IMAGES = "/var/cache/si-xen-tests/images"
+IMAGES = os.path.dirname(TEST_IMAGE)
 
 
 def sh(*argv, **kw):

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import need_tools, require
+from tests.conftest import TEST_IMAGE, need_tools, require
 from tests.system import testbed
 from tests.system.harness import TIMINGS, record
 
 REPO = Path(__file__).resolve().parents[2]
-IMAGE = Path(os.environ.get("SI_XEN_TEST_IMAGE", "/var/cache/si-xen-tests/images/debian12"))
+IMAGE = Path(os.environ.get("SI_XEN_TEST_IMAGE", TEST_IMAGE))
 
 
 def pytest_terminal_summary(terminalreporter):

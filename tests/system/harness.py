@@ -1,12 +1,22 @@
-"""Running scenario scripts in the testbed and collecting what they report."""
+"""Running scenario scripts in the testbed and collecting what they report.
+
+A testbed boot runs many scenarios; each is reported as its own test. Every scenario runs in
+dom0 under a time limit of its own (its base budget times the run's calibration, see
+payload/lib.sh), so one hung guest fails its own scenario and the run goes on to the next.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.system import testbed
 
+REPO = Path(__file__).resolve().parents[2]
 TIMINGS: list[tuple[str, float]] = []
 
 
@@ -20,30 +30,49 @@ class Run:
     log: str
     ok: dict[str, bool] = field(default_factory=dict)  # scenario -> passed every check
     reached: set[str] = field(default_factory=set)  # VMs whose login prompt appeared
+    calibration: str = ""
 
     def section(self, name: str) -> str:
-        start = self.log.find(f"=== scenario {name} (finish)")  # two-phase scenarios: the checking half
+        """What scenario `name` printed (its diagnosis included), or why there is nothing."""
+        start = self.log.find(f"=== scenario {name} ")
         if start < 0:
-            start = self.log.find(f"=== scenario {name}")
+            return self.unfinished(name)
         end = self.log.find(f"SCENARIO {name} ", start)
-        return self.log[start:end + 200][-6000:] if start >= 0 else self.res.tail()
+        if end < 0:
+            return self.log[start:][-6000:] + "\n" + self.unfinished(name)
+        eol = self.log.find("\n", end)
+        return self.log[start:eol if eol >= 0 else None][-6000:]
+
+    def unfinished(self, name: str) -> str:
+        why = (f"the testbed was stopped at its deadline ({self.res.deadline:.0f} s)" if self.res.timed_out
+               else f"the testbed ended (script exit {self.res.rc}, QEMU exit {self.res.qemu_rc})")
+        return (f"scenario {name} did not finish: {why}. {self.calibration}\n"
+                f"last lines:\n{self.res.tail(40)}")
 
 
-def run_scenarios(payload: Path, image_disk: Path, body: str, out: Path, *, xen: bool, timeout: float,
-                  mem: int = 3072):
-    """Boot once, run `body` (lib.sh and scenarios.sh sourced) in dom0; collect what it reports."""
+def run_scenarios(payload: Path, body: str, out: Path, *, xen: bool, disks: list[testbed.Disk],
+                  timeout: float = 900, mem: int = 3072) -> Run:
+    """Boot once, run `body` (lib.sh and scenarios.sh sourced) in dom0; collect what it reports.
+
+    `timeout` bounds the boot up to dom0's calibration, which then sets the run's deadline."""
     script = f". ./lib.sh\n. ./scenarios.sh\n{body}\n"
-    disks = [testbed.Disk("image-debian12", image_disk), testbed.Disk("scratch", size="8G"),
-             testbed.Disk("lvm", size="12G")]
     res = testbed.boot(payload, script, xen=xen, timeout=timeout, mem=mem, outdir=out, disks=disks,
                        on_console=lambda line: print(line, flush=True))
-    kind = "xen" if xen else "linux"
-    if "dom0_up" in res.timings:
-        record(f"{kind}: QEMU start -> dom0 runner", res.timings["dom0_up"])
-    record(f"{kind}: whole QEMU run", res.timings["qemu"])
     run = Run(res, res.log())
+    parse(run, "xen" if xen else "linux")
+    return run
+
+
+def parse(run: Run, kind: str) -> None:
+    """Fill `run` from the lines its script printed; record the timings under `kind`."""
+    if "dom0_up" in run.res.timings:
+        record(f"{kind}: QEMU start -> dom0 runner", run.res.timings["dom0_up"])
+    record(f"{kind}: whole QEMU run", run.res.timings["qemu"])
     for line in run.log.splitlines():
         parts = line.split()
+        if line.startswith("CALIBRATION "):
+            run.calibration = line
+            record(f"{kind}: calibration factor {line.rsplit('=', 1)[-1]}", 0.0)
         if len(parts) == 3 and parts[0] == "REACHED":
             run.reached.add(parts[1])
         if len(parts) == 3 and parts[0] == "TIMING":
@@ -51,4 +80,56 @@ def run_scenarios(payload: Path, image_disk: Path, body: str, out: Path, *, xen:
         if len(parts) == 4 and parts[0] == "SCENARIO":
             run.ok[parts[1]] = parts[2] == "ok"
             record(f"{kind}: scenario {parts[1]} ({parts[2]})", float(parts[3]))
-    return run
+
+
+def scenario_lines(scenarios: dict[str, tuple[int, str]]) -> tuple[list[str], int]:
+    """`scenario NAME BASE CALL` lines for dom0, and the sum of their base budgets."""
+    return [f"scenario {name} {base} {call}" for name, (base, call) in scenarios.items()], sum(
+        base for base, _ in scenarios.values())
+
+
+# VMs made on the host at native speed, in a private mount namespace whose /srv looks like
+# dom0's: the disk "vms" at /srv/xen (disks, configs, si-xen state), the image read-only at
+# /srv/images/NAME. Nothing of it is visible outside; the namespace's end takes the mounts
+# (and their autoclear loop devices) with it, however the script ends.
+HOST_SCRIPT = r"""set -euo pipefail
+mount -t tmpfs si-testbed /srv
+mkdir -p /srv/xen /srv/images/"$IMAGE" /srv/si-test
+mount -o loop "$VMS" /srv/xen
+mount -o ro,loop "$IMAGE_DISK" /srv/images/"$IMAGE"
+echo "DEFAULT_IMAGE_DIR = /srv/images" > /srv/si-test/systemimager.conf
+mkdir -p /srv/xen/etc
+printf '[defaults]\noutput = /srv/xen/etc\n[paths]\nstate_dir = /srv/xen/state\nlog_dir = /srv/xen/log\n' \
+  > /srv/xen/si-xen.conf
+export SIS_CONFDIR=/srv/si-test SI_XEN_CONFIG=/srv/xen/si-xen.conf
+while read -r name args; do
+  t=$(date +%s%N)
+  # shellcheck disable=SC2086
+  "$MKXENVM" "$IMAGE" --hostname "$name" --memory 512M --size 2G --swap 128M --yes --quiet $args </dev/null
+  ms=$(( ($(date +%s%N) - t) / 1000000 ))
+  printf 'TIMING host_mkxenvm_%s %d.%03d\n' "$name" $((ms / 1000)) $((ms % 1000))
+done
+umount /srv/xen /srv/images/"$IMAGE"
+"""
+
+
+def make_host_vms(image_disk: Path, image: str, vms: dict[str, str], dest: Path) -> Path:
+    """An XFS disk holding the VMs `vms` (name -> si_mkxenvm arguments), made by si_mkxenvm here."""
+    with open(dest, "wb") as f:
+        f.truncate(12 << 30)
+    subprocess.run(["mkfs.xfs", "-q", "-f", "-L", "si-vms", str(dest)], check=True)
+    # the work tree's si_mkxenvm: beside this Python (tests/run), else in the checkout's .venv
+    mkxenvm = shutil.which("si_mkxenvm", path=f"{Path(sys.executable).parent}:{REPO / '.venv/bin'}")
+    if not mkxenvm:
+        raise testbed.TestbedError("si_mkxenvm not found (run tests/setup-host)")
+    env = dict(os.environ, VMS=str(dest), IMAGE=image, IMAGE_DISK=str(image_disk), MKXENVM=str(mkxenvm))
+    specs = "".join(f"{name} {args}\n" for name, args in vms.items())
+    out = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", HOST_SCRIPT],
+                         input=specs, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise testbed.TestbedError(f"si_mkxenvm on the host failed:\n{out.stdout[-2000:]}{out.stderr[-3000:]}")
+    for line in out.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "TIMING":
+            record(f"host: {parts[1]}", float(parts[2]))
+    return dest

@@ -7,16 +7,21 @@ from __future__ import annotations
 
 import pytest
 
-from tests.system.harness import run_scenarios
+from tests.system import testbed
+from tests.system.harness import run_scenarios, scenario_lines
 
 pytestmark = pytest.mark.system
+
+SCENARIOS = {"lvm": (180, "lvm_made lvm1"), "thin": (300, "thin_made thin1 thin2")}
 
 
 @pytest.fixture(scope="module")
 def lvm_run(payload, image_disk, tmp_path_factory):
-    body = ("install_sixen || exit 1\nmount_images\nscratch_vg vg0 || exit 1\nthin_pool vg0 pool0 6G || exit 1\n"
-            "scenario lvm lvm_made lvm1\nscenario thin thin_made thin1 thin2")
-    return run_scenarios(payload, image_disk, body, tmp_path_factory.mktemp("lvm"), xen=False, timeout=1200)
+    lines, total = scenario_lines(SCENARIOS)
+    body = ["install_sixen || exit 1", "mount_images", "scratch_vg vg0 || exit 1", "thin_pool vg0 pool0 6G || exit 1",
+            f"calibrate {total}", *lines]
+    disks = [testbed.Disk("image-debian12", image_disk), testbed.Disk("lvm", size="12G")]
+    return run_scenarios(payload, "\n".join(body), tmp_path_factory.mktemp("lvm"), xen=False, disks=disks)
 
 
 def test_lvm_storage_made_and_removed(lvm_run):

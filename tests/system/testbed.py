@@ -48,14 +48,21 @@ class Disk:
 @dataclass
 class Result:
     rc: int | None  # the payload script's exit status; None if it never finished
-    qemu_rc: int | None
+    qemu_rc: int | None  # None: QEMU was killed at the deadline
     results: Path  # what the script left in $TESTBED_RESULTS, plus dom0/ logs
     serial_log: Path
     timings: dict[str, float] = field(default_factory=dict)
+    console: list[str] = field(default_factory=list)  # the script's lines, as streamed
+    deadline: float = 0.0  # the bound the run was held to (s from QEMU start)
+
+    @property
+    def timed_out(self) -> bool:
+        return self.qemu_rc is None
 
     def log(self) -> str:
+        """The script's output: from the results disk, else what was streamed before the end."""
         p = self.results / "run.log"
-        return p.read_text(errors="replace") if p.exists() else ""
+        return p.read_text(errors="replace") if p.exists() else "\n".join(self.console)
 
     def tail(self, n: int = 60) -> str:
         src = self.log() or self.serial_log.read_text(errors="replace")
@@ -118,6 +125,9 @@ def boot(payload_dir: Path | None, script: str, *, xen: bool = True, timeout: fl
 
     on_console gets every line the script prints, as it is printed (over the serial console).
     Results land in outdir (a new temp dir if None; the caller owns it).
+    `timeout` bounds the run until the script, calibrated, names its own deadline
+    (`si-testbed: deadline N s`, counted from then): budgets follow this run's machine.
+    A run stopped at its deadline returns what it streamed (Result.timed_out); it does not raise.
     """
     build = dom0()
     outdir = Path(outdir or tempfile.mkdtemp(prefix="si-testbed-out."))
@@ -156,21 +166,22 @@ def boot(payload_dir: Path | None, script: str, *, xen: bool = True, timeout: fl
             with open(tmp / "qemu.out", "wb") as out:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                         start_new_session=True, env=env, preexec_fn=_die_with_parent)
-            qemu_rc = _watch(proc, tmp / "serial.log", t1 + timeout, on_console, timings, t1)
+            watch = _Watch(proc, tmp / "serial.log", t1, timeout, on_console, timings)
+            qemu_rc = watch.run()
             # QEMU 7.2's TCG has been seen to segfault while dom0 probes PCI: nothing ran yet, so
             # booting again is safe.
             if qemu_rc is None or qemu_rc == 0 or "dom0_up" in timings or attempt == 2:
                 break
             print(f"testbed: QEMU died ({qemu_rc}) before dom0 was up; booting again", flush=True)
         timings["qemu"] = time.monotonic() - t1
+        if qemu_rc is None:
+            print(f"testbed: stopped at its deadline ({watch.deadline - t1:.0f} s)", flush=True)
         shutil.copy(tmp / "serial.log", outdir / "serial.log")
         shutil.copy(tmp / "qemu.out", outdir / "qemu.out")
+        (outdir / "console.log").write_text("\n".join(watch.lines) + "\n")
         res = outdir / "results"
         rc = _extract(results_img, res)
-        if qemu_rc is None:
-            raise TestbedError(f"testbed timed out after {timeout:.0f} s; serial log tail:\n"
-                               + "\n".join((outdir / "serial.log").read_text(errors="replace").splitlines()[-40:]))
-        return Result(rc, qemu_rc, res, outdir / "serial.log", timings)
+        return Result(rc, qemu_rc, res, outdir / "serial.log", timings, watch.lines, watch.deadline - t1)
     finally:
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)  # QEMU runs in its own session: only what we started
@@ -178,33 +189,48 @@ def boot(payload_dir: Path | None, script: str, *, xen: bool = True, timeout: fl
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _watch(proc: subprocess.Popen, serial: Path, deadline: float, on_console, timings: dict,
-           t1: float) -> int | None:
-    """Follow the serial log until QEMU exits or the deadline passes; record milestones."""
-    pos, partial = 0, b""
-    while True:
-        rc = proc.poll()
-        with open(serial, "rb") as f:
-            f.seek(pos)
-            data = f.read()
-        pos += len(data)
-        lines = (partial + data).split(b"\n")
-        partial = lines.pop()
-        for raw in lines:
-            line = raw.decode(errors="replace").rstrip("\r")
-            i = line.find(MARK)
-            if i < 0:
-                continue
-            text = line[i + len(MARK):]
-            if text.startswith("si-testbed: dom0 up") and "dom0_up" not in timings:
-                timings["dom0_up"] = time.monotonic() - t1
-            if on_console:
-                on_console(text)
-        if rc is not None:
-            return rc
-        if time.monotonic() > deadline:
-            return None
-        time.sleep(0.3)
+class _Watch:
+    """Follow the serial log until QEMU exits or the deadline passes; record milestones.
+
+    The deadline starts as `timeout` from QEMU's start; the script may replace it with its own
+    calibrated one (`si-testbed: deadline N s`, N counted from when it says so)."""
+
+    def __init__(self, proc: subprocess.Popen, serial: Path, t1: float, timeout: float, on_console, timings: dict):
+        self.proc, self.serial, self.t1, self.on_console, self.timings = proc, serial, t1, on_console, timings
+        self.deadline = t1 + timeout
+        self.lines: list[str] = []
+
+    def run(self) -> int | None:
+        pos, partial = 0, b""
+        while True:
+            rc = self.proc.poll()
+            with open(self.serial, "rb") as f:
+                f.seek(pos)
+                data = f.read()
+            pos += len(data)
+            lines = (partial + data).split(b"\n")
+            partial = lines.pop()
+            for raw in lines:
+                line = raw.decode(errors="replace").rstrip("\r")
+                i = line.find(MARK)
+                if i >= 0:
+                    self._line(line[i + len(MARK):])
+            if rc is not None:
+                return rc
+            if time.monotonic() > self.deadline:
+                return None
+            time.sleep(0.3)
+
+    def _line(self, text: str) -> None:
+        now = time.monotonic()
+        if text.startswith("si-testbed: dom0 up") and "dom0_up" not in self.timings:
+            self.timings["dom0_up"] = now - self.t1
+        elif text.startswith("si-testbed: deadline "):
+            self.deadline = now + float(text.split()[2])
+            return
+        self.lines.append(text)
+        if self.on_console:
+            self.on_console(text)
 
 
 def _extract(img: Path, dest: Path) -> int | None:

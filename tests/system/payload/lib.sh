@@ -1,10 +1,53 @@
 # Helpers for scripts that run inside the testbed's dom0 (sourced by the payload's `run`).
-# Lines "TIMING name seconds" and "SCENARIO name ok|FAIL" are read back by the host.
+# Lines read back by the host (streamed over the console, so a run cut short still reports):
+#   TIMING name seconds | CALIBRATION ... | SCENARIO name ok|FAIL seconds | REACHED name login
 set -uo pipefail
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 timing() { echo "TIMING $1 $2"; }
+now() { printf '%(%s)T\n' -1; }  # seconds since the epoch, without a process
 
+# --- Budgets that follow the machine -------------------------------------------------------
+# Each scenario's time limit is its base budget (what it needs on a quiet day, with margin)
+# times this run's slowness: the larger of how long dom0 took to boot and how long a fixed
+# CPU loop takes, each against the same quantity measured on a quiet machine of this kind.
+# Never below 1 (the base is the floor). Kept in tenths: bash has no floats.
+# s to the runner on a quiet day: Xen + dom0 23-56 s measured, the dom0 kernel alone 14 s
+REF_DOM0_UP=${REF_DOM0_UP:-$([ "${TESTBED_XEN:-0}" = 1 ] && echo 30 || echo 14)}
+REF_CPU_MS=${REF_CPU_MS:-800}      # ms for cpu_probe in dom0, quiet day
+FACTOR10=${FACTOR10:-10}
+
+cpu_probe() {  # ms for a fixed, single-threaded piece of work (what TCG makes slow)
+  local t0 t1
+  t0=$(date +%s%N)
+  python3 -c 'h = 0
+for i in range(400000): h = (h * 31 + i) % 1000003'
+  t1=$(date +%s%N)
+  echo $(( (t1 - t0) / 1000000 ))
+}
+
+# calibrate [TOTAL_BASE]: set FACTOR10; with TOTAL_BASE (the sum of the scenarios' base budgets)
+# tell the host the run's deadline, which it then keeps to instead of its boot-time bound.
+calibrate() {
+  local up cpu f_up f_cpu
+  up=$(cut -d. -f1 /proc/uptime)
+  cpu=$(cpu_probe)
+  f_up=$(( up * 10 / REF_DOM0_UP ))
+  f_cpu=$(( cpu * 10 / REF_CPU_MS ))
+  FACTOR10=$(( f_up > f_cpu ? f_up : f_cpu ))
+  (( FACTOR10 >= 10 )) || FACTOR10=10
+  export FACTOR10
+  echo "CALIBRATION dom0_up=${up}s (quiet ${REF_DOM0_UP}s) cpu_probe=${cpu}ms (quiet ${REF_CPU_MS}ms)" \
+    "factor=$(factor)"
+  if [ -n "${1:-}" ]; then
+    local total=$(( $1 * FACTOR10 / 10 + 120 ))
+    echo "@@ si-testbed: deadline $total s (calibrated)" > /dev/console
+  fi
+}
+factor() { printf '%d.%d' $((FACTOR10 / 10)) $((FACTOR10 % 10)); }
+budget() { echo $(( $1 * FACTOR10 / 10 )); }  # BASE seconds -> this run's limit
+
+# --- si-xen and the disks -----------------------------------------------------------------
 # si-xen from the wheel the host built from the work tree (jinja2 comes from Debian).
 install_sixen() {
   local t=$SECONDS
@@ -27,8 +70,15 @@ mount_images() {
   export SIS_CONFDIR=/etc/si-test
 }
 
-# The spare disks as the VMs' storage: disk "scratch" a filesystem for --dir, disk "lvm" a VG.
-scratch_fs() {  # MOUNTPOINT [FSTYPE]: xfs gives reflinks, so VMs there are clones of a base
+# The disk "vms": VMs si_mkxenvm made on the host (file storage, their configs and si-xen
+# state, under the same path as here: /srv/xen). Its own config file names that state.
+HOST_CONF=/srv/xen/si-xen.conf
+mount_host_vms() {
+  local dev=/dev/disk/by-id/virtio-vms
+  [ -b "$dev" ] || return 0
+  mkdir -p /srv/xen && mount "$dev" /srv/xen && echo "host-made VMs: $(ls /srv/xen/etc | tr '\n' ' ')"
+}
+scratch_fs() {  # MOUNTPOINT [FSTYPE]: the disk "scratch" as a filesystem for --dir (the demo's)
   local dev=/dev/disk/by-id/virtio-scratch
   "mkfs.${2:-ext4}" -q -f "$dev" 2>/dev/null || "mkfs.${2:-ext4}" -q -F "$dev"
   mkdir -p "$1" && mount "$dev" "$1"
@@ -46,11 +96,69 @@ make_bridge() {
   ip link show xenbr0 >/dev/null 2>&1 || { ip link add xenbr0 type bridge && ip link set xenbr0 up; }
 }
 
-# Wait for the watch_login of NAME to see "NAME login:" on the domain's console.
+# --- Scenarios: bounded, reported, diagnosed, cleaned up -----------------------------------
+# scenario NAME BASE fn args...: run `fn args` with set -e, within budget BASE (scaled); report
+# NAME ok/FAIL; on failure print what a developer needs (console tail, xl list, xl dmesg, load)
+# and remove the VM NAME so that the next scenario starts on an empty machine.
+scenario() {
+  local name=$1 limit t=$SECONDS rc
+  limit=$(budget "$2")
+  shift 2
+  echo "=== scenario $name (limit $limit s)"
+  # The end as a clock time (each bash counts its own SECONDS): wait_login gives up by then.
+  export SCENARIO_END=$(( $(now) + limit ))
+  # timeout puts the scenario in its own process group and kills all of it at the limit.
+  # Leading VAR=value words are exported for the call (like env, but for shell functions).
+  timeout -k 10 "$((limit + 20))" bash -c 'set -e; . ./lib.sh; . ./scenarios.sh
+    while [[ $1 == [A-Z_]*=* ]]; do export "$1"; shift; done
+    "$@"' scenario "$@"
+  rc=$?
+  [ "$rc" = 124 ] && echo "scenario $name killed at its limit ($((limit + 20)) s)"
+  if [ "$rc" != 0 ]; then
+    diagnose "$name"
+    cleanup_vm "$name"
+  fi
+  [ "$rc" = 0 ] && echo "SCENARIO $name ok $((SECONDS - t))" || echo "SCENARIO $name FAIL $((SECONDS - t))"
+  mkdir -p "$TESTBED_RESULTS/consoles"
+  cp /var/log/xen/console/guest-*.log "$TESTBED_RESULTS/consoles/" 2>/dev/null || true
+  cp -r /var/log/si-xen "$TESTBED_RESULTS/" 2>/dev/null || true
+  return 0
+}
+
+diagnose() {
+  local name=$1 log=/var/log/xen/console/guest-$1.log
+  echo "--- diagnosis of $name"
+  echo "console tail ($log):"
+  { tail -n 40 "$log" 2>/dev/null || echo "(no console log)"; echo; } | tr -d '\r' | sed 's/^/  | /'  # a prompt has no newline
+  if [ "${TESTBED_XEN:-0}" = 1 ]; then
+    echo "xl list:"; timeout 20 xl list 2>&1 | sed 's/^/  | /'
+    echo "xl dmesg tail:"; timeout 20 xl dmesg 2>&1 | tail -n 25 | sed 's/^/  | /'
+  fi
+  echo "dom0 load: $(cat /proc/loadavg); memory: $(free -m | awk '/^Mem/ {print $3 " MiB used, " $7 " MiB available"}')"
+  top -b -n 1 -w 160 2>/dev/null | sed -n '7,14p' | sed 's/^/  | /'
+  echo "--- end of diagnosis"
+}
+
+# Take away a VM a failed scenario left (domain, disks, config), whoever made it.
+cleanup_vm() {
+  local name=$1
+  [ "${TESTBED_XEN:-0}" = 1 ] && timeout 60 xl destroy "$name" >/dev/null 2>&1
+  local conf=
+  [ -e "$HOST_CONF" ] && [ -e "/srv/xen/state/vms/$name.json" ] && conf=$HOST_CONF
+  SI_XEN_CONFIG=$conf timeout 120 si_rmxenvm --yes --stop "$name" >/dev/null 2>&1
+  # a VM of xen-create-image's own (no si-xen record): its tool removes it
+  [ -e "/etc/xen/$name.cfg" ] && timeout 120 xen-delete-image --lvm="${VG:-vg0}" "$name" >/dev/null 2>&1
+  return 0
+}
+
+# Wait until NAME's console shows "NAME login:", the domain goes away, or the scenario's time
+# is up (whichever comes first). A background watcher notes the exact time of the prompt.
 wait_login() {
   local name=$1 log=/var/log/xen/console/guest-$1.log got
+  local end=${SCENARIO_END:-$(( $(now) + 600 ))}
   until [ -s "/run/sx-login-$name" ]; do
     if ! xl domid "$name" >/dev/null 2>&1; then echo "domain $name is gone"; break; fi
+    if (( $(now) >= end )); then echo "no login prompt from $name within the scenario's limit"; break; fi
     sleep 1
   done
   got=$(cat "/run/sx-login-$name" 2>/dev/null || true)
@@ -59,41 +167,12 @@ wait_login() {
     echo "REACHED $name login"
     return 0
   fi
-  echo "no login prompt from $name; console tail:"
-  tail -n 40 "$log" 2>/dev/null | sed 's/^/  | /'
   return 1
 }
 
-# Two-phase scenarios, so one VM boots while dom0 makes the next (TCG leaves a core idle
-# otherwise): `begin NAME fn args` runs the making half, `finish NAME fn args` the checking
-# half, and reports NAME ok/FAIL once. The time reported is begin-to-finish.
-begin() {
-  local name=$1
-  shift
-  echo "=== scenario $name (begin)"
-  date +%s > "/run/sx-begin-$name"
-  ( set -e; "$@" ) || touch "/run/sx-failed-$name"
-}
-finish() {
-  local name=$1 rc=1
-  shift
-  echo "=== scenario $name (finish)"
-  if [ -e "/run/sx-failed-$name" ]; then
-    echo "(its making half failed)"
-  else
-    ( set -e; "$@" ); rc=$?
-  fi
-  local took=$(( $(date +%s) - $(cat "/run/sx-begin-$name") ))
-  if [ "$rc" = 0 ]; then echo "SCENARIO $name ok $took"; else echo "SCENARIO $name FAIL $took"; fi
-  mkdir -p "$TESTBED_RESULTS/consoles"
-  cp /var/log/xen/console/guest-*.log "$TESTBED_RESULTS/consoles/" 2>/dev/null || true
-  cp -r /var/log/si-xen "$TESTBED_RESULTS/" 2>/dev/null || true
-}
-
-# Note when NAME's login prompt appears (in the background, so the timing is exact);
-# wait_login then reads it.
+# Note when NAME's login prompt appears (in the background, so the timing is exact).
 watch_login() {
-  local name=$1 timeout=${2:-600} log=/var/log/xen/console/guest-$1.log t=$SECONDS
+  local name=$1 timeout=${2:-3600} log=/var/log/xen/console/guest-$1.log t=$SECONDS
   rm -f "/run/sx-login-$name"
   (
     while (( SECONDS - t < timeout )); do
@@ -106,22 +185,6 @@ watch_login() {
     done
     echo timeout > "/run/sx-login-$name"
   ) </dev/null >/dev/null 2>&1 &  # not holding the runner's output pipe open
-}
-
-# Run one scenario function, report it, and keep going whatever it does.
-scenario() {
-  local name=$1 t=$SECONDS
-  shift
-  echo "=== scenario $name"
-  # Not inside `if`: there bash would ignore the subshell's set -e.
-  ( set -e; "$@" )
-  if [ $? = 0 ]; then
-    echo "SCENARIO $name ok $((SECONDS - t))"
-  else
-    echo "SCENARIO $name FAIL $((SECONDS - t))"
-  fi
-  mkdir -p "$TESTBED_RESULTS/consoles"
-  cp /var/log/xen/console/guest-*.log "$TESTBED_RESULTS/consoles/" 2>/dev/null || true
 }
 
 # Copy a domain's console (xenconsoled's log) to our output as it grows, until its login prompt.

@@ -83,7 +83,7 @@ def parse(run: Run, kind: str) -> None:
 
 
 def scenario_lines(scenarios: dict[str, tuple[int, str]]) -> tuple[list[str], int]:
-    """`scenario NAME BASE CALL` lines for dom0, and the sum of their base budgets."""
+    """`scenario NAME BASE CALL` lines for dom0 (name -> base budget, call), and their sum."""
     return [f"scenario {name} {base} {call}" for name, (base, call) in scenarios.items()], sum(
         base for base, _ in scenarios.values())
 

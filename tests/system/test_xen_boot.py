@@ -3,8 +3,8 @@
 Where si_mkxenvm can run on the host (file storage) it does, at native speed, with the same
 command and real loop devices; dom0 only boots those VMs. What must run inside dom0 does:
 LVM and thin pools, --start and --autostart, xen-create-image with our hooks. One dom0 boot
-runs every scenario in turn, one guest at a time (two guests and dom0's own work on two
-emulated CPUs starve each other); each scenario is then reported as its own test.
+runs every scenario in turn, one guest at a time (two guests booting together on the two
+emulated CPUs each took 2-3x as long: no gain); each scenario is then reported as its own test.
 """
 
 from __future__ import annotations
@@ -32,9 +32,11 @@ HOST_VMS = {
 # name -> (base budget in s on a quiet machine, with margin; the dom0 call). Run in this order.
 SCENARIOS = {
     "pvstatic": (150, "GRACEFUL=1 EXPECT_CONSOLE=10.0.0.5 PING=10.0.0.5 host_vm pvstatic"),
-    "hung": (60, "CMDLINE_EXTRA=break=init host_vm hung"),
+    "hung": (45, "CMDLINE_EXTRA=break=init host_vm hung"),
     "pygrub": (240, "EXPECT_CLONE=1 host_vm pygrub"),
-    "pvh": (300, "host_vm pvh"),
+    # QEMU's emulated SVM now and then triple-faults a PVH guest (README, "PVH"): Xen restarts
+    # it (on_crash = "restart") and up to two such faults are reported, not failed
+    "pvh": (480, "TRIPLE_FAULTS_ALLOWED=2 host_vm pvh"),
     "pvgrub2": (300, "host_vm pvgrub2"),
     # made in dom0: the image's base LV in a thin pool and a thin snapshot of it, started, autostarted
     "thin": (420, "GRACEFUL=1 EXPECT_CLONE=1 EXPECT_AUTOSTART=1 dom0_vm thin --dhcp --lvm vg0 --thin-pool pool0 "

@@ -186,6 +186,8 @@ def boot(payload_dir: Path | None, script: str, *, xen: bool = True, timeout: fl
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)  # QEMU runs in its own session: only what we started
             proc.wait()
+        if not (outdir / "serial.log").exists() and (tmp / "serial.log").exists():
+            shutil.copy(tmp / "serial.log", outdir / "serial.log")  # interrupted: keep the evidence
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -53,3 +53,4 @@ def test_a_run_cut_short_reports_what_finished_and_why_the_rest_did_not(tmp_path
 def test_scenario_budgets_sum_for_the_deadline():
     lines, total = harness.scenario_lines({"x": (100, "host_vm x"), "y": (250, "A=1 host_vm y")})
     assert lines == ["scenario x 100 host_vm x", "scenario y 250 A=1 host_vm y"] and total == 350
+

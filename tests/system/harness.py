@@ -70,6 +70,11 @@ def parse(run: Run, kind: str) -> None:
     record(f"{kind}: whole QEMU run", run.res.timings["qemu"])
     for line in run.log.splitlines():
         parts = line.split()
+        if len(parts) in (3, 4) and parts[0] in ("TIMING", "SCENARIO"):
+            try:
+                float(parts[-1])
+            except ValueError:
+                continue  # garbled on the serial line
         if line.startswith("CALIBRATION "):
             run.calibration = line
             record(f"{kind}: calibration factor {line.rsplit('=', 1)[-1]}", 0.0)

@@ -12,14 +12,14 @@ from tests.system.harness import run_scenarios, scenario_lines
 
 pytestmark = pytest.mark.system
 
-SCENARIOS = {"lvm": (180, "lvm_made lvm1"), "thin": (300, "thin_made thin1 thin2")}
+SCENARIOS = {"lvm": (180, "lvm_made lvm1"), "thin": (300, "VMS='thin1 thin2' thin_made thin1 thin2")}
 
 
 @pytest.fixture(scope="module")
 def lvm_run(payload, image_disk, tmp_path_factory):
     lines, total = scenario_lines(SCENARIOS)
     body = ["install_sixen || exit 1", "mount_images", "scratch_vg vg0 || exit 1", "thin_pool vg0 pool0 6G || exit 1",
-            f"calibrate {total}", *lines]
+            f"calibrate {total} {len(lines)}", *lines]
     disks = [testbed.Disk("image-debian12", image_disk), testbed.Disk("lvm", size="12G")]
     return run_scenarios(payload, "\n".join(body), tmp_path_factory.mktemp("lvm"), xen=False, disks=disks)
 

@@ -28,7 +28,7 @@ CACHE = Path(os.environ.get("SI_XEN_TEST_CACHE", "/var/cache/si-xen-tests"))
 MARK = "@@ "  # dom0 runner marks the payload's console lines with this
 
 XEN_ARGS = ("dom0_mem=1024M,max:1024M dom0_max_vcpus=2 console=com1 com1=115200,8n1 loglvl=all "
-            "guest_loglvl=all console_timestamps=boot bootscrub=false")
+            "guest_loglvl=all console_timestamps=boot bootscrub=false conring_size=1M")  # room for every fault
 DOM0_ARGS = "root=LABEL=si-dom0 rw console=hvc0 earlyprintk=xen"
 LINUX_ARGS = "root=LABEL=si-dom0 rw console=ttyS0"
 
@@ -159,9 +159,9 @@ def boot(payload_dir: Path | None, script: str, *, xen: bool = True, timeout: fl
         accel = os.environ.get("SI_XEN_TESTBED_ACCEL", "tcg")
         argv = _qemu_argv(build, tmp, attached, xen=xen, mem=mem, cpus=cpus, accel=accel)
         timings = {"payload": time.monotonic() - t0}
-        t1 = time.monotonic()
         env = dict(os.environ, TMPDIR=str(tmp))  # QEMU's snapshot overlay goes here, and goes with it
         for attempt in (1, 2):
+            t1 = time.monotonic()
             (tmp / "serial.log").write_bytes(b"")
             with open(tmp / "qemu.out", "wb") as out:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -228,8 +228,11 @@ class _Watch:
         if text.startswith("si-testbed: dom0 up") and "dom0_up" not in self.timings:
             self.timings["dom0_up"] = now - self.t1
         elif text.startswith("si-testbed: deadline "):
-            self.deadline = now + float(text.split()[2])
-            return
+            try:
+                self.deadline = now + float(text.split()[2])
+                return
+            except (IndexError, ValueError):
+                pass  # garbled on the serial line: keep the bound we have, show the line
         self.lines.append(text)
         if self.on_console:
             self.on_console(text)

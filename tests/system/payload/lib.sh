@@ -12,8 +12,8 @@ now() { printf '%(%s)T\n' -1; }  # seconds since the epoch, without a process
 # times this run's slowness: the larger of how long dom0 took to boot and how long a fixed
 # CPU loop takes, each against the same quantity measured on a quiet machine of this kind.
 # Never below 1 (the base is the floor). Kept in tenths: bash has no floats.
-# s to the runner on a quiet day: Xen + dom0 23-56 s measured, the dom0 kernel alone 14 s
-REF_DOM0_UP=${REF_DOM0_UP:-$([ "${TESTBED_XEN:-0}" = 1 ] && echo 30 || echo 14)}
+# dom0's uptime when its runner starts, on a quiet day: 24 s under Xen, 12 s for the kernel alone
+REF_DOM0_UP=${REF_DOM0_UP:-$([ "${TESTBED_XEN:-0}" = 1 ] && echo 24 || echo 12)}
 REF_CPU_MS=${REF_CPU_MS:-800}      # ms for cpu_probe in dom0, quiet day
 FACTOR10=${FACTOR10:-10}
 
@@ -26,11 +26,14 @@ for i in range(400000): h = (h * 31 + i) % 1000003'
   echo $(( (t1 - t0) / 1000000 ))
 }
 
-# calibrate [TOTAL_BASE]: set FACTOR10; with TOTAL_BASE (the sum of the scenarios' base budgets)
-# tell the host the run's deadline, which it then keeps to instead of its boot-time bound.
+# calibrate [TOTAL_BASE COUNT]: set FACTOR10; given the sum of the scenarios' base budgets and
+# their number, tell the host the run's deadline, which it then keeps to instead of its
+# boot-time bound: the scaled budgets, plus what a failed scenario may add to its limit (the
+# kill's grace, the diagnosis, the clean-up: OVERHEAD s each), plus the power-off.
+OVERHEAD=150
 calibrate() {
   local up cpu f_up f_cpu
-  # dom0's boot: from Xen's start to the runner's (systemd's monotonic clock is the uptime)
+  # dom0's boot: its uptime when the runner started (systemd's monotonic clock)
   up=$(systemctl show -p ExecMainStartTimestampMonotonic --value si-testbed.service 2>/dev/null)
   [[ $up =~ ^[0-9]+$ ]] && (( up > 0 )) && up=$(( up / 1000000 )) || up=$(cut -d. -f1 /proc/uptime)
   cpu=$(cpu_probe)
@@ -42,7 +45,7 @@ calibrate() {
   echo "CALIBRATION dom0_up=${up}s (quiet ${REF_DOM0_UP}s) cpu_probe=${cpu}ms (quiet ${REF_CPU_MS}ms)" \
     "factor=$(factor)"
   if [ -n "${1:-}" ]; then
-    local total=$(( $1 * FACTOR10 / 10 + 120 ))
+    local total=$(( $1 * FACTOR10 / 10 + ${2:-1} * OVERHEAD + 120 ))
     echo "@@ si-testbed: deadline $total s (calibrated)" > /dev/console
   fi
 }
@@ -101,29 +104,35 @@ make_bridge() {
 # --- Scenarios: bounded, reported, diagnosed, cleaned up -----------------------------------
 # scenario NAME BASE fn args...: run `fn args` with set -e, within budget BASE (scaled); report
 # NAME ok/FAIL; on failure print what a developer needs (console tail, xl list, xl dmesg, load)
-# and remove the VM NAME so that the next scenario starts on an empty machine.
+# and remove its VM (fn's first argument) so that the next scenario starts on an empty machine.
 scenario() {
-  local name=$1 limit t=$SECONDS rc
+  local name=$1 limit t=$SECONDS rc i=0
   limit=$(budget "$2")
   shift 2
+  local -a call=("$@")
+  while [[ ${call[i]} == [A-Z_]*=* ]]; do i=$((i + 1)); done
+  # the VMs it makes: a VMS="a b" word, else the function's first argument
+  local vms=${call[i + 1]:-$name} w
+  for w in "${call[@]:0:i}"; do [[ $w == VMS=* ]] && vms=${w#VMS=}; done
   echo "=== scenario $name (limit $limit s)"
   # The end as a clock time (each bash counts its own SECONDS): wait_login gives up by then.
   export SCENARIO_END=$(( $(now) + limit )) SCENARIO_NAME=$name
   # timeout puts the scenario in its own process group and kills all of it at the limit.
   # Leading VAR=value words are exported for the call (like env, but for shell functions).
-  timeout -k 10 "$((limit + 20))" bash -c 'set -e; . ./lib.sh; . ./scenarios.sh
+  # -k 60: si_mkxenvm's own rollback (umount, lvremove) gets time to finish under TCG.
+  timeout -k 60 "$((limit + 20))" bash -c 'set -e; . ./lib.sh; . ./scenarios.sh
     while [[ $1 == [A-Z_]*=* ]]; do export "$1"; shift; done
     "$@"' scenario "$@"
   rc=$?
-  [ "$rc" = 124 ] && echo "scenario $name killed at its limit ($((limit + 20)) s)"
+  [ "$rc" = 124 ] || [ "$rc" = 137 ] && echo "scenario $name killed at its limit ($((limit + 20)) s)"
   if [ "$rc" != 0 ]; then
-    diagnose "$name"
-    cleanup_vm "$name"
+    for w in $vms; do diagnose "$w"; cleanup_vm "$w"; done
   fi
   [ "$rc" = 0 ] && echo "SCENARIO $name ok $((SECONDS - t))" || echo "SCENARIO $name FAIL $((SECONDS - t))"
   mkdir -p "$TESTBED_RESULTS/consoles"
   cp /var/log/xen/console/guest-*.log "$TESTBED_RESULTS/consoles/" 2>/dev/null || true
   cp -r /var/log/si-xen "$TESTBED_RESULTS/" 2>/dev/null || true
+  mkdir -p "$TESTBED_RESULTS/si-xen-host-vms" && cp /srv/xen/log/* "$TESTBED_RESULTS/si-xen-host-vms/" 2>/dev/null
   return 0
 }
 
@@ -147,18 +156,21 @@ cleanup_vm() {
   [ "${TESTBED_XEN:-0}" = 1 ] && timeout 60 xl destroy "$name" >/dev/null 2>&1
   local conf=
   [ -e "$HOST_CONF" ] && [ -e "/srv/xen/state/vms/$name.json" ] && conf=$HOST_CONF
+  umount "/mnt/$name" 2>/dev/null  # a check that stopped halfway
   SI_XEN_CONFIG=$conf timeout 120 si_rmxenvm --yes --stop "$name" >/dev/null 2>&1
-  # a VM of xen-create-image's own (no si-xen record): its tool removes it
+  # a VM of xen-create-image's own (no si-xen record): its tool removes it, and its hooks go
   [ -e "/etc/xen/$name.cfg" ] && timeout 120 xen-delete-image --lvm="${VG:-vg0}" "$name" >/dev/null 2>&1
+  lvremove -q -f "${VG:-vg0}/$name-disk" "${VG:-vg0}/$name-swap" >/dev/null 2>&1
+  [ -e /etc/xen-tools/role.d/systemimager ] && si_xenhooks uninstall-xen-tools >/dev/null 2>&1
   return 0
 }
 
 # Wait until NAME's console shows "NAME login:", the domain goes away, or the scenario's time
 # is up (whichever comes first). A background watcher notes the exact time of the prompt.
-# A domain that crashes is restarted by Xen (on_crash = "restart", as si_mkxenvm writes it);
-# the wait goes on across restarts and counts the triple faults Xen logs for each domid seen.
-# More than TRIPLE_FAULTS_ALLOWED (default 0) fails: a PVH guest under this emulator may get
-# one that is not the guest's doing (tests/system/README.md, "PVH").
+# A triple fault is a reset: xl restarts the domain (on_reboot = "restart", as si_mkxenvm
+# writes it), so the wait goes on across restarts and counts the triple faults Xen logs for each
+# domid seen. More than TRIPLE_FAULTS_ALLOWED (default 0) fails: a PVH guest under this
+# emulator may get some that are not the guest's doing (tests/system/README.md, "PVH").
 wait_login() {
   local name=$1 got id ids=() faults=0
   local end=${SCENARIO_END:-$(( $(now) + 600 ))}
@@ -180,17 +192,19 @@ wait_login() {
     xl dmesg | grep -A 14 -E "d($(IFS='|'; echo "${ids[*]}"))v[0-9]* Triple fault" | sed 's/^/  | /'
   fi
   got=$(cat "/run/sx-login-$name" 2>/dev/null || true)
-  if [ -n "$got" ] && [ "$got" != timeout ] && (( faults <= ${TRIPLE_FAULTS_ALLOWED:-0} )); then
-    timing "login_$name" "$got"
-    echo "REACHED $name login"
-    return 0
+  [ -n "$got" ] && [ "$got" != timeout ] || return 1
+  timing "login_$name" "$got"
+  echo "REACHED $name login"
+  if (( faults > ${TRIPLE_FAULTS_ALLOWED:-0} )); then
+    echo "$name: $faults triple faults, more than the ${TRIPLE_FAULTS_ALLOWED:-0} allowed"
+    return 1
   fi
-  return 1
 }
 
 # Note when NAME's login prompt appears (in the background, so the timing is exact).
 watch_login() {
-  local name=$1 timeout=${2:-3600} log=/var/log/xen/console/guest-$1.log t=$SECONDS
+  # it ends with the scenario at the latest, so no watcher outlives its scenario for long
+  local name=$1 timeout=${2:-$(( ${SCENARIO_END:-$(( $(now) + 600 ))} - $(now) ))} log=/var/log/xen/console/guest-$1.log t=$SECONDS
   rm -f "/run/sx-login-$name"
   (
     while (( SECONDS - t < timeout )); do

@@ -24,7 +24,7 @@ host_vm() {
   [ -e "$cfg" ] || { echo "no $cfg: the host did not make $name"; return 1; }
   if [ -n "${CMDLINE_EXTRA:-}" ]; then
     sed -i "s|^\(cmdline *= *\"[^\"]*\)\"|\1 $CMDLINE_EXTRA\"|" "$cfg"
-    grep '^cmdline' "$cfg"
+    grep '^cmdline' "$cfg" || { echo "no kernel command line in $cfg"; return 1; }
   fi
   export SI_XEN_CONFIG=$HOST_CONF
   local t=$SECONDS
@@ -50,7 +50,7 @@ dom0_vm() {
 vm_checked() {
   local name=$1
   wait_login "$name"
-  [ -z "${EXPECT_CONSOLE:-}" ] || grep -q "$EXPECT_CONSOLE" "/var/log/xen/console/guest-$name.log" \
+  [ -z "${EXPECT_CONSOLE:-}" ] || grep -qF "$EXPECT_CONSOLE" "/var/log/xen/console/guest-$name.log" \
     || { echo "console of $name does not show '$EXPECT_CONSOLE'"; return 1; }
   [ -z "${PING:-}" ] || ping_guest "$PING"
   [ -z "${EXPECT_CLONE:-}" ] || si_lsxenvm "$name" | grep "clone of" \
@@ -61,7 +61,8 @@ vm_checked() {
 ping_guest() {
   local t=$SECONDS
   until ping -c 1 -W 2 "$1" >/dev/null; do
-    (( SECONDS - t < 60 )) || { echo "no answer from $1 on xenbr0"; return 1; }
+    (( SECONDS - t < $(budget 60) )) || { echo "no answer from $1 on xenbr0"; return 1; }
+    sleep 1
   done
   echo "$1 answers on xenbr0"
 }
@@ -74,7 +75,7 @@ vm_removed() {
   [ -n "${GRACEFUL:-}" ] || xl destroy "$name"
   si_rmxenvm --yes --stop "$name"
   if xl domid "$name" >/dev/null 2>&1; then echo "domain $name still running"; return 1; fi
-  if [ -e "$etc/$name.cfg" ] || [ -e "$etc/auto/$name.cfg" ]; then echo "$etc/$name.cfg left behind"; return 1; fi
+  if [ -e "$etc/$name.cfg" ] || [ -L "$etc/auto/$name.cfg" ]; then echo "$etc/$name.cfg left behind"; return 1; fi
   if lvs --noheadings -o lv_name 2>/dev/null | grep -q "^ *$name-"; then echo "LVs of $name left"; return 1; fi
   if [ -e "/srv/xen/domains/$name" ]; then echo "/srv/xen/domains/$name left behind"; return 1; fi
   if losetup -a | grep -q "/srv/xen/domains/$name/"; then echo "loop devices of $name left"; return 1; fi
@@ -89,7 +90,7 @@ xentools_vm() {
   if ! xen-create-image --hostname="$name" --dist=systemimager --install-method=copy \
     --install-source="/srv/images/$IMAGE" --lvm="$VG" --size=2G --swap=128M --memory=512M --dhcp \
     --fs=ext4 </dev/null > "$TESTBED_RESULTS/xen-create-image-$name.out" 2>&1; then
-    cp "/var/log/xen-tools/$name.log" "$TESTBED_RESULTS/" 2>/dev/null
+    cp "/var/log/xen-tools/$name.log" "$TESTBED_RESULTS/" 2>/dev/null || true
     echo "xen-create-image failed:"; tail -n 30 "$TESTBED_RESULTS/xen-create-image-$name.out"
     return 1
   fi
@@ -118,7 +119,7 @@ lvm_made() {
   e2fsck -fn "$root"
   mkdir -p "/mnt/$name"
   mount -o ro "$root" "/mnt/$name"
-  guest_fixed_up "/mnt/$name" "$name"; local ok=$?
+  local ok=0; guest_fixed_up "/mnt/$name" "$name" || ok=1
   umount "/mnt/$name"
   [ $ok = 0 ] || return 1
   si_rmxenvm --yes "$name"
@@ -156,7 +157,7 @@ thin_made() {
   for n in "$a" "$b"; do
     e2fsck -fn "/dev/$VG/$n-disk" >/dev/null || { echo "$n-disk not clean"; return 1; }
     mkdir -p "/mnt/$n" && mount -o ro "/dev/$VG/$n-disk" "/mnt/$n"
-    guest_fixed_up "/mnt/$n" "$n"; local ok=$?
+    local ok=0; guest_fixed_up "/mnt/$n" "$n" || ok=1
     umount "/mnt/$n"
     [ $ok = 0 ] || return 1
   done

@@ -34,7 +34,8 @@ def test_the_scripts_calibrated_deadline_replaces_the_boot_bound(tmp_path):
     assert w.lines == ["si-testbed: dom0 up after 20 s (xen=1)", "SCENARIO a ok 3"]
 
 
-def test_a_run_cut_short_reports_what_finished_and_why_the_rest_did_not(tmp_path):
+def test_a_run_cut_short_reports_what_finished_and_why_the_rest_did_not(tmp_path, monkeypatch):
+    monkeypatch.setattr(harness, "TIMINGS", [])  # not the system tier's own timings table
     lines = ["CALIBRATION dom0_up=60s (quiet 30s) cpu_probe=1600ms (quiet 800ms) factor=2.0",
              "=== scenario a (limit 300 s)", "REACHED a login", "SCENARIO a ok 80",
              "=== scenario b (limit 300 s)", "(b: still booting)"]
@@ -48,6 +49,7 @@ def test_a_run_cut_short_reports_what_finished_and_why_the_rest_did_not(tmp_path
     assert "(b: still booting)" in b and "stopped at its deadline (900 s)" in b and "factor=2.0" in b
     assert "did not finish" in run.section("c")
     assert "SCENARIO a ok" in run.section("a") and "scenario b" not in run.section("a")
+    assert ("xen: scenario a (ok)", 80.0) in harness.TIMINGS
 
 
 def test_scenario_budgets_sum_for_the_deadline():

@@ -38,16 +38,16 @@ class Run:
         if start < 0:
             return self.unfinished(name)
         end = self.log.find(f"SCENARIO {name} ", start)
-        if end < 0:
-            return self.log[start:][-6000:] + "\n" + self.unfinished(name)
+        if end < 0:  # what it printed is the tail already
+            return self.log[start:][-6000:] + "\n" + self.unfinished(name, tail=False)
         eol = self.log.find("\n", end)
         return self.log[start:eol if eol >= 0 else None][-6000:]
 
-    def unfinished(self, name: str) -> str:
+    def unfinished(self, name: str, tail: bool = True) -> str:
         why = (f"the testbed was stopped at its deadline ({self.res.deadline:.0f} s)" if self.res.timed_out
                else f"the testbed ended (script exit {self.res.rc}, QEMU exit {self.res.qemu_rc})")
-        return (f"scenario {name} did not finish: {why}. {self.calibration}\n"
-                f"last lines:\n{self.res.tail(40)}")
+        text = f"scenario {name} did not finish: {why}. {self.calibration}"
+        return text + (f"\nlast lines:\n{self.res.tail(40)}" if tail else "")
 
 
 def run_scenarios(payload: Path, body: str, out: Path, *, xen: bool, disks: list[testbed.Disk],

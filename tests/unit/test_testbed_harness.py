@@ -47,6 +47,7 @@ def test_a_run_cut_short_reports_what_finished_and_why_the_rest_did_not(tmp_path
     assert run.calibration.endswith("factor=2.0")
     b = run.section("b")
     assert "(b: still booting)" in b and "stopped at its deadline (900 s)" in b and "factor=2.0" in b
+    assert b.count("(b: still booting)") == 1 and "last lines" not in b
     assert "did not finish" in run.section("c")
     assert "SCENARIO a ok" in run.section("a") and "scenario b" not in run.section("a")
     assert ("xen: scenario a (ok)", 80.0) in harness.TIMINGS

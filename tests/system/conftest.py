@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TEST_IMAGE, need_tools, require
-from tests.system import testbed
+from tests.system import harness, testbed
 from tests.system.harness import TIMINGS, record
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,8 +49,4 @@ def image_disk(testbed_ready):
 @pytest.fixture(scope="session")
 def payload(tmp_path_factory, testbed_ready):
     """A payload directory: si-xen's wheel built from this work tree, and the dom0-side scripts."""
-    d = tmp_path_factory.mktemp("payload")
-    testbed.wheel(REPO, d)
-    for f in (Path(__file__).parent / "payload").iterdir():
-        shutil.copy(f, d / f.name)
-    return d
+    return harness.payload(tmp_path_factory.mktemp("payload"))

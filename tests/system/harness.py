@@ -70,21 +70,39 @@ def parse(run: Run, kind: str) -> None:
     record(f"{kind}: whole QEMU run", run.res.timings["qemu"])
     for line in run.log.splitlines():
         parts = line.split()
-        if len(parts) in (3, 4) and parts[0] in ("TIMING", "SCENARIO"):
-            try:
-                float(parts[-1])
-            except ValueError:
-                continue  # garbled on the serial line
         if line.startswith("CALIBRATION "):
             run.calibration = line
             record(f"{kind}: calibration factor {line.rsplit('=', 1)[-1]}", 0.0)
-        if len(parts) == 3 and parts[0] == "REACHED":
+        elif len(parts) == 3 and parts[0] == "REACHED":
             run.reached.add(parts[1])
-        if len(parts) == 3 and parts[0] == "TIMING":
-            record(f"{kind}: {parts[1]}", float(parts[2]))
-        if len(parts) == 4 and parts[0] == "SCENARIO":
+        elif len(parts) == 4 and parts[0] == "SCENARIO" and _seconds(parts[3]) is not None:
             run.ok[parts[1]] = parts[2] == "ok"
-            record(f"{kind}: scenario {parts[1]} ({parts[2]})", float(parts[3]))
+            record(f"{kind}: scenario {parts[1]} ({parts[2]})", _seconds(parts[3]))
+        else:
+            record_timing(line, kind)
+
+
+def _seconds(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None  # garbled on the serial line
+
+
+def record_timing(line: str, kind: str) -> None:
+    """Record a `TIMING name seconds` line (lib.sh's, or the host script's) under `kind`."""
+    parts = line.split()
+    if len(parts) == 3 and parts[0] == "TIMING" and _seconds(parts[2]) is not None:
+        record(f"{kind}: {parts[1]}", _seconds(parts[2]))
+
+
+def payload(dest: Path, append: dict[str, str] | None = None) -> Path:
+    """A payload directory: si-xen's wheel built from this work tree, and the dom0-side scripts
+    (`append`: text added to some of them, by file name)."""
+    testbed.wheel(REPO, dest)
+    for f in (Path(__file__).parent / "payload").iterdir():
+        (dest / f.name).write_text(f.read_text() + (append or {}).get(f.name, ""))
+    return dest
 
 
 def scenario_lines(scenarios: dict[str, tuple[int, str]]) -> tuple[list[str], int]:
@@ -134,7 +152,5 @@ def make_host_vms(image_disk: Path, image: str, vms: dict[str, str], dest: Path)
     if out.returncode != 0:
         raise testbed.TestbedError(f"si_mkxenvm on the host failed:\n{out.stdout[-2000:]}{out.stderr[-3000:]}")
     for line in out.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[0] == "TIMING":
-            record(f"host: {parts[1]}", float(parts[2]))
+        record_timing(line, "host")
     return dest

@@ -51,20 +51,15 @@ def shifted(ips: list[str], offset: int) -> list[str]:
     return out
 
 
-def _one(plan, image, kernel, settings, log_path: str) -> dict:
+def _one(plan, image, kernel, settings) -> dict:
     """A worker: deploy one VM, quietly, with its own log and lock."""
-    from . import deploy, hostkeys, registry
-    from .plan import describe
+    from . import deploy, hostkeys
 
     rep = Reporter(quiet=True)
     keys = hostkeys.Prefetch(hostkeys.image_key_types(image.guest), plan.hostname,
                              hostkeys.Stock(settings.paths["state_dir"]))
     try:
-        with registry.lock(settings.paths["lock_dir"], plan.hostname):
-            deploy.preflight(plan, settings, 0)
-            rep.open_log(log_path)
-            rep.say(describe(plan) + "\n")
-            return deploy.execute(plan, image, kernel, settings, rep, keys)
+        return deploy.deploy(plan, image, kernel, settings, rep, keys)
     finally:
         rep.close()
         keys.close()
@@ -77,9 +72,6 @@ def run(plans, image, kernel, settings, rep: Reporter, workers: int | None = Non
     failed: list[str] = []
     t0 = time.monotonic()
 
-    def log(p):
-        return os.path.join(settings.paths["log_dir"], f"{p.hostname}.log")
-
     def report(p, rec=None, err=None):
         n = len(done) + len(failed) + 1
         if rec is not None:
@@ -91,13 +83,13 @@ def run(plans, image, kernel, settings, rep: Reporter, workers: int | None = Non
 
     first, rest = plans[0], plans[1:]
     try:
-        report(first, _one(first, image, kernel, settings, log(first)))
+        report(first, _one(first, image, kernel, settings))
     except Fatal as e:
         report(first, err=e)
     if rest:
         ctx = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = {pool.submit(_one, p, image, kernel, settings, log(p)): p for p in rest}
+            futures = {pool.submit(_one, p, image, kernel, settings): p for p in rest}
             for fut in as_completed(futures):
                 try:
                     report(futures[fut], fut.result())

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from . import initramfs
 from .errors import Fatal
 from .guestfs import Guest
-from .rollback import critical
+from .made import Directory, File
 from .storage.bases import beside, reflink
 
 PVGRUB2 = {"pv": "/usr/lib/grub-xen/grub-x86_64-xen.bin", "pvh": "/usr/lib/grub-xen/grub-i386-xen_pvh.bin"}
@@ -63,28 +63,25 @@ def cmdline(root_vdev: str, extra: str = "") -> str:
     return " ".join(x for x in (f"root=/dev/{root_vdev} ro console=hvc0", extra) if x)
 
 
-def copy_out(guest: Guest, k: GuestKernel, boot_dir: str, undo, shared: str | None = None) -> tuple[str, str | None]:
+def copy_out(guest: Guest, k: GuestKernel, boot_dir: str, journal, shared: str | None = None) -> tuple[str, str | None]:
     """Copy the guest's kernel/initrd out of the guest to where Xen reads them (dom0 side).
 
     With ``shared`` (a cloned VM's base disk), they are kept once beside the base and each
     VM gets a reflink, so a clone costs no kernel-sized copy."""
     if not os.path.isdir(boot_dir):
-        with critical():
-            os.makedirs(boot_dir)
-            undo.push(f"remove {boot_dir}", shutil.rmtree, boot_dir, True)
+        journal.made(Directory(boot_dir), os.makedirs, boot_dir)
     out = []
     for gpath, name in ((k.kernel, "vmlinuz"), (k.initrd, "initrd.img")):
         if gpath is None:
             out.append(None)
             continue
-        dst = os.path.join(boot_dir, name)
-        _unlink(dst)
-        undo.push(f"remove {dst}", _unlink, dst)  # first: a copy cut short is removed too
+        dst = journal.made(File(os.path.join(boot_dir, name)), _unlink, os.path.join(boot_dir, name)).path
         if shared:
             cached = beside(shared, name.split(".")[0])
             if not os.path.isfile(cached):
-                shutil.copyfile(guest.path(gpath), cached + ".tmp")
-                os.replace(cached + ".tmp", cached)
+                tmp = f"{cached}.tmp{os.getpid()}"
+                shutil.copyfile(guest.path(gpath), tmp)
+                os.replace(tmp, cached)
             try:
                 reflink(cached, dst)
             except OSError:

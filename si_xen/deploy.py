@@ -1,6 +1,10 @@
-"""The orchestrator: storage -> populate -> fixups -> boot -> domain config -> toolstack.
+"""The deploy: typed steps run in order, each journaling what it makes before making it.
 
-Everything made is registered for undo; a failure or a signal at any step removes it all.
+    bases → disks → filesystems → mount → copy → fixups → boot → unmount → config
+          → autostart → record → start
+
+A step that fails or is interrupted (SIGINT, SIGTERM, SIGHUP) has every thing made so far
+deleted, newest first (journal.py); a crash leaves the journal for si_rmxenvm.
 """
 
 from __future__ import annotations
@@ -8,17 +12,20 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from . import __version__, boot, domain, hostkeys, initramfs, populate, registry, toolstack
+from . import __version__, boot, domain, hostkeys, initramfs, journal, populate, proc, toolstack
 from .errors import Fatal
 from .guestfs import Guest
 from .image import Image
-from .plan import Plan, hook_env
+from .made import Domain, File
+from .plan import Plan, describe, hook_env
 from .report import Reporter
-from .rollback import Undo, critical, signals_raise
+from .rollback import signals_raise
 from .sizes import human
 from .storage import backend_for
-from .storage.mount import sync_targets
+from .storage.mount import mount_tree, sync_targets, unmount
 
 
 def boot_dir(plan: Plan, state_dir: str) -> str:
@@ -30,15 +37,21 @@ def boot_dir(plan: Plan, state_dir: str) -> str:
 
 def preflight(plan: Plan, settings, need_mib: int) -> None:
     """Checks that must hold right before the first change (and again under the lock)."""
-    backend = backend_for(plan)
-    backend.validate(plan.hostname, list(plan.disks), need_mib, plan.force)
+    state = journal.load(settings.paths["state_dir"], plan.hostname)
+    if state and not state.complete:
+        raise Fatal(f"VM '{plan.hostname}' has an unfinished deploy ({state.summary()})",
+                    f"remove what it made with si_rmxenvm {plan.hostname}, then run this again")
+    if state and not plan.force:
+        raise Fatal(f"VM '{plan.hostname}' already exists (si_lsxenvm lists it)", "remove it with si_rmxenvm or use --force")
+    backend = backend_for(plan, settings.paths["lock_dir"])
+    backend.validate(plan.hostname, list(plan.disks), need_mib, plan.force or bool(state))
     if os.path.lexists(plan.cfg_path) and not plan.force:
         raise Fatal(f"config {plan.cfg_path} already exists", "remove the VM with si_rmxenvm or use --force")
-    if registry.load(settings.paths["state_dir"], plan.hostname) and not plan.force:
-        raise Fatal(f"VM '{plan.hostname}' already exists (si_lsxenvm lists it)", "remove it with si_rmxenvm or use --force")
-    if plan.start:
-        ts = toolstack.require_running(plan.toolstack)
-        if plan.hostname in ts.domains():
+    if plan.start or state:
+        ts = toolstack.find(plan.toolstack)
+        if plan.start:
+            ts = toolstack.require_running(plan.toolstack)
+        if ts and toolstack.hypervisor_running() and plan.hostname in ts.domains():
             raise Fatal(f"domain '{plan.hostname}' is running", f"stop it first: {ts.name} shutdown {plan.hostname}")
 
 
@@ -52,19 +65,143 @@ def fingerprints(guest: Guest) -> list[str]:
     return out
 
 
-def execute(plan: Plan, image: Image, kernel: boot.GuestKernel, settings, rep: Reporter, keys=None) -> dict:
-    """Make the VM. ``keys``: a hostkeys.Prefetch started earlier, or None."""
-    backend = backend_for(plan)
-    undo, cleanup = Undo(), Undo()
-    try:
-        with signals_raise():
-            return _run(plan, image, kernel, settings, rep, backend, undo, cleanup, keys)
-    except BaseException as e:
-        rep.end_progress()
-        e.leftovers = cleanup.pop_all() + undo.pop_all()
-        for what in e.leftovers:
-            rep.warn(f"could not undo: {what}")
-        raise
+@dataclass
+class Context:
+    """What the steps share: the inputs, and what earlier steps produced."""
+
+    plan: Plan
+    image: Image
+    kernel: boot.GuestKernel | None
+    settings: object
+    rep: Reporter
+    journal: journal.Journal
+    keys: object = None  # a hostkeys.Prefetch started earlier
+    backend: object = None
+    bases: dict[str, str] = field(default_factory=dict)
+    one_pass: bool = False
+    root: str = ""
+    mounts: list = field(default_factory=list)
+    kernel_path: str | None = None
+    ramdisk: str | None = None
+    fingerprints: list[str] = field(default_factory=list)
+    autostart: str | None = None
+    record: dict = field(default_factory=dict)
+    t0: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    run: Callable[[Context], None]
+    when: Callable[[Context], bool] = lambda c: True
+
+
+def _bases(c: Context) -> None:
+    c.bases = populate.ensure_bases(c.plan, c.image, c.backend, c.rep, c.journal)
+
+
+def _disks(c: Context) -> None:
+    populate.make_disks(c.plan, c.backend, c.rep, c.journal, c.bases)
+
+
+def _filesystems(c: Context) -> None:
+    populate.make_filesystems(c.plan, c.image, c.rep, c.one_pass)
+
+
+def _mount(c: Context) -> None:
+    c.root, c.mounts = mount_tree(list(c.plan.disks), c.backend, c.journal, c.plan.hostname)
+
+
+def _copy(c: Context) -> None:
+    populate.copy_in(c.image, c.root, c.rep)
+
+
+def _fixups(c: Context) -> None:
+    from .fixups import run_all  # the fixup catalogue loads only when a deploy needs it
+
+    with c.rep.step("Running hooks"):
+        env = hook_env(c.plan)
+        if c.keys is not None:
+            env[hostkeys.ENV] = c.keys.ready()
+        run_all(c.root, env, only=c.plan.fixups_only or None, skip=c.plan.fixups_skip or None, log=c.rep.detail)
+
+
+def _boot(c: Context) -> None:
+    plan, guest = c.plan, Guest(c.root)
+    if plan.boot == "direct" and not plan.kernel:
+        shared = next(iter(sorted(c.bases.values())), None) if c.backend.kind == "file" else None
+        c.kernel_path, c.ramdisk = boot.copy_out(guest, c.kernel, boot_dir(plan, c.settings.paths["state_dir"]),
+                                                 c.journal, shared=shared)
+    elif plan.boot == "direct":
+        c.kernel_path, c.ramdisk = plan.kernel, plan.initrd
+    else:
+        separate_boot = any(d.mountpoint == "/boot" for d in plan.disks)
+        boot.write_grub_cfg(guest, c.kernel, plan.root.vdev, separate_boot, f"{c.image.os.pretty} (si-xen)")
+    c.fingerprints = fingerprints(guest)
+
+
+def _unmount(c: Context) -> None:
+    with c.rep.step("Unmounting and syncing"):
+        try:
+            unmount(c.mounts)
+        except (OSError, proc.ProcError) as e:
+            raise Fatal(f"could not unmount the new filesystems: {e}", f"check with findmnt, then si_rmxenvm {c.plan.hostname}") from None
+        sync_targets(list(c.plan.disks))
+
+
+def _config(c: Context) -> None:
+    plan = c.plan
+    with c.rep.step(f"Creating Xen configuration file: {plan.cfg_path}"):
+        text = domain.render(plan, kernel=c.kernel_path, ramdisk=c.ramdisk, cmdline=boot.cmdline(plan.root.vdev),
+                             user_dir=c.settings.paths["template_dir"])
+        c.journal.made(File(plan.cfg_path), domain.write_atomic, plan.cfg_path, text)
+
+
+def _autostart(c: Context) -> None:
+    c.autostart = toolstack.link_autostart(c.plan.cfg_path, c.journal)
+
+
+def _record(c: Context) -> None:
+    plan = c.plan
+    c.record = {
+        "name": plan.hostname, "image": plan.image_name, "image_path": plan.image_path,
+        "image_time": c.image.meta.retrieval_time, "guest": c.image.os.pretty, "created": journal.stamp(),
+        "config": plan.cfg_path, "autostart": c.autostart, "storage": plan.storage, "storage_root": plan.storage_root,
+        "thin_pool": plan.thin_pool,
+        "disks": [{"vdev": d.vdev, "mountpoint": d.mountpoint, "fs": d.fs, "size": human(d.size_mib), "target": d.target}
+                  for d in plan.disks],
+        "boot": plan.boot, "type": plan.type, "mac": plan.net.mac, "ips": list(plan.net.ips) or ["dhcp"],
+        "memory": plan.memory, "version": __version__, "ssh_fingerprints": c.fingerprints,
+        "bases": sorted(c.bases.values()), "seconds": round(time.monotonic() - c.t0, 2),
+    }
+    c.journal.finish(c.record)
+
+
+def _start(c: Context) -> None:
+    ts = toolstack.require_running(c.plan.toolstack)
+    c.rep.say(f"Starting {c.plan.hostname} with {ts.name} create")
+    c.journal.made(Domain(c.plan.hostname, ts.name))
+    ts.create(c.plan.cfg_path, console=c.plan.console)  # not held: a console is interactive
+
+
+def _fresh(c: Context) -> bool:
+    return not c.plan.clone
+
+
+STEPS = (
+    Step("bases", _bases, lambda c: c.plan.clone),
+    Step("disks", _disks),
+    Step("filesystems", _filesystems, _fresh),
+    Step("mount", _mount),
+    Step("copy", _copy, lambda c: not c.plan.clone and not c.one_pass),
+    Step("fixups", _fixups),
+    Step("boot", _boot),
+    Step("unmount", _unmount),
+    Step("config", _config),
+    Step("autostart", _autostart, lambda c: c.plan.autostart),
+    Step("record", _record),
+    Step("start", _start, lambda c: c.plan.start),
+)
 
 
 def _warm_initramfs(path: str) -> None:
@@ -74,78 +211,66 @@ def _warm_initramfs(path: str) -> None:
         pass
 
 
-def _run(plan, image, kernel, settings, rep, backend, undo, cleanup, keys) -> dict:
-    t0 = time.monotonic()
+def _failed(step: Step, e: BaseException, log_path: str | None) -> BaseException:
+    """The error an admin sees: the step named, with the failing command's tail."""
+    fix = f"the log {log_path} has every command and its output" if log_path else "run with --verbose for the commands"
+    if isinstance(e, proc.ProcError):
+        return Fatal(f"step '{step.name}' failed: {e}", fix)
+    if isinstance(e, OSError):
+        return Fatal(f"step '{step.name}' failed: {e}", fix)
+    return e
+
+
+def execute(plan: Plan, image: Image, kernel, settings, rep: Reporter, keys=None) -> dict:
+    """Make the VM; return its record. ``keys``: a hostkeys.Prefetch started earlier, or None."""
+    state_dir = settings.paths["state_dir"]
+    old = journal.load(state_dir, plan.hostname)
+    if old is not None:  # --force (preflight refused otherwise): the old VM goes first
+        journal.remove(old)
+    j = journal.Journal(state_dir, plan.hostname, {
+        "name": plan.hostname, "image": plan.image_name, "pid": os.getpid(), "started": journal.stamp(),
+        "config": plan.cfg_path, "storage": plan.storage, "storage_root": plan.storage_root, "version": __version__})
+    c = Context(plan, image, kernel, settings, rep, j, keys, backend=backend_for(plan, settings.paths["lock_dir"]))
+    c.one_pass = not plan.clone and populate.one_pass_ok(image.path, plan.disks)
     # The kernel fixup reads the initramfs (~0.7 s of decompression): do it now, while the
     # disks are written; the copy in the guest has the same identity, so the fixup hits the cache.
-    warm = None
     if kernel and kernel.initrd and not plan.kernel:
-        warm = threading.Thread(target=_warm_initramfs, args=(image.guest.path(kernel.initrd),), daemon=True)
-        warm.start()
-    bases: list[str] = []
+        threading.Thread(target=_warm_initramfs, args=(image.guest.path(kernel.initrd),), daemon=True).start()
     # A long copy is ahead when there is no base to clone: spare CPU for the key stock.
-    stock = hostkeys.Stock(settings.paths["state_dir"])
-    refill = stock.refill() if not (plan.clone and populate.bases_ready(plan, backend)) else []
+    stock = hostkeys.Stock(state_dir)
+    refill = stock.refill() if not (plan.clone and populate.bases_ready(plan, c.backend)) else []
+    step = STEPS[0]
     try:
-        if plan.clone:
-            root, bases = populate.cloned(plan, image, plan.fingerprint, backend, rep, undo, cleanup)
-        else:
-            root = populate.fresh(plan, image, backend, rep, undo, cleanup)
-    finally:
+        with signals_raise():
+            for step in STEPS:
+                if step.name == "fixups":  # the copy is done: the key stock has had its time
+                    stock.settle(refill)
+                    refill = []
+                if step.when(c):
+                    j.step(step.name)
+                    rep.detail(f"-- step {step.name}")
+                    step.run(c)
+    except BaseException as e:
+        rep.end_progress()
         stock.settle(refill)
-    from .fixups import run_all  # the fixup catalogue loads only when a deploy needs it
+        rep.detail(f"step '{step.name}' failed: {e!r}")
+        err = _failed(step, e, rep.log_path)
+        err.leftovers = j.rollback()
+        for what in err.leftovers:
+            rep.warn(f"could not undo: {what}")
+        if err is e:
+            raise
+        raise err from e
+    finally:
+        j.close()
+    return c.record
 
-    if warm is not None:
-        warm.join()
 
-    with rep.step("Running hooks"):
-        env = hook_env(plan)
-        if keys is not None:
-            env[hostkeys.ENV] = keys.ready()
-        run_all(root, env, only=plan.fixups_only or None, skip=plan.fixups_skip or None, log=rep.detail)
-    guest = Guest(root)
-    kernel_path = ramdisk = None
-    if plan.boot == "direct" and not plan.kernel:
-        kernel_path, ramdisk = boot.copy_out(guest, kernel, boot_dir(plan, settings.paths["state_dir"]), undo,
-                                             shared=bases[0] if bases and backend.kind == "file" else None)
-    elif plan.boot == "direct":
-        kernel_path, ramdisk = plan.kernel, plan.initrd
-    else:
-        separate_boot = any(d.mountpoint == "/boot" for d in plan.disks)
-        boot.write_grub_cfg(guest, kernel, plan.root.vdev, separate_boot, f"{image.os.pretty} (si-xen)")
-    fps = fingerprints(guest)
-    with rep.step("Unmounting and syncing"):
-        failed = cleanup.pop_all()
-        if failed:
-            raise Fatal(f"could not unmount the new filesystems: {failed[0]}", "check with findmnt, then si_rmxenvm")
-        sync_targets(list(plan.disks))
-    with rep.step(f"Creating Xen configuration file: {plan.cfg_path}"):
-        text = domain.render(plan, kernel=kernel_path, ramdisk=ramdisk, cmdline=boot.cmdline(plan.root.vdev),
-                             user_dir=settings.paths["template_dir"])
-        existed = os.path.lexists(plan.cfg_path)
-        with critical():
-            domain.write_atomic(plan.cfg_path, text)
-            if not existed:
-                undo.push(f"remove {plan.cfg_path}", os.unlink, plan.cfg_path)
-    auto_link = toolstack.link_autostart(plan.cfg_path, undo) if plan.autostart else None
-    record = {
-        "name": plan.hostname, "image": plan.image_name, "image_path": plan.image_path,
-        "image_time": image.meta.retrieval_time, "guest": image.os.pretty, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "config": plan.cfg_path, "autostart": auto_link, "storage": plan.storage, "storage_root": plan.storage_root,
-        "thin_pool": plan.thin_pool,
-        "disks": [{"vdev": d.vdev, "mountpoint": d.mountpoint, "fs": d.fs, "size": human(d.size_mib), "target": d.target}
-                  for d in plan.disks],
-        "boot": plan.boot, "type": plan.type, "boot_files": [p for p in (kernel_path, ramdisk) if p and not plan.kernel],
-        "mac": plan.net.mac, "ips": list(plan.net.ips) or ["dhcp"], "memory": plan.memory, "version": __version__,
-        "ssh_fingerprints": fps, "bases": bases, "seconds": round(time.monotonic() - t0, 2),
-    }
-    with critical():
-        registry.save(settings.paths["state_dir"], record)
-        undo.push("remove VM record", registry.remove, settings.paths["state_dir"], plan.hostname)
-    if plan.start:
-        ts = toolstack.require_running(plan.toolstack)
-        rep.say(f"Starting {plan.hostname} with {ts.name} create")
-        ts.create(plan.cfg_path, console=plan.console)
-    undo.forget()
-    return record
+def deploy(plan: Plan, image: Image, kernel, settings, rep: Reporter, keys=None, need_mib: int = 0) -> dict:
+    """One VM, the same for a single deploy and each VM of a batch: lock, check, log, make."""
+    with journal.lock(settings.paths["lock_dir"], plan.hostname):
+        preflight(plan, settings, need_mib)  # again, now that no one else can race us
+        rep.open_log(os.path.join(settings.paths["log_dir"], f"{plan.hostname}.log"))
+        rep.say(describe(plan) + "\n")
+        return execute(plan, image, kernel, settings, rep, keys)
 

@@ -1,4 +1,9 @@
-"""Lock files that vanish with their holder (nothing left behind) yet never let two in."""
+"""Lock files that vanish with their holder (nothing left behind) yet never let two in.
+
+flock(2) locks die with their process, so a holder killed by SIGKILL or a power cut holds
+nothing: its leftover file is simply taken (and removed) by the next one. The file names
+its holder's pid, so a busy lock can say who has it.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,25 @@ import os
 from contextlib import contextmanager
 
 
+class LockBusy(BlockingIOError):
+    """Held by a live process (``pid``, or None when it wrote none yet)."""
+
+    def __init__(self, path: str, pid: int | None):
+        super().__init__(f"{path} is held" + (f" by pid {pid}" if pid else ""))
+        self.path, self.pid = path, pid
+
+
+def holder(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
 @contextmanager
 def exclusive(path: str, wait: bool = True):
-    """Hold ``path`` exclusively. Raises BlockingIOError when busy and not ``wait``.
+    """Hold ``path`` exclusively. Raises LockBusy when busy and not ``wait``.
 
     The file is removed on release; a waiter that locked the removed inode notices and
     tries again on the new one, so removal cannot let two holders in."""
@@ -20,6 +41,9 @@ def exclusive(path: str, wait: bool = True):
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             mine = os.fstat(fd)
             now = os.stat(path)
+        except BlockingIOError:
+            os.close(fd)
+            raise LockBusy(path, holder(path)) from None
         except FileNotFoundError:
             os.close(fd)
             continue
@@ -30,6 +54,8 @@ def exclusive(path: str, wait: bool = True):
             break
         os.close(fd)
     try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.unlink(path)

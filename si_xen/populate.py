@@ -4,6 +4,9 @@ A fresh copy preserves owners, modes, hard links, ACLs, xattrs, device nodes and
 files, with SystemImager's install-time exclusions. Where the image leaves nothing to
 exclude and the VM has one ext3/ext4 filesystem, mke2fs -d writes the tree while making
 the filesystem: one pass over the data instead of mkfs, mount and rsync.
+
+The functions here are the deploy's steps (deploy.py) and, run on temporary disks, the
+build of an image's base disks: every disk and mount they make is journaled first.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ import time
 from dataclasses import replace
 
 from . import __version__, proc
-from .rollback import Undo
-from .storage.mount import mkfs, mount_tree, sync_targets, umount
+from .locks import exclusive
+from .made import Lock
+from .storage.mount import mkfs, mount_tree, sync_targets, unmount
 
 # SystemImager's install-time exclusions (master's list; /dev is kept because old guests
 # without devtmpfs need their static nodes).
@@ -44,83 +48,85 @@ def one_pass_ok(image: str, disks) -> bool:
     return not os.path.lexists(os.path.join(image, "etc/system-id"))
 
 
-def fresh(plan, image, backend, rep, undo, cleanup) -> str:
-    """Create, format and fill the VM's own disks; return the mounted guest root."""
-    one_pass = one_pass_ok(image.path, plan.disks)
+def make_disks(plan, backend, rep, journal, bases: dict[str, str] | None = None) -> None:
+    """Each disk created (or, with ``bases``, cloned); swap disks get their swap signature."""
     for d in sorted(plan.disks, key=lambda d: d.vdev):
-        label = "swap image" if d.fs == "swap" else f"disk image ({d.mountpoint})"
-        with rep.step(f"Creating {label}: {d.target}"):
-            backend.create(d, undo)
         if d.fs == "swap":
-            with rep.step(f"Creating swap on {d.target}"):
+            with rep.step(f"Creating swap image: {d.target}"):
+                backend.create(d, journal)
                 mkfs(d)
-        elif one_pass:
+        elif bases:
+            with rep.step(f"Cloning disk image ({d.mountpoint}): {d.target}\n(Base: {bases[d.name]})"):
+                backend.clone(bases[d.name], d, journal)
+        else:
+            with rep.step(f"Creating disk image ({d.mountpoint}): {d.target}"):
+                backend.create(d, journal)
+
+
+def make_filesystems(plan, image, rep, one_pass: bool) -> None:
+    for d in plan.disks:
+        if d.fs == "swap":
+            continue
+        if one_pass:
             with rep.step(f"Creating {d.fs} filesystem on {d.target}\nInstallation method: copy (mke2fs -d)\n"
                           f"(Source: {image.path})"):
                 mkfs(d, image.path)
         else:
             with rep.step(f"Creating {d.fs} filesystem on {d.target}"):
                 mkfs(d)
-    root = mount_tree(list(plan.disks), backend, cleanup, plan.hostname)
-    if not one_pass:
-        with rep.step(f"Installation method: copy\n(Source: {image.path})"):
-            copy(image.path, root, rep.progress)
-            rep.end_progress()
-    return root
+
+
+def copy_in(image, root: str, rep) -> None:
+    with rep.step(f"Installation method: copy\n(Source: {image.path})"):
+        copy(image.path, root, rep.progress)
+        rep.end_progress()
+
+
+def base_targets(plan, backend) -> dict[str, str]:
+    return {d.name: backend.base_target(plan.image_name, plan.fingerprint, d) for d in plan.disks if d.fs != "swap"}
 
 
 def bases_ready(plan, backend) -> bool:
-    return all(backend.have_base(backend.base_target(plan.image_name, plan.fingerprint, d))
-               for d in plan.disks if d.fs != "swap")
+    return all(backend.have_base(b) for b in base_targets(plan, backend).values())
 
 
-def cloned(plan, image, fingerprint: str, backend, rep, undo, cleanup) -> tuple[str, list[str]]:
-    """Clone the image's base disks (building them first if needed); return root, bases."""
-    data = [d for d in plan.disks if d.fs != "swap"]
-    bases = {d.name: backend.base_target(plan.image_name, fingerprint, d) for d in data}
-    with backend.base_lock(plan.image_name):
+def ensure_bases(plan, image, backend, rep, journal) -> dict[str, str]:
+    """The image's base disks, built now if no VM built them yet (one builder at a time)."""
+    bases = base_targets(plan, backend)
+    lock = journal.made(Lock(backend.base_lock(plan.image_name)))
+    with exclusive(lock.path):
         if not all(backend.have_base(b) for b in bases.values()):
-            _build_bases(plan, image, fingerprint, backend, rep, bases)
-    for d in sorted(plan.disks, key=lambda d: d.vdev):
-        if d.fs == "swap":
-            with rep.step(f"Creating swap image: {d.target}"):
-                backend.create(d, undo)
-                mkfs(d)
-            continue
-        with rep.step(f"Cloning disk image ({d.mountpoint}): {d.target}\n(Base: {bases[d.name]})"):
-            backend.clone(bases[d.name], d, undo)
-    if backend.kind == "file":
-        vm_dir = os.path.dirname(data[0].target)
-        undo.push(f"remove {vm_dir}", _rmdir_quiet, vm_dir)
-    return mount_tree(list(plan.disks), backend, cleanup, plan.hostname), sorted(bases.values())
+            _build_bases(plan, image, backend, rep, journal, bases)
+    return bases
 
 
-def _build_bases(plan, image, fingerprint, backend, rep, bases) -> None:
-    """The first VM of an image: a full copy into base disks, published atomically."""
-    undo, cleanup = Undo(), Undo()
-    tmps = [replace(d, target=f"{bases[d.name]}.tmp{os.getpid()}") for d in plan.disks if d.fs != "swap"]
-    try:
-        rep.say(f"Building base disks of image '{plan.image_name}' (once; later VMs are clones)")
-        fresh(replace(plan, disks=tuple(tmps)), image, backend, rep, undo, cleanup)
-        if cleanup.pop_all():
-            raise OSError("could not unmount the base disks")
-        sync_targets(tmps)
-        meta = {"image": plan.image_name, "image_path": image.path, "fingerprint": fingerprint,
-                "image_time": image.meta.retrieval_time, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "version": __version__}
-        for t in tmps:
-            backend.publish_base(t.target, bases[t.name], dict(meta, disk=t.name, fs=t.fs, size_mib=t.size_mib))
-    except BaseException:
-        cleanup.pop_all()
-        undo.pop_all()
-        raise
+def _build_bases(plan, image, backend, rep, journal, bases) -> None:
+    """The first VM of an image: a full copy into temporary disks, published atomically.
+
+    The temporary disks are journaled like the VM's own: a crash leaves nothing that
+    si_rmxenvm cannot remove, and once published their temporary names are gone."""
+    tmp = replace(plan, disks=tuple(replace(d, target=f"{bases[d.name]}.tmp{os.getpid()}")
+                                    for d in plan.disks if d.fs != "swap"))
+    rep.say(f"Building base disks of image '{plan.image_name}' (once; later VMs are clones)")
+    one_pass = one_pass_ok(image.path, tmp.disks)
+    journal.step("base-disks")
+    make_disks(tmp, backend, rep, journal)
+    journal.step("base-filesystems")
+    make_filesystems(tmp, image, rep, one_pass)
+    if not one_pass:
+        journal.step("base-copy")
+        root, mounts = mount_tree(list(tmp.disks), backend, journal, f"base-{plan.hostname}")
+        try:
+            copy_in(image, root, rep)
+        finally:
+            unmount(mounts)
+    journal.step("base-publish")
+    sync_targets(list(tmp.disks))
+    meta = {"image": plan.image_name, "image_path": image.path, "fingerprint": plan.fingerprint,
+            "image_time": image.meta.retrieval_time, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "version": __version__}
+    for t in tmp.disks:
+        backend.publish_base(t.target, bases[t.name], dict(meta, disk=t.name, fs=t.fs, size_mib=t.size_mib))
 
 
-def _rmdir_quiet(path: str) -> None:
-    try:
-        os.rmdir(path)
-    except OSError:
-        pass
-
-
-__all__ = ["EXCLUDES", "copy", "fresh", "cloned", "umount"]
+__all__ = ["EXCLUDES", "copy", "make_disks", "make_filesystems", "copy_in", "ensure_bases", "bases_ready"]

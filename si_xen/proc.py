@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +25,18 @@ class Result:
     returncode: int
     stdout: str
     stderr: str
+
+
+def _started(verb: str, argv: Sequence[str]) -> float:
+    log.info("$ %s%s", shlex.join(argv), "" if verb == "run" else f"   ({verb})")
+    return time.monotonic()
+
+
+def _ended(res: Result, t0: float) -> None:
+    """Every command's outcome in the per-VM log (report.py): status, duration, whole stderr."""
+    log.info("  exit %d after %.2f s", res.returncode, time.monotonic() - t0)
+    if res.stderr.strip():
+        log.info("  stderr:\n%s", "\n".join("    " + line for line in res.stderr.rstrip().splitlines()))
 
 
 class ProcError(Exception):
@@ -51,7 +65,7 @@ def run(
     argv = tuple(str(a) for a in argv)
     if not argv or isinstance(argv, str):
         raise TypeError("argv must be a non-empty list")
-    log.debug("run %s", argv)
+    t0 = _started("run", argv)
     full_env = None
     if env is not None:
         full_env = dict(os.environ)
@@ -61,6 +75,7 @@ def run(
         cp = subprocess.run(list(argv), stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=full_env,
                             cwd=cwd, timeout=timeout, check=False)
         res = Result(argv, cp.returncode, "", cp.stderr.decode(errors="replace"))
+        _ended(res, t0)
         if cp.returncode not in tuple(ok):
             raise ProcError(res)
         return res
@@ -80,6 +95,7 @@ def run(
     if isinstance(out, bytes):
         out, err = out.decode(errors="replace"), err.decode(errors="replace")
     res = Result(argv, cp.returncode, out, err)
+    _ended(res, t0)
     if cp.returncode not in tuple(ok):
         raise ProcError(res)
     return res
@@ -89,7 +105,7 @@ def stream(argv: Sequence[str], on_line, *, ok: Iterable[int] = (0,)) -> Result:
     """Run ``argv`` calling ``on_line`` for each stdout line (``\r`` ends a line too, for
     progress meters). The child is killed if we are interrupted, so no copy outlives us."""
     argv = tuple(str(a) for a in argv)
-    log.debug("stream %s", argv)
+    t0 = _started("stream", argv)
     # Own process group: rsync forks helpers, and all of them must die before we unmount.
     p = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
@@ -113,6 +129,7 @@ def stream(argv: Sequence[str], on_line, *, ok: Iterable[int] = (0,)) -> Result:
         p.wait()
         raise
     res = Result(argv, rc, "", err)
+    _ended(res, t0)
     if rc not in tuple(ok):
         raise ProcError(res)
     return res
@@ -123,7 +140,7 @@ def reading(argv: Sequence[str], stdin) -> Iterator:
     """Run ``argv`` reading ``stdin`` (a file); yield the process, whose stdout the caller
     reads as a stream (large outputs never sit in memory). Its ``returncode`` is set after."""
     argv = tuple(str(a) for a in argv)
-    log.debug("reading %s", argv)
+    _started("reading", argv)
     p = subprocess.Popen(list(argv), stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         yield p
@@ -135,7 +152,7 @@ def reading(argv: Sequence[str], stdin) -> Iterator:
 def start(argv: Sequence[str]) -> subprocess.Popen:
     """Start ``argv`` in the background (output discarded); the caller waits for it."""
     argv = tuple(str(a) for a in argv)
-    log.debug("start %s", argv)
+    _started("background", argv)
     return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
 

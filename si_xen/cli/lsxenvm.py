@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from .. import config, registry, toolstack
+from .. import config, journal, toolstack
 from .common import parser, run_main
 
 PROG = "si_lsxenvm"
@@ -15,9 +15,11 @@ MAN = {
     "description": (
         "si_lsxenvm lists the VMs that si_mkxenvm(8) made: name, image, boot mode, disks and config, and the\n"
         "domain's state when a Xen toolstack answers (running or stopped; unknown without a hypervisor).\n"
+        "A deploy that never finished (killed, or the power went) is listed as incomplete, with the step it\n"
+        "stopped in; si_rmxenvm(8) removes what it made.\n"
         "A NAME that is not found gives a WARNING and exit status 1."
     ),
-    "files": "/var/lib/si-xen/vms/*.json  one record per VM",
+    "files": "/var/lib/si-xen/vms/*.journal  one journal per VM: what its deploy made, and its record",
     "see_also": "si_mkxenvm(8), si_rmxenvm(8), si-xen.conf(5)",
 }
 
@@ -44,10 +46,12 @@ def states() -> dict[str, str] | None:
 def body(argv) -> int:
     args = build_parser().parse_args(argv)
     settings = config.load(args.config)
-    recs = [r for r in registry.all_records(settings.paths["state_dir"]) if not args.names or r["name"] in args.names]
+    recs = [s.as_dict() for s in journal.all_states(settings.paths["state_dir"]) if not args.names or s.name in args.names]
     running = states()
     for r in recs:
         r["state"] = "unknown" if running is None else ("running" if r["name"] in running else "stopped")
+        if not r["complete"]:
+            r["state"] = "incomplete"
     if args.json:
         for r in recs:
             print(json.dumps(r, sort_keys=True))
@@ -59,6 +63,9 @@ def body(argv) -> int:
         disks = ", ".join(f"{d['vdev']}:{d['mountpoint'] or 'swap'}:{d['size']}" for d in r["disks"])
         print(f"{r['name']:<20} {r['image']:<18} {r['state']:<8} {r['boot']:<8} {disks}")
         print(f"{'':<20} config {r['config']}")
+        if not r["complete"]:
+            print(f"{'':<20} unfinished deploy (pid {r['pid']}) stopped in step '{r['step']}': "
+                  f"si_rmxenvm {r['name']} removes what it made")
         for base in r.get("bases", []):
             print(f"{'':<20} clone of {base}")
     missing = set(args.names) - {r["name"] for r in recs}

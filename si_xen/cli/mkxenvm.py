@@ -42,7 +42,7 @@ MAN = {
         "/etc/systemimager/xen.conf  defaults and per-image settings\n"
         "/etc/systemimager/xen/xl.cfg.j2  a template overriding the shipped one\n"
         "/etc/xen/HOSTNAME.cfg  the domain config (--output, --extension)\n"
-        "/var/lib/si-xen/vms/HOSTNAME.json  what was made, for si_lsxenvm and si_rmxenvm\n"
+        "/var/lib/si-xen/vms/HOSTNAME.journal  what was made, written before it was made, for si_lsxenvm and si_rmxenvm\n"
         "/var/log/si-xen/HOSTNAME.log  the log of each deploy"
     ),
     "see_also": "si_lsxenvm(8), si_rmxenvm(8), si_xenhooks(8), si-xen.conf(5), xl.cfg(5), xen-create-image(8), si_lsimage(8)",
@@ -155,7 +155,6 @@ def _deploy(args, image, settings, rep, o, hosts, keys) -> int:
     from .. import deploy, planner
     from ..image.survey import needed_mib, survey
     from ..plan import describe
-    from ..registry import lock
 
     tree = survey(image.path)
     plans = [planner.make_plan(dict(o, hostname=h, ip=batch.shifted(o.get("ip") or [], i),
@@ -186,16 +185,12 @@ def _deploy(args, image, settings, rep, o, hosts, keys) -> int:
             raise Fatal(f"{len(failed)} of {len(plans)} VMs failed: {'; '.join(failed)}",
                         f"see the logs in {settings.paths['log_dir']}")
         return 0
-    with lock(settings.paths["lock_dir"], plan.hostname):
-        deploy.preflight(plan, settings, need)  # again, now that no one else can race us
-        rep.open_log(os.path.join(settings.paths["log_dir"], f"{plan.hostname}.log"))
-        try:
-            rep.say(describe(plan) + "\n")
-            rec = deploy.execute(plan, image, kernel, settings, rep, keys)
-            planner.remember_boot(plan, facts_dir)
-            summary(rec, plan, rep, settings)
-        finally:
-            rep.close()
+    try:
+        rec = deploy.deploy(plan, image, kernel, settings, rep, keys, need)
+        planner.remember_boot(plan, facts_dir)
+        summary(rec, plan, rep, settings)
+    finally:
+        rep.close()
     return 0
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
-from .. import config, registry, toolstack
+from .. import config, journal, toolstack
 from ..errors import Fatal
 from ..storage import FileBackend, LvmBackend
 from .common import confirm, need_root, parser, run_main
@@ -18,9 +17,10 @@ MAN = {
     "synopsis": "[--stop] [--keep-disks] [--yes] NAME...",
     "description": (
         "si_rmxenvm removes what si_mkxenvm(8) made for each NAME: the domain config, its autostart link,\n"
-        "the kernel files copied out of the guest, the disks (files or logical volumes) and the VM's record.\n"
-        "It asks first unless --yes. A running domain is refused unless --stop, which shuts it down (and\n"
-        "destroys it if it does not stop)."
+        "the kernel files copied out of the guest, the disks (files or logical volumes) and the VM's journal,\n"
+        "newest first, as the journal names them. A deploy that never finished (killed, or the power went)\n"
+        "is removed the same way: its mounts, loop devices, disks and files. It asks first unless --yes.\n"
+        "A running domain is refused unless --stop, which shuts it down (and destroys it if it does not stop)."
     ),
     "see_also": "si_mkxenvm(8), si_lsxenvm(8), si-xen.conf(5), xl(1)",
 }
@@ -51,40 +51,37 @@ def body(argv) -> int:
 
 def remove(name: str, args, settings) -> None:
     state_dir = settings.paths["state_dir"]
-    rec = registry.load(state_dir, name)
-    if rec is None:
+    if journal.load(state_dir, name) is None:
         raise Fatal(f"no VM '{name}' made by si_mkxenvm", "si_lsxenvm lists the VMs")
-    with registry.lock(settings.paths["lock_dir"], name):
+    with journal.lock(settings.paths["lock_dir"], name):
+        state = journal.load(state_dir, name)  # again: it may have changed before we held the lock
+        if state is None:
+            raise Fatal(f"no VM '{name}' made by si_mkxenvm", "si_lsxenvm lists the VMs")
         ts = toolstack.find()
         running = ts is not None and toolstack.hypervisor_running() and name in ts.domains()
         if running and not args.stop:
             raise Fatal(f"VM '{name}' is running", f"add --stop to shut it down, or {ts.name} shutdown {name}")
-        disks = [d["target"] for d in rec["disks"]]
-        if not confirm(f"Remove VM '{name}' and {'its config' if args.keep_disks else 'its disks ' + ' '.join(disks)}?",
-                       args.yes):
+        what = "its config" if args.keep_disks else "its disks " + " ".join(str(t).split(" ", 1)[1] for t in state.things if t.disk)
+        if not state.complete:
+            what = f"what its unfinished deploy made ({state.summary()})"
+        if not confirm(f"Remove VM '{name}' and {what}?", args.yes):
             raise Fatal("not confirmed", "nothing was removed")
         if running:
             ts.shutdown(name)
-        for path in (rec.get("autostart"), rec["config"], *rec.get("boot_files", [])):
-            if path and os.path.lexists(path):
-                os.unlink(path)
-        backend = (LvmBackend(rec["storage_root"], rec.get("thin_pool")) if rec["storage"] == "lvm"
-                   else FileBackend(rec["storage_root"]))
-        if not args.keep_disks:
-            for target in disks:
-                backend.remove(target)
-        for d in {os.path.dirname(p) for p in rec.get("boot_files", [])}:
-            try:
-                os.rmdir(d)
-            except OSError:
-                pass
-        registry.remove(state_dir, name)
-        if args.prune_bases:
-            in_use = {b for r in registry.all_records(state_dir) for b in r.get("bases", [])}
-            for base in set(rec.get("bases", [])) - in_use:
-                backend.remove_base(base)
+        journal.remove(state, keep_disks=args.keep_disks)
+        if args.prune_bases and state.record:
+            prune_bases(state.record, state_dir, settings.paths["lock_dir"])
     if not args.quiet:
-        print(f"Removed VM '{name}'.")
+        print(f"Removed VM '{name}'" + ("." if state.complete else " (an unfinished deploy)."))
+
+
+def prune_bases(rec: dict, state_dir: str, lock_dir: str) -> None:
+    """The bases this VM was cloned from, when no other VM's record names them."""
+    in_use = {b for s in journal.all_states(state_dir) for b in (s.record or {}).get("bases", [])}
+    backend = (LvmBackend(rec["storage_root"], rec.get("thin_pool"), lock_dir) if rec["storage"] == "lvm"
+               else FileBackend(rec["storage_root"]))
+    for base in set(rec.get("bases", [])) - in_use:
+        backend.remove_base(base)
 
 
 def main(argv=None) -> int:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 
 from ..errors import Fatal
-from ..locks import exclusive
+from ..made import Directory, DiskFile
 from ..plan import Disk
-from ..rollback import critical
 from .bases import base_name, beside, reflink, remove_beside, write_meta
 
 
@@ -37,22 +36,16 @@ class FileBackend:
                 "free some space or choose another --dir",
             )
 
-    def create(self, disk: Disk, undo) -> str:
+    def _make_room(self, disk: Disk, journal) -> None:
         vm_dir = os.path.dirname(disk.target)
         if not os.path.isdir(vm_dir):
-            with critical():
-                os.makedirs(vm_dir)
-                undo.push(f"remove {vm_dir}", _rmdir_if_empty, vm_dir)
+            journal.made(Directory(vm_dir), os.makedirs, vm_dir)
         if os.path.lexists(disk.target):
             os.unlink(disk.target)  # --force was checked in validate()
-        with critical():
-            fd = os.open(disk.target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            undo.push(f"remove {disk.target}", os.unlink, disk.target)
-        try:
-            os.ftruncate(fd, disk.size_mib * 1024 * 1024)  # sparse: costs only what is written
-        finally:
-            os.close(fd)
-        return disk.target
+
+    def create(self, disk: Disk, journal) -> None:
+        self._make_room(disk, journal)
+        journal.made(DiskFile(disk.target), _sparse, disk.target, disk.size_mib)
 
     # -- copy-on-write clones (reflinks) ---------------------------------------------------
     def base_target(self, image: str, fingerprint: str, disk: Disk) -> str:
@@ -61,22 +54,18 @@ class FileBackend:
     def have_base(self, base: str) -> bool:
         return os.path.isfile(base) and os.path.isfile(beside(base, "json"))
 
-    def base_lock(self, image: str):
+    def base_lock(self, image: str) -> str:
         """One builder per image at a time (parallel batch workers wait here)."""
-        return exclusive(os.path.join(self.root, "bases", f".{image}.lock"))
+        return os.path.join(self.root, "bases", f".{image}.lock")
 
     def publish_base(self, tmp: str, base: str, meta: dict) -> None:
         """Make a fully built base visible; its .json, written last, marks it complete."""
         os.replace(tmp, base)
         write_meta(beside(base, "json"), meta)
 
-    def clone(self, base: str, disk: Disk, undo) -> None:
-        os.makedirs(os.path.dirname(disk.target), exist_ok=True)
-        if os.path.lexists(disk.target):
-            os.unlink(disk.target)  # --force was checked in validate()
-        with critical():
-            reflink(base, disk.target)
-            undo.push(f"remove {disk.target}", os.unlink, disk.target)
+    def clone(self, base: str, disk: Disk, journal) -> None:
+        self._make_room(disk, journal)
+        journal.made(DiskFile(disk.target), reflink, base, disk.target)
 
     def remove_base(self, base: str) -> None:
         remove_beside(base)
@@ -89,15 +78,12 @@ class FileBackend:
     def exists(self, target: str) -> bool:
         return os.path.lexists(target)
 
-    def remove(self, target: str) -> None:
-        if os.path.lexists(target):
-            os.unlink(target)
-        _rmdir_if_empty(os.path.dirname(target))
 
 
-def _rmdir_if_empty(path: str) -> None:
+def _sparse(path: str, size_mib: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        os.rmdir(path)
-    except OSError:
-        pass
+        os.ftruncate(fd, size_mib * 1024 * 1024)  # sparse: costs only what is written
+    finally:
+        os.close(fd)
 

@@ -7,9 +7,8 @@ import re
 
 from .. import proc
 from ..errors import Fatal
-from ..locks import exclusive
+from ..made import LogicalVolume, lv_exists
 from ..plan import Disk
-from ..rollback import critical
 from .bases import base_name
 
 COMPLETE = "si_xen_base"
@@ -29,8 +28,8 @@ class LvmBackend:
 
     kind = "phy"
 
-    def __init__(self, vg: str, pool: str | None = None):
-        self.vg, self.pool = vg, pool
+    def __init__(self, vg: str, pool: str | None = None, lock_dir: str = "/run/lock/si-xen"):
+        self.vg, self.pool, self.lock_dir = vg, pool, lock_dir
 
     def assign(self, hostname: str, disk: Disk) -> str:
         return f"/dev/{self.vg}/{hostname}-{disk.name}"
@@ -67,27 +66,24 @@ class LvmBackend:
         out = proc.run(["lvs", "--noheadings", "--units", "m", "--nosuffix", "-o", "lv_size", target]).stdout
         return int(float(out.strip() or 0))
 
-    def create(self, disk: Disk, undo) -> str:
+    def create(self, disk: Disk, journal) -> None:
         if self.exists(disk.target):
             self.remove(disk.target)  # --force was checked in validate()
         lv = os.path.basename(disk.target)
-        with critical():
-            if self.pool:
-                proc.run(["lvcreate", "--yes", "-V", f"{disk.size_mib}M", "-T", f"{self.vg}/{self.pool}", "-n", lv])
-            else:
-                proc.run(["lvcreate", "--yes", "--wipesignatures", "y", "-L", f"{disk.size_mib}M", "-n", lv, self.vg])
-            undo.push(f"remove LV {disk.target}", self.remove, disk.target)
-        return disk.target
+        if self.pool:
+            argv = ["lvcreate", "--yes", "-V", f"{disk.size_mib}M", "-T", f"{self.vg}/{self.pool}", "-n", lv]
+        else:
+            argv = ["lvcreate", "--yes", "--wipesignatures", "y", "-L", f"{disk.size_mib}M", "-n", lv, self.vg]
+        journal.made(LogicalVolume(disk.target), proc.run, argv)
 
     def mount_source(self, target: str) -> tuple[str, list[str]]:
         return target, []
 
     def exists(self, target: str) -> bool:
-        return proc.run(["lvs", target], ok=(0, 5)).returncode == 0
+        return lv_exists(target)
 
     def remove(self, target: str) -> None:
-        if self.exists(target):
-            proc.run(["lvremove", "-f", target])
+        LogicalVolume(target).delete()
 
     # -- copy-on-write clones (thin snapshots) -------------------------------------------
     def base_target(self, image: str, fingerprint: str, disk: Disk) -> str:
@@ -97,22 +93,21 @@ class LvmBackend:
         cp = proc.run(["lvs", "--noheadings", "-o", "lv_tags", base], ok=(0, 5))
         return cp.returncode == 0 and COMPLETE in cp.stdout
 
-    def base_lock(self, image: str):
-        return exclusive(f"/run/lock/si-xen/base-{self.vg}-{image}.lock")
+    def base_lock(self, image: str) -> str:
+        return os.path.join(self.lock_dir, f"base-{self.vg}-{image}.lock")
 
     def publish_base(self, tmp: str, base: str, meta: dict) -> None:
         proc.run(["lvrename", self.vg, os.path.basename(tmp), os.path.basename(base)])
         # the tag marks it complete; the base is never written again
         proc.run(["lvchange", "--addtag", COMPLETE, "--permission", "r", base])
 
-    def clone(self, base: str, disk: Disk, undo) -> None:
+    def clone(self, base: str, disk: Disk, journal) -> None:
         if self.exists(disk.target):
             self.remove(disk.target)  # --force was checked in validate()
         lv = os.path.basename(disk.target)
         # -kn: a thin snapshot is skipped at activation by default; a VM disk must come up
-        with critical():
-            proc.run(["lvcreate", "--yes", "-s", "-kn", "-n", lv, f"{self.vg}/{os.path.basename(base)}"])
-            undo.push(f"remove LV {disk.target}", self.remove, disk.target)
+        journal.made(LogicalVolume(disk.target), proc.run,
+                     ["lvcreate", "--yes", "-s", "-kn", "-n", lv, f"{self.vg}/{os.path.basename(base)}"])
         proc.run(["lvchange", "-ay", f"{self.vg}/{lv}"])  # a snapshot is writable, even of a read-only base
 
     def remove_base(self, base: str) -> None:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
-import time
+import secrets
 
 from .. import proc
+from ..made import Directory, Mount
 from ..plan import Disk
-from ..rollback import critical
 
 MKFS = {
     "ext3": ["mkfs.ext3", "-q", "-F"],
@@ -23,21 +22,27 @@ def mkfs(disk: Disk, tree: str | None = None) -> None:
     proc.run([*MKFS[disk.fs], *(["-d", tree] if tree else []), disk.target])
 
 
-def mount_tree(disks: list[Disk], backend, cleanup, hostname: str) -> str:
-    """Mount / then the other filesystems (shallowest first) under a fresh directory."""
-    with critical():
-        top = tempfile.mkdtemp(prefix=f"si-xen.{hostname}.", dir="/run" if os.path.isdir("/run") else None)
-        cleanup.push(f"remove {top}", os.rmdir, top)
+def mount_tree(disks: list[Disk], backend, journal, hostname: str) -> tuple[str, list]:
+    """Mount / then the other filesystems (shallowest first) under a fresh directory.
+
+    Returns the root and the things made, for ``unmount``."""
+    # Named before it exists, so the journal can name it first.
+    top = os.path.join("/run" if os.path.isdir("/run") else "/tmp", f"si-xen.{hostname}.{secrets.token_hex(4)}")
+    made = [journal.made(Directory(top), os.mkdir, top, 0o700)]
     for d in sorted((d for d in disks if d.mountpoint), key=lambda d: d.mountpoint.count("/") + len(d.mountpoint) / 1e4):
         where = top if d.mountpoint == "/" else os.path.join(top, d.mountpoint.lstrip("/"))
         os.makedirs(where, exist_ok=True)  # a fresh filesystem: no guest symlinks yet
         source, opts = backend.mount_source(d.target)
         # nouuid: XFS clones of one base share a UUID, and XFS refuses that otherwise
         extra = ["-o", "nouuid"] if d.fs == "xfs" else []
-        with critical():
-            proc.run(["mount", *opts, *extra, "-t", d.fs, source, where])
-            cleanup.push(f"unmount {where}", umount, where)
-    return top
+        made.append(journal.made(Mount(where, source), proc.run, ["mount", *opts, *extra, "-t", d.fs, source, where]))
+    return top, made
+
+
+def unmount(made: list) -> None:
+    """Undo mount_tree now (the journal keeps the entries: deleting them again is a no-op)."""
+    for thing in reversed(made):
+        thing.delete()
 
 
 def sync_targets(disks: list[Disk]) -> None:
@@ -48,12 +53,3 @@ def sync_targets(disks: list[Disk]) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def umount(where: str) -> None:
-    # A process killed a moment ago may still hold the filesystem: give it a second.
-    for _ in range(10):
-        if proc.run(["umount", where], ok=(0, 32)).returncode == 0:
-            return
-        time.sleep(0.2)
-    proc.run(["umount", where])

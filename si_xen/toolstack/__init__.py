@@ -11,7 +11,7 @@ import time
 
 from .. import proc
 from ..errors import Fatal
-from ..rollback import critical
+from ..made import Directory, File
 
 
 def hypervisor_running() -> bool:
@@ -48,6 +48,9 @@ class Toolstack:
     def shutdown(self, name: str, wait: float = 120) -> None:
         """Shut the domain down; destroy it if it does not go. Gone is gone, however it went."""
         proc.run([self.path, "shutdown", "-w", name], timeout=wait, ok=(0, 1))
+        self.destroy(name)
+
+    def destroy(self, name: str) -> None:
         deadline = time.monotonic() + 30
         while name in self.domains():
             # a domain on its way out makes destroy fail ("unable to find domain info")
@@ -75,14 +78,13 @@ def require_running(choice: str) -> Toolstack:
     return ts
 
 
-def link_autostart(cfg: str, undo) -> str:
+def link_autostart(cfg: str, journal) -> str:
     """xendomains starts what is linked in /etc/xen/auto: the auto/ beside the config dir."""
     auto_dir = os.path.join(os.path.dirname(cfg), "auto")
-    os.makedirs(auto_dir, exist_ok=True)
+    if not os.path.isdir(auto_dir):
+        journal.made(Directory(auto_dir), os.makedirs, auto_dir)
     link = os.path.join(auto_dir, os.path.basename(cfg))
     if os.path.lexists(link):
         os.unlink(link)
-    with critical():
-        os.symlink(cfg, link)
-        undo.push(f"remove {link}", os.unlink, link)
+    journal.made(File(link), os.symlink, cfg, link)
     return link

@@ -237,4 +237,4 @@ def test_killed_during_the_copy_leaves_nothing(env, sig, copier, extra):
     assert p.returncode == 130, err
     assert "FATAL: interrupted" in err and "everything made so far was removed" in err
     assert tree_files(env.dir) in ([], [f"{env.dir}/domains"])
-    assert os.listdir(env.output) == [] and not os.path.exists(f"{env.state}/vms/kill01.json")
+    assert os.listdir(env.output) == [] and not os.path.exists(f"{env.state}/vms/kill01.journal")

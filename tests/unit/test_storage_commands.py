@@ -5,8 +5,8 @@ import os
 import pytest
 
 from si_xen.errors import Fatal
+from si_xen.journal import Journal
 from si_xen.plan import Disk
-from si_xen.rollback import Undo
 from si_xen.storage import lvm
 from si_xen.storage.mount import mkfs
 
@@ -15,6 +15,11 @@ from si_xen.storage.mount import mkfs
 def dm_ok(monkeypatch):
     monkeypatch.setattr(lvm, "device_mapper_ok", lambda: True)
     monkeypatch.setattr(lvm.proc, "which", lambda p: f"/sbin/{p}")
+
+
+@pytest.fixture
+def journal(tmp_path):
+    return Journal(str(tmp_path / "state"), "vm", {"pid": os.getpid()})
 
 
 DISKS = [Disk("disk", "/", "ext4", 2048, "d", "xvda2", "/dev/vg0/vm-disk"),
@@ -58,14 +63,14 @@ def test_no_device_mapper_is_refused_before_any_command(fp, monkeypatch):
     assert len(fp.calls) == 0
 
 
-def test_lvcreate_then_undo_lvremove(fp):
+def test_lvcreate_then_undo_lvremove(fp, journal):
     fp.register(["lvs", "/dev/vg0/vm-disk"], returncode=5)
     fp.register(["lvcreate", "--yes", "--wipesignatures", "y", "-L", "2048M", "-n", "vm-disk", "vg0"])
     fp.register(["lvs", "/dev/vg0/vm-disk"], returncode=0)
     fp.register(["lvremove", "-f", "/dev/vg0/vm-disk"])
-    undo = Undo()
-    lvm.LvmBackend("vg0").create(DISKS[0], undo)
-    assert undo.pop_all() == []
+    lvm.LvmBackend("vg0").create(DISKS[0], journal)
+    assert [str(t) for t in journal.state.things] == ["lv /dev/vg0/vm-disk"]
+    assert journal.rollback() == []
     assert [c[0] for c in fp.calls] == ["lvs", "lvcreate", "lvs", "lvremove"]
 
 
@@ -77,28 +82,30 @@ def test_mkfs_commands(fp, fs, argv):
     assert fp.call_count([*argv, "/t"]) == 1
 
 
-def test_file_backend_is_sparse_and_undone(tmp_path):
+def test_file_backend_is_sparse_and_undone(tmp_path, journal, fp):
     from si_xen.storage.files import FileBackend
 
-    b = FileBackend(str(tmp_path))
+    (tmp_path / "vms").mkdir()
+    b = FileBackend(str(tmp_path / "vms"))
     d = Disk("disk", "/", "ext4", 1024, "d", "xvda2", b.assign("vm", Disk("disk", "/", "ext4", 1, "")))
-    undo = Undo()
-    b.create(d, undo)
+    b.create(d, journal)
     st = os.stat(d.target)
     assert st.st_size == 1024 * 2**20 and st.st_blocks == 0
     with pytest.raises(Fatal, match="already exists.*--force"):
         b.validate("vm", [d], 0, force=False)
-    undo.pop_all()
-    assert os.listdir(tmp_path) == ["domains"] and os.listdir(tmp_path / "domains") == []
+    fp.register(["losetup", "--noheadings", "-O", "NAME", "-j", d.target])  # no loop device left on it
+    assert journal.rollback() == []
+    assert os.listdir(tmp_path / "vms") == ["domains"] and os.listdir(tmp_path / "vms" / "domains") == []
+    assert not os.path.exists(journal.path)
 
 
-def test_thin_lvs_base_publish_and_snapshot_clone(fp):
+def test_thin_lvs_base_publish_and_snapshot_clone(fp, journal):
     b = lvm.LvmBackend("vg0", "pool0")
     base = b.base_target("deb", "abc123", DISKS[0])
     assert base == "/dev/vg0/si-base-deb-abc123-disk-ext4-2048M"
     fp.register(["lvs", "/dev/vg0/tmpbase"], returncode=5)
     fp.register(["lvcreate", "--yes", "-V", "2048M", "-T", "vg0/pool0", "-n", "tmpbase"])
-    b.create(Disk("disk", "/", "ext4", 2048, "d", "xvda2", "/dev/vg0/tmpbase"), Undo())
+    b.create(Disk("disk", "/", "ext4", 2048, "d", "xvda2", "/dev/vg0/tmpbase"), journal)
     fp.register(["lvrename", "vg0", "tmpbase", os.path.basename(base)])
     fp.register(["lvchange", "--addtag", "si_xen_base", "--permission", "r", base])
     b.publish_base("/dev/vg0/tmpbase", base, {})
@@ -107,11 +114,11 @@ def test_thin_lvs_base_publish_and_snapshot_clone(fp):
     fp.register(["lvs", "/dev/vg0/vm-disk"], returncode=5)
     fp.register(["lvcreate", "--yes", "-s", "-kn", "-n", "vm-disk", f"vg0/{os.path.basename(base)}"])
     fp.register(["lvchange", "-ay", "vg0/vm-disk"])
-    undo = Undo()
-    b.clone(base, DISKS[0], undo)
+    b.clone(base, DISKS[0], journal)
     fp.register(["lvs", "/dev/vg0/vm-disk"], returncode=0)
     fp.register(["lvremove", "-f", "/dev/vg0/vm-disk"])
-    assert undo.pop_all() == []
+    fp.register(["lvs", "/dev/vg0/tmpbase"], returncode=5)  # renamed to the base: nothing to undo
+    assert journal.rollback() == []
     assert fp.call_count(["lvremove", fp.any()]) == 1
 
 

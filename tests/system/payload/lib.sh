@@ -155,7 +155,7 @@ cleanup_vm() {
   local name=$1
   [ "${TESTBED_XEN:-0}" = 1 ] && timeout 60 xl destroy "$name" >/dev/null 2>&1
   local conf=
-  [ -e "$HOST_CONF" ] && [ -e "/srv/xen/state/vms/$name.json" ] && conf=$HOST_CONF
+  [ -e "$HOST_CONF" ] && [ -e "/srv/xen/state/vms/$name.journal" ] && conf=$HOST_CONF
   umount "/mnt/$name" 2>/dev/null  # a check that stopped halfway
   SI_XEN_CONFIG=$conf timeout 120 si_rmxenvm --yes --stop "$name" >/dev/null 2>&1
   # a VM of xen-create-image's own (no si-xen record): its tool removes it, and its hooks go

@@ -1,0 +1,203 @@
+"""A VM's journal: what its deploy made, written before each thing is made; it is the VM's record.
+
+One file per VM, ``STATE_DIR/vms/NAME.journal``, JSON lines, each fsync'd before the
+thing it names exists:
+
+    {"begin": {...}}          who deploys what (pid, image, storage, config)
+    {"step": "disks"}         each step as it starts
+    {"made": {"kind": ...}}   each thing (made.py) before it is made
+    {"record": {...}}         the finished VM: the journal is complete
+
+A failed or interrupted deploy replays the deletes in reverse and removes the journal;
+after a crash (SIGKILL, power loss) the journal stays, si_lsxenvm shows the VM as
+incomplete and si_rmxenvm replays the same deletes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from .errors import Fatal
+from .locks import LockBusy, exclusive
+from .made import Made
+from .rollback import critical
+
+KILL_AT = "SI_XEN_KILL_AT"  # tests: SIGKILL ourselves as this step starts (a crash there)
+
+
+def vm_dir(state_dir: str) -> str:
+    return os.path.join(state_dir, "vms")
+
+
+def path_of(state_dir: str, name: str) -> str:
+    return os.path.join(vm_dir(state_dir), f"{name}.journal")
+
+
+@dataclass
+class State:
+    """A journal read back: complete (``record``) or not (then ``step`` is where it stopped)."""
+
+    name: str
+    path: str
+    begin: dict = field(default_factory=dict)
+    steps: list[str] = field(default_factory=list)
+    things: list[Made] = field(default_factory=list)
+    record: dict | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.record is not None
+
+    @property
+    def step(self) -> str:
+        return self.steps[-1] if self.steps else "start"
+
+    def summary(self) -> str:
+        """What an unfinished deploy left, in a few words."""
+        counts: dict[str, int] = {}
+        for t in self.things:
+            counts[t.kind] = counts.get(t.kind, 0) + 1
+        made = ", ".join(f"{n} {k}" for k, n in counts.items()) or "nothing yet"
+        return f"pid {self.begin.get('pid', '?')} stopped in step '{self.step}'; made: {made}"
+
+    def as_dict(self) -> dict:
+        """What si_lsxenvm shows: the record, or the unfinished deploy's facts."""
+        if self.record is not None:
+            return dict(self.record, complete=True)
+        return {"name": self.name, "image": self.begin.get("image", "?"), "complete": False,
+                "config": self.begin.get("config", ""), "step": self.step, "pid": self.begin.get("pid"),
+                "made": [str(t) for t in self.things], "disks": [], "boot": "-"}
+
+
+class Journal:
+    """The writer, held by the one deploy of this VM (under its lock)."""
+
+    def __init__(self, state_dir: str, name: str, begin: dict):
+        os.makedirs(vm_dir(state_dir), exist_ok=True)
+        self.path = path_of(state_dir, name)
+        self.state = State(name, self.path, begin)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        self._append({"begin": begin})
+        dfd = os.open(vm_dir(state_dir), os.O_RDONLY)  # the journal's own name must survive a power cut
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def _append(self, entry: dict) -> None:
+        os.write(self._fd, (json.dumps(entry, sort_keys=True) + "\n").encode())
+        os.fsync(self._fd)
+
+    def step(self, name: str) -> None:
+        self._append({"step": name})
+        self.state.steps.append(name)
+        if os.environ.get(KILL_AT) == name:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def made(self, thing: Made, create=None, *args) -> Made:
+        """Journal ``thing``, then make it with ``create(*args)``; signals wait until both are done."""
+        with critical():
+            self._append({"made": thing.to_json()})
+            self.state.things.append(thing)
+            if create:
+                create(*args)
+        return thing
+
+    def finish(self, record: dict) -> None:
+        with critical():
+            self._append({"record": record})
+            self.state.record = record
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def rollback(self) -> list[str]:
+        """Delete everything made, newest first; forget the VM unless something stayed."""
+        self.close()
+        failed = undo(self.state.things)
+        if not failed:
+            os.unlink(self.path)
+        return failed
+
+
+def undo(things: list[Made], keep_disks: bool = False) -> list[str]:
+    """Run each thing's delete, newest first; one failure does not stop the rest."""
+    failed = []
+    for t in reversed(things):
+        if keep_disks and t.disk:
+            continue
+        try:
+            t.delete()
+        except Exception as e:
+            failed.append(f"{t}: {e}")
+    return failed
+
+
+def load(state_dir: str, name: str) -> State | None:
+    path = path_of(state_dir, name)
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return None
+    st = State(name, path)
+    for n, line in enumerate(lines, 1):
+        try:
+            entry = json.loads(line)
+            if "made" in entry:
+                st.things.append(Made.from_json(entry["made"]))
+            elif "step" in entry:
+                st.steps.append(entry["step"])
+            elif "begin" in entry:
+                st.begin = entry["begin"]
+            elif "record" in entry:
+                st.record = entry["record"]
+        except (ValueError, KeyError, TypeError) as e:
+            if n == len(lines):
+                break  # a power cut in the middle of the last line: what it named was not made yet
+            raise Fatal(f"journal {path} is corrupt at line {n}: {e}", "repair or remove it by hand") from None
+    return st
+
+
+def all_states(state_dir: str) -> list[State]:
+    try:
+        names = sorted(n[:-8] for n in os.listdir(vm_dir(state_dir)) if n.endswith(".journal"))
+    except FileNotFoundError:
+        return []
+    return [s for s in (load(state_dir, n) for n in names) if s]
+
+
+def remove(state: State, keep_disks: bool = False) -> None:
+    """Delete what the journal names, newest first, then the journal (si_rmxenvm, --force)."""
+    failed = undo(state.things, keep_disks=keep_disks)
+    if failed:
+        raise Fatal(f"could not remove all of VM '{state.name}': {'; '.join(failed)}",
+                    f"fix that, then run si_rmxenvm {state.name} again (its journal {state.path} is kept)")
+    os.unlink(state.path)
+
+
+@contextmanager
+def lock(lock_dir: str, name: str):
+    """One si_* command per VM name at a time (a dead holder holds nothing)."""
+    path = os.path.join(lock_dir, f"{name}.lock")
+    held = False
+    try:
+        with exclusive(path, wait=False):
+            held = True
+            yield
+    except LockBusy as e:
+        if held:
+            raise
+        who = f" (pid {e.pid})" if e.pid else ""
+        raise Fatal(f"another si_* command{who} is working on VM '{name}' ({path})", "wait for it to finish") from None
+
+
+def stamp() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S")

@@ -1,0 +1,159 @@
+"""What a deploy makes, one typed thing per resource.
+
+Each thing is journaled before it is made (journal.py) and deletes itself from its journal
+entry alone: a deploy's rollback, si_rmxenvm and the recovery after a crash run the same
+``delete``. Deletes are idempotent: a thing that was never made, or is already gone, is fine.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import ClassVar
+
+from . import proc
+
+KINDS: dict[str, type[Made]] = {}
+
+
+class Made:
+    kind: ClassVar[str]
+    disk: ClassVar[bool] = False  # si_rmxenvm --keep-disks leaves these
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        KINDS[cls.kind] = cls
+
+    def delete(self) -> None:
+        raise NotImplementedError
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, **asdict(self)}
+
+    @staticmethod
+    def from_json(entry: dict) -> Made:
+        fields = dict(entry)
+        return KINDS[fields.pop("kind")](**fields)
+
+    def __str__(self) -> str:
+        return f"{self.kind} {next(iter(asdict(self).values()))}"
+
+
+@dataclass(frozen=True)
+class Directory(Made):
+    """A directory we created; removed when empty (a kept disk keeps it)."""
+
+    kind = "dir"
+    path: str
+
+    def delete(self) -> None:
+        try:
+            os.rmdir(self.path)
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.ENOTEMPTY, errno.EEXIST):
+                raise
+
+
+@dataclass(frozen=True)
+class File(Made):
+    """A file or symlink we wrote: config, autostart link, kernel copy."""
+
+    kind = "file"
+    path: str
+
+    def delete(self) -> None:
+        if os.path.lexists(self.path):
+            os.unlink(self.path)
+
+
+@dataclass(frozen=True)
+class DiskFile(File):
+    """A disk image file (sparse, or a reflink of a base)."""
+
+    kind = "disk-file"
+    disk = True
+
+    def delete(self) -> None:
+        detach_loops(self.path)  # a crash can leave one attached without its mount
+        super().delete()
+
+
+@dataclass(frozen=True)
+class LogicalVolume(Made):
+    kind = "lv"
+    disk = True
+    path: str  # /dev/VG/LV
+
+    def delete(self) -> None:
+        if lv_exists(self.path):
+            proc.run(["lvremove", "-f", self.path])
+
+
+@dataclass(frozen=True)
+class Mount(Made):
+    """A filesystem of the new VM mounted for populate and fixups."""
+
+    kind = "mount"
+    where: str
+    source: str
+
+    def delete(self) -> None:
+        if os.path.ismount(self.where):
+            umount(self.where)
+
+
+@dataclass(frozen=True)
+class Lock(Made):
+    """A lock file shared with other deploys (a base's): removed only when no one holds it."""
+
+    kind = "lock"
+    path: str
+
+    def delete(self) -> None:
+        from .locks import LockBusy, exclusive
+
+        try:
+            with exclusive(self.path, wait=False):
+                pass  # releasing removes it
+        except (LockBusy, FileNotFoundError):
+            pass  # another deploy holds it: it is theirs now
+
+
+@dataclass(frozen=True)
+class Domain(Made):
+    """The running domain, once started."""
+
+    kind = "domain"
+    name: str
+    toolstack: str
+
+    def delete(self) -> None:
+        from . import toolstack
+
+        ts = toolstack.find(self.toolstack)
+        if ts is not None and toolstack.hypervisor_running():
+            ts.destroy(self.name)
+
+
+def lv_exists(path: str) -> bool:
+    return proc.run(["lvs", path], ok=(0, 5)).returncode == 0
+
+
+def umount(where: str) -> None:
+    # A process killed a moment ago may still hold the filesystem: give it a second.
+    for _ in range(10):
+        if proc.run(["umount", where], ok=(0, 32)).returncode == 0:
+            return
+        time.sleep(0.2)
+    proc.run(["umount", where])
+
+
+def detach_loops(path: str) -> None:
+    """Loop devices still backed by ``path`` (mount -o loop's, when we died mid-way)."""
+    if not os.path.exists(path):
+        return
+    out = proc.run(["losetup", "--noheadings", "-O", "NAME", "-j", path], ok=(0, 1)).stdout
+    for dev in out.split():
+        proc.run(["losetup", "-d", dev], ok=(0, 1))

@@ -1,0 +1,78 @@
+"""A deploy killed with SIGKILL at each step boundary (a crash, the OOM killer, a power cut):
+the journal names what was made, si_lsxenvm shows the VM as incomplete, a plain re-run is
+refused with the way out, si_rmxenvm removes everything, and then a plain re-run works.
+
+Real loop devices, mounts and disks; SI_XEN_KILL_AT makes the deploy SIGKILL itself as
+the named step starts (journal.py), so each boundary is hit exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+
+from tests.conftest import need_tools
+
+from .harness import host_state, make_env, tree_files
+
+pytestmark = pytest.mark.integration
+OPTS = ["--memory", "512M", "--size", "2G", "--swap", "128M", "--dhcp", "--autostart"]
+
+# A one-filesystem full copy (mke2fs -d: no copy step), the golden client's layout (rsync
+# copy), and the first clone of an image on XFS (its base built, then cloned).
+CASES = {
+    "full": (["--full-copy"], ["disks", "filesystems", "mount", "fixups", "boot", "unmount", "config",
+                               "autostart", "record"]),
+    "layout": (["--full-copy", "--layout", "image"], ["copy"]),
+    "clone": ([], ["bases", "base-disks", "base-filesystems", "base-publish", "disks", "mount"]),
+}
+
+
+def what_is_left(env, store: str, host: str) -> dict:
+    files = [p for p in tree_files(store) if not p.startswith((f"{store}/bases", f"{store}/lost+found"))]
+    return {"store": [p for p in files if p != f"{store}/domains"], "output": tree_files(env.output),
+            "journal": os.path.exists(f"{env.state}/vms/{host}.journal"),
+            "locks": sorted(os.listdir(env.lock)) if os.path.isdir(env.lock) else [],
+            "bases_tmp": [p for p in tree_files(f"{store}/bases") if ".tmp" in p or os.path.basename(p).startswith(".")],
+            **host_state(store, (host,))}
+
+
+@pytest.fixture
+def store(request, tmp_path, debian12_image):
+    need_tools("rsync", "mkfs.ext4", "mkswap", "losetup")
+    if request.param == "clone":
+        return request.getfixturevalue("xfs_dir")
+    d = tmp_path / "vms"
+    d.mkdir()
+    return str(d)
+
+
+@pytest.mark.parametrize("store,case,step", [(c, c, s) for c, (_, steps) in CASES.items() for s in steps],
+                         indirect=["store"])
+def test_sigkill_at_each_step_then_si_rmxenvm_recovers(tmp_path, debian12_image, store, case, step, monkeypatch):
+    env = make_env(tmp_path / "e", os.path.dirname(debian12_image))
+    host = "crash1"
+    argv = ["debian12", "--hostname", host, *OPTS, *CASES[case][0], "--dir", store, "--output", env.output]
+    clean = what_is_left(env, store, host)
+    monkeypatch.setenv("SI_XEN_KILL_AT", step)
+    killed = env.mk(*argv)
+    monkeypatch.delenv("SI_XEN_KILL_AT")
+    assert killed.returncode == -signal.SIGKILL, f"not killed at {step}:\n{killed.stdout}\n{killed.stderr}"
+
+    listed = [json.loads(line) for line in env.run("lsxenvm", "--json", check=True).stdout.splitlines()]
+    assert [(v["name"], v["complete"], v["step"]) for v in listed] == [(host, False, step)]
+    again = env.mk(*argv)
+    lines = again.stderr.strip().splitlines()
+    assert again.returncode == 1 and len(lines) == 1, again.stderr
+    assert lines[0].startswith(f"FATAL: VM '{host}' has an unfinished deploy") and f"si_rmxenvm {host}" in lines[0]
+
+    rm = env.run("rmxenvm", "--yes", host)
+    assert rm.returncode == 0, rm.stderr
+    assert what_is_left(env, store, host) == clean, f"si_rmxenvm left something after a crash at {step}"
+
+    env.mk(*argv, check=True)  # and a plain re-run completes
+    env.run("rmxenvm", "--yes", "--prune-bases", host, check=True)
+    assert what_is_left(env, store, host) == clean

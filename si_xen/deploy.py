@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import __version__, boot, domain, hostkeys, initramfs, journal, populate, proc, toolstack
+from . import __version__, atomic, boot, domain, hostkeys, initramfs, journal, populate, proc, toolstack
 from .errors import Fatal
 from .guestfs import Guest
 from .image import Image
@@ -154,7 +154,7 @@ def _config(c: Context) -> None:
     with c.rep.step(f"Creating Xen configuration file: {plan.cfg_path}"):
         text = domain.render(plan, kernel=c.kernel_path, ramdisk=c.ramdisk, cmdline=boot.cmdline(plan.root.vdev),
                              user_dir=c.settings.paths["template_dir"])
-        c.journal.made(File(plan.cfg_path), domain.write_atomic, plan.cfg_path, text)
+        c.journal.made(File(plan.cfg_path), atomic.write, plan.cfg_path, text)
 
 
 def _autostart(c: Context) -> None:

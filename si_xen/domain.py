@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import sys
 import sysconfig
-import tempfile
 import time
 
 import jinja2
@@ -55,16 +54,3 @@ def render(plan: Plan, *, kernel: str | None, ramdisk: str | None, cmdline: str,
         )
     except jinja2.TemplateError as e:
         raise Fatal(f"template {template} failed: {e}", "fix the template in /etc/systemimager/xen/") from None
-
-
-def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
-    d = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{os.path.basename(path)}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

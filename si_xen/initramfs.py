@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from . import proc
+from . import atomic, proc
 
 _MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd", b"\xfd7zXZ\x00": "xz", b"\x5d\x00\x00": "xz",
           b"BZh": "bzip2", b"\x02\x21\x4c\x18": "lz4", b"\x04\x22\x4d\x18": "lz4", b"\x89LZO": "lzop"}  # fmt: skip
@@ -144,9 +144,7 @@ def scan_cached(path: str) -> Scan:
     s = scan(path)
     try:
         os.makedirs(cdir, exist_ok=True)
-        with open(key + ".tmp", "w") as f:
-            json.dump({"names": s.names, "unpacked": s.unpacked}, f)
-        os.replace(key + ".tmp", key)
+        atomic.write(key, json.dumps({"names": s.names, "unpacked": s.unpacked}))
     except OSError:
         pass  # a cache we cannot write only costs time
     return s

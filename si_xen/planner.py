@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from . import boot, domain
+from . import atomic, boot
 from .errors import Fatal
 from .image import Image
 from .image.survey import Survey, needed_mib
@@ -23,7 +23,7 @@ from .plan import (
 )
 from .sizes import human, parse_mib
 from .storage import backend_for
-from .storage.bases import reflinks_work
+from .storage.bases import reflinks_likely, reflinks_work
 from .storage.mount import MKFS
 
 ROOT_OPTIONS = {"ext3": "errors=remount-ro", "ext4": "errors=remount-ro", "xfs": "defaults"}
@@ -136,7 +136,8 @@ def make_plan(o: dict, image: Image, survey: Survey, warn=lambda m: None) -> Pla
     if storage == "lvm":
         clone = bool(pool) and not o.get("full_copy")
     else:
-        clone = not o.get("full_copy") and os.path.isdir(root) and reflinks_work(root)
+        probe = reflinks_likely if o.get("dry_run") else reflinks_work
+        clone = not o.get("full_copy") and os.path.isdir(root) and probe(root)
     if storage == "lvm" and clone:
         copy_note = f"thin snapshot of the image's base LV in {root}/{pool}"
     elif storage == "lvm":
@@ -222,4 +223,4 @@ def remember_boot(plan: Plan, cache_dir: str) -> None:
     path = _cache_file(cache_dir, plan)
     if facts and path:
         os.makedirs(cache_dir, exist_ok=True)
-        domain.write_atomic(path, json.dumps(facts))
+        atomic.write(path, json.dumps(facts))

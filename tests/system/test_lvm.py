@@ -12,7 +12,12 @@ from tests.system.harness import run_scenarios, scenario_lines
 
 pytestmark = pytest.mark.system
 
-SCENARIOS = {"lvm": (180, "lvm_made lvm1"), "thin": (300, "VMS='thin1 thin2' thin_made thin1 thin2")}
+SCENARIOS = {
+    "lvm": (180, "lvm_made lvm1"), "thin": (300, "VMS='thin1 thin2' thin_made thin1 thin2"),
+    # SIGKILL at step boundaries where LVs exist, are filled, are mounted, are done
+    "crash": (420, "crash_recovered crash1 'filesystems fixups config'"),
+    "crash_thin": (420, "crash_recovered crash2 'base-filesystems mount' --thin-pool pool0"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -30,3 +35,9 @@ def test_lvm_storage_made_and_removed(lvm_run):
 
 def test_thin_snapshot_clones_made_and_removed(lvm_run):
     assert lvm_run.ok.get("thin"), f"thin-pool scenario failed:\n{lvm_run.section('thin')}"
+
+
+@pytest.mark.parametrize("name", ["crash", "crash_thin"])
+def test_sigkill_mid_deploy_then_si_rmxenvm_recovers(lvm_run, name):
+    """Killed at a step boundary: si_rmxenvm removes every LV, mount and lock; a re-run works."""
+    assert lvm_run.ok.get(name), f"crash scenario {name} failed:\n{lvm_run.section(name)}"

@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 
-from si_xen import boot, domain
+from si_xen import atomic, boot, domain
 from si_xen.distros import OSInfo
 from si_xen.plan import Disk, Network, Plan, number_disks
 from tests.lib import xlu
@@ -94,6 +94,6 @@ def test_user_template_overrides(tmp_path):
 
 
 def test_write_atomic_leaves_no_temp(tmp_path):
-    domain.write_atomic(str(tmp_path / "a.cfg"), "x")
-    domain.write_atomic(str(tmp_path / "a.cfg"), "y")
+    atomic.write(str(tmp_path / "a.cfg"), "x")
+    atomic.write(str(tmp_path / "a.cfg"), "y")
     assert os.listdir(tmp_path) == ["a.cfg"] and (tmp_path / "a.cfg").read_text() == "y"

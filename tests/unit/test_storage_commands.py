@@ -132,3 +132,10 @@ def test_missing_thin_pool(fp, dm_ok):
     fp.register(["lvs", "--noheadings", "-o", "lv_attr", "vg0/nopool"], returncode=5)
     with pytest.raises(Fatal, match="thin pool 'vg0/nopool' not found"):
         lvm.LvmBackend("vg0", "nopool").validate("vm", DISKS, 0, force=False)
+
+
+def test_dry_run_guesses_reflinks_from_the_mount_table_without_writing():
+    from si_xen.storage.bases import fs_type, reflinks_likely
+
+    assert fs_type("/proc/self") == "proc" and fs_type("/sys/kernel") in ("sysfs", "securityfs", "debugfs", "tracefs")
+    assert not reflinks_likely("/proc")

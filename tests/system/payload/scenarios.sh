@@ -166,3 +166,37 @@ thin_made() {
   if lvs --noheadings -o lv_name "$VG" | grep -q "si-base-\|$a-\|$b-"; then echo "LVs left"; return 1; fi
   echo "thin clones made and removed"
 }
+
+# SIGKILL at step boundaries of an LVM deploy (thick LVs, or a thin pool's base build and
+# clone): si_lsxenvm shows it incomplete, a plain re-run is refused, si_rmxenvm leaves no LV,
+# mount, loop device or lock, and then a plain re-run completes. ARGS: extra si_mkxenvm args.
+crash_recovered() {
+  local name=$1 steps=$2 step rc
+  shift 2
+  local argv=("$IMAGE" --hostname "$name" --memory 512M --size 2G --swap 128M --dhcp --lvm "$VG" --yes "$@")
+  for step in $steps; do
+    rc=0; SI_XEN_KILL_AT=$step si_mkxenvm "${argv[@]}" >/dev/null 2>&1 || rc=$?
+    [ "$rc" = 137 ] || { echo "not killed at $step (exit $rc)"; return 1; }
+    si_lsxenvm "$name" | grep -q "stopped in step '$step'" || { echo "si_lsxenvm does not show $name stopped at $step"; si_lsxenvm; return 1; }
+    rc=0; si_mkxenvm "${argv[@]}" 2>"/tmp/rerun.err" || rc=$?
+    [ "$rc" = 1 ] && grep -q "^FATAL: VM '$name' has an unfinished deploy.*si_rmxenvm $name" /tmp/rerun.err \
+      || { echo "a plain re-run after the crash at $step was not refused:"; cat /tmp/rerun.err; return 1; }
+    si_rmxenvm --yes "$name" >/dev/null
+    nothing_left "$name" "after the crash at $step" || return 1
+    echo "killed at $step: recovered"
+  done
+  si_mkxenvm "${argv[@]}" >/dev/null
+  si_rmxenvm --yes --prune-bases "$name" >/dev/null
+  nothing_left "$name" "after the re-run" && echo "$name re-run made and removed"
+}
+
+nothing_left() {
+  local name=$1 when=$2 left
+  left=$(lvs --noheadings -o lv_name "$VG" | grep -E "^ *($name-|si-base-.*\.tmp)" || true)
+  [ -z "$left" ] || { echo "LVs left $when: $left"; return 1; }
+  ! grep -q " /run/si-xen\." /proc/mounts || { echo "mounts left $when"; grep si-xen /proc/mounts; return 1; }
+  ! ls -d /run/si-xen.* >/dev/null 2>&1 || { echo "mount dirs left $when"; return 1; }
+  [ ! -e "/run/lock/si-xen/$name.lock" ] || { echo "lock left $when"; return 1; }
+  [ ! -e "/var/lib/si-xen/vms/$name.journal" ] || { echo "journal left $when"; return 1; }
+  [ ! -e "/etc/xen/$name.cfg" ] || { echo "config left $when"; return 1; }
+}

@@ -38,6 +38,8 @@ def boot_dir(plan: Plan, state_dir: str) -> str:
 def preflight(plan: Plan, settings, need_mib: int) -> None:
     """Checks that must hold right before the first change (and again under the lock)."""
     state = journal.load(settings.paths["state_dir"], plan.hostname)
+    if state and not state.complete and journal.deploying(state, settings.paths["lock_dir"]):
+        raise Fatal(f"VM '{plan.hostname}' is being deployed by pid {state.begin.get('pid')}", "wait for it to finish")
     if state and not state.complete:
         raise Fatal(f"VM '{plan.hostname}' has an unfinished deploy ({state.summary()})",
                     f"remove what it made with si_rmxenvm {plan.hostname}, then run this again")

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from .errors import Fatal
-from .locks import LockBusy, exclusive
+from .locks import LockBusy, exclusive, holder
 from .made import Made
 from .rollback import critical
 
@@ -181,6 +181,13 @@ def remove(state: State, keep_disks: bool = False) -> None:
         raise Fatal(f"could not remove all of VM '{state.name}': {'; '.join(failed)}",
                     f"fix that, then run si_rmxenvm {state.name} again (its journal {state.path} is kept)")
     os.unlink(state.path)
+
+
+def deploying(state: State, lock_dir: str) -> bool:
+    """Whether the journal's deploy is still running: its pid lives and holds the VM's lock."""
+    pid = state.begin.get("pid")
+    return (bool(pid) and pid != os.getpid() and os.path.exists(f"/proc/{pid}")
+            and holder(os.path.join(lock_dir, f"{state.name}.lock")) == pid)
 
 
 @contextmanager

@@ -43,7 +43,7 @@ def what_is_left(env, store: str, host: str) -> dict:
 @pytest.fixture
 def store(request, tmp_path, debian12_image):
     need_tools("rsync", "mkfs.ext4", "mkswap", "losetup")
-    if request.param == "clone":
+    if getattr(request, "param", "full") == "clone":
         return request.getfixturevalue("xfs_dir")
     d = tmp_path / "vms"
     d.mkdir()
@@ -76,3 +76,24 @@ def test_sigkill_at_each_step_then_si_rmxenvm_recovers(tmp_path, debian12_image,
     env.mk(*argv, check=True)  # and a plain re-run completes
     env.run("rmxenvm", "--yes", "--prune-bases", host, check=True)
     assert what_is_left(env, store, host) == clean
+
+
+def test_a_failed_step_is_named_and_its_command_logged(tmp_path, debian12_image, store, monkeypatch):
+    """A command that fails (a stand-in mkswap on PATH): the FATAL line names the step and the
+    command's error; the per-VM log has its argv, exit status and whole stderr; nothing is left."""
+    env = make_env(tmp_path / "e", os.path.dirname(debian12_image))
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "mkswap").write_text("#!/bin/sh\necho 'first line of the story' >&2\n"
+                                   "echo \"mkswap: cannot open $1: Device or resource busy\" >&2\nexit 3\n")
+    (bindir / "mkswap").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    clean = what_is_left(env, store, "fail1")
+    cp = env.mk("debian12", "--hostname", "fail1", *OPTS, "--full-copy", "--dir", store, "--output", env.output)
+    lines = cp.stderr.strip().splitlines()
+    assert cp.returncode == 1 and len(lines) == 1, cp.stderr
+    assert lines[0].startswith("FATAL: step 'disks' failed: mkswap exited 3: first line of the story | mkswap: cannot open")
+    log = (tmp_path / "e" / "log" / "fail1.log").read_text()
+    assert f"$ mkswap {store}/domains/fail1/swap.img" in log and "exit 3 after" in log
+    assert "first line of the story" in log and "Device or resource busy" in log
+    assert what_is_left(env, store, "fail1") == clean

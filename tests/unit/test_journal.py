@@ -169,3 +169,17 @@ def test_a_plain_rerun_after_a_crash_is_refused_with_the_way_out(tmp_path):
         deploy.preflight(plan, settings, 0)
     assert str(e.value) == ("VM 'vm' has an unfinished deploy (pid 31337 stopped in step 'copy'; made: 1 disk-file) "
                             "(remove what it made with si_rmxenvm vm, then run this again)")
+
+
+def test_a_deploy_still_running_is_told_apart_from_a_dead_one(tmp_path):
+    settings, plan = _context_for(tmp_path)
+    j = journal.Journal(settings.paths["state_dir"], "vm", {"pid": 1})  # pid 1 lives, as a deployer would
+    j.close()
+    os.makedirs(settings.paths["lock_dir"])
+    with open(os.path.join(settings.paths["lock_dir"], "vm.lock"), "w") as f:
+        f.write("1\n")
+    with pytest.raises(Fatal, match="is being deployed by pid 1"):
+        deploy.preflight(plan, settings, 0)
+    os.unlink(os.path.join(settings.paths["lock_dir"], "vm.lock"))  # its holder died: the lock went with it
+    with pytest.raises(Fatal, match="has an unfinished deploy"):
+        deploy.preflight(plan, settings, 0)

@@ -13,7 +13,7 @@ from . import __version__, boot, domain, hostkeys, initramfs, populate, registry
 from .errors import Fatal
 from .guestfs import Guest
 from .image import Image
-from .plan import Plan, hook_env
+from .plan import Plan
 from .report import Reporter
 from .rollback import Undo, critical, signals_raise
 from .sizes import human
@@ -94,15 +94,14 @@ def _run(plan, image, kernel, settings, rep, backend, undo, cleanup, keys) -> di
     finally:
         stock.settle(refill)
     from .fixups import run_all  # the fixup catalogue loads only when a deploy needs it
+    from .fixups.spec import spec_from_plan
 
     if warm is not None:
         warm.join()
 
     with rep.step("Running hooks"):
-        env = hook_env(plan)
-        if keys is not None:
-            env[hostkeys.ENV] = keys.ready()
-        run_all(root, env, only=plan.fixups_only or None, skip=plan.fixups_skip or None, log=rep.detail)
+        spec = spec_from_plan(plan, keys.ready() if keys is not None else None)
+        run_all(root, spec, only=plan.fixups_only or None, skip=plan.fixups_skip or None, log=rep.detail)
     guest = Guest(root)
     kernel_path = ramdisk = None
     if plan.boot == "direct" and not plan.kernel:

@@ -121,29 +121,31 @@ def check_bridge(name: str, where: str = "--bridge") -> str:
 def check_network(dhcp: bool, ips, netmask: str, gateway: str, broadcast: str, nameservers, mac: str,
                   bridge: str, src: Source = CLI) -> Network:
     """Every network setting, then how they fit together (one way to be configured, one subnet)."""
+    name, label = src.name, src.label
     if dhcp and ips:
-        raise Fatal(f"both {src.name('dhcp')} and {src.name('ip')} given",
-                    "choose DHCP or static addresses, not both")
+        raise Fatal(f"both {name('dhcp')} and {name('ip')} given", "choose DHCP or static addresses, not both")
     if not dhcp and not ips:
         raise Fatal("no network configuration given",
-                    f"use {src.name('dhcp')}, or {src.name('ip')} with {src.name('netmask')} and {src.name('gateway')}")
+                    f"use {name('dhcp')}, or {name('ip')} with {name('netmask')} and {name('gateway')}")
     addrs, prefix = [], None
     for n, ip in enumerate(ips, 1):
-        addr, pfx = check_address(ip, src.label("ip", n))
+        addr, pfx = check_address(ip, label("ip", n))
         addrs.append(addr)
-        prefix = prefix or pfx
+        prefix = prefix or pfx  # the first /N, unless a netmask is given
     if netmask:
-        prefix = check_netmask(netmask, src.label("netmask"))
+        prefix = check_netmask(netmask, label("netmask"))
     if addrs and prefix is None:
         raise Fatal("static address given without a netmask",
-                    f"set {src.name('netmask')} (e.g. 255.255.255.0) or write {src.name('ip')} as A.B.C.D/24")
+                    f"set {name('netmask')} (e.g. 255.255.255.0) or write {name('ip')} as A.B.C.D/24")
     mask = str(ipaddress.IPv4Network(f"0.0.0.0/{prefix}").netmask) if prefix is not None else ""
     if gateway:
-        gw = ipaddress.IPv4Address(check_gateway(gateway, src.label("gateway")))
+        gw = ipaddress.IPv4Address(check_gateway(gateway, label("gateway")))
         if addrs and gw not in ipaddress.IPv4Network(f"{addrs[0]}/{prefix}", strict=False):
             raise Fatal(f"gateway {gateway} is not in {addrs[0]}/{prefix}", "give a gateway on the VM's subnet")
     return Network(
-        dhcp, tuple(addrs), mask, gateway, check_broadcast(broadcast, src.label("broadcast")) if broadcast else "",
-        check_nameservers(nameservers, src.label("nameserver")), check_mac(mac, src.label("mac")) if mac else "",
-        check_bridge(bridge, src.label("bridge")),
+        dhcp, tuple(addrs), mask, gateway,
+        check_broadcast(broadcast, label("broadcast")) if broadcast else "",
+        check_nameservers(nameservers, label("nameserver")),
+        check_mac(mac, label("mac")) if mac else "",
+        check_bridge(bridge, label("bridge")),
     )

@@ -27,7 +27,8 @@ class Partition:
     target: str = ""  # the image file or device
 
     def to_env(self) -> str:
-        return ":".join([self.name, self.size, self.fstype, self.mountpoint, self.options, self.kind, self.target])
+        return ":".join((self.name, self.size, self.fstype, self.mountpoint, self.options, self.kind,
+                         self.target))
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class GuestSpec:
 
     def to_env(self) -> dict[str, str]:
         """The environment xen-create-image would give our hooks for this guest (host keys aside)."""
-        from si_xen.fixups.xentools import DIST
+        from si_xen.fixups.xentools import DIST  # here: the adapter imports this module
 
         n = self.net
         env = {

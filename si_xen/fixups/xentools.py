@@ -88,6 +88,7 @@ def spec_from_env(env: Mapping[str, str]) -> GuestSpec:
                      image_source=g("install_source"), pygrub=g("pygrub") == "1", kernel=g("kernel"),
                      initrd=g("initrd"), modules=g("modules"))
 
+
 # Hooks run from a source checkout find si_xen beside hooks/; installed ones get the path
 # of the package that installed them (its interpreter may not have it on sys.path).
 _FIND = """import os

@@ -20,7 +20,7 @@ from .errors import Fatal
 from .guestfs import Guest
 from .image import Image
 from .made import Domain, File
-from .plan import Plan, describe, hook_env
+from .plan import Plan, describe
 from .report import Reporter
 from .rollback import signals_raise
 from .sizes import human
@@ -120,12 +120,11 @@ def _copy(c: Context) -> None:
 
 def _fixups(c: Context) -> None:
     from .fixups import run_all  # the fixup catalogue loads only when a deploy needs it
+    from .fixups.spec import spec_from_plan
 
     with c.rep.step("Running hooks"):
-        env = hook_env(c.plan)
-        if c.keys is not None:
-            env[hostkeys.ENV] = c.keys.ready()
-        run_all(c.root, env, only=c.plan.fixups_only or None, skip=c.plan.fixups_skip or None, log=c.rep.detail)
+        spec = spec_from_plan(c.plan, c.keys.ready() if c.keys is not None else None)
+        run_all(c.root, spec, only=c.plan.fixups_only or None, skip=c.plan.fixups_skip or None, log=c.rep.detail)
 
 
 def _boot(c: Context) -> None:

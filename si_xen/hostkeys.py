@@ -4,7 +4,7 @@ An RSA key takes ssh-keygen 0.2-2 s (a random prime search), longer than cloning
 VM. So si_mkxenvm keeps a small stock of RSA keys, made with spare CPU
 (niced, during the long copy of a first deploy) and each handed to one VM only; without stock it
 starts ssh-keygen as soon as it knows the VM's name. Either way the identity fixup takes
-the ready keys from SI_XEN_HOSTKEYS instead of making them itself. The stock is root's
+the ready keys from the guest spec instead of making them itself. The stock is root's
 alone (0700), like the keys ssh-keygen would have written into the guest.
 """
 
@@ -19,7 +19,6 @@ import tempfile
 from . import proc
 from .guestfs import Guest
 
-ENV = "SI_XEN_HOSTKEYS"
 STOCK_TYPES = ("rsa",)  # the slow one; ECDSA and Ed25519 keys take a millisecond, DSA is obsolete
 STOCK_SIZE = 4
 KEY_TYPES = {"rsa": "rsa", "dsa": "dsa", "ecdsa": "ecdsa", "ed25519": "ed25519"}
@@ -128,9 +127,8 @@ class Prefetch:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def take(ktype: str, comment: str, env) -> tuple[str, str] | None:
-    """A prefetched (private, public) key pair of this type and comment, if there is one."""
-    d = env.get(ENV)
+def take(ktype: str, comment: str, d: str | None) -> tuple[str, str] | None:
+    """A prefetched (private, public) key pair of this type and comment in directory ``d``, if any."""
     if not d:
         return None
     try:

@@ -1,19 +1,16 @@
-"""The VM to build: one immutable description, validated before anything is touched."""
+"""The VM to build: one immutable description, validated (si_xen.validate) before anything is touched."""
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
-import re
 from dataclasses import dataclass, field, replace
 
-from .errors import Fatal
 from .sizes import human
 
 BOOT_MODES = ("direct", "pygrub", "pvgrub2")
 TYPES = ("pv", "pvh")
 FILESYSTEMS = ("ext3", "ext4", "xfs")
-_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 
 @dataclass(frozen=True)
@@ -39,6 +36,14 @@ class Network:
     nameservers: tuple[str, ...] = ()
     mac: str = ""
     bridge: str = "xenbr0"
+
+    @property
+    def static(self) -> bool:
+        return not self.dhcp
+
+    @property
+    def prefixlen(self) -> int:
+        return ipaddress.IPv4Network(f"0.0.0.0/{self.netmask}").prefixlen if self.netmask else 0
 
 
 @dataclass(frozen=True)
@@ -84,74 +89,10 @@ class Plan:
         return replace(self, disks=tuple(disks))
 
 
-# -- validation helpers -------------------------------------------------------------------
-def check_hostname(name: str) -> str:
-    labels = name.split(".")
-    if len(name) > 253 or not all(_LABEL.match(label) for label in labels):
-        raise Fatal(
-            f"invalid hostname '{name}'",
-            "use letters, digits and '-' (RFC 1123), labels of at most 63 characters",
-        )
-    return name
-
-
 def stable_mac(hostname: str) -> str:
     """Same hostname, same MAC: a redeployed VM keeps its DHCP lease. Xen's OUI 00:16:3e."""
     h = hashlib.sha256(hostname.encode()).digest()
     return f"00:16:3e:{h[0] & 0x7F:02x}:{h[1]:02x}:{h[2]:02x}"
-
-
-def check_mac(mac: str) -> str:
-    if not re.fullmatch(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}", mac):
-        raise Fatal(f"invalid MAC address '{mac}'", "use six hex pairs, e.g. 00:16:3e:12:34:56")
-    if int(mac[:2], 16) & 1:
-        raise Fatal(f"MAC address '{mac}' is a multicast address", "the first byte must be even, e.g. 00:16:3e:..")
-    return mac.lower()
-
-
-def _addr(text: str, what: str) -> ipaddress.IPv4Address:
-    try:
-        return ipaddress.IPv4Address(text)
-    except ValueError:
-        raise Fatal(f"invalid {what} '{text}'", "use a dotted IPv4 address, e.g. 192.168.1.10") from None
-
-
-def check_network(dhcp: bool, ips, netmask, gateway, broadcast, nameservers, mac, bridge) -> Network:
-    if dhcp and ips:
-        raise Fatal("both --dhcp and --ip given", "choose DHCP or static addresses, not both")
-    if not dhcp and not ips:
-        raise Fatal("no network configuration given", "use --dhcp, or --ip with --netmask and --gateway")
-    addrs: list[str] = []
-    prefix = None
-    for ip in ips:
-        if "/" in ip:
-            try:
-                iface = ipaddress.IPv4Interface(ip)
-            except ValueError:
-                raise Fatal(f"invalid IP address '{ip}'", "use e.g. 192.168.1.10 or 192.168.1.10/24") from None
-            prefix = prefix or iface.network.prefixlen
-            addrs.append(str(iface.ip))
-        else:
-            addrs.append(str(_addr(ip, "IP address")))
-    if netmask:
-        try:
-            prefix = ipaddress.IPv4Network(f"0.0.0.0/{netmask}").prefixlen
-        except ValueError:
-            raise Fatal(f"invalid netmask '{netmask}'", "use e.g. 255.255.255.0 or 24") from None
-    if addrs and prefix is None:
-        raise Fatal("static address given without a netmask", "add --netmask 255.255.255.0 or write --ip A.B.C.D/24")
-    mask = str(ipaddress.IPv4Network(f"0.0.0.0/{prefix}").netmask) if prefix is not None else ""
-    if gateway:
-        gw = _addr(gateway, "gateway")
-        if addrs and gw not in ipaddress.IPv4Network(f"{addrs[0]}/{prefix}", strict=False):
-            raise Fatal(f"gateway {gateway} is not in {addrs[0]}/{prefix}", "give a gateway on the VM's subnet")
-    if broadcast:
-        _addr(broadcast, "broadcast address")
-    for ns in nameservers:
-        _addr(ns, "nameserver")
-    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", bridge):
-        raise Fatal(f"invalid bridge name '{bridge}'", "use an interface name of at most 15 characters")
-    return Network(dhcp, tuple(addrs), mask, gateway, broadcast, tuple(nameservers), mac, bridge)
 
 
 def number_disks(disks: list[Disk], disk_device: str = "xvda") -> list[Disk]:
@@ -187,43 +128,3 @@ def describe(plan: Plan) -> str:
     lines.append(f"MAC Address    : {net.mac}  (bridge {net.bridge})")
     lines.append(f"Config         : {plan.cfg_path}")
     return "\n".join(lines)
-
-
-def hook_env(plan: Plan, disk_device: str = "xvda") -> dict[str, str]:
-    """The plan in xen-tools' hook environment (names and formats of xen-create-image)."""
-    net = plan.net
-    env = {
-        "hostname": plan.hostname,
-        "dhcp": "1" if net.dhcp else "0",
-        "mac": net.mac,
-        "bridge": net.bridge,
-        "netmask": net.netmask,
-        "gateway": net.gateway,
-        "broadcast": net.broadcast,
-        "nameserver": " ".join(net.nameservers),
-        "dist": "systemimager",
-        "install_method": "copy",
-        "install_source": plan.image_path,
-        "disk_device": disk_device,
-        "serial_device": "hvc0",
-        "memory": f"{plan.memory}M",
-        "vcpus": str(plan.vcpus),
-        "type": plan.type,
-        "NUMPARTITIONS": str(len(plan.disks)),
-    }
-    if plan.boot != "direct":
-        env["pygrub"] = "1"
-    if plan.kernel:
-        env["kernel"] = plan.kernel
-        env["initrd"] = plan.initrd or ""
-    for i, ip in enumerate(net.ips, 1):
-        env[f"ip{i}"] = ip
-    if net.ips:
-        env["ip_count"] = str(len(net.ips))
-    for d in plan.disks:
-        n = d.vdev[len(disk_device):]
-        kind = "phy" if plan.storage == "lvm" else "file"
-        env[f"PARTITION{n}"] = ":".join(
-            [d.name, f"{d.size_mib}M", d.fs, d.mountpoint, d.options if d.mountpoint else "", kind, d.target]
-        )
-    return env

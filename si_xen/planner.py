@@ -15,9 +15,6 @@ from .plan import (
     TYPES,
     Disk,
     Plan,
-    check_hostname,
-    check_mac,
-    check_network,
     number_disks,
     stable_mac,
 )
@@ -25,6 +22,7 @@ from .sizes import human, parse_mib
 from .storage import backend_for
 from .storage.bases import reflinks_likely, reflinks_work
 from .storage.mount import MKFS
+from .validate import check_hostname, check_network
 
 ROOT_OPTIONS = {"ext3": "errors=remount-ro", "ext4": "errors=remount-ro", "xfs": "defaults"}
 
@@ -121,8 +119,8 @@ def make_plan(o: dict, image: Image, survey: Survey, warn=lambda m: None) -> Pla
 
     net = check_network(
         bool(o.get("dhcp")), tuple(o.get("ip") or ()), o.get("netmask") or "", o.get("gateway") or "",
-        o.get("broadcast") or "", tuple((o.get("nameserver") or "").replace(",", " ").split()),
-        check_mac(o["mac"]) if o.get("mac") else stable_mac(hostname), o.get("bridge") or "xenbr0",
+        o.get("broadcast") or "", o.get("nameserver") or "", o.get("mac") or stable_mac(hostname),
+        o.get("bridge") or "xenbr0",
     )
 
     if o.get("dir") and o.get("lvm"):

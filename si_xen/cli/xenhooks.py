@@ -7,6 +7,7 @@ import sys
 
 from ..errors import Fatal
 from ..fixups import FIXUPS, run_all, xentools
+from ..fixups.xentools import spec_from_env
 from .common import need_root, parser, run_main
 
 PROG = "si_xenhooks"
@@ -53,7 +54,8 @@ def _body(argv) -> int:
     if args.cmd == "run":
         if not os.path.isdir(args.prefix):
             raise Fatal(f"guest root {args.prefix} is not a directory", "give the mounted guest root")
-        results = run_all(args.prefix, os.environ, only=args.only, skip=args.skip, xen_tools=args.xen_tools)
+        results = run_all(args.prefix, spec_from_env(os.environ), only=args.only, skip=args.skip,
+                          xen_tools=args.xen_tools)
         if not any(ch for _, ch in results):
             print("nothing to change")
         return 0

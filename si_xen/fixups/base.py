@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from si_xen.distros import OSInfo
-from si_xen.fixups.settings import Settings
+from si_xen.fixups.spec import GuestSpec
 from si_xen.guestfs import Guest
 
 ALL_FAMILIES = ("debian", "redhat", "suse", "unknown")
@@ -47,7 +47,7 @@ def fixup(name: str, order: int, hook: str, families: tuple[str, ...] = ALL_FAMI
 class Ctx:
     guest: Guest
     os: OSInfo
-    s: Settings
+    s: GuestSpec
     log: Callable[[str], None] = print
     changes: list[str] = field(default_factory=list)
     xen_tools: bool = False  # running under xen-create-image: resolv.conf is swapped

@@ -20,7 +20,7 @@ def fstab(text: str | None, ctx: Ctx) -> str:
         if p.fstype == "swap":
             out.append(f"{s.dev(p)}\tnone\tswap\tsw\t0\t0")
         else:
-            out.append(f"{s.dev(p)}\t{p.mountpoint}\t{p.fstype}\t{p.options}\t0\t{1 if p.mountpoint == '/' else 2}")
+            out.append(f"{s.dev(p)}\t{p.mountpoint}\t{p.fstype}\t{p.options or 'defaults'}\t0\t{1 if p.mountpoint == '/' else 2}")
     mine = {p.mountpoint for p in s.partitions}
     kept = []
     for line in (text or "").splitlines():
@@ -43,7 +43,7 @@ def make_fstab(ctx: Ctx) -> None:
     virtual filesystems (proc, tmpfs, nfs...) are kept. Needs NUMPARTITIONS/PARTITIONn.
     """
     if not ctx.s.partitions:
-        ctx.warn("fstab: no NUMPARTITIONS/PARTITIONn in the environment; /etc/fstab left alone")
+        ctx.warn("fstab: no partitions given (NUMPARTITIONS/PARTITIONn); /etc/fstab left alone")
         return
     if ctx.s.root_partition is None:
         ctx.warn("fstab: no PARTITIONn mounts /; /etc/fstab left alone")

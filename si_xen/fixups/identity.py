@@ -37,7 +37,7 @@ def _old_names(ctx: Ctx) -> set[str]:
 
 def hosts(text: str | None, s, old: set[str]) -> str:
     """/etc/hosts with the golden client's names gone and the VM's line after localhost."""
-    ip = s.ips[0] if s.static else "127.0.1.1"
+    ip = s.net.ips[0] if s.net.static else "127.0.1.1"
     mine = f"{ip}\t{s.hostname} {s.short}" if s.domain else f"{ip}\t{s.short}"
     if text is None:
         return f"127.0.0.1\tlocalhost\n{mine}\n{IPV6_HOSTS}"
@@ -71,7 +71,7 @@ def hostname(ctx: Ctx) -> None:
     """
     s, g = ctx.s, ctx.guest
     if not s.hostname:
-        ctx.warn("hostname: no hostname in the environment; the guest keeps its own")
+        ctx.warn("hostname: no hostname given; the guest keeps its own")
         return
     old = _old_names(ctx)
     for i, (path, style) in enumerate(ctx.os.hostname_files):
@@ -120,7 +120,7 @@ def _ssh_keys(ctx: Ctx) -> None:
     if g.exists("etc/ssh/ssh_host_key"):  # SSH-1 rsa1: no modern ssh-keygen makes one; sshd's init does
         ctx.remove("etc/ssh/ssh_host_key")
         ctx.remove("etc/ssh/ssh_host_key.pub")
-    image = Guest(s.env["install_source"]) if os.path.isdir(s.env.get("install_source", "")) else None
+    image = Guest(s.image_source) if s.image_source and os.path.isdir(s.image_source) else None
     for priv in g.glob("etc/ssh", "ssh_host_*_key"):
         ktype = hostkeys.KEY_TYPES.get(priv.rsplit("/", 1)[1][len("ssh_host_"):-len("_key")])
         if ktype is None:
@@ -133,7 +133,7 @@ def _ssh_keys(ctx: Ctx) -> None:
 
 
 def _keygen(ctx: Ctx, priv: str, ktype: str, tag: str) -> None:
-    ready = hostkeys.take(ktype, tag, ctx.s.env)  # made by si_mkxenvm while it copied the image
+    ready = hostkeys.take(ktype, tag, ctx.s.hostkeys)  # made by si_mkxenvm while it copied the image
     if ready:
         ctx.guest.write_text(priv, ready[0], mode=0o600)
         ctx.guest.write_text(priv + ".pub", ready[1], mode=0o644)

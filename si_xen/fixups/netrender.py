@@ -15,12 +15,12 @@ HEADER = "# Written by si-xen for this Xen VM (the golden client's settings were
 
 
 def _cidr(ctx: Ctx, ip: str) -> str:
-    return f"{ip}/{ctx.s.prefixlen}"
+    return f"{ip}/{ctx.s.net.prefixlen}"
 
 
 def ifupdown(ctx: Ctx, nic: str | None) -> None:
     """/etc/network/interfaces; with ``nic`` None only loopback (another renderer owns the vif)."""
-    s, g = ctx.s, ctx.guest
+    s, g = ctx.s.net, ctx.guest
     old = g.read_text("etc/network/interfaces") or ""
     sources = [ln for ln in old.splitlines() if re.match(r"^\s*source(-directory)?\s", ln)]
     out = [HEADER.rstrip(), *sources, "", "auto lo", "iface lo inet loopback", ""]
@@ -45,7 +45,7 @@ def ifupdown(ctx: Ctx, nic: str | None) -> None:
 
 
 def netplan(ctx: Ctx, nic: str) -> None:
-    s, g = ctx.s, ctx.guest
+    s, g = ctx.s.net, ctx.guest
     ours = "etc/netplan/01-netcfg.yaml"
     renderer = "NetworkManager" if not _has_networkd(ctx) and g.exists("usr/sbin/NetworkManager") else "networkd"
     y = [HEADER.rstrip(), "network:", "  version: 2", f"  renderer: {renderer}", "  ethernets:", f"    {nic}:"]
@@ -57,8 +57,8 @@ def netplan(ctx: Ctx, nic: str) -> None:
             y += ["      routes:", "        - to: 0.0.0.0/0", f"          via: {s.gateway}"]
     if s.nameservers:
         y += ["      nameservers:", f"        addresses: [{', '.join(s.nameservers)}]"]
-        if s.domain:
-            y.append(f"        search: [{s.domain}]")
+        if ctx.s.domain:
+            y.append(f"        search: [{ctx.s.domain}]")
     for path in g.glob("etc/netplan", "*.yaml"):
         if path != ours and re.search(r"(?m)^\s*ethernets:", g.read_text(path) or ""):
             ctx.remove(path)
@@ -81,7 +81,7 @@ def _kv(pairs) -> str:
 
 
 def ifcfg(ctx: Ctx, nic: str) -> None:
-    s, d = ctx.s, "etc/sysconfig/network-scripts"
+    s, d = ctx.s.net, "etc/sysconfig/network-scripts"
     keep = {f"ifcfg-{nic}"}
     base = [("DEVICE", nic), ("TYPE", "Ethernet"), ("ONBOOT", "yes"), ("NM_CONTROLLED", "")]
     if s.dhcp:
@@ -90,7 +90,7 @@ def ifcfg(ctx: Ctx, nic: str) -> None:
         dns = [(f"DNS{i + 1}", ns) for i, ns in enumerate(s.nameservers)]
         ctx.write(f"{d}/ifcfg-{nic}", HEADER + _kv(base + [
             ("BOOTPROTO", "none"), ("IPADDR", s.ips[0]), ("NETMASK", s.netmask),
-            ("GATEWAY", s.gateway), ("BROADCAST", s.broadcast), *dns, ("DOMAIN", s.domain)]))
+            ("GATEWAY", s.gateway), ("BROADCAST", s.broadcast), *dns, ("DOMAIN", ctx.s.domain)]))
         for n, ip in enumerate(s.ips[1:], 1):
             keep.add(f"ifcfg-{nic}:{n}")
             ctx.write(f"{d}/ifcfg-{nic}:{n}", HEADER + _kv([("DEVICE", f"{nic}:{n}"), ("ONBOOT", "yes"),
@@ -105,7 +105,8 @@ def _sysconfig_network(ctx: Ctx) -> None:
     if ctx.guest.isdir("etc/sysconfig/network"):
         return  # SUSE: a directory, handled by suse_ifcfg
 
-    gw = f"GATEWAY={ctx.s.gateway}" if ctx.s.static and ctx.s.gateway else None
+    net = ctx.s.net
+    gw = f"GATEWAY={net.gateway}" if net.static and net.gateway else None
 
     def fix(text: str) -> str:
         if not re.search(r"(?m)^NETWORKING=", text):
@@ -123,7 +124,7 @@ def _sysconfig_network(ctx: Ctx) -> None:
 
 
 def nm_keyfile(ctx: Ctx, nic: str) -> None:
-    s, g, d = ctx.s, ctx.guest, "etc/NetworkManager/system-connections"
+    s, g, d = ctx.s.net, ctx.guest, "etc/NetworkManager/system-connections"
     ours = f"{d}/si-xen-{nic}.nmconnection"
     ini = ["[connection]", f"id={nic}", f"uuid={uuid.uuid5(uuid.NAMESPACE_DNS, f'si-xen.{nic}')}",
            "type=ethernet", f"interface-name={nic}", "autoconnect=true", "", "[ethernet]", "", "[ipv4]"]
@@ -135,8 +136,8 @@ def nm_keyfile(ctx: Ctx, nic: str) -> None:
             ini.append(f"address{n}={_cidr(ctx, ip)}" + (f",{s.gateway}" if n == 1 and s.gateway else ""))
     if s.nameservers:
         ini.append(f"dns={';'.join(s.nameservers)};")
-    if s.domain:
-        ini.append(f"dns-search={s.domain};")
+    if ctx.s.domain:
+        ini.append(f"dns-search={ctx.s.domain};")
     ini += ["", "[ipv6]", "method=auto", ""]
     for path in g.glob(d, "*"):
         text = g.read_text(path) or ""
@@ -148,7 +149,7 @@ def nm_keyfile(ctx: Ctx, nic: str) -> None:
 
 
 def suse_ifcfg(ctx: Ctx, nic: str) -> None:
-    s, d = ctx.s, "etc/sysconfig/network"
+    s, d = ctx.s.net, "etc/sysconfig/network"
     keep = {f"ifcfg-{nic}"}
     if s.dhcp:
         text = _kv([("BOOTPROTO", "'dhcp'"), ("STARTMODE", "'auto'")])
@@ -172,14 +173,14 @@ def suse_ifcfg(ctx: Ctx, nic: str) -> None:
 
 
 def networkd(ctx: Ctx, nic: str) -> None:
-    s, g, d = ctx.s, ctx.guest, "etc/systemd/network"
+    s, g, d = ctx.s.net, ctx.guest, "etc/systemd/network"
     ours = f"{d}/10-si-xen-{nic}.network"
     net = ["[Match]", f"Name={nic}", "", "[Network]"]
     if s.dhcp:
         net.append("DHCP=ipv4")
     else:
         net += [f"Address={_cidr(ctx, ip)}" for ip in s.ips] + ([f"Gateway={s.gateway}"] if s.gateway else [])
-    net += [f"DNS={ns}" for ns in s.nameservers] + ([f"Domains={s.domain}"] if s.domain else [])
+    net += [f"DNS={ns}" for ns in s.nameservers] + ([f"Domains={ctx.s.domain}"] if ctx.s.domain else [])
     for path in g.glob(d, "*.network"):
         if path != ours and not re.search(r"(?m)^\s*Name\s*=\s*lo\s*$", g.read_text(path) or ""):
             ctx.remove(path)

@@ -32,9 +32,9 @@ def network(ctx: Ctx) -> None:
 
 def _resolv(ctx: Ctx) -> None:
     s = ctx.s
-    if not s.nameservers:
+    if not s.net.nameservers:
         return
-    text = (f"search {s.domain}\n" if s.domain else "") + "".join(f"nameserver {n}\n" for n in s.nameservers)
+    text = (f"search {s.domain}\n" if s.domain else "") + "".join(f"nameserver {n}\n" for n in s.net.nameservers)
     # a link (e.g. to systemd-resolved's stub in /run) is replaced, never written through
     ctx.write("etc/resolv.conf.old" if ctx.xen_tools else "etc/resolv.conf", text, replace_link=True)
 
@@ -50,9 +50,9 @@ def issue(ctx: Ctx) -> None:
     """
     if not ctx.guest.isfile("etc/issue"):
         return
-    s, nic = ctx.s, ctx.os.nic
-    if s.static:
-        line = f"{ISSUE_PREFIX}{nic}: {s.ips[0]}"
+    net, nic = ctx.s.net, ctx.os.nic
+    if net.static:
+        line = f"{ISSUE_PREFIX}{nic}: {net.ips[0]}"
     elif ctx.os.init == "systemd":
         line = f"{ISSUE_PREFIX}{nic}: \\4{{{nic}}}"
     else:

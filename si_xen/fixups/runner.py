@@ -1,19 +1,21 @@
 """Run fixups on a guest root: in-process (``run_all``) or as one xen-tools hook (``hook_main``).
 
-The xen-tools contract (reference xen-tools.md §1.2): ``$1`` is the guest root, settings
-come only from the environment, exit 0 on success, a second run changes nothing.
+The fixups read only the GuestSpec. The xen-tools contract (reference xen-tools.md §1.2):
+``$1`` is the guest root, settings come only from the environment (read by the xen-tools
+adapter into the spec), exit 0 on success, a second run changes nothing.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 
 from si_xen.distros import detect
 from si_xen.errors import Fatal
-from si_xen.fixups import settings as settings_mod
 from si_xen.fixups.base import Ctx, Fixup
+from si_xen.fixups.spec import GuestSpec
+from si_xen.fixups.xentools import spec_from_env
 from si_xen.guestfs import Guest, GuestPathError
 
 
@@ -38,7 +40,7 @@ def select(only=None, skip=None) -> list[Fixup]:
 
 def run_all(
     root: str,
-    env: Mapping[str, str],
+    spec: GuestSpec,
     only: Iterable[str] | str | None = None,
     skip: Iterable[str] | str | None = None,
     log: Callable[[str], None] = print,
@@ -48,14 +50,13 @@ def run_all(
     if not os.path.isdir(root):
         raise Fatal(f"guest root {root} is not a directory", "give the mounted guest filesystem")
     chosen = select(only, skip)
-    s = settings_mod.from_env(env)
     guest = Guest(root)
     osinfo = detect(guest)
     if not osinfo.known:
         log(f"WARNING: unknown OS in {root} ({osinfo.pretty}): generic {osinfo.init} handling only")
     results = []
     for fx in chosen:
-        ctx = Ctx(guest, osinfo, s, log=log, xen_tools=xen_tools)
+        ctx = Ctx(guest, osinfo, spec, log=log, xen_tools=xen_tools)
         if osinfo.family not in fx.families:
             log(f"WARNING: {fx.name} skipped: not applicable to {osinfo.pretty}")
         else:
@@ -82,7 +83,7 @@ def hook_main(name: str, argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr if msg.startswith("WARNING:") else sys.stdout, flush=True)
 
     try:
-        run_all(argv[0], os.environ, only=[name], log=log, xen_tools=True)
+        run_all(argv[0], spec_from_env(os.environ), only=[name], log=log, xen_tools=True)
     except Fatal as e:
         print(f"FATAL: {prog}: {e}", file=sys.stderr)
         return 1
@@ -100,7 +101,7 @@ def role_main(argv: list[str] | None = None) -> int:
         print("WARNING: si-xen role: --hooks=0 hides the --ip addresses from roles; configuring DHCP",
               file=sys.stderr)
     try:
-        run_all(argv[0], env, log=lambda m: print(m, flush=True))
+        run_all(argv[0], spec_from_env(env), log=lambda m: print(m, flush=True))
     except Fatal as e:
         print(f"FATAL: si-xen role: {e}", file=sys.stderr)
         return 1

@@ -1,4 +1,5 @@
-"""xen-tools adapter: hook wrappers, and installing them as the ``systemimager`` dist.
+"""xen-tools adapter: its hook environment read into a GuestSpec, hook wrappers, and
+installing them as the ``systemimager`` dist.
 
 ``xen-create-image --dist=systemimager --install-method=copy`` then runs our fixups from
 /usr/share/xen-tools/systemimager.d/ (xen-tools.md §1.2, §2.4); the role script
@@ -9,15 +10,84 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
+from collections.abc import Mapping
 
 from si_xen.errors import Fatal
+from si_xen.fixups.spec import GuestSpec, Partition
+from si_xen.validate import ENV, check_hostname, check_network
 
 DIST = "systemimager"
 HOOK_DIR = f"usr/share/xen-tools/{DIST}.d"
 ROLE = f"etc/xen-tools/role.d/{DIST}"
 MANIFEST = "var/lib/si-xen/xen-tools.manifest"
 MARK = "# si-xen generated"
+
+
+def _bad(var: str, value: str, fix: str) -> Fatal:
+    return Fatal(f"invalid value '{value}' in environment variable {var}", fix)
+
+
+def _ips(g) -> list[str]:
+    count = g("ip_count")
+    names = [f"ip{i}" for i in range(1, max(int(count) if count.isdigit() else 0, 1) + 1)]
+    if not count:  # tolerate a missing ip_count: take ip1.. while present
+        while g(f"ip{len(names) + 1}"):
+            names.append(f"ip{len(names) + 1}")
+    return [g(k) for k in names if g(k)]
+
+
+def _partitions(g) -> tuple[Partition, ...]:
+    raw = g("NUMPARTITIONS")
+    if raw and not raw.isdigit():
+        raise _bad("NUMPARTITIONS", raw, "expected a count")
+    out = []
+    for n in range(1, int(raw or 0) + 1):
+        spec = g(f"PARTITION{n}")
+        fields = spec.split(":", 6)
+        if len(fields) < 4:
+            raise _bad(f"PARTITION{n}", spec, "expected name:size:type:mountpoint:options:imagetype:image")
+        name, size, fstype, mnt = fields[:4]
+        opts, kind, target = (fields[4:] + ["", "", ""])[:3]
+        if fstype != "swap" and not mnt.startswith("/") or re.search(r"\s", mnt + opts + fstype):
+            raise _bad(f"PARTITION{n}", spec, "a non-swap partition needs an absolute mountpoint, no spaces")
+        out.append(Partition(n, name, size, fstype, mnt, opts, kind, target))
+    return tuple(out)
+
+
+def spec_from_env(env: Mapping[str, str]) -> GuestSpec:
+    """The guest spec in xen-tools' hook environment (xen-tools.md §1.4); Fatal names a bad variable.
+
+    Optional variables may be missing: xen-create-image exports only what is defined.
+    """
+    def g(k: str) -> str:
+        v = env.get(k)
+        return v.strip() if isinstance(v, str) else ""
+
+    hostname = g("hostname")
+    if hostname:
+        check_hostname(hostname, ENV.label("hostname"))
+    dhcp = g("dhcp")
+    if dhcp not in ("", "0", "1"):
+        raise _bad("dhcp", dhcp, "use 1 for DHCP, 0 for static")
+    ips = _ips(g)
+    net = check_network(dhcp == "1" or (dhcp == "" and not ips), ips, g("netmask"), g("gateway"),
+                        g("broadcast"), g("nameserver"), g("mac"), g("bridge") or "xenbr0", ENV)
+    disk = os.path.basename(g("disk_device") or "xvda")
+    if g("ide") == "1":
+        disk = "hda"
+    elif g("scsi") == "1":
+        disk = "sda"
+    if not re.fullmatch(r"[a-z]+", disk):
+        raise _bad("disk_device", disk, "expected a whole-disk name such as xvda")
+    serial = (g("serial_device") or "hvc0").removeprefix("/dev/")
+    if not re.fullmatch(r"(tty|hvc|xvc)[A-Za-z]*[0-9]+", serial):
+        raise _bad("serial_device", serial, "expected e.g. hvc0")
+    return GuestSpec(hostname=hostname, net=net, disk=disk, serial=serial, partitions=_partitions(g),
+                     image_source=g("install_source"), pygrub=g("pygrub") == "1", kernel=g("kernel"),
+                     initrd=g("initrd"), modules=g("modules"))
+
 
 # Hooks run from a source checkout find si_xen beside hooks/; installed ones get the path
 # of the package that installed them (its interpreter may not have it on sys.path).

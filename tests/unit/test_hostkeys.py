@@ -22,11 +22,11 @@ def test_prefetched_keys_are_taken_once_and_fingerprinted_like_ssh_keygen(tmp_pa
     assert sorted(types) == ["ed25519", "rsa"]
     pre = hostkeys.Prefetch(types, "vm1")
     try:
-        env = {hostkeys.ENV: pre.ready()}
-        priv, pub = hostkeys.take("ed25519", hostkeys.tag("vm1"), env)
+        keys = pre.ready()
+        priv, pub = hostkeys.take("ed25519", hostkeys.tag("vm1"), keys)
         assert "PRIVATE KEY" in priv and pub.split()[2] == "si-xen:root@vm1"
-        assert hostkeys.take("ed25519", hostkeys.tag("vm1"), env) is None, "one key serves one VM"
-        assert hostkeys.take("rsa", hostkeys.tag("other"), env) is None, "a key made for another VM"
+        assert hostkeys.take("ed25519", hostkeys.tag("vm1"), keys) is None, "one key serves one VM"
+        assert hostkeys.take("rsa", hostkeys.tag("other"), keys) is None, "a key made for another VM"
         want = subprocess.run(["ssh-keygen", "-lf", os.path.join(pre.dir, "rsa.pub")], capture_output=True,
                               text=True).stdout.split(None, 1)[1].strip()
         with open(os.path.join(pre.dir, "rsa.pub")) as f:
@@ -37,7 +37,7 @@ def test_prefetched_keys_are_taken_once_and_fingerprinted_like_ssh_keygen(tmp_pa
 
 
 def test_no_prefetch_means_none():
-    assert hostkeys.take("rsa", "x", {}) is None
+    assert hostkeys.take("rsa", "x", None) is None
 
 
 def test_stock_is_filled_with_spare_cpu_and_each_key_serves_one_vm(tmp_path, keygen):
@@ -52,10 +52,10 @@ def test_stock_is_filled_with_spare_cpu_and_each_key_serves_one_vm(tmp_path, key
     assert stock.refill() == [], "a full stock makes nothing"
     pre = hostkeys.Prefetch(["rsa", "ed25519"], "vm7", stock)
     try:
-        env = {hostkeys.ENV: pre.ready()}
-        priv, pub = hostkeys.take("rsa", hostkeys.tag("vm7"), env)
+        keys = pre.ready()
+        priv, pub = hostkeys.take("rsa", hostkeys.tag("vm7"), keys)
         assert pub.split()[2] == "si-xen:root@vm7", "a stock key gets the VM's name"
-        assert hostkeys.take("ed25519", hostkeys.tag("vm7"), env) is not None
+        assert hostkeys.take("ed25519", hostkeys.tag("vm7"), keys) is not None
     finally:
         pre.close()
     assert len(stock._keys("rsa")) == hostkeys.STOCK_SIZE - 1

@@ -1,14 +1,20 @@
+from dataclasses import replace
+
 import pytest
 
+from si_xen.fixups.spec import GuestSpec, Partition
+from si_xen.plan import Network
 from tests.unit.fixups.trees import build
 
-STATIC = dict(hostname="vm1.example.org", ip1="192.168.50.10", ip_count="1", netmask="255.255.255.0",
-              gateway="192.168.50.1", nameserver="192.168.50.1 9.9.9.9", NUMPARTITIONS="2",
-              PARTITION1="swap:128M:swap:::file:/x/swap.img",
-              PARTITION2="disk:2048M:ext4:/:errors=remount-ro:file:/x/disk.img",
-              install_source="/var/lib/systemimager/images/golden01", mac="00:16:3e:01:02:03")
-DHCP = {**{k: v for k, v in STATIC.items() if k not in ("ip1", "ip_count", "gateway", "netmask", "nameserver")},
-        "dhcp": "1", "hostname": "vm2"}
+STATIC = GuestSpec(
+    hostname="vm1.example.org",
+    net=Network(False, ("192.168.50.10",), "255.255.255.0", "192.168.50.1", "", ("192.168.50.1", "9.9.9.9"),
+                "00:16:3e:01:02:03"),
+    partitions=(Partition(1, "swap", "128M", "swap", "", "", "file", "/x/swap.img"),
+                Partition(2, "disk", "2048M", "ext4", "/", "errors=remount-ro", "file", "/x/disk.img")),
+    image_source="/var/lib/systemimager/images/golden01",
+)
+DHCP = replace(STATIC, hostname="vm2", net=Network(True, mac="00:16:3e:01:02:03"))
 
 
 @pytest.fixture

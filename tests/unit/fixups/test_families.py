@@ -19,13 +19,13 @@ def quiet(_msg):
 
 
 @pytest.mark.parametrize("name", sorted(TREES))
-@pytest.mark.parametrize("env", [STATIC, DHCP], ids=["static", "dhcp"])
-def test_idempotent(tree, name, env):
+@pytest.mark.parametrize("spec", [STATIC, DHCP], ids=["static", "dhcp"])
+def test_idempotent(tree, name, spec):
     root = tree(name)
-    first = run_all(root, env, log=quiet)
+    first = run_all(root, spec, log=quiet)
     assert any(ch for _, ch in first)
     before = snapshot(root)
-    second = run_all(root, env, log=quiet)
+    second = run_all(root, spec, log=quiet)
     assert [c for c in second if c[1]] == []
     assert snapshot(root) == before
 

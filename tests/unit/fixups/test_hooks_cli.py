@@ -49,7 +49,7 @@ def test_xen_tools_inittab_test(tmp_path):
 
 def test_hook_writes_resolv_conf_old_and_bad_env_fails(tmp_path):
     root = build(tmp_path / "g", "debian12")
-    r = run_hook("40-setup-networking", root, hostname="vm", ip1="10.0.0.5", nameserver="10.0.0.1")
+    r = run_hook("40-setup-networking", root, hostname="vm", ip1="10.0.0.5", netmask="24", nameserver="10.0.0.1")
     assert r.returncode == 0, r.stderr
     with open(os.path.join(root, "etc/resolv.conf.old")) as f:
         assert f.read() == "nameserver 10.0.0.1\n"

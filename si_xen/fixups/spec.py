@@ -1,0 +1,100 @@
+"""The guest spec: everything the fixups need to know about the VM, typed and validated.
+
+Made from the Plan by si_mkxenvm (:func:`spec_from_plan`), or from xen-tools' hook
+environment by the xen-tools adapter (``xentools.spec_from_env``); :meth:`GuestSpec.to_env`
+is that environment (xen-tools.md §1.4), so the two ways in make the same spec.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from si_xen.plan import Network, Plan
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One xen-tools PARTITIONn: name:size:type:mountpoint:options:imagetype:image."""
+
+    index: int  # N of PARTITIONN = N of /dev/xvdaN
+    name: str
+    size: str  # as xen-tools writes it (2048M, 2Gb): no fixup reads it
+    fstype: str
+    mountpoint: str  # "" for swap
+    options: str = ""  # "" = defaults
+    kind: str = "file"  # file | phy
+    target: str = ""  # the image file or device
+
+    def to_env(self) -> str:
+        return ":".join((self.name, self.size, self.fstype, self.mountpoint, self.options, self.kind,
+                         self.target))
+
+
+@dataclass(frozen=True)
+class GuestSpec:
+    hostname: str = ""  # maybe a FQDN; "" = leave the guest's name alone
+    net: Network = field(default_factory=lambda: Network(dhcp=True))
+    disk: str = "xvda"  # whole-disk name: xvda / hda / sda
+    serial: str = "hvc0"
+    partitions: tuple[Partition, ...] = ()
+    image_source: str = ""  # the image directory (xen-tools' install_source)
+    pygrub: bool = False  # the guest boots its own kernel through a bootloader (pygrub, pvgrub2)
+    kernel: str = ""  # a dom0-supplied kernel, its initrd and modules directory
+    initrd: str = ""
+    modules: str = ""
+    hostkeys: str = ""  # directory of prefetched TYPE, TYPE.pub keys (hostkeys.Prefetch); in-process only
+
+    @property
+    def short(self) -> str:
+        return self.hostname.split(".")[0]
+
+    @property
+    def domain(self) -> str:
+        return self.hostname.partition(".")[2]
+
+    @property
+    def image_name(self) -> str:
+        return os.path.basename(self.image_source.rstrip("/"))
+
+    @property
+    def root_partition(self) -> Partition | None:
+        return next((p for p in self.partitions if p.mountpoint == "/"), None)
+
+    def dev(self, part: Partition) -> str:
+        return f"/dev/{self.disk}{part.index}"
+
+    def to_env(self) -> dict[str, str]:
+        """The environment xen-create-image would give our hooks for this guest (host keys aside)."""
+        from si_xen.fixups.xentools import DIST  # here: the adapter imports this module
+
+        n = self.net
+        env = {
+            "hostname": self.hostname, "dhcp": "1" if n.dhcp else "0", "mac": n.mac, "bridge": n.bridge,
+            "netmask": n.netmask, "gateway": n.gateway, "broadcast": n.broadcast,
+            "nameserver": " ".join(n.nameservers), "dist": DIST, "install_method": "copy",
+            "install_source": self.image_source, "disk_device": self.disk, "serial_device": self.serial,
+            "NUMPARTITIONS": str(len(self.partitions)),
+        }
+        env.update({f"ip{i}": ip for i, ip in enumerate(n.ips, 1)})
+        if n.ips:
+            env["ip_count"] = str(len(n.ips))
+        if self.pygrub:
+            env["pygrub"] = "1"
+        if self.kernel:
+            env.update(kernel=self.kernel, initrd=self.initrd)
+        if self.modules:
+            env["modules"] = self.modules
+        env.update({f"PARTITION{p.index}": p.to_env() for p in self.partitions})
+        return env
+
+
+def spec_from_plan(plan: Plan, keys: str | None = None, disk: str = "xvda") -> GuestSpec:
+    """The spec of a planned VM; ``keys``: the directory of its prefetched SSH host keys."""
+    kind = "phy" if plan.storage == "lvm" else "file"
+    parts = sorted((Partition(int(d.vdev[len(disk):]), d.name, f"{d.size_mib}M", d.fs, d.mountpoint,
+                              d.options if d.mountpoint else "", kind, d.target) for d in plan.disks),
+                   key=lambda p: p.index)
+    return GuestSpec(hostname=plan.hostname, net=plan.net, disk=disk, partitions=tuple(parts),
+                     image_source=plan.image_path, pygrub=plan.boot != "direct", kernel=plan.kernel or "",
+                     initrd=(plan.initrd or "") if plan.kernel else "", hostkeys=keys or "")

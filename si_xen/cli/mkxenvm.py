@@ -135,8 +135,8 @@ def body(argv) -> int:
     image = open_image(name)
     settings = config.load(args.config, image.name)
     rep = Reporter(quiet=args.quiet, verbose=args.verbose)
-    for w in image.os.__dict__.get("warnings", ()):
-        rep.warn(w)
+    if not image.os.known:  # said before the long copy: the fixups will do only what any Linux needs
+        rep.warn(f"unknown OS in image '{image.name}' ({image.os.pretty}): generic {image.os.init} handling only")
     o = options(args, settings)
     hosts = batch.expand(args.hostname)
     keys = None

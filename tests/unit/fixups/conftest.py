@@ -1,5 +1,6 @@
 import pytest
 
+from tests.unit import fakekeygen
 from tests.unit.fixups.trees import build
 
 STATIC = dict(hostname="vm1.example.org", ip1="192.168.50.10", ip_count="1", netmask="255.255.255.0",
@@ -17,3 +18,10 @@ def tree(tmp_path):
         return build(tmp_path / name, name)
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def keygen(fp, monkeypatch):
+    """The identity fixup's ssh-keygen, faked (tests/unit/fakekeygen.py)."""
+    fakekeygen.register(fp, monkeypatch)
+    return fp

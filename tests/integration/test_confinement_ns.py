@@ -12,6 +12,8 @@ from tests.conftest import require
 from tests.unit.fixups.test_confinement import hostile, make_decoy
 from tests.unit.fixups.trees import snapshot
 
+from .harness import REPO
+
 pytestmark = pytest.mark.integration
 
 
@@ -26,7 +28,7 @@ def test_in_private_mount_namespace_with_decoy_etc(tmp_path):
             "from si_xen.fixups import run_all; from tests.unit.fixups.conftest import STATIC;"
             "run_all(sys.argv[2], STATIC); run_all(sys.argv[2], STATIC)")
     r = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c", code, dom0, root],
-                       cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))),
+                       cwd=REPO,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert snapshot(dom0) == before

@@ -9,6 +9,7 @@ import sys
 
 from .. import PROJECT, __version__, proc
 from ..errors import Fatal, UsageError
+from ..guestfs import GuestPathError
 from ..rollback import Interrupted
 
 EPILOG = "Download, report bugs, and make suggestions at:\nhttps://github.com/si-xen/si-xen"
@@ -81,6 +82,13 @@ def run_main(prog: str, func, argv=None) -> int:
         print(f"FATAL: interrupted by {what}; {done}", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        return 1
+    except GuestPathError as e:  # a backstop: the image's readers say which image and why
+        print(f"FATAL: cannot use guest path {e} (fix or remove it there)", file=sys.stderr)
+        return 1
+    except OSError as e:  # a backstop too: a file that a step could not read or write
+        where = f": {os.fsdecode(e.filename)}" if e.filename else ""
+        print(f"FATAL: {e.strerror or e}{where} (check that path; the log has the steps done)", file=sys.stderr)
         return 1
 
 

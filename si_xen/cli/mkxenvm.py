@@ -142,7 +142,9 @@ def body(argv) -> int:
     keys = None
     if len(hosts) == 1 and not args.dry_run:  # RSA keys take long: start them now, for later
         stock = hostkeys.Stock(settings.paths["state_dir"])
-        keys = hostkeys.Prefetch(hostkeys.image_key_types(image.guest), hosts[0], stock)
+        with image.reading():
+            types = hostkeys.image_key_types(image.guest)
+        keys = hostkeys.Prefetch(types, hosts[0], stock)
     try:
         return _deploy(args, image, settings, rep, o, hosts, keys)
     finally:

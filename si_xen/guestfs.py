@@ -80,7 +80,7 @@ class Guest:
         host = self.path(gpath)
         if not os.path.isfile(host):
             return default
-        fd = os.open(host, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)  # swapped for a FIFO since: no hang
+        fd = os.open(host, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)  # a FIFO by now: no hang either
         with open(fd, encoding="utf-8", errors="surrogateescape") as f:
             return f.read() if stat.S_ISREG(os.fstat(fd).st_mode) else default
 

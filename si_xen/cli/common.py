@@ -84,7 +84,7 @@ def run_main(prog: str, func, argv=None) -> int:
     except BrokenPipeError:
         return 1
     except GuestPathError as e:  # a backstop: the image's readers say which image and why
-        print(f"FATAL: cannot use guest path {e} (fix or remove it there)", file=sys.stderr)
+        print(f"FATAL: cannot use guest path {e.gpath} in {e.root}: {e.reason} (fix or remove it there)", file=sys.stderr)
         return 1
     except OSError as e:  # a backstop too: a file that a step could not read or write
         where = f": {os.fsdecode(e.filename)}" if e.filename else ""

@@ -73,7 +73,7 @@ def test_a_kernel_linked_to_the_dom0s_shadow_is_not_the_dom0s(root, target):
 
 @pytest.mark.parametrize("exc,line", [
     (GuestPathError("etc/ssh", "/img", "too many levels of symbolic links"),
-     "FATAL: cannot use guest path /etc/ssh: too many levels of symbolic links (in /img) (fix or remove it there)"),
+     "FATAL: cannot use guest path /etc/ssh in /img: too many levels of symbolic links (fix or remove it there)"),
     (PermissionError(13, "Permission denied", "/srv/x/etc/hostname"),
      "FATAL: Permission denied: /srv/x/etc/hostname (check that path; the log has the steps done)"),
     (IsADirectoryError(21, "Is a directory", "/srv/x/vmlinuz"),

@@ -16,7 +16,12 @@ _MAX_LINKS = 40
 
 
 class GuestPathError(Exception):
-    """A guest path that cannot be resolved inside the guest (link loop, too deep)."""
+    """A guest path that cannot be used as asked: a link loop, or a directory where a file
+    must go. ``gpath`` is the guest path, ``root`` the guest root (for messages)."""
+
+    def __init__(self, gpath: str, root: str, reason: str):
+        self.gpath, self.root, self.reason = "/" + gpath.lstrip("/"), root, reason
+        super().__init__(f"{self.gpath}: {reason} (in {root})")
 
 
 class Guest:
@@ -43,7 +48,7 @@ class Guest:
             if (follow or todo) and os.path.islink(cand):
                 links += 1
                 if links > _MAX_LINKS:
-                    raise GuestPathError(f"too many symlinks resolving {gpath} in {self.root}")
+                    raise GuestPathError(gpath, self.root, "too many levels of symbolic links")
                 target = os.readlink(cand)
                 if target.startswith("/"):
                     done = []
@@ -70,11 +75,14 @@ class Guest:
         return os.readlink(self.path(gpath, follow=False))
 
     def read_text(self, gpath: str, default: str | None = None) -> str | None:
-        try:
-            with open(self.path(gpath), encoding="utf-8", errors="surrogateescape") as f:
-                return f.read()
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        """A regular file's text; ``default`` for anything else: absent, a directory, or a
+        FIFO or device node (one blocks a reader, the other opens a dom0 device: never opened)."""
+        host = self.path(gpath)
+        if not os.path.isfile(host):
             return default
+        fd = os.open(host, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)  # a FIFO by now: no hang either
+        with open(fd, encoding="utf-8", errors="surrogateescape") as f:
+            return f.read() if stat.S_ISREG(os.fstat(fd).st_mode) else default
 
     def listdir(self, gpath: str) -> list[str]:
         try:
@@ -98,6 +106,8 @@ class Guest:
     def write_text(self, gpath: str, text: str, mode: int | None = None) -> bool:
         """Atomically replace a guest file; return False if it already held ``text``."""
         host = self.path(gpath)
+        if os.path.isdir(host):
+            raise GuestPathError(gpath, self.root, "is a directory where a file must go")
         if os.path.isfile(host):
             with open(host, encoding="utf-8", errors="surrogateescape") as f:
                 if f.read() == text and (mode is None or stat.S_IMODE(os.stat(host).st_mode) == mode):

@@ -29,9 +29,16 @@ def tag(hostname: str) -> str:
 
 
 def image_key_types(guest: Guest) -> list[str]:
-    """The key types the image's sshd has (and so the VM gets fresh ones of)."""
-    names = (p.rsplit("/", 1)[1] for p in guest.glob("/etc/ssh", "ssh_host_*_key"))
-    return [KEY_TYPES[t] for t in (n[len("ssh_host_"):-len("_key")] for n in names) if t in KEY_TYPES]
+    """The key types the image's sshd has (and so the VM gets fresh ones of). Each key's
+    files are resolved now, so a link loop among them stops us before the deploy, not in it."""
+    types = []
+    for path in guest.glob("/etc/ssh", "ssh_host_*_key"):
+        for f in (path, path + ".pub"):
+            guest.path(f)  # GuestPathError on a loop
+        t = path.rsplit("/", 1)[1][len("ssh_host_"):-len("_key")]
+        if t in KEY_TYPES:
+            types.append(KEY_TYPES[t])
+    return types
 
 
 def _keygen(ktype: str, comment: str, path: str, idle: bool = False):

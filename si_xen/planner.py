@@ -181,13 +181,14 @@ def check_boot(plan: Plan, image: Image, cache_dir: str | None = None) -> boot.G
         if cached:
             k, need = boot.GuestKernel(**cached["kernel"]), cached["memory_need"]
         else:
-            k = boot.find_kernel(image.guest)
-            if k is None:
-                raise Fatal(
-                    f"image '{image.name}' has no kernel in /boot",
-                    "supply a Xen-capable kernel with --kernel and --initrd",
-                )
-            need = boot.memory_needed(image.guest, k)
+            with image.reading():
+                k = boot.find_kernel(image.guest)
+                if k is None:
+                    raise Fatal(
+                        f"image '{image.name}' has no kernel in /boot",
+                        "supply a Xen-capable kernel with --kernel and --initrd",
+                    )
+                need = boot.memory_needed(image.guest, k)
             _pending[plan.fingerprint] = {"kernel": k.__dict__, "memory_need": need}
     if plan.memory < need:
         raise Fatal(

@@ -135,14 +135,16 @@ def body(argv) -> int:
     image = open_image(name)
     settings = config.load(args.config, image.name)
     rep = Reporter(quiet=args.quiet, verbose=args.verbose)
-    for w in image.os.__dict__.get("warnings", ()):
-        rep.warn(w)
+    if not image.os.known:  # said before the long copy: the fixups will do only what any Linux needs
+        rep.warn(f"unknown OS in image '{image.name}' ({image.os.pretty}): generic {image.os.init} handling only")
     o = options(args, settings)
     hosts = batch.expand(args.hostname)
     keys = None
     if len(hosts) == 1 and not args.dry_run:  # RSA keys take long: start them now, for later
         stock = hostkeys.Stock(settings.paths["state_dir"])
-        keys = hostkeys.Prefetch(hostkeys.image_key_types(image.guest), hosts[0], stock)
+        with image.reading():
+            types = hostkeys.image_key_types(image.guest)
+        keys = hostkeys.Prefetch(types, hosts[0], stock)
     try:
         return _deploy(args, image, settings, rep, o, hosts, keys)
     finally:

@@ -23,7 +23,7 @@ def build_parser():
                "directly, from si_mkxenvm, or as xen-tools hooks (xen-create-image --dist=systemimager).\n\n"
                + _fixup_help())
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
-    sub.add_parser("list", help="each fixup: hook name, families, what it does")
+    sub.add_parser("list", help="each fixup: its hook, its name and what it does")
     r = sub.add_parser("run", help="run the fixups on a guest root; settings from xen-tools' env names")
     r.add_argument("prefix", metavar="PREFIX", help="the guest root (mounted VM filesystem)")
     r.add_argument("--only", help="comma separated fixups to run (names or NN-name hooks)")
@@ -42,8 +42,7 @@ def build_parser():
 def _list() -> None:
     width = max(len(f.hook) for f in FIXUPS)
     for f in FIXUPS:
-        fams = "all" if set(f.families) >= {"debian", "redhat", "suse", "unknown"} else ",".join(f.families)
-        print(f"{f.hook:<{width}}  {f.name:<12}  [{fams}]  {f.summary}")
+        print(f"{f.hook:<{width}}  {f.name:<12}  {f.summary}")
 
 
 def _body(argv) -> int:

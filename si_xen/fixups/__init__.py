@@ -1,6 +1,6 @@
 """The guest fixups: what makes a SystemImager image boot right as a Xen guest.
 
-``FIXUPS`` is the ordered registry (name, order, hook, summary, families, help); ``run_all``
+``FIXUPS`` is the ordered registry (name, order, hook, summary, help); ``run_all``
 applies them in-process to a mounted guest root, described by a GuestSpec (fixups.spec).
 """
 

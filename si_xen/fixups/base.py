@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from si_xen.distros import OSInfo
 from si_xen.fixups.spec import GuestSpec
@@ -26,18 +27,20 @@ class Fixup:
     hook: str  # xen-tools hook file name, NN-name
     summary: str
     help: str
-    families: tuple[str, ...]
     func: Callable[[Ctx], None] = field(repr=False)
+    # Every fixup serves every family (differences live in OSInfo's data); kept only for
+    # runner.run_all's applicability check until the guest-spec rework drops it.
+    families: ClassVar[tuple[str, ...]] = ALL_FAMILIES
 
 
 REGISTRY: list[Fixup] = []
 
 
-def fixup(name: str, order: int, hook: str, families: tuple[str, ...] = ALL_FAMILIES):
+def fixup(name: str, order: int, hook: str):
     def deco(func):
         doc = inspect.cleandoc(func.__doc__ or name)
         summary, _, rest = doc.partition("\n")
-        REGISTRY.append(Fixup(name, order, f"{order:02d}-{hook}", summary.strip(), rest.strip(), families, func))
+        REGISTRY.append(Fixup(name, order, f"{order:02d}-{hook}", summary.strip(), rest.strip(), func))
         return func
 
     return deco

@@ -15,8 +15,7 @@ def fixups_roff() -> str:
 
     out = [BEGIN]
     for f in FIXUPS:
-        fams = "all families" if "unknown" in f.families else ", ".join(f.families)
-        out += [".TP", f"\\fB{esc(f.hook)}\\fR (\\fI{f.name}\\fR; {fams})", esc(f.summary)]
+        out += [".TP", f"\\fB{esc(f.hook)}\\fR (\\fI{f.name}\\fR)", esc(f.summary)]
         if f.help:
             out += [".br", esc(re.sub(r"\s*\n\s*", " ", f.help))]
     out.append(END)

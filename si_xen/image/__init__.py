@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ..distros import OSInfo, detect
-from ..guestfs import Guest
+from ..errors import Fatal
+from ..guestfs import Guest, GuestPathError
 from .metadata import Metadata, read_metadata
 from .store import StoreConfig, list_images, resolve, store_config
 
@@ -21,10 +24,30 @@ class Image:
     def guest(self) -> Guest:
         return Guest(self.path)
 
+    def reading(self):
+        return reading(self.name, self.path)
+
+
+@contextmanager
+def reading(name: str, path: str):
+    """Around every read of an image (untrusted input): a link loop, an unreadable file or a
+    directory where a file should be becomes one FATAL naming the image and the guest path."""
+    try:
+        yield
+    except GuestPathError as e:
+        raise Fatal(f"image '{name}' is unusable: {e.gpath}: {e.reason}", f"fix or remove it in {path}") from None
+    except OSError as e:
+        host = os.fsdecode(e.filename or "")
+        root = os.path.realpath(path)
+        shown = "/" + os.path.relpath(host, root) if host.startswith(root + "/") else host or "a file"
+        raise Fatal(f"image '{name}' is unusable: cannot read {shown}: {e.strerror}",
+                    f"fix it in {path}, or get the image again") from None
+
 
 def open_image(name: str, cfg: StoreConfig | None = None) -> Image:
     name, path = resolve(name, cfg)
-    return Image(name, path, detect(Guest(path)), read_metadata(path))
+    with reading(name, path):
+        return Image(name, path, detect(Guest(path)), read_metadata(path))
 
 
-__all__ = ["Image", "open_image", "list_images", "store_config", "resolve"]
+__all__ = ["Image", "open_image", "reading", "list_images", "store_config", "resolve"]

@@ -21,9 +21,11 @@ class Env:
     state: str
     lock: str
 
-    def run(self, prog: str, *args: str, check: bool = False, timeout: float = 600) -> subprocess.CompletedProcess:
+    def run(self, prog: str, *args: str, check: bool = False, timeout: float = 600,
+            wrapper: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+        """``wrapper``: a command the si_* command runs under (e.g. setpriv dropping capabilities)."""
         env = dict(os.environ, SIS_CONFDIR=self.confdir, PYTHONPATH=REPO)
-        argv = [sys.executable, "-m", f"si_xen.cli.{prog}", *args, "--config", self.config]
+        argv = [*wrapper, sys.executable, "-m", f"si_xen.cli.{prog}", *args, "--config", self.config]
         cp = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
         if check and cp.returncode:
             raise AssertionError(f"{prog} {' '.join(args)} -> {cp.returncode}\n{cp.stdout}\n{cp.stderr}")

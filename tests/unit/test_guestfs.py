@@ -1,6 +1,7 @@
 """A guest tree is untrusted: links in it never lead out of it."""
 
 import os
+import stat
 
 import pytest
 
@@ -70,3 +71,31 @@ def test_write_text_reports_no_change_and_keeps_mode(tree):
     assert oct(os.stat(root / "etc/x/y").st_mode & 0o777) == "0o600"
     assert g.write_text("/etc/x/y", "b")
     assert oct(os.stat(root / "etc/x/y").st_mode & 0o777) == "0o600"
+
+
+def test_link_loop_error_names_the_guest_path(tree):
+    root, _ = tree
+    os.symlink("ssh", root / "etc" / "ssh")
+    with pytest.raises(GuestPathError, match=r"^/etc/ssh: too many levels of symbolic links \(in ") as e:
+        Guest(str(root)).glob("etc/ssh", "*")
+    assert e.value.gpath == "/etc/ssh"
+
+
+def test_read_text_never_opens_what_is_not_a_regular_file(tree):
+    root, _ = tree
+    os.mkfifo(root / "etc" / "hostname")  # a reader would block for ever
+    os.mkdir(root / "etc" / "hosts")
+    specials = ["/etc/hostname", "/etc/hosts", "/etc/absent"]
+    if os.geteuid() == 0:  # a device node of the image is the dom0's device
+        os.mknod(root / "etc" / "zero", 0o600 | stat.S_IFCHR, os.makedev(1, 5))
+        specials.append("/etc/zero")
+    g = Guest(str(root))
+    assert [g.read_text(p, "-") for p in specials] == ["-"] * len(specials)
+
+
+def test_write_text_refuses_a_directory_where_the_file_goes(tree):
+    root, _ = tree
+    os.mkdir(root / "etc" / "hostname")
+    with pytest.raises(GuestPathError, match="is a directory"):
+        Guest(str(root)).write_text("/etc/hostname", "vm1\n")
+    assert os.listdir(root / "etc" / "hostname") == [] and not [n for n in os.listdir(root / "etc") if n.startswith(".")]

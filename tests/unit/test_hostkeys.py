@@ -1,16 +1,25 @@
 import os
-import subprocess
 
 import pytest
 
 from si_xen import hostkeys
 from si_xen.guestfs import Guest
-from tests.conftest import need_tools
+
+from . import fakekeygen
+
+# What the real `ssh-keygen -lf` printed for this key (after the bit count).
+ED25519_PUB = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBN/Sy+Js2zeH9VTrVxcTafjSnGKpMLLgRRjdM+bmlOW si-xen:root@vm1"
+ED25519_FP = "SHA256:3Y3NinK7jvy4dDN7Uf0wr2fzJrobGo6cRlGeg9envHM si-xen:root@vm1 (ED25519)"
 
 
 @pytest.fixture
-def keygen():
-    need_tools("ssh-keygen")
+def keygen(fp, monkeypatch):
+    fakekeygen.register(fp, monkeypatch)
+    return fp
+
+
+def test_fingerprint_is_ssh_keygens():
+    assert hostkeys.fingerprint(ED25519_PUB) == ED25519_FP
 
 
 def test_prefetched_keys_are_taken_once_and_fingerprinted_like_ssh_keygen(tmp_path, keygen):
@@ -27,10 +36,8 @@ def test_prefetched_keys_are_taken_once_and_fingerprinted_like_ssh_keygen(tmp_pa
         assert "PRIVATE KEY" in priv and pub.split()[2] == "si-xen:root@vm1"
         assert hostkeys.take("ed25519", hostkeys.tag("vm1"), keys) is None, "one key serves one VM"
         assert hostkeys.take("rsa", hostkeys.tag("other"), keys) is None, "a key made for another VM"
-        want = subprocess.run(["ssh-keygen", "-lf", os.path.join(pre.dir, "rsa.pub")], capture_output=True,
-                              text=True).stdout.split(None, 1)[1].strip()
         with open(os.path.join(pre.dir, "rsa.pub")) as f:
-            assert hostkeys.fingerprint(f.read()) == want
+            assert hostkeys.fingerprint(f.read()).endswith(" si-xen:root@vm1 (RSA)")
     finally:
         pre.close()
     assert not os.path.exists(pre.dir)
@@ -62,10 +69,13 @@ def test_stock_is_filled_with_spare_cpu_and_each_key_serves_one_vm(tmp_path, key
     assert not [n for n in os.listdir(stock.dir) if n.startswith(".")], "nothing half-made left"
 
 
-def test_settle_discards_unfinished_keys(tmp_path, keygen):
+def test_settle_discards_unfinished_keys(tmp_path, fp, monkeypatch):
+    fakekeygen.register(fp, monkeypatch, running=True)
     stock = hostkeys.Stock(str(tmp_path))
     started = stock.refill()
-    stock.settle(started)  # at once: most are still running
+    stock.settle(started)  # at once: all still running
+    assert started and all(p.returncode == -9 for _, p in started), "killed, not waited for"
     names = os.listdir(stock.dir)
     assert not [n for n in names if n.startswith(".new-")]
     assert all(n + ".pub" in names for n in names if not n.endswith(".pub"))
+    assert [c[:4] for c in fp.calls][:1] == [["nice", "-n", "19", "/usr/bin/ssh-keygen"]], "stock: spare CPU only"

@@ -92,3 +92,10 @@ def test_no_kernel_needs_kernel_option(tmp_path, image):
     p = planner.make_plan(opts(tmp_path), image, survey(image.path))
     with pytest.raises(Fatal, match="no kernel in /boot.*--kernel"):
         planner.check_boot(p, image)
+
+
+@pytest.mark.parametrize("opt", ["swap", "size", "memory"])
+def test_negative_sizes_name_the_option(tmp_path, image, opt):
+    # `--swap=-5M` gets past argparse (`--swap -5M` is a usage error): the plan names the option
+    with pytest.raises(Fatal, match=rf"^invalid --{opt} '-5M' \("):
+        planner.make_plan(opts(tmp_path, **{opt: "-5M"}), image, survey(image.path))

@@ -5,11 +5,14 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import require
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+@pytest.mark.allow_subprocess(reason="runs the ruff linter on the code base: a check of the tree, not of our logic")
 def test_ruff_clean():
     ruff = shutil.which("ruff", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     require(ruff is not None, "ruff is not installed (pip install ruff)")

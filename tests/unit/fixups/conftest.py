@@ -4,6 +4,7 @@ import pytest
 
 from si_xen.fixups.spec import GuestSpec, Partition
 from si_xen.plan import Network
+from tests.unit import fakekeygen
 from tests.unit.fixups.trees import build
 
 STATIC = GuestSpec(
@@ -23,3 +24,10 @@ def tree(tmp_path):
         return build(tmp_path / name, name)
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def keygen(fp, monkeypatch):
+    """The identity fixup's ssh-keygen, faked (tests/unit/fakekeygen.py)."""
+    fakekeygen.register(fp, monkeypatch)
+    return fp

@@ -4,8 +4,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from si_xen.cli import xenhooks
-from si_xen.fixups import FIXUPS
+from si_xen.fixups import FIXUPS, by_name
+from si_xen.fixups.runner import hook_main
 from si_xen.fixups.xentools import hook_text
 from tests.unit.fixups.trees import DEB_INITTAB, build
 
@@ -23,12 +26,22 @@ def test_checked_in_hooks_match_registry():
         assert "$CONFIG{" not in hook_text(fx)  # xen-tools t/plugin-checks.t
 
 
-def run_hook(name, prefix, **env):
-    e = {"PATH": os.environ["PATH"], "LC_ALL": "C", **env}
-    return subprocess.run([os.path.join(HOOKS, name), prefix], env=e, capture_output=True, text=True)
+@pytest.fixture
+def run_hook(monkeypatch, capsys):
+    """A hook as xen-create-image runs it (the checked-in file only calls hook_main, see above):
+    $1 the prefix, settings only from the environment. Run for real in tests/integration."""
+
+    def run(hook, prefix, **env):
+        with monkeypatch.context() as m:
+            m.setattr(os, "environ", {"PATH": os.environ["PATH"], "LC_ALL": "C", **env})
+            code = hook_main(by_name(hook).name, [prefix])
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess([hook, prefix], code, out, err)
+
+    return run
 
 
-def test_xen_tools_hostname_test_on_bare_prefix(tmp_path):
+def test_xen_tools_hostname_test_on_bare_prefix(tmp_path, run_hook):
     """xen-tools' t/hook-hostname.t: only hostname and dhcp=1, a prefix with just etc/."""
     (tmp_path / "etc").mkdir()
     r = run_hook("50-setup-hostname", str(tmp_path), hostname="steve", dhcp="1")
@@ -37,7 +50,7 @@ def test_xen_tools_hostname_test_on_bare_prefix(tmp_path):
         assert (tmp_path / "etc" / f).exists()
 
 
-def test_xen_tools_inittab_test(tmp_path):
+def test_xen_tools_inittab_test(tmp_path, run_hook):
     """xen-tools' t/hook-inittab.t: exactly one uncommented numbered getty, id 1, on hvc0."""
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc/inittab").write_text(DEB_INITTAB)
@@ -47,7 +60,7 @@ def test_xen_tools_inittab_test(tmp_path):
     assert gettys == ["1:2345:respawn:/sbin/getty 38400 hvc0"]
 
 
-def test_hook_writes_resolv_conf_old_and_bad_env_fails(tmp_path):
+def test_hook_writes_resolv_conf_old_and_bad_env_fails(tmp_path, run_hook):
     root = build(tmp_path / "g", "debian12")
     r = run_hook("40-setup-networking", root, hostname="vm", ip1="10.0.0.5", netmask="24", nameserver="10.0.0.1")
     assert r.returncode == 0, r.stderr

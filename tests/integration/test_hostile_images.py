@@ -1,0 +1,126 @@
+"""si_mkxenvm on hostile or broken images: one FATAL line, or a VM made without reading
+anything outside the image; never a traceback, the image unchanged, nothing left behind.
+
+Each image is a hard-link copy of the Debian 12 test image (a second or so) whose changed
+entries are replaced, never written through, so the cached image stays as it was."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from tests.conftest import need_tools
+
+from .harness import debugfs_cat, debugfs_ls, host_state, make_env, manifest, tree_files
+
+pytestmark = pytest.mark.integration
+HOST = "hostile01"
+ARGS = ["--hostname", HOST, "--memory", "512M", "--size", "2G", "--swap", "0", "--dhcp"]
+KERNEL = "boot/vmlinuz-6.1.0-50-amd64"
+# Root without the capabilities that let it read any file: a mode-000 file is unreadable.
+NO_DAC = ("setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search")
+
+
+def replace(root: str, gpath: str, make) -> None:
+    """Unlink (never write through) the entry at ``gpath``, then ``make(host_path)`` anew."""
+    p = os.path.join(root, gpath)
+    if os.path.isdir(p) and not os.path.islink(p):
+        shutil.rmtree(p)
+    elif os.path.lexists(p):
+        os.unlink(p)
+    make(p)
+
+
+def unreadable_copy(src: str):
+    def make(p):
+        shutil.copyfile(src, p)
+        os.chmod(p, 0)
+
+    return make
+
+
+# name: (the image's changed entries, expected outcome: a FATAL naming this, or None for a VM)
+CASES = {
+    "ssh-loop": ({"etc/ssh": lambda p: os.symlink("ssh", p)},
+                 "image 'ssh-loop' is unusable: /etc/ssh: too many levels of symbolic links"),
+    "ssh-pub-loop": ({"etc/ssh/ssh_host_rsa_key.pub": lambda p: os.symlink("ssh_host_rsa_key.pub", p)},
+                     "/etc/ssh/ssh_host_rsa_key.pub: too many levels of symbolic links"),
+    "ssh-out": ({"etc/ssh": lambda p: os.symlink("/etc", p)}, None),
+    "kernel-shadow": ({KERNEL: lambda p: os.symlink("/etc/shadow", p)}, None),
+    "os-release-unreadable": ({"usr/lib/os-release": unreadable_copy("/etc/os-release")},
+                              "cannot read /usr/lib/os-release: Permission denied"),
+    "hostname-unreadable": ({"etc/hostname": unreadable_copy("/etc/hostname")}, "Permission denied"),
+    "hostname-fifo": ({"etc/hostname": os.mkfifo}, None),
+    "hostname-dir": ({"etc/hostname": os.mkdir}, None),
+}
+
+
+@pytest.fixture(scope="module")
+def image(debian12_image):
+    need_tools("rsync", "mkfs.ext4", "debugfs", "losetup", "ssh-keygen", "setpriv")
+    before = manifest(debian12_image)
+    yield debian12_image
+    assert manifest(debian12_image) == before, "the cached test image was modified"
+
+
+@pytest.fixture
+def hostile(image, tmp_path):
+    def make(name):
+        root = str(tmp_path / "images" / name)
+        os.makedirs(os.path.dirname(root))
+        subprocess.run(["cp", "-al", image, root], check=True)
+        for gpath, entry in CASES[name][0].items():
+            replace(root, gpath, entry)
+        return root
+
+    return make
+
+
+def dom0_files() -> tuple:
+    """What the links of CASES point at on the dom0."""
+    texts = []
+    for path in ("/etc/hostname", "/etc/shadow", "/etc/os-release"):
+        with open(path, "rb") as f:
+            texts.append(f.read())
+    return manifest("/etc/ssh"), *texts
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_hostile_image(hostile, tmp_path, name):
+    root = hostile(name)
+    env = make_env(tmp_path / "env", os.path.dirname(root))
+    before, image_before, dom0_before = host_state(env.base, (HOST,)), manifest(root), dom0_files()
+    wrapper = NO_DAC if "unreadable" in name else ()
+    cp = env.mk(root, *ARGS, "--dir", env.dir, "--output", env.output, wrapper=wrapper)
+    want = CASES[name][1]
+    assert "Traceback" not in cp.stdout + cp.stderr, cp.stderr
+    if want:
+        lines = cp.stderr.strip().splitlines()
+        assert cp.returncode == 1 and len(lines) == 1 and lines[0].startswith("FATAL: ") and want in lines[0], cp.stderr
+        assert "(" in lines[0], "the message names a fix"
+        assert tree_files(env.dir) in ([], [f"{env.dir}/domains"]) and os.listdir(env.output) == []
+    else:
+        assert cp.returncode == 0, cp.stdout + cp.stderr
+        check_vm(name, f"{env.dir}/domains/{HOST}", root)
+        env.run("rmxenvm", HOST, "--yes", check=True)
+        assert tree_files(env.dir) in ([], [f"{env.dir}/domains"]) and os.listdir(env.output) == []
+    assert manifest(root) == image_before, "the image was modified"
+    assert dom0_files() == dom0_before, "the dom0's files were changed"
+    assert host_state(env.base, (HOST,)) == before, "loop devices, mounts or temp dirs left behind"
+
+
+def check_vm(name: str, vm: str, root: str) -> None:
+    """What the VM got: the guest's own files, never the dom0's."""
+    disk = f"{vm}/disk.img"
+    if name == "ssh-out":  # /etc/ssh -> /etc resolved in the guest, which has no keys there: none copied in
+        assert "ssh_host_" not in "".join(debugfs_ls(disk, "/etc"))
+    elif name == "kernel-shadow":  # the link resolved to the guest's /etc/shadow, not the dom0's
+        with open(f"{vm}/vmlinuz", "rb") as got, open(f"{root}/etc/shadow", "rb") as guest:
+            assert got.read() == guest.read()
+        with open(f"{vm}/vmlinuz", "rb") as got, open("/etc/shadow", "rb") as dom0:
+            assert got.read() != dom0.read()
+    elif name == "hostname-fifo":  # never opened (a reader would hang): replaced by the VM's name
+        assert debugfs_cat(disk, "/etc/hostname") == f"{HOST}\n"

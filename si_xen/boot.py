@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from . import initramfs
 from .errors import Fatal
 from .guestfs import Guest
-from .made import Directory, File
+from .made import File
 from .storage.bases import beside, reflink
 
 PVGRUB2 = {"pv": "/usr/lib/grub-xen/grub-x86_64-xen.bin", "pvh": "/usr/lib/grub-xen/grub-i386-xen_pvh.bin"}
@@ -68,8 +68,7 @@ def copy_out(guest: Guest, k: GuestKernel, boot_dir: str, journal, shared: str |
 
     With ``shared`` (a cloned VM's base disk), they are kept once beside the base and each
     VM gets a reflink, so a clone costs no kernel-sized copy."""
-    if not os.path.isdir(boot_dir):
-        journal.made(Directory(boot_dir), os.makedirs, boot_dir)
+    journal.makedirs(boot_dir)
     out = []
     for gpath, name in ((k.kernel, "vmlinuz"), (k.initrd, "initrd.img")):
         if gpath is None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from .errors import Fatal
 from .locks import LockBusy, exclusive, holder
-from .made import Made
+from .made import Directory, Made
 from .rollback import critical
 
 KILL_AT = "SI_XEN_KILL_AT"  # tests: SIGKILL ourselves as this step starts (a crash there)
@@ -107,6 +107,15 @@ class Journal:
             if create:
                 create(*args)
         return thing
+
+    def makedirs(self, path: str, mode: int = 0o755) -> None:
+        """Each missing directory of ``path``, parents first, journaled (mkdir -p that undoes)."""
+        missing = []
+        while not os.path.isdir(path):
+            missing.append(path)
+            path = os.path.dirname(path)
+        for d in reversed(missing):
+            self.made(Directory(d), os.mkdir, d, mode)
 
     def finish(self, record: dict) -> None:
         with critical():

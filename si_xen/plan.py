@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 from dataclasses import dataclass, field, replace
 
 from .sizes import human
@@ -121,6 +122,8 @@ def describe(plan: Plan) -> str:
         mp = d.mountpoint or "swap"
         lines.append(f"{d.vdev:<6} {mp:<14} {d.fs:<5} {human(d.size_mib):>6}  {d.target}")
     lines += [f"Copy           : {n}" for n in plan.notes]
+    if plan.storage == "dir" and not os.path.isdir(plan.storage_root):
+        lines.append(f"Storage        : {plan.storage_root} does not exist: made now (as xen-create-image does)")
     lines += ["", "Networking Information", "----------------------"]
     lines.append("IP Address     : " + ("DHCP" if net.dhcp else " ".join(net.ips) + f" / {net.netmask}"))
     if net.gateway:

@@ -21,6 +21,7 @@ from .plan import (
 from .sizes import human, parse_mib
 from .storage import backend_for
 from .storage.bases import reflinks_likely, reflinks_work
+from .storage.files import existing_parent
 from .storage.mount import MKFS
 from .validate import check_hostname, check_network
 
@@ -135,7 +136,8 @@ def make_plan(o: dict, image: Image, survey: Survey, warn=lambda m: None) -> Pla
         clone = bool(pool) and not o.get("full_copy")
     else:
         probe = reflinks_likely if o.get("dry_run") else reflinks_work
-        clone = not o.get("full_copy") and os.path.isdir(root) and probe(root)
+        there = existing_parent(root)  # a missing --dir is made where its parent is
+        clone = not o.get("full_copy") and os.path.isdir(there) and probe(there)
     if storage == "lvm" and clone:
         copy_note = f"thin snapshot of the image's base LV in {root}/{pool}"
     elif storage == "lvm":

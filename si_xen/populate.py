@@ -93,7 +93,9 @@ def bases_ready(plan, backend) -> bool:
 def ensure_bases(plan, image, backend, rep, journal) -> dict[str, str]:
     """The image's base disks, built now if no VM built them yet (one builder at a time)."""
     bases = base_targets(plan, backend)
-    lock = journal.made(Lock(backend.base_lock(plan.image_name)))
+    path = backend.base_lock(plan.image_name)
+    journal.makedirs(os.path.dirname(path))
+    lock = journal.made(Lock(path))
     with exclusive(lock.path):
         if not all(backend.have_base(b) for b in bases.values()):
             _build_bases(plan, image, backend, rep, journal, bases)

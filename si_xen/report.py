@@ -84,6 +84,13 @@ class Reporter:
         self._record("WARNING: " + text)
         print(f"WARNING: {text}", file=sys.stderr, flush=True)
 
+    def fixup_line(self, text: str) -> None:
+        """A fixup's line: its warnings are the admin's to see, its changes the log's."""
+        if text.startswith("WARNING: "):
+            self.warn(text[len("WARNING: "):])
+        else:
+            self.detail(text)
+
     @contextmanager
     def step(self, what: str):
         self.say(what)

@@ -12,6 +12,9 @@ from ..errors import Fatal, UsageError
 from ..guestfs import GuestPathError
 from ..rollback import Interrupted
 
+# The EXIT STATUS of every si_* page; a command adds its own cases before it.
+EXIT_STATUS = ("0 on success; 1 with one FATAL: line naming the problem and its fix; 2 (one FATAL: line too)\n"
+               "for a command line it cannot parse; 130 when interrupted (what was made so far is removed).")
 EPILOG = "Download, report bugs, and make suggestions at:\nhttps://github.com/si-xen/si-xen"
 
 

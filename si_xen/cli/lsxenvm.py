@@ -19,6 +19,7 @@ MAN = {
         "stopped in; si_rmxenvm(8) removes what it made.\n"
         "A NAME that is not found gives a WARNING and exit status 1."
     ),
+    "exit_status": "si_lsxenvm also exits 1 when a NAME is not found (after listing the others).",
     "files": "/var/lib/si-xen/vms/*.journal  one journal per VM: what its deploy made, and its record",
     "see_also": "si_mkxenvm(8), si_rmxenvm(8), si-xen.conf(5)",
 }

@@ -10,6 +10,7 @@ import sys
 
 from .. import PROJECT, __version__
 from ..roff import esc
+from .common import EXIT_STATUS
 
 COMMANDS = ("mkxenvm", "lsxenvm", "rmxenvm")
 
@@ -44,6 +45,7 @@ def render(prog: str, parser: argparse.ArgumentParser, man: dict) -> str:
         lines.append(f".SH {esc(title)}")
         for a in actions:
             lines += [".TP", _opt(a), esc(a.help or "")]
+    lines += [".SH EXIT STATUS", esc(" ".join(filter(None, (EXIT_STATUS, man.get("exit_status")))))]
     for title in ("examples", "files", "see_also"):
         if man.get(title):
             lines += [f".SH {title.replace('_', ' ').upper()}", ".nf" if title == "examples" else "", esc(man[title])]

@@ -11,13 +11,10 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 from si_xen.distros import OSInfo
 from si_xen.fixups.spec import GuestSpec
 from si_xen.guestfs import Guest
-
-ALL_FAMILIES = ("debian", "redhat", "suse", "unknown")
 
 
 @dataclass(frozen=True)
@@ -27,10 +24,7 @@ class Fixup:
     hook: str  # xen-tools hook file name, NN-name
     summary: str
     help: str
-    func: Callable[[Ctx], None] = field(repr=False)
-    # Every fixup serves every family (differences live in OSInfo's data); kept only for
-    # runner.run_all's applicability check until the guest-spec rework drops it.
-    families: ClassVar[tuple[str, ...]] = ALL_FAMILIES
+    func: Callable[[Ctx], None] = field(repr=False)  # every family: differences live in OSInfo's data
 
 
 REGISTRY: list[Fixup] = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from ..errors import Fatal
-from ..made import Directory, DiskFile
+from ..made import DiskFile
 from ..plan import Disk
 from .bases import base_name, beside, reflink, remove_beside, write_meta
 
@@ -23,12 +23,14 @@ class FileBackend:
         return os.path.join(self.vm_dir(hostname), f"{disk.name}.img")
 
     def validate(self, hostname: str, disks: list[Disk], need_mib: int, force: bool) -> None:
-        if not os.path.isdir(self.root):
-            raise Fatal(f"storage directory {self.root} does not exist", "create it or give another --dir")
+        there = existing_parent(self.root)
+        if not os.path.isdir(there) or not os.access(there, os.W_OK):
+            raise Fatal(f"storage directory {self.root} cannot be created ({there} is not a writable directory)",
+                        "give another --dir")
         for d in disks:
             if os.path.lexists(d.target) and not force:
                 raise Fatal(f"disk {d.target} already exists", "remove the VM with si_rmxenvm or use --force")
-        st = os.statvfs(self.root)
+        st = os.statvfs(there)
         free = st.f_bavail * st.f_frsize // (1024 * 1024)
         if free < need_mib:
             raise Fatal(
@@ -37,9 +39,7 @@ class FileBackend:
             )
 
     def _make_room(self, disk: Disk, journal) -> None:
-        vm_dir = os.path.dirname(disk.target)
-        if not os.path.isdir(vm_dir):
-            journal.made(Directory(vm_dir), os.makedirs, vm_dir)
+        journal.makedirs(os.path.dirname(disk.target))  # DIR too, as xen-create-image does
         if os.path.lexists(disk.target):
             os.unlink(disk.target)  # --force was checked in validate()
 
@@ -78,6 +78,13 @@ class FileBackend:
     def exists(self, target: str) -> bool:
         return os.path.lexists(target)
 
+
+
+def existing_parent(path: str) -> str:
+    """``path`` or its nearest ancestor that exists: where a missing --dir will be made."""
+    while not os.path.lexists(path):
+        path = os.path.dirname(path)
+    return path
 
 
 def _sparse(path: str, size_mib: int) -> None:

@@ -11,7 +11,7 @@ import time
 
 from .. import proc
 from ..errors import Fatal
-from ..made import Directory, File
+from ..made import File
 
 
 def hypervisor_running() -> bool:
@@ -81,8 +81,7 @@ def require_running(choice: str) -> Toolstack:
 def link_autostart(cfg: str, journal) -> str:
     """xendomains starts what is linked in /etc/xen/auto: the auto/ beside the config dir."""
     auto_dir = os.path.join(os.path.dirname(cfg), "auto")
-    if not os.path.isdir(auto_dir):
-        journal.made(Directory(auto_dir), os.makedirs, auto_dir)
+    journal.makedirs(auto_dir)
     link = os.path.join(auto_dir, os.path.basename(cfg))
     if os.path.lexists(link):
         os.unlink(link)

@@ -133,6 +133,19 @@ def test_autostart_link_made_and_removed(env):
     assert not os.path.lexists(link) and not os.path.exists(f"{env.output}/web01.cfg")
 
 
+def test_a_missing_dir_is_made_and_goes_with_the_vm(env):
+    """As xen-create-image does (mkpath), and said; si_rmxenvm takes away what the deploy made."""
+    store = f"{env.base}/new/store"
+    dry = env.mk("debian12", "--hostname", "web01", *ARTICLE, "--dir", store, "--output", env.output, "--dry-run",
+                 check=True)
+    assert f"Storage        : {store} does not exist: made now" in dry.stdout and not os.path.exists(f"{env.base}/new")
+    cp = env.mk("debian12", "--hostname", "web01", *ARTICLE, "--dir", store, "--output", env.output, check=True)
+    assert f"{store} does not exist: made now" in cp.stdout
+    assert os.path.isfile(f"{store}/domains/web01/disk.img") and oct(os.stat(store).st_mode & 0o777) == "0o755"
+    env.run("rmxenvm", "web01", "--yes", check=True)
+    assert not os.path.exists(f"{env.base}/new")
+
+
 def test_dry_run_changes_nothing(env):
     cp = env.mk("debian12", "--hostname", "dry01", *ARTICLE, "--dir", env.dir, "--output", env.output, "--dry-run",
                 check=True)
@@ -178,7 +191,8 @@ BAD = {
     "start without xen": (["debian12", "--hostname", "a", "--dhcp", "--start"], "drop --start"),
     "lvm without device-mapper": (["debian12", "--hostname", "a", "--dhcp", "--lvm", "vg0", "NODIR"], "device-mapper"),
     "dir and lvm": (["debian12", "--hostname", "a", "--dhcp", "--lvm", "vg0"], "both --dir and --lvm"),
-    "missing dir": (["debian12", "--hostname", "a", "--dhcp", "--dir", "/nonexistent/x", "NODIR"], "does not exist"),
+    "dir under a file": (["debian12", "--hostname", "a", "--dhcp", "--dir", "/etc/hostname/x", "NODIR"],
+                         "cannot be created (/etc/hostname is not a writable directory)"),
     "missing output": (["debian12", "--hostname", "a", "--dhcp", "--output", "/nonexistent/x"], "does not exist"),
 }
 

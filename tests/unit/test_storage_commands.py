@@ -95,7 +95,7 @@ def test_file_backend_is_sparse_and_undone(tmp_path, journal, fp):
         b.validate("vm", [d], 0, force=False)
     fp.register(["losetup", "--noheadings", "-O", "NAME", "-j", d.target])  # no loop device left on it
     assert journal.rollback() == []
-    assert os.listdir(tmp_path / "vms") == ["domains"] and os.listdir(tmp_path / "vms" / "domains") == []
+    assert os.listdir(tmp_path / "vms") == []  # domains/ too: this deploy made it
     assert not os.path.exists(journal.path)
 
 

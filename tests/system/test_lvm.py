@@ -14,9 +14,10 @@ pytestmark = pytest.mark.system
 
 SCENARIOS = {
     "lvm": (180, "lvm_made lvm1"), "thin": (300, "VMS='thin1 thin2' thin_made thin1 thin2"),
-    # SIGKILL at step boundaries where LVs exist, are filled, are mounted, are done
-    "crash": (420, "crash_recovered crash1 'filesystems fixups config'"),
-    "crash_thin": (420, "crash_recovered crash2 'base-filesystems mount' --thin-pool pool0"),
+    # SIGKILL at each step boundary of a thick-LV deploy, and of a thin pool's base build and clone
+    "crash": (600, "crash_recovered crash1 'disks filesystems mount fixups boot unmount config record'"),
+    "crash_thin": (600, "crash_recovered crash2 'bases base-disks base-filesystems base-publish disks mount' "
+                        "--thin-pool pool0"),
 }
 
 

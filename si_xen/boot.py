@@ -27,6 +27,7 @@ class GuestKernel:
     version: str
     kernel: str  # guest path
     initrd: str | None  # guest path
+    memory_need: int | None = None  # MiB to get past the initramfs (planner.check_boot)
 
 
 def _vkey(v: str):

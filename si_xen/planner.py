@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict, replace
 
 from . import atomic, boot
 from .errors import Fatal
@@ -191,7 +192,7 @@ def check_boot(plan: Plan, image: Image, cache_dir: str | None = None) -> boot.G
                         "supply a Xen-capable kernel with --kernel and --initrd",
                     )
                 need = boot.memory_needed(image.guest, k)
-            _pending[plan.fingerprint] = {"kernel": k.__dict__, "memory_need": need}
+    k = replace(k, memory_need=need)
     if plan.memory < need:
         raise Fatal(
             f"--memory {plan.memory}M is too small for this guest: its kernel and initramfs need {need} MiB to boot",
@@ -215,13 +216,9 @@ def _cached(cache_dir, plan) -> dict | None:
         return None
 
 
-_pending: dict[str, dict] = {}
-
-
-def remember_boot(plan: Plan, cache_dir: str) -> None:
+def remember_boot(plan: Plan, kernel: boot.GuestKernel | None, cache_dir: str | None) -> None:
     """Keep what check_boot measured, now that a VM of this image exists."""
-    facts = _pending.pop(plan.fingerprint, None)
     path = _cache_file(cache_dir, plan)
-    if facts and path:
+    if kernel and path and not plan.kernel and not os.path.exists(path):
         os.makedirs(cache_dir, exist_ok=True)
-        atomic.write(path, json.dumps(facts))
+        atomic.write(path, json.dumps({"kernel": asdict(kernel), "memory_need": kernel.memory_need}))

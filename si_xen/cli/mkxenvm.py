@@ -182,14 +182,14 @@ def _deploy(args, image, settings, rep, o, hosts, keys) -> int:
         rep.say(f"Deploying {len(plans)} VMs from image '{image.name}'")
         done, failed = batch.run(plans, image, kernel, settings, rep)
         if done:
-            planner.remember_boot(plan, facts_dir)
+            planner.remember_boot(plan, kernel, facts_dir)
         if failed:
             raise Fatal(f"{len(failed)} of {len(plans)} VMs failed: {'; '.join(failed)}",
                         f"see the logs in {settings.paths['log_dir']}")
         return 0
     try:
         rec = deploy.deploy(plan, image, kernel, settings, rep, keys, need)
-        planner.remember_boot(plan, facts_dir)
+        planner.remember_boot(plan, kernel, facts_dir)
         summary(rec, plan, rep, settings)
     finally:
         rep.close()

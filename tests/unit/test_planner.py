@@ -75,7 +75,7 @@ def test_boot_facts_are_cached_per_image_fingerprint(tmp_path, image, monkeypatc
     p = planner.make_plan(opts(tmp_path), image, survey(image.path))
     first = planner.check_boot(p, image, str(tmp_path / "facts"))
     assert not (tmp_path / "facts").exists(), "nothing is kept before a VM is made"
-    planner.remember_boot(p, str(tmp_path / "facts"))
+    planner.remember_boot(p, first, str(tmp_path / "facts"))
     monkeypatch.setattr(planner.boot, "memory_needed", lambda *a: pytest.fail("measured again"))
     assert planner.check_boot(p, image, str(tmp_path / "facts")) == first
     with open(os.path.join(image.path, "etc/motd"), "w") as f:

@@ -7,6 +7,7 @@ import os
 from dataclasses import asdict, replace
 
 from . import atomic, boot
+from .config import BUILTIN
 from .errors import Fatal
 from .image import Image
 from .image.survey import Survey, needed_mib
@@ -122,7 +123,7 @@ def make_plan(o: dict, image: Image, survey: Survey, warn=lambda m: None) -> Pla
     net = check_network(
         bool(o.get("dhcp")), tuple(o.get("ip") or ()), o.get("netmask") or "", o.get("gateway") or "",
         o.get("broadcast") or "", o.get("nameserver") or "", o.get("mac") or stable_mac(hostname),
-        o.get("bridge") or "xenbr0",
+        o.get("bridge") or BUILTIN["bridge"],
     )
 
     if o.get("dir") and o.get("lvm"):

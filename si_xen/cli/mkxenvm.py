@@ -49,6 +49,11 @@ MAN = {
 }
 
 
+def _default(key: str) -> str:
+    """Help shows the built-in default from the one place it is set (config.BUILTIN)."""
+    return f"(default {config.BUILTIN[key]})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = parser(PROG, "Create a Xen virtual machine from a SystemImager image: disks, a copy of the image,\n"
                "guest fixups for Xen, the domain config, and (with --start) the running domain.")
@@ -58,13 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--hostname", help="the VM's hostname, also its Xen domain name (required); a list or pattern such as "
       "web[01-20] makes a batch, in parallel, with consecutive --ip addresses")
     g = p.add_argument_group("size")
-    g.add_argument("--memory", help="memory, e.g. 512M or 1G (default 512M)")
+    g.add_argument("--memory", help=f"memory, e.g. 512M or 1G {_default('memory')}")
     g.add_argument("--maxmem", help="maximum memory for ballooning")
-    g.add_argument("--vcpus", help="virtual CPUs (default 1)")
-    g.add_argument("--size", help="root filesystem size, e.g. 2G, 2Gb, 2048 (MiB) (default 4G)")
-    g.add_argument("--swap", help="swap size (default 256M); 0 for none")
+    g.add_argument("--vcpus", help=f"virtual CPUs {_default('vcpus')}")
+    g.add_argument("--size", help=f"root filesystem size, e.g. 2G, 2Gb, 2048 (MiB) {_default('size')}")
+    g.add_argument("--swap", help=f"swap size {_default('swap')}; 0 for none")
     g.add_argument("--noswap", action="store_true", default=None, help="no swap disk")
-    g.add_argument("--fs", help="root filesystem: ext3, ext4, xfs (default ext4)")
+    g.add_argument("--fs", help=f"root filesystem: ext3, ext4, xfs {_default('fs')}")
     g.add_argument("--layout", help="'default' (root + swap) or 'image' (the golden client's filesystems)")
     g = p.add_argument_group("network")
     g.add_argument("--dhcp", action="store_true", default=None, help="configure the NIC by DHCP")
@@ -74,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--broadcast", help="broadcast address")
     g.add_argument("--nameserver", help="name servers, space or comma separated")
     g.add_argument("--mac", help="MAC address (default: stable per hostname, Xen OUI 00:16:3e)")
-    g.add_argument("--bridge", help="dom0 bridge for the vif (default xenbr0)")
+    g.add_argument("--bridge", help=f"dom0 bridge for the vif {_default('bridge')}")
     g = p.add_argument_group("storage and output")
     g.add_argument("--dir", help="store disks as sparse files under DIR/domains/HOSTNAME/")
     g.add_argument("--lvm", metavar="VG", help="store disks as logical volumes HOSTNAME-NAME in VG")
@@ -82,11 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --lvm: thin LVs in this pool of VG; VMs are thin snapshots of the image's base LV")
     g.add_argument("--full-copy", action="store_true", default=None,
                    help="copy the image into every VM, even where a reflink clone of its base disk is possible")
-    g.add_argument("--output", help="directory for the domain config (default /etc/xen)")
-    g.add_argument("--extension", help="config file extension (default .cfg)")
+    g.add_argument("--output", help=f"directory for the domain config {_default('output')}")
+    g.add_argument("--extension", help=f"config file extension {_default('extension')}")
     g = p.add_argument_group("boot")
-    g.add_argument("--type", help="guest type: pv or pvh (default pv)")
-    g.add_argument("--boot", help="direct (guest's kernel handed to Xen), pygrub or pvgrub2 (default direct)")
+    g.add_argument("--type", help=f"guest type: pv or pvh {_default('type')}")
+    g.add_argument("--boot", help=f"direct (guest's kernel handed to Xen), pygrub or pvgrub2 {_default('boot')}")
     g.add_argument("--kernel", help="a Xen-capable kernel to boot instead of the guest's own")
     g.add_argument("--initrd", help="the initrd for --kernel")
     g = p.add_argument_group("activation")

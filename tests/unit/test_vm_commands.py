@@ -1,0 +1,113 @@
+"""si_lsxenvm and si_rmxenvm read the journal: finished VMs, unfinished deploys, busy ones."""
+
+import json
+import os
+
+import pytest
+
+from si_xen import journal, populate
+from si_xen.cli import lsxenvm, rmxenvm
+from si_xen.errors import Fatal
+from si_xen.made import Directory, DiskFile, File
+from si_xen.plan import Disk
+
+
+@pytest.fixture
+def paths(tmp_path, monkeypatch):
+    state, lock = tmp_path / "state", tmp_path / "lock"
+    conf = tmp_path / "xen.conf"
+    conf.write_text(f"[paths]\nstate_dir = {state}\nlog_dir = {tmp_path}/log\nlock_dir = {lock}\n")
+    monkeypatch.setenv("SI_XEN_CONFIG", str(conf))
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    return tmp_path
+
+
+def crashed(paths, name="vm1", step="copy"):
+    """What a deploy killed in ``step`` leaves: a directory, a disk, no config yet."""
+    vm_dir = paths / "domains" / name
+    vm_dir.mkdir(parents=True)
+    (vm_dir / "disk.img").write_text("half a copy")
+    j = journal.Journal(str(paths / "state"), name, {"pid": 999999, "image": "deb", "config": f"/etc/xen/{name}.cfg"})
+    j.step("disks")
+    j.made(Directory(str(vm_dir)))
+    j.made(DiskFile(str(vm_dir / "disk.img")))
+    j.step(step)
+    j.close()
+    return vm_dir
+
+
+def test_ls_shows_finished_and_unfinished(paths, capsys, fp):
+    crashed(paths)
+    j = journal.Journal(str(paths / "state"), "web1", {"pid": 1})
+    j.finish({"name": "web1", "image": "deb", "boot": "direct", "config": "/etc/xen/web1.cfg",
+              "disks": [{"vdev": "xvda2", "mountpoint": "/", "size": "2G"}], "bases": []})
+    j.close()
+    assert lsxenvm.body(["--json"]) == 0
+    rows = {r["name"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert rows["web1"]["complete"] and rows["web1"]["state"] == "unknown"
+    assert rows["vm1"]["state"] == "incomplete" and rows["vm1"]["step"] == "copy"
+    assert lsxenvm.body([]) == 0
+    out = capsys.readouterr().out
+    assert "unfinished deploy (pid 999999) stopped in step 'copy': si_rmxenvm vm1 removes what it made" in out
+
+
+def test_rm_removes_what_an_unfinished_deploy_made(paths, capsys, fp):
+    vm_dir = crashed(paths)
+    fp.register(["losetup", "--noheadings", "-O", "NAME", "-j", str(vm_dir / "disk.img")])
+    assert rmxenvm.body(["--yes", "vm1"]) == 0
+    assert "Removed VM 'vm1' (an unfinished deploy)." in capsys.readouterr().out
+    assert not vm_dir.exists() and journal.load(str(paths / "state"), "vm1") is None
+
+
+def test_rm_keeps_the_journal_when_a_delete_fails(paths, fp):
+    vm_dir = crashed(paths)
+    fp.register(["losetup", fp.any()], returncode=2, stderr="losetup: cannot list loop devices\n")
+    with pytest.raises(Fatal, match="could not remove all of VM 'vm1': disk-file .*losetup exited 2.*journal .* is kept"):
+        rmxenvm.body(["--yes", "vm1"])
+    assert (vm_dir / "disk.img").exists() and journal.load(str(paths / "state"), "vm1") is not None
+
+
+def test_rm_refuses_while_another_command_holds_the_vm(paths, fp):
+    crashed(paths)
+    from si_xen.locks import exclusive
+
+    with exclusive(str(paths / "lock" / "vm1.lock")):
+        with pytest.raises(Fatal, match=rf"another si_\* command \(pid {os.getpid()}\) is working on VM 'vm1'"):
+            rmxenvm.body(["--yes", "vm1"])
+
+
+def test_rm_of_an_unknown_vm(paths):
+    with pytest.raises(Fatal, match="no VM 'nope' made by si_mkxenvm"):
+        rmxenvm.body(["--yes", "nope"])
+
+
+class FakeBackend:
+    def __init__(self):
+        self.calls = []
+
+    def create(self, disk, j):
+        self.calls.append(("create", disk.name))
+        j.made(File(disk.target))
+
+    def clone(self, base, disk, j):
+        self.calls.append(("clone", disk.name, base))
+        j.made(File(disk.target))
+
+
+class QuietRep:
+    def step(self, what):
+        from contextlib import nullcontext
+
+        return nullcontext()
+
+
+def test_make_disks_creates_or_clones_and_gives_swap_its_signature(tmp_path, fp):
+    disks = (Disk("disk", "/", "ext4", 2048, "", "xvda2", "/v/disk.img"), Disk("swap", "", "swap", 128, "", "xvda1", "/v/swap.img"))
+    plan = type("P", (), {"disks": disks})()
+    j = journal.Journal(str(tmp_path), "vm", {})
+    fp.register(["mkswap", "/v/swap.img"], occurrences=2)
+    b = FakeBackend()
+    populate.make_disks(plan, b, QuietRep(), j)
+    populate.make_disks(plan, b, QuietRep(), j, bases={"disk": "/b/base.img"})
+    assert b.calls == [("create", "swap"), ("create", "disk"), ("create", "swap"), ("clone", "disk", "/b/base.img")]
+    assert [t.path for t in j.state.things] == ["/v/swap.img", "/v/disk.img"] * 2

@@ -74,6 +74,7 @@ class Plan:
     thin_pool: str | None = None  # LVM thin pool in the VG: disks are thin LVs, clones thin snapshots
     clone: bool = False  # reflink a cached base disk of the image instead of a full copy
     fingerprint: str = ""  # of the image tree, names its base disks
+    excluded: tuple[str, ...] = ()  # guest paths with content the copy leaves out (Survey.excluded)
     fixups_only: tuple[str, ...] = ()
     fixups_skip: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)

@@ -23,7 +23,6 @@ from .storage.mount import mkfs, mount_tree, sync_targets, unmount
 # SystemImager's install-time exclusions (master's list; /dev is kept because old guests
 # without devtmpfs need their static nodes).
 EXCLUDES = ("lost+found/", "/proc/*", "/sys/*", "/run/*", "/tmp/*", "/var/lib/nfs/rpc_pipefs", "/etc/system-id")
-_EMPTY_DIRS = ("proc", "sys", "run", "tmp", "lost+found", "var/lib/nfs/rpc_pipefs")
 
 
 def copy(image: str, dest: str, progress=None) -> None:
@@ -34,18 +33,11 @@ def copy(image: str, dest: str, progress=None) -> None:
     proc.stream(argv, progress or (lambda line: None))
 
 
-def one_pass_ok(image: str, disks) -> bool:
-    """mke2fs -d copies everything: only when the exclusions would remove nothing."""
+def one_pass_ok(disks) -> bool:
+    """mke2fs -d makes and fills one ext3/ext4 filesystem in one pass (the exclusions are
+    masked: storage/view.py); other layouts are made, mounted and filled by rsync."""
     data = [d for d in disks if d.fs != "swap"]
-    if len(data) != 1 or data[0].fs not in ("ext3", "ext4"):
-        return False
-    for d in _EMPTY_DIRS:
-        try:
-            if os.listdir(os.path.join(image, d)):
-                return False
-        except (FileNotFoundError, NotADirectoryError):
-            pass
-    return not os.path.lexists(os.path.join(image, "etc/system-id"))
+    return len(data) == 1 and data[0].fs in ("ext3", "ext4")
 
 
 def make_disks(plan, backend, rep, journal, bases: dict[str, str] | None = None) -> None:
@@ -70,7 +62,7 @@ def make_filesystems(plan, image, rep, one_pass: bool) -> None:
         if one_pass:
             with rep.step(f"Creating {d.fs} filesystem on {d.target}\nInstallation method: copy (mke2fs -d)\n"
                           f"(Source: {image.path})"):
-                mkfs(d, image.path)
+                mkfs(d, image.path, plan.excluded)
         else:
             with rep.step(f"Creating {d.fs} filesystem on {d.target}"):
                 mkfs(d)
@@ -110,7 +102,7 @@ def _build_bases(plan, image, backend, rep, journal, bases) -> None:
     tmp = replace(plan, disks=tuple(replace(d, target=f"{bases[d.name]}.tmp{os.getpid()}")
                                     for d in plan.disks if d.fs != "swap"))
     rep.say(f"Building base disks of image '{plan.image_name}' (once; later VMs are clones)")
-    one_pass = one_pass_ok(image.path, tmp.disks)
+    one_pass = one_pass_ok(tmp.disks)
     journal.step("base-disks")
     make_disks(tmp, backend, rep, journal)
     journal.step("base-filesystems")

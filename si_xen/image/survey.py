@@ -10,12 +10,17 @@ from dataclasses import dataclass
 
 # Not copied into VMs (SystemImager's install-time exclusions), so not counted either.
 SKIP_CONTENT = ("proc", "sys", "run", "tmp")
+EXCLUDED_DIRS = ("/var/lib/nfs/rpc_pipefs",)  # and lost+found at any depth
+EXCLUDED_FILES = ("/etc/system-id",)
 
 
 @dataclass(frozen=True)
 class Survey:
     fingerprint: str
     entries: tuple[tuple[str, int], ...]  # (guest path, bytes on disk); hard links once
+    # What the install-time exclusions would leave out: real directories with content, and
+    # files (guest paths). The one-pass copy masks these (storage/view.py).
+    excluded: tuple[str, ...] = ()
 
     def usage(self, mountpoints: list[str]) -> dict[str, tuple[int, int]]:
         """Bytes and inodes per target mountpoint (the deepest mountpoint holding a path)."""
@@ -32,6 +37,7 @@ def survey(image: str) -> Survey:
     h = hashlib.sha256()
     entries: list[tuple[str, int]] = []
     seen: set[tuple[int, int]] = set()
+    excluded: list[str] = []
     stack = [("", image)]
     while stack:
         rel, path = stack.pop()
@@ -49,6 +55,10 @@ def survey(image: str) -> Survey:
             h.update(f"{erel}\0{st.st_mode}\0{st.st_uid}\0{st.st_gid}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n"
                      .encode(errors="surrogateescape"))
             isdir = stat.S_ISDIR(st.st_mode)
+            if (erel in EXCLUDED_FILES or (isdir and (e.name == "lost+found" or erel in EXCLUDED_DIRS
+                                                       or (rel == "" and e.name in SKIP_CONTENT))
+                                           and _has_content(e.path))):
+                excluded.append(erel)
             if st.st_nlink > 1 and not isdir:
                 if (st.st_dev, st.st_ino) in seen:
                     continue
@@ -56,7 +66,15 @@ def survey(image: str) -> Survey:
             entries.append((erel, st.st_blocks * 512))
             if isdir and not (rel == "" and e.name in SKIP_CONTENT) and e.name != "lost+found":
                 stack.append((erel, e.path))
-    return Survey(h.hexdigest()[:16], tuple(entries))
+    return Survey(h.hexdigest()[:16], tuple(entries), tuple(sorted(excluded)))
+
+
+def _has_content(path: str) -> bool:
+    try:
+        with os.scandir(path) as it:
+            return next(it, None) is not None
+    except OSError:
+        return False
 
 
 def needed_mib(used_bytes: int, inodes: int) -> int:

@@ -8,6 +8,7 @@ import secrets
 from .. import proc
 from ..made import Directory, Mount
 from ..plan import Disk
+from . import view
 
 MKFS = {
     "ext3": ["mkfs.ext3", "-q", "-F"],
@@ -17,9 +18,14 @@ MKFS = {
 }
 
 
-def mkfs(disk: Disk, tree: str | None = None) -> None:
-    """Make the filesystem; with ``tree`` (ext3/ext4 only) mke2fs fills it in the same pass."""
-    proc.run([*MKFS[disk.fs], *(["-d", tree] if tree else []), disk.target])
+def mkfs(disk: Disk, tree: str | None = None, excluded: tuple[str, ...] = ()) -> None:
+    """Make the filesystem; with ``tree`` (ext3/ext4 only) mke2fs fills it in the same pass,
+    leaving out ``excluded`` (guest paths: directories are masked, files removed after)."""
+    argv = [*MKFS[disk.fs], *(["-d", tree] if tree else []), disk.target]
+    dirs = tuple(p for p in excluded if tree and os.path.isdir(os.path.join(tree, p.lstrip("/"))))
+    proc.run(view.masked(tree, dirs, argv) if tree else argv)
+    for f in set(excluded) - set(dirs) if tree else ():
+        proc.run(["debugfs", "-w", "-R", f"rm {f}", disk.target])
 
 
 def mount_tree(disks: list[Disk], backend, journal, hostname: str) -> tuple[str, list]:

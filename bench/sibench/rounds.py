@@ -1,0 +1,162 @@
+"""bench/firstdeploy: the first deploy against the copy floor and the article's command,
+on an image as debootstrap leaves it and on one as si_getimage leaves it, round by round.
+
+Each round runs every case once on each image, in the same order, so a machine that gets
+slower or faster during the run (these are shared) moves all cases alike; medians and
+min-max over the rounds are reported, with ratios against the article's xen-create-image
+and against the floor (mkfs.ext4 -d of the tree into a sparse file: the least any copy
+into a fresh ext4 disk can cost). Every time ends with the target filesystem synced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+from . import cases as C
+from . import images
+from .main import REPO, ensure_venv, private_config
+from .proc import stop_children, timed
+from .report import machine, machine_text
+from .storage import make_scratch, remove_workdir
+
+# What a debootstrap'd tree carries in /run and /tmp before si_getimage's excludes (bookworm's
+# debootstrap leaves the lock dir, mount's utab and systemd's state; apt and dpkg leave logs).
+RAW_EXTRA = {"run/lock/.keep": "", "run/mount/utab": "", "run/systemd/container": "debootstrap\n",
+             "run/systemd/seats/.keep": "", "tmp/debootstrap.log": "I: Base system installed successfully.\n" * 200}
+
+
+def raw_image(src: str) -> str:
+    """debian12 as debootstrap left it: a hard-link copy with /run and /tmp content put back."""
+    dest = os.path.join(images.IMAGES, "debian12-raw")
+    shutil.rmtree(dest, ignore_errors=True)
+    subprocess.run(["cp", "-al", src, dest], check=True)
+    for rel, text in RAW_EXTRA.items():
+        os.makedirs(os.path.join(dest, os.path.dirname(rel)), exist_ok=True)
+        with open(os.path.join(dest, rel), "w") as f:
+            f.write(text)
+    return dest
+
+
+def cases(ctx: C.Ctx, image: str, name: str) -> dict:
+    """case -> (attempt(round) -> Sample, cleanup(round))."""
+    extras, _ = C.article_extras(image)
+    state = os.path.join(os.path.dirname(ctx.log), "state")
+
+    def article(r):
+        return timed([["xen-create-image", "--memory", "256M", "--size=2Gb", "--swap=128Mb", "--dhcp",
+                       f"--dir={ctx.xfs}", f"--hostname=fdx{r}", "--install-method=copy", f"--install-source={image}",
+                       f"--output={ctx.cfgdir}", "--noboot", *extras]], ctx.xfs, ctx.log, {**os.environ, "LC_ALL": "C"})
+
+    def article_done(r):
+        shutil.rmtree(os.path.join(ctx.xfs, "domains", f"fdx{r}"), ignore_errors=True)
+        for p in (os.path.join(ctx.cfgdir, f"fdx{r}.cfg"), f"/var/log/xen-tools/fdx{r}.log"):
+            if os.path.exists(p):
+                os.unlink(p)
+
+    def floor(r):
+        disk = os.path.join(ctx.xfs, f"floor{r}.img")
+        return timed([["truncate", "-s", "2G", disk], ["mkfs.ext4", "-q", "-F", "-d", image, disk]], ctx.xfs, ctx.log)
+
+    def floor_done(r):
+        os.unlink(os.path.join(ctx.xfs, f"floor{r}.img"))
+
+    def cold(r):  # the side work has all to do: no key stock, no measured boot facts
+        shutil.rmtree(os.path.join(state, "hostkeys"), ignore_errors=True)
+        shutil.rmtree(os.path.join(state, "images"), ignore_errors=True)
+        return C.mk(ctx, f"fdc{r}", ctx.xfs, image=name)
+
+    def first(r):  # key stock full and boot facts known: the copy alone on the critical path
+        return C.mk(ctx, f"fdf{r}", ctx.xfs, image=name)
+
+    def further(r):
+        return C.mk(ctx, f"fdn{r}", ctx.xfs, image=name)
+
+    def vm_done(host, prune):
+        def done(r):
+            C.rmvm(ctx, [f"{host}{r}"], prune=prune)
+            if prune:
+                C.drop_bases(ctx.xfs)
+        return done
+
+    def refill(r):  # untimed: a deploy with no base, so the key stock refills beside its copy
+        C.mk(ctx, "fdwarm", ctx.xfs, image=name, extra=["--full-copy"])
+        C.rmvm(ctx, ["fdwarm"])
+        return None
+
+    def further_done(r):
+        vm_done("fdn", False)(r)
+        vm_done("fdf", True)(r)  # and the first VM, with the base it built
+
+    return {"article": (article, article_done), "floor": (floor, floor_done),
+            "first, side work cold": (cold, vm_done("fdc", True)), "(refill)": (refill, lambda r: None),
+            "first": (first, lambda r: None), "further": (further, further_done)}
+
+
+def run(args) -> dict:
+    mk, rm = ensure_venv()
+    src = images.ensure_debian12(REPO)
+    workdir = tempfile.mkdtemp(prefix="si-xen-bench.", dir="/var/tmp")
+    results: dict = {}
+    try:
+        log = os.path.join(workdir, "bench.log")
+        conf, env = private_config(workdir)
+        cfgdir = os.path.join(workdir, "cfg")
+        os.makedirs(cfgdir)
+        xfs = make_scratch(workdir, "xfs", "64G", log)
+        ctx = C.Ctx(mk, rm, env, conf, cfgdir, log, args.rounds, xfs, "", src, "", os.path.join(workdir, "log"))
+        imgs = {"as debootstrap left it": raw_image(src), "as si_getimage leaves it": src}
+        for path in imgs.values():
+            images.warm(path)
+        plan = {label: cases(ctx, path, os.path.basename(path)) for label, path in imgs.items()}
+        for r in range(args.rounds):
+            print(f"round {r + 1}/{args.rounds}", flush=True)
+            for label, cs in plan.items():
+                for case, (attempt, done) in cs.items():
+                    s = attempt(r)
+                    if s is not None:
+                        if s.rc:
+                            raise RuntimeError(f"{case} on the image {label} failed: exit {s.rc} (see {log})")
+                        results.setdefault(label, {}).setdefault(case, []).append(round(s.seconds, 3))
+                        print(f"  {label:<26} {case:<24} {s.seconds:7.2f} s", flush=True)
+                    done(r)
+    finally:
+        stop_children()
+        shutil.rmtree(os.path.join(images.IMAGES, "debian12-raw"), ignore_errors=True)
+        remove_workdir(workdir)
+    return results
+
+
+def table(results: dict) -> str:
+    lines = [f"{'image':<26} {'case':<24} {'median s':>9} {'min-max s':>14} {'x article':>10} {'x floor':>8}"]
+    for label, cs in results.items():
+        art, flo = statistics.median(cs["article"]), statistics.median(cs["floor"])
+        for case, xs in cs.items():
+            m = statistics.median(xs)
+            lines.append(f"{label:<26} {case:<24} {m:9.2f} {min(xs):6.2f}-{max(xs):<7.2f} {m / art:10.3f} {m / flo:8.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="bench/firstdeploy", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    p.add_argument("--json", default=os.path.join(REPO, "bench/results/firstdeploy.json"))
+    args = p.parse_args(argv)
+    if os.geteuid() != 0:
+        print("FATAL: bench/firstdeploy needs root (loop devices, mounts): try sudo bench/firstdeploy", file=sys.stderr)
+        return 1
+    results = run(args)
+    m = machine("xfs (reflink=1) on a loop-mounted sparse file in /var/tmp")
+    print("\n" + machine_text(m) + "\n\n" + table(results))
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump({"machine": m, "rounds": args.rounds, "seconds": results}, f, indent=1)
+    print(f"\nJSON: {args.json}")
+    return 0

@@ -232,7 +232,7 @@ def execute(plan: Plan, image: Image, kernel, settings, rep: Reporter, keys=None
         "name": plan.hostname, "image": plan.image_name, "pid": os.getpid(), "started": journal.stamp(),
         "config": plan.cfg_path, "storage": plan.storage, "storage_root": plan.storage_root, "version": __version__})
     c = Context(plan, image, kernel, settings, rep, j, keys, backend=backend_for(plan, settings.paths["lock_dir"]))
-    c.one_pass = not plan.clone and populate.one_pass_ok(plan.disks)
+    c.one_pass = not plan.clone and populate.one_pass_ok(image.path, plan.disks)
     # The kernel fixup reads the initramfs (~0.7 s of decompression): do it now, while the
     # disks are written; the copy in the guest has the same identity, so the fixup hits the cache.
     if kernel and kernel.initrd and not plan.kernel:

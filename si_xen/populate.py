@@ -33,11 +33,36 @@ def copy(image: str, dest: str, progress=None) -> None:
     proc.stream(argv, progress or (lambda line: None))
 
 
-def one_pass_ok(disks) -> bool:
-    """mke2fs -d makes and fills one ext3/ext4 filesystem in one pass (the exclusions are
-    masked: storage/view.py); other layouts are made, mounted and filled by rsync."""
+def one_pass_ok(image: str, disks) -> bool:
+    """mke2fs -d makes and fills each ext3/ext4 filesystem in one pass: the exclusions, and
+    for / the other filesystems' mount points, are masked (storage/view.py). XFS, or a mount
+    point the image has as a symlink, is made, mounted and filled by rsync."""
     data = [d for d in disks if d.fs != "swap"]
-    return len(data) == 1 and data[0].fs in ("ext3", "ext4")
+    return all(d.fs in ("ext3", "ext4") for d in data) and all(
+        _plain_dir(image, d.mountpoint) for d in data if d.mountpoint != "/")
+
+
+def _plain_dir(image: str, guest_path: str) -> bool:
+    path = os.path.normpath(os.path.join(image, guest_path.lstrip("/")))
+    return os.path.isdir(path) and os.path.realpath(path) == os.path.realpath(image) + guest_path.rstrip("/")
+
+
+def _under(path: str, mountpoint: str) -> str | None:
+    """``path`` relative to the filesystem mounted at ``mountpoint`` (guest paths), if inside it."""
+    if mountpoint == "/":
+        return path
+    return path[len(mountpoint):] if path.startswith(mountpoint + "/") else None
+
+
+def _masks(plan, disk) -> tuple[str, ...]:
+    """What mke2fs -d must not copy into ``disk``: the excluded paths in it, and the mount
+    points of the filesystems below it (they get their own disk; here an empty directory)."""
+    mine = disk.mountpoint
+    below = [d.mountpoint for d in plan.disks if d.mountpoint and d.mountpoint != mine and _under(d.mountpoint, mine)]
+    below = [b for b in below if not any(b.startswith(o + "/") for o in below)]  # /var/log is in /var's
+    # what lies in a filesystem below is that one's business: its mount point is masked whole here
+    paths = [p for p in plan.excluded if not any(p == b or p.startswith(b + "/") for b in below)] + below
+    return tuple(sorted({r for r in (_under(p, mine) for p in paths) if r}))
 
 
 def make_disks(plan, backend, rep, journal, bases: dict[str, str] | None = None) -> None:
@@ -62,7 +87,7 @@ def make_filesystems(plan, image, rep, one_pass: bool) -> None:
         if one_pass:
             with rep.step(f"Creating {d.fs} filesystem on {d.target}\nInstallation method: copy (mke2fs -d)\n"
                           f"(Source: {image.path})"):
-                mkfs(d, image.path, plan.excluded)
+                mkfs(d, os.path.join(image.path, d.mountpoint.lstrip("/")), _masks(plan, d))
         else:
             with rep.step(f"Creating {d.fs} filesystem on {d.target}"):
                 mkfs(d)
@@ -102,7 +127,7 @@ def _build_bases(plan, image, backend, rep, journal, bases) -> None:
     tmp = replace(plan, disks=tuple(replace(d, target=f"{bases[d.name]}.tmp{os.getpid()}")
                                     for d in plan.disks if d.fs != "swap"))
     rep.say(f"Building base disks of image '{plan.image_name}' (once; later VMs are clones)")
-    one_pass = one_pass_ok(tmp.disks)
+    one_pass = one_pass_ok(image.path, tmp.disks)
     journal.step("base-disks")
     make_disks(tmp, backend, rep, journal)
     journal.step("base-filesystems")

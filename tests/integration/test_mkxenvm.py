@@ -231,9 +231,10 @@ def children(pid: int) -> set[str]:
     return names
 
 
-# The copy is rsync for a multi-filesystem layout, mke2fs -d for a single ext4 root.
+# The copy is rsync for an XFS root, mke2fs -d for ext4 (one filesystem or the golden client's several).
 @pytest.mark.parametrize("sig,copier,extra", [
-    (signal.SIGTERM, "rsync", ["--layout", "image"]), (signal.SIGINT, "rsync", ["--layout", "image"]),
+    (signal.SIGTERM, "rsync", ["--fs", "xfs"]), (signal.SIGINT, "rsync", ["--fs", "xfs"]),
+    (signal.SIGTERM, "mkfs.ext4", ["--layout", "image"]),
     (signal.SIGTERM, "mkfs.ext4", []), (signal.SIGINT, "mkfs.ext4", []),
 ])
 def test_killed_during_the_copy_leaves_nothing(env, sig, copier, extra):

@@ -21,12 +21,13 @@ from .harness import host_state, make_env, tree_files
 pytestmark = pytest.mark.integration
 OPTS = ["--memory", "512M", "--size", "2G", "--swap", "128M", "--dhcp", "--autostart"]
 
-# A one-filesystem full copy (mke2fs -d: no copy step), the golden client's layout (rsync
-# copy), and the first clone of an image on XFS (its base built, then cloned).
+# A one-filesystem full copy (mke2fs -d: no copy step), an XFS root (rsync copy), the golden
+# client's layout (mke2fs -d per filesystem), and the first clone of an image on XFS.
 CASES = {
     "full": (["--full-copy"], ["disks", "filesystems", "mount", "fixups", "boot", "unmount", "config",
                                "autostart", "record"]),
-    "layout": (["--full-copy", "--layout", "image"], ["copy"]),
+    "xfs": (["--full-copy", "--fs", "xfs"], ["copy"]),
+    "layout": (["--full-copy", "--layout", "image"], ["filesystems", "mount"]),
     "clone": ([], ["bases", "base-disks", "base-filesystems", "base-publish", "disks", "mount"]),
 }
 

@@ -34,3 +34,17 @@ def test_a_symlinked_directory_is_refused_not_masked(tmp_path, capsys):
     os.symlink("elsewhere", tmp_path / "run")
     assert view.main([str(tmp_path), "/run", "--", "true"]) == 2
     assert "not a plain directory" in capsys.readouterr().err
+
+
+def test_each_filesystem_masks_its_exclusions_and_the_mount_points_below_it():
+    from types import SimpleNamespace
+
+    from si_xen.plan import Disk
+    from si_xen.populate import _masks
+
+    disks = (Disk("disk", "/", "ext4", 1, ""), Disk("var", "/var", "ext4", 1, ""), Disk("var-log", "/var/log", "ext4", 1, ""),
+             Disk("swap", "", "swap", 1, ""))
+    plan = SimpleNamespace(disks=disks, excluded=("/etc/system-id", "/run", "/var/lib/nfs/rpc_pipefs", "/var/log/lost+found"))
+    assert _masks(plan, disks[0]) == ("/etc/system-id", "/run", "/var")
+    assert _masks(plan, disks[1]) == ("/lib/nfs/rpc_pipefs", "/log")
+    assert _masks(plan, disks[2]) == ("/lost+found",)

@@ -170,8 +170,9 @@ def _deploy(args, image, settings, rep, o, hosts, keys) -> int:
     plan = plans[0]
     facts_dir = None if args.dry_run else os.path.join(settings.paths["state_dir"], "images")
     kernel = planner.check_boot(plan, image, facts_dir)
-    usage = tree.usage([d.mountpoint for d in plan.disks if d.mountpoint])
-    need = sum(needed_mib(*u) for u in usage.values()) if plan.storage == "dir" and not plan.clone else 0
+    need = 0
+    if plan.storage == "dir" and not plan.clone:  # a clone needs no room for a copy
+        need = sum(needed_mib(*u) for u in tree.usage([d.mountpoint for d in plan.disks if d.mountpoint]).values())
     for p in plans:
         deploy.preflight(p, settings, need * len(plans))
     if args.dry_run:

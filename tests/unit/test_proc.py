@@ -1,7 +1,3 @@
-import os
-import signal
-import threading
-import time
 
 import pytest
 
@@ -26,29 +22,3 @@ def test_stream_splits_progress_lines(fp):
     lines = []
     proc.stream(["rsync", "--info=progress2"], lines.append)
     assert lines == ["a", "b", "c"]
-
-
-@pytest.mark.allow_subprocess(reason="the process group kill is the OS's: only a real child and grandchild show it")
-def test_stream_kills_the_whole_group_when_interrupted(tmp_path):
-    pidfile = tmp_path / "child"
-
-    def interrupt():
-        while not pidfile.exists() or not pidfile.read_text().strip():
-            time.sleep(0.01)
-        os.kill(os.getpid(), signal.SIGUSR1)
-
-    old = signal.signal(signal.SIGUSR1, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
-    try:
-        threading.Thread(target=interrupt, daemon=True).start()
-        with pytest.raises(KeyboardInterrupt):
-            proc.stream(["sh", "-c", f"sleep 30 & echo $! > {pidfile}; wait"], lambda line: None)
-    finally:
-        signal.signal(signal.SIGUSR1, old)
-    grandchild = int(pidfile.read_text())
-    time.sleep(0.2)
-    try:
-        with open(f"/proc/{grandchild}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        state = "gone"
-    assert state in ("gone", "Z"), "the copy's helper processes must die with it"

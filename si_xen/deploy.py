@@ -239,21 +239,21 @@ def execute(plan: Plan, image: Image, kernel, settings, rep: Reporter, keys=None
         threading.Thread(target=_warm_initramfs, args=(image.guest.path(kernel.initrd),), daemon=True).start()
     # A long copy is ahead when there is no base to clone: spare CPU for the key stock.
     stock = hostkeys.Stock(state_dir)
-    refill = stock.refill() if not (plan.clone and populate.bases_ready(plan, c.backend)) else []
+    refill = stock.refill() if not (plan.clone and populate.bases_ready(plan, c.backend)) else None
     step = STEPS[0]
     try:
         with signals_raise():
             for step in STEPS:
-                if step.name == "fixups":  # the copy is done: the key stock has had its time
-                    stock.settle(refill)
-                    refill = []
+                if refill:
+                    refill.tick()
                 if step.when(c):
                     j.step(step.name)
                     rep.detail(f"-- step {step.name}")
                     step.run(c)
     except BaseException as e:
         rep.end_progress()
-        stock.settle(refill)
+        if refill:
+            refill.settle()
         rep.detail(f"step '{step.name}' failed: {e!r}")
         err = _failed(step, e, rep.log_path)
         err.leftovers = j.rollback()
@@ -264,6 +264,8 @@ def execute(plan: Plan, image: Image, kernel, settings, rep: Reporter, keys=None
         raise err from e
     finally:
         j.close()
+    if refill:
+        refill.settle()
     return c.record
 
 

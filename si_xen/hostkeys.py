@@ -72,33 +72,63 @@ class Stock:
             return True
         return False
 
-    def refill(self) -> list[tuple[str, object]]:
-        """Start making the missing stock keys; pass the result to ``settle``."""
+    def refill(self) -> Refill:
+        """Start making the missing stock keys; ``tick`` it now and then, ``settle`` it at the end."""
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
-        started = []
-        for t in STOCK_TYPES:
-            for _ in range(STOCK_SIZE - len(self._keys(t))):
-                path = os.path.join(self.dir, f".new-{t}-{os.urandom(6).hex()}")
-                p = _keygen(t, tag(""), path, idle=True)
-                if p:
-                    started.append((path, p))
-        return started
+        r = Refill(self, [t for t in STOCK_TYPES for _ in range(STOCK_SIZE - len(self._keys(t)))])
+        r.tick()
+        return r
 
-    def settle(self, started) -> None:
+    def settle(self, refill: Refill) -> None:
+        refill.settle()
+
+    def _adopt(self, path: str, done: bool) -> None:
+        name = os.path.basename(path)[len(".new-"):]
+        if done:  # the public half first: a private key in stock always has its pair
+            os.rename(path + ".pub", os.path.join(self.dir, name + ".pub"))
+            os.rename(path, os.path.join(self.dir, name))
+        else:
+            for f in (path, path + ".pub"):
+                if os.path.lexists(f):
+                    os.unlink(f)
+
+
+class Refill:
+    """Stock keys made one per spare core at a time: four RSA keys made together on two cores
+    would each take four times as long, and none would be done by the end of a copy."""
+
+    def __init__(self, stock: Stock, todo: list[str]):
+        self.stock, self.todo = stock, todo
+        self.running: list[tuple[str, object]] = []
+        self.spare = max(1, (os.cpu_count() or 1) - 1)
+
+    def __bool__(self) -> bool:
+        return bool(self.todo or self.running)
+
+    def tick(self) -> None:
+        """Keep the keys that are done and start the next ones (never waits)."""
+        for path, p in list(self.running):
+            if p.poll() is not None:
+                self.running.remove((path, p))
+                self.stock._adopt(path, p.returncode == 0)
+        while self.todo and len(self.running) < self.spare:
+            t = self.todo.pop(0)
+            path = os.path.join(self.stock.dir, f".new-{t}-{os.urandom(6).hex()}")
+            p = _keygen(t, tag(""), path, idle=True)
+            if p is None:
+                self.todo.clear()
+                break
+            self.running.append((path, p))
+
+    def settle(self) -> None:
         """Keep the keys that are done; stop and discard the rest (no time is spent waiting)."""
-        for path, p in started:
-            done = p.poll() == 0
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-            name = os.path.basename(path)[len(".new-"):]
-            if done:  # the public half first: a private key in stock always has its pair
-                os.rename(path + ".pub", os.path.join(self.dir, name + ".pub"))
-                os.rename(path, os.path.join(self.dir, name))
-            else:
-                for f in (path, path + ".pub"):
-                    if os.path.lexists(f):
-                        os.unlink(f)
+        self.todo.clear()
+        self.tick()
+        for path, p in self.running:
+            p.kill()
+            p.wait()
+            self.stock._adopt(path, False)
+        self.running.clear()
 
 
 class Prefetch:

@@ -49,14 +49,16 @@ def test_no_prefetch_means_none():
 
 def test_stock_is_filled_with_spare_cpu_and_each_key_serves_one_vm(tmp_path, keygen):
     stock = hostkeys.Stock(str(tmp_path))
-    started = stock.refill()
-    assert len(started) == hostkeys.STOCK_SIZE * len(hostkeys.STOCK_TYPES)
-    for _, p in started:
-        p.wait()
-    stock.settle(started)
+    refill = stock.refill()
+    assert len(refill.running) == refill.spare, "one key per spare core at a time"
+    while refill.running:
+        for _, p in refill.running:
+            p.wait()
+        refill.tick()  # keeps the done ones, starts the next
+    stock.settle(refill)
     assert oct(os.stat(stock.dir).st_mode & 0o777) == "0o700"
     assert len(stock._keys("rsa")) == hostkeys.STOCK_SIZE
-    assert stock.refill() == [], "a full stock makes nothing"
+    assert not stock.refill(), "a full stock makes nothing"
     pre = hostkeys.Prefetch(["rsa", "ed25519"], "vm7", stock)
     try:
         keys = pre.ready()
@@ -72,8 +74,9 @@ def test_stock_is_filled_with_spare_cpu_and_each_key_serves_one_vm(tmp_path, key
 def test_settle_discards_unfinished_keys(tmp_path, fp, monkeypatch):
     fakekeygen.register(fp, monkeypatch, running=True)
     stock = hostkeys.Stock(str(tmp_path))
-    started = stock.refill()
-    stock.settle(started)  # at once: all still running
+    refill = stock.refill()
+    started = list(refill.running)
+    stock.settle(refill)  # at once: all still running
     assert started and all(p.returncode == -9 for _, p in started), "killed, not waited for"
     names = os.listdir(stock.dir)
     assert not [n for n in names if n.startswith(".new-")]

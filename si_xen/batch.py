@@ -8,11 +8,9 @@ address after the previous VM's.
 from __future__ import annotations
 
 import ipaddress
-import multiprocessing
 import os
 import re
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 
 from .errors import Fatal
 from .report import Reporter
@@ -87,6 +85,10 @@ def run(plans, image, kernel, settings, rep: Reporter, workers: int | None = Non
     except Fatal as e:
         report(first, err=e)
     if rest:
+        # imported here: a single VM's deploy need not pay for the pool's modules (~20 ms)
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
         ctx = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
             futures = {pool.submit(_one, p, image, kernel, settings): p for p in rest}

@@ -215,9 +215,7 @@ def _warm_initramfs(path: str) -> None:
 def _failed(step: Step, e: BaseException, log_path: str | None) -> BaseException:
     """The error an admin sees: the step named, with the failing command's tail."""
     fix = f"the log {log_path} has every command and its output" if log_path else "run with --verbose for the commands"
-    if isinstance(e, proc.ProcError):
-        return Fatal(f"step '{step.name}' failed: {e}", fix)
-    if isinstance(e, OSError):
+    if isinstance(e, (proc.ProcError, OSError)):  # Fatal and interrupts already say what happened
         return Fatal(f"step '{step.name}' failed: {e}", fix)
     return e
 

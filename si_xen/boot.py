@@ -75,7 +75,8 @@ def copy_out(guest: Guest, k: GuestKernel, boot_dir: str, journal, shared: str |
         if gpath is None:
             out.append(None)
             continue
-        dst = journal.made(File(os.path.join(boot_dir, name)), _unlink, os.path.join(boot_dir, name)).path
+        old = File(os.path.join(boot_dir, name))
+        dst = journal.made(old, old.delete).path  # journaled first: a copy cut short is removed too
         if shared:
             cached = beside(shared, name.split(".")[0])
             if not os.path.isfile(cached):
@@ -90,11 +91,6 @@ def copy_out(guest: Guest, k: GuestKernel, boot_dir: str, journal, shared: str |
             shutil.copyfile(guest.path(gpath), dst)
         out.append(dst)
     return out[0], out[1]
-
-
-def _unlink(path: str) -> None:
-    if os.path.lexists(path):
-        os.unlink(path)
 
 
 def write_grub_cfg(guest: Guest, k: GuestKernel, root_vdev: str, boot_is_separate: bool, title: str) -> None:

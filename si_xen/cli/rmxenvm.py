@@ -61,7 +61,7 @@ def remove(name: str, args, settings) -> None:
         running = ts is not None and toolstack.hypervisor_running() and name in ts.domains()
         if running and not args.stop:
             raise Fatal(f"VM '{name}' is running", f"add --stop to shut it down, or {ts.name} shutdown {name}")
-        what = "its config" if args.keep_disks else "its disks " + " ".join(str(t).split(" ", 1)[1] for t in state.things if t.disk)
+        what = "its config" if args.keep_disks else "its disks " + " ".join(t.path for t in state.things if t.disk)
         if not state.complete:
             what = f"what its unfinished deploy made ({state.summary()})"
         if not confirm(f"Remove VM '{name}' and {what}?", args.yes):

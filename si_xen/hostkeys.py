@@ -143,12 +143,13 @@ class Prefetch:
         for t in types:
             path = os.path.join(self.dir, t)
             if stock and stock.claim(t, path):
-                argv = [proc.which("ssh-keygen") or "ssh-keygen", "-q", "-c", "-C", tag(hostname), "-P", "", "-f", path]
-                self.procs.append(proc.start(argv))  # the VM's name as the comment, as if made now
-            else:
-                p = _keygen(t, tag(hostname), path)
-                if p:
-                    self.procs.append(p)
+                if recomment(path, tag(hostname)):
+                    continue  # the VM's name as the comment, as if made now
+                for f in (path, path + ".pub"):  # not ours to rewrite: a new one instead
+                    os.unlink(f)
+            p = _keygen(t, tag(hostname), path)
+            if p:
+                self.procs.append(p)
 
     def ready(self) -> str:
         """Wait for the keys; return the directory holding TYPE and TYPE.pub files."""
@@ -162,6 +163,67 @@ class Prefetch:
                 p.kill()
             p.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# An unencrypted OpenSSH private key (PROTOCOL.key): magic, cipher/kdf "none", one public key,
+# then the private section: two check words, the key type, its fields, the comment, padding.
+_MAGIC = b"openssh-key-v1\0"
+_FIELDS = {b"ssh-rsa": 6, b"ssh-ed25519": 2, b"ssh-dss": 5}  # ecdsa-sha2-*: 3
+_ARMOR = ("-----BEGIN OPENSSH PRIVATE KEY-----", "-----END OPENSSH PRIVATE KEY-----")
+
+
+def _strings(buf: bytes, at: int, n: int) -> int:
+    """The offset after ``n`` length-prefixed strings starting at ``at``."""
+    for _ in range(n):
+        size = int.from_bytes(buf[at:at + 4], "big")
+        at += 4 + size
+        if at > len(buf):
+            raise ValueError("truncated key")
+    return at
+
+
+def _string(b: bytes) -> bytes:
+    return len(b).to_bytes(4, "big") + b
+
+
+def recomment(path: str, comment: str) -> bool:
+    """Give a stock key pair its VM's comment, as ``ssh-keygen -c`` would, without starting
+    it (a process start costs more than the rest of a further deploy's key work).
+    False if the private key is not an unencrypted OpenSSH key (the caller makes a new one)."""
+    try:
+        with open(path) as f:
+            lines = f.read().split()
+        if lines[:4] != _ARMOR[0].split() or lines[-4:] != _ARMOR[1].split():
+            return False
+        blob = base64.b64decode("".join(lines[4:-4]))
+        if not blob.startswith(_MAGIC):
+            return False
+        at = _strings(blob, len(_MAGIC), 3)  # cipher, kdf, kdf options
+        if blob[len(_MAGIC):at] != _string(b"none") * 2 + _string(b""):
+            return False  # encrypted: not one of ours
+        at = _strings(blob, at + 4, 1)  # one public key
+        section_at = at + 4
+        body = blob[section_at:_strings(blob, at, 1)]
+        ktype_end = _strings(body, 8, 1)
+        ktype = body[12:ktype_end]
+        fields = 3 if ktype.startswith(b"ecdsa-sha2-") else _FIELDS.get(ktype)
+        if fields is None:
+            return False
+        keep = body[:_strings(body, ktype_end, fields)]
+        with open(path + ".pub") as f:
+            pub = f.read().split()[:2]
+    except (OSError, ValueError, IndexError):
+        return False
+    new = keep + _string(comment.encode())
+    new += bytes(range(1, 1 + (-len(new)) % 8))  # padding to the "none" cipher's 8-byte blocks
+    text = base64.b64encode(blob[:at] + _string(new)).decode()
+    armored = "\n".join([_ARMOR[0], *(text[i:i + 70] for i in range(0, len(text), 70)), _ARMOR[1]]) + "\n"
+    for name, data in ((path, armored), (path + ".pub", " ".join([*pub, comment]) + "\n")):
+        fd = os.open(name + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(data)
+        os.replace(name + ".tmp", name)
+    return True
 
 
 def take(ktype: str, comment: str, d: str | None) -> tuple[str, str] | None:

@@ -1,7 +1,9 @@
-"""What only real processes show: proc.py's process-group kill, and the tree's lint.
+"""What only real processes show: proc.py's process-group kill, ssh-keygen's own key format,
+and the tree's lint.
 
 (The unit tier starts no process at all: tests/unit/conftest.py fails any that it tries.)"""
 
+import base64
 import os
 import shutil
 import signal
@@ -12,7 +14,7 @@ import time
 
 import pytest
 
-from si_xen import proc
+from si_xen import hostkeys, proc
 from tests.conftest import require
 
 pytestmark = pytest.mark.integration
@@ -51,3 +53,32 @@ def test_ruff_clean():
     dirs = [d for d in ("si_xen", "hooks", "tests", "bench") if os.path.isdir(os.path.join(REPO, d))]
     cp = subprocess.run([ruff, "check", "--quiet", *dirs], cwd=REPO, capture_output=True, text=True)
     assert cp.returncode == 0, cp.stdout + cp.stderr
+
+
+@pytest.mark.parametrize("ktype", ["rsa", "ed25519", "ecdsa"])
+def test_recomment_writes_what_ssh_keygen_c_writes(tmp_path, ktype):
+    """A stock key renamed for its VM in Python is ssh-keygen -c's result byte for byte, but
+    for the private section's two random check words (ssh-keygen draws new ones)."""
+    require(shutil.which("ssh-keygen") is not None, "ssh-keygen (openssh-client)")
+    ours, theirs = str(tmp_path / "ours"), str(tmp_path / "theirs")
+    subprocess.run(["ssh-keygen", "-q", "-t", ktype, "-N", "", "-C", "si-xen:root@localhost", "-f", ours], check=True)
+    for suffix in ("", ".pub"):
+        shutil.copy(ours + suffix, theirs + suffix)
+    subprocess.run(["ssh-keygen", "-q", "-c", "-C", "si-xen:root@vm1", "-P", "", "-f", theirs], check=True,
+                   stdout=subprocess.DEVNULL)
+    assert hostkeys.recomment(ours, "si-xen:root@vm1")
+    with open(ours + ".pub") as a, open(theirs + ".pub") as b:
+        assert a.read() == b.read()
+
+    def unchecked(path):
+        with open(path) as f:
+            text = f.read()
+        assert all(len(line) <= 70 for line in text.splitlines())
+        blob = base64.b64decode("".join(text.splitlines()[1:-1]))
+        at = hostkeys._strings(blob, hostkeys._strings(blob, 15, 3) + 4, 1) + 4
+        return blob[:at] + blob[at + 8:]
+
+    assert unchecked(ours) == unchecked(theirs), f"{ktype} private key differs from ssh-keygen -c's"
+    os.unlink(ours + ".pub")  # the comment is read from the private key itself
+    out = subprocess.run(["ssh-keygen", "-l", "-f", ours], check=True, capture_output=True, text=True).stdout
+    assert "si-xen:root@vm1" in out

@@ -15,19 +15,33 @@ def _args(argv) -> dict[str, str]:
     return {a: argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("-t", "-C", "-f")}
 
 
+def _s(b: bytes) -> bytes:
+    return len(b).to_bytes(4, "big") + b
+
+
+def openssh_key(kind: str, fields: int, comment: str) -> tuple[str, str]:
+    """An unencrypted key pair in OpenSSH's format (PROTOCOL.key) with random key material."""
+    pub = _s(kind.encode()) + _s(os.urandom(32))
+    section = os.urandom(4) * 2 + _s(kind.encode()) + b"".join(_s(os.urandom(16)) for _ in range(fields))
+    section += _s(comment.encode())
+    section += bytes(range(1, 1 + (-len(section)) % 8))
+    blob = b"openssh-key-v1\0" + _s(b"none") * 2 + _s(b"") + (1).to_bytes(4, "big") + _s(pub) + _s(section)
+    text = base64.b64encode(blob).decode()
+    lines = [text[i:i + 70] for i in range(0, len(text), 70)]
+    priv = "\n".join(["-----BEGIN OPENSSH PRIVATE KEY-----", *lines, "-----END OPENSSH PRIVATE KEY-----"]) + "\n"
+    return priv, f"{kind} {base64.b64encode(pub).decode()} {comment}\n"
+
+
 def _make(argv) -> None:
     a = _args(argv)
-    if "-c" in argv:  # change the comment of an existing pair (a stock key given to a VM)
-        with open(a["-f"] + ".pub") as f:
-            kind, blob = f.read().split()[:2]
-    else:
-        kind = {"rsa": "ssh-rsa", "dsa": "ssh-dss"}.get(a["-t"], f"ssh-{a['-t']}")
-        blob = base64.b64encode(os.urandom(48)).decode()
-        with open(a["-f"], "w") as f:
-            f.write(f"-----BEGIN OPENSSH PRIVATE KEY-----\n{blob}\n-----END OPENSSH PRIVATE KEY-----\n")
-        os.chmod(a["-f"], 0o600)
+    kind, fields = {"rsa": ("ssh-rsa", 6), "dsa": ("ssh-dss", 5), "ecdsa": ("ecdsa-sha2-nistp256", 3)}.get(
+        a["-t"], (f"ssh-{a['-t']}", 2))
+    priv, pub = openssh_key(kind, fields, a["-C"])
+    with open(a["-f"], "w") as f:
+        f.write(priv)
+    os.chmod(a["-f"], 0o600)
     with open(a["-f"] + ".pub", "w") as f:
-        f.write(f"{kind} {blob} {a['-C']}\n")
+        f.write(pub)
 
 
 def register(fp, monkeypatch, running: bool = False) -> None:

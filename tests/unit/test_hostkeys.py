@@ -1,3 +1,4 @@
+import base64
 import os
 
 import pytest
@@ -64,6 +65,7 @@ def test_stock_is_filled_with_spare_cpu_and_each_key_serves_one_vm(tmp_path, key
         keys = pre.ready()
         priv, pub = hostkeys.take("rsa", hostkeys.tag("vm7"), keys)
         assert pub.split()[2] == "si-xen:root@vm7", "a stock key gets the VM's name"
+        assert "-c" not in [a for c in keygen.calls for a in c], "renamed without a process"
         assert hostkeys.take("ed25519", hostkeys.tag("vm7"), keys) is not None
     finally:
         pre.close()
@@ -82,3 +84,32 @@ def test_settle_discards_unfinished_keys(tmp_path, fp, monkeypatch):
     assert not [n for n in names if n.startswith(".new-")]
     assert all(n + ".pub" in names for n in names if not n.endswith(".pub"))
     assert [c[:4] for c in fp.calls][:1] == [["nice", "-n", "19", "/usr/bin/ssh-keygen"]], "stock: spare CPU only"
+
+
+@pytest.mark.parametrize("kind,fields", [("ssh-rsa", 6), ("ssh-ed25519", 2), ("ecdsa-sha2-nistp384", 3)])
+def test_recomment_rewrites_both_halves_and_keeps_the_key(tmp_path, kind, fields):
+    priv, pub = fakekeygen.openssh_key(kind, fields, "si-xen:root@localhost")
+    path = tmp_path / "k"
+    path.write_text(priv)
+    (tmp_path / "k.pub").write_text(pub)
+    assert hostkeys.recomment(str(path), "si-xen:root@vm9")
+    new_priv, new_pub = path.read_text(), (tmp_path / "k.pub").read_text()
+    assert new_pub.split() == [*pub.split()[:2], "si-xen:root@vm9"]
+    blob = base64.b64decode("".join(new_priv.splitlines()[1:-1]))
+    old = base64.b64decode("".join(priv.splitlines()[1:-1]))
+    assert b"si-xen:root@vm9" in blob and b"localhost" not in blob
+    section = hostkeys._strings(old, hostkeys._strings(old, 15, 3) + 4, 1) + 4  # after magic, ciphers, public key
+    cut = old.index(b"si-xen:root@localhost") - 4
+    assert blob[:section - 4] == old[:section - 4], "header and public key unchanged"
+    assert blob[section:cut] == old[section:cut], "check words and key material unchanged"
+    assert (len(blob) - section) % 8 == 0, "padded to the cipher block"
+    assert all(len(line) <= 70 for line in new_priv.splitlines())
+
+
+@pytest.mark.parametrize("text", ["not a key", "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n",
+                                  "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n"])
+def test_recomment_refuses_what_it_cannot_parse(tmp_path, text):
+    (tmp_path / "k").write_text(text)
+    (tmp_path / "k.pub").write_text("ssh-rsa AAAA old\n")
+    assert not hostkeys.recomment(str(tmp_path / "k"), "new")
+    assert (tmp_path / "k").read_text() == text, "left as it was"

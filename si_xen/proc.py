@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import shlex
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -161,3 +163,47 @@ def which(program: str) -> str | None:
     """Full path of ``program`` on PATH (sbin dirs included, as root expects)."""
     path = os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin"
     return shutil.which(program, path=path)
+
+
+class Ahead:
+    """``fn(*args)`` computed in a forked child, on the other core, while we go on: for work
+    that is pure reading (an image walk) and would otherwise sit on the critical path.
+    ``result()`` is its value, or None if it failed (the caller then does the work itself)."""
+
+    def __init__(self, fn, *args):
+        self.out = tempfile.TemporaryFile()
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: no handler, finally or atexit of ours may run here
+            code = 1
+            try:
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                    signal.signal(sig, signal.SIG_DFL)
+                pickle.dump(fn(*args), self.out)
+                self.out.flush()
+                code = 0
+            finally:
+                os._exit(code)
+        self.status: int | None = None
+
+    def result(self):
+        if self.status is None:
+            self.status = os.waitpid(self.pid, 0)[1]
+        if self.status != 0:
+            return None
+        self.out.seek(0)
+        try:
+            return pickle.load(self.out)
+        except (EOFError, pickle.UnpicklingError):
+            return None
+        finally:
+            self.out.close()
+
+    def close(self) -> None:
+        """Stop it if it still runs (an error or interrupt before its result was wanted)."""
+        if self.status is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.status = os.waitpid(self.pid, 0)[1]
+        self.out.close()

@@ -6,9 +6,9 @@ import argparse
 import os
 import sys
 
-from .. import batch, config, hostkeys
+from .. import batch, config, hostkeys, proc
 from ..errors import Fatal
-from ..image import open_image
+from ..image import open_image, survey
 from ..report import Reporter
 from .common import confirm, need_root, parser, run_main
 
@@ -138,6 +138,16 @@ def body(argv) -> int:
     if not args.dry_run:
         need_root(PROG)
     image = open_image(name)
+    # The image walk (every inode stat'ed: ~0.1 s) runs beside the start-up that follows.
+    walk = None if args.dry_run else proc.Ahead(survey.survey, image.path)
+    try:
+        return _body(args, image, walk)
+    finally:
+        if walk is not None:
+            walk.close()
+
+
+def _body(args, image, walk) -> int:
     settings = config.load(args.config, image.name)
     rep = Reporter(quiet=args.quiet, verbose=args.verbose)
     if not image.os.known:  # said before the long copy: the fixups will do only what any Linux needs
@@ -151,19 +161,18 @@ def body(argv) -> int:
             types = hostkeys.image_key_types(image.guest)
         keys = hostkeys.Prefetch(types, hosts[0], stock)
     try:
-        return _deploy(args, image, settings, rep, o, hosts, keys)
+        return _deploy(args, image, settings, rep, o, hosts, keys, walk)
     finally:
         if keys is not None:
             keys.close()
 
 
-def _deploy(args, image, settings, rep, o, hosts, keys) -> int:
+def _deploy(args, image, settings, rep, o, hosts, keys, walk) -> int:
     # Imported only now, with the SSH keys already being made: these take a tenth of a second.
     from .. import deploy, planner
-    from ..image.survey import needed_mib, survey
     from ..plan import describe
 
-    tree = survey(image.path)
+    tree = (walk and walk.result()) or survey.survey(image.path)
     plans = [planner.make_plan(dict(o, hostname=h, ip=batch.shifted(o.get("ip") or [], i),
                                     mac=o.get("mac") if len(hosts) == 1 else None),
                                image, tree, warn=rep.warn) for i, h in enumerate(hosts)]
@@ -172,7 +181,7 @@ def _deploy(args, image, settings, rep, o, hosts, keys) -> int:
     kernel = planner.check_boot(plan, image, facts_dir)
     need = 0
     if plan.storage == "dir" and not plan.clone:  # a clone needs no room for a copy
-        need = sum(needed_mib(*u) for u in tree.usage([d.mountpoint for d in plan.disks if d.mountpoint]).values())
+        need = sum(survey.needed_mib(*u) for u in tree.usage([d.mountpoint for d in plan.disks if d.mountpoint]).values())
     for p in plans:
         deploy.preflight(p, settings, need * len(plans))
     if args.dry_run:

@@ -82,3 +82,27 @@ def test_recomment_writes_what_ssh_keygen_c_writes(tmp_path, ktype):
     os.unlink(ours + ".pub")  # the comment is read from the private key itself
     out = subprocess.run(["ssh-keygen", "-l", "-f", ours], check=True, capture_output=True, text=True).stdout
     assert "si-xen:root@vm1" in out
+
+
+def _slow(path):
+    time.sleep(30)
+
+
+def _fails():
+    raise OSError("unreadable")
+
+
+def test_ahead_returns_the_childs_result_or_none_and_close_stops_it(tmp_path):
+    from si_xen.image.survey import survey
+
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "hostname").write_text("x\n")
+    ahead = proc.Ahead(survey, str(tmp_path))
+    assert ahead.result() == survey(str(tmp_path)), "the same walk, done in the child"
+    assert proc.Ahead(_fails).result() is None, "a failed child: the caller does the work itself"
+    slow = proc.Ahead(_slow, str(tmp_path))
+    t0 = time.monotonic()
+    slow.close()
+    assert time.monotonic() - t0 < 5 and os.WIFSIGNALED(slow.status), "killed, not waited for"
+    with pytest.raises(ChildProcessError):
+        os.waitpid(slow.pid, 0)  # reaped: nothing outlives it

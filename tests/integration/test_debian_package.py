@@ -127,6 +127,14 @@ def check_dry_run(c: Chroot) -> None:
     assert not c.path("/srv/xen").exists() and not c.path("/var/lib/si-xen/vms").exists()
 
 
+def check_template(c: Chroot) -> None:
+    """si-xen finds its xl.cfg template where the package put it, and Debian's jinja2 parses it."""
+    cp = c.run("python3", "-c", "import jinja2; from si_xen import domain; "
+               "env = jinja2.Environment(loader=jinja2.FileSystemLoader(domain.template_dirs(None))); "
+               "print(env.get_template('xl.cfg.j2').filename)")
+    assert cp.stdout.strip() == "/usr/share/si-xen/templates/xl.cfg.j2"
+
+
 def check_completion(c: Chroot) -> None:
     for cmd in ("si_mkxenvm", "si_lsxenvm", "si_rmxenvm", "si_xenhooks"):
         cp = c.run("bash", "-c", f". /usr/share/bash-completion/bash_completion; _completion_loader {cmd}; "
@@ -177,6 +185,7 @@ def test_installs_works_and_purges_clean(suite, deb, scratch, request):
         check_man_pages(c)
         check_fixups_and_hooks(c)
         check_dry_run(c)
+        check_template(c)
         check_completion(c)
         check_xen_tools(c, suite in WITH_XEN_TOOLS)
         c.run("apt-get", "remove", "-y", "-q", "si-xen")

@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import need_tools, require
 from tests.lib import debpkg
-from tests.lib.chroot import Chroot
+from tests.lib.chroot import Chroot, remove_tree
 from tests.unit import fakeimage
 
 pytestmark = pytest.mark.integration
@@ -43,7 +43,7 @@ def scratch():
     need_tools("dpkg-buildpackage", "lintian", "debootstrap", "git", "chroot", "mount")
     d = Path(tempfile.mkdtemp(prefix="si-xen-pkgtest."))
     yield d
-    shutil.rmtree(d)
+    remove_tree(d)  # refused if a chroot's mount is still there
 
 
 @pytest.fixture(scope="module")
@@ -147,10 +147,16 @@ def check_completion(c: Chroot) -> None:
     assert cp.stdout.split() == ["tiny"]
 
 
-def check_xen_tools(c: Chroot, with_xen_tools: bool) -> None:
-    """The explicit integration: hooks that run from xen-tools' dirs; gone with the package."""
+def check_xen_tools(c: Chroot, with_xen_tools: bool, deb: str) -> None:
+    """The explicit integration: hooks that run from xen-tools' dirs, kept by an upgrade (here a
+    reinstall: prerm upgrade, postinst configure), gone with the package (checked by the caller)."""
     assert (c.run("sh", "-c", "command -v xen-create-image", check=False).returncode == 0) == with_xen_tools
     c.run("si_xenhooks", "install-xen-tools")
+    manifest = c.path("/var/lib/si-xen/xen-tools.manifest")
+    written = manifest.stat().st_mtime_ns
+    time.sleep(0.01)
+    cp = c.run("apt-get", "install", "-y", "-q", "--reinstall", deb)
+    assert manifest.stat().st_mtime_ns > written and "WARNING" not in cp.stderr, "postinst did not refresh the hooks"
     installed = sorted(p.name for p in c.path(XEN_TOOLS_HOOKS[0]).iterdir())
     assert installed == sorted(Path(p).name for p in package_files(c, "/usr/share/si-xen/hooks/"))
     assert c.path(XEN_TOOLS_HOOKS[1]).is_file()
@@ -187,7 +193,7 @@ def test_installs_works_and_purges_clean(suite, deb, scratch, request):
         check_dry_run(c)
         check_template(c)
         check_completion(c)
-        check_xen_tools(c, suite in WITH_XEN_TOOLS)
+        check_xen_tools(c, suite in WITH_XEN_TOOLS, f"/tmp/{deb.name}")
         c.run("apt-get", "remove", "-y", "-q", "si-xen")
         left = [p for p in XEN_TOOLS_HOOKS if c.path(p).exists()]
         assert not left, f"package removal left the xen-tools integration: {left}"

@@ -58,7 +58,7 @@ def pristine(suite: str) -> Path:
                 raise ChrootError(f"tar of the {suite} chroot failed: {cp.stderr}")
             os.replace(work / "t.tar", tar)
         finally:
-            _remove(work)
+            remove_tree(work)
     return tar
 
 
@@ -68,7 +68,7 @@ def _mounts_below(path: Path) -> list[str]:
     return [m for m in points if m == str(path) or m.startswith(f"{path}/")]
 
 
-def _remove(path: Path) -> None:
+def remove_tree(path: Path) -> None:
     """rm -rf, refused while anything is mounted below ``path`` (it would reach into the mount)."""
     if left := _mounts_below(path):
         raise ChrootError(f"still mounted, {path} kept: {left}")
@@ -123,7 +123,7 @@ class Chroot:
                 _run(["umount", "-l", str(path)])  # a process still in it: detach now, gone when it ends
         self.mounted.clear()
         if self.base is not None:
-            _remove(self.base)
+            remove_tree(self.base)
             self.base = None
 
     def run(self, *argv: str, check: bool = True, timeout: float = 900, env: dict | None = None,

@@ -1,4 +1,4 @@
-"""System tier fixtures: the testbed's prerequisites, the test image, si-xen's wheel, timings."""
+"""System tier fixtures: the testbed's prerequisites, the test image, si-xen's Debian package, timings."""
 
 from __future__ import annotations
 
@@ -48,5 +48,5 @@ def image_disk(testbed_ready):
 
 @pytest.fixture(scope="session")
 def payload(tmp_path_factory, testbed_ready):
-    """A payload directory: si-xen's wheel built from this work tree, and the dom0-side scripts."""
+    """A payload directory: si-xen's Debian package built from this work tree, and the dom0-side scripts."""
     return harness.payload(tmp_path_factory.mktemp("payload"))

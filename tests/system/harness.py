@@ -97,9 +97,9 @@ def record_timing(line: str, kind: str) -> None:
 
 
 def payload(dest: Path, append: dict[str, str] | None = None) -> Path:
-    """A payload directory: si-xen's wheel built from this work tree, and the dom0-side scripts
+    """A payload directory: si-xen's Debian package built from this work tree, and the dom0-side scripts
     (`append`: text added to some of them, by file name)."""
-    testbed.wheel(REPO, dest)
+    testbed.package(REPO, dest)
     for f in (Path(__file__).parent / "payload").iterdir():
         (dest / f.name).write_text(f.read_text() + (append or {}).get(f.name, ""))
     return dest

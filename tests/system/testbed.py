@@ -15,13 +15,14 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.lib import debpkg
 
 HERE = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("SI_XEN_TEST_CACHE", "/var/cache/si-xen-tests"))
@@ -289,14 +290,10 @@ def image_disk(image: Path, *, slim: bool = False) -> Path:
     return dest
 
 
-def wheel(src: Path, dest: Path) -> Path:
-    """Build si-xen's wheel from a copy of the work tree (the build must not litter the checkout)."""
-    tree = dest / "src"
-    shutil.copytree(src, tree, ignore=shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__",
-                                                           ".ruff_cache", ".pytest_cache", "tests", "bench"))
-    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(dest), str(tree)],
-                         capture_output=True, text=True)
-    shutil.rmtree(tree)
-    if out.returncode != 0:
-        raise TestbedError(f"pip wheel failed:\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
-    return next(dest.glob("si_xen-*.whl"))
+def package(src: Path, dest: Path) -> Path:
+    """si-xen's Debian package built from the work tree's tracked files (the build never
+    writes into the checkout): dom0 installs it as an admin would, with dpkg."""
+    try:
+        return debpkg.build_deb(src, dest, source=False)
+    except debpkg.BuildError as e:
+        raise TestbedError(f"the si-xen package did not build: {e}") from None

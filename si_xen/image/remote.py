@@ -91,6 +91,8 @@ def problem(rc: int, stderr: str, server: Server, what: str) -> Fatal:
         return Fatal(f"image server {server} is unknown: its name does not resolve", "check the --server name")
     if rc == 35 or any(s in err for s in ("no route to host", "network is unreachable", "timed out")):
         return Fatal(f"image server {server} is unreachable", "check the network and the --server address")
+    if rc == 23 and "no such file" in err:
+        return Fatal(f"{what} not found on image server {server}", f"check {what} on the server")
     if rc in (12, 20) or "connection unexpectedly closed" in err or "connection reset" in err:
         return Fatal(f"the transfer of {what} from {server} was cut off mid-way ({tail or f'rsync exit {rc}'})",
                      f"run it again; the cache was left as it was ({START_FIX})")
@@ -98,17 +100,16 @@ def problem(rc: int, stderr: str, server: Server, what: str) -> Fatal:
         return Fatal(f"image server {server} stopped answering while sending {what}", "run it again")
     if rc == 10:
         return Fatal(f"cannot talk to image server {server} ({tail})", START_FIX)
-    if rc == 23 and "no such file" in err:
-        return Fatal(f"{what} not found on image server {server}", f"check {what} on the server")
     if rc == 5:
         return Fatal(f"image server {server} refused the session for {what} ({tail})",
                      "check the server's rsyncd.conf (si_mkrsyncd_conf) and its hosts allow")
     return Fatal(f"pulling {what} from {server} failed (rsync exit {rc}: {tail})", "see the log; run it again")
 
 
-def rsync(argv: list[str], server: Server, what: str, ok=(0,), local: bool = False) -> proc.Result:
-    """rsync through proc, its failures as one Fatal (``local``: a copy on this host)."""
-    daemon = () if local else ("--no-motd", "--contimeout=20")
+def rsync(argv: list[str], server: Server, what: str, ok=(0,), local: bool = False, motd: bool = False) -> proc.Result:
+    """rsync through proc, its failures as one Fatal (``local``: a copy on this host; ``motd``
+    is needed for a module list, which --no-motd suppresses too)."""
+    daemon = () if local else ("--contimeout=20",) if motd else ("--no-motd", "--contimeout=20")
     try:
         return proc.run(["rsync", *daemon, "--timeout=600", *argv], ok=ok)
     except proc.ProcError as e:
@@ -117,8 +118,9 @@ def rsync(argv: list[str], server: Server, what: str, ok=(0,), local: bool = Fal
 
 def list_modules(server: Server) -> list[str]:
     """The image modules, as si_lsimage lists them: `rsync rsync://SERVER:PORT/`."""
-    out = rsync([server.url()], server, "the module list").stdout
-    names = (line.split()[0] for line in out.splitlines() if line.strip())
+    out = rsync([server.url()], server, "the module list", motd=True).stdout
+    # "NAME<tab>comment" lines; a motd above them has no tab-separated name.
+    names = (line.split()[0] for line in out.splitlines() if line.strip() and ("\t" in line or " " not in line.strip()))
     return sorted(n for n in names if n not in NOT_IMAGE_MODULES)
 
 

@@ -35,6 +35,7 @@ class Daemon:
     def __init__(self, root: str):
         self.root, self.port, self.p = root, free_port(), None
         self.conf = f"{root}/rsyncd.conf"
+        os.makedirs(root, exist_ok=True)
         with open(self.conf, "w") as f:  # si_mkrsyncd_conf's output: 10header, the stubs, 99local
             f.write("list = yes\ntimeout = 600\ndont compress = *.gz *.tgz *.zip *.Z *.ZIP *.bz2 *.deb *.rpm *.dbf\n"
                     f"uid = root\ngid = root\nuse chroot = yes\nlog file = {root}/rsyncd.log\n"

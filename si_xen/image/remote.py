@@ -119,8 +119,8 @@ def rsync(argv: list[str], server: Server, what: str, ok=(0,), local: bool = Fal
 def list_modules(server: Server) -> list[str]:
     """The image modules, as si_lsimage lists them: `rsync rsync://SERVER:PORT/`."""
     out = rsync([server.url()], server, "the module list", motd=True).stdout
-    # "NAME<tab>comment" lines; a motd above them has no tab-separated name.
-    names = (line.split()[0] for line in out.splitlines() if line.strip() and ("\t" in line or " " not in line.strip()))
+    # The daemon writes "NAME<padding>\tCOMMENT" per module; motd lines above them have no tab.
+    names = (line.split()[0] for line in out.splitlines() if "\t" in line and line.split())
     return sorted(n for n in names if n not in NOT_IMAGE_MODULES)
 
 

@@ -205,3 +205,37 @@ def test_daemon_killed_mid_pull_leaves_the_cache_as_it_was(served, tmp_path):
     assert "cut off" in lines[0] or "cannot talk" in lines[0], err
     assert sorted(os.listdir(cache)) == [], "no generation, no staging, no current link"
     assert not os.path.exists(f"{env.dir}/domains/k1")
+
+
+def test_concurrent_deploys_share_one_pull(served, tmp_path):
+    env, cache = server_env(tmp_path)
+    argv = ["debian12", "--server", served.address, *OPTS, "--dir", env.dir, "--output", env.output, "--dry-run"]
+    procs = [env.popen_mk(*argv, "--hostname", h) for h in ("p1", "p2")]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert sorted(pulled(o) is not None for o in outs) == [False, True], outs
+    assert sum("cached copy is current" in o for o in outs) == 1
+    assert sorted(os.listdir(cache.format(served.port))) == ["current", "gen-1", "gen-1.disks-layout.xml"]
+
+
+def test_full_cache_disk_is_one_fatal_line_and_leaves_no_staging(served, tmp_path, as_root):
+    need_tools("mkfs.ext4", "mount", "umount")
+    env, _ = server_env(tmp_path)
+    small, mnt = tmp_path / "small.img", tmp_path / "small"
+    mnt.mkdir()
+    with open(small, "wb") as f:
+        f.truncate(64 * 2**20)
+    subprocess.run(["mkfs.ext4", "-q", str(small)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(small), str(mnt)], check=True)
+    try:
+        with open(env.config) as f:
+            conf = f.read().replace(f"cache_dir = {tmp_path}/cache", f"cache_dir = {mnt}")
+        with open(env.config, "w") as f:
+            f.write(conf)
+        cp = env.mk("debian12", "--server", served.address, "--hostname", "full1", *OPTS, "--dir", env.dir,
+                    "--output", env.output)
+        lines = cp.stderr.strip().splitlines()
+        assert cp.returncode == 1 and len(lines) == 1 and "no room left in the image cache" in lines[0], cp.stderr
+        assert os.listdir(f"{mnt}/images/127.0.0.1_{served.port}/debian12") == []
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import need_tools
 
-from .harness import debugfs_cat, host_state, make_env
+from .harness import debugfs_cat, host_state, loop_fs, make_env
 
 pytestmark = pytest.mark.integration
 OPTS = ["--memory", "512M", "--size", "2G", "--swap", "128M", "--dhcp"]
@@ -221,13 +221,7 @@ def test_concurrent_deploys_share_one_pull(served, tmp_path):
 def test_full_cache_disk_is_one_fatal_line_and_leaves_no_staging(served, tmp_path, as_root):
     need_tools("mkfs.ext4", "mount", "umount")
     env, _ = server_env(tmp_path)
-    small, mnt = tmp_path / "small.img", tmp_path / "small"
-    mnt.mkdir()
-    with open(small, "wb") as f:
-        f.truncate(64 * 2**20)
-    subprocess.run(["mkfs.ext4", "-q", str(small)], check=True)
-    subprocess.run(["mount", "-o", "loop", str(small), str(mnt)], check=True)
-    try:
+    with loop_fs(tmp_path, "small", 64 * 2**20, ["mkfs.ext4", "-q"]) as mnt:
         with open(env.config) as f:
             conf = f.read().replace(f"cache_dir = {tmp_path}/cache", f"cache_dir = {mnt}")
         with open(env.config, "w") as f:
@@ -237,5 +231,3 @@ def test_full_cache_disk_is_one_fatal_line_and_leaves_no_staging(served, tmp_pat
         lines = cp.stderr.strip().splitlines()
         assert cp.returncode == 1 and len(lines) == 1 and "no room left in the image cache" in lines[0], cp.stderr
         assert os.listdir(f"{mnt}/images/127.0.0.1_{served.port}/debian12") == []
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)

@@ -106,7 +106,7 @@ def test_ssh_tunnel_as_systemimager_makes_it(fp, monkeypatch):
     argv = ["ssh", "-N", "-l", "si", "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes",
             "-L", f"{port}:127.0.0.1:8873", "img"]
     assert remote.tunnel_argv("si", S, port) == argv
-    fp.register(argv, wait=5)
+    fp.register(argv, wait=1)  # ssh -N runs until ended; the fake for a second
     try:
         with remote.Tunnel("si", S) as via:
             assert via == Server("127.0.0.1", port)
@@ -198,3 +198,47 @@ def test_a_killed_pulls_staging_is_removed_by_the_next(fp, cached):
     with cached.lock():
         cached.pull(None)
     assert sorted(os.listdir(cached.dir)) == ["current", "gen-1"]
+
+
+def test_a_view_is_reused_until_an_override_listing_changes(fp, cached):
+    fake = FakeRsync(fp, {"etc/motd": "m\n"})
+    with cached.lock():
+        gen, _ = cached.pull("T1")
+        view, done = cached.view(gen, ["web", "site"])
+    applied = [c[-2] for c in fake.calls if "-aHSI" in c]
+    assert applied == ["rsync://img:8873/overrides/web/", "rsync://img:8873/overrides/site/"] and len(done) == 2
+    assert os.path.isdir(view) and not os.path.samefile(view, gen)
+    calls = len(fake.calls)
+    with cached.lock():
+        again, done = cached.view(gen, ["web", "site"])
+    assert again == view and done == [] and len(fake.calls) == calls + 2  # two listings, no copy
+    with cached.lock():
+        other, _ = cached.view(gen, ["site", "web"])
+    assert other != view, "the order of overrides matters (later wins)"
+
+
+def test_rsyncs_dry_run_decides_for_an_image_without_retrieval_time(fp, cached):
+    FakeRsync(fp, {"etc/x": "1"}, occurrences=1)
+    with cached.lock():
+        first, _ = cached.pull(None)
+    fp.register(["rsync", fp.any()], stdout="Number of files: 3\n")  # the dry run: nothing itemized
+    with cached.lock():
+        assert cached.pull(None) == (first, None)
+    fp.register(["rsync", fp.any()], stdout=">f..t...... etc/x\n")
+    FakeRsync(fp, {"etc/x": "2"}, occurrences=1)
+    with cached.lock():
+        second, st = cached.pull(None)
+    assert second.endswith("/gen-2") and st is not None
+
+
+@pytest.mark.parametrize("argv,want", [
+    (["img", "--override", "web"], "--override needs an image server"),
+    (["img", "--ssh-user", "root"], "--ssh-user needs an image server"),
+    (["/srv/img", "--server", "img"], "takes an image name, not a path"),
+])
+def test_server_options_without_a_server(argv, want, tmp_path):
+    from si_xen.cli import mkxenvm
+
+    (tmp_path / "none.conf").write_text("[defaults]\n")
+    with pytest.raises(Fatal, match=want):
+        mkxenvm.body([*argv, "--hostname", "h", "--dry-run", "--config", str(tmp_path / "none.conf")])

@@ -42,10 +42,12 @@ PATHS = {
     "log_dir": "/var/log/si-xen",
     "lock_dir": "/run/lock/si-xen",
     "template_dir": "/etc/systemimager/xen",
+    "cache_dir": "/var/cache/si-xen",  # images pulled from image servers: images/SERVER/IMAGE/
 }
 KNOWN = set(BUILTIN) | {
     "maxmem", "noswap", "dir", "lvm", "dhcp", "ip", "netmask", "gateway", "broadcast",
     "nameserver", "mac", "kernel", "initrd", "autostart", "start", "fixups", "skip_fixups", "full_copy", "thin_pool",
+    "server", "ssh_user", "override",
 }  # fmt: skip
 
 

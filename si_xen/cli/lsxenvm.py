@@ -11,13 +11,16 @@ from .common import parser, run_main
 PROG = "si_lsxenvm"
 MAN = {
     "summary": "list the Xen VMs made by si_mkxenvm",
-    "synopsis": "[--json] [NAME]...",
+    "synopsis": "[--json] [NAME]...\n--images [--server HOST[:PORT]] [--ssh-user USER] [--json]",
     "description": (
         "si_lsxenvm lists the VMs that si_mkxenvm(8) made: name, image, boot mode, disks and config, and the\n"
         "domain's state when a Xen toolstack answers (running or stopped; unknown without a hypervisor).\n"
         "A deploy that never finished (killed, or the power went) is listed as incomplete, with the step it\n"
         "stopped in; si_rmxenvm(8) removes what it made.\n"
-        "A NAME that is not found gives a WARNING and exit status 1."
+        "A NAME that is not found gives a WARNING and exit status 1.\n\n"
+        "With --images it lists the SystemImager images instead, as si_lsimage(8) does: name, retrieval time and\n"
+        "golden client, of this host's image store or, with --server, of an image server's rsync daemon;\n"
+        "--json prints si_lsimage's JSON lines (image_name, image_timestamp, image_goldenclient)."
     ),
     "exit_status": "si_lsxenvm also exits 1 when a NAME is not found (after listing the others).",
     "files": "/var/lib/si-xen/vms/*.journal  one journal per VM: what its deploy made, and its record",
@@ -29,8 +32,36 @@ def build_parser():
     p = parser(PROG, "List the Xen VMs made by si_mkxenvm.")
     p.add_argument("names", nargs="*", metavar="NAME", help="only these VMs")
     p.add_argument("--json", action="store_true", help="one JSON object per VM, one per line")
+    p.add_argument("--images", action="store_true", help="list the SystemImager images, as si_lsimage does")
+    p.add_argument("--server", metavar="HOST[:PORT]", help="with --images: the images of this image server")
+    p.add_argument("--ssh-user", dest="ssh_user", metavar="USER", help="with --server: through an ssh tunnel as USER")
     p.add_argument("--config", help="config file (default /etc/systemimager/xen.conf)")
     return p
+
+
+def images(args) -> int:
+    """si_lsimage's listing: name, IMAGE_RETRIEVAL_TIME, IMAGE_RETRIEVED_FROM."""
+    from contextlib import nullcontext
+
+    from ..image import list_images, read_metadata, remote
+
+    if args.server:
+        server = remote.parse_server(args.server)
+        with remote.Tunnel(args.ssh_user, server) if args.ssh_user else nullcontext(server) as via:
+            rows = [(n, *remote.image_facts(via, n)) for n in remote.list_modules(via)]
+    else:
+        rows = [(n, read_metadata(p).retrieval_time, read_metadata(p).retrieved_from) for n, p in list_images()]
+    rows = [r for r in rows if not args.names or r[0] in args.names]
+    if args.json:
+        for n, when, client in rows:
+            print(json.dumps({"image_name": n, "image_timestamp": when or "", "image_goldenclient": client or ""}))
+        return 0
+    print("-" * 80)
+    print(f"{'IMAGE':<30} {'RETRIEVED':<18} GOLDEN CLIENT")
+    print("-" * 80)
+    for n, when, client in rows:
+        print(f"{n:<30} {when or '-':<18} {client or '-'}")
+    return 0
 
 
 def states() -> dict[str, str] | None:
@@ -46,6 +77,8 @@ def states() -> dict[str, str] | None:
 
 def body(argv) -> int:
     args = build_parser().parse_args(argv)
+    if args.images:
+        return images(args)
     settings = config.load(args.config)
     recs = [s.as_dict() for s in journal.all_states(settings.paths["state_dir"]) if not args.names or s.name in args.names]
     running = states()

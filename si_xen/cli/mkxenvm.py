@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image_pos", nargs="?", metavar="IMAGE", help="image name (or path); same as --image")
     a = p.add_argument
     a("--image", help="SystemImager image name, looked up like si_lsimage does, or a path")
+    a("--server", metavar="HOST[:PORT]", help="pull the image from this SystemImager image server's rsync daemon "
+      "into this host's cache (only changes travel); without an image, the host's image and overrides come "
+      "from the server's scripts/cluster.txt")
+    a("--ssh-user", dest="ssh_user", metavar="USER", help="reach the --server's rsync daemon through an ssh "
+      "tunnel as USER, as SystemImager's tools do")
+    a("--override", action="append", metavar="NAME", help="with --server: apply the server's override NAME "
+      "over the image (repeatable, in order, later wins)")
     a("--hostname", help="the VM's hostname, also its Xen domain name (required); a list or pattern such as "
       "web[01-20] makes a batch, in parallel, with consecutive --ip addresses")
     g = p.add_argument_group("size")
@@ -131,13 +138,11 @@ def body(argv) -> int:
     if args.image and args.image_pos and args.image != args.image_pos:
         raise Fatal(f"two images given ('{args.image_pos}' and '{args.image}')", "give one image")
     name = args.image or args.image_pos
-    if not name:
-        raise Fatal("no image given", f"{PROG} IMAGE --hostname NAME ... (si_lsimage lists the images)")
     if not args.hostname:
         raise Fatal("no --hostname given", "name the VM with --hostname NAME")
     if not args.dry_run:
         need_root(PROG)
-    image = open_image(name)
+    image = _image(args, name)
     # The image walk (every inode stat'ed: ~0.1 s) runs beside the start-up that follows.
     walk = None if args.dry_run else proc.Ahead(survey.survey, image.path)
     try:
@@ -145,6 +150,31 @@ def body(argv) -> int:
     finally:
         if walk is not None:
             walk.close()
+
+
+def _image(args, name):
+    """The local image, or the server's through this host's cache (a dry run fills the cache too)."""
+    settings = config.load(args.config, name)
+    server = args.server or settings.options.get("server")
+    overrides = args.override or settings.options.get("override", "").split()
+    if not server:
+        if overrides or args.ssh_user:
+            raise Fatal(f"--{'override' if overrides else 'ssh-user'} needs an image server",
+                        "give --server HOST[:PORT]")
+        if not name:
+            raise Fatal("no image given", f"{PROG} IMAGE --hostname NAME ... (si_lsimage lists the images)")
+        return open_image(name)
+    if name and "/" in name:
+        raise Fatal(f"--server takes an image name, not a path ('{name}')", "give the image's name on the server")
+    from ..image import source
+
+    rep = Reporter(quiet=args.quiet, verbose=args.verbose)
+    try:
+        image, _ = source.from_server(server, name, overrides, args.hostname,
+                                      args.ssh_user or settings.options.get("ssh_user"), settings.paths, rep.say)
+    finally:
+        rep.close()
+    return image
 
 
 def _body(args, image, walk) -> int:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from ..distros import OSInfo, detect
 from ..errors import Fatal
 from ..guestfs import Guest, GuestPathError
-from .metadata import Metadata, read_metadata
+from .metadata import Metadata, parse_layout, read_metadata
 from .store import StoreConfig, list_images, resolve, store_config
 
 
@@ -45,9 +45,29 @@ def reading(name: str, path: str):
 
 
 def open_image(name: str, cfg: StoreConfig | None = None) -> Image:
+    cfg = cfg or store_config()
     name, path = resolve(name, cfg)
+    return open_at(name, path, lambda: _local_layout(cfg, name))
+
+
+def open_at(name: str, path: str, layout=None) -> Image:
+    """The image ``name`` whose tree is at ``path``; ``layout()`` gives the text of a
+    disks-layout.xml to use when the image carries no layout of its own."""
     with reading(name, path):
-        return Image(name, path, detect(Guest(path)), read_metadata(path))
+        meta = read_metadata(path)
+        if not meta.layout_file and layout and (text := layout()):
+            meta = Metadata(meta.retrieval_time, meta.retrieved_from, f"disks-layouts/{name}.xml",
+                            parse_layout(text, f"disks-layouts/{name}.xml"))
+        return Image(name, path, detect(Guest(path)), meta)
 
 
-__all__ = ["Image", "open_image", "reading", "list_images", "store_config", "resolve"]
+def _local_layout(cfg: StoreConfig, name: str) -> str | None:
+    """si_getimage's copy of the layout: SCRIPTS_DIR/disks-layouts/IMAGE.xml."""
+    try:
+        with open(os.path.join(cfg.scripts_dir, "disks-layouts", f"{name}.xml"), encoding="utf-8") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+__all__ = ["Image", "open_image", "open_at", "reading", "list_images", "store_config", "resolve"]

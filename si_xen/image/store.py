@@ -11,6 +11,7 @@ from ..errors import Fatal
 
 DEFAULT_IMAGES_DIR = "/var/lib/systemimager/images"
 DEFAULT_STUB_DIR = "/etc/systemimager/rsync_stubs"
+DEFAULT_SCRIPTS_DIR = "/var/lib/systemimager/scripts"
 # Plain warning files SystemImager keeps beside the images.
 NOT_IMAGES = {"README", "ACHTUNG", "ATTENTION", "CUIDADO"}
 _PATH_RE = re.compile(r"^\s*path\s*=\s*(\S+)\s*$")
@@ -22,6 +23,7 @@ class StoreConfig:
     images_dir: str
     stub_dir: str
     source: str  # which file said so, for messages
+    scripts_dir: str = DEFAULT_SCRIPTS_DIR
 
 
 def _read_conf_keys(path: str) -> dict[str, str]:
@@ -50,12 +52,14 @@ def store_config(confdir: str | None = None) -> StoreConfig:
         imager = data.get("imager", {}) if isinstance(data, dict) else {}
         xmit = data.get("xmit_rsync", {}) if isinstance(data, dict) else {}
         return StoreConfig(
-            imager.get("images_dir", DEFAULT_IMAGES_DIR), xmit.get("stubs_dir", DEFAULT_STUB_DIR), jpath
+            imager.get("images_dir", DEFAULT_IMAGES_DIR), xmit.get("stubs_dir", DEFAULT_STUB_DIR), jpath,
+            imager.get("scripts_dir", DEFAULT_SCRIPTS_DIR),
         )
     if os.path.isfile(cpath):
         keys = _read_conf_keys(cpath)
         return StoreConfig(
-            keys.get("DEFAULT_IMAGE_DIR", DEFAULT_IMAGES_DIR), keys.get("RSYNC_STUB_DIR", DEFAULT_STUB_DIR), cpath
+            keys.get("DEFAULT_IMAGE_DIR", DEFAULT_IMAGES_DIR), keys.get("RSYNC_STUB_DIR", DEFAULT_STUB_DIR), cpath,
+            keys.get("AUTOINSTALL_SCRIPT_DIR", DEFAULT_SCRIPTS_DIR),
         )
     return StoreConfig(DEFAULT_IMAGES_DIR, DEFAULT_STUB_DIR, "built-in default")
 

@@ -6,6 +6,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -99,3 +100,19 @@ def manifest(root: str) -> str:
                 with open(p, "rb") as f:
                     h.update(hashlib.sha256(f.read()).digest())
     return h.hexdigest()
+
+
+@contextmanager
+def loop_fs(tmp_path, name: str, size: int, mkfs: list[str]):
+    """A fresh filesystem (``mkfs`` argv, the image file appended) on a loop device, mounted
+    at ``tmp_path/name`` while in the block."""
+    img, mnt = tmp_path / f"{name}.img", tmp_path / name
+    mnt.mkdir()
+    with open(img, "wb") as f:
+        f.truncate(size)
+    subprocess.run([*mkfs, str(img)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], check=True)
+    try:
+        yield str(mnt)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)

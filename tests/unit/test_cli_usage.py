@@ -25,7 +25,7 @@ CASES = [
     ("si_mkxenvm", ["img", "--bogus"], "FATAL: unknown option --bogus (check the spelling; see si_mkxenvm --help)"),
     ("si_mkxenvm", ["img", "other"], "FATAL: unexpected argument other (check the spelling; see si_mkxenvm --help)"),
     ("si_mkxenvm", ["img", "--dhcp=yes"], "FATAL: --dhcp takes no value (drop '=yes'; see si_mkxenvm --help)"),
-    ("si_mkxenvm", ["img", "--s", "1"], "FATAL: ambiguous option: --s could match --size, --swap, --start, "
+    ("si_mkxenvm", ["img", "--s", "1"], "FATAL: ambiguous option: --s could match --server, --ssh-user, --size, --swap, --start, "
      "--skip-fixups (spell the option out; see si_mkxenvm --help)"),
     ("si_mkxenvm", ["img", "--hostname"], "FATAL: --hostname needs a value"),
     ("si_rmxenvm", [], "FATAL: missing NAME (give NAME; see si_rmxenvm --help)"),

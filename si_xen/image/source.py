@@ -1,0 +1,38 @@
+"""The image of a deploy when it comes from an image server: cluster.txt when no image is
+named, the pull into this host's cache, the server's disk layout, and the overrides."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+from . import Image, open_at, remote
+from .cache import Cached
+
+
+def from_server(server_text: str, name: str | None, overrides: list[str], hostname: str | None,
+                ssh_user: str | None, paths: dict[str, str], say) -> tuple[Image, list[str]]:
+    """(the image, the overrides applied) pulled from ``server_text``; ``say`` gets one line per
+    transfer (its rsync stats)."""
+    server = remote.parse_server(server_text)
+    with remote.Tunnel(ssh_user, server) if ssh_user else nullcontext(server) as via:
+        if not name:
+            name, listed = remote.from_cluster(via, hostname or "")
+            overrides = listed + [o for o in overrides if o not in listed]
+        remote.check_name(name, "image", server)
+        for o in overrides:
+            remote.check_name(o, "override", server)
+        c = Cached(paths["cache_dir"], paths["lock_dir"], server, name, via=via)
+        with c.lock():
+            when, _ = remote.image_facts(via, name)
+            gen, st = c.pull(when)
+            if st is None:
+                say(f"Image '{name}' from {server}: cached copy is current")
+            else:
+                say(f"Pulled image '{name}' from {server}: {st['files']} files transferred, {st['bytes']} bytes received")
+            path = gen
+            if overrides:
+                path, done = c.view(gen, overrides)
+                for o, s in zip(overrides, done, strict=False):
+                    say(f"Override '{o}': {s['files']} files transferred")
+            layout_text = c.layout(gen)
+    return open_at(name, path, lambda: layout_text), overrides

@@ -57,3 +57,19 @@ def test_scenario_budgets_sum_for_the_deadline():
     lines, total = harness.scenario_lines({"x": (100, "host_vm x"), "y": (250, "A=1 host_vm y")})
     assert lines == ["scenario x 100 host_vm x", "scenario y 250 A=1 host_vm y"] and total == 350
 
+
+
+def test_a_dom0_that_never_comes_up_is_stalled_not_waited_out(tmp_path):
+    serial = tmp_path / "serial.log"
+    serial.write_text("[ 5.69] sched_clock: Marking stable\n")  # the kernel went silent here
+    w = testbed._Watch(FakeQemu(), serial, time.monotonic(), 3600, None, {}, up_bound=0.5)
+    t = time.monotonic()
+    assert w.run() is None and w.stalled, "given up at the boot bound, so the caller can boot again"
+    assert time.monotonic() - t < 5
+
+
+def test_a_dom0_that_came_up_is_never_stalled(tmp_path):
+    w = watch(tmp_path, ["si-testbed: dom0 up after 20 s (xen=1)", "si-testbed: deadline 1 s (calibrated)"],
+              timeout=3600)
+    w.up_bound = 0.2
+    assert w.run() is None and not w.stalled, "a slow scenario is held to the script's deadline, not the boot bound"

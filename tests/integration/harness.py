@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -38,7 +39,10 @@ class Env:
     def popen_mk(self, *args: str) -> subprocess.Popen:
         env = dict(os.environ, SIS_CONFDIR=self.confdir, PYTHONPATH=REPO)
         argv = [sys.executable, "-m", "si_xen.cli.mkxenvm", *args, "--config", self.config]
-        return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # SIGINT as from a terminal's Ctrl-C: a test run started in the background (`cmd &`) has
+        # SIGINT ignored, and Python then keeps it ignored in the child, as it should.
+        return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def make_env(tmp_path, images_dir: str) -> Env:

@@ -15,6 +15,7 @@ import time
 import pytest
 
 from tests.conftest import need_tools
+from tests.lib.imageserver import write_rsyncd_conf
 
 from .harness import debugfs_cat, host_state, loop_fs, make_env
 
@@ -34,16 +35,7 @@ class Daemon:
 
     def __init__(self, root: str):
         self.root, self.port, self.p = root, free_port(), None
-        self.conf = f"{root}/rsyncd.conf"
-        os.makedirs(root, exist_ok=True)
-        with open(self.conf, "w") as f:  # si_mkrsyncd_conf's output: 10header, the stubs, 99local
-            f.write("list = yes\ntimeout = 600\ndont compress = *.gz *.tgz *.zip *.Z *.ZIP *.bz2 *.deb *.rpm *.dbf\n"
-                    f"uid = root\ngid = root\nuse chroot = yes\nlog file = {root}/rsyncd.log\n"
-                    f"[boot]\npath = {root}/boot\nhosts allow = 0.0.0.0/0\n[overrides]\npath = {root}/overrides\n"
-                    f"[scripts]\npath = {root}/scripts\n[torrents]\npath = {root}/torrents\n"
-                    f"[debian12]\n\tpath={root}/images/debian12\n\n")
-        for d in ("boot", "overrides", "scripts", "torrents"):
-            os.makedirs(f"{root}/{d}", exist_ok=True)
+        self.conf = write_rsyncd_conf(root, {"debian12": f"{root}/images/debian12"})
 
     def start(self) -> None:
         self.p = subprocess.Popen(["rsync", "--daemon", "--no-detach", f"--config={self.conf}", f"--port={self.port}",

@@ -51,13 +51,13 @@ class Run:
 
 
 def run_scenarios(payload: Path, body: str, out: Path, *, xen: bool, disks: list[testbed.Disk],
-                  timeout: float = 900, mem: int = 3072) -> Run:
+                  timeout: float = 900, mem: int = 3072, nic: str = "none") -> Run:
     """Boot once, run `body` (lib.sh and scenarios.sh sourced) in dom0; collect what it reports.
 
     `timeout` bounds the boot up to dom0's calibration, which then sets the run's deadline."""
     script = f". ./lib.sh\n. ./scenarios.sh\n{body}\n"
     res = testbed.boot(payload, script, xen=xen, timeout=timeout, mem=mem, outdir=out, disks=disks,
-                       on_console=lambda line: print(line, flush=True))
+                       on_console=lambda line: print(line, flush=True), nic=nic)
     run = Run(res, res.log())
     parse(run, "xen" if xen else "linux")
     return run

@@ -2,15 +2,19 @@
 
 Where si_mkxenvm can run on the host (file storage) it does, at native speed, with the same
 command and real loop devices; dom0 only boots those VMs. What must run inside dom0 does:
-LVM and thin pools, --start and --autostart, xen-create-image with our hooks. One dom0 boot
+LVM and thin pools, --start and --autostart, xen-create-image with our hooks, and a deploy from
+an image server (an rsync daemon on the host, reached over QEMU's user network). One dom0 boot
 runs every scenario in turn, one guest at a time (two guests booting together on the two
 emulated CPUs each took 2-3x as long: no gain); each scenario is then reported as its own test.
 """
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
+from tests.lib.imageserver import write_rsyncd_conf
 from tests.system import testbed
 from tests.system.harness import make_host_vms, run_scenarios, scenario_lines
 
@@ -29,6 +33,11 @@ HOST_VMS = {
     "pvgrub2": "--dhcp --dir /srv/xen --boot pvgrub2 --type pv",
 }
 
+# The image server as dom0 sees it: QEMU's user network (restrict=on: nothing else is reachable)
+# forwards this address's rsync port to an rsync daemon on the host, one per connection, as
+# inetd would start it.
+SERVER = "10.0.2.100"
+
 # name -> (base budget in s on a quiet machine, with margin; the dom0 call). Run in this order.
 SCENARIOS = {
     "pvstatic": (150, "GRACEFUL=1 EXPECT_CONSOLE=10.0.0.5 PING=10.0.0.5 host_vm pvstatic"),
@@ -42,6 +51,8 @@ SCENARIOS = {
     "thin": (420, "GRACEFUL=1 EXPECT_CLONE=1 EXPECT_AUTOSTART=1 dom0_vm thin --dhcp --lvm vg0 --thin-pool pool0 "
                   "--boot direct --type pv --autostart"),
     "xentools": (420, "xentools_vm xt1"),
+    # made in dom0 from the image server: pulled over the network into dom0's cache, a plain LV
+    "server": (600, f"SERVER={SERVER} server_vm server --dhcp --lvm vg0 --boot direct --type pv"),
 }
 VMS = {**{n: n for n in SCENARIOS if n != "hung"}, "xentools": "xt1"}  # scenario -> its VM
 
@@ -50,15 +61,22 @@ VMS = {**{n: n for n in SCENARIOS if n != "hung"}, "xentools": "xt1"}  # scenari
 def xen_run(payload, image_disk, tmp_path_factory):
     work = tmp_path_factory.mktemp("xen")
     vms = work / "vms.xfs"
+    served = work / "server" / "images" / "debian12"
+    served.mkdir(parents=True)
+    # The server serves the very tree the other scenarios use: the test image's disk, read-only.
+    subprocess.run(["mount", "-o", "ro,noload,loop", str(image_disk), str(served)], check=True)
     try:
+        conf = write_rsyncd_conf(str(work / "server"), {"debian12": str(served)})
+        nic = f"user,restrict=on,model=virtio-net-pci,guestfwd=tcp:{SERVER}:873-cmd:rsync --daemon --config={conf}"
         make_host_vms(image_disk, "debian12", HOST_VMS, vms)
         lines, total = scenario_lines(SCENARIOS)
         body = ["setup_dom0 || exit 1", "scratch_vg vg0 || exit 1", "thin_pool vg0 pool0 4G || exit 1",
                 f"calibrate {total} {len(lines)}", "si_mkxenvm --version", *lines]
         disks = [testbed.Disk("image-debian12", image_disk), testbed.Disk("vms", vms),
                  testbed.Disk("lvm", size="12G")]
-        yield run_scenarios(payload, "\n".join(body), work / "out", xen=True, disks=disks)
+        yield run_scenarios(payload, "\n".join(body), work / "out", xen=True, disks=disks, nic=nic)
     finally:
+        subprocess.run(["umount", str(served)], check=False)
         vms.unlink(missing_ok=True)  # a sparse 12 GiB image with several GB in it
 
 

@@ -102,10 +102,10 @@ def _escape(arg: str) -> str:
 
 
 def _qemu_argv(build: Path, tmp: Path, disks: Sequence[tuple[str, Path, bool]], *, xen: bool, mem: int,
-               cpus: int, accel: str) -> list[str]:
+               cpus: int, accel: str, nic: str = "none") -> list[str]:
     argv = ["qemu-system-x86_64", "-machine", "pc", "-accel", accel, "-cpu",
             "host" if accel == "kvm" else "qemu64,+npt", "-smp", str(cpus), "-m", str(mem),
-            "-nic", "none", "-no-reboot", "-display", "none", "-monitor", "none",
+            "-nic", nic, "-no-reboot", "-display", "none", "-monitor", "none",
             "-serial", f"file:{tmp / 'serial.log'}"]
     if xen:
         argv += ["-kernel", str(build / "xen"), "-append", XEN_ARGS,
@@ -121,11 +121,12 @@ def _qemu_argv(build: Path, tmp: Path, disks: Sequence[tuple[str, Path, bool]], 
 
 def boot(payload_dir: Path | None, script: str, *, xen: bool = True, timeout: float = 1200, mem: int = 3072,
          cpus: int = 2, disks: Sequence[Disk] = (), outdir: Path | None = None,
-         on_console: Callable[[str], None] | None = None) -> Result:
+         on_console: Callable[[str], None] | None = None, nic: str = "none") -> Result:
     """Boot the testbed once, run `script` (bash) in dom0 with payload_dir as its cwd, return results.
 
     on_console gets every line the script prints, as it is printed (over the serial console).
-    Results land in outdir (a new temp dir if None; the caller owns it).
+    Results land in outdir (a new temp dir if None; the caller owns it). ``nic``: QEMU's -nic
+    (none: no network; the Xen tier's image server: user networking, restrict=on, a guestfwd).
     `timeout` bounds the run until the script, calibrated, names its own deadline
     (`si-testbed: deadline N s`, counted from then): budgets follow this run's machine.
     A run stopped at its deadline returns what it streamed (Result.timed_out); it does not raise.
@@ -158,7 +159,7 @@ def boot(payload_dir: Path | None, script: str, *, xen: bool = True, timeout: fl
                 attached.append((d.serial, scratch, False))
         shutil.rmtree(tree)
         accel = os.environ.get("SI_XEN_TESTBED_ACCEL", "tcg")
-        argv = _qemu_argv(build, tmp, attached, xen=xen, mem=mem, cpus=cpus, accel=accel)
+        argv = _qemu_argv(build, tmp, attached, xen=xen, mem=mem, cpus=cpus, accel=accel, nic=nic)
         timings = {"payload": time.monotonic() - t0}
         env = dict(os.environ, TMPDIR=str(tmp))  # QEMU's snapshot overlay goes here, and goes with it
         for attempt in (1, 2):

@@ -46,6 +46,27 @@ dom0_vm() {
   vm_checked "$name"
 }
 
+# A VM made in dom0 from the image server ($SERVER: an rsync daemon on the host that QEMU's user
+# network starts per connection, as a SystemImager server's would answer): dom0's NIC gets its
+# address on that network, the server must list the image, then dom0_vm with --server.
+server_vm() {
+  local name=$1 dev ifc= t=$SECONDS
+  shift
+  for dev in /sys/class/net/*; do
+    [ -e "$dev/device" ] && ifc=${dev##*/} && break  # the one real NIC (not lo, not xenbr0)
+  done
+  [ -n "$ifc" ] || { echo "dom0 has no network interface"; return 1; }
+  ip link set "$ifc" up
+  ip addr add 10.0.2.15/24 dev "$ifc" 2>/dev/null || true
+  until rsync --contimeout=10 "rsync://$SERVER/" 2>/dev/null | grep -qw "$IMAGE"; do
+    (( SECONDS - t < $(budget 60) )) || { echo "image server $SERVER does not list $IMAGE:"; rsync "rsync://$SERVER/"; return 1; }
+    sleep 2
+  done
+  echo "image server $SERVER lists $IMAGE (via $ifc)"
+  dom0_vm "$name" --server "$SERVER" "$@"
+  [ -d "/var/cache/si-xen/images" ] || { echo "no pulled image in /var/cache/si-xen/images"; return 1; }
+}
+
 # Its login prompt (and what EXPECT_CONSOLE/PING/EXPECT_CLONE ask), then si_rmxenvm removes every trace.
 vm_checked() {
   local name=$1

@@ -50,7 +50,7 @@ def images(args) -> int:
         with remote.Tunnel(args.ssh_user, server) if args.ssh_user else nullcontext(server) as via:
             rows = [(n, *remote.image_facts(via, n)) for n in remote.list_modules(via)]
     else:
-        rows = [(n, read_metadata(p).retrieval_time, read_metadata(p).retrieved_from) for n, p in list_images()]
+        rows = [(n, m.retrieval_time, m.retrieved_from) for n, m in ((n, read_metadata(p)) for n, p in list_images())]
     rows = [r for r in rows if not args.names or r[0] in args.names]
     if args.json:
         for n, when, client in rows:

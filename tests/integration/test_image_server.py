@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from si_xen.image import remote
 from tests.conftest import need_tools
 from tests.lib.imageserver import write_rsyncd_conf
 
@@ -23,18 +24,12 @@ pytestmark = pytest.mark.integration
 OPTS = ["--memory", "512M", "--size", "2G", "--swap", "128M", "--dhcp"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Daemon:
     """`rsync --daemon --no-detach` in its own session, so killing it by pid (as its group)
     ends the per-connection children too."""
 
     def __init__(self, root: str):
-        self.root, self.port, self.p = root, free_port(), None
+        self.root, self.port, self.p = root, remote.free_port(), None
         self.conf = write_rsyncd_conf(root, {"debian12": f"{root}/images/debian12"})
 
     def start(self) -> None:
@@ -167,7 +162,7 @@ def test_listing_images_as_si_lsimage(served, tmp_path):
 ])
 def test_bad_server_input_is_one_fatal_line(served, tmp_path, args, expect):
     env, cache = server_env(tmp_path)
-    args = [a.format(addr=served.address, closed=free_port()) for a in args]
+    args = [a.format(addr=served.address, closed=remote.free_port()) for a in args]
     cp = env.mk(*args, "--hostname", "bad1", *OPTS, "--dir", env.dir, "--output", env.output)
     lines = cp.stderr.strip().splitlines()
     assert cp.returncode == 1 and len(lines) == 1 and lines[0].startswith("FATAL:") and expect in lines[0], cp.stderr

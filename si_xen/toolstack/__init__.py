@@ -51,7 +51,8 @@ class Toolstack:
         self.destroy(name)
 
     def destroy(self, name: str) -> None:
-        deadline = time.monotonic() + 30
+        # a dying domain may take a while to hand its memory back on a loaded host
+        deadline = time.monotonic() + 120
         while name in self.domains():
             # a domain on its way out makes destroy fail ("unable to find domain info")
             proc.run([self.path, "destroy", name], ok=(0, 1, 255))

@@ -1,52 +1,53 @@
-"""System tier fixtures: the testbed's prerequisites, the test image, si-xen's Debian package, timings."""
+"""System tier plumbing: the QEMU runs start in the background with the session (background.py),
+system tests run last and wait for them; the tier's timings close the report."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import time
-from pathlib import Path
-
 import pytest
 
-from tests.conftest import TEST_IMAGE, need_tools, require
-from tests.system import harness, testbed
-from tests.system.harness import TIMINGS, record
+from tests.system.background import RUNS
+from tests.system.harness import TIMINGS
 
-REPO = Path(__file__).resolve().parents[2]
-IMAGE = Path(os.environ.get("SI_XEN_TEST_IMAGE", TEST_IMAGE))
+
+def pytest_collection_modifyitems(items):
+    # This hook sees every item of the session: the system tests go last (stable sort), so the
+    # host tiers run while the QEMU runs they wait for are under way.
+    items.sort(key=lambda item: item.get_closest_marker("system") is not None)
+
+
+def pytest_collection_finish(session):
+    if session.config.option.collectonly:
+        return
+    specs = {}
+    for item in session.items:
+        run = getattr(getattr(item, "module", None), "BACKGROUND_RUN", None)
+        if run:
+            specs.setdefault(*run)
+    if not specs:
+        return
+    base = session.config._tmp_path_factory.mktemp("system")
+    tr = session.config.pluginmanager.get_plugin("terminalreporter")
+    for job in RUNS.start(specs, base):
+        if tr:
+            tr.write_line(f"system tier: the {job.name} run started in the background (its console: "
+                          f"{job.console_path})")
+
+
+def pytest_sessionfinish(session):
+    RUNS.stop()  # an interrupted or -x session: QEMU killed by pid, mounts undone
 
 
 def pytest_terminal_summary(terminalreporter):
+    for job in RUNS.jobs.values():
+        if job.seconds:
+            TIMINGS.append((f"{job.name}: background run (prerequisites included)", job.seconds))
     if TIMINGS:
         terminalreporter.section("system tier timings (s)")
         for what, s in TIMINGS:
-            terminalreporter.write_line(f"{what:40s} {s:7.1f}")
+            terminalreporter.write_line(f"{what:48s} {s:7.1f}")
 
 
-@pytest.fixture(scope="session")
-def testbed_ready():
-    require(os.geteuid() == 0, "the system tier needs root")
-    need_tools("qemu-system-x86_64", "debootstrap", "mkfs.ext4")
-    t = time.monotonic()
-    build = testbed.dom0(rebuild_log=lambda msg: print(msg))
-    record("dom0 build (0 = cached)", time.monotonic() - t)
-    return build
-
-
-@pytest.fixture(scope="session")
-def image_disk(testbed_ready):
-    """The Debian 12 test image (built by tests/images/mkimage-debian12 when missing) as a disk."""
-    t = time.monotonic()
-    out = subprocess.run([str(REPO / "tests/images/mkimage-debian12"), str(IMAGE)], capture_output=True, text=True)
-    if out.returncode != 0:
-        pytest.fail(f"test image build failed:\n{out.stderr[-2000:]}")
-    disk = testbed.image_disk(IMAGE, slim=True)
-    record("test image + its disk", time.monotonic() - t)
-    return disk
-
-
-@pytest.fixture(scope="session")
-def payload(tmp_path_factory, testbed_ready):
-    """A payload directory: si-xen's Debian package built from this work tree, and the dom0-side scripts."""
-    return harness.payload(tmp_path_factory.mktemp("payload"))
+@pytest.fixture(scope="module")
+def system_run(request):
+    """The result of the test module's BACKGROUND_RUN (waits for it; its error raised here)."""
+    return RUNS.wait(request.module.BACKGROUND_RUN[0])

@@ -11,10 +11,13 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.conftest import TEST_IMAGE, need_tools, require
 from tests.system import testbed
+from tests.system.background import Context, Once
 
 REPO = Path(__file__).resolve().parents[2]
 TIMINGS: list[tuple[str, float]] = []
@@ -50,14 +53,46 @@ class Run:
         return text + (f"\nlast lines:\n{self.res.tail(40)}" if tail else "")
 
 
-def run_scenarios(payload: Path, body: str, out: Path, *, xen: bool, disks: list[testbed.Disk],
-                  timeout: float = 900, mem: int = 3072, nic: str = "none") -> Run:
+@dataclass
+class Prerequisites:
+    dom0: Path  # the cached dom0 build
+    image_disk: Path  # the test image, slimmed for Xen guests, as an ext4 disk
+    payload: Path  # si-xen's Debian package from this work tree, and the dom0-side scripts
+
+
+def _prerequisites(work: Path) -> Prerequisites:
+    require(os.geteuid() == 0, "the system tier needs root")
+    need_tools("qemu-system-x86_64", "debootstrap", "mkfs.ext4")
+    t = time.monotonic()
+    dom0 = testbed.dom0()
+    record("dom0 build (0 = cached)", time.monotonic() - t)
+    t = time.monotonic()
+    image = Path(os.environ.get("SI_XEN_TEST_IMAGE", TEST_IMAGE))
+    out = subprocess.run([str(REPO / "tests/images/mkimage-debian12"), str(image)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise testbed.TestbedError(f"test image build failed:\n{out.stderr[-2000:]}")
+    disk = testbed.image_disk(image, slim=True)
+    record("test image + its disk", time.monotonic() - t)
+    return Prerequisites(dom0, disk, payload(work / "payload"))
+
+
+# Shared by the session's runs: the first to ask builds them, the others wait.
+PREREQUISITES = Once(_prerequisites)
+
+
+def prerequisites(ctx: Context) -> Prerequisites:
+    return PREREQUISITES(ctx.work.parent / "prerequisites")
+
+
+def run_scenarios(ctx: Context, payload: Path, body: str, *, xen: bool, disks: list[testbed.Disk],
+                  timeout: float = 900, mem: int = 3072, nic: str = "none", cpus: int = 2, priority: int = 0) -> Run:
     """Boot once, run `body` (lib.sh and scenarios.sh sourced) in dom0; collect what it reports.
 
     `timeout` bounds the boot up to dom0's calibration, which then sets the run's deadline."""
     script = f". ./lib.sh\n. ./scenarios.sh\n{body}\n"
-    res = testbed.boot(payload, script, xen=xen, timeout=timeout, mem=mem, outdir=out, disks=disks,
-                       on_console=lambda line: print(line, flush=True), nic=nic)
+    res = testbed.boot(payload, script, xen=xen, timeout=timeout, mem=mem, outdir=ctx.work / "out", disks=disks,
+                       on_console=ctx.console, nic=nic, cpus=cpus, cancel=ctx.cancel,
+                       priority=priority)
     run = Run(res, res.log())
     parse(run, "xen" if xen else "linux")
     return run

@@ -11,7 +11,8 @@ now() { printf '%(%s)T\n' -1; }  # seconds since the epoch, without a process
 # Each scenario's time limit is its base budget (what it needs on a quiet day, with margin)
 # times this run's slowness: the larger of how long dom0 took to boot and how long a fixed
 # CPU loop takes, each against the same quantity measured on a quiet machine of this kind.
-# Never below 1 (the base is the floor). Kept in tenths: bash has no floats.
+# Never below 1 (the base is the floor; FACTOR10_FLOOR raises it for a run at a lower priority).
+# Kept in tenths: bash has no floats.
 # dom0's uptime when its runner starts, on a quiet day: 24 s under Xen, 12 s for the kernel alone
 REF_DOM0_UP=${REF_DOM0_UP:-$([ "${TESTBED_XEN:-0}" = 1 ] && echo 24 || echo 12)}
 REF_CPU_MS=${REF_CPU_MS:-800}      # ms for cpu_probe in dom0, quiet day
@@ -40,7 +41,7 @@ calibrate() {
   f_up=$(( up * 10 / REF_DOM0_UP ))
   f_cpu=$(( cpu * 10 / REF_CPU_MS ))
   FACTOR10=$(( f_up > f_cpu ? f_up : f_cpu ))
-  (( FACTOR10 >= 10 )) || FACTOR10=10
+  (( FACTOR10 >= ${FACTOR10_FLOOR:-10} )) || FACTOR10=${FACTOR10_FLOOR:-10}
   export FACTOR10
   echo "CALIBRATION dom0_up=${up}s (quiet ${REF_DOM0_UP}s) cpu_probe=${cpu}ms (quiet ${REF_CPU_MS}ms)" \
     "factor=$(factor)"

@@ -182,7 +182,8 @@ thin_made() {
     umount "/mnt/$n"
     [ $ok = 0 ] || return 1
   done
-  si_lsxenvm | grep -q "clone of /dev/$VG/$origin" || { echo "si_lsxenvm does not show the base"; return 1; }
+  si_lsxenvm >/tmp/lsxenvm.out 2>&1
+  grep -q "clone of /dev/$VG/$origin" /tmp/lsxenvm.out || { echo "si_lsxenvm does not show the base:"; cat /tmp/lsxenvm.out; return 1; }
   si_rmxenvm --yes --prune-bases "$a" "$b" || return 1
   if lvs --noheadings -o lv_name "$VG" | grep -q "si-base-\|$a-\|$b-"; then echo "LVs left"; return 1; fi
   echo "thin clones made and removed"

@@ -1,5 +1,5 @@
-"""System tier plumbing: the QEMU runs start in the background with the session (background.py),
-system tests run last and wait for them; the tier's timings close the report."""
+"""System tier plumbing: the plain-Linux run starts in the background with the session, the Xen run
+alone after the rest (background.py); system tests run last; the tier's timings close the report."""
 
 from __future__ import annotations
 
@@ -48,6 +48,10 @@ def pytest_terminal_summary(terminalreporter):
 
 
 @pytest.fixture(scope="module")
-def system_run(request):
-    """The result of the test module's BACKGROUND_RUN (waits for it; its error raised here)."""
-    return RUNS.wait(request.module.BACKGROUND_RUN[0])
+def system_run(request, tmp_path_factory):
+    """The result of the test module's BACKGROUND_RUN (waited for), or of its ALONE_RUN (run now,
+    once the background runs are done); the run's error is raised here."""
+    if hasattr(request.module, "BACKGROUND_RUN"):
+        return RUNS.wait(request.module.BACKGROUND_RUN[0])
+    name, fn = request.module.ALONE_RUN
+    return RUNS.run_alone(name, fn, tmp_path_factory.mktemp("system-alone"))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.system import background, testbed
+from tests.system import testbed
 from tests.system.background import Context
 from tests.system.harness import Run, prerequisites, run_scenarios, scenario_lines
 
@@ -25,17 +25,15 @@ SCENARIOS = {
 
 
 def lvm_scenarios(ctx: Context) -> Run:
-    """The plain-Linux run, in the background beside the Xen run: one emulated CPU and a lower
-    priority, so it never takes the core the Xen run's guests need."""
+    """The plain-Linux run, in the background beside the host tiers, from the session's start."""
     pre = prerequisites(ctx)
     lines, total = scenario_lines(SCENARIOS)
-    # At a lower priority than the Xen run it gets what that leaves, which varies as the Xen run
-    # goes: its budgets get a floor of 2x (a hang is still caught, later).
+    # Beside the host tiers it gets what they leave, which varies as they go: its budgets get a
+    # floor of 2x (a hang is still caught, later).
     body = ["install_sixen || exit 1", "mount_images", "scratch_vg vg0 || exit 1", "thin_pool vg0 pool0 6G || exit 1",
             f"FACTOR10_FLOOR=20 calibrate {total} {len(lines)}", *lines]
     disks = [testbed.Disk("image-debian12", pre.image_disk), testbed.Disk("lvm", size="12G")]
-    return run_scenarios(ctx, pre.payload, "\n".join(body), xen=False, disks=disks, cpus=1,
-                         priority=background.SHARED_PRIORITY)
+    return run_scenarios(ctx, pre.payload, "\n".join(body), xen=False, disks=disks)
 
 
 BACKGROUND_RUN = ("lvm", lvm_scenarios)

@@ -60,11 +60,11 @@ class Prerequisites:
     payload: Path  # si-xen's Debian package from this work tree, and the dom0-side scripts
 
 
-def _prerequisites(work: Path) -> Prerequisites:
+def _prerequisites(work: Path, say) -> Prerequisites:
     require(os.geteuid() == 0, "the system tier needs root")
     need_tools("qemu-system-x86_64", "debootstrap", "mkfs.ext4")
     t = time.monotonic()
-    dom0 = testbed.dom0()
+    dom0 = testbed.dom0(rebuild_log=say)  # a rebuild says why, and how long it took
     record("dom0 build (0 = cached)", time.monotonic() - t)
     t = time.monotonic()
     image = Path(os.environ.get("SI_XEN_TEST_IMAGE", TEST_IMAGE))
@@ -81,7 +81,7 @@ PREREQUISITES = Once(_prerequisites)
 
 
 def prerequisites(ctx: Context) -> Prerequisites:
-    return PREREQUISITES(ctx.work.parent / "prerequisites")
+    return PREREQUISITES(ctx.work.parent / "prerequisites", ctx.console)
 
 
 def run_scenarios(ctx: Context, payload: Path, body: str, *, xen: bool, disks: list[testbed.Disk],

@@ -65,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
       "from the server's scripts/cluster.txt")
     a("--ssh-user", dest="ssh_user", metavar="USER", help="reach the --server's rsync daemon through an ssh "
       "tunnel as USER, as SystemImager's tools do")
-    a("--override", action="append", metavar="NAME", help="with --server: apply the server's override NAME "
-      "over the image (repeatable, in order, later wins)")
+    a("--override", action="append", metavar="NAME", help="lay SystemImager's override NAME over the image "
+      "(the server's with --server, else DEFAULT_OVERRIDE_DIR/NAME; repeatable, in order, later wins; "
+      "the image itself is never changed)")
     a("--hostname", help="the VM's hostname, also its Xen domain name (required); a list or pattern such as "
       "web[01-20] makes a batch, in parallel, with consecutive --ip addresses")
     g = p.add_argument_group("size")
@@ -158,23 +159,24 @@ def _image(args, name):
     server = args.server or settings.options.get("server")
     overrides = args.override or settings.options.get("override", "").split()
     if not server:
-        if overrides or args.ssh_user:
-            raise Fatal(f"--{'override' if overrides else 'ssh-user'} needs an image server",
-                        "give --server HOST[:PORT]")
+        if args.ssh_user:
+            raise Fatal("--ssh-user needs an image server", "give --server HOST[:PORT]")
         if not name:
             raise Fatal("no image given", f"{PROG} IMAGE --hostname NAME ... (si_lsimage lists the images)")
-        return open_image(name)
-    if name and "/" in name:
+        if not overrides:
+            return open_image(name)
+    elif name and "/" in name:
         raise Fatal(f"--server takes an image name, not a path ('{name}')", "give the image's name on the server")
-    from ..image import source
+    from ..image import open_with_overrides, source
 
     rep = Reporter(quiet=args.quiet, verbose=args.verbose)
     try:
-        image, _ = source.from_server(server, name, overrides, args.hostname,
-                                      args.ssh_user or settings.options.get("ssh_user"), settings.paths, rep.say)
+        if not server:
+            return open_with_overrides(name, overrides, settings.paths, rep.say)
+        return source.from_server(server, name, overrides, args.hostname,
+                                  args.ssh_user or settings.options.get("ssh_user"), settings.paths, rep.say)[0]
     finally:
         rep.close()
-    return image
 
 
 def _body(args, image, walk) -> int:

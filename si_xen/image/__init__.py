@@ -50,6 +50,19 @@ def open_image(name: str, cfg: StoreConfig | None = None) -> Image:
     return open_at(name, path, lambda: _local_layout(cfg, name))
 
 
+def open_with_overrides(name: str, overrides: list[str], paths: dict[str, str], say) -> Image:
+    """The local image with SystemImager's overrides (DEFAULT_OVERRIDE_DIR/NAME) laid over it
+    in order, as a view in si-xen's cache (views.Local); ``say`` gets one line per override."""
+    from .views import Local
+
+    cfg = store_config()
+    name, path = resolve(name, cfg)
+    view, done = Local(paths["cache_dir"], paths["lock_dir"], name, path, cfg.overrides_dir).view(overrides, cfg.source)
+    for o, n in zip(overrides, done, strict=False):
+        say(f"Override '{o}' (from {cfg.overrides_dir}): {n} files copied over image '{name}'")
+    return open_at(name, view, lambda: _local_layout(cfg, name))
+
+
 def open_at(name: str, path: str, layout=None) -> Image:
     """The image ``name`` whose tree is at ``path``; ``layout()`` gives the text of a
     disks-layout.xml to use when the image carries no layout of its own."""

@@ -17,7 +17,7 @@ import shutil
 
 from .. import locks
 from ..errors import Fatal
-from . import remote
+from . import remote, views
 from .metadata import META_DIR
 from .remote import Server
 
@@ -151,32 +151,15 @@ class Cached:
         with open(path) as f:
             return f.read() or None
 
-    def view(self, gen: str, overrides: list[str]) -> tuple[str, list[dict[str, int]]]:
-        """The generation with the overrides applied in order (later wins, no delete), as its
-        own tree: the cached image is never changed by an override. Kept while the image and
-        the overrides' listings are unchanged."""
+    def view(self, gen: str, overrides: list[str]) -> tuple[str, list[int]]:
+        """The generation with the overrides applied in order (views.make), kept while the
+        image and the overrides' listings are unchanged; (path, files copied per override)."""
         sig = hashlib.sha256()
         for o in overrides:
             sig.update(o.encode() + b"\0" + self._listing(o).encode() + b"\0")
-        name = f"view-{os.path.basename(gen)[4:]}-{sig.hexdigest()[:16]}"
-        path = os.path.join(self.dir, name)
-        if os.path.isdir(path):
-            return path, []
-        staging = os.path.join(self.dir, ".staging-" + name)
-        done = []
-        try:
-            remote.rsync(["-aHS", "--numeric-ids", f"--link-dest={gen}", gen + "/", staging + "/"],
-                         self.server, "the image view", local=True)
-            for o in overrides:
-                # -I: every override file is written anew, never an image inode changed in place.
-                out = remote.rsync(["-aHSI", "--numeric-ids", "--stats", self.server.url("overrides", o) + "/",
-                                    staging + "/"], self.server, f"override '{o}'").stdout
-                done.append(stats(out))
-            os.rename(staging, path)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return path, done
+        layers = [(f"override '{o}'", self.server.url("overrides", o) + "/") for o in overrides]
+        return views.make(self.dir, f"view-{os.path.basename(gen)[4:]}-{sig.hexdigest()[:16]}", gen, layers,
+                          lambda argv, what: remote.rsync(argv, self.server, what))
 
     def _listing(self, override: str) -> str:
         return remote.rsync(["-r", "--list-only", self.server.url("overrides", override) + "/"],

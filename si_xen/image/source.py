@@ -32,7 +32,7 @@ def from_server(server_text: str, name: str | None, overrides: list[str], hostna
             path = gen
             if overrides:
                 path, done = c.view(gen, overrides)
-                for o, s in zip(overrides, done, strict=False):
-                    say(f"Override '{o}': {s['files']} files transferred")
+                for o, n in zip(overrides, done, strict=False):
+                    say(f"Override '{o}': {n} files transferred")
             layout_text = c.layout(gen)
     return open_at(name, path, lambda: layout_text), overrides

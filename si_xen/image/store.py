@@ -12,6 +12,7 @@ from ..errors import Fatal
 DEFAULT_IMAGES_DIR = "/var/lib/systemimager/images"
 DEFAULT_STUB_DIR = "/etc/systemimager/rsync_stubs"
 DEFAULT_SCRIPTS_DIR = "/var/lib/systemimager/scripts"
+DEFAULT_OVERRIDES_DIR = "/var/lib/systemimager/overrides"
 # Plain warning files SystemImager keeps beside the images.
 NOT_IMAGES = {"README", "ACHTUNG", "ATTENTION", "CUIDADO"}
 _PATH_RE = re.compile(r"^\s*path\s*=\s*(\S+)\s*$")
@@ -24,6 +25,7 @@ class StoreConfig:
     stub_dir: str
     source: str  # which file said so, for messages
     scripts_dir: str = DEFAULT_SCRIPTS_DIR
+    overrides_dir: str = DEFAULT_OVERRIDES_DIR
 
 
 def _read_conf_keys(path: str) -> dict[str, str]:
@@ -53,13 +55,13 @@ def store_config(confdir: str | None = None) -> StoreConfig:
         xmit = data.get("xmit_rsync", {}) if isinstance(data, dict) else {}
         return StoreConfig(
             imager.get("images_dir", DEFAULT_IMAGES_DIR), xmit.get("stubs_dir", DEFAULT_STUB_DIR), jpath,
-            imager.get("scripts_dir", DEFAULT_SCRIPTS_DIR),
+            imager.get("scripts_dir", DEFAULT_SCRIPTS_DIR), imager.get("overrides_dir", DEFAULT_OVERRIDES_DIR),
         )
     if os.path.isfile(cpath):
         keys = _read_conf_keys(cpath)
         return StoreConfig(
             keys.get("DEFAULT_IMAGE_DIR", DEFAULT_IMAGES_DIR), keys.get("RSYNC_STUB_DIR", DEFAULT_STUB_DIR), cpath,
-            keys.get("AUTOINSTALL_SCRIPT_DIR", DEFAULT_SCRIPTS_DIR),
+            keys.get("AUTOINSTALL_SCRIPT_DIR", DEFAULT_SCRIPTS_DIR), keys.get("DEFAULT_OVERRIDE_DIR", DEFAULT_OVERRIDES_DIR),
         )
     return StoreConfig(DEFAULT_IMAGES_DIR, DEFAULT_STUB_DIR, "built-in default")
 

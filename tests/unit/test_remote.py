@@ -232,7 +232,6 @@ def test_rsyncs_dry_run_decides_for_an_image_without_retrieval_time(fp, cached):
 
 
 @pytest.mark.parametrize("argv,want", [
-    (["img", "--override", "web"], "--override needs an image server"),
     (["img", "--ssh-user", "root"], "--ssh-user needs an image server"),
     (["/srv/img", "--server", "img"], "takes an image name, not a path"),
 ])

@@ -8,7 +8,7 @@ import sys
 
 from .. import batch, config, hostkeys, proc
 from ..errors import Fatal
-from ..image import open_image, survey
+from ..image import survey
 from ..report import Reporter
 from .common import confirm, need_root, parser, run_main
 
@@ -158,23 +158,14 @@ def _image(args, name):
     settings = config.load(args.config, name)
     server = args.server or settings.options.get("server")
     overrides = args.override or settings.options.get("override", "").split()
-    if not server:
-        if args.ssh_user:
-            raise Fatal("--ssh-user needs an image server", "give --server HOST[:PORT]")
-        if not name:
-            raise Fatal("no image given", f"{PROG} IMAGE --hostname NAME ... (si_lsimage lists the images)")
-        if not overrides:
-            return open_image(name)
-    elif name and "/" in name:
-        raise Fatal(f"--server takes an image name, not a path ('{name}')", "give the image's name on the server")
-    from ..image import open_with_overrides, source
+    from ..image import source
 
+    if not server and not overrides:  # nothing to say: no reporter
+        return source.select(name, None, [], args.ssh_user, args.hostname, settings.paths, print)
     rep = Reporter(quiet=args.quiet, verbose=args.verbose)
     try:
-        if not server:
-            return open_with_overrides(name, overrides, settings.paths, rep.say)
-        return source.from_server(server, name, overrides, args.hostname,
-                                  args.ssh_user or settings.options.get("ssh_user"), settings.paths, rep.say)[0]
+        return source.select(name, server, overrides, args.ssh_user or settings.options.get("ssh_user"),
+                             args.hostname, settings.paths, rep.say)
     finally:
         rep.close()
 

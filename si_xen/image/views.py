@@ -44,6 +44,7 @@ def make(dir_: str, name: str, base: str, layers: list[tuple[str, str]], run=Non
             m = _COPIED.search(out)
             done.append(int(re.sub(r"[,.]", "", m[1])) if m else 0)
         os.rename(staging, path)
+        os.utime(path)  # rsync gave it the image's time: its own says when it was last used
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -220,8 +220,14 @@ def _failed(step: Step, e: BaseException, log_path: str | None) -> BaseException
     return e
 
 
-def execute(plan: Plan, image: Image, kernel, settings, rep: Reporter, keys=None) -> dict:
-    """Make the VM; return its record. ``keys``: a hostkeys.Prefetch started earlier, or None."""
+# Onto disks someone else made and configures (Ganeti): the guest's part of a deploy only.
+INSTALL_STEPS = tuple(s for s in STEPS if s.name in ("disks", "filesystems", "mount", "copy", "fixups", "boot", "unmount"))
+
+
+def execute(plan: Plan, image: Image, kernel, settings, rep: Reporter, keys=None, steps=None) -> dict:
+    """Make the VM; return its record. ``keys``: a hostkeys.Prefetch started earlier, or None;
+    ``steps``: STEPS (the default) or INSTALL_STEPS."""
+    steps = steps or STEPS
     state_dir = settings.paths["state_dir"]
     old = journal.load(state_dir, plan.hostname)
     if old is not None:  # --force (preflight refused otherwise): the old VM goes first
@@ -238,10 +244,10 @@ def execute(plan: Plan, image: Image, kernel, settings, rep: Reporter, keys=None
     # A long copy is ahead when there is no base to clone: spare CPU for the key stock.
     stock = hostkeys.Stock(state_dir)
     refill = stock.refill() if not (plan.clone and populate.bases_ready(plan, c.backend)) else None
-    step = STEPS[0]
+    step = steps[0]
     try:
         with signals_raise():
-            for step in STEPS:
+            for step in steps:
                 if refill:
                     refill.tick()
                 if step.when(c):

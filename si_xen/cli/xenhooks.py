@@ -36,7 +36,36 @@ def build_parser():
                        help="install below this directory instead of / (for tests and packaging)")
         if name == "install-xen-tools":
             i.add_argument("--force", action="store_true", help="overwrite files si-xen did not write")
+    g = sub.add_parser("install-ganeti-os", help="write Ganeti's systemimager OS definition (si-xen-ganeti(7)); "
+                       "the Debian package ships it")
+    g.add_argument("--dest", default=None, help="the OS directory (default /usr/share/ganeti/os/systemimager)")
+    v = sub.add_parser("ganeti-variants", help="list the images as the Ganeti OS's variants (systemimager+IMAGE): "
+                       "run it after si_getimage adds or removes an image")
+    v.add_argument("--server", metavar="HOST[:PORT]", help="the images of this image server, not the local ones")
+    v.add_argument("--output", default=None, help="the variants file (default /var/lib/si-xen/ganeti/variants.list)")
     return p
+
+
+def _ganeti(args) -> int:
+    from ..ganeti import osdef
+
+    if args.cmd == "install-ganeti-os":
+        dest = args.dest or osdef.OS_DIR
+        changed = osdef.write(dest)
+        print(f"{dest}: {', '.join(changed) if changed else 'up to date'}")
+        return 0
+    if args.server:
+        from ..image import remote
+
+        names = remote.list_modules(remote.parse_server(args.server))
+    else:
+        from ..image.store import list_images
+
+        names = [n for n, _ in list_images()]
+    out = args.output or osdef.VARIANTS
+    osdef.write_variants(names, out)
+    print(f"{out}: {' '.join(names) or '(no images)'}")
+    return 0
 
 
 def _list() -> None:
@@ -58,6 +87,8 @@ def _body(argv) -> int:
         if not any(ch for _, ch in results):
             print("nothing to change")
         return 0
+    if args.cmd in ("install-ganeti-os", "ganeti-variants"):
+        return _ganeti(args)
     if args.root in ("/", ""):
         need_root(PROG)
     if args.cmd == "install-xen-tools":

@@ -25,6 +25,7 @@ class Partition:
     options: str = ""  # "" = defaults
     kind: str = "file"  # file | phy
     target: str = ""  # the image file or device
+    vdev: str = ""  # a whole disk of its own (xvdb: Ganeti's disks), else /dev/DISKn
 
     def to_env(self) -> str:
         return ":".join((self.name, self.size, self.fstype, self.mountpoint, self.options, self.kind,
@@ -62,7 +63,7 @@ class GuestSpec:
         return next((p for p in self.partitions if p.mountpoint == "/"), None)
 
     def dev(self, part: Partition) -> str:
-        return f"/dev/{self.disk}{part.index}"
+        return f"/dev/{part.vdev}" if part.vdev else f"/dev/{self.disk}{part.index}"
 
     def to_env(self) -> dict[str, str]:
         """The environment xen-create-image would give our hooks for this guest (host keys aside)."""
@@ -90,11 +91,15 @@ class GuestSpec:
 
 
 def spec_from_plan(plan: Plan, keys: str | None = None, disk: str = "xvda") -> GuestSpec:
-    """The spec of a planned VM; ``keys``: the directory of its prefetched SSH host keys."""
-    kind = "phy" if plan.storage == "lvm" else "file"
-    parts = sorted((Partition(int(d.vdev[len(disk):]), d.name, f"{d.size_mib}M", d.fs, d.mountpoint,
-                              d.options if d.mountpoint else "", kind, d.target) for d in plan.disks),
-                   key=lambda p: p.index)
-    return GuestSpec(hostname=plan.hostname, net=plan.net, disk=disk, partitions=tuple(parts),
+    """The spec of a planned VM; ``keys``: the directory of its prefetched SSH host keys.
+    Disks named DISKn are xen-tools' partitions; others (xvda, xvdb) are whole disks."""
+    kind = "phy" if plan.storage in ("lvm", "given") else "file"
+    parts = []
+    for i, d in enumerate(plan.disks, 1):
+        n = d.vdev[len(disk):]
+        whole = not (d.vdev.startswith(disk) and n.isdigit())
+        parts.append(Partition(i if whole else int(n), d.name, f"{d.size_mib}M", d.fs, d.mountpoint,
+                               d.options if d.mountpoint else "", kind, d.target, d.vdev if whole else ""))
+    return GuestSpec(hostname=plan.hostname, net=plan.net, disk=disk, partitions=tuple(sorted(parts, key=lambda p: p.index)),
                      image_source=plan.image_path, pygrub=plan.boot != "direct", kernel=plan.kernel or "",
                      initrd=(plan.initrd or "") if plan.kernel else "", hostkeys=keys or "")

@@ -32,7 +32,7 @@ CASES = [
     ("si_rmxenvm", ["web01", "-x"], "FATAL: unknown option -x (check the spelling; see si_rmxenvm --help)"),
     ("si_lsxenvm", ["--jsn"], "FATAL: unknown option --jsn (check the spelling; see si_lsxenvm --help)"),
     ("si_xenhooks", ["bogus"], "FATAL: invalid COMMAND 'bogus' (use one of: list, run, install-xen-tools, "
-     "uninstall-xen-tools; see si_xenhooks --help)"),
+     "uninstall-xen-tools, install-ganeti-os, ganeti-variants; see si_xenhooks --help)"),
     ("si_xenhooks", ["run"], "FATAL: missing PREFIX (give PREFIX; see si_xenhooks run --help)"),
 ]
 

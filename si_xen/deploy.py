@@ -221,7 +221,7 @@ def _failed(step: Step, e: BaseException, log_path: str | None) -> BaseException
 
 
 # Onto disks someone else made and configures (Ganeti): the guest's part of a deploy only.
-INSTALL_STEPS = tuple(s for s in STEPS if s.name in ("disks", "filesystems", "mount", "copy", "fixups", "boot", "unmount"))
+INSTALL_STEPS = tuple(s for s in STEPS if s.name not in ("bases", "config", "autostart", "start"))
 
 
 def execute(plan: Plan, image: Image, kernel, settings, rep: Reporter, keys=None, steps=None) -> dict:

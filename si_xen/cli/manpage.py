@@ -1,5 +1,6 @@
 """Section 8 man pages rendered from the commands' own argparse parsers, so --help and
-man never disagree. ``python3 -m si_xen.cli.manpage DIR`` writes them all."""
+man never disagree (and si-xen-ganeti(7) from the Ganeti OS's parameters).
+``python3 -m si_xen.cli.manpage DIR`` writes them all."""
 
 from __future__ import annotations
 
@@ -61,8 +62,10 @@ def page(cmd: str) -> tuple[str, str]:
 
 def main(argv=None) -> int:
     out = (argv or sys.argv[1:] or ["man"])[0]
-    for cmd in COMMANDS:
-        name, text = page(cmd)
+    from ..ganeti import manpage as ganeti
+
+    pages = [page(cmd) for cmd in COMMANDS] + [("si-xen-ganeti.7", ganeti.render())]
+    for name, text in pages:
         with open(os.path.join(out, name), "w") as f:
             f.write(text)
     return 0

@@ -97,7 +97,7 @@ def check_commands(c: Chroot, version: str) -> None:
 def check_man_pages(c: Chroot) -> None:
     pages = package_files(c, "/usr/share/man/")
     sections = [Path(p).name.removesuffix(".gz").rsplit(".", 1) for p in pages]
-    assert {s for _, s in sections} == {"5", "8"}, pages
+    assert {s for _, s in sections} == {"5", "7", "8"}, pages
     for name, section in sections:
         # man finds the page by name (its index, its path), groff renders it; warnings count
         cp = c.run("man", "--warnings", "-P", "cat", section, name, env={"MANWIDTH": "80"}, check=False)
@@ -118,6 +118,22 @@ def check_fixups_and_hooks(c: Chroot) -> None:
     hook = next(h for h in hooks if h.endswith("-setup-hostname"))
     c.run(f"/usr/share/si-xen/hooks/{hook}", "/tmp/guest", env={"hostname": "hooked01"})
     assert c.path("/tmp/guest/etc/hostname").read_text() == "hooked01\n"
+
+
+def check_ganeti_os(c: Chroot) -> None:
+    """Ganeti's OS definition on Debian's search path, its variants the store's images (postinst),
+    its scripts running with Debian's python3 (verify needs no instance)."""
+    d = "/usr/share/ganeti/os/systemimager"
+    assert sorted(Path(p).name for p in package_files(c, d + "/")) == sorted(
+        ["create", "export", "import", "rename", "verify", "ganeti_api_version", "parameters.list", "variants.list"])
+    for s in ("create", "export", "import", "rename", "verify"):
+        assert os.access(c.path(f"{d}/{s}"), os.X_OK), s
+    assert c.path(f"{d}/ganeti_api_version").read_text() == "20\n"
+    assert c.path(f"{d}/variants.list").read_text().splitlines()[1:] == ["tiny"]  # a link to what postinst wrote
+    env = {"PATH": "/sbin:/bin:/usr/sbin:/usr/bin", "OS_API_VERSION": "20", "OS_VARIANT": "tiny"}
+    c.run("sh", "-c", f"cd {d} && ./verify parameters", env=env)
+    cp = c.run("sh", "-c", f"cd {d} && ./verify parameters", env={**env, "OSP_SWAP": "2"}, check=False)
+    assert cp.returncode == 1 and "swap='2': must be one of yes, no" in cp.stderr, cp.stderr
 
 
 def check_dry_run(c: Chroot) -> None:
@@ -193,6 +209,7 @@ def test_installs_works_and_purges_clean(suite, deb, scratch, request):
         check_commands(c, version)
         check_man_pages(c)
         check_fixups_and_hooks(c)
+        check_ganeti_os(c)
         check_dry_run(c)
         check_template(c)
         check_completion(c)

@@ -23,3 +23,10 @@ def test_every_option_is_documented():
     for action in build_parser()._actions:
         for opt in action.option_strings:
             assert opt.replace("-", "\\-") in text
+
+
+def test_ganeti_page_matches_the_os_parameters():
+    from si_xen.ganeti import manpage as ganeti
+
+    with open(os.path.join(MAN, "si-xen-ganeti.7")) as f:
+        assert f.read() == ganeti.render(), "regenerate with: python3 -m si_xen.cli.manpage man"

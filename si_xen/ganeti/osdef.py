@@ -35,8 +35,10 @@ def files() -> dict[str, tuple[str, int]]:
     return out
 
 
-def write(dest: str, variants: str = VARIANTS) -> list[str]:
-    """The OS definition in ``dest``; returns what changed."""
+def write(dest: str, variants: str | None = VARIANTS) -> list[str]:
+    """The OS definition in ``dest`` (``variants``: where variants.list links to; None for the
+    checked-in copy, hooks/ganeti/systemimager, whose link the Debian package makes); returns
+    what changed."""
     os.makedirs(dest, exist_ok=True)
     changed = []
     for name, (text, mode) in files().items():
@@ -50,6 +52,8 @@ def write(dest: str, variants: str = VARIANTS) -> list[str]:
             atomic.write(path, text, mode)
             changed.append(name)
     link = os.path.join(dest, "variants.list")
+    if variants is None:
+        return changed
     if not (os.path.islink(link) and os.readlink(link) == variants):
         if os.path.lexists(link):
             os.unlink(link)
@@ -62,3 +66,9 @@ def write_variants(names: list[str], path: str = VARIANTS) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     atomic.write(path, "# si-xen: the images Ganeti offers as systemimager+IMAGE (si_xenhooks ganeti-variants)\n"
                  + "".join(n + "\n" for n in names))
+
+
+if __name__ == "__main__":  # python3 -m si_xen.ganeti.osdef hooks/ganeti/systemimager
+    import sys
+
+    print(", ".join(write(sys.argv[1], None)) or "up to date")

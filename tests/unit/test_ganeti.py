@@ -138,14 +138,25 @@ def test_scripts_refuse_other_arguments(script, argv):
 
 
 def test_checked_in_os_definition_is_current():
-    """hooks/ganeti/systemimager is what osdef writes (regenerate: si_xenhooks install-ganeti-os
-    --dest hooks/ganeti/systemimager)."""
+    """hooks/ganeti/systemimager is what osdef writes (regenerate: python3 -m si_xen.ganeti.osdef
+    hooks/ganeti/systemimager); its variants.list link is the Debian package's (debian/si-xen.links)."""
     d = os.path.join(REPO, "hooks/ganeti/systemimager")
     for name, (text, mode) in osdef.files().items():
         with open(os.path.join(d, name)) as f:
             assert f.read() == text, f"{name} is stale"
         assert os.stat(os.path.join(d, name)).st_mode & 0o777 == mode, name
-    assert os.readlink(os.path.join(d, "variants.list")) == osdef.VARIANTS
-    assert sorted(os.listdir(d)) == sorted([*osdef.files(), "variants.list"])
+    assert sorted(os.listdir(d)) == sorted(osdef.files())
     first = [line.split(" ", 1)[0] for line in osdef.files()["parameters.list"][0].splitlines()]
     assert first == [p.name for p in params.PARAMS]
+
+
+def test_install_ganeti_os_writes_the_definition_and_its_variants_link(tmp_path):
+    from si_xen.cli import xenhooks
+
+    dest = tmp_path / "os/systemimager"
+    assert xenhooks.main(["install-ganeti-os", "--dest", str(dest)]) == 0
+    assert os.readlink(dest / "variants.list") == osdef.VARIANTS and os.access(dest / "create", os.X_OK)
+    assert osdef.write(str(dest)) == [], "a second run changes nothing"
+    out = tmp_path / "variants.list"
+    osdef.write_variants(["debian12", "centos5"], str(out))
+    assert [ln for ln in out.read_text().splitlines() if not ln.startswith("#")] == ["debian12", "centos5"]

@@ -75,7 +75,7 @@ def _text(b) -> str:
 @contextmanager
 def mounted(dev: str, where):
     where.mkdir(exist_ok=True)
-    subprocess.run(["mount", "-o", "ro", dev, str(where)], check=True)
+    subprocess.run(["mount", "-o", "ro" if dev.startswith("/dev/") else "ro,loop", dev, str(where)], check=True)
     try:
         yield where
     finally:
@@ -152,6 +152,25 @@ def test_create_reinstall_rename_export_import(node, debian12_image, tmp_path):
             assert "192.0.2.53" in (m / "etc/network/interfaces").read_text()
             assert "root=/dev/xvda " in (m / "boot/grub/grub.cfg").read_text()
         assert not [n for n in os.listdir(tmp_path / "state/ganeti") if n.startswith("import-")], "unpacked tree left"
+    assert host_state(str(tmp_path)) == before
+
+
+def test_create_onto_file_disks(node, tmp_path):
+    """Ganeti's file template: DISK_N_PATH a regular file (file:loop), mounted through a loop device
+    that goes away with the mount."""
+    before = host_state(str(tmp_path))
+    disks = []
+    for name, mib in (("f0.img", 2048), ("f1.img", 128)):
+        with open(tmp_path / name, "wb") as f:
+            f.truncate(mib * 2**20)
+        disks.append(str(tmp_path / name))
+    env = node.env("file1.sixen.test", [], DISK_COUNT="2", OSP_FILESYSTEM="ext3")
+    for i, (d, mib) in enumerate(zip(disks, (2048, 128), strict=True)):
+        env.update({f"DISK_{i}_PATH": d, f"DISK_{i}_SIZE": str(mib), f"DISK_{i}_BACKEND_TYPE": "file:loop"})
+    node.run("create", env)
+    assert blkid(disks[0]) == "ext3" and blkid(disks[1]) == "swap"
+    with mounted(disks[0], tmp_path / "m") as m:
+        assert (m / "etc/hostname").read_text().strip() == "file1"
     assert host_state(str(tmp_path)) == before
 
 

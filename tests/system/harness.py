@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import TEST_IMAGE, need_tools, require
 from tests.system import testbed
 from tests.system.background import Context, Once
@@ -45,6 +47,16 @@ class Run:
             return self.log[start:][-6000:] + "\n" + self.unfinished(name, tail=False)
         eol = self.log.find("\n", end)
         return self.log[start:eol if eol >= 0 else None][-6000:]
+
+    def require_login(self, scenario: str, vm: str) -> None:
+        """Fail the calling test unless `vm` showed its login prompt, with what `scenario` printed."""
+        if vm not in self.reached:
+            pytest.fail(f"{vm} never showed its login prompt:\n{self.section(scenario)}")
+
+    def require_ok(self, scenario: str) -> None:
+        """Fail the calling test unless every check of `scenario` passed."""
+        if not self.ok.get(scenario):
+            pytest.fail(f"scenario {scenario} failed:\n{self.section(scenario)}")
 
     def unfinished(self, name: str, tail: bool = True) -> str:
         why = (f"the testbed was stopped at its deadline ({self.res.deadline:.0f} s)" if self.res.timed_out
@@ -144,6 +156,12 @@ def scenario_lines(scenarios: dict[str, tuple[int, str]]) -> tuple[list[str], in
     """`scenario NAME BASE CALL` lines for dom0 (name -> base budget, call), and their sum."""
     return [f"scenario {name} {base} {call}" for name, (base, call) in scenarios.items()], sum(
         base for base, _ in scenarios.values())
+
+
+def scenario_script(setup: list[str], scenarios: dict[str, tuple[int, str]], calibrate: str = "calibrate") -> str:
+    """dom0's script: the set-up lines, the calibration (told the scenarios' budgets), the scenarios."""
+    lines, total = scenario_lines(scenarios)
+    return "\n".join([*setup, f"{calibrate} {total} {len(lines)}", *lines])
 
 
 # VMs made on the host at native speed, in a private mount namespace whose /srv looks like

@@ -9,7 +9,7 @@ import pytest
 
 from tests.system import testbed
 from tests.system.background import Context
-from tests.system.harness import Run, prerequisites, run_scenarios, scenario_lines
+from tests.system.harness import Run, prerequisites, run_scenarios, scenario_script
 
 pytestmark = pytest.mark.system
 
@@ -27,13 +27,12 @@ SCENARIOS = {
 def lvm_scenarios(ctx: Context) -> Run:
     """The plain-Linux run, in the background beside the host tiers, from the session's start."""
     pre = prerequisites(ctx)
-    lines, total = scenario_lines(SCENARIOS)
     # Beside the host tiers it gets what they leave, which varies as they go: its budgets get a
     # floor of 2x (a hang is still caught, later).
-    body = ["install_sixen || exit 1", "mount_images", "scratch_vg vg0 || exit 1", "thin_pool vg0 pool0 6G || exit 1",
-            f"FACTOR10_FLOOR=20 calibrate {total} {len(lines)}", *lines]
+    script = scenario_script(["install_sixen || exit 1", "mount_images", "scratch_vg vg0 || exit 1",
+                              "thin_pool vg0 pool0 6G || exit 1"], SCENARIOS, "FACTOR10_FLOOR=20 calibrate")
     disks = [testbed.Disk("image-debian12", pre.image_disk), testbed.Disk("lvm", size="12G")]
-    return run_scenarios(ctx, pre.payload, "\n".join(body), xen=False, disks=disks)
+    return run_scenarios(ctx, pre.payload, script, xen=False, disks=disks)
 
 
 BACKGROUND_RUN = ("lvm", lvm_scenarios)
@@ -45,14 +44,14 @@ def lvm_run(system_run):
 
 
 def test_lvm_storage_made_and_removed(lvm_run):
-    assert lvm_run.ok.get("lvm"), f"LVM scenario failed:\n{lvm_run.section('lvm')}"
+    lvm_run.require_ok("lvm")
 
 
 def test_thin_snapshot_clones_made_and_removed(lvm_run):
-    assert lvm_run.ok.get("thin"), f"thin-pool scenario failed:\n{lvm_run.section('thin')}"
+    lvm_run.require_ok("thin")
 
 
 @pytest.mark.parametrize("name", ["crash", "crash_thin"])
 def test_sigkill_mid_deploy_then_si_rmxenvm_recovers(lvm_run, name):
     """Killed at a step boundary: si_rmxenvm removes every LV, mount and lock; a re-run works."""
-    assert lvm_run.ok.get(name), f"crash scenario {name} failed:\n{lvm_run.section(name)}"
+    lvm_run.require_ok(name)

@@ -17,7 +17,7 @@ import pytest
 from tests.lib.imageserver import write_rsyncd_conf
 from tests.system import background, testbed
 from tests.system.background import Context
-from tests.system.harness import Run, make_host_vms, prerequisites, run_scenarios, scenario_lines
+from tests.system.harness import Run, make_host_vms, prerequisites, run_scenarios, scenario_script
 
 pytestmark = pytest.mark.system
 
@@ -72,13 +72,12 @@ def xen_scenarios(ctx: Context) -> Run:
         conf = write_rsyncd_conf(str(ctx.work / "server"), {"debian12": str(served)})
         nic = f"user,restrict=on,model=virtio-net-pci,guestfwd=tcp:{SERVER}:873-cmd:rsync --daemon --config={conf}"
         make_host_vms(pre.image_disk, "debian12", HOST_VMS, vms)
-        lines, total = scenario_lines(SCENARIOS)
-        body = ["setup_dom0 || exit 1", "scratch_vg vg0 || exit 1", "thin_pool vg0 pool0 4G || exit 1",
-                f"calibrate {total} {len(lines)}", "si_mkxenvm --version", *lines]
+        script = scenario_script(["setup_dom0 || exit 1", "scratch_vg vg0 || exit 1",
+                                  "thin_pool vg0 pool0 4G || exit 1", "si_mkxenvm --version"], SCENARIOS)
         disks = [testbed.Disk("image-debian12", pre.image_disk), testbed.Disk("vms", vms),
                  testbed.Disk("lvm", size="12G")]
         # first call on the CPU: its guests' own timeouts (systemd's device wait) do not follow our budgets
-        return run_scenarios(ctx, pre.payload, "\n".join(body), xen=True, disks=disks, nic=nic,
+        return run_scenarios(ctx, pre.payload, script, xen=True, disks=disks, nic=nic,
                              priority=background.XEN_PRIORITY)
     finally:
         subprocess.run(["umount", str(served)], check=False)
@@ -96,15 +95,13 @@ def xen_run(system_run):
 @pytest.mark.parametrize("name", VMS)
 def test_boots_to_login(xen_run, name):
     """The VM's console shows `NAME login:` under Xen."""
-    if VMS[name] not in xen_run.reached:
-        pytest.fail(f"{VMS[name]} never showed its login prompt:\n{xen_run.section(name)}")
+    xen_run.require_login(name, VMS[name])
 
 
 @pytest.mark.parametrize("name", VMS)
 def test_checked_and_removed(xen_run, name):
     """Everything else the scenario checks: xl list, console address, ping, and the removal."""
-    if not xen_run.ok.get(name):
-        pytest.fail(f"scenario {name} failed:\n{xen_run.section(name)}")
+    xen_run.require_ok(name)
 
 
 def test_hung_guest_fails_alone(xen_run):

@@ -225,13 +225,15 @@ triple_faults() {
 }
 
 # Note when NAME's login prompt appears (in the background, so the timing is exact).
+# watch_login DOMAIN [TIMEOUT] [HOST]: HOST (default DOMAIN) is the name the prompt shows.
 watch_login() {
   # it ends with the scenario at the latest, so no watcher outlives its scenario for long
   local name=$1 timeout=${2:-$(( ${SCENARIO_END:-$(( $(now) + 600 ))} - $(now) ))} log=/var/log/xen/console/guest-$1.log t=$SECONDS
+  local host=${3:-$1}
   rm -f "/run/sx-login-$name"
   (
     while (( SECONDS - t < timeout )); do
-      if grep -q "$name login:" "$log" 2>/dev/null; then
+      if grep -q "$host login:" "$log" 2>/dev/null; then
         echo $((SECONDS - t)) > "/run/sx-login-$name"
         echo "@@ ($name: login prompt $((SECONDS - t)) s after start)" > /dev/console
         exit

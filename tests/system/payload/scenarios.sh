@@ -222,3 +222,87 @@ nothing_left() {
   [ ! -e "/var/lib/si-xen/vms/$name.journal" ] || { echo "journal left $when"; return 1; }
   [ ! -e "/etc/xen/$name.cfg" ] || { echo "config left $when"; return 1; }
 }
+
+# --- Ganeti: a one-node cluster in dom0 (xen-pvm with xl, plain LVM disks), the systemimager OS
+# from the si-xen package, instances from the test image. Each scenario leaves the instance for
+# the next one (add -> reinstall + rename -> export + import); GNT_* below name them.
+GNT_NODE=node1.sixen.test
+GNT_DOMAIN=sixen.test
+
+# The node: its FQDN resolving to its own address on xenbr0 (not loopback), the cluster's name
+# to a free one, a VG of at least 20 GiB (Ganeti's minimum) on the sparse disk "ganeti", and
+# si-xen reading the images where the OS scripts (a cleared environment) look.
+ganeti_node() {
+  local t=$SECONDS
+  hostname "$GNT_NODE" && echo "$GNT_NODE" > /etc/hostname
+  # the instances' names too: gnt-instance rename checks the new one (without the check it asks
+  # for a confirmation on a terminal, and without one it exits 1 silently)
+  printf '127.0.0.1 localhost\n10.0.0.1 %s node1\n10.0.0.250 cluster.%s\n' "$GNT_NODE" "$GNT_DOMAIN" > /etc/hosts
+  printf '10.0.0.5%s inst%s.%s\n' 1 1 "$GNT_DOMAIN" 2 2 "$GNT_DOMAIN" 3 3 "$GNT_DOMAIN" >> /etc/hosts
+  pvcreate -q /dev/disk/by-id/virtio-ganeti && vgcreate -q xenvg /dev/disk/by-id/virtio-ganeti || return 1
+  mkdir -p /etc/systemimager && echo "DEFAULT_IMAGE_DIR = /srv/images" > /etc/systemimager/systemimager.conf
+  si_xenhooks ganeti-variants || return 1
+  gnt-cluster init --enabled-hypervisors=xen-pvm --enabled-disk-templates=plain --vg-name=xenvg \
+    --master-netdev=xenbr0 -N mode=bridged,link=xenbr0 --no-etc-hosts --no-ssh-init \
+    -H "xen-pvm:xen_cmd=xl,kernel_path=/usr/lib/grub-xen/grub-x86_64-xen.bin,root_path=,kernel_args=,blockdev_prefix=xvd" \
+    -B maxmem=512M,minmem=512M,vcpus=1 "cluster.$GNT_DOMAIN" || return 1
+  timing ganeti_init $((SECONDS - t))
+  gnt-os list | tee /tmp/gnt-os.list
+  grep -qx "systemimager+$IMAGE" /tmp/gnt-os.list || { echo "gnt-os list lacks systemimager+$IMAGE"; gnt-os diagnose; return 1; }
+}
+
+# gnt-instance start NAME, then its login prompt as HOST (Ganeti's domain is the FQDN).
+gnt_boot() {
+  local fqdn=$1 t=$SECONDS
+  watch_login "$fqdn" "" "${fqdn%%.*}"
+  gnt-instance start "$fqdn" || gnt_failed || return 1
+  timing "gnt_start_${fqdn%%.*}" $((SECONDS - t))
+  wait_login "$fqdn"
+  [ -z "${EXPECT_CONSOLE:-}" ] || grep -qF "$EXPECT_CONSOLE" "/var/log/xen/console/guest-$fqdn.log" \
+    || { echo "console of $fqdn does not show '$EXPECT_CONSOLE'"; return 1; }
+  gnt-instance shutdown --timeout=0 "$fqdn" || gnt_failed || return 1
+}
+
+# What a failed gnt-* command left to read: its job's log and the newest OS log of Ganeti.
+gnt_failed() {
+  local job f
+  echo "gnt command failed; the last jobs:"
+  gnt-job list --no-headers 2>&1 | tail -n 3 | sed 's/^/  | /'
+  job=$(gnt-job list --no-headers -o id 2>/dev/null | tail -n 1)
+  [ -n "$job" ] && gnt-job info "$job" 2>&1 | tail -n 25 | sed 's/^/  | /'
+  f=$(ls -t /var/log/ganeti/os/* 2>/dev/null | head -1) && { echo "OS log $f:"; tail -n 20 "$f" | sed 's/^/  | /'; }
+  return 1
+}
+
+ganeti_add() {
+  local fqdn=$1.$GNT_DOMAIN t=$SECONDS
+  gnt-instance add -o "systemimager+$IMAGE" -t plain --disk 0:size=2G --disk 1:size=1G -n "$GNT_NODE" \
+    --no-name-check --no-ip-check --no-start "$fqdn" || gnt_failed || return 1
+  timing gnt_add $((SECONDS - t))
+  gnt_boot "$fqdn"
+}
+
+# reinstall with another root filesystem, then rename; one boot shows both (XFS root, new name)
+ganeti_reinstall_rename() {
+  local old=$1.$GNT_DOMAIN new=$2.$GNT_DOMAIN t=$SECONDS
+  gnt-instance reinstall -f -O filesystem=xfs "$old" || gnt_failed || return 1
+  timing gnt_reinstall $((SECONDS - t)); t=$SECONDS
+  gnt-instance rename --no-ip-check "$old" "$new" || gnt_failed || return 1
+  timing gnt_rename $((SECONDS - t))
+  EXPECT_CONSOLE="XFS (xvda): Mounting" gnt_boot "$new"
+}
+
+# gnt-backup export (our export script: a tar of disk 0), the instance removed, and imported (not
+# started: import has no --no-start and never starts) as
+# another one (our import script), which boots under its own name.
+ganeti_export_import() {
+  local src=$1.$GNT_DOMAIN dst=$2.$GNT_DOMAIN t=$SECONDS
+  gnt-backup export -n "$GNT_NODE" "$src" || gnt_failed || return 1
+  timing gnt_export $((SECONDS - t)); t=$SECONDS
+  gnt-instance remove -f "$src" || gnt_failed || return 1
+  gnt-backup import -n "$GNT_NODE" -t plain --disk 0:size=2G --disk 1:size=1G --src-node="$GNT_NODE" \
+    --src-dir="/var/lib/ganeti/export/$src" --no-name-check --no-ip-check "$dst" || gnt_failed || return 1
+  timing gnt_import $((SECONDS - t))
+  EXPECT_CONSOLE="XFS (xvda): Mounting" gnt_boot "$dst"
+  gnt-instance remove -f "$dst"
+}

@@ -184,11 +184,6 @@ class _Mounted:
         os.rmdir(self.dir)
 
 
-def _stream_raw(src, dst) -> None:
-    while chunk := src.read(1 << 20):
-        dst.write(chunk)
-
-
 def export(env: dict[str, str], inst: Instance, out=None) -> None:
     """Disk EXPORT_INDEX on stdout: a filesystem as a tar of its tree (any filesystem type),
     swap as nothing, anything else raw. Its size goes to EXP_SIZE_FD when Ganeti asks."""
@@ -203,7 +198,7 @@ def export(env: dict[str, str], inst: Instance, out=None) -> None:
     if kind not in ("ext2", "ext3", "ext4", "xfs", "btrfs"):
         _size(env, size_mib(path) * 1024 * 1024)
         with open(path, "rb") as f:
-            _stream_raw(f, out)
+            shutil.copyfileobj(f, out, 1 << 20)
         return
     with _Mounted(path, kind, ro=True) as mnt:
         st = os.statvfs(mnt)
@@ -229,12 +224,12 @@ def import_(env: dict[str, str], inst: Instance, rep: Reporter, inp=None) -> Non
         raise Fatal("IMPORT_DEVICE is not set", "run this script from gnt-backup import")
     if index == swap_index(inst):
         with open(os.devnull, "wb") as sink:
-            _stream_raw(inp, sink)
+            shutil.copyfileobj(inp, sink, 1 << 20)
         proc.run(["mkswap", path])
         return
     if index != 0:
         with open(path, "r+b") as f:
-            _stream_raw(inp, f)
+            shutil.copyfileobj(inp, f, 1 << 20)
         return
     s = settings(inst.variant or inst.osp.get("image"))
     os.makedirs(s.paths["state_dir"], exist_ok=True)

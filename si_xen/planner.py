@@ -173,8 +173,10 @@ def make_plan(o: dict, image: Image, survey: Survey, warn=lambda m: None) -> Pla
     return plan
 
 
-def check_boot(plan: Plan, image: Image, cache_dir: str | None = None) -> boot.GuestKernel | None:
+def check_boot(plan: Plan, image: Image, cache_dir: str | None = None,
+               memory_option: tuple[str, str] = ("--memory", "use --memory {}M or more")) -> boot.GuestKernel | None:
     """The kernel the VM boots, and whether the memory given lets it get past its initramfs.
+    ``memory_option`` names the memory setting in the caller's terms (its name, the fix).
 
     Measuring an initramfs means unpacking it (~0.5 s): the result is kept per image
     fingerprint in ``cache_dir`` (by remember_boot, once a VM is made), so later VMs skip it."""
@@ -197,8 +199,8 @@ def check_boot(plan: Plan, image: Image, cache_dir: str | None = None) -> boot.G
     k = replace(k, memory_need=need)
     if plan.memory < need:
         raise Fatal(
-            f"--memory {plan.memory}M is too small for this guest: its kernel and initramfs need {need} MiB to boot",
-            f"use --memory {need}M or more",
+            f"{memory_option[0]} {plan.memory}M is too small for this guest: its kernel and initramfs need {need} MiB to boot",
+            memory_option[1].format(need),
         )
     if plan.boot == "pvgrub2" and not os.path.isfile(boot.PVGRUB2[plan.type]):
         raise Fatal(f"pvgrub2 image {boot.PVGRUB2[plan.type]} not found", "apt-get install grub-xen-host, or use --boot direct")

@@ -124,23 +124,14 @@ def _image(inst: Instance, paths, say) -> Image:
                          inst.name, paths, say, prog="gnt-instance add -o systemimager+IMAGE")
 
 
-def _check_memory(plan: Plan, image: Image, facts: str):
-    try:
-        return planner.check_boot(plan, image, facts)
-    except Fatal as e:
-        if "too small for this guest" in e.problem:
-            raise Fatal(e.problem.replace("--memory", "the instance's maxmem"),
-                        e.fix.replace("use --memory ", "give it -B maxmem=")) from None
-        raise
-
-
 def install(inst: Instance, image: Image, rep: Reporter, s, skip: tuple[str, ...] = ()) -> dict:
     """The image onto the instance's disks: si-xen's install steps, journaled (a crash's
     mounts are undone by the next run for this instance)."""
     tree = survey.survey(image.path)
     plan = plan_for(inst, image, tree)
     plan = replace(plan, fixups_skip=plan.fixups_skip + skip)
-    kernel = _check_memory(plan, image, os.path.join(s.paths["state_dir"], "images"))
+    kernel = planner.check_boot(plan, image, os.path.join(s.paths["state_dir"], "images"),
+                                ("the instance's maxmem", "give it -B maxmem={}M or more"))
     GivenBackend().validate(plan.hostname, list(plan.disks), 0, True)
     with journal.lock(s.paths["lock_dir"], plan.hostname):
         rep.open_log(os.path.join(s.paths["log_dir"], f"ganeti-{plan.hostname}.log"))

@@ -183,6 +183,8 @@ def test_failures_end_in_one_fatal_line_and_leave_nothing_mounted(node, tmp_path
             (node.env("inst1.sixen.test", [small]), "FATAL: disk 0 of inst1.sixen.test has 64 MiB, image 'debian12' needs"),
             (node.env("inst1.sixen.test", [d0], INSTANCE_HV_kernel_path="/boot/vmlinuz-x", INSTANCE_HV_root_path="/dev/xvda1"),
              "FATAL: the cluster's xen-pvm root_path is /dev/xvda1"),
+            (node.env("inst1.sixen.test", [d0], INSTANCE_BE_maxmem="128"),
+             "FATAL: the instance's maxmem 128M is too small for this guest"),
         ):
             cp = node.run("create", env, check=False)
             last = _text(cp.stderr).strip().splitlines()[-1]

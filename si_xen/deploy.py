@@ -1,7 +1,7 @@
 """The deploy: typed steps run in order, each journaling what it makes before making it.
 
     bases → disks → filesystems → mount → copy → fixups → boot → unmount → config
-          → autostart → record → start
+          → autostart → confirm → record → start
 
 A step that fails or is interrupted (SIGINT, SIGTERM, SIGHUP) has every thing made so far
 deleted, newest first (journal.py); a crash leaves the journal for si_rmxenvm.
@@ -67,6 +67,15 @@ def fingerprints(guest: Guest) -> list[str]:
     return out
 
 
+class ImageChanged(Exception):
+    """The image is not what the deploy was planned from (confirm step): everything made was
+    undone, and the caller plans again from ``survey``, the image as it is now (None: walk it)."""
+
+    def __init__(self, survey, why: str = "the image changed since its last walk"):
+        super().__init__(why)
+        self.survey = survey
+
+
 @dataclass
 class Context:
     """What the steps share: the inputs, and what earlier steps produced."""
@@ -78,6 +87,7 @@ class Context:
     rep: Reporter
     journal: journal.Journal
     keys: object = None  # a hostkeys.Prefetch started earlier
+    confirm: object = None  # a proc.Ahead walking the image, when planned from its last walk
     backend: object = None
     bases: dict[str, str] = field(default_factory=dict)
     one_pass: bool = False
@@ -99,7 +109,11 @@ class Step:
 
 
 def _bases(c: Context) -> None:
-    c.bases = populate.ensure_bases(c.plan, c.image, c.backend, c.rep, c.journal)
+    # A base is built only from a proven walk: its name carries the image's fingerprint.
+    bases = populate.ensure_bases(c.plan, c.image, c.backend, c.rep, c.journal, build=c.confirm is None)
+    if bases is None:
+        raise ImageChanged(c.confirm.result(), "the image's base disk was removed meanwhile")
+    c.bases = bases
 
 
 def _disks(c: Context) -> None:
@@ -162,6 +176,14 @@ def _autostart(c: Context) -> None:
     c.autostart = toolstack.link_autostart(c.plan.cfg_path, c.journal)
 
 
+def _confirm(c: Context) -> None:
+    """A VM planned from the image's last walk is kept only if the walk begun with the
+    deploy finds the same image; it ran beside the steps above instead of before them."""
+    fresh = c.confirm.result()
+    if fresh is None or fresh.fingerprint != c.plan.fingerprint:
+        raise ImageChanged(fresh)
+
+
 def _record(c: Context) -> None:
     plan = c.plan
     c.record = {
@@ -200,6 +222,7 @@ STEPS = (
     Step("unmount", _unmount),
     Step("config", _config),
     Step("autostart", _autostart, lambda c: c.plan.autostart),
+    Step("confirm", _confirm, lambda c: c.confirm is not None),
     Step("record", _record),
     Step("start", _start, lambda c: c.plan.start),
 )
@@ -224,9 +247,9 @@ def _failed(step: Step, e: BaseException, log_path: str | None) -> BaseException
 INSTALL_STEPS = tuple(s for s in STEPS if s.name not in ("bases", "config", "autostart", "start"))
 
 
-def execute(plan: Plan, image: Image, kernel, settings, rep: Reporter, keys=None, steps=None) -> dict:
+def execute(plan: Plan, image: Image, kernel, settings, rep: Reporter, keys=None, steps=None, confirm=None) -> dict:
     """Make the VM; return its record. ``keys``: a hostkeys.Prefetch started earlier, or None;
-    ``steps``: STEPS (the default) or INSTALL_STEPS."""
+    ``steps``: STEPS (the default) or INSTALL_STEPS; ``confirm``: see _confirm."""
     steps = steps or STEPS
     state_dir = settings.paths["state_dir"]
     old = journal.load(state_dir, plan.hostname)
@@ -235,7 +258,7 @@ def execute(plan: Plan, image: Image, kernel, settings, rep: Reporter, keys=None
     j = journal.Journal(state_dir, plan.hostname, {
         "name": plan.hostname, "image": plan.image_name, "pid": os.getpid(), "started": journal.stamp(),
         "config": plan.cfg_path, "storage": plan.storage, "storage_root": plan.storage_root, "version": __version__})
-    c = Context(plan, image, kernel, settings, rep, j, keys, backend=backend_for(plan, settings.paths["lock_dir"]))
+    c = Context(plan, image, kernel, settings, rep, j, keys, confirm, backend=backend_for(plan, settings.paths["lock_dir"]))
     c.one_pass = not plan.clone and populate.one_pass_ok(image.path, plan.disks)
     # The kernel fixup reads the initramfs (~0.7 s of decompression): do it now, while the
     # disks are written; the copy in the guest has the same identity, so the fixup hits the cache.
@@ -273,11 +296,12 @@ def execute(plan: Plan, image: Image, kernel, settings, rep: Reporter, keys=None
     return c.record
 
 
-def deploy(plan: Plan, image: Image, kernel, settings, rep: Reporter, keys=None, need_mib: int = 0) -> dict:
+def deploy(plan: Plan, image: Image, kernel, settings, rep: Reporter, keys=None, need_mib: int = 0,
+           confirm=None) -> dict:
     """One VM, the same for a single deploy and each VM of a batch: lock, check, log, make."""
     with journal.lock(settings.paths["lock_dir"], plan.hostname):
         preflight(plan, settings, need_mib)  # again, now that no one else can race us
         rep.open_log(os.path.join(settings.paths["log_dir"], f"{plan.hostname}.log"))
         rep.say(describe(plan) + "\n")
-        return execute(plan, image, kernel, settings, rep, keys)
+        return execute(plan, image, kernel, settings, rep, keys, confirm=confirm)
 

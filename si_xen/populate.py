@@ -107,14 +107,17 @@ def bases_ready(plan, backend) -> bool:
     return all(backend.have_base(b) for b in base_targets(plan, backend).values())
 
 
-def ensure_bases(plan, image, backend, rep, journal) -> dict[str, str]:
-    """The image's base disks, built now if no VM built them yet (one builder at a time)."""
+def ensure_bases(plan, image, backend, rep, journal, build: bool = True) -> dict[str, str] | None:
+    """The image's base disks, built now if no VM built them yet (one builder at a time);
+    None if they are missing and ``build`` is False (the plan's fingerprint is not yet proven)."""
     bases = base_targets(plan, backend)
     path = backend.base_lock(plan.image_name)
     journal.makedirs(os.path.dirname(path))
     lock = journal.made(Lock(path))
     with exclusive(lock.path):
         if not all(backend.have_base(b) for b in bases.values()):
+            if not build:
+                return None
             _build_bases(plan, image, backend, rep, journal, bases)
     return bases
 

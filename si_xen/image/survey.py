@@ -4,6 +4,7 @@ changes when anything in the tree does (so a cached base disk is never stale).""
 from __future__ import annotations
 
 import hashlib
+import marshal
 import os
 import stat
 from dataclasses import dataclass
@@ -67,6 +68,40 @@ def survey(image: str) -> Survey:
             if isdir and not (rel == "" and e.name in SKIP_CONTENT) and e.name != "lost+found":
                 stack.append((erel, e.path))
     return Survey(h.hexdigest()[:16], tuple(entries), tuple(sorted(excluded)))
+
+
+# The last walk of each image, so that a further VM can be planned and made while a new walk
+# confirms that the image is unchanged (deploy's confirm step), instead of before.
+def _walk_file(cache_dir: str, image: str) -> str:
+    return os.path.join(cache_dir, f"walk-{hashlib.sha256(image.encode(errors='surrogateescape')).hexdigest()[:16]}")
+
+
+def remembered(cache_dir: str | None, image: str) -> Survey | None:
+    """The survey the last walk of ``image`` found, if any (marshal: ~2 ms for 14,000 entries)."""
+    if not cache_dir:
+        return None
+    try:
+        with open(_walk_file(cache_dir, image), "rb") as f:
+            path, fingerprint, entries, excluded = marshal.load(f)
+    except (OSError, EOFError, ValueError, TypeError):
+        return None
+    if path != image or not isinstance(fingerprint, str) or not isinstance(entries, tuple):
+        return None
+    return Survey(fingerprint, entries, excluded)
+
+
+def remember(cache_dir: str | None, image: str, s: Survey) -> None:
+    if not cache_dir:
+        return
+    last = remembered(cache_dir, image)
+    if last is not None and last.fingerprint == s.fingerprint:
+        return
+    os.makedirs(cache_dir, exist_ok=True)
+    path = _walk_file(cache_dir, image)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        marshal.dump((image, s.fingerprint, s.entries, s.excluded), f)
+    os.replace(tmp, path)
 
 
 def _has_content(path: str) -> bool:

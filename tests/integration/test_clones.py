@@ -55,15 +55,28 @@ def test_changed_image_gets_a_new_base(xfs_dir, tmp_path, as_root):
     images = tmp_path / "images"
     root = fakeimage.make(images / "tiny", unpacked_mib=4)
     env = make_env(tmp_path / "e", str(images))
+    before = host_state(str(tmp_path), ("t1", "t2", "t3", "t4"))
     opts = ["--memory", "512M", "--size", "512M", "--noswap", "--dhcp", "--dir", xfs_dir, "--output", env.output]
     env.mk("tiny", "--hostname", "t1", *opts, check=True)
     with open(os.path.join(root, "etc/motd"), "w") as f:
         f.write("new release\n")
+    # t2 is planned from the image's last walk and cloned from t1's base while the new walk
+    # runs; the walk finds the change, so that VM is undone and t2 made from a new base
     out = env.mk("tiny", "--hostname", "t2", *opts, check=True).stdout
+    assert "Not kept: the image changed since its last walk; planning again" in out
     assert "Building base disks" in out
     assert len([n for n in os.listdir(f"{xfs_dir}/bases") if n.endswith(".img")]) == 2
     assert debugfs_cat(f"{xfs_dir}/domains/t2/disk.img", "/etc/motd") == "new release\n"
     assert debugfs_cat(f"{xfs_dir}/domains/t1/disk.img", "/etc/motd") is None
+    out = env.mk("tiny", "--hostname", "t3", *opts, check=True).stdout  # the new walk holds now
+    assert "Not kept" not in out and "Building base" not in out
+    assert debugfs_cat(f"{xfs_dir}/domains/t3/disk.img", "/etc/motd") == "new release\n"
+    # a base removed behind the last walk's back is built again, not assumed
+    env.run("rmxenvm", "t1", "t2", "t3", "--yes", "--prune-bases", check=True)
+    out = env.mk("tiny", "--hostname", "t4", *opts, check=True).stdout
+    assert "Building base disks" in out and "Not kept" not in out
+    assert set(os.listdir(f"{xfs_dir}/domains")) == {"t4"}
+    assert host_state(str(tmp_path), ("t1", "t2", "t3", "t4")) == before
 
 
 def test_full_copy_and_ext4_fallback_say_so(debian12_image, tmp_path):

@@ -29,6 +29,8 @@ CASES = {
     "xfs": (["--full-copy", "--fs", "xfs"], ["copy"]),
     "layout": (["--full-copy", "--layout", "image"], ["filesystems", "mount"]),
     "clone": ([], ["bases", "base-disks", "base-filesystems", "base-publish", "disks", "mount"]),
+    # a further clone: planned from the image's last walk, made while the new walk confirms it
+    "further": ([], ["disks", "fixups", "confirm", "record"]),
 }
 
 
@@ -44,7 +46,7 @@ def what_is_left(env, store: str, host: str) -> dict:
 @pytest.fixture
 def store(request, tmp_path, debian12_image):
     need_tools("rsync", "mkfs.ext4", "mkswap", "losetup")
-    if getattr(request, "param", "full") == "clone":
+    if getattr(request, "param", "full") in ("clone", "further"):
         return request.getfixturevalue("xfs_dir")
     d = tmp_path / "vms"
     d.mkdir()
@@ -57,6 +59,8 @@ def test_sigkill_at_each_step_then_si_rmxenvm_recovers(tmp_path, debian12_image,
     env = make_env(tmp_path / "e", os.path.dirname(debian12_image))
     host = "crash1"
     argv = ["debian12", "--hostname", host, *OPTS, *CASES[case][0], "--dir", store, "--output", env.output]
+    if case == "further":
+        env.mk(*argv[:2], "seed", *argv[3:], check=True)
     clean = what_is_left(env, store, host)
     monkeypatch.setenv("SI_XEN_KILL_AT", step)
     killed = env.mk(*argv)
@@ -64,7 +68,7 @@ def test_sigkill_at_each_step_then_si_rmxenvm_recovers(tmp_path, debian12_image,
     assert killed.returncode == -signal.SIGKILL, f"not killed at {step}:\n{killed.stdout}\n{killed.stderr}"
 
     listed = [json.loads(line) for line in env.run("lsxenvm", "--json", check=True).stdout.splitlines()]
-    assert [(v["name"], v["complete"], v["step"]) for v in listed] == [(host, False, step)]
+    assert [(v["name"], v["complete"], v["step"]) for v in listed if v["name"] == host] == [(host, False, step)]
     again = env.mk(*argv)
     lines = again.stderr.strip().splitlines()
     assert again.returncode == 1 and len(lines) == 1, again.stderr
@@ -77,6 +81,8 @@ def test_sigkill_at_each_step_then_si_rmxenvm_recovers(tmp_path, debian12_image,
     env.mk(*argv, check=True)  # and a plain re-run completes
     env.run("rmxenvm", "--yes", "--prune-bases", host, check=True)
     assert what_is_left(env, store, host) == clean
+    if case == "further":
+        assert "Not kept" not in env.mk(*argv, "--force", "--yes", check=True).stdout, "the last walk holds"
 
 
 def test_a_failed_step_is_named_and_its_command_logged(tmp_path, debian12_image, store, monkeypatch):

@@ -2,7 +2,7 @@
 
 An RSA key takes ssh-keygen 0.2-2 s (a random prime search), longer than cloning a whole
 VM. So si_mkxenvm keeps a small stock of RSA keys, made with spare CPU
-(niced, during the long copy of a first deploy) and each handed to one VM only; without stock it
+(at idle priority, during the long copy of a first deploy) and each handed to one VM only; without stock it
 starts ssh-keygen as soon as it knows the VM's name. Either way the identity fixup takes
 the ready keys from the guest spec instead of making them itself. The stock is root's
 alone (0700), like the keys ssh-keygen would have written into the guest.
@@ -45,8 +45,9 @@ def _keygen(ktype: str, comment: str, path: str, idle: bool = False):
     keygen = proc.which("ssh-keygen")
     if not keygen:
         return None
-    nice = ["nice", "-n", "19"] if idle and proc.which("nice") else []  # stock: only spare CPU
-    return proc.start([*nice, keygen, "-q", "-t", ktype, "-N", "", "-C", comment, "-f", path])
+    # stock: only CPU nothing else wants (SCHED_IDLE yields to every other task, even nice 19)
+    idle_prefix = ["chrt", "--idle", "0"] if idle and proc.which("chrt") else []
+    return proc.start([*idle_prefix, keygen, "-q", "-t", ktype, "-N", "", "-C", comment, "-f", path])
 
 
 class Stock:

@@ -45,10 +45,10 @@ def _make(argv) -> None:
 
 
 def register(fp, monkeypatch, running: bool = False) -> None:
-    """Every ssh-keygen (also under ``nice``) makes its key at once; with ``running`` it is
+    """Every ssh-keygen (also under ``chrt --idle``) makes its key at once; with ``running`` it is
     still making it until killed (and then leaves nothing, as its -f target is written last)."""
     real_which = proc.which
-    monkeypatch.setattr(proc, "which", lambda p: f"/usr/bin/{p}" if p in ("ssh-keygen", "nice") else real_which(p))
+    monkeypatch.setattr(proc, "which", lambda p: f"/usr/bin/{p}" if p in ("ssh-keygen", "chrt") else real_which(p))
     killed: dict[int, threading.Event] = {}
 
     def busy(p):
@@ -58,6 +58,6 @@ def register(fp, monkeypatch, running: bool = False) -> None:
     def kill(p, sig):
         killed.setdefault(id(p), threading.Event()).set()
 
-    for prefix in (["/usr/bin/ssh-keygen"], ["nice", "-n", "19", "/usr/bin/ssh-keygen"]):
+    for prefix in (["/usr/bin/ssh-keygen"], ["chrt", "--idle", "0", "/usr/bin/ssh-keygen"]):
         fp.register([*prefix, fp.any()], callback=busy if running else (lambda p: _make(p.args)),
                     signal_callback=kill, occurrences=1000)

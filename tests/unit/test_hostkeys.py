@@ -83,7 +83,7 @@ def test_settle_discards_unfinished_keys(tmp_path, fp, monkeypatch):
     names = os.listdir(stock.dir)
     assert not [n for n in names if n.startswith(".new-")]
     assert all(n + ".pub" in names for n in names if not n.endswith(".pub"))
-    assert [c[:4] for c in fp.calls][:1] == [["nice", "-n", "19", "/usr/bin/ssh-keygen"]], "stock: spare CPU only"
+    assert [c[:4] for c in fp.calls][:1] == [["chrt", "--idle", "0", "/usr/bin/ssh-keygen"]], "stock: spare CPU only"
 
 
 @pytest.mark.parametrize("kind,fields", [("ssh-rsa", 6), ("ssh-ed25519", 2), ("ecdsa-sha2-nistp384", 3)])

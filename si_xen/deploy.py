@@ -235,6 +235,19 @@ def _warm_initramfs(path: str) -> None:
         pass
 
 
+def _warm_steps(user_dir: str | None, config: bool) -> None:
+    """Load what the fixups and config steps import and compile (~60 ms of a further VM's
+    0.2 s) while the steps before them wait for mkswap, mount and fsync."""
+    try:
+        from .fixups import run_all  # noqa: F401
+        from .fixups.spec import spec_from_plan  # noqa: F401
+
+        if config:
+            domain.load(user_dir)
+    except Exception:  # only a warmer: the steps themselves report what is wrong
+        pass
+
+
 def _failed(step: Step, e: BaseException, log_path: str | None) -> BaseException:
     """The error an admin sees: the step named, with the failing command's tail."""
     fix = f"the log {log_path} has every command and its output" if log_path else "run with --verbose for the commands"
@@ -264,6 +277,8 @@ def execute(plan: Plan, image: Image, kernel, settings, rep: Reporter, keys=None
     # disks are written; the copy in the guest has the same identity, so the fixup hits the cache.
     if kernel and kernel.initrd and not plan.kernel:
         threading.Thread(target=_warm_initramfs, args=(image.guest.path(kernel.initrd),), daemon=True).start()
+    threading.Thread(target=_warm_steps, args=(settings.paths["template_dir"], any(s.name == "config" for s in steps)),
+                     daemon=True).start()
     # A long copy is ahead when there is no base to clone: spare CPU for the key stock.
     stock = hostkeys.Stock(state_dir)
     refill = stock.refill() if not (plan.clone and populate.bases_ready(plan, c.backend)) else None

@@ -201,7 +201,6 @@ def _deploy(args, image, settings, rep, o, hosts, keys, walk) -> int:
     except deploy.ImageChanged as e:  # undone already: plan again from the image as it is
         rep.say(f"Not kept: {e}; planning again")
         tree = e.survey or survey.survey(image.path)
-        survey.remember(facts_dir, image.path, tree)
         return _make(args, image, settings, rep, _plans(o, hosts, image, tree, rep.warn), keys, tree, None, facts_dir)
 
 
@@ -232,7 +231,6 @@ def _ahead(image, o, hosts, walk, facts_dir, settings, warn):
         except Fatal:
             pass  # said again, from the image as it is
     tree = (walk and walk.result()) or survey.survey(image.path)
-    survey.remember(facts_dir, image.path, tree)
     return tree, _plans(o, hosts, image, tree, warn), None
 
 
@@ -261,13 +259,16 @@ def _make(args, image, settings, rep, plans, keys, tree, pending, facts_dir) -> 
         done, failed = batch.run(plans, image, kernel, settings, rep)
         if done:
             planner.remember_boot(plan, kernel, facts_dir)
+            survey.remember(facts_dir, image.path, tree)
         if failed:
             raise Fatal(f"{len(failed)} of {len(plans)} VMs failed: {'; '.join(failed)}",
                         f"see the logs in {settings.paths['log_dir']}")
         return 0
     try:
         rec = deploy.deploy(plan, image, kernel, settings, rep, keys, need, pending)
-        planner.remember_boot(plan, kernel, facts_dir)
+        planner.remember_boot(plan, kernel, facts_dir)  # like the walk: kept once a VM exists
+        if pending is None:  # else the tree is the walk remembered
+            survey.remember(facts_dir, image.path, tree)
         summary(rec, plan, rep, settings)
     finally:
         rep.close()

@@ -1,7 +1,8 @@
 """This host's copy of a server's images: ``CACHE/images/SERVER/IMAGE/current -> gen-N``.
 
 A pull goes into a staging generation that hard-links every unchanged file of the current one
-(rsync --link-dest), so only changes travel and the current generation is never touched; only
+(increment.py; rsync --link-dest where that cannot serve), so only changes travel and the
+current generation is never touched; only
 after rsync exits 0 is ``current`` switched (a symlink renamed over, atomic). A deploy therefore
 reads a whole generation, old or new, never a half-pulled one. One lock per cached image: a
 second deploy waits for the first one's pull and then finds the cache fresh. Views (the image
@@ -14,10 +15,11 @@ import hashlib
 import os
 import re
 import shutil
+import tempfile
 
-from .. import locks
+from .. import locks, proc
 from ..errors import Fatal
-from . import remote, views
+from . import increment, remote, views
 from .metadata import META_DIR
 from .remote import Server
 
@@ -126,17 +128,44 @@ class Cached:
         return os.path.join(self.dir, f"gen-{n}"), st
 
     def _rsync_into(self, staging: str, cur: str | None) -> dict[str, int]:
-        link = [f"--link-dest={cur}"] if cur else []
-        src = self.server.url(self.image) + "/"
-        what = f"image '{self.image}'"
         try:
-            out = remote.rsync([*pull_flags(), *link, src, staging + "/"], self.server, what).stdout
+            return self._pull_into(staging, cur, acls=True)
         except Fatal as e:
             if not _unsupported(e):
                 raise
             shutil.rmtree(staging, ignore_errors=True)  # one end lacks ACLs or xattrs: SI's flags alone
-            out = remote.rsync([*pull_flags(acls=False), *link, src, staging + "/"], self.server, what).stdout
-        return stats(out)
+            return self._pull_into(staging, cur, acls=False)
+
+    def _pull_into(self, staging: str, cur: str | None, acls: bool) -> dict[str, int]:
+        src, what, flags = self.server.url(self.image) + "/", f"image '{self.image}'", pull_flags(acls=acls)
+        if cur:
+            listed = self._changes_into(staging, cur, src, what, flags)
+            if listed is not None:
+                return listed
+        link = [f"--link-dest={cur}"] if cur else []
+        return stats(remote.rsync([*flags, *link, src, staging + "/"], self.server, what).stdout)
+
+    def _changes_into(self, staging: str, cur: str, src: str, what: str, flags: list[str]) -> dict[str, int] | None:
+        """The incremental pull of increment.py; None when its dry run lists a name it cannot
+        pass on (staging is then empty again)."""
+        cp = proc.start(["cp", "-al", cur, staging])  # beside the dry run: one is disk, one is rsync
+        try:
+            out = remote.rsync(["-n", "--out-format=%i %n", *flags, src, cur + "/"], self.server, what).stdout
+        finally:
+            if cp.wait() != 0:
+                raise Fatal(f"could not hard-link the cached image {cur} into {staging} (cp -al exit {cp.returncode})",
+                            "check the cache's filesystem (space, inodes), then run it again")
+        ch = increment.parse(out)
+        if ch is None:
+            shutil.rmtree(staging)
+            return None
+        names = increment.prepare(staging, ch)
+        with tempfile.NamedTemporaryFile("wb", dir=self.dir, prefix=".staging-list.") as f:
+            f.write(b"".join(n.encode(errors="surrogateescape") + b"\0" for n in names))
+            f.flush()
+            fetch = [a for a in flags if a != "--delete"]
+            return stats(remote.rsync([*fetch, f"--files-from={f.name}", "--from0", src, staging + "/"],
+                                      self.server, what).stdout)
 
     def layout(self, gen: str) -> str | None:
         """The server's scripts/disks-layouts/IMAGE.xml (si_getimage's copy of the image's

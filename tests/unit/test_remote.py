@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 
 import pytest
@@ -131,14 +132,20 @@ class FakeRsync:
         self.calls: list[list[str]] = []
         self.files = files
         fp.register(["rsync", fp.any()], callback=self.run, occurrences=occurrences, returncode=rc, stderr=stderr)
+        fp.register(["cp", "-al", fp.any()], occurrences=occurrences,  # the incremental pull's linked tree
+                    callback=lambda p: shutil.copytree(p.args[2], p.args[3], symlinks=True, copy_function=os.link))
 
     def run(self, process):
         self.calls.append(process.args)
         dest = process.args[-1]
-        for rel, text in self.files.items():
+        if "--out-format=%i %n" in process.args:  # the incremental pull's dry run: what it would fetch
+            process.stdout.write("".join(f">f.st...... {rel}\n" for rel in self.files))
+            return
+        for rel, text in self.files.items():  # as rsync writes: a new file renamed over the old name
             os.makedirs(os.path.dirname(os.path.join(dest, rel)), exist_ok=True)
-            with open(os.path.join(dest, rel), "w") as f:
+            with open(os.path.join(dest, rel) + ".tmp", "w") as f:
                 f.write(text)
+            os.replace(os.path.join(dest, rel) + ".tmp", os.path.join(dest, rel))
 
 
 @pytest.fixture
@@ -147,7 +154,7 @@ def cached(tmp_path):
 
 
 def pulls(fake) -> list[list[str]]:
-    return [c for c in fake.calls if "--delete" in c and "-n" not in c]
+    return [c for c in fake.calls if "-n" not in c and ("--delete" in c or any(a.startswith("--files-from=") for a in c))]
 
 
 def test_first_pull_switches_in_a_whole_generation(fp, cached):
@@ -170,7 +177,7 @@ def test_unchanged_image_is_not_pulled_again_and_a_changed_one_links_the_old(fp,
     fake.files = {"etc/systemimager/IMAGE_RETRIEVAL_TIME": "T2\n"}
     with cached.lock():
         second, _ = cached.pull("T2")
-    assert second.endswith("/gen-2") and f"--link-dest={first}" in pulls(fake)[-1]
+    assert second.endswith("/gen-2") and "--from0" in pulls(fake)[-1], "only the changes, onto a linked copy"
     with open(os.path.join(first, "etc/systemimager/IMAGE_RETRIEVAL_TIME")) as f:
         assert f.read() == "T1\n", "the previous generation is untouched"
     fake.files = {"etc/systemimager/IMAGE_RETRIEVAL_TIME": "T3\n"}
@@ -225,10 +232,12 @@ def test_rsyncs_dry_run_decides_for_an_image_without_retrieval_time(fp, cached):
     with cached.lock():
         assert cached.pull(None) == (first, None)
     fp.register(["rsync", fp.any()], stdout=">f..t...... etc/x\n")
-    FakeRsync(fp, {"etc/x": "2"}, occurrences=1)
+    FakeRsync(fp, {"etc/x": "2"}, occurrences=2)  # the pull's own dry run, then the fetch
     with cached.lock():
         second, st = cached.pull(None)
     assert second.endswith("/gen-2") and st is not None
+    with open(os.path.join(second, "etc/x")) as f, open(os.path.join(first, "etc/x")) as g:
+        assert (f.read(), g.read()) == ("2", "1")
 
 
 @pytest.mark.parametrize("argv,want", [

@@ -58,6 +58,7 @@ def register(fp, monkeypatch, running: bool = False) -> None:
     def kill(p, sig):
         killed.setdefault(id(p), threading.Event()).set()
 
+    fp.register(["chrt", "--other", "-p", "0", fp.any()], occurrences=1000)  # a waited-for key raised
     for prefix in (["/usr/bin/ssh-keygen"], ["chrt", "--idle", "0", "/usr/bin/ssh-keygen"]):
         fp.register([*prefix, fp.any()], callback=busy if running else (lambda p: _make(p.args)),
                     signal_callback=kill, occurrences=1000)

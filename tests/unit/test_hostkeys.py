@@ -39,6 +39,11 @@ def test_prefetched_keys_are_taken_once_and_fingerprinted_like_ssh_keygen(tmp_pa
         assert hostkeys.take("rsa", hostkeys.tag("other"), keys) is None, "a key made for another VM"
         with open(os.path.join(pre.dir, "rsa.pub")) as f:
             assert hostkeys.fingerprint(f.read()).endswith(" si-xen:root@vm1 (RSA)")
+        calls = [list(c) for c in keygen.calls]
+        assert [c[:5] for c in calls if "rsa" in c] == [["chrt", "--idle", "0", "/usr/bin/ssh-keygen", "-q"]], \
+            "the slow key takes idle CPU while a copy runs"
+        assert [c[:4] for c in calls if "ed25519" in c] == [["/usr/bin/ssh-keygen", "-q", "-t", "ed25519"]]
+        assert any(c[:4] == ["chrt", "--other", "-p", "0"] for c in calls), "raised once the deploy waits for it"
     finally:
         pre.close()
     assert not os.path.exists(pre.dir)

@@ -25,13 +25,18 @@ class Survey:
 
     def usage(self, mountpoints: list[str]) -> dict[str, tuple[int, int]]:
         """Bytes and inodes per target mountpoint (the deepest mountpoint holding a path)."""
-        mps = sorted(mountpoints, key=len, reverse=True)
+        others = sorted((m for m in mountpoints if m != "/"), key=len, reverse=True)
+        prefixes = tuple(others)  # a cheap first test (C); most paths of an image are under / only
         out = {mp: [0, 0] for mp in mountpoints}
+        out.setdefault("/", [0, 0])
         for path, size in self.entries:
-            mp = next((m for m in mps if m == "/" or path == m or path.startswith(m + "/")), "/")
-            out[mp][0] += size
-            out[mp][1] += 1
-        return {mp: (v[0], v[1]) for mp, v in out.items()}
+            mp = "/"
+            if prefixes and path.startswith(prefixes):
+                mp = next((m for m in others if path == m or path.startswith(m + "/")), "/")
+            acc = out[mp]
+            acc[0] += size
+            acc[1] += 1
+        return {mp: (v[0], v[1]) for mp, v in out.items() if mp in mountpoints}
 
 
 def survey(image: str) -> Survey:
@@ -82,7 +87,7 @@ def remembered(cache_dir: str | None, image: str) -> Survey | None:
         return None
     try:
         with open(_walk_file(cache_dir, image), "rb") as f:
-            path, fingerprint, entries, excluded = marshal.load(f)
+            path, fingerprint, entries, excluded = marshal.loads(f.read())
     except (OSError, EOFError, ValueError, TypeError):
         return None
     if path != image or not isinstance(fingerprint, str) or not isinstance(entries, tuple):

@@ -73,12 +73,17 @@ def server(tmp_path, as_root):
         d.stop()
 
 
-def test_every_kind_of_change_arrives_and_the_previous_generation_is_untouched(server, tmp_path):
-    d, img = server
+def first_pull(d: Daemon, tmp_path) -> tuple[cache.Cached, str, dict]:
+    """The cache after its first (full) pull: the cached image, its generation and its manifest."""
     c = cache.Cached(f"{tmp_path}/cache", f"{tmp_path}/lock", remote.Server("127.0.0.1", d.port), "debian12")
     with c.lock():
         first, _ = c.pull(None)
-    before = manifest(first)
+    return c, first, manifest(first)
+
+
+def test_every_kind_of_change_arrives_and_the_previous_generation_is_untouched(server, tmp_path):
+    d, img = server
+    c, first, before = first_pull(d, tmp_path)
 
     write(f"{img}/etc/motd", "a new release of the golden image\n")  # content
     write(f"{img}/etc/app/new", "added\n")  # a new file in an old dir
@@ -115,10 +120,7 @@ def test_every_kind_of_change_arrives_and_the_previous_generation_is_untouched(s
 
 def test_a_name_rsync_escapes_falls_back_to_link_dest(server, tmp_path):
     d, img = server
-    c = cache.Cached(f"{tmp_path}/cache", f"{tmp_path}/lock", remote.Server("127.0.0.1", d.port), "debian12")
-    with c.lock():
-        first, _ = c.pull(None)
-    before = manifest(first)
+    c, first, before = first_pull(d, tmp_path)
     write(f"{img}/etc/new\nline", "a name with a newline\n")
     os.chmod(f"{img}/etc/app/conf", 0o600)
     with c.lock():

@@ -151,10 +151,13 @@ class Cached:
         cp = proc.start(["cp", "-al", cur, staging])  # beside the dry run: one is disk, one is rsync
         try:
             out = remote.rsync(["-n", "--out-format=%i %n", *flags, src, cur + "/"], self.server, what).stdout
-        finally:
-            if cp.wait() != 0:
-                raise Fatal(f"could not hard-link the cached image {cur} into {staging} (cp -al exit {cp.returncode})",
-                            "check the cache's filesystem (space, inodes), then run it again")
+        except BaseException:  # the dry run's failure is the one to tell; the caller removes staging
+            cp.kill()
+            cp.wait()
+            raise
+        if cp.wait() != 0:
+            raise Fatal(f"could not hard-link the cached image {cur} into {staging} (cp -al exit {cp.returncode})",
+                        "check the cache's filesystem (space, inodes), then run it again")
         ch = increment.parse(out)
         if ch is None:
             shutil.rmtree(staging)

@@ -1,5 +1,6 @@
 import base64
 import os
+import time
 
 import pytest
 
@@ -43,10 +44,26 @@ def test_prefetched_keys_are_taken_once_and_fingerprinted_like_ssh_keygen(tmp_pa
         assert [c[:5] for c in calls if "rsa" in c] == [["chrt", "--idle", "0", "/usr/bin/ssh-keygen", "-q"]], \
             "the slow key takes idle CPU while a copy runs"
         assert [c[:4] for c in calls if "ed25519" in c] == [["/usr/bin/ssh-keygen", "-q", "-t", "ed25519"]]
-        assert any(c[:4] == ["chrt", "--other", "-p", "0"] for c in calls), "raised once the deploy waits for it"
     finally:
         pre.close()
     assert not os.path.exists(pre.dir)
+
+
+def test_a_slow_key_still_running_when_wanted_gets_a_normal_share(tmp_path, fp, monkeypatch):
+    def slow(p):  # still making its key when the deploy asks for it
+        time.sleep(0.5)
+        fakekeygen._make(p.args)
+
+    fp.register(["chrt", "--idle", "0", "/usr/bin/ssh-keygen", fp.any()], callback=slow)
+    fakekeygen.register(fp, monkeypatch)
+    pre = hostkeys.Prefetch(["rsa", "ed25519"], "vm1")
+    try:
+        keys = pre.ready()
+        assert hostkeys.take("rsa", hostkeys.tag("vm1"), keys) is not None
+    finally:
+        pre.close()
+    raised = [list(c) for c in fp.calls if list(c[:4]) == ["chrt", "--other", "-p", "0"]]
+    assert len(raised) == 1, "raised once, when the deploy waits for it"
 
 
 def test_no_prefetch_means_none():

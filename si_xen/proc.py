@@ -159,6 +159,34 @@ def start(argv: Sequence[str]) -> subprocess.Popen:
                             stderr=subprocess.DEVNULL)
 
 
+class Begun:
+    """``argv`` running with its output captured while we go on: ``result()`` waits as run()
+    would, ``stop()`` ends it (work begun on a guess that turned out unneeded)."""
+
+    def __init__(self, argv: Sequence[str], ok: Iterable[int] = (0,)):
+        self.argv, self.ok = tuple(str(a) for a in argv), tuple(ok)
+        self.t0 = _started("begun", self.argv)
+        self.p = subprocess.Popen(list(self.argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+
+    def result(self) -> Result:
+        try:
+            out, err = self.p.communicate()
+        except BaseException:
+            self.stop()
+            raise
+        res = Result(self.argv, self.p.returncode, out or "", err or "")
+        _ended(res, self.t0)
+        if res.returncode not in self.ok:
+            raise ProcError(res)
+        return res
+
+    def stop(self) -> None:
+        if self.p.returncode is None:  # not yet waited for by result()
+            self.p.kill()
+            self.p.communicate()
+
+
 def which(program: str) -> str | None:
     """Full path of ``program`` on PATH (sbin dirs included, as root expects)."""
     path = os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin"

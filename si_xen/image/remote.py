@@ -106,14 +106,38 @@ def problem(rc: int, stderr: str, server: Server, what: str) -> Fatal:
     return Fatal(f"pulling {what} from {server} failed (rsync exit {rc}: {tail})", "see the log; run it again")
 
 
+def _argv(argv: list[str], local: bool, motd: bool) -> list[str]:
+    # TCP_NODELAY: the protocol's small messages otherwise wait on delayed ACKs, ~40 ms a
+    # turn of the conversation (0.15 -> 0.11 s for a one-file fetch on one host).
+    daemon = () if local else ("--sockopts=TCP_NODELAY", "--contimeout=20") if motd else (
+        "--no-motd", "--sockopts=TCP_NODELAY", "--contimeout=20")
+    return ["rsync", *daemon, "--timeout=600", *argv]
+
+
 def rsync(argv: list[str], server: Server, what: str, ok=(0,), local: bool = False, motd: bool = False) -> proc.Result:
     """rsync through proc, its failures as one Fatal (``local``: a copy on this host; ``motd``
     is needed for a module list, which --no-motd suppresses too)."""
-    daemon = () if local else ("--contimeout=20",) if motd else ("--no-motd", "--contimeout=20")
     try:
-        return proc.run(["rsync", *daemon, "--timeout=600", *argv], ok=ok)
+        return proc.run(_argv(argv, local, motd), ok=ok)
     except proc.ProcError as e:
         raise problem(e.result.returncode, e.result.stderr, server, what) from None
+
+
+class Begun:
+    """rsync begun beside other work (remote.rsync's failures, from ``result()``)."""
+
+    def __init__(self, argv: list[str], server: Server, what: str):
+        self.server, self.what = server, what
+        self.begun = proc.Begun(_argv(argv, False, False))
+
+    def result(self) -> proc.Result:
+        try:
+            return self.begun.result()
+        except proc.ProcError as e:
+            raise problem(e.result.returncode, e.result.stderr, self.server, self.what) from None
+
+    def stop(self) -> None:
+        self.begun.stop()
 
 
 def list_modules(server: Server) -> list[str]:

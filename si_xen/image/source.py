@@ -41,8 +41,7 @@ def from_server(server_text: str, name: str | None, overrides: list[str], hostna
             remote.check_name(o, "override", server)
         c = Cached(paths["cache_dir"], paths["lock_dir"], server, name, via=via)
         with c.lock():
-            when, _ = remote.image_facts(via, name)
-            gen, st = c.pull(when)
+            gen, st = c.update()
             if st is None:
                 say(f"Image '{name}' from {server}: cached copy is current")
             else:

@@ -50,7 +50,7 @@ def differs(server: Daemon, gen: str) -> list[str]:
     """What rsync (with checksums) would still change in ``gen`` to make it the server's image."""
     out = subprocess.run(["rsync", "-n", "-i", "-c", *cache.pull_flags(), f"rsync://{server.address}/debian12/",
                           gen + "/"], capture_output=True, text=True, check=True).stdout
-    return [ln for ln in out.splitlines() if cache._ITEM.match(ln)]
+    return [ln for ln in out.splitlines() if cache._ITEMS.match(ln)]
 
 
 @pytest.fixture

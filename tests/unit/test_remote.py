@@ -64,7 +64,7 @@ def test_rsync_failures_in_words(rc, err, want):
 
 
 def test_module_list_skips_the_header_modules(fp):
-    fp.register(["rsync", "--contimeout=20", "--timeout=600", "rsync://img:8873/"],
+    fp.register(["rsync", "--sockopts=TCP_NODELAY", "--contimeout=20", "--timeout=600", "rsync://img:8873/"],
                 stdout="Welcome\nboot  \t\noverrides\t\nscripts  \t\ntorrents\t\ndebian12\t\ncentos5 \tweb\n")
     assert remote.list_modules(S) == ["centos5", "debian12"]
 
@@ -138,6 +138,13 @@ class FakeRsync:
     def run(self, process):
         self.calls.append(process.args)
         dest = process.args[-1]
+        if "-L" in process.args:  # a small fetch (remote.fetch): each URL's file by its base name
+            for url in process.args[process.args.index("-L") + 1:-1]:
+                rel = url.split("/", 4)[4]
+                if rel in self.files:
+                    with open(os.path.join(dest, os.path.basename(rel)), "w") as f:
+                        f.write(self.files[rel])
+            return
         if "--out-format=%i %n" in process.args:  # the incremental pull's dry run: what it would fetch
             process.stdout.write("".join(f">f.st...... {rel}\n" for rel in self.files))
             return
@@ -183,7 +190,26 @@ def test_unchanged_image_is_not_pulled_again_and_a_changed_one_links_the_old(fp,
     fake.files = {"etc/systemimager/IMAGE_RETRIEVAL_TIME": "T3\n"}
     with cached.lock():
         third, _ = cached.pull("T3")
+    assert sorted(n for n in os.listdir(cached.dir) if not n.startswith(".trash")) == ["current", "gen-2", "gen-3"]
+    cached.cleaner.join()  # the oldest one is removed beside what follows the pull
     assert sorted(os.listdir(cached.dir)) == ["current", "gen-2", "gen-3"], "current and previous kept"
+
+
+def test_update_asks_the_retrieval_time_while_the_dry_run_walks(fp, cached):
+    rt = "etc/systemimager/IMAGE_RETRIEVAL_TIME"
+    fake = FakeRsync(fp, {rt: "T1\n"})
+    dry_runs = lambda: [c for c in fake.calls if "-n" in c]  # noqa: E731
+    with cached.lock():
+        first, st = cached.update()
+    assert st is not None and not dry_runs(), "nothing cached yet: no dry run to begin"
+    with cached.lock():
+        assert cached.update() == (first, None)
+    assert len(dry_runs()) == 1 and len(pulls(fake)) == 1, "begun beside the time, stopped when it said unchanged"
+    fake.files = {rt: "T2\n"}
+    with cached.lock():
+        second, st = cached.update()
+    assert second.endswith("/gen-2") and st is not None
+    assert len(dry_runs()) == 2 and "--from0" in pulls(fake)[-1], "the dry run begun beside the time is the one used"
 
 
 def test_a_failed_pull_leaves_the_cache_as_it_was(fp, cached):

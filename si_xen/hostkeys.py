@@ -83,11 +83,12 @@ class Stock:
     def settle(self, refill: Refill) -> None:
         refill.settle()
 
-    def _adopt(self, path: str, done: bool) -> None:
-        name = os.path.basename(path)[len(".new-"):]
+    def _adopt(self, path: str, done: bool, src: str | None = None) -> None:
+        """A made key (at ``src``, else at ``path``) into the stock under ``path``'s name."""
+        name, src = os.path.basename(path)[len(".new-"):], src or path
         if done:  # the public half first: a private key in stock always has its pair
-            os.rename(path + ".pub", os.path.join(self.dir, name + ".pub"))
-            os.rename(path, os.path.join(self.dir, name))
+            os.rename(src + ".pub", os.path.join(self.dir, name + ".pub"))
+            os.rename(src, os.path.join(self.dir, name))
         else:
             for f in (path, path + ".pub"):
                 if os.path.lexists(f):
@@ -140,7 +141,8 @@ class Prefetch:
             stock = None  # made by a deploy's refill; before validation nothing may be created
         # beside the stock (a claim is a rename), else in /tmp
         self.dir = tempfile.mkdtemp(prefix=".si-xen-keys.", dir=stock.dir if stock else None)
-        self.procs, self._idle = [], []
+        self.stock, self.handed = stock, False
+        self.procs, self._idle = {}, []
         for t in types:
             path = os.path.join(self.dir, t)
             if stock and stock.claim(t, path):
@@ -151,24 +153,34 @@ class Prefetch:
             # The slow ones take idle CPU while a copy runs; ready() raises them if still wanted.
             p = _keygen(t, tag(hostname), path, idle=t in STOCK_TYPES)
             if p:
-                self.procs.append(p)
+                self.procs[t] = p
                 if t in STOCK_TYPES:
                     self._idle.append(p)
 
     def ready(self) -> str:
-        """Wait for the keys; return the directory holding TYPE and TYPE.pub files."""
+        """Wait for the keys; return the directory holding TYPE and TYPE.pub files. From now
+        on they are the VM's: close() never gives them back to the stock."""
+        self.handed = True
         for p in self._idle:
             if p.poll() is None:  # now the deploy waits for it: a normal share of the CPU
                 proc.run(["chrt", "--other", "-p", "0", str(p.pid)], ok=(0, 1))
-        for p in self.procs:
+        for p in self.procs.values():
             p.wait()
         return self.dir
 
     def close(self) -> None:
-        for p in self.procs:
+        """End the key makers; keys no guest was given (the deploy stopped before its identity
+        fixup, e.g. at a FATAL check) go back to the stock, so bad input costs no stock key."""
+        for p in self.procs.values():
             if p.poll() is None:
                 p.kill()
             p.wait()
+        if self.stock and not self.handed:
+            for t in STOCK_TYPES:
+                path = os.path.join(self.dir, t)
+                made = t not in self.procs or self.procs[t].returncode == 0
+                if made and os.path.exists(path) and os.path.exists(path + ".pub"):
+                    self.stock._adopt(os.path.join(self.dir, f".new-{t}-{os.urandom(6).hex()}"), True, path)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

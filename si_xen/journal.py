@@ -82,17 +82,21 @@ class Journal:
         self.path = path_of(state_dir, name)
         self.state = State(name, self.path, begin)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        self._append({"begin": begin})
-        dfd = os.open(vm_dir(state_dir), os.O_RDONLY)  # the journal's own name must survive a power cut
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        # Synced with the first thing made: before it, a power cut loses nothing worth knowing.
+        self._dir = vm_dir(state_dir)
+        self._append({"begin": begin}, sync=False)
 
     def _append(self, entry: dict, sync: bool = True) -> None:
         os.write(self._fd, (json.dumps(entry, sort_keys=True) + "\n").encode())
         if sync:
             os.fsync(self._fd)
+            if self._dir:  # the journal's own name must survive a power cut too, once
+                dfd = os.open(self._dir, os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+                self._dir = None
 
     def step(self, name: str) -> None:
         # Not synced: it only says where a deploy stopped (a process crash still shows it; after a

@@ -52,26 +52,28 @@ def survey(image: str) -> Survey:
                 items = sorted(it, key=lambda e: e.name)
         except OSError:
             continue
+        rows = []  # one directory's stat facts, hashed at once (marshal: C speed, version 2: no refs)
         for e in items:
             erel = f"{rel}/{e.name}"
             try:
                 st = e.stat(follow_symlinks=False)
             except OSError:
                 continue
-            h.update(f"{erel}\0{st.st_mode}\0{st.st_uid}\0{st.st_gid}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n"
-                     .encode(errors="surrogateescape"))
-            isdir = stat.S_ISDIR(st.st_mode)
-            if (erel in EXCLUDED_FILES or (isdir and (e.name == "lost+found" or erel in EXCLUDED_DIRS
-                                                       or (rel == "" and e.name in SKIP_CONTENT))
-                                           and _has_content(e.path))):
+            rows.append((erel, st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, st.st_ino))
+            if erel in EXCLUDED_FILES:
                 excluded.append(erel)
-            if st.st_nlink > 1 and not isdir:
+            if stat.S_ISDIR(st.st_mode):
+                top = rel == "" and e.name in SKIP_CONTENT
+                if (top or e.name == "lost+found" or erel in EXCLUDED_DIRS) and _has_content(e.path):
+                    excluded.append(erel)
+                if not top and e.name != "lost+found":
+                    stack.append((erel, e.path))
+            elif st.st_nlink > 1:  # hard links once
                 if (st.st_dev, st.st_ino) in seen:
                     continue
                 seen.add((st.st_dev, st.st_ino))
             entries.append((erel, st.st_blocks * 512))
-            if isdir and not (rel == "" and e.name in SKIP_CONTENT) and e.name != "lost+found":
-                stack.append((erel, e.path))
+        h.update(marshal.dumps(rows, 2))
     return Survey(h.hexdigest()[:16], tuple(entries), tuple(sorted(excluded)))
 
 

@@ -95,6 +95,29 @@ def test_stock_is_filled_with_spare_cpu_and_each_key_serves_one_vm(tmp_path, key
     assert not [n for n in os.listdir(stock.dir) if n.startswith(".")], "nothing half-made left"
 
 
+def full_stock(tmp_path) -> hostkeys.Stock:
+    stock = hostkeys.Stock(str(tmp_path))
+    refill = stock.refill()
+    while refill:
+        for _, p in refill.running:
+            p.wait()
+        refill.tick()
+    return stock
+
+
+def test_keys_no_guest_was_given_go_back_to_the_stock(tmp_path, keygen):
+    stock = full_stock(tmp_path)
+    for _ in range(hostkeys.STOCK_SIZE + 2):  # FATAL checks after the prefetch: ready() never came
+        hostkeys.Prefetch(["rsa", "ed25519"], "vm1", stock).close()
+    assert len(stock._keys("rsa")) == hostkeys.STOCK_SIZE, "bad input costs no stock key"
+    assert not [n for n in os.listdir(stock.dir) if n.startswith(".")]
+    pre = hostkeys.Prefetch(["rsa"], "vm2", stock)
+    priv, _ = hostkeys.take("rsa", hostkeys.tag("vm2"), pre.ready())
+    pre.close()
+    assert len(stock._keys("rsa")) == hostkeys.STOCK_SIZE - 1, "a key handed to a guest never comes back"
+    assert priv not in [open(os.path.join(stock.dir, n)).read() for n in stock._keys("rsa")]
+
+
 def test_settle_discards_unfinished_keys(tmp_path, fp, monkeypatch):
     fakekeygen.register(fp, monkeypatch, running=True)
     stock = hostkeys.Stock(str(tmp_path))

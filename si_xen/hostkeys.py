@@ -83,12 +83,18 @@ class Stock:
     def settle(self, refill: Refill) -> None:
         refill.settle()
 
-    def _adopt(self, path: str, done: bool, src: str | None = None) -> None:
-        """A made key (at ``src``, else at ``path``) into the stock under ``path``'s name."""
-        name, src = os.path.basename(path)[len(".new-"):], src or path
+    def put(self, ktype: str, path: str) -> None:
+        """A whole key pair at ``path`` (same filesystem) into the stock."""
+        name = f"{ktype}-{os.urandom(6).hex()}"
+        os.rename(path + ".pub", os.path.join(self.dir, name + ".pub"))  # the public half first: a
+        os.rename(path, os.path.join(self.dir, name))  # private key in stock always has its pair
+
+    def _adopt(self, path: str, done: bool) -> None:
+        """A refill's key at .new-NAME: into the stock as NAME when done, else removed."""
+        name = os.path.basename(path)[len(".new-"):]
         if done:  # the public half first: a private key in stock always has its pair
-            os.rename(src + ".pub", os.path.join(self.dir, name + ".pub"))
-            os.rename(src, os.path.join(self.dir, name))
+            os.rename(path + ".pub", os.path.join(self.dir, name + ".pub"))
+            os.rename(path, os.path.join(self.dir, name))
         else:
             for f in (path, path + ".pub"):
                 if os.path.lexists(f):
@@ -143,6 +149,13 @@ class Prefetch:
         self.dir = tempfile.mkdtemp(prefix=".si-xen-keys.", dir=stock.dir if stock else None)
         self.stock, self.handed = stock, False
         self.procs, self._idle = {}, []
+        try:
+            self._start(types, hostname, stock)
+        except BaseException:  # a claimed stock key goes back, no ssh-keygen outlives us
+            self.close()
+            raise
+
+    def _start(self, types: list[str], hostname: str, stock: Stock | None) -> None:
         for t in types:
             path = os.path.join(self.dir, t)
             if stock and stock.claim(t, path):
@@ -178,9 +191,10 @@ class Prefetch:
         if self.stock and not self.handed:
             for t in STOCK_TYPES:
                 path = os.path.join(self.dir, t)
+                # claimed, or made to the end: a killed ssh-keygen may have left half a key
                 made = t not in self.procs or self.procs[t].returncode == 0
                 if made and os.path.exists(path) and os.path.exists(path + ".pub"):
-                    self.stock._adopt(os.path.join(self.dir, f".new-{t}-{os.urandom(6).hex()}"), True, path)
+                    self.stock.put(t, path)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -124,10 +124,7 @@ def stream(argv: Sequence[str], on_line, *, ok: Iterable[int] = (0,)) -> Result:
         err = p.stderr.read().decode(errors="replace")
         rc = p.wait()
     except BaseException:
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _kill_group(p)
         p.wait()
         raise
     res = Result(argv, rc, "", err)
@@ -166,8 +163,13 @@ class Begun:
     def __init__(self, argv: Sequence[str], ok: Iterable[int] = (0,)):
         self.argv, self.ok = tuple(str(a) for a in argv), tuple(ok)
         self.t0 = _started("begun", self.argv)
+        # Own process group: rsync forks a helper that holds the pipes too, and must end with it.
         self.p = subprocess.Popen(list(self.argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
+                                  stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    @property
+    def waited(self) -> bool:
+        return self.p.returncode is not None
 
     def result(self) -> Result:
         try:
@@ -182,9 +184,19 @@ class Begun:
         return res
 
     def stop(self) -> None:
-        if self.p.returncode is None:  # not yet waited for by result()
-            self.p.kill()
+        if not self.waited:
+            _kill_group(self.p)
             self.p.communicate()
+
+
+def _kill_group(p: subprocess.Popen) -> None:
+    try:
+        if p.pid > 0:  # a faked process (tests) has pid 0: killpg(0) would be our own group
+            os.killpg(p.pid, signal.SIGKILL)
+        else:
+            p.kill()
+    except ProcessLookupError:
+        pass
 
 
 def which(program: str) -> str | None:

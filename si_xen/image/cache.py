@@ -99,7 +99,7 @@ class Cached:
                     os.unlink(os.path.join(self.dir, f"gen-{g}.disks-layout.xml"))
         trash = []
         for name in old:
-            trash.append(os.path.join(self.dir, f".trash-{name}"))
+            trash.append(os.path.join(self.dir, f".trash-{name}.{os.urandom(4).hex()}"))
             os.rename(os.path.join(self.dir, name), trash[-1])
         if trash:
             if later:
@@ -115,6 +115,14 @@ class Cached:
         except OSError:
             return None
 
+    @property
+    def src(self) -> str:
+        return self.server.url(self.image) + "/"
+
+    @property
+    def what(self) -> str:
+        return f"image '{self.image}'"
+
     def update(self) -> tuple[str, dict[str, int] | None]:
         """The current generation, pulled first when the server's image changed; the server's
         IMAGE_RETRIEVAL_TIME is asked while the dry run that lists the changes already walks
@@ -124,11 +132,10 @@ class Cached:
         dry = self._dry(cur, acls=True) if cur else None
         try:
             when, _ = remote.image_facts(self.server, self.image)
-        except BaseException:
+            return self.pull(when, dry)
+        finally:
             if dry:
-                dry.stop()
-            raise
-        return self.pull(when, dry)
+                dry.stop()  # nothing once its result was read
 
     def pull(self, remote_time: str | None, dry: remote.Begun | None = None) -> tuple[str, dict[str, int] | None]:
         """As update(), given the server's retrieval time (and the dry run begun, if any)."""
@@ -136,73 +143,75 @@ class Cached:
         self.clean()
         cur = self.current()
         if cur and remote_time and remote_time == self.cached_time(cur):
-            if dry:
-                dry.stop()
             return cur, None
-        listed = None
+        lines = None  # (a dry run's lines, whether with ACLs and xattrs), once read
         if cur and not remote_time:  # rsync's own comparison decides: a dry run that lists nothing
-            listed = self._dry_lines(cur, dry)
-            if not _ITEMS.search(listed[0]):
+            lines = self._either(lambda acls: (self._lines(cur, acls, dry), acls))
+            if not _ITEMS.search(lines[0]):
                 return cur, None
         n = (self._gens() or [0])[-1] + 1
         staging = os.path.join(self.dir, f".staging-gen-{n}")
         try:
-            st = self._rsync_into(staging, cur, listed or dry)
+            st = self._either(lambda acls: self._into(staging, cur, acls, lines[0] if lines and lines[1] == acls
+                                                      else None, dry), staging)
             os.rename(staging, os.path.join(self.dir, f"gen-{n}"))
         except BaseException:
-            if dry:
-                dry.stop()
             shutil.rmtree(staging, ignore_errors=True)
             raise
         self._switch(f"gen-{n}")
         self.clean(later=True)
         return os.path.join(self.dir, f"gen-{n}"), st
 
+    @staticmethod
+    def _either(attempt, staging: str | None = None):
+        """``attempt(acls)`` with ACLs and xattrs kept, else (an end lacks them) with
+        SystemImager's flags alone, ``staging`` emptied in between."""
+        try:
+            return attempt(True)
+        except Fatal as e:
+            if not _unsupported(e):
+                raise
+        if staging:
+            shutil.rmtree(staging, ignore_errors=True)
+        return attempt(False)
+
     def _dry(self, cur: str, acls: bool) -> remote.Begun:
         """rsync's dry run of a pull onto ``cur``: what it would change, a line an item."""
-        return remote.Begun(["-n", "--out-format=%i %n", "--no-inc-recursive", *pull_flags(acls=acls),
-                             self.server.url(self.image) + "/", cur + "/"], self.server, f"image '{self.image}'")
+        return remote.Begun(["-n", "--out-format=%i %n", "--no-inc-recursive", *pull_flags(acls=acls), self.src,
+                             cur + "/"], self.server, self.what)
 
-    def _dry_lines(self, cur: str, dry: remote.Begun | None) -> tuple[str, bool]:
-        """(the dry run's lines, whether ACLs and xattrs were kept): without them when an end
-        lacks them."""
-        try:
-            return (dry or self._dry(cur, acls=True)).result().stdout, True
-        except Fatal as e:
-            if not _unsupported(e):
-                raise
-        return self._dry(cur, acls=False).result().stdout, False
+    def _lines(self, cur: str, acls: bool, dry: remote.Begun | None) -> str:
+        """The dry run's lines: the one begun beside the retrieval time (with ACLs), else a new one.
+        The begun one failing gets one new try: a server whose `max connections` refused the
+        second session at once takes it now."""
+        if dry is not None and acls and not dry.waited:
+            try:
+                return dry.result().stdout
+            except Fatal:
+                pass
+        return self._dry(cur, acls).result().stdout
 
-    def _rsync_into(self, staging: str, cur: str | None, listed) -> dict[str, int]:
+    def _into(self, staging: str, cur: str | None, acls: bool, lines: str | None, dry) -> dict[str, int]:
         if cur:
-            got = self._changes_into(staging, cur, listed)
+            got = self._changes_into(staging, cur, acls, lines, dry)
             if got is not None:
                 return got
-        try:
-            return self._link_pull(staging, cur, acls=True)
-        except Fatal as e:
-            if not _unsupported(e):
-                raise
-            shutil.rmtree(staging, ignore_errors=True)  # one end lacks ACLs or xattrs: SI's flags alone
-            return self._link_pull(staging, cur, acls=False)
-
-    def _link_pull(self, staging: str, cur: str | None, acls: bool) -> dict[str, int]:
         link = [f"--link-dest={cur}"] if cur else []
-        return stats(remote.rsync([*pull_flags(acls=acls), *link, self.server.url(self.image) + "/", staging + "/"],
-                                  self.server, f"image '{self.image}'").stdout)
+        return stats(remote.rsync([*pull_flags(acls=acls), *link, self.src, staging + "/"], self.server,
+                                  self.what).stdout)
 
-    def _changes_into(self, staging: str, cur: str, listed) -> dict[str, int] | None:
-        """The incremental pull of increment.py (``listed``: the dry run's lines already read, or
-        the dry run begun); None when its dry run lists a name it cannot pass on (staging is
-        then empty again)."""
+    def _changes_into(self, staging: str, cur: str, acls: bool, lines: str | None, dry) -> dict[str, int] | None:
+        """The incremental pull of increment.py (``lines``: the dry run's, if already read); None
+        when its dry run lists a name it cannot pass on (staging is then empty again)."""
         cp = proc.start(["cp", "-al", cur, staging])  # beside the dry run: one is disk, one is rsync
         try:
-            out, acls = listed if isinstance(listed, tuple) else self._dry_lines(cur, listed)
-        except BaseException:  # the dry run's failure is the one to tell; the caller removes staging
-            cp.kill()
+            out = lines if lines is not None else self._lines(cur, acls, dry)
             cp.wait()
-            raise
-        if cp.wait() != 0:
+        finally:  # the dry run's failure (or ^C) is the one to tell; the caller removes staging
+            if cp.poll() is None:
+                cp.kill()
+                cp.wait()
+        if cp.returncode != 0:
             raise Fatal(f"could not hard-link the cached image {cur} into {staging} (cp -al exit {cp.returncode})",
                         "check the cache's filesystem (space, inodes), then run it again")
         ch = increment.parse(out)
@@ -214,8 +223,8 @@ class Cached:
             f.write(b"".join(n.encode(errors="surrogateescape") + b"\0" for n in names))
             f.flush()
             fetch = [a for a in pull_flags(acls=acls) if a != "--delete"]
-            return stats(remote.rsync([*fetch, f"--files-from={f.name}", "--from0", self.server.url(self.image) + "/",
-                                       staging + "/"], self.server, f"image '{self.image}'").stdout)
+            return stats(remote.rsync([*fetch, f"--files-from={f.name}", "--from0", self.src, staging + "/"],
+                                      self.server, self.what).stdout)
 
     def layout(self, gen: str) -> str | None:
         """The server's scripts/disks-layouts/IMAGE.xml (si_getimage's copy of the image's

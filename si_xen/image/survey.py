@@ -52,7 +52,8 @@ def survey(image: str) -> Survey:
                 items = sorted(it, key=lambda e: e.name)
         except OSError:
             continue
-        rows = []  # one directory's stat facts, hashed at once (marshal: C speed, version 2: no refs)
+        rows = []  # one directory's stat facts, hashed at once (marshal: C speed; version 2 has no
+        # back-references, so equal trees give equal bytes whatever the objects' identities)
         for e in items:
             erel = f"{rel}/{e.name}"
             try:

@@ -195,21 +195,54 @@ def test_unchanged_image_is_not_pulled_again_and_a_changed_one_links_the_old(fp,
     assert sorted(os.listdir(cached.dir)) == ["current", "gen-2", "gen-3"], "current and previous kept"
 
 
-def test_update_asks_the_retrieval_time_while_the_dry_run_walks(fp, cached):
+def test_update_asks_the_retrieval_time_while_the_dry_run_walks(fp, cached, monkeypatch):
     rt = "etc/systemimager/IMAGE_RETRIEVAL_TIME"
     fake = FakeRsync(fp, {rt: "T1\n"})
     dry_runs = lambda: [c for c in fake.calls if "-n" in c]  # noqa: E731
+    stopped = []
+    real_stop = remote.Begun.stop
+    monkeypatch.setattr(remote.Begun, "stop", lambda self: stopped.append(self.waited) or real_stop(self))
     with cached.lock():
         first, st = cached.update()
     assert st is not None and not dry_runs(), "nothing cached yet: no dry run to begin"
     with cached.lock():
         assert cached.update() == (first, None)
-    assert len(dry_runs()) == 1 and len(pulls(fake)) == 1, "begun beside the time, stopped when it said unchanged"
+    assert len(dry_runs()) == 1 and len(pulls(fake)) == 1, "begun beside the time"
+    assert stopped == [False], "stopped unread when the time said unchanged"
     fake.files = {rt: "T2\n"}
     with cached.lock():
         second, st = cached.update()
     assert second.endswith("/gen-2") and st is not None
     assert len(dry_runs()) == 2 and "--from0" in pulls(fake)[-1], "the dry run begun beside the time is the one used"
+
+
+def test_a_dry_run_refused_beside_the_time_is_begun_again(fp, cached):
+    rt = "etc/systemimager/IMAGE_RETRIEVAL_TIME"
+    FakeRsync(fp, {rt: "T1\n"}, occurrences=2)
+    with cached.lock():
+        cached.update()
+    fp.register(["rsync", fp.any()], returncode=5, stderr="@ERROR: max connections (1) reached -- try again later\n")
+    fake = FakeRsync(fp, {rt: "T2\n"})
+    with cached.lock():
+        second, st = cached.update()
+    assert second.endswith("/gen-2") and st is not None
+    assert [c for c in fake.calls if "-n" in c], "the dry run asked again once the time was in"
+
+
+def test_a_cache_without_acls_gets_systemimagers_flags_alone(fp, cached):
+    FakeRsync(fp, {"etc/x": "1"}, occurrences=1)
+    with cached.lock():
+        cached.pull("T1")
+    # The dry run (-n sets nothing) passes with -A -X; the fetch then meets the cache's filesystem.
+    fp.register(["rsync", fp.any()], stdout=">f.st...... etc/x\n")
+    fp.register(["rsync", fp.any()], returncode=23, stderr="rsync: set_acl: sys_acl_set_file(etc/x): Operation not supported (95)\n")
+    fake = FakeRsync(fp, {"etc/x": "2"})
+    with cached.lock():
+        second, st = cached.pull("T2")
+    assert st is not None and second.endswith("/gen-2")
+    assert fake.calls and all("-A" not in c and "-X" not in c for c in fake.calls), "retried without ACLs and xattrs"
+    with open(os.path.join(second, "etc/x")) as f:
+        assert f.read() == "2"
 
 
 def test_a_failed_pull_leaves_the_cache_as_it_was(fp, cached):
@@ -257,10 +290,11 @@ def test_rsyncs_dry_run_decides_for_an_image_without_retrieval_time(fp, cached):
     fp.register(["rsync", fp.any()], stdout="Number of files: 3\n")  # the dry run: nothing itemized
     with cached.lock():
         assert cached.pull(None) == (first, None)
-    fp.register(["rsync", fp.any()], stdout=">f..t...... etc/x\n")
-    FakeRsync(fp, {"etc/x": "2"}, occurrences=2)  # the pull's own dry run, then the fetch
+    fp.register(["rsync", fp.any()], stdout=">f..t...... etc/x\n")  # the dry run, its lines used for the pull
+    fake = FakeRsync(fp, {"etc/x": "2"}, occurrences=1)  # the fetch
     with cached.lock():
         second, st = cached.pull(None)
+    assert len(fake.calls) == 1 and "--from0" in fake.calls[0], "one dry run serves the check and the pull"
     assert second.endswith("/gen-2") and st is not None
     with open(os.path.join(second, "etc/x")) as f, open(os.path.join(first, "etc/x")) as g:
         assert (f.read(), g.read()) == ("2", "1")

@@ -85,16 +85,16 @@ class Stock:
 
     def put(self, ktype: str, path: str) -> None:
         """A whole key pair at ``path`` (same filesystem) into the stock."""
-        name = f"{ktype}-{os.urandom(6).hex()}"
+        self._place(path, f"{ktype}-{os.urandom(6).hex()}")
+
+    def _place(self, path: str, name: str) -> None:
         os.rename(path + ".pub", os.path.join(self.dir, name + ".pub"))  # the public half first: a
         os.rename(path, os.path.join(self.dir, name))  # private key in stock always has its pair
 
     def _adopt(self, path: str, done: bool) -> None:
         """A refill's key at .new-NAME: into the stock as NAME when done, else removed."""
-        name = os.path.basename(path)[len(".new-"):]
-        if done:  # the public half first: a private key in stock always has its pair
-            os.rename(path + ".pub", os.path.join(self.dir, name + ".pub"))
-            os.rename(path, os.path.join(self.dir, name))
+        if done:
+            self._place(path, os.path.basename(path)[len(".new-"):])
         else:
             for f in (path, path + ".pub"):
                 if os.path.lexists(f):

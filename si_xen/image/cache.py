@@ -144,16 +144,14 @@ class Cached:
         cur = self.current()
         if cur and remote_time and remote_time == self.cached_time(cur):
             return cur, None
-        lines = None  # (a dry run's lines, whether with ACLs and xattrs), once read
+        read: dict[bool, str] = {}  # a dry run's lines already read, by "with ACLs and xattrs"
         if cur and not remote_time:  # rsync's own comparison decides: a dry run that lists nothing
-            lines = self._either(lambda acls: (self._lines(cur, acls, dry), acls))
-            if not _ITEMS.search(lines[0]):
+            if not _ITEMS.search(self._either(lambda acls: read.setdefault(acls, self._lines(cur, acls, dry)))):
                 return cur, None
         n = (self._gens() or [0])[-1] + 1
         staging = os.path.join(self.dir, f".staging-gen-{n}")
         try:
-            st = self._either(lambda acls: self._into(staging, cur, acls, lines[0] if lines and lines[1] == acls
-                                                      else None, dry), staging)
+            st = self._either(lambda acls: self._into(staging, cur, acls, read.get(acls), dry), staging)
             os.rename(staging, os.path.join(self.dir, f"gen-{n}"))
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -187,8 +185,9 @@ class Cached:
         if dry is not None and acls and not dry.waited:
             try:
                 return dry.result().stdout
-            except Fatal:
-                pass
+            except Fatal as e:
+                if _unsupported(e):  # asking again would not help: the caller goes without ACLs
+                    raise
         return self._dry(cur, acls).result().stdout
 
     def _into(self, staging: str, cur: str | None, acls: bool, lines: str | None, dry) -> dict[str, int]:

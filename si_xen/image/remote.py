@@ -126,25 +126,18 @@ def rsync(argv: list[str], server: Server, what: str, ok=(0,), local: bool = Fal
         raise _told(e, server, what) from None
 
 
-class Begun:
+class Begun(proc.Begun):
     """rsync begun beside other work (remote.rsync's failures, from ``result()``)."""
 
     def __init__(self, argv: list[str], server: Server, what: str):
         self.server, self.what = server, what
-        self.begun = proc.Begun(_argv(argv, False, False))
-
-    @property
-    def waited(self) -> bool:
-        return self.begun.waited
+        super().__init__(_argv(argv, False, False))
 
     def result(self) -> proc.Result:
         try:
-            return self.begun.result()
+            return super().result()
         except proc.ProcError as e:
             raise _told(e, self.server, self.what) from None
-
-    def stop(self) -> None:
-        self.begun.stop()
 
 
 def list_modules(server: Server) -> list[str]:

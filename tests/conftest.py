@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 
 import pytest
 
@@ -17,6 +18,26 @@ def require(condition: bool, why: str) -> None:
     if IN_CI:
         pytest.fail(f"prerequisite missing in CI: {why}")
     pytest.skip(why)
+
+
+# The time module's clocks, as the session started: a test that swaps one swaps it for every thread
+# of pytest's process (a system run in a thread once died of a unit test's fake clock, issue 25).
+# Fake the name in the module under test instead (`from time import monotonic` there).
+CLOCKS = {name: getattr(time, name) for name in ("monotonic", "monotonic_ns", "time", "time_ns", "perf_counter",
+                                                 "sleep")}
+
+
+def swapped_clocks() -> list[str]:
+    return [f"time.{name}" for name, fn in CLOCKS.items() if getattr(time, name) is not fn]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    result = yield
+    if swapped := swapped_clocks():
+        pytest.fail(f"{item.nodeid} replaced {', '.join(swapped)} for the whole process: fake the clock "
+                    "where the code under test names it (e.g. monkeypatch.setattr(module, 'monotonic', ...))")
+    return result
 
 
 @pytest.fixture

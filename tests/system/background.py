@@ -2,18 +2,24 @@
 
 Measured on 2026-12-03 (fresh clones, this machine kind): the unit and integration tiers keep
 about one of the two cores busy, and the plain-Linux run (LVM, thin pools, SIGKILL recovery: no
-guests, only our budgets) is plain CPU work, so it runs in a thread from the end of collection
-while the host tiers run, and its tests, sorted among the last, wait for it. The Xen run's guests
-are another matter: with everything beside them (the Xen QEMU first on the CPU, at nice -5 for
-itself and its session's autogroup) they still booted 1.5-2.5x slower than alone (PV login 117 s,
-pygrub 108 s; PVH triple-faulted four times) and the whole suite took 29 min instead of 22-25.
-So the Xen run starts only when the host tiers and every background run are done
-(`Runs.run_alone`): its guests have the machine to themselves, as their own timeouts (systemd's
-90 s device wait) need. Each run's console goes to its own file (named in the report).
+guests, only our budgets) is plain CPU work, so it runs from the end of collection while the host
+tiers run, and its tests, sorted among the last, wait for it. The Xen run's guests are another
+matter: beside the host tiers they booted 1.5-2.5x slower than alone (PV login 117 s, pygrub
+108 s; PVH triple-faulted four times). So the Xen run starts only when the host tiers and every
+background run are done (`Runs.run_alone`): its guests have the machine to themselves, as their
+own timeouts (systemd's 90 s device wait) need. Each run's console goes to its own file.
+
+Every run is a process of its own, forked from pytest's: what a test patches in pytest's process
+(the unit tier replaces `os.fork` and `subprocess.Popen._execute_child`, pytest-subprocess replaces
+`Popen`, a test may fake a clock) never reaches a run. On 2026-12-04 a run in a thread died with
+`StopIteration` from a unit test's fake `time.monotonic` (issue 25). The run's result, its error
+and its timings come back over a pipe.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import pickle
 import threading
 import time
 import traceback
@@ -21,7 +27,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 XEN_PRIORITY = -5  # the Xen run's QEMU (and its session's autogroup): first on the CPU
+# What a run measured ("what", seconds), closing pytest's report; a run's own come back with its result.
+TIMINGS: list[tuple[str, float]] = []
+_FORK = multiprocessing.get_context("fork")  # the run gets the session's state as it is at its start
+
+
+class RunFailed(RuntimeError):
+    """A run's error, as its process reported it (the traceback is in its console file)."""
 
 
 @dataclass
@@ -35,21 +50,41 @@ class Context:
 @dataclass
 class Job:
     name: str
-    fn: Callable[[Context], object]  # returns the run's result; may raise
+    fn: Callable[[Context], object]  # returns the run's result (picklable); may raise
     work: Path
-    cancel: threading.Event = field(default_factory=threading.Event)
+    cancel: object = field(default_factory=_FORK.Event)  # set in pytest's process, seen in the run's
     result: object = None
     error: BaseException | None = None
     seconds: float = 0.0
-    thread: threading.Thread | None = None
+    proc: multiprocessing.process.BaseProcess | None = None
+    _pipe: object = None
+    _done: bool = False
 
     @property
     def console_path(self) -> Path:
         return self.work / "console.live"
 
     def start(self) -> None:
-        self.thread = threading.Thread(target=self.run, name=f"system-{self.name}", daemon=True)
-        self.thread.start()
+        self.work.mkdir(parents=True, exist_ok=True)  # before start() returns: its console file's home
+        self._pipe, sender = _FORK.Pipe(duplex=False)
+        self.proc = _FORK.Process(target=self._child, args=(sender,), name=f"system-{self.name}")
+        self.proc.start()
+        sender.close()
+
+    def _child(self, sender) -> None:
+        """In the run's own process: run, then send what the session needs back."""
+        known = len(TIMINGS)
+        self.run()
+        error = self.error
+        if error is not None and not isinstance(error, pytest.skip.Exception):
+            error = RunFailed(f"the {self.name} run failed: {type(error).__name__}: {error}"
+                              f" (traceback in {self.console_path})")
+        try:
+            payload = pickle.dumps((self.result, error, self.seconds, TIMINGS[known:]))
+        except Exception as e:  # noqa: BLE001 - an unpicklable result is the run's error
+            payload = pickle.dumps((None, RunFailed(f"the {self.name} run's result: {e}"), self.seconds, []))
+        sender.send_bytes(payload)
+        sender.close()
 
     def run(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
@@ -64,10 +99,33 @@ class Job:
                 out.write("".join(traceback.format_exception(e)))
         self.seconds = time.monotonic() - t
 
+    def _collect(self, timeout: float | None = None) -> None:
+        """Take the run's answer once its process sends it (or dies without one)."""
+        if self._done or self.proc is None:
+            return
+        end = None if timeout is None else time.monotonic() + timeout
+        while not self._pipe.poll(1):
+            if not self.proc.is_alive() and not self._pipe.poll(0):
+                self.error = RunFailed(f"the {self.name} run's process ended without an answer "
+                                       f"(exit {self.proc.exitcode}; its console: {self.console_path})")
+                self._done = True
+                return
+            if end is not None and time.monotonic() > end:
+                return
+        try:
+            self.result, self.error, self.seconds, timings = pickle.loads(self._pipe.recv_bytes())
+        except EOFError:
+            self.proc.join()
+            self.error = RunFailed(f"the {self.name} run's process ended without an answer "
+                                   f"(exit {self.proc.exitcode}; its console: {self.console_path})")
+            timings = []
+        TIMINGS.extend(timings)
+        self.proc.join()
+        self._done = True
+
     def wait(self) -> object:
         """The run's result, once it is done; its error raised here, in the test that waits."""
-        if self.thread is not None:
-            self.thread.join()
+        self._collect()
         if self.error is not None:
             raise self.error
         return self.result
@@ -75,8 +133,12 @@ class Job:
     def stop(self, timeout: float = 600) -> None:
         """Ask the run to end (QEMU is killed by pid, mounts undone) and wait for it to do so."""
         self.cancel.set()
-        if self.thread is not None:
-            self.thread.join(timeout)
+        if self.proc is None:
+            return
+        self._collect(timeout)
+        if self.proc.is_alive():  # it did not end in time: its QEMU dies with it (PR_SET_PDEATHSIG)
+            self.proc.kill()
+            self.proc.join()
 
 
 class Runs:
@@ -100,13 +162,12 @@ class Runs:
         return self.jobs[name].wait()
 
     def run_alone(self, name: str, fn: Callable[[Context], object], base: Path) -> object:
-        """Run `fn` here and now, once every background run has ended: it has the machine."""
+        """Run `fn` now, in a process of its own, once every background run has ended: it has the machine."""
         for job in self.jobs.values():
-            if job.thread is not None:
-                job.thread.join()
+            job._collect()
         if name not in self.jobs:
-            self.jobs[name] = Job(name, fn, base / name)
-            self.jobs[name].run()
+            self.jobs[name] = job = Job(name, fn, base / name)
+            job.start()
         return self.jobs[name].wait()
 
     def stop(self) -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.system.background import RUNS
-from tests.system.harness import TIMINGS
+from tests.system.background import RUNS, TIMINGS
 
 
 def pytest_collection_modifyitems(items):

@@ -19,12 +19,9 @@ import pytest
 
 from tests.conftest import TEST_IMAGE, need_tools, require
 from tests.system import testbed
-from tests.system.background import Context, Once
+from tests.system.background import TIMINGS, Context, Once
 
 REPO = Path(__file__).resolve().parents[2]
-TIMINGS: list[tuple[str, float]] = []
-
-
 def record(what: str, seconds: float) -> None:
     TIMINGS.append((what, seconds))
 

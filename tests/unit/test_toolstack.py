@@ -15,7 +15,7 @@ def test_domains_parsed_from_xl_list(fp):
 
 
 def test_a_domain_already_going_away_counts_as_stopped(fp, monkeypatch):
-    monkeypatch.setattr(toolstack.time, "sleep", lambda s: None)
+    monkeypatch.setattr(toolstack, "sleep", lambda s: None)
     xl = "/usr/sbin/xl"
     fp.register([xl, "shutdown", "-w", "vm1"])
     fp.register([xl, "list"], stdout=LIST_WITH)
@@ -27,8 +27,8 @@ def test_a_domain_already_going_away_counts_as_stopped(fp, monkeypatch):
 
 def test_a_domain_that_never_goes_is_fatal(fp, monkeypatch):
     clock = iter(range(0, 1000, 10))
-    monkeypatch.setattr(toolstack.time, "monotonic", lambda: next(clock))
-    monkeypatch.setattr(toolstack.time, "sleep", lambda s: None)
+    monkeypatch.setattr(toolstack, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(toolstack, "sleep", lambda s: None)
     xl = "/usr/sbin/xl"
     fp.register([xl, "shutdown", "-w", "vm1"])
     fp.register([xl, "list"], stdout=LIST_WITH, occurrences=100)

@@ -46,16 +46,23 @@ def pristine(suite: str) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one debootstrap per suite, even for concurrent runs
         if tar.is_file():
             return tar
+        for stale in [p for p in CACHE.glob(f"{suite}.*") if p.is_dir()]:  # a build killed outright
+            for mount in sorted(_mounts_below(stale), reverse=True):  # debootstrap's /proc, /sys
+                _run(["umount", "-l", mount])
+            remove_tree(stale)
         work = Path(tempfile.mkdtemp(prefix=f"{suite}.", dir=CACHE))
         try:
             cp = _run(["debootstrap", "--variant=minbase", suite, str(work / "root"), MIRROR], timeout=1800)
             if cp.returncode:
-                raise ChrootError(f"debootstrap {suite} {MIRROR} failed ({cp.returncode}):\n{cp.stdout[-2000:]}"
-                                  f"{cp.stderr[-2000:]}")
+                log = CACHE / f"{suite}.failed.log"
+                log.write_text(cp.stdout + cp.stderr)
+                last = [line for line in (cp.stdout + cp.stderr).splitlines() if line.startswith(("E:", "W:"))]
+                raise ChrootError(f"debootstrap {suite} from {MIRROR} failed ({cp.returncode}): "
+                                  f"{(last or ['?'])[-1]}; log: {log}")
             shutil.rmtree(work / "root" / "var/cache/apt/archives", ignore_errors=True)
             cp = _run(["tar", "--numeric-owner", "--xattrs", "-C", str(work / "root"), "-cf", str(work / "t.tar"), "."])
             if cp.returncode:
-                raise ChrootError(f"tar of the {suite} chroot failed: {cp.stderr}")
+                raise ChrootError(f"tar of the {suite} chroot failed: {cp.stderr.strip()}")
             os.replace(work / "t.tar", tar)
         finally:
             remove_tree(work)

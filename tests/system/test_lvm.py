@@ -55,3 +55,13 @@ def test_thin_snapshot_clones_made_and_removed(lvm_run):
 def test_sigkill_mid_deploy_then_si_rmxenvm_recovers(lvm_run, name):
     """Killed at a step boundary: si_rmxenvm removes every LV, mount and lock; a re-run works."""
     lvm_run.require_ok(name)
+
+
+def test_the_cache_builds_left_no_scratch(lvm_run):
+    """The builds this run needed (dom0, test image, its disk; on a cold run, built in it) exited 0,
+    or the run would have failed, and left nothing but their artefacts in the cache."""
+    cache = testbed.CACHE
+    left = [str(p) for pattern in ("dom0/tmp.*", "images/*.tmp.*", "disks/*.tmp*", "disks/*.tree*", "chroots/*")
+            for p in cache.glob(pattern) if not p.name.endswith((".tar", ".lock", ".log"))]
+    assert left == [], f"scratch left in {cache}: {left}"
+    assert len(list(cache.glob("dom0/*/.complete"))) == 1, "one complete dom0 build, older ones removed"

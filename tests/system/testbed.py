@@ -10,6 +10,7 @@ See shared/reference/xen-testbed.md for why each QEMU/Xen argument is what it is
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import hashlib
 import os
 import shutil
@@ -335,20 +336,24 @@ def image_disk(image: Path, *, slim: bool = False) -> Path:
     variant = "-slim-" + hashlib.sha256(key).hexdigest()[:8] if slim else ""
     dest = CACHE / "disks" / f"{image.name}{variant}.ext4"
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.exists() and (not stamp.exists() or dest.stat().st_mtime >= stamp.stat().st_mtime):
-        return dest
-    tmp = dest.with_suffix(f".tmp{os.getpid()}")
-    tree = dest.with_suffix(f".tree{os.getpid()}")
-    try:
-        src = image
-        if slim:
-            slim_tree(image, tree)
-            src = tree
-        ext4_image(src, tmp, label=image.name[:16])
-        tmp.rename(dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-        shutil.rmtree(tree, ignore_errors=True)
+    with open(dest.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time (runs are processes of their own)
+        if dest.exists() and (not stamp.exists() or dest.stat().st_mtime >= stamp.stat().st_mtime):
+            return dest
+        for stale in [*dest.parent.glob(f"{dest.stem}.tmp*"), *dest.parent.glob(f"{dest.stem}.tree*")]:
+            subprocess.run(["rm", "-rf", "--one-file-system", str(stale)], check=False)  # a build killed outright
+        tmp = dest.with_suffix(f".tmp{os.getpid()}")
+        tree = dest.with_suffix(f".tree{os.getpid()}")
+        try:
+            src = image
+            if slim:
+                slim_tree(image, tree)
+                src = tree
+            ext4_image(src, tmp, label=image.name[:16])
+            tmp.rename(dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+            shutil.rmtree(tree, ignore_errors=True)
     return dest
 
 

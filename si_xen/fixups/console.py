@@ -50,6 +50,12 @@ def _systemd(ctx: Ctx, dev: str) -> None:
         return
     wants = "etc/systemd/system/getty.target.wants"
     ctx.link(unit, f"{wants}/serial-getty@{dev}.service")
+    # The getty waits for udev to announce the console, and systemd gives a device 90 s: a guest
+    # slowed down that much (an overloaded host; a PVH guest under QEMU's TCG took 330 s to boot)
+    # came up with no getty and no way in. The kernel's console always comes: wait for it.
+    ctx.write(f"etc/systemd/system/dev-{dev}.device.d/si-xen-console.conf",
+              "# si-xen: the Xen console always comes; a slow boot must not lose its getty\n"
+              "[Unit]\nJobRunningTimeoutSec=infinity\n")
     for name in g.listdir(wants):  # one getty only: drop the VGA ttys a PV guest cannot show
         if re.fullmatch(r"getty@tty\d+\.service", name):
             ctx.remove(f"{wants}/{name}")
@@ -61,7 +67,8 @@ def console(ctx: Ctx) -> None:
 
     sysvinit inittab: the first getty moved to hvc0, the others (tty2-6, ttyS) commented
     out; upstart /etc/event.d and /etc/init ttyN jobs replaced by one hvc0 job (CentOS 6:
-    ACTIVE_CONSOLES); systemd: serial-getty@hvc0 enabled, getty@ttyN dropped; hvc0 added to
+    ACTIVE_CONSOLES); systemd: serial-getty@hvc0 enabled, getty@ttyN dropped, and no time limit on
+    waiting for hvc0 (systemd's 90 s device timeout left slow boots without a getty); hvc0 added to
     /etc/securetty; console=hvc0 on the kernel command line of every bootloader file.
     """
     dev, g = ctx.s.serial, ctx.guest

@@ -42,5 +42,7 @@ def test_hung_guest_fails_alone(xen_run):
         assert expected in section, f"diagnosis lacks {expected!r}:\n{section}"
     console = section[section.index("console tail"):section.index("xl list:")]
     assert "(initramfs)" in console, f"the console tail does not show the guest's shell prompt:\n{section}"
+    # the guest's own journal, read from its disk, tells where it stopped: before its root's systemd
+    assert "GUEST_JOURNAL hung: nothing of this boot in its journal" in section, section
     after = list(SCENARIOS)[list(SCENARIOS).index("hung") + 1]
     assert after in xen_run.ok, f"the scenario after the hung one ({after}) never ran"

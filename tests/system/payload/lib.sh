@@ -129,7 +129,7 @@ scenario() {
   rc=$?
   [ "$rc" = 124 ] || [ "$rc" = 137 ] && echo "scenario $name killed at its limit ($((limit + 20)) s)"
   if [ "$rc" != 0 ]; then
-    for w in $vms; do diagnose "$w"; cleanup_vm "$w"; done
+    for w in $vms; do diagnose "$w"; guest_journal "$w"; cleanup_vm "$w"; done
   fi
   [ "$rc" = 0 ] && echo "SCENARIO $name ok $((SECONDS - t))" || echo "SCENARIO $name FAIL $((SECONDS - t))"
   mkdir -p "$TESTBED_RESULTS/consoles"
@@ -151,6 +151,38 @@ diagnose() {
   echo "dom0 load: $(cat /proc/loadavg); memory: $(free -m | awk '/^Mem/ {print $3 " MiB used, " $7 " MiB available"}')"
   top -b -n 1 -w 160 2>/dev/null | sed -n '7,14p' | sed 's/^/  | /'
   echo "--- end of diagnosis"
+}
+
+# After a failed boot, what the guest's own journal says of it (Debian 12 keeps it on disk): its
+# disk mounted read-only once the domain is gone, and one verdict line, so that a missing login
+# prompt tells a getty that never started (systemd gave up on hvc0) from a guest that never got
+# to its root filesystem, or one whose prompt was lost on the way (tests/system/README.md, "PVH").
+guest_journal() {
+  local name=$1 cfg disk target mnt=/mnt/journal-$1 opts j verdict
+  cfg=$(ls "/srv/xen/etc/$name.cfg" "/etc/xen/$name.cfg" "/etc/xen/$name" 2>/dev/null | head -1)
+  [ -n "$cfg" ] || return 0
+  disk=$(grep -A3 '^disk' "$cfg" | grep -oE "[\"'][^\"']+[\"']" | head -1 | tr -d "\"'")
+  case "$disk" in
+    *target=*) target=${disk##*target=}; target=${target%%,*} ;;
+    *) target=${disk%%,*}; target=${target#*:}; target=${target#aio:} ;;
+  esac
+  target=$(readlink -f "$target" 2>/dev/null)
+  [ -e "$target" ] || { echo "GUEST_JOURNAL $name: its disk ($disk) is not here"; return 0; }
+  timeout 60 xl destroy "$name" >/dev/null 2>&1
+  mkdir -p "$mnt"
+  opts=ro; [ -f "$target" ] && opts=ro,loop
+  mount -o "$opts,noload" "$target" "$mnt" 2>/dev/null || mount -o "$opts,norecovery" "$target" "$mnt" 2>/dev/null \
+    || { echo "GUEST_JOURNAL $name: its disk $target does not mount"; rmdir "$mnt"; return 0; }
+  j=$(journalctl -D "$mnt/var/log/journal" -b -o short-monotonic --no-pager 2>/dev/null)
+  umount "$mnt"; rmdir "$mnt"
+  if [ -z "$j" ]; then verdict="nothing of this boot in its journal: it never ran its root filesystem's systemd (kernel or initramfs)"
+  elif grep -q "Timed out waiting for device dev-hvc0" <<<"$j"; then verdict="systemd gave up waiting for hvc0: no getty on the console"
+  elif grep -q "Started serial-getty@hvc0" <<<"$j"; then verdict="its getty on hvc0 started: the prompt was lost on the way to the console log"
+  else verdict="its systemd ran, no getty on hvc0 started (still booting, or hung: see its last lines)"
+  fi
+  echo "GUEST_JOURNAL $name: $verdict"
+  grep -E 'hvc0|getty|Timed out|Dependency failed|Reached target|Startup finished|Failed' <<<"$j" | tail -n 25 | sed 's/^/  j| /'
+  [ -z "$j" ] || { echo "  its last lines:"; tail -n 8 <<<"$j" | sed 's/^/  j| /'; }
 }
 
 # Take away a VM a failed scenario left (domain, disks, config), whoever made it.

@@ -35,6 +35,8 @@ def swapped_clocks() -> list[str]:
 def pytest_runtest_call(item):
     result = yield
     if swapped := swapped_clocks():
+        for name, fn in CLOCKS.items():  # put back, or every later test fails too
+            setattr(time, name, fn)
         pytest.fail(f"{item.nodeid} replaced {', '.join(swapped)} for the whole process: fake the clock "
                     "where the code under test names it (e.g. monkeypatch.setattr(module, 'monotonic', ...))")
     return result

@@ -47,8 +47,7 @@ def pristine(suite: str) -> Path:
         if tar.is_file():
             return tar
         for stale in [p for p in CACHE.glob(f"{suite}.*") if p.is_dir()]:  # a build killed outright
-            for mount in sorted(_mounts_below(stale), reverse=True):  # debootstrap's /proc, /sys
-                _run(["umount", "-l", mount])
+            _unmount_below(stale)
             remove_tree(stale)
         work = Path(tempfile.mkdtemp(prefix=f"{suite}.", dir=CACHE))
         try:
@@ -65,6 +64,7 @@ def pristine(suite: str) -> Path:
                 raise ChrootError(f"tar of the {suite} chroot failed: {cp.stderr.strip()}")
             os.replace(work / "t.tar", tar)
         finally:
+            _unmount_below(work)  # a debootstrap killed at its timeout leaves its /proc, /sys
             remove_tree(work)
     return tar
 
@@ -73,6 +73,11 @@ def _mounts_below(path: Path) -> list[str]:
     with open("/proc/self/mounts") as f:
         points = [line.split()[1].replace("\\040", " ") for line in f]
     return [m for m in points if m == str(path) or m.startswith(f"{path}/")]
+
+
+def _unmount_below(path: Path) -> None:
+    for mount in sorted(_mounts_below(path), reverse=True):
+        _run(["umount", "-l", mount])
 
 
 def remove_tree(path: Path) -> None:

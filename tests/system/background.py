@@ -18,8 +18,11 @@ and its timings come back over a pipe.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
 import pickle
+import signal
 import threading
 import time
 import traceback
@@ -39,6 +42,20 @@ class RunFailed(RuntimeError):
     """A run's error, as its process reported it (the traceback is in its console file)."""
 
 
+class RunSkipped(RuntimeError):
+    """A run that skipped (a prerequisite missing outside CI): pytest's Skipped does not pickle."""
+
+
+def _die_with_the_session() -> None:
+    """In a run's process: SIGTERM when pytest's process dies (whatever kills it), and SIGTERM
+    raised as an exception, so the run's own clean-up (QEMU killed, mounts undone) happens."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(f"system run stopped by signal {signum}")
+    signal.signal(signal.SIGTERM, stop)
+
+
 @dataclass
 class Context:
     """What a run gets: its work directory, a stop request, and a line sink for its console."""
@@ -52,7 +69,7 @@ class Job:
     name: str
     fn: Callable[[Context], object]  # returns the run's result (picklable); may raise
     work: Path
-    cancel: object = field(default_factory=_FORK.Event)  # set in pytest's process, seen in the run's
+    cancel: threading.Event = field(default_factory=_FORK.Event)  # set in pytest's process, seen in the run's
     result: object = None
     error: BaseException | None = None
     seconds: float = 0.0
@@ -67,16 +84,23 @@ class Job:
     def start(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)  # before start() returns: its console file's home
         self._pipe, sender = _FORK.Pipe(duplex=False)
-        self.proc = _FORK.Process(target=self._child, args=(sender,), name=f"system-{self.name}")
+        # daemon: one still running when pytest exits is terminated, never waited for
+        self.proc = _FORK.Process(target=self._child, args=(sender, os.getpid()), name=f"system-{self.name}",
+                                  daemon=True)
         self.proc.start()
         sender.close()
 
-    def _child(self, sender) -> None:
+    def _child(self, sender, session: int) -> None:
         """In the run's own process: run, then send what the session needs back."""
+        _die_with_the_session()
+        if os.getppid() != session:  # pytest died before the line above took effect
+            return
         known = len(TIMINGS)
         self.run()
         error = self.error
-        if error is not None and not isinstance(error, pytest.skip.Exception):
+        if isinstance(error, pytest.skip.Exception):
+            error = RunSkipped(str(error.msg))
+        elif error is not None:
             error = RunFailed(f"the {self.name} run failed: {type(error).__name__}: {error}"
                               f" (traceback in {self.console_path})")
         try:
@@ -114,18 +138,19 @@ class Job:
                 return
         try:
             self.result, self.error, self.seconds, timings = pickle.loads(self._pipe.recv_bytes())
-        except EOFError:
-            self.proc.join()
-            self.error = RunFailed(f"the {self.name} run's process ended without an answer "
-                                   f"(exit {self.proc.exitcode}; its console: {self.console_path})")
+        except (EOFError, OSError, pickle.UnpicklingError, AttributeError) as e:  # died mid-send
+            self.error = RunFailed(f"the {self.name} run's process ended without a whole answer ({e}; "
+                                   f"its console: {self.console_path})")
             timings = []
+        self._done = True
         TIMINGS.extend(timings)
         self.proc.join()
-        self._done = True
 
     def wait(self) -> object:
         """The run's result, once it is done; its error raised here, in the test that waits."""
         self._collect()
+        if isinstance(self.error, RunSkipped):
+            pytest.skip(str(self.error))
         if self.error is not None:
             raise self.error
         return self.result
@@ -136,9 +161,12 @@ class Job:
         if self.proc is None:
             return
         self._collect(timeout)
-        if self.proc.is_alive():  # it did not end in time: its QEMU dies with it (PR_SET_PDEATHSIG)
-            self.proc.kill()
-            self.proc.join()
+        if self.proc.is_alive():  # it did not end in time: SIGTERM runs its clean-up, then SIGKILL
+            self.proc.terminate()
+            self.proc.join(60)
+            if self.proc.is_alive():  # its QEMU dies with it (PR_SET_PDEATHSIG)
+                self.proc.kill()
+                self.proc.join()
 
 
 class Runs:
@@ -172,15 +200,20 @@ class Runs:
 
     def stop(self) -> None:
         for job in self.jobs.values():
-            job.stop()
+            try:
+                job.stop()
+            except Exception as e:  # noqa: BLE001 - the other runs must still be stopped
+                print(f"system tier: stopping the {job.name} run: {e}")
 
 
 RUNS = Runs()
 
 
 class Once:
-    """A value computed once, by whichever thread asks first (with its arguments); the others
-    wait for it and get the same value, or the same error."""
+    """A value computed once per process, by whichever thread asks first (with its arguments); the
+    others wait for it and get the same value, or the same error. Runs are processes of their own:
+    each computes its own (the builds behind it are cached, so a second run only checks them and
+    builds si-xen's package again, ~10 s)."""
 
     def __init__(self, fn: Callable[..., object]) -> None:
         self.fn, self.lock, self.done, self.value, self.error = fn, threading.Lock(), False, None, None

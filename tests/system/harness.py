@@ -22,6 +22,8 @@ from tests.system import testbed
 from tests.system.background import TIMINGS, Context, Once
 
 REPO = Path(__file__).resolve().parents[2]
+
+
 def record(what: str, seconds: float) -> None:
     TIMINGS.append((what, seconds))
 

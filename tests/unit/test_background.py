@@ -13,7 +13,7 @@ from tests.system import background
 def _clock_reader(ctx: background.Context) -> dict:
     """A run that waits for the test's signal, then reads the clock the way the testbed does."""
     go = ctx.work / "go"
-    while not go.exists():
+    while not go.exists() and not ctx.cancel.is_set():
         time.sleep(0.02)
     first = time.monotonic()
     time.sleep(0.05)
@@ -59,3 +59,14 @@ def test_the_clock_guard_names_a_swapped_clock(monkeypatch):
         m.setattr(time, "monotonic", lambda: 0.0)
         assert conftest.swapped_clocks() == ["time.monotonic"]
     assert conftest.swapped_clocks() == []
+
+
+@pytest.mark.allow_subprocess(reason="a system run is a process of its own (forked)")
+def test_a_run_that_skips_skips_the_tests_that_wait_for_it(tmp_path):
+    def skipping(ctx: background.Context) -> None:
+        pytest.skip("no qemu here")
+
+    runs = background.Runs()
+    runs.start({"skipping": skipping}, tmp_path)
+    with pytest.raises(pytest.skip.Exception, match="no qemu here"):
+        runs.wait("skipping")

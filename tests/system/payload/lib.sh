@@ -119,7 +119,7 @@ scenario() {
   for w in "${call[@]:0:i}"; do [[ $w == VMS=* ]] && vms=${w#VMS=}; done
   echo "=== scenario $name (limit $limit s)"
   # The end as a clock time (each bash counts its own SECONDS): wait_login gives up by then.
-  export SCENARIO_END=$(( $(now) + limit )) SCENARIO_NAME=$name
+  export SCENARIO_START=$(now) SCENARIO_END=$(( $(now) + limit )) SCENARIO_NAME=$name
   # timeout puts the scenario in its own process group and kills all of it at the limit.
   # Leading VAR=value words are exported for the call (like env, but for shell functions).
   # -k 60: si_mkxenvm's own rollback (umount, lvremove) gets time to finish under TCG.
@@ -168,12 +168,20 @@ guest_journal() {
   esac
   target=$(readlink -f "$target" 2>/dev/null)
   [ -e "$target" ] || { echo "GUEST_JOURNAL $name: its disk ($disk) is not here"; return 0; }
+  # the guest's page cache flushed first (emergency sync): its last minute is on the disk then
+  timeout 20 xl sysrq "$name" s >/dev/null 2>&1 && sleep 3
   timeout 60 xl destroy "$name" >/dev/null 2>&1
   mkdir -p "$mnt"
   opts=ro; [ -f "$target" ] && opts=ro,loop
   mount -o "$opts,noload" "$target" "$mnt" 2>/dev/null || mount -o "$opts,norecovery" "$target" "$mnt" 2>/dev/null \
     || { echo "GUEST_JOURNAL $name: its disk $target does not mount"; rmdir "$mnt"; return 0; }
-  j=$(journalctl -D "$mnt/var/log/journal" -b -o short-monotonic --no-pager 2>/dev/null)
+  if [ ! -d "$mnt/var/log/journal" ]; then
+    umount "$mnt"; rmdir "$mnt"
+    echo "GUEST_JOURNAL $name: no /var/log/journal on its disk (a journal in memory only): cannot tell"
+    return 0
+  fi
+  # this scenario's boots only (xl restarts a faulted guest: its earlier boots are in there too)
+  j=$(journalctl -D "$mnt/var/log/journal" --since "@${SCENARIO_START:-0}" -o short-monotonic --no-pager -q 2>/dev/null)
   umount "$mnt"; rmdir "$mnt"
   if [ -z "$j" ]; then verdict="nothing of this boot in its journal: it never ran its root filesystem's systemd (kernel or initramfs)"
   elif grep -q "Timed out waiting for device dev-hvc0" <<<"$j"; then verdict="systemd gave up waiting for hvc0: no getty on the console"
@@ -181,8 +189,8 @@ guest_journal() {
   else verdict="its systemd ran, no getty on hvc0 started (still booting, or hung: see its last lines)"
   fi
   echo "GUEST_JOURNAL $name: $verdict"
-  grep -E 'hvc0|getty|Timed out|Dependency failed|Reached target|Startup finished|Failed' <<<"$j" | tail -n 25 | sed 's/^/  j| /'
-  [ -z "$j" ] || { echo "  its last lines:"; tail -n 8 <<<"$j" | sed 's/^/  j| /'; }
+  grep -E 'hvc0|getty|Timed out|Dependency failed|Startup finished|Failed' <<<"$j" | tail -n 12 | cut -c1-160 | sed 's/^/  j| /'
+  [ -z "$j" ] || { echo "  its last lines:"; tail -n 5 <<<"$j" | cut -c1-160 | sed 's/^/  j| /'; }
 }
 
 # Take away a VM a failed scenario left (domain, disks, config), whoever made it.

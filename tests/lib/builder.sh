@@ -17,3 +17,11 @@ scrub() {
 
 # last_error LOG: the line of a debootstrap or apt log that says what went wrong.
 last_error() { grep -E '^(E|W): |[Ee]rror|[Ff]ailed|[Cc]ouldn' "$1" | tail -1 || true; }
+
+# fatal WHAT MESSAGE [LOG KEEP_AS]: one line saying what failed, the log kept outside the scratch.
+fatal() {
+  local msg=$2
+  [ -n "${3:-}" ] && [ -f "$3" ] && cp "$3" "$4" && msg="$msg; log: $4"
+  echo "FATAL: $1: $msg" >&2
+  exit 1
+}

@@ -129,18 +129,15 @@ class Job:
             return
         end = None if timeout is None else time.monotonic() + timeout
         while not self._pipe.poll(1):
-            if not self.proc.is_alive() and not self._pipe.poll(0):
-                self.error = RunFailed(f"the {self.name} run's process ended without an answer "
-                                       f"(exit {self.proc.exitcode}; its console: {self.console_path})")
-                self._done = True
-                return
+            if not self.proc.is_alive():
+                break  # a dead writer makes the pipe readable (EOF): handled below
             if end is not None and time.monotonic() > end:
                 return
         try:
             self.result, self.error, self.seconds, timings = pickle.loads(self._pipe.recv_bytes())
-        except (EOFError, OSError, pickle.UnpicklingError, AttributeError) as e:  # died mid-send
-            self.error = RunFailed(f"the {self.name} run's process ended without a whole answer ({e}; "
-                                   f"its console: {self.console_path})")
+        except (EOFError, OSError, pickle.UnpicklingError, AttributeError) as e:  # died before or mid-send
+            self.error = RunFailed(f"the {self.name} run's process ended without an answer ({type(e).__name__}; "
+                                   f"exit {self.proc.exitcode}; its console: {self.console_path})")
             timings = []
         self._done = True
         TIMINGS.extend(timings)

@@ -165,31 +165,42 @@ def scenario_script(setup: list[str], scenarios: dict[str, tuple[int, str]], cal
 
 # VMs made on the host at native speed, in a private mount namespace whose /srv looks like
 # dom0's: the disk "vms" at /srv/xen (disks, configs, si-xen state), the image read-only at
-# /srv/images/NAME. Nothing of it is visible outside; the namespace's end takes the mounts
-# (and their autoclear loop devices) with it, however the script ends.
+# /srv/images/NAME, other image trees bind-mounted beside it. Nothing of it is visible outside;
+# the namespace's end takes the mounts (and their autoclear loop devices) with it, however the
+# script ends. What si_mkxenvm prints for a VM (its summary: SSH fingerprints) is kept in
+# /srv/xen/log/NAME.out, where dom0 reads it.
 HOST_SCRIPT = r"""set -euo pipefail
 mount -t tmpfs si-testbed /srv
 mkdir -p /srv/xen /srv/images/"$IMAGE" /srv/si-test
 mount -o loop "$VMS" /srv/xen
 mount -o ro,loop "$IMAGE_DISK" /srv/images/"$IMAGE"
+for pair in $TREES; do
+  mkdir -p "/srv/images/${pair%%=*}"
+  mount --bind -o ro "${pair#*=}" "/srv/images/${pair%%=*}"
+done
 echo "DEFAULT_IMAGE_DIR = /srv/images" > /srv/si-test/systemimager.conf
-mkdir -p /srv/xen/etc
+mkdir -p /srv/xen/etc /srv/xen/log
 printf '[defaults]\noutput = /srv/xen/etc\n[paths]\nstate_dir = /srv/xen/state\nlog_dir = /srv/xen/log\n' \
   > /srv/xen/si-xen.conf
 export SIS_CONFDIR=/srv/si-test SI_XEN_CONFIG=/srv/xen/si-xen.conf
-while read -r name args; do
+while read -r name image args; do
   t=$(date +%s%N)
   # shellcheck disable=SC2086
-  "$MKXENVM" "$IMAGE" --hostname "$name" --memory 512M --size 2G --swap 128M --yes --quiet $args </dev/null
+  if ! "$MKXENVM" "$image" --hostname "$name" --memory 512M --size 2G --swap 128M --yes $args </dev/null \
+      >/srv/xen/log/"$name".out; then
+    tail -n 20 /srv/xen/log/"$name".out; exit 1
+  fi
   ms=$(( ($(date +%s%N) - t) / 1000000 ))
   printf 'TIMING host_mkxenvm_%s %d.%03d\n' "$name" $((ms / 1000)) $((ms % 1000))
 done
-umount /srv/xen /srv/images/"$IMAGE"
+umount -R /srv
 """
 
 
-def make_host_vms(image_disk: Path, image: str, vms: dict[str, str], dest: Path) -> Path:
-    """An XFS disk holding the VMs `vms` (name -> si_mkxenvm arguments), made by si_mkxenvm here."""
+def make_host_vms(image_disk: Path, image: str, vms: dict[str, str], dest: Path,
+                  trees: dict[str, Path] | None = None) -> Path:
+    """An XFS disk holding the VMs `vms` (name -> si_mkxenvm arguments, made from `image`, or from
+    one of `trees` (image name -> a tree) when the arguments begin with `@NAME`), made by si_mkxenvm here."""
     with open(dest, "wb") as f:
         f.truncate(12 << 30)
     subprocess.run(["mkfs.xfs", "-q", "-f", "-L", "si-vms", str(dest)], check=True)
@@ -197,8 +208,12 @@ def make_host_vms(image_disk: Path, image: str, vms: dict[str, str], dest: Path)
     mkxenvm = shutil.which("si_mkxenvm", path=f"{Path(sys.executable).parent}:{REPO / '.venv/bin'}")
     if not mkxenvm:
         raise testbed.TestbedError("si_mkxenvm not found (run tests/setup-host)")
-    env = dict(os.environ, VMS=str(dest), IMAGE=image, IMAGE_DISK=str(image_disk), MKXENVM=str(mkxenvm))
-    specs = "".join(f"{name} {args}\n" for name, args in vms.items())
+    env = dict(os.environ, VMS=str(dest), IMAGE=image, IMAGE_DISK=str(image_disk), MKXENVM=str(mkxenvm),
+               TREES=" ".join(f"{n}={p}" for n, p in (trees or {}).items()))
+    specs = ""
+    for name, args in vms.items():
+        src, _, rest = args.partition(" ") if args.startswith("@") else ("@" + image, "", args)
+        specs += f"{name} {src[1:]} {rest}\n"
     out = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", HOST_SCRIPT],
                          input=specs, capture_output=True, text=True, env=env)
     if out.returncode != 0:

@@ -13,17 +13,24 @@ at a time (two guests booting together on the two emulated CPUs each took 2-3x a
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 
+from tests.lib.getimage import getimage_copy
 from tests.lib.imageserver import write_rsyncd_conf
 from tests.system import background, testbed
 from tests.system.background import Context
 from tests.system.harness import Run, make_host_vms, prerequisites, run_scenarios, scenario_script
 
-# Made on the host: name -> si_mkxenvm arguments (besides image, hostname, sizes, --yes).
+# The test image as a site's si_getimage leaves it (getimage.exclude applied), beside it.
+GETIMAGE = "debian12-getimage"
+
+# Made on the host: name -> si_mkxenvm arguments (besides image, hostname, sizes, --yes);
+# "@IMAGE" first: made from that image instead of debian12.
 HOST_VMS = {
-    # Static address: the console banner shows it and dom0 reaches it over xenbr0.
-    "pvstatic": "--ip 10.0.0.5 --netmask 255.255.255.0 --gateway 10.0.0.1 --dir /srv/xen --full-copy "
+    # Static address: the console banner shows it and dom0 reaches it over xenbr0. Made from the
+    # image as si_getimage leaves it (no SSH host keys, no /etc/hostname): it must answer SSH anyway.
+    "pvstatic": f"@{GETIMAGE} --ip 10.0.0.5 --netmask 255.255.255.0 --gateway 10.0.0.1 --dir /srv/xen --full-copy "
                 "--boot direct --type pv",
     # The harness's own test: this guest is made to hang in its initramfs (break=init).
     "hung": "--dhcp --dir /srv/xen --boot direct --type pv",
@@ -40,14 +47,15 @@ SERVER = "10.0.2.100"
 
 # name -> (base budget in s on a quiet machine, with margin; the dom0 call). Run in this order.
 XEN_SCENARIOS = {
-    "pvstatic": (150, "GRACEFUL=1 EXPECT_CONSOLE=10.0.0.5 PING=10.0.0.5 host_vm pvstatic"),
+    "pvstatic": (170, "GRACEFUL=1 EXPECT_CONSOLE=10.0.0.5 PING=10.0.0.5 KEYSCAN=10.0.0.5 host_vm pvstatic"),
     "hung": (45, "CMDLINE_EXTRA=break=init host_vm hung"),
     "pygrub": (240, "EXPECT_CLONE=1 host_vm pygrub"),
     "pvgrub2": (300, "host_vm pvgrub2"),
     "xentools": (420, "xentools_vm xt1"),
     # made in dom0 from the image server (pulled over the network into dom0's cache), into a thin
-    # pool: the cached image's base LV and a thin snapshot of it; started and autostarted by si_mkxenvm
-    "server": (600, f"SERVER={SERVER} EXPECT_CLONE=1 EXPECT_AUTOSTART=1 server_vm server --dhcp --lvm vg0 "
+    # pool: the cached image's base LV and a thin snapshot of it; started with --console on a terminal
+    # that is hung up once the guest is up (the VM must stay), and autostarted by si_mkxenvm
+    "server": (600, f"SERVER={SERVER} EXPECT_CLONE=1 EXPECT_AUTOSTART=1 CONSOLE_HUP=1 server_vm server --dhcp --lvm vg0 "
                     "--thin-pool pool0 --boot direct --type pv --autostart"),
     # QEMU's emulated SVM now and then triple-faults a PVH guest, more often on a loaded host
     # (README, "PVH"): xl restarts it (on_reboot = "restart"); faults in Xen's own state are the
@@ -72,7 +80,7 @@ GANETI_LOGINS = {"gnt_add": "inst1.sixen.test", "gnt_reinstall_rename": "inst2.s
 def xen_scenarios(ctx: Context) -> Run:
     """The Xen run: host-made VMs, the image server, then every scenario in one dom0 boot."""
     pre = prerequisites(ctx)
-    vms = ctx.work / "vms.xfs"
+    vms, tree = ctx.work / "vms.xfs", ctx.work / GETIMAGE
     served = ctx.work / "server" / "images" / "debian12"
     served.mkdir(parents=True)
     # The server serves the very tree the other scenarios use: the test image's disk, read-only.
@@ -80,7 +88,8 @@ def xen_scenarios(ctx: Context) -> Run:
     try:
         conf = write_rsyncd_conf(str(ctx.work / "server"), {"debian12": str(served)})
         nic = f"user,restrict=on,model=virtio-net-pci,guestfwd=tcp:{SERVER}:873-cmd:rsync --daemon --config={conf}"
-        make_host_vms(pre.image_disk, "debian12", HOST_VMS, vms)
+        getimage_copy(str(served), str(tree))
+        make_host_vms(pre.image_disk, "debian12", HOST_VMS, vms, trees={GETIMAGE: tree})
         script = scenario_script(["setup_dom0 || exit 1", "scratch_vg vg0 || exit 1",
                                   "thin_pool vg0 pool0 4G || exit 1", "si_mkxenvm --version"],
                                  {**XEN_SCENARIOS, **GANETI_SCENARIOS})
@@ -92,6 +101,7 @@ def xen_scenarios(ctx: Context) -> Run:
     finally:
         subprocess.run(["umount", str(served)], check=False)
         vms.unlink(missing_ok=True)  # a sparse 12 GiB image with several GB in it
+        shutil.rmtree(tree, ignore_errors=True)
 
 
 ALONE_RUN = ("xen", xen_scenarios)  # after the host tiers and the plain-Linux run: its guests get the machine

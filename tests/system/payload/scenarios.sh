@@ -35,15 +35,45 @@ host_vm() {
 }
 
 # si_mkxenvm NAME ... --start inside dom0 (LVM, thin pools, --start, --autostart), then vm_checked.
+# CONSOLE_HUP=1: with --console, on a terminal that is hung up once the guest shows its login prompt
+# (an admin's ssh session dropped while attached): the VM made must stay, running and recorded.
 dom0_vm() {
   local name=$1 t=$SECONDS
   shift
-  si_mkxenvm "$IMAGE" --hostname "$name" --memory 512M --size 2G --swap 128M --yes --start "$@"
-  watch_login "$name"
+  if [ -n "${CONSOLE_HUP:-}" ]; then
+    console_hangup "$name" "$@" || return 1
+  else
+    si_mkxenvm "$IMAGE" --hostname "$name" --memory 512M --size 2G --swap 128M --yes --start "$@"
+    watch_login "$name"
+  fi
   timing "mkxenvm_$name" $((SECONDS - t))
   xl list | awk '{print $1}' | grep -qx "$name" || { echo "xl list does not show $name"; return 1; }
   [ -z "${EXPECT_AUTOSTART:-}" ] || [ -L "/etc/xen/auto/$name.cfg" ] || { echo "no /etc/xen/auto/$name.cfg link"; return 1; }
   vm_checked "$name"
+}
+
+console_hangup() {
+  local name=$1 flag=/run/sx-hangup-$1 rc=/run/sx-console-rc-$1 pid t
+  shift
+  rm -f "$flag" "$rc"
+  python3 ./onpty.py "$flag" "$rc" "$TESTBED_RESULTS/console-$name.typescript" \
+    si_mkxenvm "$IMAGE" --hostname "$name" --memory 512M --size 2G --swap 128M --yes --start --console "$@" &
+  pid=$!
+  watch_login "$name"
+  wait_login "$name"
+  [ -s "/run/sx-login-$name" ] || { kill "$pid"; return 1; }
+  touch "$flag"  # the terminal goes away
+  t=$SECONDS
+  until [ -s "$rc" ]; do
+    (( SECONDS - t < $(budget 60) )) || { echo "si_mkxenvm still running $((SECONDS - t)) s after its terminal hung up"; return 1; }
+    sleep 1
+  done
+  wait "$pid" || true
+  tail -n 5 "$TESTBED_RESULTS/console-$name.typescript" | sed 's/^/  console| /'
+  [ "$(cat "$rc")" = 0 ] || { echo "si_mkxenvm --console exited $(cat "$rc") when its terminal hung up"; return 1; }
+  xl domid "$name" >/dev/null 2>&1 || { echo "domain $name is gone after the console's hang-up"; return 1; }
+  si_lsxenvm "$name" >/dev/null || { echo "si_lsxenvm does not list $name after the console's hang-up"; return 1; }
+  echo "$name kept running after its console's terminal hung up (si_mkxenvm exit 0)"
 }
 
 # A VM made in dom0 from the image server ($SERVER: an rsync daemon on the host that QEMU's user
@@ -74,6 +104,7 @@ vm_checked() {
   [ -z "${EXPECT_CONSOLE:-}" ] || grep -qF "$EXPECT_CONSOLE" "/var/log/xen/console/guest-$name.log" \
     || { echo "console of $name does not show '$EXPECT_CONSOLE'"; return 1; }
   [ -z "${PING:-}" ] || ping_guest "$PING"
+  [ -z "${KEYSCAN:-}" ] || keyscan_guest "$name" "$KEYSCAN"
   [ -z "${EXPECT_CLONE:-}" ] || si_lsxenvm "$name" | grep "clone of" \
     || { echo "$name is not a clone of a base"; return 1; }
   vm_removed "$name"
@@ -86,6 +117,24 @@ ping_guest() {
     sleep 1
   done
   echo "$1 answers on xenbr0"
+}
+
+# The guest's sshd answers with exactly the host keys si_mkxenvm printed when it made the VM
+# (its output is kept in /srv/xen/log/NAME.out): an image without keys, as si_getimage leaves it,
+# still gives a VM that can be reached, and by the keys its admin was shown.
+keyscan_guest() {
+  local name=$1 ip=$2 t=$SECONDS printed scanned
+  printed=$(grep -o 'SSH Fingerprint *: *SHA256:[^ ]*' "/srv/xen/log/$name.out" | grep -o 'SHA256:.*' | sort)
+  [ "$(wc -l <<<"$printed")" -ge 3 ] || { echo "si_mkxenvm printed fewer than 3 host keys for $name: $printed"; return 1; }
+  # sshd starts beside the getty: its keys may come a little after the login prompt
+  until scanned=$(ssh-keyscan -T 5 "$ip" 2>/dev/null | ssh-keygen -lf - 2>/dev/null | awk '{print $2}' | sort) \
+      && [ -n "$scanned" ]; do
+    (( SECONDS - t < $(budget 90) )) || { echo "no SSH host key from $ip (sshd of $name not answering)"; return 1; }
+    sleep 2
+  done
+  [ "$scanned" = "$printed" ] || { printf 'host keys of %s differ:\nprinted:\n%s\nscanned:\n%s\n' "$name" "$printed" "$scanned"; return 1; }
+  echo "$ip answers SSH with the $(wc -l <<<"$scanned") host keys si_mkxenvm printed"
+  timing "keyscan_$name" $((SECONDS - t))
 }
 
 vm_removed() {

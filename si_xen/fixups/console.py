@@ -56,8 +56,10 @@ def _systemd(ctx: Ctx, dev: str) -> None:
     ctx.write(f"etc/systemd/system/dev-{dev}.device.d/si-xen-console.conf",
               "# si-xen: the Xen console always comes; a slow boot must not lose its getty\n"
               "[Unit]\nJobRunningTimeoutSec=infinity\n")
-    for name in g.listdir(wants):  # one getty only: drop the VGA ttys a PV guest cannot show
-        if re.fullmatch(r"getty@tty\d+\.service", name):
+    # One getty only: drop the VGA ttys a PV guest cannot show, and Debian's getty-static, which
+    # starts getty@tty2-6 at boot in images without dbus (a minimal golden client).
+    for name in g.listdir(wants):
+        if re.fullmatch(r"getty@tty\d+\.service|getty-static\.service", name):
             ctx.remove(f"{wants}/{name}")
 
 
@@ -67,7 +69,7 @@ def console(ctx: Ctx) -> None:
 
     sysvinit inittab: the first getty moved to hvc0, the others (tty2-6, ttyS) commented
     out; upstart /etc/event.d and /etc/init ttyN jobs replaced by one hvc0 job (CentOS 6:
-    ACTIVE_CONSOLES); systemd: serial-getty@hvc0 enabled, getty@ttyN dropped, and no time limit on
+    ACTIVE_CONSOLES); systemd: serial-getty@hvc0 enabled, getty@ttyN and getty-static dropped, no time limit on
     waiting for hvc0 (systemd's 90 s device timeout left slow boots without a getty); hvc0 added to
     /etc/securetty; console=hvc0 on the kernel command line of every bootloader file.
     """

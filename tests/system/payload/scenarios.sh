@@ -59,6 +59,13 @@ console_hangup() {
   python3 ./onpty.py "$flag" "$rc" "$TESTBED_RESULTS/console-$name.typescript" \
     si_mkxenvm "$IMAGE" --hostname "$name" --memory 512M --size 2G --swap 128M --yes --start --console "$@" &
   pid=$!
+  t=$SECONDS
+  until xl domid "$name" >/dev/null 2>&1; do  # pulled, made, then created: the console comes after
+    [ ! -s "$rc" ] || { echo "si_mkxenvm ended ($(cat "$rc")) before $name was created:"; \
+      tail -n 20 "$TESTBED_RESULTS/console-$name.typescript"; return 1; }
+    (( SECONDS - t < $(budget 300) )) || { echo "no domain $name after $((SECONDS - t)) s"; kill "$pid"; return 1; }
+    sleep 1
+  done
   watch_login "$name"
   wait_login "$name"
   [ -s "/run/sx-login-$name" ] || { kill "$pid"; return 1; }
@@ -124,8 +131,9 @@ ping_guest() {
 # still gives a VM that can be reached, and by the keys its admin was shown.
 keyscan_guest() {
   local name=$1 ip=$2 t=$SECONDS printed scanned
-  printed=$(grep -o 'SSH Fingerprint *: *SHA256:[^ ]*' "/srv/xen/log/$name.out" | grep -o 'SHA256:.*' | sort)
-  [ "$(wc -l <<<"$printed")" -ge 3 ] || { echo "si_mkxenvm printed fewer than 3 host keys for $name: $printed"; return 1; }
+  printed=$(sed -n 's/^SSH Fingerprint *: *\(SHA256:[^ ]*\).*/\1/p' "/srv/xen/log/$name.out" | sort)
+  [ "$(grep -c . <<<"$printed")" -ge 3 ] || { echo "si_mkxenvm printed fewer than 3 SSH host keys for $name:"; \
+    grep -i 'ssh' "/srv/xen/log/$name.out" || true; return 1; }
   # sshd starts beside the getty: its keys may come a little after the login prompt
   until scanned=$(ssh-keyscan -T 5 "$ip" 2>/dev/null | ssh-keygen -lf - 2>/dev/null | awk '{print $2}' | sort) \
       && [ -n "$scanned" ]; do

@@ -146,9 +146,9 @@ def _systemd_version(guest: Guest) -> int | None:
     """systemd's version, from the name of its shared library (libsystemd-shared-NNN.so, since
     systemd 231); 0 for an older systemd (its daemon but no such library); None without systemd."""
     dirs = [f"{b}/systemd" for b in ("lib", "usr/lib", "lib64", "usr/lib64")]
-    dirs += [f"{b}/{t}/systemd" for b in ("lib", "usr/lib") for t in guest.glob(b, "*-linux-gnu*")]
+    dirs += [f"{t}/systemd" for b in ("lib", "usr/lib") for t in guest.glob(b, "*-linux-gnu*")]  # Debian's
     for d in dirs:
-        for path in guest.glob(d.replace("//", "/"), "libsystemd-shared-*.so*"):
+        for path in guest.glob(d, "libsystemd-shared-*.so*"):
             m = re.match(r"libsystemd-shared-(\d+)", path.rsplit("/", 1)[1])
             if m:
                 return int(m.group(1))

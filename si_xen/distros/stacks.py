@@ -80,9 +80,9 @@ def _ifupdown_claims(text: str) -> bool:
     return bool(re.search(r"(?m)^\s*(iface|auto|allow-[\w-]+|mapping)\s+(?!lo\s*$)(?!lo\s+inet)\S+", text))
 
 
-def claims(guest: Guest, stack: str) -> list[str]:
-    """The golden config files of ``stack`` that name a NIC (or its address): si-xen's own
-    files excepted."""
+def claims(guest: Guest, stack: str, golden: bool = True) -> list[str]:
+    """The config files of ``stack`` that name a NIC (or its address); if ``golden``, si-xen's
+    own files excepted."""
     g, out = guest, []
     if stack == "ifupdown":
         out = [p for p in ["etc/network/interfaces"] + g.glob("etc/network/interfaces.d", "*")
@@ -103,7 +103,7 @@ def claims(guest: Guest, stack: str) -> list[str]:
                    if not p.endswith(("-lo", ".bak", "~"))]
             if stack == "suse-ifcfg" and re.search(r"(?m)^\s*[^#\s]", g.read_text(f"{d}/routes", "") or ""):
                 out.append(f"{d}/routes")
-    return [p for p in out if not _ours(g, p)]
+    return [p for p in out if not (golden and _ours(g, p))]
 
 
 def netplan_renderer(guest: Guest) -> str | None:
@@ -122,10 +122,11 @@ def decide(guest: Guest, init: str, default: str, fallbacks: tuple[str, ...]) ->
     a NIC (ties: table order), else any enabled one; else the release's ``default`` if installed,
     else the first installed of ``fallbacks``, else ``default`` (the release's own format).
     """
-    if installed(guest, "netplan") and claims(guest, "netplan"):
+    # si-xen's own files count: a second run must decide as the first did
+    if installed(guest, "netplan") and claims(guest, "netplan", golden=False):
         return "netplan", _backend(guest)
     on = [s for s in STACKS if s != "netplan" and enabled(guest, s, init)]
-    with_conf = [s for s in on if claims(guest, s)]
+    with_conf = [s for s in on if claims(guest, s, golden=False)]
     if with_conf or on:
         return (with_conf or on)[0], ""
     for s in (default, *fallbacks):

@@ -115,9 +115,10 @@ def _redhat(text: str) -> tuple[str, str, str] | None:
 def _suse(text: str) -> tuple[str, str, str] | None:
     kv = parse_os_release(text.upper())
     low = text.lower()
-    if "suse" not in low:
+    if "suse" not in low and not low.startswith("sle"):  # SUSE-brand: "SLE" or "openSUSE"
         return None
-    return "sles" if "enterprise" in low else "opensuse", kv.get("VERSION", ""), text.splitlines()[0].strip()
+    oid = "sles" if "enterprise" in low or low.startswith("sle") else "opensuse"
+    return oid, kv.get("VERSION", ""), text.splitlines()[0].strip()
 
 
 def _debian(text: str) -> tuple[str, str, str] | None:

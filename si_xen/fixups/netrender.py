@@ -89,8 +89,8 @@ def ifcfg(ctx: Ctx, nic: str) -> None:
 
 def _sysconfig_network(ctx: Ctx) -> None:
     """etc/sysconfig/network: NETWORKING=yes, GATEWAY= the VM's (or none)."""
-    if ctx.guest.isdir("etc/sysconfig/network"):
-        return  # SUSE: a directory, handled by suse_ifcfg
+    if ctx.guest.isdir("etc/sysconfig/network") or not ctx.guest.isdir("etc/sysconfig"):
+        return  # SUSE: a directory, handled by suse_ifcfg; Debian's NetworkManager: no sysconfig
 
     net = ctx.s.net
     gw = f"GATEWAY={net.gateway}" if net.static and net.gateway else None

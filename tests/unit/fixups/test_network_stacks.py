@@ -92,6 +92,7 @@ def test_networkmanager_golden_client(tmp_path, ifaces):
     if ifaces == IFACES:
         assert read(root, f"{KEPT}/etc/network/interfaces") == IFACES
     assert not any(m.startswith("WARNING") for m in msgs)
+    assert not exists(root, "etc/sysconfig")  # Red Hat's file has no place on Debian
     before = snapshot(root)
     assert [c for c in run_all(root, STATIC, log=msgs.append) if c[1]] == []  # a second run: nothing
     assert snapshot(root) == before

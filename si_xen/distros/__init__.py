@@ -1,8 +1,8 @@
 """Guest OS detection: which distro family and release a tree holds, and its data.
 
 ``detect(guest)`` reads ``/etc/os-release`` (or ``/usr/lib/os-release``) first, then (when
-neither has a usable ID) the legacy release files, and returns an :class:`OSInfo` combining the identity with the
-release's :class:`~si_xen.distros.table.Profile` (init, NIC name, network renderer...).
+neither has a usable ID) the legacy release files, and returns an :class:`OSInfo` combining
+the identity with the release's :class:`~si_xen.distros.table.Profile` (init, NIC name, network renderer...).
 Distro differences live in :mod:`si_xen.distros.table`; fixups only read OSInfo fields.
 """
 
@@ -108,7 +108,7 @@ def _lsb(text: str) -> tuple[str, str, str] | None:
 def _redhat(text: str) -> tuple[str, str, str] | None:
     m = re.search(r"release\s+([\d.]+)", text)
     low = text.lower()
-    oid = next((v for k, v in table.REDHAT_NAMES if k in low), None)
+    oid = next((v for k, v in table.REDHAT_NAMES if k in low), "rhel" if m else None)  # a rebuild: RHEL's
     return (oid, m.group(1) if m else "", text.splitlines()[0]) if oid else None
 
 

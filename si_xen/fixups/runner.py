@@ -65,7 +65,7 @@ def run_all(
             fx.func(ctx)
         except GuestPathError as e:
             # a link loop planted in the image: refuse that file, keep going
-            ctx.warn(f"{fx.name}: {e}; left alone")
+            ctx.warn(f"{fx.name}: {e.gpath}: {e.reason}; left alone")  # the guest path, not the mount
         for c in ctx.changes:
             log(f"{fx.name}: {c}")
         results.append((fx.name, ctx.changes))

@@ -83,3 +83,12 @@ def test_dry_run_unidentified_image_is_one_fatal(tmp_path, capsys):
     assert code == 1 and err.count("\n") == 1 and err.startswith("FATAL: ")
     assert "read /etc/os-release" in err and "/etc/debian_version" in err and "Traceback" not in err
     assert str(tmp_path) not in err
+
+
+def test_a_link_loop_is_named_by_its_guest_path_only(tmp_path):
+    root = write(tmp_path, {"etc/os-release": 'ID=debian\nVERSION_ID="12"\n', "usr/sbin/ifup": ""})
+    os.makedirs(f"{root}/etc/network")
+    os.symlink("interfaces", f"{root}/etc/network/interfaces")
+    msgs = []
+    run_all(root, STATIC, only="network", log=msgs.append)
+    assert msgs == ["WARNING: network: /etc/network/interfaces: too many levels of symbolic links; left alone"]

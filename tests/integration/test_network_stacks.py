@@ -1,4 +1,5 @@
-"""Real deploys of golden clients that run NetworkManager or systemd-networkd, and of images whose
+"""Real deploys of golden clients that run NetworkManager, systemd-networkd or netplan with the
+NetworkManager renderer, and of images whose
 os-release is garbage: one stack configured for enX0, the others disabled, golden files kept
 whole, the OS said once; an image nothing identifies is one FATAL with nothing left.
 
@@ -31,12 +32,16 @@ NM_KEYFILE = "etc/NetworkManager/system-connections/golden.nmconnection"
 NETWORKD_FILE = "etc/systemd/network/10-golden.network"
 LO_ONLY = "auto lo\niface lo inet loopback\n"
 
+NETPLAN_FILE = "etc/netplan/01-golden.yaml"
+NETPLAN = "network:\n  version: 2\n  renderer: NetworkManager\n  ethernets:\n    ens3:\n      addresses: [10.9.8.7/24]\n"
+NM = {f"{WANTS}/NetworkManager.service": ("link", "/lib/systemd/system/NetworkManager.service"),
+      "usr/lib/systemd/system/NetworkManager.service": "[Service]\nExecStart=/usr/sbin/NetworkManager --no-daemon\n",
+      "usr/sbin/NetworkManager": "#!/bin/sh\n"}
 # name: guest path -> text, or ("link", target); None removes the entry
 GOLDEN = {
-    "nm-golden": {
-        f"{WANTS}/NetworkManager.service": ("link", "/lib/systemd/system/NetworkManager.service"),
-        "usr/lib/systemd/system/NetworkManager.service": "[Service]\nExecStart=/usr/sbin/NetworkManager --no-daemon\n",
-        "usr/sbin/NetworkManager": "#!/bin/sh\n", NM_KEYFILE: KEYFILE, "etc/network/interfaces": LO_ONLY},
+    "nm-golden": {**NM, NM_KEYFILE: KEYFILE, "etc/network/interfaces": LO_ONLY},
+    "netplan-nm-golden": {**NM, "usr/sbin/netplan": "#!/bin/sh\n", NETPLAN_FILE: NETPLAN, NM_KEYFILE: KEYFILE,
+                          "etc/network/interfaces": LO_ONLY},
     "networkd-golden": {
         f"{WANTS}/systemd-networkd.service": ("link", "/lib/systemd/system/systemd-networkd.service"),
         NETWORKD_FILE: NETWORK, "etc/network/interfaces": LO_ONLY},
@@ -105,7 +110,7 @@ def assert_only(disk: str, stack_file: str, kept: dict[str, str]):
             assert "192.0.2.10" not in (debugfs_cat(disk, other) or ""), other
 
 
-@pytest.mark.parametrize("name", ["nm-golden", "networkd-golden"])
+@pytest.mark.parametrize("name", ["nm-golden", "networkd-golden", "netplan-nm-golden"])
 def test_golden_client_gets_its_own_stack_only(image, tmp_path, name):
     with deploy(image, tmp_path, name) as (cp, disk):
         assert cp.returncode == 0, cp.stdout + cp.stderr
@@ -126,6 +131,12 @@ def check_stacks(disk: str, name: str):
         assert "interface-name=enX0" in debugfs_cat(disk, ours) and "address1=192.0.2.10/24,192.0.2.1" in debugfs_cat(disk, ours)
         assert names(disk, "/etc/NetworkManager/system-connections").count(".nmconnection") == 1
         assert_only(disk, ours, {NM_KEYFILE: KEYFILE})
+    elif name == "netplan-nm-golden":
+        assert "NetworkManager.service" in wants  # the renderer netplan hands the NIC to stays
+        ours = "/etc/netplan/01-netcfg.yaml"
+        assert "renderer: NetworkManager" in debugfs_cat(disk, ours) and "    enX0:" in debugfs_cat(disk, ours)
+        assert "golden" not in names(disk, "/etc/netplan") and "golden" not in names(disk, "/etc/NetworkManager/system-connections")
+        assert_only(disk, ours, {NETPLAN_FILE: NETPLAN, NM_KEYFILE: KEYFILE})
     else:
         assert "systemd-networkd.service" in wants
         ours = "/etc/systemd/network/10-si-xen-enX0.network"

@@ -118,7 +118,7 @@ STACKS: dict[str, Stack] = {
     "netplan": Stack((), (), ("usr/sbin/netplan", "lib/netplan/generate", "usr/lib/netplan/generate")),
     "nm-keyfile": Stack(("NetworkManager.service", "NetworkManager-wait-online.service",
                          "NetworkManager-dispatcher.service", "dbus-org.freedesktop.NetworkManager.service"),
-                        ("NetworkManager",), ("usr/sbin/NetworkManager", "sbin/NetworkManager")),
+                        ("NetworkManager", "network-manager"), ("usr/sbin/NetworkManager", "sbin/NetworkManager")),
     "networkd": Stack(("systemd-networkd.service", "systemd-networkd.socket",
                        "systemd-networkd-wait-online.service", "dbus-org.freedesktop.network1.service"),
                       (), ("lib/systemd/systemd-networkd", "usr/lib/systemd/systemd-networkd")),

@@ -152,3 +152,18 @@ def test_macs_leaves_stack_configs_whole_when_network_is_skipped(tmp_path):
     root = write(tmp_path / "g", {**TREES["debian12"], **NM, NM_GOLDEN: KEYFILE})
     run_all(root, STATIC, only="macs", log=lambda m: None)
     assert read(root, NM_GOLDEN) == KEYFILE  # the network fixup keeps it aside whole, or nobody touches it
+
+
+def test_sysvinit_guest_rc_links_decide_and_are_disabled(tmp_path):
+    rc = {"etc/rc.d/rc3.d/S10network": L("../init.d/network"), "etc/rc.d/rc5.d/S10network": L("../init.d/network")}
+    nm_rc = {"etc/rc.d/rc3.d/S98NetworkManager": L("../init.d/NetworkManager"),
+             "etc/rc.d/rc5.d/S98NetworkManager": L("../init.d/NetworkManager"),
+             "etc/rc.d/rc0.d/K02NetworkManager": L("../init.d/NetworkManager")}
+    root, _ = deploy(tmp_path, "centos5", {**rc, **nm_rc, "usr/sbin/NetworkManager": ""})
+    assert "IPADDR=192.168.50.10" in read(root, "etc/sysconfig/network-scripts/ifcfg-eth0")
+    assert_enabled(root, rc)
+    for path in ("etc/rc.d/rc3.d/S98NetworkManager", "etc/rc.d/rc5.d/S98NetworkManager"):
+        assert not exists(root, path)
+        assert f"link\t/{path}\t../init.d/NetworkManager\n" in read(root, f"{KEPT}/MANIFEST")
+    assert exists(root, "etc/rc.d/rc0.d/K02NetworkManager")  # a stop link starts nothing
+    assert read(root, f"{KEPT}/etc/sysconfig/network") == TREES["centos5"]["etc/sysconfig/network"]  # its GATEWAY=

@@ -138,7 +138,8 @@ def _fixups(c: Context) -> None:
 
     with c.rep.step("Running hooks"):
         spec = spec_from_plan(c.plan, c.keys.ready() if c.keys is not None else None)
-        run_all(c.root, spec, only=c.plan.fixups_only or None, skip=c.plan.fixups_skip or None, log=c.rep.fixup_line)
+        run_all(c.root, spec, only=c.plan.fixups_only or None, skip=c.plan.fixups_skip or None, log=c.rep.fixup_line,
+                osinfo=c.image.os)  # said once, before the copy
 
 
 def _boot(c: Context) -> None:

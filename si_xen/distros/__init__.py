@@ -1,8 +1,8 @@
 """Guest OS detection: which distro family and release a tree holds, and its data.
 
-``detect(guest)`` reads ``/etc/os-release`` (or ``/usr/lib/os-release``) first, then the
-legacy release files, and returns an :class:`OSInfo` combining the identity with the
-release's :class:`~si_xen.distros.table.Profile` (init, NIC name, network renderer...).
+``detect(guest)`` reads ``/etc/os-release`` (or ``/usr/lib/os-release``) first, then (when
+neither has a usable ID) the legacy release files, and returns an :class:`OSInfo` combining
+the identity with the release's :class:`~si_xen.distros.table.Profile` (init, NIC name, network renderer...).
 Distro differences live in :mod:`si_xen.distros.table`; fixups only read OSInfo fields.
 """
 
@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from si_xen.distros import table
+from si_xen.distros import stacks, table
+from si_xen.errors import Fatal
 from si_xen.guestfs import Guest
 
 __all__ = ["OSInfo", "detect", "parse_os_release"]
@@ -29,6 +30,7 @@ class OSInfo:
     hostname_files: tuple[tuple[str, str], ...] = ()
     initramfs: str = "none"
     known: bool = True
+    backend: str = ""  # netplan's renderer (networkd | NetworkManager) when network is netplan
 
     @property
     def major(self) -> int:
@@ -63,35 +65,15 @@ def _profile(key: str, release: str) -> table.Profile:
     return chosen
 
 
-# Markers proving a network renderer is installed in the tree, and the renderers a
-# family falls back to (in order) when the release's default one is absent.
-RENDERER_MARKERS = {
-    "ifupdown": ("sbin/ifup", "usr/sbin/ifup"),
-    "netplan": ("usr/sbin/netplan", "etc/netplan"),
-    "ifcfg": ("etc/sysconfig/network-scripts",),
-    "nm-keyfile": ("usr/sbin/NetworkManager",),
-    "suse-ifcfg": ("etc/sysconfig/network/ifcfg-lo", "sbin/wicked", "usr/sbin/wicked"),
-    "networkd": ("lib/systemd/systemd-networkd", "usr/lib/systemd/systemd-networkd"),
-}
+# The stacks a family falls back to (in order) when nothing enabled says which one runs and
+# the release's default one is absent.
 FALLBACK_RENDERERS = {
     "debian": ("netplan", "ifupdown", "networkd"),
     "redhat": ("nm-keyfile", "ifcfg"),
     "suse": ("suse-ifcfg",),
     "unknown": ("ifupdown", "networkd"),
 }
-
-
-def _has(guest: Guest, renderer: str) -> bool:
-    return any(guest.exists(p) for p in RENDERER_MARKERS.get(renderer, ()))
-
-
-def _renderer(guest: Guest, prof: table.Profile) -> str:
-    if prof.network != "none" and _has(guest, prof.network):
-        return prof.network
-    for alt in FALLBACK_RENDERERS[prof.family]:
-        if _has(guest, alt):
-            return alt
-    return prof.network  # nothing installed we recognise: write the release's own format
+OS_RELEASE = ("etc/os-release", "usr/lib/os-release")
 
 
 def _tree_init(guest: Guest) -> str:
@@ -104,45 +86,99 @@ def _tree_init(guest: Guest) -> str:
 
 
 def _legacy(guest: Guest) -> tuple[str, str, str]:
-    """(id, release, pretty) from pre-os-release files, or ("unknown", "", "")."""
-    lsb = parse_os_release(guest.read_text("etc/lsb-release", "") or "")
-    if lsb.get("DISTRIB_ID", "").lower() == "ubuntu":
-        rel = lsb.get("DISTRIB_RELEASE", "")
-        return "ubuntu", rel, lsb.get("DISTRIB_DESCRIPTION", f"Ubuntu {rel}")
-    for path in ("etc/centos-release", "etc/redhat-release"):
+    """(id, release, pretty) from the release files distros shipped before os-release (and still
+    do beside it), or ("unknown", "", "")."""
+    for path, kind in table.LEGACY_FILES:
         text = (guest.read_text(path, "") or "").strip()
-        if text:
-            m = re.search(r"release\s+([\d.]+)", text)
-            low = text.lower()
-            oid = next((k for k in ("centos", "rocky", "almalinux", "scientific", "fedora") if k in low), "rhel")
-            return oid, m.group(1) if m else "", text.splitlines()[0]
-    suse = guest.read_text("etc/SuSE-release", "") or ""
-    if suse.strip():
-        kv = parse_os_release(suse.upper())
-        rel = kv.get("VERSION", "")
-        oid = "sles" if "enterprise" in suse.lower() else "opensuse"
-        return oid, rel, suse.splitlines()[0].strip()
-    deb = (guest.read_text("etc/debian_version", "") or "").strip()
-    if deb:
-        m = re.match(r"(\d+)(?:\.(\d+))?", deb)
-        # Debian < 7 numbered releases major.minor (4.0, 5.0); major is what os-release uses
-        rel = (m.group(1) if int(m.group(1)) >= 4 else f"{m.group(1)}.{m.group(2) or 0}") if m else ""
-        return "debian", rel, f"Debian GNU/Linux {deb}"
+        found = _LEGACY_READERS[kind](text) if text else None
+        if found:
+            return found
     return "unknown", "", ""
 
 
-def detect(guest: Guest) -> OSInfo:
-    """Identify the OS in ``guest``; unknown systems get generic systemd/sysvinit data."""
-    text = guest.read_text("etc/os-release") or guest.read_text("usr/lib/os-release")
-    if text:
-        kv = parse_os_release(text)
-        oid = kv.get("ID", "linux").lower()
+def _lsb(text: str) -> tuple[str, str, str] | None:
+    kv = parse_os_release(text)
+    oid = kv.get("DISTRIB_ID", "").lower()
+    if not _ID.match(oid):
+        return None
+    rel = kv.get("DISTRIB_RELEASE", "")
+    return oid, rel, kv.get("DISTRIB_DESCRIPTION", f"{kv.get('DISTRIB_ID')} {rel}".strip())
+
+
+def _redhat(text: str) -> tuple[str, str, str] | None:
+    m = re.search(r"release\s+([\d.]+)", text)
+    low = text.lower()
+    oid = next((v for k, v in table.REDHAT_NAMES if k in low), "rhel" if m else None)  # a rebuild: RHEL's
+    return (oid, m.group(1) if m else "", text.splitlines()[0]) if oid else None
+
+
+def _suse(text: str) -> tuple[str, str, str] | None:
+    kv = parse_os_release(text.upper())
+    low = text.lower()
+    if "suse" not in low and not low.startswith("sle"):  # SUSE-brand: "SLE" or "openSUSE"
+        return None
+    oid = "sles" if "enterprise" in low or low.startswith("sle") else "opensuse"
+    return oid, kv.get("VERSION", ""), text.splitlines()[0].strip()
+
+
+def _debian(text: str) -> tuple[str, str, str] | None:
+    m = re.match(r"(\d+)(?:\.(\d+))?", text)
+    if m:  # Debian < 7 numbered releases major.minor (4.0, 5.0); major is what os-release uses
+        rel = m.group(1) if int(m.group(1)) >= 4 else f"{m.group(1)}.{m.group(2) or 0}"
+    else:  # testing/sid: "trixie/sid"
+        rel = table.DEBIAN_CODENAMES.get(text.split("/")[0].strip().lower(), "")
+    return ("debian", rel, f"Debian GNU/Linux {text.splitlines()[0]}") if rel else None
+
+
+_LEGACY_READERS = {"lsb": _lsb, "redhat": _redhat, "suse": _suse, "debian": _debian}
+_ID = re.compile(r"^[a-z0-9][a-z0-9._-]*$")  # os-release(5): lower-case letters, digits, "._-"
+
+
+def _os_release(guest: Guest) -> tuple[dict[str, str], str]:
+    """The first os-release with a usable ID= (and the file), else ({}, "")."""
+    for path in OS_RELEASE:
+        kv = parse_os_release(guest.read_text(path, "") or "")
+        if _ID.match(kv.get("ID", "").lower()):
+            return kv, path
+    return {}, ""
+
+
+def _systemd_version(guest: Guest) -> int | None:
+    """systemd's version, from the name of its shared library (libsystemd-shared-NNN.so, since
+    systemd 231); 0 for an older systemd (its daemon but no such library); None without systemd."""
+    dirs = [f"{b}/systemd" for b in ("lib", "usr/lib", "lib64", "usr/lib64")]
+    dirs += [f"{t}/systemd" for b in ("lib", "usr/lib") for t in guest.glob(b, "*-linux-gnu*")]  # Debian's
+    for d in dirs:
+        for path in guest.glob(d, "libsystemd-shared-*.so*"):
+            m = re.match(r"libsystemd-shared-(\d+)", path.rsplit("/", 1)[1])
+            if m:
+                return int(m.group(1))
+    return 0 if any(guest.exists(f"{b}/systemd/systemd") for b in ("lib", "usr/lib")) else None
+
+
+def _nic(guest: Guest, default: str) -> str:
+    """The vif's name: from the guest's systemd (udev) version when the tree shows it."""
+    v = _systemd_version(guest)
+    if v is None or v == 0 and default == "enX0":  # no udev of systemd's, or an unknown one: the table's
+        return default
+    return "enX0" if v >= table.SYSTEMD_NAMES_XEN_VIF else "eth0"
+
+
+def detect(guest: Guest, require: bool = True) -> OSInfo:
+    """Identify the OS in ``guest``: os-release, else every legacy release file. A guest
+    nothing identifies is a Fatal if ``require`` (an image), else gets generic data (a
+    xen-tools hook's bare prefix), as does an os-release ID the table does not list."""
+    kv, _ = _os_release(guest)
+    if kv:
+        oid = kv["ID"].lower()
         release = kv.get("VERSION_ID", "")
         pretty = kv.get("PRETTY_NAME") or f"{kv.get('NAME', oid)} {release}".strip()
         likes = [oid] + kv.get("ID_LIKE", "").lower().split()
     else:
         oid, release, pretty = _legacy(guest)
         likes = [oid]
+    if not kv and oid == "unknown" and require:
+        raise _unidentified(guest)
 
     key = oid if oid in table.RELEASES else None
     if key is None and oid.startswith("opensuse"):
@@ -156,10 +192,25 @@ def detect(guest: Guest) -> OSInfo:
     if key is None:
         init = _tree_init(guest)
         prof = table.UNKNOWN_SYSTEMD if init == "systemd" else table.UNKNOWN_SYSV
-        prof = table.Profile(prof.family, init, prof.nic, prof.network, prof.hostname_files, prof.initramfs)
-        return OSInfo(oid if text else "unknown", "unknown", release, init, pretty or "unknown OS",
-                      prof.nic, _renderer(guest, prof), prof.hostname_files, "none", known=False)
+        network, backend = _network(guest, prof, init)
+        return OSInfo(oid, "unknown", release, init, pretty or ("unknown OS" if oid == "unknown" else oid), _nic(guest, prof.nic), network,
+                      prof.hostname_files, "none", known=False, backend=backend)
 
     prof = _profile(key, lookup_release)
-    return OSInfo(oid, prof.family, release, prof.init, pretty or f"{oid} {release}", prof.nic,
-                  _renderer(guest, prof), prof.hostname_files, prof.initramfs)
+    network, backend = _network(guest, prof, prof.init)
+    return OSInfo(oid, prof.family, release, prof.init, pretty or f"{oid} {release}", _nic(guest, prof.nic),
+                  network, prof.hostname_files, prof.initramfs, backend=backend)
+
+
+def _unidentified(guest: Guest) -> Fatal:
+    files = OS_RELEASE + tuple(p for p, _ in table.LEGACY_FILES)
+    read = [f"/{p}" for p in files if guest.isfile(p)]
+    absent = [f"/{p}" for p in files if not guest.isfile(p)]
+    said = (f"read {', '.join(read)} (none names a distribution); " if read else "") + f"absent: {', '.join(absent)}"
+    return Fatal(f"cannot tell which OS the image holds: {said}",
+                 "give the image an /etc/os-release with ID= and VERSION_ID= (see os-release(5)), "
+                 "e.g. through an override")
+
+
+def _network(guest: Guest, prof: table.Profile, init: str) -> tuple[str, str]:
+    return stacks.decide(guest, init, prof.network, FALLBACK_RENDERERS[prof.family])

@@ -85,3 +85,48 @@ SUSE_LEAP_RELEASE = {"42": "13.2", "15": "15"}
 
 UNKNOWN_SYSTEMD = _p("unknown", "systemd", "eth0", "none", DEB_HOSTNAME, "none")
 UNKNOWN_SYSV = _p("unknown", "sysvinit", "eth0", "none", DEB_HOSTNAME, "none")
+
+# Release files older guests carry instead of (or beside a broken) os-release, in the order
+# read: (path, how it is read). Named in the FATAL when none identifies the guest.
+LEGACY_FILES = (
+    ("etc/lsb-release", "lsb"), ("etc/centos-release", "redhat"), ("etc/rocky-release", "redhat"),
+    ("etc/almalinux-release", "redhat"), ("etc/oracle-release", "redhat"), ("etc/fedora-release", "redhat"),
+    ("etc/redhat-release", "redhat"), ("etc/system-release", "redhat"), ("etc/SuSE-release", "suse"),
+    ("etc/SUSE-brand", "suse"), ("etc/debian_version", "debian"),
+)
+# a redhat-style release line's words -> the os-release ID it stands for (first match wins)
+REDHAT_NAMES = (("centos", "centos"), ("rocky", "rocky"), ("alma", "almalinux"), ("oracle", "ol"),
+                ("scientific", "scientific"), ("fedora", "fedora"), ("red hat", "rhel"))
+# Debian testing/sid write a codename, not a number, in /etc/debian_version
+DEBIAN_CODENAMES = {"squeeze": "6", "wheezy": "7", "jessie": "8", "stretch": "9", "buster": "10",
+                    "bullseye": "11", "bookworm": "12", "trixie": "13", "forky": "14"}
+# systemd (udev) names a Xen netfront vif enX0 from this version on; eth0 before, and without udev
+SYSTEMD_NAMES_XEN_VIF = 250
+
+
+@dataclass(frozen=True)
+class Stack:
+    """What proves one network stack runs in a guest, and what it reads."""
+
+    units: tuple[str, ...]  # systemd units (first: the daemon); enablement links and aliases
+    sysv: tuple[str, ...]  # init scripts whose rc S-links start it (pre-systemd, or no native unit)
+    installed: tuple[str, ...]  # files proving it is installed
+
+
+# In the order a tie is broken: several stacks enabled, each with a config for a NIC.
+STACKS: dict[str, Stack] = {
+    "netplan": Stack((), (), ("usr/sbin/netplan", "lib/netplan/generate", "usr/lib/netplan/generate")),
+    "nm-keyfile": Stack(("NetworkManager.service", "NetworkManager-wait-online.service",
+                         "NetworkManager-dispatcher.service", "dbus-org.freedesktop.NetworkManager.service"),
+                        ("NetworkManager", "network-manager"), ("usr/sbin/NetworkManager", "sbin/NetworkManager")),
+    "networkd": Stack(("systemd-networkd.service", "systemd-networkd.socket",
+                       "systemd-networkd-wait-online.service", "dbus-org.freedesktop.network1.service"),
+                      (), ("lib/systemd/systemd-networkd", "usr/lib/systemd/systemd-networkd")),
+    "suse-ifcfg": Stack(("wicked.service", "wickedd.service", "wickedd-auto4.service", "wickedd-dhcp4.service",
+                         "wickedd-dhcp6.service", "wickedd-nanny.service"),
+                        ("network",), ("etc/sysconfig/network/ifcfg-lo", "sbin/wicked", "usr/sbin/wicked")),
+    "ifcfg": Stack(("network.service",), ("network",), ("etc/sysconfig/network-scripts",)),
+    "ifupdown": Stack(("networking.service",), ("networking",), ("sbin/ifup", "usr/sbin/ifup")),
+}
+# netplan's `renderer:` values -> the stack that then runs (netplan's default: networkd)
+NETPLAN_BACKENDS = {"networkd": "networkd", "NetworkManager": "nm-keyfile"}

@@ -1,7 +1,8 @@
 """Network config in each family's own format, for the vif name the guest really gets.
 
-One renderer per format (OSInfo.network picks it). Each writes its file(s) and removes the
-golden client's interface configs, so neither its address nor its gateway survives.
+One renderer per format (OSInfo.network picks it). Each writes its own file(s); the golden
+client's configs are already kept aside by the network fixup (fixups/aside.py), so neither its
+address nor its gateway survives.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 import re
 import uuid
 
+from si_xen.distros.stacks import OURS
+from si_xen.fixups import aside
 from si_xen.fixups.base import Ctx
 
-HEADER = "# Written by si-xen for this Xen VM (the golden client's settings were removed).\n"
+HEADER = f"{OURS} for this Xen VM (the golden client's settings are in /{aside.GOLDEN}).\n"
 
 
 def _cidr(ctx: Ctx, ip: str) -> str:
@@ -38,16 +41,13 @@ def ifupdown(ctx: Ctx, nic: str | None) -> None:
                     out.append(f"    dns-nameservers {' '.join(s.nameservers)}")
             out.append("")
     ctx.write("etc/network/interfaces", "\n".join(out).rstrip("\n") + "\n")
-    for path in g.glob("etc/network/interfaces.d", "*"):
-        text = g.read_text(path) or ""
-        if re.search(r"(?m)^\s*iface\s+(?!lo\b)\S+", text):
-            ctx.remove(path)  # sourced by interfaces: a golden eth0/ens3 stanza would survive
 
 
 def netplan(ctx: Ctx, nic: str) -> None:
     s, g = ctx.s.net, ctx.guest
     ours = "etc/netplan/01-netcfg.yaml"
-    renderer = "NetworkManager" if not _has_networkd(ctx) and g.exists("usr/sbin/NetworkManager") else "networkd"
+    renderer = ctx.os.backend or (
+        "NetworkManager" if not _has_networkd(ctx) and g.exists("usr/sbin/NetworkManager") else "networkd")
     y = [HEADER.rstrip(), "network:", "  version: 2", f"  renderer: {renderer}", "  ethernets:", f"    {nic}:"]
     if s.dhcp:
         y.append("      dhcp4: true")
@@ -59,21 +59,11 @@ def netplan(ctx: Ctx, nic: str) -> None:
         y += ["      nameservers:", f"        addresses: [{', '.join(s.nameservers)}]"]
         if ctx.s.domain:
             y.append(f"        search: [{ctx.s.domain}]")
-    for path in g.glob("etc/netplan", "*.yaml"):
-        if path != ours and re.search(r"(?m)^\s*ethernets:", g.read_text(path) or ""):
-            ctx.remove(path)
     ctx.write(ours, "\n".join(y) + "\n", mode=0o600)
 
 
 def _has_networkd(ctx: Ctx) -> bool:
     return any(ctx.guest.exists(f"{d}/systemd/systemd-networkd") for d in ("lib", "usr/lib"))
-
-
-def _rm_ifcfgs(ctx: Ctx, d: str, keep: set[str]) -> None:
-    for path in ctx.guest.glob(d, "ifcfg-*") + ctx.guest.glob(d, "route-*"):
-        name = path.rsplit("/", 1)[1]
-        if name not in keep and name not in ("ifcfg-lo", "route-lo") and not name.endswith((".bak", "~")):
-            ctx.remove(path)
 
 
 def _kv(pairs) -> str:
@@ -82,7 +72,6 @@ def _kv(pairs) -> str:
 
 def ifcfg(ctx: Ctx, nic: str) -> None:
     s, d = ctx.s.net, "etc/sysconfig/network-scripts"
-    keep = {f"ifcfg-{nic}"}
     base = [("DEVICE", nic), ("TYPE", "Ethernet"), ("ONBOOT", "yes"), ("NM_CONTROLLED", "")]
     if s.dhcp:
         ctx.write(f"{d}/ifcfg-{nic}", HEADER + _kv(base + [("BOOTPROTO", "dhcp")]))
@@ -92,18 +81,16 @@ def ifcfg(ctx: Ctx, nic: str) -> None:
             ("BOOTPROTO", "none"), ("IPADDR", s.ips[0]), ("NETMASK", s.netmask),
             ("GATEWAY", s.gateway), ("BROADCAST", s.broadcast), *dns, ("DOMAIN", ctx.s.domain)]))
         for n, ip in enumerate(s.ips[1:], 1):
-            keep.add(f"ifcfg-{nic}:{n}")
             ctx.write(f"{d}/ifcfg-{nic}:{n}", HEADER + _kv([("DEVICE", f"{nic}:{n}"), ("ONBOOT", "yes"),
                                                            ("BOOTPROTO", "none"), ("IPADDR", ip),
                                                            ("NETMASK", s.netmask)]))
-    _rm_ifcfgs(ctx, d, keep)
     _sysconfig_network(ctx)
 
 
 def _sysconfig_network(ctx: Ctx) -> None:
     """etc/sysconfig/network: NETWORKING=yes, GATEWAY= the VM's (or none)."""
-    if ctx.guest.isdir("etc/sysconfig/network"):
-        return  # SUSE: a directory, handled by suse_ifcfg
+    if ctx.guest.isdir("etc/sysconfig/network") or not ctx.guest.isdir("etc/sysconfig"):
+        return  # SUSE: a directory, handled by suse_ifcfg; Debian's NetworkManager: no sysconfig
 
     net = ctx.s.net
     gw = f"GATEWAY={net.gateway}" if net.static and net.gateway else None
@@ -119,12 +106,12 @@ def _sysconfig_network(ctx: Ctx) -> None:
 
     if not ctx.guest.exists("etc/sysconfig/network"):
         ctx.write("etc/sysconfig/network", fix(""))
-    else:
-        ctx.edit("etc/sysconfig/network", fix)
+    else:  # it names the golden gateway (and GATEWAYDEV its NIC): the original is kept
+        aside.edit(ctx, "etc/sysconfig/network", fix)
 
 
 def nm_keyfile(ctx: Ctx, nic: str) -> None:
-    s, g, d = ctx.s.net, ctx.guest, "etc/NetworkManager/system-connections"
+    s, d = ctx.s.net, "etc/NetworkManager/system-connections"
     ours = f"{d}/si-xen-{nic}.nmconnection"
     ini = ["[connection]", f"id={nic}", f"uuid={uuid.uuid5(uuid.NAMESPACE_DNS, f'si-xen.{nic}')}",
            "type=ethernet", f"interface-name={nic}", "autoconnect=true", "", "[ethernet]", "", "[ipv4]"]
@@ -139,18 +126,12 @@ def nm_keyfile(ctx: Ctx, nic: str) -> None:
     if ctx.s.domain:
         ini.append(f"dns-search={ctx.s.domain};")
     ini += ["", "[ipv6]", "method=auto", ""]
-    for path in g.glob(d, "*"):
-        text = g.read_text(path) or ""
-        if path != ours and re.search(r"(?m)^type=(ethernet|802-3-ethernet)\s*$", text):
-            ctx.remove(path)
     ctx.write(ours, HEADER + "\n".join(ini), mode=0o600)
-    _rm_ifcfgs(ctx, "etc/sysconfig/network-scripts", set())
     _sysconfig_network(ctx)
 
 
 def suse_ifcfg(ctx: Ctx, nic: str) -> None:
     s, d = ctx.s.net, "etc/sysconfig/network"
-    keep = {f"ifcfg-{nic}"}
     if s.dhcp:
         text = _kv([("BOOTPROTO", "'dhcp'"), ("STARTMODE", "'auto'")])
     else:
@@ -159,14 +140,8 @@ def suse_ifcfg(ctx: Ctx, nic: str) -> None:
         text = _kv([("BOOTPROTO", "'static'"), ("STARTMODE", "'auto'"), *addrs,
                     ("BROADCAST", f"'{s.broadcast}'" if s.broadcast else "")])
     ctx.write(f"{d}/ifcfg-{nic}", HEADER + text)
-    _rm_ifcfgs(ctx, d, keep)
-    routes = f"{d}/routes"
-    old = ctx.guest.read_text(routes) or ""
-    new = "".join(ln + "\n" for ln in old.splitlines() if not re.match(r"^\s*default\s", ln))
-    if s.static and s.gateway:
-        new += f"default {s.gateway} - -\n"
-    if new != old and (new or ctx.guest.exists(routes)):
-        ctx.write(routes, new)
+    if s.static and s.gateway:  # the golden routes were kept aside
+        ctx.write(f"{d}/routes", HEADER + f"default {s.gateway} - -\n")
     if s.nameservers:
         ctx.edit(f"{d}/config", lambda t: re.sub(r'(?m)^NETCONFIG_DNS_STATIC_SERVERS=.*$',
                                                   f'NETCONFIG_DNS_STATIC_SERVERS="{" ".join(s.nameservers)}"', t))
@@ -181,9 +156,6 @@ def networkd(ctx: Ctx, nic: str) -> None:
     else:
         net += [f"Address={_cidr(ctx, ip)}" for ip in s.ips] + ([f"Gateway={s.gateway}"] if s.gateway else [])
     net += [f"DNS={ns}" for ns in s.nameservers] + ([f"Domains={ctx.s.domain}"] if ctx.s.domain else [])
-    for path in g.glob(d, "*.network"):
-        if path != ours and not re.search(r"(?m)^\s*Name\s*=\s*lo\s*$", g.read_text(path) or ""):
-            ctx.remove(path)
     ctx.write(ours, HEADER + "\n".join(net) + "\n")
     if not g.exists("etc/systemd/system/multi-user.target.wants/systemd-networkd.service"):
         unit = next((f"/{x}/systemd/system/systemd-networkd.service" for x in ("lib", "usr/lib")

@@ -1,33 +1,59 @@
-"""network: the VM's addressing (DHCP or static) in the guest's own format; resolv.conf; /etc/issue."""
+"""network: the VM's addressing (DHCP or static) for the guest's own stack; resolv.conf; /etc/issue."""
 
 from __future__ import annotations
 
 import re
 
+from si_xen.distros.stacks import claims, enabling_links, installed
+from si_xen.distros.table import NETPLAN_BACKENDS, STACKS
+from si_xen.fixups import aside
 from si_xen.fixups.base import Ctx, fixup
 from si_xen.fixups.netrender import RENDERERS
 
 
 @fixup("network", 40, "setup-networking")
 def network(ctx: Ctx) -> None:
-    """Network config for the vif name the guest really gets (eth0, or enX0 with systemd's names).
+    """The VM's addressing for the one network stack the guest runs, on the vif's real name.
 
-    Written in the family's own format - ifupdown /etc/network/interfaces, netplan,
-    Red Hat ifcfg, NetworkManager keyfile, SUSE ifcfg (+routes), systemd-networkd - with
-    DHCP (dhcp=1) or static (ip1..ipN, netmask, gateway, broadcast); the golden client's
-    interface files go. Nameservers go to etc/resolv.conf.old under xen-create-image
-    (which restores it over resolv.conf afterwards), else to etc/resolv.conf.
+    The stack is the one the guest runs: netplan (with its renderer) when it has a config;
+    else the stack whose unit (or rc script) is enabled - NetworkManager, systemd-networkd,
+    wicked/SUSE ifcfg, Red Hat ifcfg, ifupdown - preferring one with a config for a NIC; else
+    the release's default. It gets a config for the vif (eth0, or enX0 with systemd >= 250)
+    in its own format, with DHCP (dhcp=1) or static (ip1..ipN, netmask, gateway, broadcast).
+    Every golden config naming a NIC - of that stack and of every other (NetworkManager also
+    reads ifupdown's and ifcfg files) - is kept aside under /var/lib/si-xen/golden/ at its own
+    path, and the other stacks' enablement links are removed; both are listed in
+    /var/lib/si-xen/golden/MANIFEST so a capture of the VM can restore them.
+    Nameservers go to etc/resolv.conf.old under xen-create-image (which restores it over
+    resolv.conf afterwards), else to etc/resolv.conf.
     """
-    render = RENDERERS.get(ctx.os.network)
+    chosen = ctx.os.network
+    kept_ifaces = False
+    for stack in STACKS:
+        for path in claims(ctx.guest, stack):
+            ifaces = path == "etc/network/interfaces"  # rewritten below, never left absent
+            aside.keep(ctx, path, move=not ifaces)
+            kept_ifaces |= ifaces
+    render = RENDERERS.get(chosen)
     if render is None:
         ctx.warn(f"network: no known network configuration system in {ctx.os.pretty}; "
                  "interfaces not configured (DHCP/static settings skipped)")
     else:
         render(ctx, ctx.os.nic)
-    if ctx.os.network != "ifupdown" and re.search(r"(?m)^\s*iface\s+(?!lo\b)",
-                                                  ctx.guest.read_text("etc/network/interfaces") or ""):
-        RENDERERS["ifupdown"](ctx, None)  # a leftover golden eth0 stanza: loopback only
+    if chosen != "ifupdown" and kept_ifaces:
+        RENDERERS["ifupdown"](ctx, None)  # loopback only: NM's ifupdown plugin would leave a listed NIC alone
+    _disable_others(ctx, {chosen, NETPLAN_BACKENDS.get(ctx.os.backend, "")})
     _resolv(ctx)
+
+
+def _disable_others(ctx: Ctx, running: set[str]) -> None:
+    g, init = ctx.guest, ctx.os.init
+    ours = {p for s in running if s in STACKS for p in enabling_links(g, s, init)}
+    for stack in STACKS:
+        if stack not in running and installed(g, stack):
+            for link in enabling_links(g, stack, init):
+                if link not in ours:
+                    aside.disable(ctx, link)
 
 
 def _resolv(ctx: Ctx) -> None:

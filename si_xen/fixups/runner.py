@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable
 
-from si_xen.distros import detect
+from si_xen.distros import OSInfo, detect
 from si_xen.errors import Fatal
 from si_xen.fixups.base import Ctx, Fixup
 from si_xen.fixups.spec import GuestSpec
@@ -45,15 +45,19 @@ def run_all(
     skip: Iterable[str] | str | None = None,
     log: Callable[[str], None] = print,
     xen_tools: bool = False,
+    osinfo: OSInfo | None = None,
 ) -> list[tuple[str, list[str]]]:
-    """Apply the selected fixups in order; return (name, changes) for each (empty = no-op)."""
+    """Apply the selected fixups in order; return (name, changes) for each (empty = no-op).
+
+    ``osinfo``: the guest's OS as the caller already detected (and reported) it."""
     if not os.path.isdir(root):
         raise Fatal(f"guest root {root} is not a directory", "give the mounted guest filesystem")
     chosen = select(only, skip)
     guest = Guest(root)
-    osinfo = detect(guest)
-    if not osinfo.known:
-        log(f"WARNING: unknown OS in {root} ({osinfo.pretty}): generic {osinfo.init} handling only")
+    if osinfo is None:
+        osinfo = detect(guest, require=False)
+        if not osinfo.known:  # named as the guest sees itself: never the host path of its root
+            log(f"WARNING: unknown OS ({osinfo.pretty}): generic {osinfo.init} handling only")
     results = []
     for fx in chosen:
         ctx = Ctx(guest, osinfo, spec, log=log, xen_tools=xen_tools)
@@ -61,7 +65,7 @@ def run_all(
             fx.func(ctx)
         except GuestPathError as e:
             # a link loop planted in the image: refuse that file, keep going
-            ctx.warn(f"{fx.name}: {e}; left alone")
+            ctx.warn(f"{fx.name}: {e.gpath}: {e.reason}; left alone")  # the guest path, not the mount
         for c in ctx.changes:
             log(f"{fx.name}: {c}")
         results.append((fx.name, ctx.changes))

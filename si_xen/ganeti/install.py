@@ -249,4 +249,4 @@ def rename(inst: Instance, rep: Reporter) -> None:
         image = open_at(inst.variant or inst.osp.get("image") or "instance", root)
         plan = plan_for(inst, image, None)
         rep.say(f"Renaming {inst.old_name or '?'} to {inst.name} in {d0.path}")
-        run_all(root, spec_from_plan(plan), only=["hostname"], log=rep.fixup_line)
+        run_all(root, spec_from_plan(plan), only=["hostname"], log=rep.fixup_line, osinfo=image.os)

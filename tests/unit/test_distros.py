@@ -1,6 +1,7 @@
 import pytest
 
 from si_xen.distros import detect, parse_os_release
+from si_xen.errors import Fatal
 from si_xen.guestfs import Guest
 from tests.unit.fixups.trees import build
 
@@ -29,8 +30,10 @@ def test_detect(tmp_path, name):
     assert o.known == (name != "unknown") and o.pretty
 
 
-def test_empty_tree_is_unknown(tmp_path):
-    o = detect(Guest(str(tmp_path)))
+def test_empty_tree_is_refused_as_an_image_and_generic_as_a_hook_prefix(tmp_path):
+    with pytest.raises(Fatal, match="cannot tell which OS"):
+        detect(Guest(str(tmp_path)))
+    o = detect(Guest(str(tmp_path)), require=False)  # xen-tools' own tests hook a bare prefix
     assert (o.id, o.family, o.known) == ("unknown", "unknown", False)
 
 

@@ -184,8 +184,13 @@ TREES.update({
 
 def build(root, name: str) -> str:
     """Write tree ``name`` under ``root`` (a pathlib dir); return its path as str."""
+    return write(root, TREES[name])
+
+
+def write(root, files: dict) -> str:
+    """Write ``files`` (guest path: text or L(target)) under ``root``; return its path as str."""
     root = str(root)
-    items = sorted(TREES[name].items(), key=lambda kv: not isinstance(kv[1], L))  # merged-/usr links first
+    items = sorted(files.items(), key=lambda kv: not isinstance(kv[1], L))  # merged-/usr links first
     for path, content in items:
         host = os.path.join(root, path)
         os.makedirs(os.path.dirname(host), exist_ok=True)

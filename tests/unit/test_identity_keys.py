@@ -18,7 +18,7 @@ from tests.unit.fixups.trees import build
 DEBIAN12_SSHD = "Include /etc/ssh/sshd_config.d/*.conf\n\nKbdInteractiveAuthentication no\nUsePAM yes\n" \
                 "#HostKey /etc/ssh/ssh_host_rsa_key\nSubsystem\tsftp\t/usr/lib/openssh/sftp-server\n"
 TAG = hostkeys.tag(STATIC.hostname)
-DEFAULTS = [f"/etc/ssh/ssh_host_{t}_key" for t in ("rsa", "ecdsa", "ed25519")]
+DEFAULTS = [(f"/etc/ssh/ssh_host_{t}_key", t) for t in ("rsa", "ecdsa", "ed25519")]  # OpenSSH's, no HostKey line
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ def assert_key(root, gpath, ktype):
 def test_an_image_without_keys_gets_opensshs_three_and_its_hostname(tmp_path, keygen):
     root = getimage_tree(tmp_path)
     identity(root)
-    for path, t in zip(DEFAULTS, ("rsa", "ecdsa", "ed25519")):
+    for path, t in DEFAULTS:
         assert_key(root, path, t)
     assert read(root, "/etc/hostname") == "vm1\n", "/etc/hostname made though the image had none"
     # no sshd_config, no sshd: nothing loads keys, only the image's own are renewed
@@ -159,7 +159,7 @@ def test_a_key_sshd_does_not_load_that_cannot_be_made_is_removed_with_a_warning(
     write(root, "/etc/ssh/ssh_host_dsa_key.pub", "ssh-dss AAAAgolden root@golden01\n")
     said = []
     identity(root, log=said.append)
-    for path, t in zip(DEFAULTS, ("rsa", "ecdsa", "ed25519")):
+    for path, t in DEFAULTS:
         assert_key(root, path, t)
     assert not os.path.lexists(os.path.join(root, "etc/ssh/ssh_host_dsa_key"))
     assert [m for m in said if m.startswith("WARNING")] == [
@@ -184,7 +184,7 @@ def test_prefetched_keys_cover_an_image_without_keys_so_the_fixup_runs_no_ssh_ke
     finally:
         pre.close()
     assert [c[3] for c in keygen.calls] == ["ecdsa", "ed25519"], "RSA from the stock; the fast ones made at once"
-    for path, t in zip(DEFAULTS, ("rsa", "ecdsa", "ed25519")):
+    for path, t in DEFAULTS:
         assert_key(root, path, t)
 
 

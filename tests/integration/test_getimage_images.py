@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import need_tools
 from tests.lib.getimage import getimage_copy
 
-from .harness import debugfs_cat, debugfs_ls, host_state, make_env, manifest
+from .harness import debugfs_cat, debugfs_ls, host_state, make_env, manifest, tree_files
 
 pytestmark = pytest.mark.integration
 ARGS = ["--memory", "512M", "--size", "2G", "--swap", "128M", "--dhcp"]
@@ -87,3 +87,40 @@ def test_a_vm_from_an_image_without_keys_has_every_key_its_sshd_loads(images, tm
     env.run("rmxenvm", host, "--yes", check=True)
     assert manifest(f"{images}/{image}") == image_before, "the image was modified"
     assert host_state(env.base, (host,)) == before, "loop devices, mounts or temp dirs left behind"
+
+
+def assert_refused(cp, env, want: str) -> None:
+    lines = cp.stderr.strip().splitlines()
+    assert cp.returncode == 1 and len(lines) == 1 and lines[0].startswith("FATAL: ") and want in lines[0], cp.stderr
+    assert "Traceback" not in cp.stdout + cp.stderr
+    assert tree_files(env.dir) in ([], [f"{env.dir}/domains"]) and os.listdir(env.output) == [], "nothing left"
+
+
+def test_a_hostkey_whose_type_cannot_be_told_is_refused_before_anything_is_made(images, tmp_path):
+    root = f"{tmp_path}/images/gi-odd"
+    os.makedirs(os.path.dirname(root))
+    subprocess.run(["cp", "-al", f"{images}/gi-plain", root], check=True)
+    with open(f"{root}/etc/ssh/sshd_config.d/50-site.conf", "w") as f:
+        f.write("\nHostKey /etc/ssh/site_key\n")
+    env = make_env(tmp_path / "env", f"{tmp_path}/images")
+    before = host_state(env.base, ("gi03",))
+    cp = env.mk("gi-odd", "--hostname", "gi03", *ARGS, "--dir", env.dir, "--output", env.output)
+    assert_refused(cp, env, "/etc/ssh/sshd_config.d/50-site.conf line 2: HostKey /etc/ssh/site_key: cannot tell the "
+                            "key type from the file name (name the file after its type")
+    assert host_state(env.base, ("gi03",)) == before
+
+
+def test_a_key_that_cannot_be_made_ends_the_deploy_and_everything_is_removed(images, tmp_path, monkeypatch):
+    fake = tmp_path / "bin" / "ssh-keygen"  # this dom0's ssh-keygen cannot make ECDSA keys
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = ecdsa ] && { echo "ssh-keygen: ecdsa: not built in" >&2; '
+                    'exit 1; }; done\nexec /usr/bin/ssh-keygen "$@"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    env = make_env(tmp_path / "env", images)
+    before = host_state(env.base, ("gi04",))
+    cp = env.mk("gi-plain", "--hostname", "gi04", *ARGS, "--dir", env.dir, "--output", env.output)
+    assert_refused(cp, env, f"cannot make the ecdsa SSH host key /etc/ssh/ssh_host_ecdsa_key the VM's sshd loads: "
+                            f"{fake} exited 1: ssh-keygen: ecdsa: not built in")
+    assert env.run("lsxenvm", "--json", check=True).stdout == "", "no VM recorded"
+    assert host_state(env.base, ("gi04",)) == before, "loop devices, mounts or temp dirs left behind"

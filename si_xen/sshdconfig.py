@@ -24,6 +24,7 @@ HOSTKEY = ("hostkey", "hostdsakey")  # hostdsakey: an old alias
 
 def host_keys(guest: Guest) -> list[tuple[str, str]] | None:
     """(path, "FILE line N") of each HostKey sshd loads; None if the guest has no sshd_config."""
+    guest.path(SSHDIR)  # a link loop is named where it is: /etc/ssh, not the file in it
     text = guest.read_text(CONFIG)
     if text is None:
         return None

@@ -367,11 +367,12 @@ def _fingerprint(blob: bytes, comment: list[str]) -> str:
 
 
 def fingerprints(guest: Guest) -> list[str]:
-    """The fingerprints of the host keys a made VM has (:func:`vm_keys` that exist), each of the
-    public half its private key file holds, which is what its sshd will show (a stale .pub
-    file cannot mislead); the comment is the .pub file's."""
+    """The fingerprints of the host keys a made VM's sshd serves (what ssh-keyscan sees; with no
+    sshd, of all :func:`vm_keys`), each of the public half its private key file holds (a stale
+    .pub file cannot mislead); the comment is the .pub file's."""
     try:
-        keys = [k.path for k in vm_keys(guest)]
+        keys = vm_keys(guest)
+        keys = [k.path for k in ([k for k in keys if k.loaded] or keys)]
     except (Fatal, GuestPathError):  # the identity fixup was skipped: what /etc/ssh has
         keys = guest.glob("/etc/ssh", "ssh_host_*_key")
     out = []

@@ -190,7 +190,9 @@ def test_prefetched_keys_cover_an_image_without_keys_so_the_fixup_runs_no_ssh_ke
 
 def test_fingerprints_are_those_of_the_keys_the_vm_has(tmp_path, keygen):
     root = getimage_tree(tmp_path, sshd="HostKey /srv/keys/site_ed25519\nHostKey /etc/ssh/ssh_host_rsa_key\n")
+    write(root, "/etc/ssh/ssh_host_ecdsa_key", "golden")  # renewed, but not served: ssh-keyscan never sees it
     identity(root)
+    assert_key(root, "/etc/ssh/ssh_host_ecdsa_key", "ecdsa")
     pubs = [read(root, p + ".pub") for p in ("/srv/keys/site_ed25519", "/etc/ssh/ssh_host_rsa_key")]
     assert hostkeys.fingerprints(Guest(root)) == [hostkeys.fingerprint(p) for p in pubs]
     write(root, "/srv/keys/site_ed25519.pub", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBN/Sy+Js2zeH9VTrVxcTafjSnGKpM"

@@ -8,12 +8,13 @@ from dataclasses import replace
 import pytest
 
 from si_xen import hostkeys, proc
+from si_xen.distros import detect
 from si_xen.errors import Fatal
 from si_xen.fixups import run_all
 from si_xen.guestfs import Guest
 from tests.unit import fakekeygen
 from tests.unit.fixups.conftest import STATIC
-from tests.unit.fixups.trees import build
+from tests.unit.fixups.trees import TREES, build
 
 DEBIAN12_SSHD = "Include /etc/ssh/sshd_config.d/*.conf\n\nKbdInteractiveAuthentication no\nUsePAM yes\n" \
                 "#HostKey /etc/ssh/ssh_host_rsa_key\nSubsystem\tsftp\t/usr/lib/openssh/sftp-server\n"
@@ -198,3 +199,15 @@ def test_fingerprints_are_those_of_the_keys_the_vm_has(tmp_path, keygen):
     write(root, "/srv/keys/site_ed25519.pub", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBN/Sy+Js2zeH9VTrVxcTafjSnGKpM"
           f"LLgRRjdM+bmlOW {TAG}\n")  # a stale public half: sshd serves the private key's own
     assert hostkeys.fingerprints(Guest(root))[0] == hostkeys.fingerprint(pubs[0])
+
+
+@pytest.mark.parametrize("name", sorted(TREES))
+def test_every_family_gets_its_hostname_files_though_getimage_dropped_etc_hostname(tmp_path, keygen, name):
+    """Item 4 of issue 26, shown for each release (main's hostname fixup already did this)."""
+    root = build(tmp_path / "guest", name)
+    if os.path.lexists(os.path.join(root, "etc/hostname")):
+        os.unlink(os.path.join(root, "etc/hostname"))
+    identity(root)
+    path, style = detect(Guest(root)).hostname_files[0]  # the file the family's boot reads the name from
+    want = {"short": "vm1\n", "fqdn": "vm1.example.org\n"}.get(style, "HOSTNAME=vm1.example.org\n")
+    assert want in read(root, path), path

@@ -211,3 +211,10 @@ def test_every_family_gets_its_hostname_files_though_getimage_dropped_etc_hostna
     path, style = detect(Guest(root)).hostname_files[0]  # the file the family's boot reads the name from
     want = {"short": "vm1\n", "fqdn": "vm1.example.org\n"}.get(style, "HOSTNAME=vm1.example.org\n")
     assert want in read(root, path), path
+
+
+def test_an_include_loop_is_fatal_not_endless(tmp_path, keygen):
+    root = getimage_tree(tmp_path)
+    write(root, "/etc/ssh/sshd_config.d/10-a.conf", "Include /etc/ssh/sshd_config.d/*.conf\n")
+    with pytest.raises(Fatal, match=r"^/etc/ssh/sshd_config.d/10-a.conf line 1: Include nested more than 16 deep"):
+        identity(root)

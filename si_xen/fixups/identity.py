@@ -99,8 +99,9 @@ def identity(ctx: Ctx) -> None:
     /etc/ssh/sshd_config and its Include files, else OpenSSH's rsa, ecdsa and ed25519 keys),
     whether or not the image has them (si_getimage leaves none), and for any other
     /etc/ssh/ssh_host_*_key the image has; made by the dom0's ssh-keygen (never a guest
-    binary), and a key sshd loads that cannot be made stops the deploy. /etc/machine-id is emptied (systemd makes a new one at first boot) and
-    /var/lib/dbus/machine-id kept as a link to it; random seeds and leases are removed.
+    binary), and a key sshd loads that cannot be made stops the deploy. /etc/machine-id is
+    emptied (systemd makes a new one at first boot) and /var/lib/dbus/machine-id kept as a
+    link to it; random seeds and leases are removed.
     """
     _ssh_keys(ctx)
     g = ctx.guest

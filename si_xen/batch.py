@@ -54,7 +54,7 @@ def _one(plan, image, kernel, settings) -> dict:
     from . import deploy, hostkeys
 
     rep = Reporter(quiet=True)
-    keys = hostkeys.Prefetch(hostkeys.image_key_types(image.guest), plan.hostname,
+    keys = hostkeys.Prefetch(hostkeys.key_types(image.guest), plan.hostname,
                              hostkeys.Stock(settings.paths["state_dir"]))
     try:
         return deploy.deploy(plan, image, kernel, settings, rep, keys)

@@ -57,16 +57,6 @@ def preflight(plan: Plan, settings, need_mib: int) -> None:
             raise Fatal(f"domain '{plan.hostname}' is running", f"stop it first: {ts.name} shutdown {plan.hostname}")
 
 
-def fingerprints(guest: Guest) -> list[str]:
-    out = []
-    for pub in guest.glob("/etc/ssh", "ssh_host_*_key.pub"):
-        try:
-            out.append(hostkeys.fingerprint(guest.read_text(pub) or ""))
-        except (IndexError, ValueError):
-            pass  # not a key: nothing to show
-    return out
-
-
 class ImageChanged(Exception):
     """The image is not what the deploy was planned from (confirm step): everything made was
     undone, and the caller plans again from ``survey``, the image as it is now (None: walk it)."""
@@ -153,7 +143,7 @@ def _boot(c: Context) -> None:
     else:
         separate_boot = any(d.mountpoint == "/boot" for d in plan.disks)
         boot.write_grub_cfg(guest, c.kernel, plan.root.vdev, separate_boot, f"{c.image.os.pretty} (si-xen)")
-    c.fingerprints = fingerprints(guest)
+    c.fingerprints = hostkeys.fingerprints(guest)
 
 
 def _unmount(c: Context) -> None:

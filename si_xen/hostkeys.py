@@ -13,32 +13,88 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import posixpath
+import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 
-from . import proc
-from .guestfs import Guest
+from . import proc, sshdconfig
+from .errors import Fatal
+from .guestfs import Guest, GuestPathError
 
 STOCK_TYPES = ("rsa",)  # the slow one; ECDSA and Ed25519 keys take a millisecond, DSA is obsolete
 STOCK_SIZE = 4
 KEY_TYPES = {"rsa": "rsa", "dsa": "dsa", "ecdsa": "ecdsa", "ed25519": "ed25519"}
+PUB_TYPES = {b"ssh-rsa": "rsa", b"ssh-dss": "dsa", b"ssh-ed25519": "ed25519"}  # and ecdsa-sha2-*
+DEFAULT_TYPES = ("rsa", "ecdsa", "ed25519")  # what sshd loads with no HostKey line (servconf.c)
+SSH1_KEY = "ssh_host_key"  # SSH-1's rsa1: no modern ssh-keygen makes one, no modern sshd loads it
+
+
+@dataclass(frozen=True)
+class HostKey:
+    path: str  # absolute guest path of the private half; the public one is path + ".pub"
+    type: str  # ssh-keygen -t
+    loaded: bool  # sshd loads it (else a key the image had that sshd does not use)
 
 
 def tag(hostname: str) -> str:
     return f"si-xen:root@{hostname or 'localhost'}"
 
 
-def image_key_types(guest: Guest) -> list[str]:
-    """The key types the image's sshd has (and so the VM gets fresh ones of). Each key's
-    files are resolved now, so a link loop among them stops us before the deploy, not in it."""
-    types = []
+def vm_keys(guest: Guest) -> list[HostKey]:
+    """The host keys a VM of this image gets, fresh: every key its sshd loads (the HostKey lines
+    of its sshd_config, else OpenSSH's defaults), whether or not the image has it (si_getimage
+    leaves none), then any other key the image has in /etc/ssh (a golden client's key is never
+    handed on). Each key's files are resolved now: a link loop stops the deploy before it starts."""
+    conf = sshdconfig.host_keys(guest)
+    if conf is None:  # no sshd: only the image's own keys are renewed
+        keys = []
+    elif conf:
+        keys = [HostKey(p, _type(guest, p, where), True) for p, where in
+                ((_absolute(p, where), where) for p, where in conf) if os.path.basename(p) != SSH1_KEY]
+    else:
+        keys = [HostKey(f"/etc/ssh/ssh_host_{t}_key", t, True) for t in DEFAULT_TYPES]
     for path in guest.glob("/etc/ssh", "ssh_host_*_key"):
-        for f in (path, path + ".pub"):
-            guest.path(f)  # GuestPathError on a loop
         t = path.rsplit("/", 1)[1][len("ssh_host_"):-len("_key")]
         if t in KEY_TYPES:
-            types.append(KEY_TYPES[t])
-    return types
+            keys.append(HostKey(path, KEY_TYPES[t], False))
+    out: dict[str, HostKey] = {}
+    for k in keys:
+        for f in (k.path, k.path + ".pub"):
+            guest.path(f)  # GuestPathError on a loop
+        out.setdefault(k.path, k)
+    return list(out.values())
+
+
+def key_types(guest: Guest) -> list[str]:
+    """The types of :func:`vm_keys`, each once: what :class:`Prefetch` makes ahead."""
+    return list(dict.fromkeys(k.type for k in vm_keys(guest)))
+
+
+def _absolute(path: str, where: str) -> str:
+    if path.startswith("~"):  # sshd would look in the home of the user it runs as
+        raise Fatal(f"{where}: HostKey {path}: a path in a home directory",
+                    "give HostKey an absolute path in the image's sshd config")
+    return posixpath.normpath(path if path.startswith("/") else f"{sshdconfig.SSHDIR}/{path}")
+
+
+def _type(guest: Guest, path: str, where: str) -> str:
+    """The key type its file name tells (ssh_host_ed25519_key), else its public half in the image."""
+    words = set(re.split(r"[^a-z0-9]+", os.path.basename(path).lower())) & set(KEY_TYPES)
+    if len(words) == 1:
+        return KEY_TYPES[words.pop()]
+    pub = (guest.read_text(path + ".pub") or "").split()[:1]
+    t = _pub_type(pub[0].encode()) if pub else None
+    if t:
+        return t
+    raise Fatal(f"{where}: HostKey {path}: cannot tell the key type from the file name",
+                "name the file after its type (rsa, ecdsa or ed25519, e.g. ssh_host_ed25519_key) "
+                "in the image's sshd config, or put that key pair in the image")
+
+
+def _pub_type(algo: bytes) -> str | None:
+    return "ecdsa" if algo.startswith(b"ecdsa-sha2-") else PUB_TYPES.get(algo)
 
 
 def _keygen(ktype: str, comment: str, path: str, idle: bool = False):
@@ -219,17 +275,38 @@ def _string(b: bytes) -> bytes:
     return len(b).to_bytes(4, "big") + b
 
 
+def _unarmor(text: str) -> bytes | None:
+    """The binary of an OpenSSH private key file; None if it is not one."""
+    lines = text.split()
+    if lines[:4] != _ARMOR[0].split() or lines[-4:] != _ARMOR[1].split():
+        return None
+    try:
+        blob = base64.b64decode("".join(lines[4:-4]), validate=True)
+    except ValueError:
+        return None
+    return blob if blob.startswith(_MAGIC) else None
+
+
+def _public_half(text: str) -> bytes | None:
+    """The public key an OpenSSH private key file holds (its first); None if not such a file."""
+    blob = _unarmor(text)
+    if blob is None:
+        return None
+    try:
+        at = _strings(blob, len(_MAGIC), 3) + 4  # cipher, kdf, kdf options; the key count
+        return blob[at + 4:_strings(blob, at, 1)]
+    except ValueError:
+        return None
+
+
 def recomment(path: str, comment: str) -> bool:
     """Give a stock key pair its VM's comment, as ``ssh-keygen -c`` would, without starting
     it (a process start costs more than the rest of a further deploy's key work).
     False if the private key is not an unencrypted OpenSSH key (the caller makes a new one)."""
     try:
         with open(path) as f:
-            lines = f.read().split()
-        if lines[:4] != _ARMOR[0].split() or lines[-4:] != _ARMOR[1].split():
-            return False
-        blob = base64.b64decode("".join(lines[4:-4]))
-        if not blob.startswith(_MAGIC):
+            blob = _unarmor(f.read())
+        if blob is None:
             return False
         at = _strings(blob, len(_MAGIC), 3)  # cipher, kdf, kdf options
         if blob[len(_MAGIC):at] != _string(b"none") * 2 + _string(b""):
@@ -279,7 +356,33 @@ def take(ktype: str, comment: str, d: str | None) -> tuple[str, str] | None:
 def fingerprint(pub_line: str) -> str:
     """`ssh-keygen -lf` format (SHA256), computed without running it."""
     parts = pub_line.split()
-    blob = base64.b64decode(parts[1])
+    return _fingerprint(base64.b64decode(parts[1]), parts[2:])
+
+
+def _fingerprint(blob: bytes, comment: list[str]) -> str:
+    kind = blob[4:_strings(blob, 0, 1)]
     digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
-    kind = {"ssh-rsa": "RSA", "ssh-dss": "DSA", "ssh-ed25519": "ED25519"}.get(parts[0], parts[0].split("-")[0].upper())
-    return " ".join([f"SHA256:{digest}", *parts[2:], f"({kind})"])
+    label = {b"ssh-rsa": "RSA", b"ssh-dss": "DSA", b"ssh-ed25519": "ED25519"}.get(kind, kind.split(b"-")[0].decode().upper())
+    return " ".join([f"SHA256:{digest}", *comment, f"({label})"])
+
+
+def fingerprints(guest: Guest) -> list[str]:
+    """The fingerprints of the host keys a made VM's sshd serves (what ssh-keyscan sees; with no
+    sshd, of all :func:`vm_keys`), each of the public half its private key file holds (a stale
+    .pub file cannot mislead); the comment is the .pub file's."""
+    try:
+        keys = vm_keys(guest)
+        keys = [k.path for k in ([k for k in keys if k.loaded] or keys)]
+    except (Fatal, GuestPathError):  # the identity fixup was skipped: what /etc/ssh has
+        keys = guest.glob("/etc/ssh", "ssh_host_*_key")
+    out = []
+    for path in keys:
+        pub = (guest.read_text(path + ".pub") or "").split()
+        blob = _public_half(guest.read_text(path) or "")
+        try:
+            if blob is None:
+                blob = base64.b64decode(pub[1], validate=True)
+            out.append(_fingerprint(blob, pub[2:]))
+        except (IndexError, ValueError):
+            pass  # not a key: nothing to show
+    return out

@@ -9,7 +9,7 @@ import tempfile
 from si_xen import hostkeys, proc
 from si_xen.errors import Fatal
 from si_xen.fixups.base import Ctx, fixup
-from si_xen.guestfs import Guest
+from si_xen.guestfs import Guest, GuestPathError
 
 IPV6_HOSTS = """
 # The following lines are desirable for IPv6 capable hosts
@@ -95,9 +95,13 @@ def _sysconfig(text: str, name: str) -> str:
 def identity(ctx: Ctx) -> None:
     """Fresh machine identity: SSH host keys, machine-id, random seeds, DHCP leases.
 
-    Every SSH host key type the image had is regenerated with the dom0's ssh-keygen (never
-    a guest binary); /etc/machine-id is emptied (systemd makes a new one at first boot) and
-    /var/lib/dbus/machine-id kept as a link to it; random seeds and leases are removed.
+    The VM gets a new SSH host key for every key its sshd loads (the HostKey lines of
+    /etc/ssh/sshd_config and its Include files, else OpenSSH's rsa, ecdsa and ed25519 keys),
+    whether or not the image has them (si_getimage leaves none), and for any other
+    /etc/ssh/ssh_host_*_key the image has; made by the dom0's ssh-keygen (never a guest
+    binary), and a key sshd loads that cannot be made stops the deploy. /etc/machine-id is
+    emptied (systemd makes a new one at first boot) and /var/lib/dbus/machine-id kept as a
+    link to it; random seeds and leases are removed.
     """
     _ssh_keys(ctx)
     g = ctx.guest
@@ -121,38 +125,49 @@ def _ssh_keys(ctx: Ctx) -> None:
         ctx.remove("etc/ssh/ssh_host_key")
         ctx.remove("etc/ssh/ssh_host_key.pub")
     image = Guest(s.image_source) if s.image_source and os.path.isdir(s.image_source) else None
-    for priv in g.glob("etc/ssh", "ssh_host_*_key"):
-        ktype = hostkeys.KEY_TYPES.get(priv.rsplit("/", 1)[1][len("ssh_host_"):-len("_key")])
-        if ktype is None:
-            continue
-        pub = (g.read_text(priv + ".pub") or "").strip().split(None, 2)
-        cloned = image is not None and (image.read_text(priv + ".pub") or "").split()[:2] == pub[:2]
-        if pub[2:] == [tag] and not cloned:
-            continue
-        _keygen(ctx, priv, ktype, tag)
+    try:
+        for key in hostkeys.vm_keys(g):
+            pub = (g.read_text(key.path + ".pub") or "").strip().split(None, 2)
+            cloned = image is not None and (image.read_text(key.path + ".pub") or "").split()[:2] == pub[:2]
+            if pub[2:] == [tag] and not cloned and g.isfile(key.path):
+                continue  # made for this VM already (the fixup run again)
+            _keygen(ctx, key, tag)
+    except GuestPathError as e:  # the runner would only warn: a VM without its keys is not handed over
+        raise Fatal(f"cannot make the VM's SSH host keys: {e.gpath}: {e.reason}",
+                    "fix or remove it in the image") from None
 
 
-def _keygen(ctx: Ctx, priv: str, ktype: str, tag: str) -> None:
+def _keygen(ctx: Ctx, key: hostkeys.HostKey, tag: str) -> None:
+    priv, ktype = key.path, key.type
     ready = hostkeys.take(ktype, tag, ctx.s.hostkeys)  # made by si_mkxenvm while it copied the image
-    if ready:
-        ctx.guest.write_text(priv, ready[0], mode=0o600)
-        ctx.guest.write_text(priv + ".pub", ready[1], mode=0o644)
-        ctx.note(f"new {ktype} SSH host key /{priv}")
-        return
+    if ready is None:
+        ready = _make(ctx, key, tag)
+        if ready is None:
+            return
+    for path, text, mode in ((priv, ready[0], 0o600), (priv + ".pub", ready[1], 0o644)):
+        if ctx.guest.islink(path):  # a link is replaced, never written through
+            ctx.guest.unlink(path)
+        ctx.guest.write_text(path, text, mode=mode)
+    ctx.note(f"new {ktype} SSH host key {priv}")
+
+
+def _make(ctx: Ctx, key: hostkeys.HostKey, tag: str) -> tuple[str, str] | None:
+    """A key pair from the dom0's ssh-keygen; one sshd loads and that cannot be made is a FATAL."""
     keygen = proc.which("ssh-keygen")
     if keygen is None:
-        raise Fatal("ssh-keygen not found on this host", "install openssh-client to regenerate guest SSH keys")
+        raise Fatal("ssh-keygen not found on this host", "install openssh-client to make the VM's SSH host keys")
     with tempfile.TemporaryDirectory(prefix="si-xen-key.") as tmp:
-        key = os.path.join(tmp, "key")
+        path = os.path.join(tmp, "key")
         try:
-            proc.run([keygen, "-q", "-t", ktype, "-N", "", "-C", tag, "-f", key])
+            proc.run([keygen, "-q", "-t", key.type, "-N", "", "-C", tag, "-f", path])
         except proc.ProcError as e:
-            ctx.warn(f"identity: cannot make a {ktype} host key ({e}); the cloned /{priv} is removed")
-            ctx.remove(priv)
-            ctx.remove(priv + ".pub")
-            return
-        with open(key) as f:
-            ctx.guest.write_text(priv, f.read(), mode=0o600)
-        with open(key + ".pub") as f:
-            ctx.guest.write_text(priv + ".pub", f.read(), mode=0o644)
-    ctx.note(f"new {ktype} SSH host key /{priv}")
+            if key.loaded:
+                raise Fatal(f"cannot make the {key.type} SSH host key {key.path} the VM's sshd loads: {e}",
+                            "check that this host's ssh-keygen makes such keys") from None
+            ctx.warn(f"identity: cannot make a {key.type} host key ({e}); the cloned {key.path} "
+                     "(which sshd does not load) is removed")
+            ctx.remove(key.path)
+            ctx.remove(key.path + ".pub")
+            return None
+        with open(path) as f, open(path + ".pub") as p:
+            return f.read(), p.read()

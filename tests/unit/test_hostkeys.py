@@ -29,7 +29,7 @@ def test_prefetched_keys_are_taken_once_and_fingerprinted_like_ssh_keygen(tmp_pa
     etc.mkdir(parents=True)
     for t in ("rsa", "ed25519", "xmss"):
         (etc / f"ssh_host_{t}_key").write_text("old")
-    types = hostkeys.image_key_types(Guest(str(tmp_path / "img")))
+    types = hostkeys.key_types(Guest(str(tmp_path / "img")))
     assert sorted(types) == ["ed25519", "rsa"]
     pre = hostkeys.Prefetch(types, "vm1")
     try:

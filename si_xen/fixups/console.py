@@ -56,11 +56,13 @@ def _systemd(ctx: Ctx, dev: str) -> None:
     ctx.write(f"etc/systemd/system/dev-{dev}.device.d/si-xen-console.conf",
               "# si-xen: the Xen console always comes; a slow boot must not lose its getty\n"
               "[Unit]\nJobRunningTimeoutSec=infinity\n")
-    # One getty only: drop the VGA ttys a PV guest cannot show, and Debian's getty-static, which
-    # starts getty@tty2-6 at boot in images without dbus (a minimal golden client).
-    for name in g.listdir(wants):
-        if re.fullmatch(r"getty@tty\d+\.service|getty-static\.service", name):
+    for name in g.listdir(wants):  # one getty only: drop the VGA ttys a PV guest cannot show
+        if re.fullmatch(r"getty@tty\d+\.service", name):
             ctx.remove(f"{wants}/{name}")
+    # Debian's getty-static starts getty@tty2-6 in images without dbus (a minimal golden client);
+    # the distro enables it in /lib, so it is masked.
+    if any(g.exists(f"{d}/getty-static.service") for d in lib_dirs(g, "systemd/system")):
+        ctx.link("/dev/null", "etc/systemd/system/getty-static.service")
 
 
 @fixup("console", 30, "disable-gettys")
@@ -69,7 +71,7 @@ def console(ctx: Ctx) -> None:
 
     sysvinit inittab: the first getty moved to hvc0, the others (tty2-6, ttyS) commented
     out; upstart /etc/event.d and /etc/init ttyN jobs replaced by one hvc0 job (CentOS 6:
-    ACTIVE_CONSOLES); systemd: serial-getty@hvc0 enabled, getty@ttyN and getty-static dropped, no time limit on
+    ACTIVE_CONSOLES); systemd: serial-getty@hvc0 enabled, getty@ttyN dropped, getty-static masked, no time limit on
     waiting for hvc0 (systemd's 90 s device timeout left slow boots without a getty); hvc0 added to
     /etc/securetty; console=hvc0 on the kernel command line of every bootloader file.
     """

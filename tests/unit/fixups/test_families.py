@@ -128,6 +128,7 @@ def test_systemd_console_and_hwclock(tree):
     run_all(root, STATIC, log=quiet)
     wants = os.path.join(root, "etc/systemd/system/getty.target.wants")
     assert os.listdir(wants) == ["serial-getty@hvc0.service"]
+    assert os.readlink(os.path.join(root, "etc/systemd/system/getty-static.service")) == "/dev/null"
     assert os.readlink(os.path.join(wants, "serial-getty@hvc0.service")) == "/lib/systemd/system/serial-getty@.service"
     # systemd's 90 s wait for the console device never cuts a slow boot's getty (issue 25)
     assert "JobRunningTimeoutSec=infinity" in read(root, "etc/systemd/system/dev-hvc0.device.d/si-xen-console.conf")

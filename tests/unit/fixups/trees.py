@@ -67,7 +67,8 @@ MERGED = {"lib": L("usr/lib"), "sbin": L("usr/sbin"), "bin": L("usr/bin")}
 def _systemd(lib: str = "lib") -> dict:
     return {f"{lib}/systemd/systemd": "", f"{lib}/systemd/system/serial-getty@.service": SERIAL_GETTY,
             "etc/systemd/system/getty.target.wants/getty@tty1.service": L(f"/{lib}/systemd/system/getty@.service"),
-            "etc/systemd/system/getty.target.wants/getty-static.service": L(f"/{lib}/systemd/system/getty-static.service"),
+            f"{lib}/systemd/system/getty-static.service": "[Service]\nExecStart=systemctl --no-block start getty@tty2.service\n",
+            f"{lib}/systemd/system/getty.target.wants/getty-static.service": L("../getty-static.service"),
             "etc/machine-id": "4f1d2e3c4b5a69788796a5b4c3d2e1f0\n", "etc/issue": "Linux \\n \\l\n\n"}
 
 

@@ -160,8 +160,6 @@ def _image(args, name):
     overrides = args.override or settings.options.get("override", "").split()
     from ..image import source
 
-    if not server and not overrides:  # nothing to say: no reporter
-        return source.select(name, None, [], args.ssh_user, args.hostname, settings.paths, print)
     rep = Reporter(quiet=args.quiet, verbose=args.verbose)
     try:
         return source.select(name, server, overrides, args.ssh_user or settings.options.get("ssh_user"),

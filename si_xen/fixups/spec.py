@@ -87,6 +87,8 @@ class GuestSpec:
             env.update(kernel=self.kernel, initrd=self.initrd)
         if self.modules:
             env["modules"] = self.modules
+        if self.image:  # not xen-tools' (its install_source is the image): for si-xen's own
+            env["image_name"] = self.image
         env.update({f"PARTITION{p.index}": p.to_env() for p in self.partitions})
         return env
 
@@ -101,6 +103,8 @@ def spec_from_plan(plan: Plan, keys: str | None = None, disk: str = "xvda") -> G
         whole = not (d.vdev.startswith(disk) and n.isdigit())
         parts.append(Partition(i if whole else int(n), d.name, f"{d.size_mib}M", d.fs, d.mountpoint,
                                d.options if d.mountpoint else "", kind, d.target, d.vdev if whole else ""))
-    return GuestSpec(hostname=plan.hostname, net=plan.net, disk=disk, partitions=tuple(sorted(parts, key=lambda p: p.index)),
-                     image_source=plan.image_path, image=plan.image_name, pygrub=plan.boot != "direct", kernel=plan.kernel or "",
+    # the name, where the directory's is not it (a cache generation or view)
+    image = plan.image_name if plan.image_name != os.path.basename(plan.image_path.rstrip("/")) else ""
+    return GuestSpec(image=image, hostname=plan.hostname, net=plan.net, disk=disk, partitions=tuple(sorted(parts, key=lambda p: p.index)),
+                     image_source=plan.image_path, pygrub=plan.boot != "direct", kernel=plan.kernel or "",
                      initrd=(plan.initrd or "") if plan.kernel else "", hostkeys=keys or "")

@@ -103,7 +103,12 @@ def from_store(name: str, overrides: list[str], hostname: str | None, paths: dic
 
     def there(n: str) -> bool | None:
         p = os.path.join(cfg.overrides_dir, n)
-        return (bool(os.listdir(p)) if os.path.isdir(p) else None) if _plain(n) else None
+        if not _plain(n) or not os.path.isdir(p):
+            return None
+        try:
+            return bool(os.listdir(p))
+        except OSError as e:
+            raise Fatal(f"cannot read override {p}: {e.strerror}", "fix its permissions") from None
 
     laid = present(order(name, _groups(text, hosts)[1], hosts, overrides), there,
                    f"in {cfg.overrides_dir}", f"make the override tree there (DEFAULT_OVERRIDE_DIR, from {cfg.source})",

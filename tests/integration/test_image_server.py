@@ -202,7 +202,10 @@ def test_concurrent_deploys_share_one_pull(served, tmp_path):
     assert [p.returncode for p in procs] == [0, 0], outs
     assert sorted(pulled(o) is not None for o in outs) == [False, True], outs
     assert sum("cached copy is current" in o for o in outs) == 1
-    assert sorted(os.listdir(cache.format(served.port))) == ["current", "gen-1", "gen-1.disks-layout.xml"]
+    # one generation, and one view of it with cluster.txt's global override 'web' (laid for every host)
+    names = sorted(os.listdir(cache.format(served.port)))
+    assert names[:3] == ["current", "gen-1", "gen-1.disks-layout.xml"] and len(names) == 4, names
+    assert names[3].startswith("view-1-"), names
 
 
 def test_full_cache_disk_is_one_fatal_line_and_leaves_no_staging(served, tmp_path, as_root):

@@ -113,6 +113,8 @@ def test_deploy_from_server_with_override_then_pull_only_the_change(served, xfs_
     assert full is not None and full > 1000, first.stdout
     assert "Building base disks" in first.stdout
     assert debugfs_cat(f"{xfs_dir}/domains/s1/disk.img", "/etc/motd") == "from override web\n"
+    # read from the cache's view-1-SIG, the VM still names its image, as si_updateclient needs
+    assert debugfs_cat(f"{xfs_dir}/domains/s1/disk.img", "/etc/systemimager/IMAGE_LAST_SYNCED_TO") == "debian12\n"
     gen = os.path.realpath(f"{cache}/current")
     with open(f"{gen}/etc/motd") as f:
         assert "from override web" not in f.read(), "an override must not change the cached image"

@@ -207,3 +207,15 @@ def test_the_scripts_dirs_disks_layout_wins_over_the_images_own(store):
     image = image_of(store, "--hostname", "h3")
     assert [e.mountpoint for e in image.meta.filesystems] == ["/", "/var"]
     assert image.meta.layout_file == "/etc/systemimager/autoinstallscript.conf (the image's own)"
+
+
+def test_a_batch_with_a_host_override_or_different_groups_is_refused(store):
+    """A batch shares one image: h4's own override cannot be laid for h4 alone, nor h1's
+    cluster.txt group for h1 alone; a batch without either gets the image's override."""
+    tree(store / "overrides/h4", {"etc/motd": "h4\n"})
+    with pytest.raises(Fatal, match=rf"override 'h4' \(named like the host\) is there in {store}/overrides, but a batch"):
+        image_of(store, "--hostname", "h3,h4")
+    with pytest.raises(Fatal, match="cluster.txt gives the hosts of 'h0,h1' different images or overrides"):
+        image_of(store, "--hostname", "h0,h1")
+    image = image_of(store, "--hostname", "h[2-3]")  # h2's is empty, h3 has none, neither is in cluster.txt
+    assert read(image.path, "etc/motd") == "img\n"

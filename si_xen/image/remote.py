@@ -162,18 +162,27 @@ def fetch(server: Server, urls: list[str], what: str) -> dict[str, str | None]:
         return out
 
 
-def list_overrides(server: Server) -> set[str]:
-    """The override names on the server: `rsync --list-only rsync://SERVER/overrides/` (a
-    server whose rsyncd.conf has no [overrides] module has none)."""
-    try:
-        out = proc.run(_argv(["--list-only", server.url("overrides") + "/"], False, False)).stdout
-    except proc.ProcError as e:
-        if "unknown module" in e.result.stderr.lower():
-            return set()
-        raise _told(e, server, "the override list") from None
-    # "MODE SIZE DATE TIME NAME": directories, or links to them (the daemon follows those)
-    rows = (line.split(None, 4) for line in out.splitlines())
-    return {r[4] for r in rows if len(r) == 5 and r[0][:1] in "dl" and r[4] != "." and NAME_RE.match(r[4])}
+class Overrides:
+    """The override names on the server, asked beside other work: `rsync --list-only
+    rsync://SERVER/overrides/` (a server whose rsyncd.conf has no [overrides] module has none)."""
+
+    def __init__(self, server: Server):
+        self.server = server
+        self.p = proc.Begun(_argv(["--list-only", server.url("overrides") + "/"], False, False))
+
+    def names(self) -> set[str]:
+        try:
+            out = self.p.result().stdout
+        except proc.ProcError as e:
+            if "unknown module" in e.result.stderr.lower():
+                return set()
+            raise _told(e, self.server, "the override list") from None
+        # "MODE SIZE DATE TIME NAME": directories, or links to them (the daemon follows those)
+        rows = (line.split(None, 4) for line in out.splitlines())
+        return {r[4] for r in rows if len(r) == 5 and r[0][:1] in "dl" and r[4] != "." and NAME_RE.match(r[4])}
+
+    def stop(self) -> None:
+        self.p.stop()
 
 
 def first_line(text: str | None) -> str | None:

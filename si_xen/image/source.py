@@ -136,15 +136,19 @@ def from_server(server_text: str, name: str | None, overrides: list[str], hostna
     server = remote.parse_server(server_text)
     hosts = hosts_of(hostname)
     with remote.Tunnel(ssh_user, server) if ssh_user else nullcontext(server) as via:
-        url = via.url("scripts", "cluster.txt")
-        text = remote.fetch(via, [url], "scripts/cluster.txt")[url]
+        asked = remote.Overrides(via)  # beside cluster.txt's fetch
+        try:
+            url = via.url("scripts", "cluster.txt")
+            text = remote.fetch(via, [url], "scripts/cluster.txt")[url]
+            names = asked.names()
+        finally:
+            asked.stop()
         listed, groups = _groups(text, hosts)
         if not name:
             name = remote.from_cluster(server, text, hostname or "", listed)
         remote.check_name(name, "image", server)
         for o in overrides:
             remote.check_name(o, "override", server)
-        names = remote.list_overrides(via)
         c = Cached(paths["cache_dir"], paths["lock_dir"], server, name, via=via)
         with c.lock():
             gen, st = c.update()

@@ -327,3 +327,24 @@ def test_server_options_without_a_server(argv, want, tmp_path):
     (tmp_path / "none.conf").write_text("[defaults]\n")
     with pytest.raises(Fatal, match=want):
         mkxenvm.body([*argv, "--hostname", "h", "--dry-run", "--config", str(tmp_path / "none.conf")])
+
+
+OVERRIDES_ARGV = ["rsync", "--no-motd", "--sockopts=TCP_NODELAY", "--contimeout=20", "--timeout=600", "--list-only",
+                  "rsync://img:8873/overrides/"]
+
+
+def test_the_servers_override_names_are_its_directories(fp):
+    fp.register(OVERRIDES_ARGV, stdout="drwxr-xr-x          4,096 2026/12/04 15:30:30 .\n"
+                "-rw-r--r--            812 2026/12/04 15:30:30 README\n"
+                "lrwxrwxrwx              3 2026/12/04 15:30:30 web01\n"
+                "drwxr-xr-x          4,096 2026/12/04 15:30:30 debian12\n"
+                "drwxr-xr-x          4,096 2026/12/04 15:30:30 -bad\n")
+    assert remote.Overrides(S).names() == {"web01", "debian12"}
+
+
+def test_a_server_without_an_overrides_module_has_none(fp):
+    fp.register(OVERRIDES_ARGV, returncode=5, stderr="@ERROR: Unknown module 'overrides'\n")
+    assert remote.Overrides(S).names() == set()
+    fp.register(OVERRIDES_ARGV, returncode=10, stderr="rsync: failed to connect: Connection refused (111)\n")
+    with pytest.raises(Fatal, match="refused the connection"):
+        remote.Overrides(S).names()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ..distros import OSInfo, detect
 from ..errors import Fatal
@@ -19,6 +19,7 @@ class Image:
     path: str
     os: OSInfo
     meta: Metadata
+    layout_from: str = ""  # the layout file meta.filesystems came from, as the plan names it
 
     @property
     def guest(self) -> Guest:
@@ -56,19 +57,18 @@ def open_at(name: str, path: str, layout=None) -> Image:
     (si_mkautoinstallscript) reads it, that copy wins over the image's own layout file."""
     with reading(name, path):
         meta = read_metadata(path)
+        where = f"{META_DIR}/{meta.layout_file} (the image's own)" if meta.layout_file else ""
         if layout and (got := layout()):
             text, where = got
             meta = Metadata(meta.retrieval_time, meta.retrieved_from, where, parse_layout(text, where))
-        elif meta.layout_file:
-            meta = replace(meta, layout_file=f"{META_DIR}/{meta.layout_file} (the image's own)")
-        return Image(name, path, detect(Guest(path)), meta)
+        return Image(name, path, detect(Guest(path)), meta, where)
 
 
 def local_layout(cfg: StoreConfig, name: str) -> tuple[str, str] | None:
     """si_getimage's copy of the layout, SCRIPTS_DIR/disks-layouts/IMAGE.xml: (text, path)."""
     path = os.path.join(cfg.scripts_dir, "disks-layouts", f"{name}.xml")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8", errors="replace") as f:  # a bad byte: the parser names its line
             return f.read(), path
     except OSError:
         return None

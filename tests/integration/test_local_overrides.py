@@ -202,11 +202,11 @@ def test_an_empty_or_absent_implicit_override_is_not_laid(store, capsys):
 def test_the_scripts_dirs_disks_layout_wins_over_the_images_own(store):
     image = image_of(store, "--hostname", "h3")
     assert [(e.mountpoint, e.fs) for e in image.meta.filesystems] == [("/", "xfs"), ("/srv", "ext4")]
-    assert image.meta.layout_file == f"{store}/scripts/disks-layouts/img.xml"
+    assert image.layout_from == f"{store}/scripts/disks-layouts/img.xml"
     os.unlink(store / "scripts/disks-layouts/img.xml")
     image = image_of(store, "--hostname", "h3")
     assert [e.mountpoint for e in image.meta.filesystems] == ["/", "/var"]
-    assert image.meta.layout_file == "/etc/systemimager/autoinstallscript.conf (the image's own)"
+    assert image.layout_from == "/etc/systemimager/autoinstallscript.conf (the image's own)"
 
 
 def test_a_batch_with_a_host_override_or_different_groups_is_refused(store):

@@ -51,27 +51,31 @@ def open_image(name: str, cfg: StoreConfig | None = None) -> Image:
     return open_at(name, path, lambda: local_layout(cfg, name))
 
 
-def open_at(name: str, path: str, layout=None) -> Image:
-    """The image ``name`` whose tree is at ``path``. ``layout()`` gives (text, where) of the
-    image server's scripts/disks-layouts/IMAGE.xml, or None: as SystemImager's installer
-    (si_mkautoinstallscript) reads it, that copy wins over the image's own layout file."""
+def open_at(name: str, path: str, layout=None, where: str = "") -> Image:
+    """The image ``name`` whose tree is at ``path``. ``layout()`` gives the text of the image
+    server's scripts/disks-layouts/IMAGE.xml (``where`` names it), or None: as SystemImager's
+    installer (si_mkautoinstallscript) reads it, that copy wins over the image's own file."""
     with reading(name, path):
         meta = read_metadata(path)
-        where = f"{META_DIR}/{meta.layout_file} (the image's own)" if meta.layout_file else ""
-        if layout and (got := layout()):
-            text, where = got
-            meta = Metadata(meta.retrieval_time, meta.retrieved_from, where, parse_layout(text, where))
-        return Image(name, path, detect(Guest(path)), meta, where)
+        used = f"{META_DIR}/{meta.layout_file} (the image's own)" if meta.layout_file else ""
+        if layout and (text := layout()):
+            meta = Metadata(meta.retrieval_time, meta.retrieved_from, f"disks-layouts/{name}.xml",
+                            parse_layout(text, f"disks-layouts/{name}.xml"))
+            used = where or f"scripts/disks-layouts/{name}.xml"
+        return Image(name, path, detect(Guest(path)), meta, used)
 
 
-def local_layout(cfg: StoreConfig, name: str) -> tuple[str, str] | None:
-    """si_getimage's copy of the layout, SCRIPTS_DIR/disks-layouts/IMAGE.xml: (text, path)."""
-    path = os.path.join(cfg.scripts_dir, "disks-layouts", f"{name}.xml")
+def local_layout(cfg: StoreConfig, name: str) -> str | None:
+    """si_getimage's copy of the layout, layout_path(): its text."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:  # a bad byte: the parser names its line
-            return f.read(), path
+        with open(layout_path(cfg, name), encoding="utf-8", errors="replace") as f:  # a bad byte: the parser names its line
+            return f.read()
     except OSError:
         return None
+
+
+def layout_path(cfg: StoreConfig, name: str) -> str:
+    return os.path.join(cfg.scripts_dir, "disks-layouts", f"{name}.xml")
 
 
 __all__ = ["Image", "open_image", "open_at", "reading", "list_images", "store_config", "resolve"]

@@ -8,7 +8,7 @@ import os
 from contextlib import nullcontext
 
 from ..errors import Fatal
-from . import Image, local_layout, open_at, store_config
+from . import Image, layout_path, local_layout, open_at, store_config
 from .store import resolve
 
 # Why an override is laid, in SystemImager's order: its installer's master script sets
@@ -117,7 +117,7 @@ def from_store(name: str, overrides: list[str], hostname: str | None, paths: dic
         path, done = Local(paths["cache_dir"], paths["lock_dir"], name, path, cfg.overrides_dir).view(
             [n for n, _ in laid], cfg.source)
         report(say, name, laid, done, lambda n: os.path.join(cfg.overrides_dir, n))
-    return open_at(name, path, lambda: local_layout(cfg, name))
+    return open_at(name, path, lambda: local_layout(cfg, name), layout_path(cfg, name))
 
 
 def _plain(n: str) -> bool:
@@ -164,5 +164,4 @@ def from_server(server_text: str, name: str | None, overrides: list[str], hostna
                 path, done = c.view(gen, [n for n, _ in laid])
                 report(say, name, laid, done, lambda n: server.url("overrides", n))
             layout_text = c.layout(gen)
-    where = f"scripts/disks-layouts/{name}.xml on image server {server}"
-    return open_at(name, path, lambda: (layout_text, where) if layout_text else None), laid
+    return open_at(name, path, lambda: layout_text, f"scripts/disks-layouts/{name}.xml on image server {server}"), laid

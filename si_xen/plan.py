@@ -71,6 +71,7 @@ class Plan:
     autostart: bool = False
     force: bool = False
     layout: str = "default"
+    layout_from: str = ""  # the layout file --layout image read (image.open_at says which won)
     thin_pool: str | None = None  # LVM thin pool in the VG: disks are thin LVs, clones thin snapshots
     clone: bool = False  # reflink a cached base disk of the image instead of a full copy
     fingerprint: str = ""  # of the image tree, names its base disks
@@ -122,6 +123,8 @@ def describe(plan: Plan) -> str:
     for d in plan.disks:
         mp = d.mountpoint or "swap"
         lines.append(f"{d.vdev:<6} {mp:<14} {d.fs:<5} {human(d.size_mib):>6}  {d.target}")
+    if plan.layout == "image" and plan.layout_from:
+        lines.append(f"Disk layout    : {plan.layout_from}")
     lines += [f"Copy           : {n}" for n in plan.notes]
     if plan.storage == "dir" and not os.path.isdir(plan.storage_root):
         lines.append(f"Storage        : {plan.storage_root} does not exist: made now (as xen-create-image does)")

@@ -163,6 +163,7 @@ def make_plan(o: dict, image: Image, survey: Survey, warn=lambda m: None) -> Pla
         cfg_path=cfg_path, maxmem=maxmem, kernel=o.get("kernel"), initrd=o.get("initrd"),
         toolstack=o["toolstack"], start=bool(o.get("start") or o.get("console")), console=bool(o.get("console")),
         autostart=bool(o.get("autostart")), force=bool(o.get("force")), layout=layout,
+        layout_from=image.layout_from,
         thin_pool=pool, clone=clone, fingerprint=survey.fingerprint, excluded=survey.excluded,
         notes=(copy_note,),
         fixups_only=tuple(x for x in (o.get("fixups") or "").split(",") if x),

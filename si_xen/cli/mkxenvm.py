@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
       "tunnel as USER, as SystemImager's tools do")
     a("--override", action="append", metavar="NAME", help="lay SystemImager's override NAME over the image "
       "(the server's with --server, else DEFAULT_OVERRIDE_DIR/NAME; repeatable, in order, later wins; "
-      "the image itself is never changed)")
+      "the image itself is never changed), after those SystemImager's installer lays where they exist: "
+      "the one named like the image, the host's cluster.txt groups, the one named like the host")
     a("--hostname", help="the VM's hostname, also its Xen domain name (required); a list or pattern such as "
       "web[01-20] makes a batch, in parallel, with consecutive --ip addresses")
     g = p.add_argument_group("size")
@@ -160,8 +161,6 @@ def _image(args, name):
     overrides = args.override or settings.options.get("override", "").split()
     from ..image import source
 
-    if not server and not overrides:  # nothing to say: no reporter
-        return source.select(name, None, [], args.ssh_user, args.hostname, settings.paths, print)
     rep = Reporter(quiet=args.quiet, verbose=args.verbose)
     try:
         return source.select(name, server, overrides, args.ssh_user or settings.options.get("ssh_user"),

@@ -40,6 +40,7 @@ class GuestSpec:
     serial: str = "hvc0"
     partitions: tuple[Partition, ...] = ()
     image_source: str = ""  # the image directory (xen-tools' install_source)
+    image: str = ""  # the image's name, when image_source is a cache generation or view of it
     pygrub: bool = False  # the guest boots its own kernel through a bootloader (pygrub, pvgrub2)
     kernel: str = ""  # a dom0-supplied kernel, its initrd and modules directory
     initrd: str = ""
@@ -56,7 +57,7 @@ class GuestSpec:
 
     @property
     def image_name(self) -> str:
-        return os.path.basename(self.image_source.rstrip("/"))
+        return self.image or os.path.basename(self.image_source.rstrip("/"))
 
     @property
     def root_partition(self) -> Partition | None:
@@ -86,6 +87,8 @@ class GuestSpec:
             env.update(kernel=self.kernel, initrd=self.initrd)
         if self.modules:
             env["modules"] = self.modules
+        if self.image:  # not xen-tools' (its install_source is the image): for si-xen's own
+            env["image_name"] = self.image
         env.update({f"PARTITION{p.index}": p.to_env() for p in self.partitions})
         return env
 
@@ -100,6 +103,8 @@ def spec_from_plan(plan: Plan, keys: str | None = None, disk: str = "xvda") -> G
         whole = not (d.vdev.startswith(disk) and n.isdigit())
         parts.append(Partition(i if whole else int(n), d.name, f"{d.size_mib}M", d.fs, d.mountpoint,
                                d.options if d.mountpoint else "", kind, d.target, d.vdev if whole else ""))
-    return GuestSpec(hostname=plan.hostname, net=plan.net, disk=disk, partitions=tuple(sorted(parts, key=lambda p: p.index)),
+    # the name, where the directory's is not it (a cache generation or view)
+    image = plan.image_name if plan.image_name != os.path.basename(plan.image_path.rstrip("/")) else ""
+    return GuestSpec(image=image, hostname=plan.hostname, net=plan.net, disk=disk, partitions=tuple(sorted(parts, key=lambda p: p.index)),
                      image_source=plan.image_path, pygrub=plan.boot != "direct", kernel=plan.kernel or "",
                      initrd=(plan.initrd or "") if plan.kernel else "", hostkeys=keys or "")

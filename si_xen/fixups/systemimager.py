@@ -9,8 +9,10 @@ from si_xen.fixups.base import Ctx, fixup
 def systemimager(ctx: Ctx) -> None:
     """Record the image name in /etc/systemimager/IMAGE_LAST_SYNCED_TO.
 
-    The name is the basename of install_source (the image directory), as si_updateclient
-    expects; nothing is written when install_source is not set.
+    One line, the image's name, as SystemImager's installer and si_updateclient write it: the
+    name the image has on its server or in the store, not the directory it was read from (a
+    cache generation or a view with overrides); as a xen-tools hook, the basename of
+    install_source. Nothing is written when there is no image.
     """
     if not ctx.s.image_name:
         return

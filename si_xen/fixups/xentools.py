@@ -85,7 +85,7 @@ def spec_from_env(env: Mapping[str, str]) -> GuestSpec:
     if not re.fullmatch(r"(tty|hvc|xvc)[A-Za-z]*[0-9]+", serial):
         raise _bad("serial_device", serial, "expected e.g. hvc0")
     return GuestSpec(hostname=hostname, net=net, disk=disk, serial=serial, partitions=_partitions(g),
-                     image_source=g("install_source"), pygrub=g("pygrub") == "1", kernel=g("kernel"),
+                     image_source=g("install_source"), image=g("image_name"), pygrub=g("pygrub") == "1", kernel=g("kernel"),
                      initrd=g("initrd"), modules=g("modules"))
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from ..distros import OSInfo, detect
 from ..errors import Fatal
 from ..guestfs import Guest, GuestPathError
-from .metadata import Metadata, parse_layout, read_metadata
+from .metadata import META_DIR, Metadata, parse_layout, read_metadata
 from .store import StoreConfig, list_images, resolve, store_config
 
 
@@ -19,6 +19,7 @@ class Image:
     path: str
     os: OSInfo
     meta: Metadata
+    layout_from: str = ""  # the layout file meta.filesystems came from, as the plan names it
 
     @property
     def guest(self) -> Guest:
@@ -47,40 +48,34 @@ def reading(name: str, path: str):
 def open_image(name: str, cfg: StoreConfig | None = None) -> Image:
     cfg = cfg or store_config()
     name, path = resolve(name, cfg)
-    return open_at(name, path, lambda: _local_layout(cfg, name))
+    return open_at(name, path, lambda: local_layout(cfg, name))
 
 
-def open_with_overrides(name: str, overrides: list[str], paths: dict[str, str], say) -> Image:
-    """The local image with SystemImager's overrides (DEFAULT_OVERRIDE_DIR/NAME) laid over it
-    in order, as a view in si-xen's cache (views.Local); ``say`` gets one line per override."""
-    from .views import Local
-
-    cfg = store_config()
-    name, path = resolve(name, cfg)
-    view, done = Local(paths["cache_dir"], paths["lock_dir"], name, path, cfg.overrides_dir).view(overrides, cfg.source)
-    for o, n in zip(overrides, done, strict=False):
-        say(f"Override '{o}' (from {cfg.overrides_dir}): {n} files copied over image '{name}'")
-    return open_at(name, view, lambda: _local_layout(cfg, name))
-
-
-def open_at(name: str, path: str, layout=None) -> Image:
-    """The image ``name`` whose tree is at ``path``; ``layout()`` gives the text of a
-    disks-layout.xml to use when the image carries no layout of its own."""
+def open_at(name: str, path: str, layout=None, where: str = "") -> Image:
+    """The image ``name`` whose tree is at ``path``. ``layout()`` gives the text of the image
+    server's scripts/disks-layouts/IMAGE.xml (``where`` names it), or None: as SystemImager's
+    installer (si_mkautoinstallscript) reads it, that copy wins over the image's own file."""
     with reading(name, path):
         meta = read_metadata(path)
-        if not meta.layout_file and layout and (text := layout()):
+        used = f"{META_DIR}/{meta.layout_file} (the image's own)" if meta.layout_file else ""
+        if layout and (text := layout()):
             meta = Metadata(meta.retrieval_time, meta.retrieved_from, f"disks-layouts/{name}.xml",
                             parse_layout(text, f"disks-layouts/{name}.xml"))
-        return Image(name, path, detect(Guest(path)), meta)
+            used = where or f"scripts/disks-layouts/{name}.xml"
+        return Image(name, path, detect(Guest(path)), meta, used)
 
 
-def _local_layout(cfg: StoreConfig, name: str) -> str | None:
-    """si_getimage's copy of the layout: SCRIPTS_DIR/disks-layouts/IMAGE.xml."""
+def local_layout(cfg: StoreConfig, name: str) -> str | None:
+    """si_getimage's copy of the layout, layout_path(): its text."""
     try:
-        with open(os.path.join(cfg.scripts_dir, "disks-layouts", f"{name}.xml"), encoding="utf-8") as f:
+        with open(layout_path(cfg, name), encoding="utf-8", errors="replace") as f:  # a bad byte: the parser names its line
             return f.read()
     except OSError:
         return None
+
+
+def layout_path(cfg: StoreConfig, name: str) -> str:
+    return os.path.join(cfg.scripts_dir, "disks-layouts", f"{name}.xml")
 
 
 __all__ = ["Image", "open_image", "open_at", "reading", "list_images", "store_config", "resolve"]

@@ -62,6 +62,7 @@ class Cached:
         self.dir = os.path.join(cache_dir, "images", server.key, image)
         self.lock_path = os.path.join(lock_dir, f"cache.{server.key}.{image}.lock")
         self.cleaner: threading.Thread | None = None  # removing old generations (clean)
+        self.listings: dict[str, str] = {}  # override -> its listing, from has_files
 
     def lock(self):
         return locks.exclusive(self.lock_path)
@@ -249,6 +250,13 @@ class Cached:
                           lambda argv, what: remote.rsync(argv, self.server, what))
 
     def _listing(self, override: str) -> str:
+        """The override's listing (what a view's name hashes); one has_files asked is used once."""
+        if override in self.listings:
+            return self.listings.pop(override)
         return remote.rsync(["-r", "--list-only", self.server.url("overrides", override) + "/"],
                             self.server, f"override '{override}'").stdout
 
+    def has_files(self, override: str) -> bool:
+        """Whether the server's override holds anything but its top directory."""
+        self.listings[override] = text = self._listing(override)
+        return any(line.split(None, 4)[4:] != ["."] for line in text.splitlines() if line.strip())

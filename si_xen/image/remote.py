@@ -162,6 +162,29 @@ def fetch(server: Server, urls: list[str], what: str) -> dict[str, str | None]:
         return out
 
 
+class Overrides:
+    """The override names on the server, asked beside other work: `rsync --list-only
+    rsync://SERVER/overrides/` (a server whose rsyncd.conf has no [overrides] module has none)."""
+
+    def __init__(self, server: Server):
+        self.server = server
+        self.p = proc.Begun(_argv(["--list-only", server.url("overrides") + "/"], False, False))
+
+    def names(self) -> set[str]:
+        try:
+            out = self.p.result().stdout
+        except proc.ProcError as e:
+            if "unknown module" in e.result.stderr.lower():
+                return set()
+            raise _told(e, self.server, "the override list") from None
+        # "MODE SIZE DATE TIME NAME": directories, or links to them (the daemon follows those)
+        rows = (line.split(None, 4) for line in out.splitlines())
+        return {r[4] for r in rows if len(r) == 5 and r[0][:1] in "dl" and r[4] != "." and NAME_RE.match(r[4])}
+
+    def stop(self) -> None:
+        self.p.stop()
+
+
 def first_line(text: str | None) -> str | None:
     return text.strip().splitlines()[0].strip() if text and text.strip() else None
 
@@ -173,38 +196,35 @@ def image_facts(server: Server, image: str) -> tuple[str | None, str | None]:
     return first_line(got[urls[0]]), first_line(got[urls[1]])
 
 
-def parse_cluster(text: str, hostname: str) -> tuple[str, list[str]] | None:
-    """scripts/cluster.txt as si_updateclient reads it: ``# global_override=:X:`` lines, then
-    ``host:group:image:override ...`` lines (field 3 the image, field 4 the overrides).
-    Global overrides come first, the host's own later (later wins)."""
+def parse_cluster(text: str, hostname: str) -> tuple[str | None, list[str]]:
+    """scripts/cluster.txt as SystemImager's installer and si_updateclient read it, by the
+    host's short name: (field 3 of its first line that has one, the group overrides). These are
+    the ``# global_override=:X:`` ones, then field 4 of the host's lines (si_clusterconfig
+    writes one line per group override, most important first), each once, reversed: the
+    later laid wins."""
     globals_: list[str] = []
-    found = None
+    image, groups = None, []
     short = hostname.split(".")[0]
     for line in text.splitlines():
-        if m := re.match(r"^\s*#\s*global_override=:([^:]+):", line):
+        if m := re.match(r"^\s*#\s*global_override=:([^:]*):", line):
             globals_ += m[1].split()
-            continue
-        if not line.strip() or line.lstrip().startswith("#"):
+        if not short or line.lstrip().startswith("#") or not line.startswith(short + ":"):
             continue
         fields = line.strip().split(":")
-        if found is None and len(fields) >= 3 and fields[0] in (hostname, short) and fields[2]:
-            found = (fields[2], fields[3].split() if len(fields) > 3 else [])
-    if found is None:
-        return None
-    return found[0], [o for o in dict.fromkeys(globals_ + found[1])]
+        image = image or (fields[2].strip() if len(fields) > 2 else "") or None
+        groups += fields[3].split() if len(fields) > 3 else []
+    return image, globals_ + list(reversed(dict.fromkeys(groups)))
 
 
-def from_cluster(server: Server, hostname: str) -> tuple[str, list[str]]:
-    url = server.url("scripts", "cluster.txt")
-    text = fetch(server, [url], "scripts/cluster.txt")[url]
+def from_cluster(server: Server, text: str | None, hostname: str, image: str | None) -> str:
+    """The image cluster.txt (``text``, None when the server has none) gives the host, or a FATAL."""
     if text is None:
         raise Fatal(f"no image given and image server {server} has no scripts/cluster.txt",
                     "give the image, or define the host with si_clusterconfig on the server")
-    got = parse_cluster(text, hostname)
-    if got is None:
+    if image is None:
         raise Fatal(f"no image given and host '{hostname}' is not in {server}'s scripts/cluster.txt",
                     "give the image, or add the host with si_clusterconfig on the server")
-    return got
+    return image
 
 
 def free_port() -> int:

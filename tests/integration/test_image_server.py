@@ -113,6 +113,8 @@ def test_deploy_from_server_with_override_then_pull_only_the_change(served, xfs_
     assert full is not None and full > 1000, first.stdout
     assert "Building base disks" in first.stdout
     assert debugfs_cat(f"{xfs_dir}/domains/s1/disk.img", "/etc/motd") == "from override web\n"
+    # read from the cache's view-1-SIG, the VM still names its image, as si_updateclient needs
+    assert debugfs_cat(f"{xfs_dir}/domains/s1/disk.img", "/etc/systemimager/IMAGE_LAST_SYNCED_TO") == "debian12\n"
     gen = os.path.realpath(f"{cache}/current")
     with open(f"{gen}/etc/motd") as f:
         assert "from override web" not in f.read(), "an override must not change the cached image"
@@ -202,7 +204,10 @@ def test_concurrent_deploys_share_one_pull(served, tmp_path):
     assert [p.returncode for p in procs] == [0, 0], outs
     assert sorted(pulled(o) is not None for o in outs) == [False, True], outs
     assert sum("cached copy is current" in o for o in outs) == 1
-    assert sorted(os.listdir(cache.format(served.port))) == ["current", "gen-1", "gen-1.disks-layout.xml"]
+    # one generation, and one view of it with cluster.txt's global override 'web' (laid for every host)
+    names = sorted(os.listdir(cache.format(served.port)))
+    assert names[:3] == ["current", "gen-1", "gen-1.disks-layout.xml"] and len(names) == 4, names
+    assert names[3].startswith("view-1-"), names
 
 
 def test_full_cache_disk_is_one_fatal_line_and_leaves_no_staging(served, tmp_path, as_root):
@@ -218,3 +223,87 @@ def test_full_cache_disk_is_one_fatal_line_and_leaves_no_staging(served, tmp_pat
         lines = cp.stderr.strip().splitlines()
         assert cp.returncode == 1 and len(lines) == 1 and "no room left in the image cache" in lines[0], cp.stderr
         assert os.listdir(f"{mnt}/images/127.0.0.1_{served.port}/debian12") == []
+
+
+SERVER_LAYOUT = """<config>
+  <disk dev="/dev/vda" label_type="gpt" unit_of_measurement="MB">
+    <part num="1" size="2048" p_type="primary" p_name="root" flags="-" />
+    <part num="2" size="256" p_type="primary" p_name="srv" flags="-" />
+    <part num="3" size="128" p_type="primary" p_name="swap" flags="-" />
+  </disk>
+  <fsinfo line="10" real_dev="/dev/vda1" mp="/" fs="ext4" options="errors=remount-ro" />
+  <fsinfo line="20" real_dev="/dev/vda2" mp="/srv" fs="ext4" options="nodev" />
+  <fsinfo line="30" real_dev="/dev/vda3" mp="swap" fs="swap" options="defaults" />
+</config>
+"""
+
+
+@pytest.fixture
+def site(debian12_image, tmp_path):
+    """A server of its own, as a site has it: an override named like the image and one named
+    like the host, cluster.txt giving the host a group override and a global one that is not
+    there, and scripts/disks-layouts/debian12.xml (edited on the server: /srv, no /var) that
+    differs from the image's own autoinstallscript.conf. Each override writes etc/motd; the
+    files upto-* are written by all before the one they name."""
+    need_tools("rsync", "cp")
+    d = Daemon(str(tmp_path / "site"))
+    os.makedirs(f"{d.root}/images")
+    subprocess.run(["cp", "-al", debian12_image, f"{d.root}/images/debian12"], check=True)
+    for name, upto in (("debian12", ("group", "host")), ("grp", ("group", "host")), ("ordr1", ("host",)),
+                       ("last", ())):
+        os.makedirs(f"{d.root}/overrides/{name}/etc")
+        for f in ("motd", *(f"upto-{u}" for u in upto)):
+            with open(f"{d.root}/overrides/{name}/etc/{f}", "w") as fh:
+                fh.write(name + "\n")
+    os.makedirs(f"{d.root}/overrides/other")  # another host's: never laid
+    with open(f"{d.root}/overrides/other/marker", "w") as fh:
+        fh.write("x\n")
+    with open(f"{d.root}/scripts/cluster.txt", "w") as f:
+        f.write("# global_override=:ghost:\nordr1:web:debian12:grp\nother:web:debian12:other\n")
+    os.makedirs(f"{d.root}/scripts/disks-layouts")
+    with open(f"{d.root}/scripts/disks-layouts/debian12.xml", "w") as f:
+        f.write(SERVER_LAYOUT)
+    d.start()
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+def override_lines(stdout: str) -> list[str]:
+    return [line.strip() for line in stdout.splitlines() if line.strip().startswith("Override '")]
+
+
+def test_overrides_in_systemimagers_order_and_the_vm_names_its_image(site, xfs_dir, tmp_path):
+    """IMAGE, cluster.txt's group override, HOSTNAME (the short name of a FQDN), then
+    --override: all four laid in that order (the last wins), the summary says so, the global
+    one that is not there is skipped; the VM's IMAGE_LAST_SYNCED_TO names the image."""
+    env, _ = server_env(tmp_path)
+    before = host_state(str(tmp_path), ("ordr1",))
+    host = "ordr1.example.org"
+    cp = env.mk("debian12", "--server", site.address, "--override", "last", "--hostname", host, *OPTS,
+                "--dir", xfs_dir, "--output", env.output, check=True)
+    url = f"rsync://{site.address}/overrides"
+    assert override_lines(cp.stdout) == [
+        f"Override 'ghost' (cluster.txt) not found on image server {site.address}: skipped, as SystemImager does",
+        f"Override 'debian12' (named like the image, 1 of 4) from {url}/debian12: 3 files copied over image 'debian12'",
+        f"Override 'grp' (cluster.txt, 2 of 4) from {url}/grp: 3 files copied over image 'debian12'",
+        f"Override 'ordr1' (named like the host, 3 of 4) from {url}/ordr1: 2 files copied over image 'debian12'",
+        f"Override 'last' (--override, 4 of 4) from {url}/last: 1 files copied over image 'debian12'",
+    ], cp.stdout
+    disk = f"{xfs_dir}/domains/{host}/disk.img"
+    got = {f: debugfs_cat(disk, f"/etc/{f}") for f in ("motd", "upto-group", "upto-host")}
+    assert got == {"motd": "last\n", "upto-group": "grp\n", "upto-host": "ordr1\n"}
+    assert debugfs_cat(disk, "/marker") is None, "another host's override is not laid"
+    assert debugfs_cat(disk, "/etc/systemimager/IMAGE_LAST_SYNCED_TO") == "debian12\n"
+    env.run("rmxenvm", "--yes", host, check=True)
+    assert host_state(str(tmp_path), ("ordr1",)) == before
+
+
+def test_the_servers_disks_layout_wins_over_the_images_own(site, tmp_path):
+    env, _ = server_env(tmp_path)
+    cp = env.mk("debian12", "--server", site.address, "--hostname", "lay1", "--layout", "image", "--memory", "512M",
+                "--dhcp", "--dir", env.dir, "--output", env.output, "--dry-run", check=True)
+    mounts = [line.split()[1] for line in cp.stdout.splitlines() if re.match(r"xvda\d+ ", line)]
+    assert sorted(mounts) == ["/", "/srv", "swap"], cp.stdout
+    assert f"Disk layout    : scripts/disks-layouts/debian12.xml on image server {site.address}" in cp.stdout

@@ -76,13 +76,30 @@ web01:web:debian12:web debug
 db01:db:centos5:
 web01.example.org:x:other:
 """
+# si_clusterconfig's own output: one line per group override, the group of highest priority
+# first; si_updateclient and the installer read every line of the host and reverse them.
+CLUSTER_SI = """\
+#
+# hostname:group:imagename(group):override(group)
+#
+# global_override=:all base:
+#
+node1:gpu:rocky9:gpu
+node1:gpu:rocky9:cuda
+node1:compute::compute
+node2:compute::compute
+"""
 
 
-def test_cluster_txt_as_si_updateclient_reads_it():
-    assert remote.parse_cluster(CLUSTER, "web01") == ("debian12", ["site", "web", "debug"])
-    assert remote.parse_cluster(CLUSTER, "web01.example.org") == ("debian12", ["site", "web", "debug"])
+def test_cluster_txt_as_systemimager_reads_it():
+    """By the short name only (the installer's HOSTNAME and si_updateclient's hostname() are
+    cut at the first dot), the host's overrides reversed after the global ones."""
+    assert remote.parse_cluster(CLUSTER, "web01") == ("debian12", ["site", "debug", "web"])
+    assert remote.parse_cluster(CLUSTER, "web01.example.org") == ("debian12", ["site", "debug", "web"])
     assert remote.parse_cluster(CLUSTER, "db01") == ("centos5", ["site"])
-    assert remote.parse_cluster(CLUSTER, "nothere") is None
+    assert remote.parse_cluster(CLUSTER, "nothere") == (None, ["site"])
+    assert remote.parse_cluster(CLUSTER_SI, "node1") == ("rocky9", ["all", "base", "compute", "cuda", "gpu"])
+    assert remote.parse_cluster(CLUSTER_SI, "node2.lab") == (None, ["all", "base", "compute"])
 
 
 def test_pull_uses_systemimagers_flags_and_excludes():
@@ -310,3 +327,24 @@ def test_server_options_without_a_server(argv, want, tmp_path):
     (tmp_path / "none.conf").write_text("[defaults]\n")
     with pytest.raises(Fatal, match=want):
         mkxenvm.body([*argv, "--hostname", "h", "--dry-run", "--config", str(tmp_path / "none.conf")])
+
+
+OVERRIDES_ARGV = ["rsync", "--no-motd", "--sockopts=TCP_NODELAY", "--contimeout=20", "--timeout=600", "--list-only",
+                  "rsync://img:8873/overrides/"]
+
+
+def test_the_servers_override_names_are_its_directories(fp):
+    fp.register(OVERRIDES_ARGV, stdout="drwxr-xr-x          4,096 2026/12/04 15:30:30 .\n"
+                "-rw-r--r--            812 2026/12/04 15:30:30 README\n"
+                "lrwxrwxrwx              3 2026/12/04 15:30:30 web01\n"
+                "drwxr-xr-x          4,096 2026/12/04 15:30:30 debian12\n"
+                "drwxr-xr-x          4,096 2026/12/04 15:30:30 -bad\n")
+    assert remote.Overrides(S).names() == {"web01", "debian12"}
+
+
+def test_a_server_without_an_overrides_module_has_none(fp):
+    fp.register(OVERRIDES_ARGV, returncode=5, stderr="@ERROR: Unknown module 'overrides'\n")
+    assert remote.Overrides(S).names() == set()
+    fp.register(OVERRIDES_ARGV, returncode=10, stderr="rsync: failed to connect: Connection refused (111)\n")
+    with pytest.raises(Fatal, match="refused the connection"):
+        remote.Overrides(S).names()

@@ -27,9 +27,13 @@ def read(root, rel) -> str:
         return f.read()
 
 
+OS_RELEASE = "ID=debian\nVERSION_ID=12\n"  # an image nothing identifies is refused
+
+
 @pytest.fixture
 def local(tmp_path):
-    image = tree(tmp_path / "images/img", {"etc/motd": "golden\n", "etc/hostname": "golden\n", "usr/bin/x": "x"})
+    image = tree(tmp_path / "images/img", {"etc/motd": "golden\n", "etc/hostname": "golden\n", "usr/bin/x": "x",
+                                           "etc/os-release": OS_RELEASE})
     tree(tmp_path / "overrides/web", {"etc/motd": "web\n", "etc/web.conf": "w\n"})
     tree(tmp_path / "overrides/site", {"etc/motd": "site\n"})
     return views.Local(str(tmp_path / "cache"), str(tmp_path / "lock"), "img", image, str(tmp_path / "overrides"))
@@ -139,7 +143,7 @@ def store(tmp_path, monkeypatch):
     last, and an empty one named like another host; the scripts dir's cluster.txt and
     disks-layouts/img.xml. Each override writes etc/motd; the files upto-* are written by all
     before the one they name."""
-    tree(tmp_path / "images/img", {"etc/motd": "golden\n", "usr/bin/x": "x",
+    tree(tmp_path / "images/img", {"etc/motd": "golden\n", "usr/bin/x": "x", "etc/os-release": OS_RELEASE,
                                    "etc/systemimager/autoinstallscript.conf": IMAGE_LAYOUT})
     for name, upto in (("img", ("group", "host")), ("grp", ("group", "host")), ("h1", ("host",)), ("last", ())):
         tree(tmp_path / "overrides" / name, {"etc/motd": name + "\n", **{f"etc/upto-{u}": name + "\n" for u in upto}})

@@ -183,7 +183,7 @@ def check_boot(plan: Plan, image: Image, cache_dir: str | None = None,
     fingerprint in ``cache_dir`` (by remember_boot, once a VM is made), so later VMs skip it."""
     if plan.kernel:
         k = boot.GuestKernel("supplied", plan.kernel, plan.initrd)
-        need = boot.memory_needed(boot.Guest("/"), k)
+        need = boot.memory_needed(boot.Guest("/"), k)  # the files given with --kernel/--initrd
     else:
         cached = _cached(cache_dir, plan)
         if cached:
@@ -196,7 +196,7 @@ def check_boot(plan: Plan, image: Image, cache_dir: str | None = None,
                         f"image '{image.name}' has no kernel in /boot",
                         "supply a Xen-capable kernel with --kernel and --initrd",
                     )
-                need = boot.memory_needed(image.guest, k)
+                need = boot.memory_needed(image.guest, k, image.name)
     k = replace(k, memory_need=need)
     if plan.memory < need:
         raise Fatal(

@@ -189,3 +189,16 @@ def test_a_supplied_broken_kernel_is_named_by_its_option(root, tmp_path):
     o = dict(config.BUILTIN, hostname="vm1", dhcp=True, dir=str(tmp_path), output=str(tmp_path), kernel=str(kernel))
     with pytest.raises(Fatal, match=rf"^--kernel {kernel} is empty \(0 bytes\) \(give a working kernel to --kernel\)$"):
         planner.check_boot(planner.make_plan(o, image, survey(root)), image)
+
+
+@pytest.mark.parametrize("facts", ['{"kernel": "x", "memory_need": 1}', "[1]", '{"kernel": {"bogus": 1}}',
+                                   '{"kernel": {"version": "v", "kernel": "/k", "initrd": null}, "memory_need": "lots"}'])
+def test_boot_facts_not_as_remembered_are_measured_again(root, tmp_path, facts):
+    image = open_image(root)
+    o = dict(config.BUILTIN, hostname="vm1", dhcp=True, dir=str(tmp_path), output=str(tmp_path))
+    plan = planner.make_plan(o, image, survey(root))
+    facts_dir = tmp_path / "facts"
+    facts_dir.mkdir()
+    (facts_dir / f"{plan.image_name}-{plan.fingerprint}.json").write_text(facts)
+    k = planner.check_boot(plan, image, str(facts_dir))
+    assert k.kernel == KERNEL and k.initrd == INITRD and k.memory_need >= boot.BASE_MEMORY_MIB

@@ -52,3 +52,19 @@ def test_default_grub_values_are_read_as_sh_reads_them(tree):
     assert 'GRUB_CMDLINE_LINUX="root=/dev/xvda2 quiet console=hvc0"\n' in text, text
     assert "GRUB_CMDLINE_LINUX_DEFAULT='$EXTRA splash'\n" in text, text
     assert not [m for m in said if m.startswith("WARNING") and "default/grub" in m]
+
+
+def test_another_kernels_truncated_initramfs_is_named_for_what_it_is(tree):
+    import gzip
+
+    from tests.unit import fakeimage
+
+    root = tree("debian12")
+    packed = gzip.compress(fakeimage.cpio({"init": b"#!/bin/sh\n", "big": os.urandom(2**20)}))
+    with open(os.path.join(root, "boot/vmlinuz-6.1.0-18-amd64"), "wb") as f:
+        f.write(fakeimage.bzimage())
+    with open(os.path.join(root, "boot/initrd.img-6.1.0-18-amd64"), "wb") as f:
+        f.write(packed[:len(packed) // 2])
+    said = run(root)
+    assert "WARNING: kernel: /boot/initrd.img-6.1.0-18-amd64 is truncated: its gzip data ends early; rebuild it " \
+           "in the guest before booting its kernel" in said, said

@@ -177,8 +177,10 @@ def read_metadata(root: str) -> Metadata:
     g = Guest(root)
 
     def line(name: str) -> str | None:
+        """The file's first line, printable (it is shown on terminals: no escape sequences)."""
         text = g.read_text(f"{META_DIR}/{name}")
-        return text.strip().splitlines()[0].strip() if text and text.strip() else None
+        first = text.strip().splitlines()[0].strip() if text and text.strip() else None
+        return "".join(c if c.isprintable() else "?" for c in first[:200]) if first else None
 
     for name in LAYOUT_FILES:
         text = g.read_text(f"{META_DIR}/{name}")

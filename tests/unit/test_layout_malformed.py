@@ -136,3 +136,11 @@ def test_layout_default_does_not_read_the_broken_layout(tmp_path):
     with open(os.path.join(root, "etc/systemimager/autoinstallscript.conf"), "w") as f:
         f.write(malformed("not-xml"))
     assert sorted(d.mountpoint for d in plan(root, tmp_path, "default").disks) == ["", "/"]
+
+
+def test_retrieval_files_are_read_as_printable_text(tmp_path):
+    root = fakeimage.make(tmp_path / "img")
+    with open(os.path.join(root, "etc/systemimager/IMAGE_RETRIEVAL_TIME"), "wb") as f:
+        f.write(b"\xff\xfe\x1b[31m2026.12.04\x00 " + b"9" * 1000 + b"\n")
+    meta = open_image(root).meta
+    assert meta.retrieval_time.startswith("???[31m2026.12.04? 999") and len(meta.retrieval_time) == 200

@@ -17,6 +17,8 @@ def problem(path: str) -> str | None:
     size = os.path.getsize(path)
     if size == 0:
         return "is empty (0 bytes)"
+    if size < 4096:
+        return f"is {size} bytes, too small to be a kernel"
     if size > MAX_BYTES:
         return f"is {size // 2**20} MiB, too large to be a kernel"
     with open(path, "rb") as f:

@@ -72,6 +72,7 @@ def elf(truncate: int = 0) -> bytes:
 KERNELS = {
     "empty": (b"", "is empty (0 bytes)"),
     "garbage": (os.urandom(3 * 2**20), "is not a Linux kernel"),
+    "cut-inside-its-header": (fakeimage.bzimage()[:0x210], "is 528 bytes, too small to be a kernel"),
     "truncated-bzimage": (fakeimage.bzimage()[:2**20], "is truncated: 1048576 bytes of the 2097152 its bzImage header"),
     "old-protocol": (fakeimage.bzimage()[:0x206] + b"\x01\x02" + fakeimage.bzimage()[0x208:], "is a bzImage of boot protocol 2.01, older than the 2.08 Xen needs"),
     "truncated-elf": (elf(truncate=4096), "is truncated"),

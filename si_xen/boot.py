@@ -11,7 +11,7 @@ import re
 import shutil
 from dataclasses import dataclass
 
-from . import initramfs
+from . import initramfs, kernelimage
 from .errors import Fatal
 from .guestfs import Guest
 from .made import File
@@ -47,17 +47,41 @@ def find_kernel(guest: Guest) -> GuestKernel | None:
     return found[-1] if found else None
 
 
-def memory_needed(guest: Guest, k: GuestKernel) -> int:
-    """Memory (MiB) the guest needs to get past its initramfs, rounded up to 32 MiB."""
-    need = BASE_MEMORY_MIB + os.path.getsize(guest.path(k.kernel)) // 2**20
+def memory_needed(guest: Guest, k: GuestKernel, image: str | None = None) -> int:
+    """Memory (MiB) the guest needs to get past its initramfs, rounded up to 32 MiB, once the
+    kernel and initramfs are proven to be what they claim (else one Fatal naming the file).
+
+    The initramfs counts as its file plus what it really unpacks to (measured, never taken
+    from a trailer a corrupt file could fake): it cannot need more than it holds.
+    ``image``: the image's name, None for files given with --kernel/--initrd."""
+    kpath = guest.path(k.kernel)
+    problem = kernelimage.problem(kpath)
+    if problem:
+        raise _broken("kernel", k.kernel, problem, image)
+    need = BASE_MEMORY_MIB + os.path.getsize(kpath) // 2**20
     if k.initrd:
         path = guest.path(k.initrd)
         try:
-            unpacked = initramfs.unpacked_hint(path) or initramfs.scan_cached(path).unpacked
-        except initramfs.Unreadable:
-            unpacked = os.path.getsize(path) * 4  # a typical ratio, when we cannot measure
+            unpacked = initramfs.scan_cached(path).unpacked
+        except initramfs.NoTool as e:
+            package = {"xz": "xz-utils"}.get(e.tool, e.tool)
+            raise Fatal(f"cannot check the initramfs {k.initrd}: it {e}", f"apt-get install {package}") from None
+        except initramfs.Unreadable as e:
+            raise _broken("initrd", k.initrd, str(e), image) from None
         need += (os.path.getsize(path) + unpacked) // 2**20
     return (need + 31) // 32 * 32
+
+
+def _broken(what: str, path: str, problem: str, image: str | None) -> Fatal:
+    if image is None:
+        return Fatal(f"--{what} {path} {problem}", f"give a working {'initramfs' if what == 'initrd' else what} to --{what}")
+    if what == "kernel":
+        fix = "reinstall the kernel package on the golden client and si_getimage again"
+    else:
+        v = re.sub(r"^(initrd\.img|initramfs|initrd)-|\.img$", "", os.path.basename(path))
+        fix = f"rebuild it on the golden client (update-initramfs -u -k {v} or dracut -f --kver {v}) and si_getimage again"
+    return Fatal(f"image '{image}': its {'initramfs' if what == 'initrd' else what} {path} {problem}",
+                 f"{fix}, or boot a kernel of the dom0 with --kernel and --initrd")
 
 
 def cmdline(root_vdev: str, extra: str = "") -> str:

@@ -1,28 +1,47 @@
 """Read an initramfs the way the kernel unpacks it, in constant memory: the member names
 (is xen-blkfront in there?) and the unpacked size (how much memory the guest needs).
 
-Leading uncompressed cpio archives (early microcode) are parsed in place; the compressed
-rest is streamed through the dom0's decompressor. Nothing of the guest is executed.
+Uncompressed cpio archives (early microcode) are parsed in place, compressed ones are
+decompressed as a stream (gzip, xz, lzma, bzip2 in-process; zstd, lz4, lzop by the dom0's
+tool), all to the end: a file that would not unpack whole in the guest is Unreadable,
+saying why. Nothing of the guest is executed.
 Results are cached by the file's identity: clones of one image share their initramfs.
 """
 
 from __future__ import annotations
 
+import bz2
 import hashlib
 import json
+import lzma
 import os
+import zlib
 from dataclasses import dataclass
 
 from . import atomic, proc
 
-_MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd", b"\xfd7zXZ\x00": "xz", b"\x5d\x00\x00": "xz",
+MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd", b"\xfd7zXZ\x00": "xz", b"\x5d\x00\x00": "xz",
           b"BZh": "bzip2", b"\x02\x21\x4c\x18": "lz4", b"\x04\x22\x4d\x18": "lz4", b"\x89LZO": "lzop"}  # fmt: skip
+# Decompressed here (exactly where each stream ends is known); the others by the dom0's tool.
+INPROCESS = {"gzip": lambda: zlib.decompressobj(31), "xz": lzma.LZMADecompressor, "bzip2": bz2.BZ2Decompressor}
+MAX_UNPACKED = 4 * 2**30  # no guest boots from more; a file that unpacks to more is a bomb
+CHUNK = 1 << 20
+
+
 def cache_dir() -> str:
     return os.path.join(os.environ.get("SI_XEN_CACHE", "/var/cache/si-xen"), "initramfs")
 
 
 class Unreadable(Exception):
-    """The initramfs uses a compression this dom0 cannot undo, or is corrupt."""
+    """The initramfs is corrupt, truncated or not one: the message says what is wrong."""
+
+
+class NoTool(Unreadable):
+    """The initramfs uses a compression this dom0 has no tool for: the tool is ``.tool``."""
+
+    def __init__(self, tool: str):
+        super().__init__(f"is {tool}-compressed and this dom0 has no {tool} to check it")
+        self.tool = tool
 
 
 @dataclass(frozen=True)
@@ -32,94 +51,142 @@ class Scan:
 
 
 class _Reader:
-    def __init__(self, f):
-        self.f, self.count = f, 0
+    """Reads ``src`` counting bytes; ``unread`` gives back what a decompressor did not use."""
+
+    def __init__(self, src):
+        self.src, self.count, self.back = src, 0, b""
+
+    def unread(self, data: bytes) -> None:
+        self.back, self.count = data + self.back, self.count - len(data)
 
     def read(self, n: int) -> bytes:
-        chunks = []
+        chunks, self.back = [self.back[:n]], self.back[n:]
+        n -= len(chunks[0])
         while n > 0:
-            b = self.f.read(min(n, 1 << 20))
+            b = self.src.read(min(n, CHUNK))
             if not b:
                 break
             chunks.append(b)
             n -= len(b)
         data = b"".join(chunks)
         self.count += len(data)
+        if self.count > MAX_UNPACKED:
+            raise Unreadable(f"unpacks to more than {MAX_UNPACKED // 2**30} GiB")
         return data
 
     def skip(self, n: int) -> None:
-        if len(self.read(n)) != n:
-            raise Unreadable("truncated cpio archive")
+        while n > 0:
+            got = len(self.read(min(n, CHUNK)))
+            if got == 0:
+                raise Unreadable("is truncated: a cpio archive ends inside a member")
+            n -= got
 
 
-def _cpio(r: _Reader, names: list[str], first: bytes = b"") -> bytes:
-    """Parse newc archives until something that is not one; return those bytes."""
+class _Inflated:
+    """One compressed stream read from ``outer`` and decompressed in-process, in bounded
+    chunks (a bomb never sits in memory); at its end what follows is given back to ``outer``."""
+
+    def __init__(self, outer: _Reader, tool: str):
+        self.outer, self.tool, self.d = outer, tool, INPROCESS[tool]()
+        self.done = False
+
+    def read(self, n: int) -> bytes:
+        while not self.done:
+            zlib_like = hasattr(self.d, "unconsumed_tail")
+            hungry = not self.d.unconsumed_tail if zlib_like else self.d.needs_input
+            data = self.outer.read(CHUNK) if hungry else b""
+            if hungry and not data:
+                raise Unreadable(f"is truncated: its {self.tool} data ends early")
+            try:
+                out = self.d.decompress((self.d.unconsumed_tail if zlib_like else b"") + data, min(n, CHUNK))
+            except (zlib.error, lzma.LZMAError, OSError, EOFError) as e:
+                raise Unreadable(f"is corrupt: its {self.tool} data does not decompress ({e})") from None
+            if self.d.eof:
+                self.done = True
+                self.outer.unread(self.d.unused_data)
+            if out:
+                return out
+        return b""
+
+
+def _cpio(r: _Reader, names: list[str]) -> bytes:
+    """Parse newc archives until something that is not one; return those bytes (b"" at the end)."""
+    first = b""
     while True:
         head = first + r.read(6 - len(first))
         first = b""
         if head[:1] == b"\0":  # padding between archives
-            head = head.lstrip(b"\0")
-            if not head:
-                continue
-            first = head
+            first = head.lstrip(b"\0")
             continue
         if head not in (b"070701", b"070702"):
             return head
         hdr = head + r.read(104)
-        namesize, filesize = int(hdr[94:102], 16), int(hdr[54:62], 16)
-        name = r.read(namesize)[:-1].decode(errors="replace")
+        try:
+            namesize, filesize = int(hdr[94:102], 16), int(hdr[54:62], 16)
+        except ValueError:
+            raise Unreadable("is corrupt: a cpio header is not one" if len(hdr) == 110 else
+                             "is truncated: a cpio archive ends inside a header") from None
+        raw = r.read(namesize)
+        if len(raw) != namesize or namesize == 0:
+            raise Unreadable("is truncated: a cpio archive ends inside a header")
         r.skip(-(110 + namesize) % 4)
         r.skip(filesize + (-filesize % 4))
+        name = raw[:-1].decode(errors="replace")
         if name != "TRAILER!!!":
             names.append(name)
 
 
 def scan(path: str) -> Scan:
+    """The initramfs at ``path`` unpacked as the kernel would, to its end: uncompressed cpio
+    archives and compressed streams of them, in any sequence. Unreadable if it would not
+    unpack whole in the guest (a member cut short, a stream that ends early, junk)."""
     names: list[str] = []
-    with open(path, "rb", buffering=0) as f:  # unbuffered: the decompressor reads from our offset
-        outer = _Reader(f)
-        rest = _cpio(outer, names)
-        if not rest:
-            return Scan(tuple(names), outer.count)
-        start = outer.count - len(rest)
-        head = os.pread(f.fileno(), 8, start)
-        tool = next((t for m, t in _MAGIC.items() if head.startswith(m)), None)
-        if tool is None or not proc.which(tool):
-            raise Unreadable(f"{tool or 'unknown'} compression")
-        os.lseek(f.fileno(), start, os.SEEK_SET)
-        with proc.reading([proc.which(tool), "-dc"], stdin=f) as p:
-            inner = _Reader(p.stdout)
-            _cpio(inner, names)
-            while inner.read(1 << 20):  # whatever follows is unpacked too
-                pass
-        if p.returncode not in (0, 2):  # 2: gzip's "trailing garbage ignored"
-            raise Unreadable(f"{tool} failed ({p.returncode})")
-        return Scan(tuple(names), start + inner.count)
+    with open(path, "rb", buffering=0) as f:  # unbuffered: a decompressor tool reads from our offset
+        outer, unpacked = _Reader(f), 0
+        while True:
+            before = outer.count
+            rest = _cpio(outer, names)
+            outer.unread(rest)
+            unpacked += outer.count - before
+            if not rest:
+                if not names:
+                    raise Unreadable("is empty (0 bytes)" if outer.count == 0 else "holds nothing but zeros")
+                return Scan(tuple(names), unpacked)
+            tool = next((t for m, t in MAGIC.items() if rest.startswith(m)), None)
+            if tool is None:
+                if names:
+                    raise Unreadable(f"is corrupt: after {len(names)} cpio members comes data that is neither "
+                                     "a cpio archive nor a known compression")
+                raise Unreadable("is not an initramfs: neither a cpio archive nor a known compression")
+            count = len(names)
+            inner = _Reader(_Inflated(outer, tool)) if tool in INPROCESS else None
+            if inner is None:
+                inner = _tool(f, outer, tool, names)
+            elif _cpio(inner, names):
+                raise Unreadable(f"is corrupt: its {tool} data does not unpack to cpio archives")
+            if len(names) == count:
+                raise Unreadable(f"is corrupt: its {tool} data holds no cpio archive")
+            unpacked += inner.count
+            if unpacked > MAX_UNPACKED:
+                raise Unreadable(f"unpacks to more than {MAX_UNPACKED // 2**30} GiB")
 
 
-def unpacked_hint(path: str) -> int | None:
-    """The unpacked size as the compressed stream records it, without decompressing:
-    gzip's ISIZE trailer, zstd's frame content size. None when it does not say."""
-    names: list[str] = []
-    with open(path, "rb", buffering=0) as f:
-        outer = _Reader(f)
-        rest = _cpio(outer, names)
-        start = outer.count - len(rest)
-        size = os.fstat(f.fileno()).st_size
-        head = os.pread(f.fileno(), 18, start)
-        if head.startswith(b"\x1f\x8b"):
-            isize = int.from_bytes(os.pread(f.fileno(), 4, size - 4), "little")
-            return start + isize if isize >= size - start else None  # else: several members, or > 4 GiB
-        if head.startswith(b"\x28\xb5\x2f\xfd"):
-            fhd = head[4]
-            single, did, fcs = (fhd >> 5) & 1, fhd & 3, fhd >> 6
-            pos = 5 + (0 if single else 1) + (0, 1, 2, 4)[did]
-            width = (1 if single else 0, 2, 4, 8)[fcs]
-            if width == 0:
-                return None
-            value = int.from_bytes(head[pos:pos + width], "little") + (256 if width == 2 else 0)
-            return start + value
-    return None
+def _tool(f, outer: _Reader, tool: str, names: list[str]) -> _Reader:
+    """The rest of the file through the dom0's ``tool -dc`` (no Python module for it)."""
+    if not proc.which(tool):
+        raise NoTool(tool)
+    os.lseek(f.fileno(), outer.count, os.SEEK_SET)
+    with proc.reading([proc.which(tool), "-dc"], stdin=f) as p:
+        inner = _Reader(p.stdout)
+        junk = _cpio(inner, names)
+        while inner.read(CHUNK):  # read to the end: the tool's verdict needs it
+            pass
+    if p.returncode != 0:
+        raise Unreadable(f"is truncated or corrupt: its {tool} data does not decompress to its end")
+    if junk:
+        raise Unreadable(f"is corrupt: its {tool} data does not unpack to cpio archives")
+    outer.count, outer.back = os.fstat(f.fileno()).st_size, b""
+    return inner
 
 
 def _key(path: str) -> str:
@@ -138,8 +205,8 @@ def scan_cached(path: str) -> Scan:
     try:
         with open(key) as f:
             d = json.load(f)
-        return Scan(tuple(d["names"]), d["unpacked"])
-    except (OSError, ValueError, KeyError):
+        return Scan(tuple(d["names"]), int(d["unpacked"]))
+    except (OSError, ValueError, KeyError, TypeError):
         pass
     s = scan(path)
     try:

@@ -183,11 +183,11 @@ def check_boot(plan: Plan, image: Image, cache_dir: str | None = None,
     fingerprint in ``cache_dir`` (by remember_boot, once a VM is made), so later VMs skip it."""
     if plan.kernel:
         k = boot.GuestKernel("supplied", plan.kernel, plan.initrd)
-        need = boot.memory_needed(boot.Guest("/"), k)
+        need = boot.memory_needed(boot.Guest("/"), k)  # the files given with --kernel/--initrd
     else:
         cached = _cached(cache_dir, plan)
         if cached:
-            k, need = boot.GuestKernel(**cached["kernel"]), cached["memory_need"]
+            k, need = cached
         else:
             with image.reading():
                 k = boot.find_kernel(image.guest)
@@ -196,7 +196,7 @@ def check_boot(plan: Plan, image: Image, cache_dir: str | None = None,
                         f"image '{image.name}' has no kernel in /boot",
                         "supply a Xen-capable kernel with --kernel and --initrd",
                     )
-                need = boot.memory_needed(image.guest, k)
+                need = boot.memory_needed(image.guest, k, image.name)
     k = replace(k, memory_need=need)
     if plan.memory < need:
         raise Fatal(
@@ -212,13 +212,17 @@ def _cache_file(cache_dir: str | None, plan: Plan) -> str | None:
     return os.path.join(cache_dir, f"{plan.image_name}-{plan.fingerprint}.json") if cache_dir else None
 
 
-def _cached(cache_dir, plan) -> dict | None:
+def _cached(cache_dir, plan) -> tuple[boot.GuestKernel, int] | None:
+    """What check_boot measured for this image before (its kernel was proven then), or None:
+    a file that is not what remember_boot wrote only costs a new measurement."""
     path = _cache_file(cache_dir, plan)
     try:
         with open(path) as f:
-            return json.load(f)
-    except (TypeError, OSError, ValueError):
+            d = json.load(f)
+        k, need = boot.GuestKernel(**d["kernel"]), d["memory_need"]
+    except (TypeError, OSError, ValueError, KeyError, AttributeError):
         return None
+    return (k, need) if isinstance(need, int) and 0 < need < 2**20 and isinstance(k.kernel, str) else None
 
 
 def remember_boot(plan: Plan, kernel: boot.GuestKernel | None, cache_dir: str | None) -> None:

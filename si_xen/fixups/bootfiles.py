@@ -7,6 +7,7 @@ feed the next update-grub inside the guest. Each editor gets and returns an args
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Callable
 
 from si_xen.fixups.base import Ctx
@@ -18,8 +19,6 @@ _LEGACY_RE = re.compile(r"^(\s*kernel\s+\S+)([^\n]*)$", re.M)
 _GRUB2_RE = re.compile(r"^(\s*linux(?:16|efi)?\s+\S+)([^\n]*)$", re.M)
 _BLS_RE = re.compile(r"^(options)([^\n]*)$", re.M)
 _ENV_RE = re.compile(r"^(kernelopts=)([^\n]*)$", re.M)
-_DEFAULT_RE = re.compile(r'^(GRUB_CMDLINE_LINUX=)(["\']?)(.*?)\2[ \t]*$', re.M)
-_DEFAULT_DFLT_RE = re.compile(r'^(GRUB_CMDLINE_LINUX_DEFAULT=)(["\']?)(.*?)\2[ \t]*$', re.M)
 
 
 def _sub(regex: re.Pattern, edit: Callable[[str], str], sep: str = " "):
@@ -33,28 +32,52 @@ def _sub(regex: re.Pattern, edit: Callable[[str], str], sep: str = " "):
     return apply
 
 
-def _default(edit: Callable[[str], str]):
-    """GRUB_CMDLINE_LINUX gets the edit; _DEFAULT too, minus what the first line now carries."""
+def _shell_word(raw: str) -> str | None:
+    """The value ``KEY=raw`` assigns in sh, or None when it is not one word (an unterminated
+    quote, unquoted spaces): then it is not ours to rewrite."""
+    try:
+        words = shlex.split(raw, comments=True)
+    except ValueError:
+        return None
+    if len(words) > 1 or (words and raw[:1].isspace()):
+        return None
+    return words[0] if words else ""
+
+
+def _quoted(value: str, raw: str) -> str:
+    if raw.lstrip().startswith("'") or re.search(r'["\\`]', value):
+        return shlex.quote(value)  # single quotes, as the golden file had or as the value needs
+    return f'"{value}"'  # keeps $VAR expanding as it did
+
+
+def _default(edit: Callable[[str], str], warn: Callable[[int, str], None]):
+    """GRUB_CMDLINE_LINUX gets the edit; _DEFAULT too, minus what the first line now carries.
+    A line sh would not read as one assignment is left as it is and ``warn``ed (line, key)."""
 
     def apply(text: str) -> str:
-        if not _DEFAULT_RE.search(text):
-            sep = "" if text.endswith("\n") or not text else "\n"
-            text += f'{sep}GRUB_CMDLINE_LINUX=""\n'
-        linux = ""
-
-        def one(m: re.Match) -> str:
-            nonlocal linux
-            linux = edit(m.group(3).strip())
-            return f'{m.group(1)}"{linux}"'
-
-        text = _DEFAULT_RE.sub(one, text)
-
-        def dflt(m: re.Match) -> str:
-            old = m.group(3).split()
-            new = [w for w in edit(m.group(3).strip()).split() if w in old or w not in linux.split()]
-            return f'{m.group(1)}"{" ".join(new)}"' if new != old else m.group(0)
-
-        return _DEFAULT_DFLT_RE.sub(dflt, text)
+        lines, linux, seen = text.split("\n"), "", False
+        for key in ("GRUB_CMDLINE_LINUX", "GRUB_CMDLINE_LINUX_DEFAULT"):
+            for i, line in enumerate(lines):
+                if not line.startswith(key + "="):
+                    continue
+                raw = line[len(key) + 1:]
+                value = _shell_word(raw)
+                if value is None:
+                    warn(i + 1, key)
+                    seen = True
+                    continue
+                old = value.split()
+                if key == "GRUB_CMDLINE_LINUX":
+                    seen, linux = True, edit(value.strip())
+                    new = linux.split()
+                else:
+                    new = [w for w in edit(value.strip()).split() if w in old or w not in linux.split()]
+                if new != old:
+                    lines[i] = f"{key}={_quoted(' '.join(new), raw)}"
+            if not seen:
+                sep = "" if text.endswith("\n") or not text else "\n"
+                return _default(edit, warn)(text + f'{sep}GRUB_CMDLINE_LINUX=""\n')
+        return "\n".join(lines)
 
     return apply
 
@@ -77,8 +100,12 @@ def edit_cmdlines(ctx: Ctx, edit: Callable[[str], str]) -> None:
             ctx.edit(path, _sub(_LEGACY_RE, edit))
     for path in GRUB2:
         ctx.edit(path, _sub(_GRUB2_RE, edit))
+    def unread(line: int, key: str) -> None:
+        ctx.warn(f"/{path} line {line}: {key} is not one sh word (an unterminated quote, or unquoted spaces): "
+                 "left as it is; update-grub inside the guest fails on it until it is corrected")
+
     for path in DEFAULT:
-        ctx.edit(path, _default(edit))
+        ctx.edit(path, _default(edit, unread))
     for path in g.glob("boot/loader/entries", "*.conf"):
         ctx.edit(path, _sub(_BLS_RE, edit))
     ctx.edit("boot/grub2/grubenv", _grubenv(_sub(_ENV_RE, edit, sep="")))

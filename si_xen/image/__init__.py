@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from ..distros import OSInfo, detect
 from ..errors import Fatal
 from ..guestfs import Guest, GuestPathError
-from .metadata import META_DIR, Metadata, parse_layout, read_metadata
+from .metadata import META_DIR, Metadata, read_metadata
 from .store import StoreConfig, list_images, resolve, store_config
 
 
@@ -59,9 +59,8 @@ def open_at(name: str, path: str, layout=None, where: str = "") -> Image:
         meta = read_metadata(path)
         used = f"{META_DIR}/{meta.layout_file} (the image's own)" if meta.layout_file else ""
         if layout and (text := layout()):
-            meta = Metadata(meta.retrieval_time, meta.retrieved_from, f"disks-layouts/{name}.xml",
-                            parse_layout(text, f"disks-layouts/{name}.xml"))
             used = where or f"scripts/disks-layouts/{name}.xml"
+            meta = Metadata(meta.retrieval_time, meta.retrieved_from, used, text)  # parsed when used
         return Image(name, path, detect(Guest(path)), meta, used)
 
 

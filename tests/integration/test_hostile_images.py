@@ -20,13 +20,21 @@ pytestmark = pytest.mark.integration
 HOST = "hostile01"
 ARGS = ["--hostname", HOST, "--memory", "512M", "--size", "2G", "--swap", "0", "--dhcp"]
 KERNEL = "boot/vmlinuz-6.1.0-50-amd64"
+INITRD = "boot/initrd.img-6.1.0-50-amd64"
+LAYOUT = "etc/systemimager/autoinstallscript.conf"
 # Root without the capabilities that let it read any file: a mode-000 file is unreadable.
 NO_DAC = ("setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search")
 
 
 def replace(root: str, gpath: str, make) -> None:
-    """Unlink (never write through) the entry at ``gpath``, then ``make(host_path)`` anew."""
+    """Unlink (never write through) the entry at ``gpath``, then ``make(host_path)`` anew
+    (``make(host_path, old_bytes)`` for a changed copy of the image's own file)."""
     p = os.path.join(root, gpath)
+    if getattr(make, "from_old", False):
+        with open(p, "rb") as f:
+            old = f.read()
+        os.unlink(p)
+        return make(p, old)
     if os.path.isdir(p) and not os.path.islink(p):
         shutil.rmtree(p)
     elif os.path.lexists(p):
@@ -42,6 +50,17 @@ def unreadable_copy(src: str):
     return make
 
 
+def changed(edit):
+    """The image's own file, changed by ``edit(bytes)``: written anew, the cached one untouched."""
+
+    def make(p, old):
+        with open(p, "wb") as f:
+            f.write(edit(old))
+
+    make.from_old = True
+    return make
+
+
 # name: (the image's changed entries, expected outcome: a FATAL naming this, or None for a VM)
 CASES = {
     "ssh-loop": ({"etc/ssh": lambda p: os.symlink("ssh", p)},
@@ -49,13 +68,29 @@ CASES = {
     "ssh-pub-loop": ({"etc/ssh/ssh_host_rsa_key.pub": lambda p: os.symlink("ssh_host_rsa_key.pub", p)},
                      "/etc/ssh/ssh_host_rsa_key.pub: too many levels of symbolic links"),
     "ssh-out": ({"etc/ssh": lambda p: os.symlink("/etc", p)}, None),
-    "kernel-shadow": ({KERNEL: lambda p: os.symlink("/etc/shadow", p)}, None),
+    # resolved in the guest: its /etc/shadow, which is no kernel (the dom0's is never read)
+    "kernel-shadow": ({KERNEL: lambda p: os.symlink("/etc/shadow", p)},
+                      f"image 'kernel-shadow': its kernel /{KERNEL} is not a Linux kernel"),
+    # resolved in the guest, to a kernel the dom0 does not have there: the guest's is booted
+    "kernel-link": ({"boot/linux-real": lambda p: shutil.copyfile(os.path.join(os.path.dirname(p), KERNEL[5:]), p),
+                     KERNEL: lambda p: os.symlink("/boot/linux-real", p)}, None),
     "os-release-unreadable": ({"usr/lib/os-release": unreadable_copy("/etc/os-release")},
                               "cannot read /usr/lib/os-release: Permission denied"),
     "hostname-unreadable": ({"etc/hostname": unreadable_copy("/etc/hostname")}, "Permission denied"),
     "hostname-fifo": ({"etc/hostname": os.mkfifo}, None),
     "hostname-dir": ({"etc/hostname": os.mkdir}, None),
+    # boot files read for what they are before anything is made
+    "kernel-empty": ({KERNEL: lambda p: open(p, "wb").close()},
+                     f"image 'kernel-empty': its kernel /{KERNEL} is empty (0 bytes)"),
+    "initrd-truncated": ({INITRD: changed(lambda b: b[:len(b) // 2])},
+                         f"image 'initrd-truncated': its initramfs /{INITRD} is truncated: its gzip data ends early"),
+    "initrd-100-bytes": ({INITRD: changed(lambda b: b[:100])},
+                         f"image 'initrd-100-bytes': its initramfs /{INITRD} is truncated"),
+    # a malformed layout with --layout image: the file and its line
+    "fsinfo-line-x": ({LAYOUT: changed(lambda b: b.replace(b'line="20"', b'line="x"'))},
+                      f'/{LAYOUT} line 12: <fsinfo> line="x" is not a whole number'),
 }
+EXTRA = {"fsinfo-line-x": ("--layout", "image"), "initrd-100-bytes": ("--memory", "1888M")}
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +129,7 @@ def test_hostile_image(hostile, tmp_path, name):
     env = make_env(tmp_path / "env", os.path.dirname(root))
     before, image_before, dom0_before = host_state(env.base, (HOST,)), manifest(root), dom0_files()
     wrapper = NO_DAC if "unreadable" in name else ()
-    cp = env.mk(root, *ARGS, "--dir", env.dir, "--output", env.output, wrapper=wrapper)
+    cp = env.mk(root, *ARGS, *EXTRA.get(name, ()), "--dir", env.dir, "--output", env.output, wrapper=wrapper)
     want = CASES[name][1]
     assert "Traceback" not in cp.stdout + cp.stderr, cp.stderr
     if want:
@@ -102,6 +137,7 @@ def test_hostile_image(hostile, tmp_path, name):
         assert cp.returncode == 1 and len(lines) == 1 and lines[0].startswith("FATAL: ") and want in lines[0], cp.stderr
         assert "(" in lines[0], "the message names a fix"
         assert tree_files(env.dir) in ([], [f"{env.dir}/domains"]) and os.listdir(env.output) == []
+        assert not [f for f in tree_files(env.base) if "journal" in f or f.startswith(env.lock + "/")], "journal or lock"
     else:
         assert cp.returncode == 0, cp.stdout + cp.stderr
         check_vm(name, f"{env.dir}/domains/{HOST}", root)
@@ -117,10 +153,9 @@ def check_vm(name: str, vm: str, root: str) -> None:
     disk = f"{vm}/disk.img"
     if name == "ssh-out":  # /etc/ssh -> /etc resolved in the guest, which has no keys there: none copied in
         assert "ssh_host_" not in "".join(debugfs_ls(disk, "/etc"))
-    elif name == "kernel-shadow":  # the link resolved to the guest's /etc/shadow, not the dom0's
-        with open(f"{vm}/vmlinuz", "rb") as got, open(f"{root}/etc/shadow", "rb") as guest:
+    elif name == "kernel-link":  # the link resolved in the guest: its kernel is the VM's
+        assert not os.path.exists("/boot/linux-real")
+        with open(f"{vm}/vmlinuz", "rb") as got, open(f"{root}/boot/linux-real", "rb") as guest:
             assert got.read() == guest.read()
-        with open(f"{vm}/vmlinuz", "rb") as got, open("/etc/shadow", "rb") as dom0:
-            assert got.read() != dom0.read()
     elif name == "hostname-fifo":  # never opened (a reader would hang): replaced by the VM's name
         assert debugfs_cat(disk, "/etc/hostname") == f"{HOST}\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import struct
 
 
 def newc(name: str, data: bytes, mode: int = 0o100644) -> bytes:
@@ -18,6 +19,18 @@ def newc(name: str, data: bytes, mode: int = 0o100644) -> bytes:
 def cpio(files: dict[str, bytes]) -> bytes:
     body = b"".join(newc(n, d) for n, d in files.items()) + newc("TRAILER!!!", b"", 0)
     return body + b"\0" * (-len(body) % 512)
+
+
+def bzimage(size: int = 2 * 2**20) -> bytes:
+    """A file with the x86 boot header of a bzImage of ``size`` bytes (boot protocol 2.15)."""
+    setup = 40 * 512
+    body = size - setup
+    head = bytearray(os.urandom(setup))
+    head[0x1F1] = 39
+    struct.pack_into("<I", head, 0x1F4, body // 16)
+    head[0x202:0x208] = b"HdrS" + struct.pack("<H", 0x020F)
+    struct.pack_into("<II", head, 0x248, 716, body - 716 - 4)
+    return bytes(head) + b"\xfd7zXZ\0" + os.urandom(body - 6)
 
 
 def make(root, *, unpacked_mib: int = 8, microcode: bool = True, os_release: str | None = None) -> str:
@@ -36,7 +49,7 @@ def make(root, *, unpacked_mib: int = 8, microcode: bool = True, os_release: str
         f.write("not copied\n")
     v = "6.1.0-99-amd64"
     with open(os.path.join(root, f"boot/vmlinuz-{v}"), "wb") as f:
-        f.write(os.urandom(2 * 2**20))
+        f.write(bzimage())
     early = cpio({"kernel/x86/microcode/AuthenticAMD.bin": b"u" * 1000}) if microcode else b""
     main = gzip.compress(cpio({"init": b"#!/bin/sh\n", "big": b"\0" * (unpacked_mib * 2**20)}), 1)
     with open(os.path.join(root, f"boot/initrd.img-{v}"), "wb") as f:

@@ -55,7 +55,7 @@ def test_an_unreadable_initramfs_is_named(root, tmp_path, monkeypatch):
     def denied(path):
         raise PermissionError(13, "Permission denied", path)
 
-    monkeypatch.setattr(initramfs, "unpacked_hint", denied)
+    monkeypatch.setattr(initramfs, "scan_cached", denied)
     with pytest.raises(Fatal, match=r"^image 'img' is unusable: cannot read /boot/initrd.img-6.1.0-99-amd64: "
                                     r"Permission denied \(fix it in .*, or get the image again\)$"):
         planner.check_boot(plan, image)

@@ -20,6 +20,7 @@ from . import __version__, atomic, boot, domain, hostkeys, initramfs, journal, p
 from .errors import Fatal
 from .guestfs import Guest
 from .image import Image, survey
+from .image.survey import ImageChanged
 from .made import Domain, File
 from .plan import Plan, describe
 from .report import Reporter
@@ -56,17 +57,6 @@ def preflight(plan: Plan, settings, need_mib: int) -> None:
             ts = toolstack.require_running(plan.toolstack)
         if ts and toolstack.hypervisor_running() and plan.hostname in ts.domains():
             raise Fatal(f"domain '{plan.hostname}' is running", f"stop it first: {ts.name} shutdown {plan.hostname}")
-
-
-class ImageChanged(Fatal):
-    """The image is not what the deploy was planned from (confirm step): everything made was
-    undone, and the caller plans again from ``survey``, the image as it is now (None: walk it).
-    A caller that cannot (a batch, Ganeti) reports it as the Fatal it is."""
-
-    def __init__(self, survey, why: str | None = None):
-        super().__init__(why or "the image changed since its last walk",
-                         "let whatever writes to the image (si_getimage, si_updateclient) finish, then run this again")
-        self.survey = survey
 
 
 @dataclass
@@ -135,7 +125,7 @@ def _walk_again(c: Context) -> None:
     one changed meanwhile (an si_getimage into it) gives a VM of neither image. The walk
     (~0.1 s) runs in a child, beside the steps that follow, and the confirm step waits for it."""
     c.confirm = proc.Ahead(survey.survey, c.image.path)
-    c.confirm_why = "the image changed while it was copied"
+    c.confirm_why = survey.COPIED
 
 
 def _fixups(c: Context) -> None:

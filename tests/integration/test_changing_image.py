@@ -1,5 +1,7 @@
 """A full copy of an image that changes while it is copied (an si_getimage into the live image):
 the VM is made again from the image as it now is, or refused; never a VM of neither image.
+The same for the copy into the base disks that a first clone builds (on XFS): never a base of
+neither image, published under the old image's name for every later clone.
 
 A copy of the Debian 12 test image, with 1 GiB more data so the copy is slow enough to be hit;
 a thread waits for the deploy's journal to reach the copy, then 0.5 s later deletes a directory
@@ -24,7 +26,7 @@ from .harness import debugfs_cat, host_state, make_env, tree_files
 
 pytestmark = pytest.mark.integration
 NAME = "chg01"
-OPTS = ["--memory", "512M", "--size", "4G", "--swap", "0", "--dhcp", "--full-copy"]
+OPTS = ["--memory", "512M", "--size", "4G", "--swap", "0", "--dhcp"]
 GONE, ADDED = "/usr/share/doc", "/opt/added.bin"
 
 
@@ -55,7 +57,7 @@ def change_during_copy(root: str, journal: str, done: list) -> None:
                 steps = [json.loads(line).get("step") for line in f if line.strip()]
         except (OSError, ValueError):
             steps = []
-        if "filesystems" in steps or "copy" in steps:  # mke2fs -d or rsync: the copy has begun
+        if {"filesystems", "copy", "base-filesystems", "base-copy"} & set(steps):  # mke2fs -d or rsync: copying
             time.sleep(0.5)
             shutil.rmtree(root + GONE)
             with open(root + ADDED, "wb") as f:
@@ -65,29 +67,36 @@ def change_during_copy(root: str, journal: str, done: list) -> None:
         time.sleep(0.02)
 
 
-def test_a_copy_of_a_changing_image_is_the_new_image_or_refused(changing):
+@pytest.mark.parametrize("how", ["--full-copy", "first clone"])
+def test_a_copy_of_a_changing_image_is_the_new_image_or_refused(changing, how, request):
     root, env = changing
+    store = request.getfixturevalue("xfs_dir") if how == "first clone" else env.dir
     before = host_state(env.base, (NAME,))
     done: list = []
     t = threading.Thread(target=change_during_copy, args=(root, f"{env.state}/vms/{NAME}.journal", done))
     t.start()
-    cp = env.mk("debian12", "--hostname", NAME, *OPTS, "--dir", env.dir, "--output", env.output)
+    opts = [*OPTS, "--dir", store, "--output", env.output] + (["--full-copy"] if how == "--full-copy" else [])
+    cp = env.mk("debian12", "--hostname", NAME, *opts)
     t.join()
     assert done, "the image was not changed during the deploy"
     assert "Traceback" not in cp.stderr
     if cp.returncode:  # refused: one FATAL, nothing left
         assert cp.stderr.count("FATAL:") == 1 and "changed under each of 3 deploys" in cp.stderr, cp.stderr
-        assert tree_files(env.dir) == [] and not os.path.exists(f"{env.output}/{NAME}.cfg")
+        assert tree_files(store) == [] and not os.path.exists(f"{env.output}/{NAME}.cfg")
         assert not os.path.exists(f"{env.state}/vms/{NAME}.journal")
     else:
-        disk = f"{env.dir}/domains/{NAME}/disk.img"
+        disk = f"{store}/domains/{NAME}/disk.img"
         assert subprocess.run(["e2fsck", "-fn", disk], capture_output=True).returncode == 0
         assert "Size: 52428800" in debugfs_stat(disk, ADDED), "the file added to the image is missing"
         assert debugfs_stat(disk, GONE) == "", "the directory deleted from the image is still there"
         assert debugfs_cat(disk, "/etc/debian_version") is not None
         rec = json.loads(env.run("lsxenvm", "--json", check=True).stdout.splitlines()[0])
-        assert rec["image_fingerprint"] == survey.survey(root).fingerprint  # of what was copied
+        fingerprint = survey.survey(root).fingerprint
+        assert rec["image_fingerprint"] == fingerprint  # of what was copied
+        if how == "first clone":  # only a base of the new image was published
+            assert [n for n in os.listdir(f"{store}/bases") if n.endswith(".img")] == [
+                f"debian12-{fingerprint}-disk-ext4-4096M.img"]
         assert "Not kept: the image changed while it was copied; planning again" in cp.stdout, cp.stdout
-        env.run("rmxenvm", NAME, "--yes", check=True)
+        env.run("rmxenvm", NAME, "--yes", "--prune-bases", check=True)
     assert host_state(env.base, (NAME,)) == before
     assert os.listdir(env.lock) == []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import sys
@@ -313,8 +312,12 @@ def _console(plan, guard: Guard, rep: Reporter) -> None:
         rc, sig = ts.console(name)
         how = f" by {signal.Signals(sig).name}" if sig else (f" (exit status {rc})" if rc else "")
         line = f"console closed{how}; {again}"
-    with contextlib.suppress(OSError):  # a terminal hung up: the log has the line
+    try:
         rep.say(line)
+    except OSError:  # the terminal hung up (the log has the line): what is left to print goes nowhere,
+        null = os.open(os.devnull, os.O_WRONLY)  # so that no failed flush at exit changes the status
+        os.dup2(null, 1)
+        os.dup2(null, 2)
 
 
 def summary(rec: dict, plan, rep: Reporter, settings) -> None:

@@ -106,3 +106,16 @@ def test_an_ignored_signal_stays_ignored():
             assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGHUP, old)
+
+
+def test_a_batch_with_console_is_refused_before_anything(tmp_path, capsys):
+    from si_xen.cli import common, mkxenvm
+
+    from . import fakeimage
+
+    root = fakeimage.make(tmp_path / "img")
+    (tmp_path / "xen.conf").write_text(f"[paths]\nstate_dir = {tmp_path}/state\n")
+    code = common.run_main("si_mkxenvm", mkxenvm.body, [root, "--hostname", "web[1-3]", "--dhcp", "--dir", str(tmp_path),
+                                                        "--console", "--config", str(tmp_path / "xen.conf"), "--dry-run"])
+    assert code == 1 and capsys.readouterr().err == (
+        "FATAL: --console attaches the console of one VM, not of a batch (use --start, then xl console NAME)\n")

@@ -124,8 +124,9 @@ def _walk_again(c: Context) -> None:
     """A copy is kept only if the image walked after it is the one the plan was made from:
     one changed meanwhile (an si_getimage into it) gives a VM of neither image. The walk
     (~0.1 s) runs in a child, beside the steps that follow, and the confirm step waits for it."""
-    c.confirm = proc.Ahead(survey.survey, c.image.path)
-    c.confirm_why = survey.COPIED
+    if c.plan.fingerprint:  # else there is no walk to compare with
+        c.confirm = proc.Ahead(survey.survey, c.image.path)
+        c.confirm_why = survey.COPIED
 
 
 def _fixups(c: Context) -> None:

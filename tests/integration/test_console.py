@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
 import signal
 import subprocess
 import sys
@@ -81,10 +83,13 @@ def xen(tmp_path, debian12_image, as_root):
     environ = dict(os.environ, SIS_CONFDIR=env.confdir, PYTHONPATH=REPO, FAKE_XL_STATE=str(state),
                    PATH=f"{bindir}:{os.environ['PATH']}")
 
+    def argv(prog, *args):
+        return [sys.executable, "-c", RUNNER, prog, *args, "--config", env.config]
+
     def popen(prog, *args, **env_extra):
-        return subprocess.Popen([sys.executable, "-c", RUNNER, prog, *args, "--config", env.config],
-                                env=dict(environ, **env_extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        return subprocess.Popen(argv(prog, *args), env=dict(environ, **env_extra), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     def run(prog, *args):
         p = popen(prog, *args)
@@ -92,7 +97,7 @@ def xen(tmp_path, debian12_image, as_root):
         return p.returncode, out, err
 
     before = host_state(env.base, (NAME,))
-    yield env, state, popen, run
+    yield env, state, popen, run, argv, environ
     assert host_state(env.base, (NAME,)) == before, "loop devices, mounts or temp dirs left behind"
 
 
@@ -108,7 +113,7 @@ def wait_for(path, proc, seconds=600):
 
 @pytest.mark.parametrize("how", ["SIGHUP", "SIGINT", "console exits 1"])
 def test_the_console_ends_the_vm_stays(xen, how):
-    env, state, popen, run = xen
+    env, state, popen, run, _, _ = xen
     extra = {"FAKE_XL_CONSOLE_RC": "1"} if how == "console exits 1" else {}
     p = popen("mkxenvm", "debian12", "--hostname", NAME, *OPTS, "--dir", env.dir, "--output", env.output, **extra)
     wait_for(state / "attached", p)
@@ -121,6 +126,11 @@ def test_the_console_ends_the_vm_stays(xen, how):
     assert "FATAL" not in err and "Traceback" not in err
     assert f"console closed {ended}; VM {NAME} keeps running (xl console {NAME} to attach again)" in out
     assert "Installation Summary" in out and out.index("Installation Summary") < out.index("Attaching the console")
+    kept(env, state, run)
+
+
+def kept(env, state, run):
+    """The VM is there whole and running, as any other; then removed whole, its domain stopped."""
     calls = (state / "calls").read_text().splitlines()
     assert f"create {env.output}/{NAME}.cfg" in calls and f"console {NAME}" in calls  # created without -c
     assert not any(c.startswith("destroy") for c in calls), calls
@@ -135,3 +145,31 @@ def test_the_console_ends_the_vm_stays(xen, how):
     rc, out, err = run("rmxenvm", NAME, "--yes", "--stop")
     assert rc == 0 and os.listdir(state / "domains") == [], out + err
     assert not os.path.exists(f"{env.dir}/domains/{NAME}")
+
+
+def test_a_hung_up_terminal_ends_only_the_console(xen):
+    """As an ssh session that drops: si_mkxenvm leads the session of a pty whose master is closed
+    while it is attached; the kernel sends SIGHUP, and writes to the terminal fail (EIO)."""
+    env, state, _, run, argv, environ = xen
+    cmd = argv("mkxenvm", "debian12", "--hostname", NAME, *OPTS, "--dir", env.dir, "--output", env.output)
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            os.execve(cmd[0], cmd, environ)
+        finally:
+            os._exit(127)
+    shown, deadline = b"", time.monotonic() + 600
+    while not (state / "attached").exists() and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.2)[0]:  # drained, or it would block on a full terminal
+            try:
+                shown += os.read(fd, 65536)
+            except OSError:
+                break  # it ended
+    time.sleep(0.5)
+    os.close(fd)  # the hang-up
+    _, status = os.waitpid(pid, 0)
+    log = open(f"{env.base}/log/{NAME}.log").read()
+    assert os.waitstatus_to_exitcode(status) == 0, shown.decode(errors="replace") + log
+    assert "Attaching the console" in shown.decode(errors="replace")
+    assert f"console closed by SIGHUP; VM {NAME} keeps running (xl console {NAME} to attach again)" in log
+    kept(env, state, run)

@@ -119,3 +119,27 @@ def test_a_batch_with_console_is_refused_before_anything(tmp_path, capsys):
                                                         "--console", "--config", str(tmp_path / "xen.conf"), "--dry-run"])
     assert code == 1 and capsys.readouterr().err == (
         "FATAL: --console attaches the console of one VM, not of a batch (use --start, then xl console NAME)\n")
+
+
+def test_an_image_that_keeps_changing_is_refused_after_three_deploys(monkeypatch):
+    from si_xen.cli import mkxenvm
+    from si_xen.image import survey
+
+    made, said = [], []
+    monkeypatch.setattr(mkxenvm, "_ahead", lambda *a: ("tree", ["plan"], None))
+    monkeypatch.setattr(mkxenvm, "_plans", lambda *a: ["plan again"])
+
+    def changed(args, image, settings, rep, plans, *rest):
+        made.append(plans[0])
+        raise survey.ImageChanged(SimpleNamespace(fingerprint="f"), survey.COPIED)
+
+    monkeypatch.setattr(mkxenvm, "_make", changed)
+    rep = SimpleNamespace(say=said.append, warn=said.append)
+    image = SimpleNamespace(name="deb", path="/nowhere")
+    with pytest.raises(Fatal) as e:
+        mkxenvm._deploy(SimpleNamespace(dry_run=False), image, SimpleNamespace(paths={"state_dir": "/nowhere"}), rep, {}, ["vm"], None, None)
+    assert made == ["plan", "plan again", "plan again"]
+    assert said == ["Not kept: the image changed while it was copied; planning again"] * 2
+    assert str(e.value) == ("image 'deb' changed under each of 3 deploys (the image changed while it was copied); "
+                            "nothing was kept (let whatever writes to the image (si_getimage, si_updateclient) "
+                            "finish, then run this again)")

@@ -4,7 +4,8 @@
           → autostart → confirm → record → start
 
 A step that fails or is interrupted (SIGINT, SIGTERM, SIGHUP) has every thing made so far
-deleted, newest first (journal.py); a crash leaves the journal for si_rmxenvm.
+deleted, newest first (journal.py); a crash leaves the journal for si_rmxenvm. Once the
+domain exists (``xl create`` returned 0) nothing is undone: the VM is complete and runs.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from dataclasses import dataclass, field
 from . import __version__, atomic, boot, domain, hostkeys, initramfs, journal, populate, proc, toolstack
 from .errors import Fatal
 from .guestfs import Guest
-from .image import Image
+from .image import Image, survey
+from .image.survey import ImageChanged
 from .made import Domain, File
 from .plan import Plan, describe
 from .report import Reporter
-from .rollback import signals_raise
+from .rollback import Guard, signals_raise
 from .sizes import human
 from .storage import backend_for
 from .storage.mount import mount_tree, sync_targets, unmount
@@ -57,15 +59,6 @@ def preflight(plan: Plan, settings, need_mib: int) -> None:
             raise Fatal(f"domain '{plan.hostname}' is running", f"stop it first: {ts.name} shutdown {plan.hostname}")
 
 
-class ImageChanged(Exception):
-    """The image is not what the deploy was planned from (confirm step): everything made was
-    undone, and the caller plans again from ``survey``, the image as it is now (None: walk it)."""
-
-    def __init__(self, survey, why: str = "the image changed since its last walk"):
-        super().__init__(why)
-        self.survey = survey
-
-
 @dataclass
 class Context:
     """What the steps share: the inputs, and what earlier steps produced."""
@@ -77,7 +70,9 @@ class Context:
     rep: Reporter
     journal: journal.Journal
     keys: object = None  # a hostkeys.Prefetch started earlier
-    confirm: object = None  # a proc.Ahead walking the image, when planned from its last walk
+    confirm: object = None  # a proc.Ahead walking the image: planned from its last walk, or after a copy
+    confirm_why: str | None = None  # what a failed confirm means (ImageChanged's default)
+    guard: Guard = field(default_factory=Guard)
     backend: object = None
     bases: dict[str, str] = field(default_factory=dict)
     one_pass: bool = False
@@ -112,6 +107,8 @@ def _disks(c: Context) -> None:
 
 def _filesystems(c: Context) -> None:
     populate.make_filesystems(c.plan, c.image, c.rep, c.one_pass)
+    if c.one_pass:
+        _walk_again(c)
 
 
 def _mount(c: Context) -> None:
@@ -120,6 +117,16 @@ def _mount(c: Context) -> None:
 
 def _copy(c: Context) -> None:
     populate.copy_in(c.image, c.root, c.rep)
+    _walk_again(c)
+
+
+def _walk_again(c: Context) -> None:
+    """A copy is kept only if the image walked after it is the one the plan was made from:
+    one changed meanwhile (an si_getimage into it) gives a VM of neither image. The walk
+    (~0.1 s) runs in a child, beside the steps that follow, and the confirm step waits for it."""
+    if c.plan.fingerprint:  # else there is no walk to compare with
+        c.confirm = proc.Ahead(survey.survey, c.image.path)
+        c.confirm_why = survey.COPIED
 
 
 def _fixups(c: Context) -> None:
@@ -172,7 +179,7 @@ def _confirm(c: Context) -> None:
     deploy finds the same image; it ran beside the steps above instead of before them."""
     fresh = c.confirm.result()
     if fresh is None or fresh.fingerprint != c.plan.fingerprint:
-        raise ImageChanged(fresh)
+        raise ImageChanged(fresh, c.confirm_why)
 
 
 def _record(c: Context) -> None:
@@ -186,7 +193,8 @@ def _record(c: Context) -> None:
                   for d in plan.disks],
         "boot": plan.boot, "type": plan.type, "mac": plan.net.mac, "ips": list(plan.net.ips) or ["dhcp"],
         "memory": plan.memory, "version": __version__, "ssh_fingerprints": c.fingerprints,
-        "bases": sorted(c.bases.values()), "seconds": round(time.monotonic() - c.t0, 2),
+        "bases": sorted(c.bases.values()), "image_fingerprint": plan.fingerprint,
+        "seconds": round(time.monotonic() - c.t0, 2),
     }
     c.journal.finish(c.record)
 
@@ -195,7 +203,9 @@ def _start(c: Context) -> None:
     ts = toolstack.require_running(c.plan.toolstack)
     c.rep.say(f"Starting {c.plan.hostname} with {ts.name} create")
     c.journal.made(Domain(c.plan.hostname, ts.name))
-    ts.create(c.plan.cfg_path, console=c.plan.console)  # not held: a console is interactive
+    # The point of no return: once the domain exists, the guard only notes signals and the VM
+    # stays. Its console, if wanted, is the caller's, after the deploy (cli/mkxenvm.py).
+    ts.create(c.plan.cfg_path, c.guard.keep)
 
 
 def _fresh(c: Context) -> bool:
@@ -251,9 +261,11 @@ def _failed(step: Step, e: BaseException, log_path: str | None) -> BaseException
 INSTALL_STEPS = tuple(s for s in STEPS if s.name not in ("bases", "config", "autostart", "start"))
 
 
-def execute(plan: Plan, image: Image, kernel, settings, rep: Reporter, keys=None, steps=None, confirm=None) -> dict:
+def execute(plan: Plan, image: Image, kernel, settings, rep: Reporter, keys=None, steps=None, confirm=None,
+            guard: Guard | None = None) -> dict:
     """Make the VM; return its record. ``keys``: a hostkeys.Prefetch started earlier, or None;
-    ``steps``: STEPS (the default) or INSTALL_STEPS; ``confirm``: see _confirm."""
+    ``steps``: STEPS (the default) or INSTALL_STEPS; ``confirm``: see _confirm; ``guard``: the
+    caller's, to learn whether a signal came after the domain was made (``guard.got``)."""
     steps = steps or STEPS
     state_dir = settings.paths["state_dir"]
     old = journal.load(state_dir, plan.hostname)
@@ -262,7 +274,8 @@ def execute(plan: Plan, image: Image, kernel, settings, rep: Reporter, keys=None
     j = journal.Journal(state_dir, plan.hostname, {
         "name": plan.hostname, "image": plan.image_name, "pid": os.getpid(), "started": journal.stamp(),
         "config": plan.cfg_path, "storage": plan.storage, "storage_root": plan.storage_root, "version": __version__})
-    c = Context(plan, image, kernel, settings, rep, j, keys, confirm, backend=backend_for(plan, settings.paths["lock_dir"]))
+    c = Context(plan, image, kernel, settings, rep, j, keys, confirm, guard=guard or Guard(),
+                backend=backend_for(plan, settings.paths["lock_dir"]))
     c.one_pass = not plan.clone and populate.one_pass_ok(image.path, plan.disks)
     # The kernel fixup reads the initramfs (~0.7 s of decompression): do it now, while the
     # disks are written; the copy in the guest has the same identity, so the fixup hits the cache.
@@ -275,7 +288,7 @@ def execute(plan: Plan, image: Image, kernel, settings, rep: Reporter, keys=None
     refill = stock.refill() if not (plan.clone and populate.bases_ready(plan, c.backend)) else None
     step = steps[0]
     try:
-        with signals_raise():
+        with signals_raise(c.guard):
             for step in steps:
                 if refill:
                     refill.tick()
@@ -288,6 +301,9 @@ def execute(plan: Plan, image: Image, kernel, settings, rep: Reporter, keys=None
         if refill:
             refill.settle()
         rep.detail(f"step '{step.name}' failed: {e!r}")
+        if c.guard.kept:  # the domain exists: nothing after its start undoes the VM
+            rep.warn(f"step '{step.name}' failed after VM {plan.hostname} was started ({e}); the VM is kept")
+            return c.record
         err = _failed(step, e, rep.log_path)
         err.leftovers = j.rollback()
         for what in err.leftovers:
@@ -297,17 +313,19 @@ def execute(plan: Plan, image: Image, kernel, settings, rep: Reporter, keys=None
         raise err from e
     finally:
         j.close()
+        if c.confirm is not None and c.confirm is not confirm:
+            c.confirm.close()  # a walk begun here and not waited for (a rollback)
     if refill:
         refill.settle()
     return c.record
 
 
 def deploy(plan: Plan, image: Image, kernel, settings, rep: Reporter, keys=None, need_mib: int = 0,
-           confirm=None) -> dict:
+           confirm=None, guard: Guard | None = None) -> dict:
     """One VM, the same for a single deploy and each VM of a batch: lock, check, log, make."""
     with journal.lock(settings.paths["lock_dir"], plan.hostname):
         preflight(plan, settings, need_mib)  # again, now that no one else can race us
         rep.open_log(os.path.join(settings.paths["log_dir"], f"{plan.hostname}.log"))
         rep.say(describe(plan) + "\n")
-        return execute(plan, image, kernel, settings, rep, keys, confirm=confirm)
+        return execute(plan, image, kernel, settings, rep, keys, confirm=confirm, guard=guard)
 

@@ -16,6 +16,7 @@ import time
 from dataclasses import replace
 
 from . import __version__, proc
+from .image import survey
 from .locks import exclusive
 from .made import Lock
 from .storage.mount import mkfs, mount_tree, sync_targets, unmount
@@ -142,8 +143,17 @@ def _build_bases(plan, image, backend, rep, journal, bases) -> None:
             copy_in(image, root, rep)
         finally:
             unmount(mounts)
-    journal.step("base-publish")
-    sync_targets(list(tmp.disks))
+    # As a VM's own copy (deploy._walk_again): published only if the image walked after the
+    # copy is the one planned from, or the base would be neither, under the old one's name.
+    walk = proc.Ahead(survey.survey, image.path)
+    try:
+        journal.step("base-publish")
+        sync_targets(list(tmp.disks))
+        fresh = walk.result()
+    finally:
+        walk.close()
+    if fresh is None or fresh.fingerprint != plan.fingerprint:
+        raise survey.ImageChanged(fresh, survey.COPIED)
     meta = {"image": plan.image_name, "image_path": image.path, "fingerprint": plan.fingerprint,
             "image_time": image.meta.retrieval_time, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
             "version": __version__}

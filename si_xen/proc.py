@@ -156,6 +156,14 @@ def start(argv: Sequence[str]) -> subprocess.Popen:
                             stderr=subprocess.DEVNULL)
 
 
+def attached(argv: Sequence[str]) -> subprocess.Popen:
+    """Start ``argv`` on our terminal (stdin, stdout and stderr ours): an interactive program,
+    such as a console, that the caller waits for and may stop."""
+    argv = tuple(str(a) for a in argv)
+    _started("attached", argv)
+    return subprocess.Popen(list(argv))
+
+
 class Begun:
     """``argv`` running with its output captured while we go on: ``result()`` waits as run()
     would, ``stop()`` ends it (work begun on a guess that turned out unneeded)."""

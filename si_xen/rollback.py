@@ -1,5 +1,6 @@
 """Signals during a deploy: held while a thing is made and journaled, turned into exceptions
-so the deploy's rollback runs (SIGINT, SIGTERM, SIGHUP)."""
+so the deploy's rollback runs (SIGINT, SIGTERM, SIGHUP) — until the domain exists, the point
+of no return: from then on a signal is only noted, and the VM stays."""
 
 from __future__ import annotations
 
@@ -29,16 +30,41 @@ def critical():
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+class Guard:
+    """A deploy's answer to SIGINT, SIGTERM and SIGHUP: Interrupted (the rollback runs) until
+    ``keep()``, once the domain exists; from then on a signal is noted in ``got``, never raised:
+    nothing may undo a VM that runs (a dropped ssh session's SIGHUP included)."""
+
+    def __init__(self):
+        self.kept = False
+        self.got: int | None = None
+
+    def keep(self, got: int | None = None) -> None:
+        self.kept = True
+        self.got = self.got or got
+
+    def __call__(self, signum, _frame):
+        if not self.kept:
+            raise Interrupted(signum)
+        self.got = self.got or signum
+
+
 @contextmanager
-def signals_raise():
-    """Turn SIGTERM/SIGHUP into an exception so ``finally`` and undo blocks run."""
-
-    def handler(signum, _frame):
-        raise Interrupted(signum)
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+def diverted(handler):
+    """Each of SIGNALS calls ``handler(signum, frame)`` while in the block, except one the
+    command was started ignoring (nohup's SIGHUP, a background job's SIGINT): it stays ignored."""
+    old = {}
+    for s in sorted(SIGNALS):
+        if signal.getsignal(s) is not signal.SIG_IGN:
+            old[s] = signal.signal(s, handler)
     try:
         yield
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def signals_raise(guard: Guard | None = None):
+    """Turn SIGINT/SIGTERM/SIGHUP into Interrupted so ``finally`` and undo blocks run (until
+    ``guard`` keeps what was made)."""
+    return diverted(guard or Guard())

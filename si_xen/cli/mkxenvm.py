@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from .. import batch, config, hostkeys, proc
 from ..errors import Fatal
 from ..image import survey
 from ..report import Reporter
+from ..rollback import Guard, signals_raise
 from .common import confirm, need_root, parser, run_main
 
 PROG = "si_mkxenvm"
+ATTEMPTS = 3  # deploys of one command while the image keeps changing under them
 MAN = {
     "summary": "deploy a Xen virtual machine from a SystemImager image",
     "synopsis": "[IMAGE] --hostname NAME (--dhcp | --ip ADDR --netmask MASK) (--dir DIR | --lvm VG) [OPTION]...",
@@ -23,9 +26,14 @@ MAN = {
         "hard links, ACLs, xattrs, device nodes, sparse files), applies the guest fixups for Xen (the hooks that\n"
         "si_xenhooks(8) lists: fstab, hostname, console on hvc0, network, fresh identity...), makes the guest\n"
         "bootable, writes the domain config and, with --start, starts the domain.\n\n"
-        "The image is never modified. Nothing existing is overwritten without --force. A failure, SIGINT or\n"
-        "SIGTERM at any step removes everything made so far: no loop device, mount, LV, disk, config or lock\n"
-        "stays behind. Memory is checked against what the guest's kernel and initramfs need to boot.\n\n"
+        "The image is never modified. Nothing existing is overwritten without --force. A failure, SIGINT,\n"
+        "SIGTERM or SIGHUP at any step removes everything made so far: no loop device, mount, LV, disk, config\n"
+        "or lock stays behind. Once the domain exists (xl create succeeded) nothing undoes it: --console\n"
+        "attaches the console after the deploy, and however the console ends (Ctrl-], a dropped session's\n"
+        "SIGHUP, SIGINT, SIGTERM, the console failing) only the console ends; the VM keeps running.\n"
+        "A copy of an image that changed while it was copied is not kept: the VM is made again from the\n"
+        "image as it is now, at most 3 times. Memory is checked against what the guest's kernel and initramfs\n"
+        "need to boot.\n\n"
         "Defaults come from /etc/systemimager/xen.conf (si-xen.conf(5)); options override them."
     ),
     "examples": (
@@ -45,6 +53,8 @@ MAN = {
         "/var/lib/si-xen/vms/HOSTNAME.journal  what was made, written before it was made, for si_lsxenvm and si_rmxenvm\n"
         "/var/log/si-xen/HOSTNAME.log  the log of each deploy"
     ),
+    "exit_status": ("With --start or --console, 0 means the VM was made and its domain started: a console "
+                    "that exits non-zero or is ended by a signal does not change that (its end is said in one line)."),
     "see_also": "si_lsxenvm(8), si_rmxenvm(8), si_xenhooks(8), si-xen.conf(5), xl.cfg(5), xen-create-image(8), si_lsimage(8)",
 }
 
@@ -176,6 +186,8 @@ def _body(args, image, walk) -> int:
         rep.warn(f"unknown OS in image '{image.name}' ({image.os.pretty}): generic {image.os.init} handling only")
     o = options(args, settings)
     hosts = batch.expand(args.hostname)
+    if len(hosts) > 1 and o["console"]:
+        raise Fatal("--console attaches the console of one VM, not of a batch", "use --start, then xl console NAME")
     keys = None
     if len(hosts) == 1 and not args.dry_run:  # RSA keys take long: start them now, for later
         stock = hostkeys.Stock(settings.paths["state_dir"])
@@ -195,12 +207,18 @@ def _deploy(args, image, settings, rep, o, hosts, keys, walk) -> int:
 
     facts_dir = None if args.dry_run else os.path.join(settings.paths["state_dir"], "images")
     tree, plans, pending = _ahead(image, o, hosts, walk, facts_dir, settings, rep.warn)
-    try:
-        return _make(args, image, settings, rep, plans, keys, tree, pending, facts_dir)
-    except deploy.ImageChanged as e:  # undone already: plan again from the image as it is
-        rep.say(f"Not kept: {e}; planning again")
-        tree = e.survey or survey.survey(image.path)
-        return _make(args, image, settings, rep, _plans(o, hosts, image, tree, rep.warn), keys, tree, None, facts_dir)
+    guard = Guard()  # SIGINT, SIGTERM, SIGHUP: Interrupted, until the domain is made
+    with signals_raise(guard):
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return _make(args, image, settings, rep, plans, keys, tree, pending, facts_dir, guard)
+            except deploy.ImageChanged as e:  # undone already: plan again from the image as it is
+                if attempt == ATTEMPTS:
+                    raise Fatal(f"image '{image.name}' changed under each of {ATTEMPTS} deploys ({e.problem}); "
+                                "nothing was kept", e.fix) from None
+                rep.say(f"Not kept: {e.problem}; planning again")
+                tree = e.survey or survey.survey(image.path)
+                plans, pending = _plans(o, hosts, image, tree, rep.warn), None
 
 
 def _plans(o, hosts, image, tree, warn):
@@ -233,7 +251,7 @@ def _ahead(image, o, hosts, walk, facts_dir, settings, warn):
     return tree, _plans(o, hosts, image, tree, warn), None
 
 
-def _make(args, image, settings, rep, plans, keys, tree, pending, facts_dir) -> int:
+def _make(args, image, settings, rep, plans, keys, tree, pending, facts_dir, guard) -> int:
     from .. import deploy, planner
     from ..plan import describe
 
@@ -264,14 +282,42 @@ def _make(args, image, settings, rep, plans, keys, tree, pending, facts_dir) -> 
                         f"see the logs in {settings.paths['log_dir']}")
         return 0
     try:
-        rec = deploy.deploy(plan, image, kernel, settings, rep, keys, need, pending)
-        planner.remember_boot(plan, kernel, facts_dir)  # like the walk: kept once a VM exists
-        if pending is None:  # else the tree is the walk remembered
-            survey.remember(facts_dir, image.path, tree)
+        rec = deploy.deploy(plan, image, kernel, settings, rep, keys, need, pending, guard)
+        try:  # caches: a VM that exists is not failed for them
+            planner.remember_boot(plan, kernel, facts_dir)  # like the walk: kept once a VM exists
+            if pending is None:  # else the tree is the walk remembered
+                survey.remember(facts_dir, image.path, tree)
+        except OSError as e:
+            rep.warn(f"could not remember the image's walk for the next VM: {e}")
         summary(rec, plan, rep, settings)
+        if plan.console or guard.got:
+            _console(plan, guard, rep)
     finally:
         rep.close()
     return 0
+
+
+def _console(plan, guard: Guard, rep: Reporter) -> None:
+    """After the deploy, outside its rollback: the VM is made and runs, however its console ends.
+    A signal that came after the domain was made is said instead of attaching."""
+    from .. import toolstack
+
+    ts = toolstack.find(plan.toolstack)
+    name = plan.hostname
+    again = f"VM {name} keeps running ({ts.name} console {name} to attach{' again' if plan.console else ''})"
+    if guard.got is not None:  # came once the domain was made: it stays, no console is attached
+        line = f"{signal.Signals(guard.got).name} received after the domain was made; {again}"
+    else:
+        rep.say(f"\nAttaching the console of {name} ({ts.name} console; Ctrl-] detaches)")
+        rc, sig = ts.console(name)
+        how = f" by {signal.Signals(sig).name}" if sig else (f" (exit status {rc})" if rc else "")
+        line = f"console closed{how}; {again}"
+    try:
+        rep.say(line)
+    except OSError:  # the terminal hung up (the log has the line): what is left to print goes nowhere,
+        null = os.open(os.devnull, os.O_WRONLY)  # so that no failed flush at exit changes the status
+        os.dup2(null, 1)
+        os.dup2(null, 2)
 
 
 def summary(rec: dict, plan, rep: Reporter, settings) -> None:

@@ -9,10 +9,27 @@ import os
 import stat
 from dataclasses import dataclass
 
+from ..errors import Fatal
+
 # Not copied into VMs (SystemImager's install-time exclusions), so not counted either.
 SKIP_CONTENT = ("proc", "sys", "run", "tmp")
 EXCLUDED_DIRS = ("/var/lib/nfs/rpc_pipefs",)  # and lost+found at any depth
 EXCLUDED_FILES = ("/etc/system-id",)
+
+
+COPIED = "the image changed while it was copied"
+
+
+class ImageChanged(Fatal):
+    """The image is not what a deploy was planned from (its walk after a copy, or the walk
+    begun with a clone, found another): everything made was undone, and the caller plans again
+    from ``survey``, the image as it is now (None: walk it). A caller that cannot (a batch,
+    Ganeti) reports it as the Fatal it is."""
+
+    def __init__(self, survey, why: str | None = None):
+        super().__init__(why or "the image changed since its last walk",
+                         "let whatever writes to the image (si_getimage, si_updateclient) finish, then run this again")
+        self.survey = survey
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import termios
 from time import monotonic, sleep  # by name: a test fakes toolstack's clock, never the time module's
 
-from .. import proc
+from .. import proc, rollback
 from ..errors import Fatal
 from ..made import File
 
@@ -28,12 +30,53 @@ class Toolstack:
     def __init__(self, name: str, path: str):
         self.name, self.path = name, path
 
-    def create(self, cfg: str, console: bool = False) -> None:
-        if console:
-            # The console takes over the terminal until the admin detaches (Ctrl-]).
-            proc.run([self.path, "create", "-c", cfg], capture=False)
-        else:
-            proc.run([self.path, "create", cfg])
+    def create(self, cfg: str, made) -> None:
+        """``xl create``: the domain exists once it returns 0, and ``made(signum)`` is called
+        before any handler of the caller's runs again: its point of no return (signum: one that
+        came meanwhile, or None). A SIGINT, SIGTERM or SIGHUP meanwhile is passed on to xl, whose
+        exit decides: made, or not (ProcError; Interrupted when the signal stopped it)."""
+        got: list[int] = []
+        job = None
+
+        def forward(signum, _frame):
+            got.append(signum)
+            if job is not None:
+                job.p.send_signal(signum)
+
+        with rollback.diverted(forward):
+            job = proc.Begun([self.path, "create", cfg])
+            if got:
+                job.p.send_signal(got[0])
+            try:
+                job.result()
+            except proc.ProcError:
+                if got:
+                    raise rollback.Interrupted(got[0]) from None
+                raise
+            made(got[0] if got else None)
+
+    def console(self, name: str) -> tuple[int, int | None]:
+        """Attach our terminal to ``name``'s console until it ends: detached (Ctrl-]), the domain
+        gone, or a SIGINT, SIGTERM or SIGHUP to us, which ends the console only (a second one
+        kills it). Returns its exit status and that signal (or None)."""
+        got: list[int] = []
+        p = None
+
+        def stop(signum, _frame):
+            got.append(signum)
+            if p is not None:
+                p.send_signal(signal.SIGTERM if len(got) == 1 else signal.SIGKILL)
+
+        tty = _tty_state()
+        try:
+            with rollback.diverted(stop):
+                p = proc.attached([self.path, "console", name])
+                if got:
+                    p.terminate()
+                rc = p.wait()
+        finally:
+            _tty_restore(tty)  # a console killed in raw mode would leave the terminal unusable
+        return rc, got[0] if got else None
 
     def domains(self) -> dict[str, str]:
         """Running domains: name -> state flags (``r-----``)."""
@@ -59,6 +102,21 @@ class Toolstack:
             if monotonic() > deadline:
                 raise Fatal(f"domain '{name}' does not go away", f"check with {self.name} list, then retry")
             sleep(0.5)
+
+
+def _tty_state():
+    try:
+        return termios.tcgetattr(0)
+    except (termios.error, OSError, ValueError):
+        return None  # not a terminal
+
+
+def _tty_restore(state) -> None:
+    if state is not None:
+        try:
+            termios.tcsetattr(0, termios.TCSANOW, state)
+        except (termios.error, OSError):
+            pass  # hung up: no terminal left to restore
 
 
 def find(choice: str = "auto") -> Toolstack | None:

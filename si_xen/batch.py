@@ -79,6 +79,16 @@ def run(plans, image, kernel, settings, rep: Reporter, workers: int | None = Non
             failed.append(f"{p.hostname} ({err})")
             rep.say(f"[{n}/{len(plans)}] {p.hostname:<24} FAILED {err}")
 
+    try:
+        _all(plans, image, kernel, settings, workers, report)
+    except BaseException as e:  # an interrupt: the VMs made are kept, and the message says so
+        e.kept = [rec["name"] for rec in done]
+        raise
+    rep.say(f"\n{len(done)} of {len(plans)} VMs made in {time.monotonic() - t0:.1f} s")
+    return done, failed
+
+
+def _all(plans, image, kernel, settings, workers: int, report) -> None:
     first, rest = plans[0], plans[1:]
     try:
         report(first, _one(first, image, kernel, settings))
@@ -97,5 +107,3 @@ def run(plans, image, kernel, settings, rep: Reporter, workers: int | None = Non
                     report(futures[fut], fut.result())
                 except Exception as e:  # a failed VM is reported; the batch goes on
                     report(futures[fut], err=e)
-    rep.say(f"\n{len(done)} of {len(plans)} VMs made in {time.monotonic() - t0:.1f} s")
-    return done, failed

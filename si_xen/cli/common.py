@@ -82,6 +82,12 @@ def run_main(prog: str, func, argv=None) -> int:
         what = getattr(e, "args", [""])[0] if isinstance(e, Interrupted) else "SIGINT"
         left = getattr(e, "leftovers", None)
         done = "some of what was made could not be removed (see the WARNINGs)" if left else "everything made so far was removed"
+        if kept := getattr(e, "kept", None):  # a batch: the VMs finished before stay
+            rest = "some of the unfinished ones' work could not be removed (see the WARNINGs)" if left else \
+                "the unfinished ones' work was removed"
+            made = f"VM {kept[0]} was made and is kept" if len(kept) == 1 else \
+                f"VMs {', '.join(kept)} were made and are kept"
+            done = f"{made} (si_lsxenvm lists them); {rest}"
         print(f"FATAL: interrupted by {what}; {done}", file=sys.stderr)
         return 130
     except BrokenPipeError:

@@ -2,6 +2,7 @@ import pytest
 
 from si_xen.batch import expand, shifted
 from si_xen.errors import Fatal
+from si_xen.report import Reporter
 
 
 def test_patterns_and_lists():
@@ -20,3 +21,26 @@ def test_bad_patterns(spec, msg):
 def test_consecutive_addresses_keep_prefix():
     assert shifted(["10.0.0.10/24", "10.0.1.10"], 3) == ["10.0.0.13/24", "10.0.1.13"]
     assert shifted([], 5) == []
+
+
+def test_an_interrupted_batch_says_which_vms_it_kept(monkeypatch, capsys):
+    """The VMs a batch finished stay when it is interrupted, and the FATAL line says so (it said
+    "everything made so far was removed")."""
+    from types import SimpleNamespace
+
+    from si_xen import batch
+    from si_xen.cli.common import run_main
+
+    def one(plan, *_):
+        if plan.hostname == "web2":
+            raise KeyboardInterrupt
+        return {"name": plan.hostname, "seconds": 0.1}
+
+    monkeypatch.setattr(batch, "_one", one)
+    monkeypatch.setattr(batch, "_all", lambda plans, image, kernel, settings, workers, report: [
+        report(p, one(p)) for p in plans])
+    plans = [SimpleNamespace(hostname=h) for h in ("web1", "web2", "web3")]
+    assert run_main("si_mkxenvm", lambda argv: batch.run(plans, None, None, None, Reporter()), []) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("FATAL: interrupted by SIGINT; VM web1 was made and is kept"), err
+    assert "unfinished ones' work was removed" in err

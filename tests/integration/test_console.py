@@ -71,6 +71,13 @@ RUNNER = ("import runpy, sys, si_xen.toolstack as t; t.hypervisor_running = lamb
           "prog = sys.argv.pop(1); runpy.run_module('si_xen.cli.' + prog, run_name='__main__')")
 
 
+def default_signals():
+    """The signals si_mkxenvm is tested on reach it, whatever ignores them in the test's own
+    process (run under nohup, SIGHUP is ignored and si_mkxenvm rightly keeps it ignored)."""
+    for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(s, signal.SIG_DFL)
+
+
 @pytest.fixture
 def xen(tmp_path, debian12_image, as_root):
     need_tools("rsync", "mkfs.ext4", "mkswap", "losetup", "ssh-keygen")
@@ -86,10 +93,13 @@ def xen(tmp_path, debian12_image, as_root):
     def argv(prog, *args):
         return [sys.executable, "-c", RUNNER, prog, *args, "--config", env.config]
 
+    groups = []  # what the test started, each in a session of its own: nothing outlives the test
+
     def popen(prog, *args, **env_extra):
-        return subprocess.Popen(argv(prog, *args), env=dict(environ, **env_extra), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        p = subprocess.Popen(argv(prog, *args), env=dict(environ, **env_extra), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, preexec_fn=default_signals, start_new_session=True)
+        groups.append(p.pid)
+        return p
 
     def run(prog, *args):
         p = popen(prog, *args)
@@ -97,7 +107,12 @@ def xen(tmp_path, debian12_image, as_root):
         return p.returncode, out, err
 
     before = host_state(env.base, (NAME,))
-    yield env, state, popen, run, argv, environ
+    yield env, state, popen, run, argv, environ, groups
+    for pgid in groups:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     assert host_state(env.base, (NAME,)) == before, "loop devices, mounts or temp dirs left behind"
 
 
@@ -113,7 +128,7 @@ def wait_for(path, proc, seconds=600):
 
 @pytest.mark.parametrize("how", ["SIGHUP", "SIGINT", "console exits 1"])
 def test_the_console_ends_the_vm_stays(xen, how):
-    env, state, popen, run, _, _ = xen
+    env, state, popen, run, *_ = xen
     extra = {"FAKE_XL_CONSOLE_RC": "1"} if how == "console exits 1" else {}
     p = popen("mkxenvm", "debian12", "--hostname", NAME, *OPTS, "--dir", env.dir, "--output", env.output, **extra)
     wait_for(state / "attached", p)
@@ -150,14 +165,16 @@ def kept(env, state, run):
 def test_a_hung_up_terminal_ends_only_the_console(xen):
     """As an ssh session that drops: si_mkxenvm leads the session of a pty whose master is closed
     while it is attached; the kernel sends SIGHUP, and writes to the terminal fail (EIO)."""
-    env, state, _, run, argv, environ = xen
+    env, state, _, run, argv, environ, groups = xen
     cmd = argv("mkxenvm", "debian12", "--hostname", NAME, *OPTS, "--dir", env.dir, "--output", env.output)
     pid, fd = pty.fork()
     if pid == 0:
         try:
+            default_signals()
             os.execve(cmd[0], cmd, environ)
         finally:
             os._exit(127)
+    groups.append(pid)  # the pty's session leader
     shown, deadline = b"", time.monotonic() + 600
     while not (state / "attached").exists() and time.monotonic() < deadline:
         if select.select([fd], [], [], 0.2)[0]:  # drained, or it would block on a full terminal
@@ -167,7 +184,11 @@ def test_a_hung_up_terminal_ends_only_the_console(xen):
                 break  # it ended
     time.sleep(0.5)
     os.close(fd)  # the hang-up
-    _, status = os.waitpid(pid, 0)
+    end = time.monotonic() + 120
+    while not (ended := os.waitpid(pid, os.WNOHANG))[0] and time.monotonic() < end:
+        time.sleep(0.2)
+    assert ended[0] == pid, "si_mkxenvm still runs 120 s after its terminal hung up"
+    status = ended[1]
     log = open(f"{env.base}/log/{NAME}.log").read()
     assert os.waitstatus_to_exitcode(status) == 0, shown.decode(errors="replace") + log
     assert "Attaching the console" in shown.decode(errors="replace")

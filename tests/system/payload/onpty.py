@@ -10,12 +10,15 @@ fail with EIO. The command's exit status (or -SIGNAL) is written to RCFILE.
 import os
 import pty
 import select
+import signal
 import sys
 
 flag, rcfile, typescript, *cmd = sys.argv[1:]
 pid, fd = pty.fork()
 if pid == 0:
     try:
+        for s in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):  # as a login session has them
+            signal.signal(s, signal.SIG_DFL)
         os.execvp(cmd[0], cmd)
     finally:
         os._exit(127)

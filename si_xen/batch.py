@@ -51,10 +51,10 @@ def shifted(ips: list[str], offset: int) -> list[str]:
 
 def _one(plan, image, kernel, settings) -> dict:
     """A worker: deploy one VM, quietly, with its own log and lock."""
-    from . import deploy, hostkeys
+    from . import deploy, hostkeys, sshdconfig
 
     rep = Reporter(quiet=True)
-    keys = hostkeys.Prefetch(hostkeys.key_types(image.guest), plan.hostname,
+    keys = hostkeys.Prefetch(sshdconfig.key_types(image.guest), plan.hostname,
                              hostkeys.Stock(settings.paths["state_dir"]))
     try:
         return deploy.deploy(plan, image, kernel, settings, rep, keys)

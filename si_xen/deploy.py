@@ -16,7 +16,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import __version__, atomic, boot, domain, hostkeys, initramfs, journal, populate, proc, toolstack
+from . import (
+    __version__,
+    atomic,
+    boot,
+    domain,
+    hostkeys,
+    initramfs,
+    journal,
+    populate,
+    proc,
+    sshdconfig,
+    toolstack,
+)
 from .errors import Fatal
 from .guestfs import Guest
 from .image import Image, survey
@@ -150,7 +162,7 @@ def _boot(c: Context) -> None:
     else:
         separate_boot = any(d.mountpoint == "/boot" for d in plan.disks)
         boot.write_grub_cfg(guest, c.kernel, plan.root.vdev, separate_boot, f"{c.image.os.pretty} (si-xen)")
-    c.fingerprints = hostkeys.fingerprints(guest)
+    c.fingerprints = sshdconfig.fingerprints(guest)
 
 
 def _unmount(c: Context) -> None:

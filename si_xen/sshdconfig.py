@@ -1,4 +1,5 @@
-"""The HostKey lines a guest's sshd obeys when it starts, read as OpenSSH's servconf.c reads them.
+"""The host keys a VM gets: those its sshd loads, from the HostKey lines it obeys when it starts,
+read as OpenSSH's servconf.c reads them (else OpenSSH's defaults).
 
 Every HostKey met while the config is active counts (they accumulate, in order). A ``Match``
 line ends the active part: at start sshd has no connection, so only ``Match all`` makes later
@@ -9,12 +10,17 @@ root (a link out of it stays in it), and no guest program is run to learn any of
 
 from __future__ import annotations
 
+import base64
 import fnmatch
+import os
+import posixpath
 import re
 import shlex
+from dataclasses import dataclass
 
+from . import keyfiles
 from .errors import Fatal
-from .guestfs import Guest
+from .guestfs import Guest, GuestPathError
 
 SSHDIR = "/etc/ssh"
 CONFIG = "/etc/ssh/sshd_config"
@@ -85,3 +91,90 @@ def _glob(guest: Guest, pattern: str) -> list[str]:
         else:
             paths = [f"{p}/{comp}" for p in paths]
     return sorted(p for p in paths if guest.exists(p))
+
+
+# --- the keys a VM gets, from what its sshd loads
+
+KEY_TYPES = {"rsa": "rsa", "dsa": "dsa", "ecdsa": "ecdsa", "ed25519": "ed25519"}
+DEFAULT_TYPES = ("rsa", "ecdsa", "ed25519")  # what sshd loads with no HostKey line (servconf.c)
+SSH1_KEY = "ssh_host_key"  # SSH-1's rsa1: no modern ssh-keygen makes one, no modern sshd loads it
+
+
+@dataclass(frozen=True)
+class HostKey:
+    path: str  # absolute guest path of the private half; the public one is path + ".pub"
+    type: str  # ssh-keygen -t
+    loaded: bool  # sshd loads it (else a key the image had that sshd does not use)
+
+
+def vm_keys(guest: Guest) -> list[HostKey]:
+    """The host keys a VM of this image gets, fresh: every key its sshd loads (the HostKey lines
+    of its sshd_config, else OpenSSH's defaults), whether or not the image has it (si_getimage
+    leaves none), then any other key the image has in /etc/ssh (a golden client's key is never
+    handed on). Each key's files are resolved now: a link loop stops the deploy before it starts."""
+    conf = host_keys(guest)
+    if conf is None:  # no sshd: only the image's own keys are renewed
+        keys = []
+    elif conf:
+        keys = [HostKey(p, _type(guest, p, where), True) for p, where in
+                ((_absolute(p, where), where) for p, where in conf) if os.path.basename(p) != SSH1_KEY]
+    else:
+        keys = [HostKey(f"/etc/ssh/ssh_host_{t}_key", t, True) for t in DEFAULT_TYPES]
+    for path in guest.glob("/etc/ssh", "ssh_host_*_key"):
+        t = path.rsplit("/", 1)[1][len("ssh_host_"):-len("_key")]
+        if t in KEY_TYPES:
+            keys.append(HostKey(path, KEY_TYPES[t], False))
+    out: dict[str, HostKey] = {}
+    for k in keys:
+        for f in (k.path, k.path + ".pub"):
+            guest.path(f)  # GuestPathError on a loop
+        out.setdefault(k.path, k)
+    return list(out.values())
+
+
+def key_types(guest: Guest) -> list[str]:
+    """The types of :func:`vm_keys`, each once: what :class:`hostkeys.Prefetch` makes ahead."""
+    return list(dict.fromkeys(k.type for k in vm_keys(guest)))
+
+
+def _absolute(path: str, where: str) -> str:
+    if path.startswith("~"):  # sshd would look in the home of the user it runs as
+        raise Fatal(f"{where}: HostKey {path}: a path in a home directory",
+                    "give HostKey an absolute path in the image's sshd config")
+    return posixpath.normpath(path if path.startswith("/") else f"{SSHDIR}/{path}")
+
+
+def _type(guest: Guest, path: str, where: str) -> str:
+    """The key type its file name tells (ssh_host_ed25519_key), else its public half in the image."""
+    words = set(re.split(r"[^a-z0-9]+", os.path.basename(path).lower())) & set(KEY_TYPES)
+    if len(words) == 1:
+        return KEY_TYPES[words.pop()]
+    pub = (guest.read_text(path + ".pub") or "").split()[:1]
+    t = keyfiles.pub_type(pub[0].encode()) if pub else None
+    if t:
+        return t
+    raise Fatal(f"{where}: HostKey {path}: cannot tell the key type from the file name",
+                "name the file after its type (rsa, ecdsa or ed25519, e.g. ssh_host_ed25519_key) "
+                "in the image's sshd config, or put that key pair in the image")
+
+
+def fingerprints(guest: Guest) -> list[str]:
+    """The fingerprints of the host keys a made VM's sshd serves (what ssh-keyscan sees; with no
+    sshd, of all :func:`vm_keys`), each of the public half its private key file holds (a stale
+    .pub file cannot mislead); the comment is the .pub file's."""
+    try:
+        keys = vm_keys(guest)
+        keys = [k.path for k in ([k for k in keys if k.loaded] or keys)]
+    except (Fatal, GuestPathError):  # the identity fixup was skipped: what /etc/ssh has
+        keys = guest.glob("/etc/ssh", "ssh_host_*_key")
+    out = []
+    for path in keys:
+        pub = (guest.read_text(path + ".pub") or "").split()
+        blob = keyfiles.public_half(guest.read_text(path) or "")
+        try:
+            if blob is None:
+                blob = base64.b64decode(pub[1], validate=True)
+            out.append(keyfiles.fingerprint_of(blob, pub[2:]))
+        except (IndexError, ValueError):
+            pass  # not a key: nothing to show
+    return out

@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 
-from .. import batch, config, hostkeys, proc
+from .. import batch, config, hostkeys, proc, sshdconfig
 from ..errors import Fatal
 from ..image import survey
 from ..report import Reporter
@@ -192,7 +192,7 @@ def _body(args, image, walk) -> int:
     if len(hosts) == 1 and not args.dry_run:  # RSA keys take long: start them now, for later
         stock = hostkeys.Stock(settings.paths["state_dir"])
         with image.reading():
-            types = hostkeys.key_types(image.guest)
+            types = sshdconfig.key_types(image.guest)
         keys = hostkeys.Prefetch(types, hosts[0], stock)
     try:
         return _deploy(args, image, settings, rep, o, hosts, keys, walk)

@@ -6,7 +6,7 @@ import os
 import re
 import tempfile
 
-from si_xen import hostkeys, proc
+from si_xen import hostkeys, proc, sshdconfig
 from si_xen.errors import Fatal
 from si_xen.fixups.base import Ctx, fixup
 from si_xen.guestfs import Guest, GuestPathError
@@ -126,7 +126,7 @@ def _ssh_keys(ctx: Ctx) -> None:
         ctx.remove("etc/ssh/ssh_host_key.pub")
     image = Guest(s.image_source) if s.image_source and os.path.isdir(s.image_source) else None
     try:
-        for key in hostkeys.vm_keys(g):
+        for key in sshdconfig.vm_keys(g):
             pub = (g.read_text(key.path + ".pub") or "").strip().split(None, 2)
             cloned = image is not None and (image.read_text(key.path + ".pub") or "").split()[:2] == pub[:2]
             if pub[2:] == [tag] and not cloned and g.isfile(key.path):
@@ -137,7 +137,7 @@ def _ssh_keys(ctx: Ctx) -> None:
                     "fix or remove it in the image") from None
 
 
-def _keygen(ctx: Ctx, key: hostkeys.HostKey, tag: str) -> None:
+def _keygen(ctx: Ctx, key: sshdconfig.HostKey, tag: str) -> None:
     priv, ktype = key.path, key.type
     ready = hostkeys.take(ktype, tag, ctx.s.hostkeys)  # made by si_mkxenvm while it copied the image
     if ready is None:
@@ -151,7 +151,7 @@ def _keygen(ctx: Ctx, key: hostkeys.HostKey, tag: str) -> None:
     ctx.note(f"new {ktype} SSH host key {priv}")
 
 
-def _make(ctx: Ctx, key: hostkeys.HostKey, tag: str) -> tuple[str, str] | None:
+def _make(ctx: Ctx, key: sshdconfig.HostKey, tag: str) -> tuple[str, str] | None:
     """A key pair from the dom0's ssh-keygen; one sshd loads and that cannot be made is a FATAL."""
     keygen = proc.which("ssh-keygen")
     if keygen is None:

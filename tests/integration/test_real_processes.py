@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from si_xen import hostkeys, proc
+from si_xen import keyfiles, proc
 from tests.conftest import require
 
 pytestmark = pytest.mark.integration
@@ -66,7 +66,7 @@ def test_recomment_writes_what_ssh_keygen_c_writes(tmp_path, ktype):
         shutil.copy(ours + suffix, theirs + suffix)
     subprocess.run(["ssh-keygen", "-q", "-c", "-C", "si-xen:root@vm1", "-P", "", "-f", theirs], check=True,
                    stdout=subprocess.DEVNULL)
-    assert hostkeys.recomment(ours, "si-xen:root@vm1")
+    assert keyfiles.recomment(ours, "si-xen:root@vm1")
     with open(ours + ".pub") as a, open(theirs + ".pub") as b:
         assert a.read() == b.read()
 
@@ -75,7 +75,7 @@ def test_recomment_writes_what_ssh_keygen_c_writes(tmp_path, ktype):
             text = f.read()
         assert all(len(line) <= 70 for line in text.splitlines())
         blob = base64.b64decode("".join(text.splitlines()[1:-1]))
-        at = hostkeys._strings(blob, hostkeys._strings(blob, 15, 3) + 4, 1) + 4
+        at = keyfiles._strings(blob, keyfiles._strings(blob, 15, 3) + 4, 1) + 4
         return blob[:at] + blob[at + 8:]
 
     assert unchecked(ours) == unchecked(theirs), f"{ktype} private key differs from ssh-keygen -c's"

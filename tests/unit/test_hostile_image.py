@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from si_xen import boot, config, hostkeys, initramfs, planner
+from si_xen import boot, config, initramfs, planner, sshdconfig
 from si_xen.cli import common
 from si_xen.errors import Fatal
 from si_xen.guestfs import GuestPathError
@@ -39,12 +39,12 @@ def test_a_loop_among_the_ssh_keys_is_found_before_the_deploy(root):
     loop(root, "/etc/ssh/ssh_host_rsa_key.pub")
     image = open_image(root)
     with pytest.raises(Fatal, match=r"is unusable: /etc/ssh/ssh_host_rsa_key.pub: too many levels"), image.reading():
-        hostkeys.key_types(image.guest)
+        sshdconfig.key_types(image.guest)
 
 
 def test_ssh_dir_linked_out_of_the_root_stays_inside(root):
     os.symlink("/etc", os.path.join(root, "etc/ssh"))  # the dom0's /etc/ssh holds ssh_host_*_key files
-    assert hostkeys.key_types(open_image(root).guest) == []
+    assert sshdconfig.key_types(open_image(root).guest) == []
 
 
 def test_an_unreadable_initramfs_is_named(root, tmp_path, monkeypatch):

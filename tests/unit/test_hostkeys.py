@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from si_xen import hostkeys
+from si_xen import hostkeys, keyfiles, sshdconfig
 from si_xen.guestfs import Guest
 
 from . import fakekeygen
@@ -21,7 +21,7 @@ def keygen(fp, monkeypatch):
 
 
 def test_fingerprint_is_ssh_keygens():
-    assert hostkeys.fingerprint(ED25519_PUB) == ED25519_FP
+    assert keyfiles.fingerprint(ED25519_PUB) == ED25519_FP
 
 
 def test_prefetched_keys_are_taken_once_and_fingerprinted_like_ssh_keygen(tmp_path, keygen):
@@ -29,7 +29,7 @@ def test_prefetched_keys_are_taken_once_and_fingerprinted_like_ssh_keygen(tmp_pa
     etc.mkdir(parents=True)
     for t in ("rsa", "ed25519", "xmss"):
         (etc / f"ssh_host_{t}_key").write_text("old")
-    types = hostkeys.key_types(Guest(str(tmp_path / "img")))
+    types = sshdconfig.key_types(Guest(str(tmp_path / "img")))
     assert sorted(types) == ["ed25519", "rsa"]
     pre = hostkeys.Prefetch(types, "vm1")
     try:
@@ -39,7 +39,7 @@ def test_prefetched_keys_are_taken_once_and_fingerprinted_like_ssh_keygen(tmp_pa
         assert hostkeys.take("ed25519", hostkeys.tag("vm1"), keys) is None, "one key serves one VM"
         assert hostkeys.take("rsa", hostkeys.tag("other"), keys) is None, "a key made for another VM"
         with open(os.path.join(pre.dir, "rsa.pub")) as f:
-            assert hostkeys.fingerprint(f.read()).endswith(" si-xen:root@vm1 (RSA)")
+            assert keyfiles.fingerprint(f.read()).endswith(" si-xen:root@vm1 (RSA)")
         calls = [list(c) for c in keygen.calls]
         assert [c[:5] for c in calls if "rsa" in c] == [["chrt", "--idle", "0", "/usr/bin/ssh-keygen", "-q"]], \
             "the slow key takes idle CPU while a copy runs"
@@ -138,13 +138,13 @@ def test_recomment_rewrites_both_halves_and_keeps_the_key(tmp_path, kind, fields
     path = tmp_path / "k"
     path.write_text(priv)
     (tmp_path / "k.pub").write_text(pub)
-    assert hostkeys.recomment(str(path), "si-xen:root@vm9")
+    assert keyfiles.recomment(str(path), "si-xen:root@vm9")
     new_priv, new_pub = path.read_text(), (tmp_path / "k.pub").read_text()
     assert new_pub.split() == [*pub.split()[:2], "si-xen:root@vm9"]
     blob = base64.b64decode("".join(new_priv.splitlines()[1:-1]))
     old = base64.b64decode("".join(priv.splitlines()[1:-1]))
     assert b"si-xen:root@vm9" in blob and b"localhost" not in blob
-    section = hostkeys._strings(old, hostkeys._strings(old, 15, 3) + 4, 1) + 4  # after magic, ciphers, public key
+    section = keyfiles._strings(old, keyfiles._strings(old, 15, 3) + 4, 1) + 4  # after magic, ciphers, public key
     cut = old.index(b"si-xen:root@localhost") - 4
     assert blob[:section - 4] == old[:section - 4], "header and public key unchanged"
     assert blob[section:cut] == old[section:cut], "check words and key material unchanged"
@@ -157,5 +157,5 @@ def test_recomment_rewrites_both_halves_and_keeps_the_key(tmp_path, kind, fields
 def test_recomment_refuses_what_it_cannot_parse(tmp_path, text):
     (tmp_path / "k").write_text(text)
     (tmp_path / "k.pub").write_text("ssh-rsa AAAA old\n")
-    assert not hostkeys.recomment(str(tmp_path / "k"), "new")
+    assert not keyfiles.recomment(str(tmp_path / "k"), "new")
     assert (tmp_path / "k").read_text() == text, "left as it was"

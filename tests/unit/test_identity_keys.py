@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from si_xen import hostkeys, proc
+from si_xen import hostkeys, keyfiles, proc, sshdconfig
 from si_xen.distros import detect
 from si_xen.errors import Fatal
 from si_xen.fixups import run_all
@@ -61,7 +61,7 @@ def assert_key(root, gpath, ktype):
     assert stat.S_IMODE(os.stat(pub).st_mode) == 0o644, gpath
     assert read(root, gpath).startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
     algo, _, comment = read(root, gpath + ".pub").split()
-    assert hostkeys._pub_type(algo.encode()) == ktype and comment == TAG, gpath
+    assert keyfiles.pub_type(algo.encode()) == ktype and comment == TAG, gpath
 
 
 def test_an_image_without_keys_gets_opensshs_three_and_its_hostname(tmp_path, keygen):
@@ -105,8 +105,8 @@ def test_hostkey_lines_and_includes_are_read_as_sshd_reads_them(tmp_path, keygen
     for name in ("match_only_ecdsa_key", "a_match_rsa_key", "hidden_rsa_key", "disabled_rsa_key", "never_rsa_key",
                  "ssh_host_rsa_key", "ssh_host_ecdsa_key", "ssh_host_ed25519_key"):
         assert not os.path.lexists(os.path.join(root, "etc/ssh", name)), name
-    assert [(k.path, k.type, k.loaded) for k in hostkeys.vm_keys(Guest(root))] == want
-    assert hostkeys.key_types(Guest(root)) == ["ed25519", "ecdsa", "rsa", "dsa"]
+    assert [(k.path, k.type, k.loaded) for k in sshdconfig.vm_keys(Guest(root))] == want
+    assert sshdconfig.key_types(Guest(root)) == ["ed25519", "ecdsa", "rsa", "dsa"]
 
 
 def test_a_key_type_the_name_does_not_tell_comes_from_the_images_public_half_or_is_fatal(tmp_path, keygen):
@@ -132,7 +132,7 @@ def test_links_out_of_the_guest_root_are_resolved_inside_it(tmp_path, keygen):
     identity(root)
     assert sorted(os.listdir(dom0)) == ["evil.conf"] and (dom0 / "evil.conf").read_text().startswith("HostKey")
     assert_key(root, f"{dom0}/host_ed25519_key", "ed25519")  # where the guest's own link leads, in the guest
-    assert [k.path for k in hostkeys.vm_keys(Guest(root))] == ["/etc/ssh/keys/host_ed25519_key"]
+    assert [k.path for k in sshdconfig.vm_keys(Guest(root))] == ["/etc/ssh/keys/host_ed25519_key"]
 
 
 def failing_keygen(fp, monkeypatch, failing=("rsa", "ecdsa", "ed25519", "dsa")):
@@ -176,7 +176,7 @@ def test_prefetched_keys_cover_an_image_without_keys_so_the_fixup_runs_no_ssh_ke
         made = str(tmp_path / "made")
         fakekeygen._make(["-t", "rsa", "-C", hostkeys.tag(""), "-f", made])
         stock.put("rsa", made)
-    pre = hostkeys.Prefetch(hostkeys.key_types(Guest(root)), STATIC.hostname, stock)
+    pre = hostkeys.Prefetch(sshdconfig.key_types(Guest(root)), STATIC.hostname, stock)
     try:
         ready = pre.ready()
         before = len(keygen.calls)
@@ -195,10 +195,10 @@ def test_fingerprints_are_those_of_the_keys_the_vm_has(tmp_path, keygen):
     identity(root)
     assert_key(root, "/etc/ssh/ssh_host_ecdsa_key", "ecdsa")
     pubs = [read(root, p + ".pub") for p in ("/srv/keys/site_ed25519", "/etc/ssh/ssh_host_rsa_key")]
-    assert hostkeys.fingerprints(Guest(root)) == [hostkeys.fingerprint(p) for p in pubs]
+    assert sshdconfig.fingerprints(Guest(root)) == [keyfiles.fingerprint(p) for p in pubs]
     write(root, "/srv/keys/site_ed25519.pub", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBN/Sy+Js2zeH9VTrVxcTafjSnGKpM"
           f"LLgRRjdM+bmlOW {TAG}\n")  # a stale public half: sshd serves the private key's own
-    assert hostkeys.fingerprints(Guest(root))[0] == hostkeys.fingerprint(pubs[0])
+    assert sshdconfig.fingerprints(Guest(root))[0] == keyfiles.fingerprint(pubs[0])
 
 
 @pytest.mark.parametrize("name", sorted(TREES))

@@ -76,7 +76,7 @@ console_hangup() {
     sleep 1
   done
   wait "$pid" || true
-  tail -n 5 "$TESTBED_RESULTS/console-$name.typescript" | sed 's/^/  console| /'
+  { tail -n 5 "$TESTBED_RESULTS/console-$name.typescript"; echo; } | sed "s/^/  console| /"
   [ "$(cat "$rc")" = 0 ] || { echo "si_mkxenvm --console exited $(cat "$rc") when its terminal hung up"; return 1; }
   xl domid "$name" >/dev/null 2>&1 || { echo "domain $name is gone after the console's hang-up"; return 1; }
   si_lsxenvm "$name" >/dev/null || { echo "si_lsxenvm does not list $name after the console's hang-up"; return 1; }

@@ -22,7 +22,6 @@ from . import (
     boot,
     domain,
     hostkeys,
-    initramfs,
     journal,
     populate,
     proc,
@@ -241,13 +240,6 @@ STEPS = (
 )
 
 
-def _warm_initramfs(path: str) -> None:
-    try:
-        initramfs.scan_cached(path)
-    except Exception:  # only a cache warmer: the kernel fixup reports what is wrong
-        pass
-
-
 def _warm_steps(user_dir: str | None, config: bool) -> None:
     """Load what the fixups and config steps import and compile (~60 ms of a further VM's
     0.2 s) while the steps before them wait for mkswap, mount and fsync."""
@@ -289,10 +281,6 @@ def execute(plan: Plan, image: Image, kernel, settings, rep: Reporter, keys=None
     c = Context(plan, image, kernel, settings, rep, j, keys, confirm, guard=guard or Guard(),
                 backend=backend_for(plan, settings.paths["lock_dir"]))
     c.one_pass = not plan.clone and populate.one_pass_ok(image.path, plan.disks)
-    # The kernel fixup reads the initramfs (~0.7 s of decompression): do it now, while the
-    # disks are written; the copy in the guest has the same identity, so the fixup hits the cache.
-    if kernel and kernel.initrd and not plan.kernel:
-        threading.Thread(target=_warm_initramfs, args=(image.guest.path(kernel.initrd),), daemon=True).start()
     threading.Thread(target=_warm_steps, args=(settings.paths["template_dir"], any(s.name == "config" for s in steps)),
                      daemon=True).start()
     # A long copy is ahead when there is no base to clone: spare CPU for the key stock.

@@ -49,24 +49,12 @@ def shifted(ips: list[str], offset: int) -> list[str]:
     return out
 
 
-def _one(plan, image, kernel, settings) -> dict:
-    """A worker: deploy one VM, quietly, with its own log and lock."""
-    from . import deploy, hostkeys, sshdconfig
-
-    rep = Reporter(quiet=True)
-    keys = hostkeys.Prefetch(sshdconfig.key_types(image.guest), plan.hostname,
-                             hostkeys.Stock(settings.paths["state_dir"]))
-    try:
-        return deploy.deploy(plan, image, kernel, settings, rep, keys)
-    finally:
-        rep.close()
-        keys.close()
-
-
-def run(plans, image, kernel, settings, rep: Reporter, workers: int | None = None) -> tuple[list[dict], list[str]]:
-    """Deploy every plan; the first alone (it may build the base the others clone)."""
+def run(plans, worker, args: tuple, rep: Reporter, workers: int | None = None) -> tuple[list, list[str]]:
+    """``worker(plan, *args)`` for every plan, returning its VM's record: the first alone (it
+    may build the base the others clone), the others in parallel processes (``worker`` and
+    ``args`` are pickled to them: a module-level function). A failure is that VM's only."""
     workers = workers or max(1, min(len(plans), os.cpu_count() or 1))
-    done: list[dict] = []
+    done: list = []
     failed: list[str] = []
     t0 = time.monotonic()
 
@@ -74,24 +62,24 @@ def run(plans, image, kernel, settings, rep: Reporter, workers: int | None = Non
         n = len(done) + len(failed) + 1
         if rec is not None:
             done.append(rec)
-            rep.say(f"[{n:>{len(str(len(plans)))}}/{len(plans)}] {p.hostname:<24} done   {rec['seconds']:6.2f} s")
+            rep.say(f"[{n:>{len(str(len(plans)))}}/{len(plans)}] {p.hostname:<24} done   {rec.seconds:6.2f} s")
         else:
             failed.append(f"{p.hostname} ({err})")
             rep.say(f"[{n}/{len(plans)}] {p.hostname:<24} FAILED {err}")
 
     try:
-        _all(plans, image, kernel, settings, workers, report)
+        _all(plans, worker, args, workers, report)
     except BaseException as e:  # an interrupt: the VMs made are kept, and the message says so
-        e.kept = [rec["name"] for rec in done]
+        e.kept = [rec.name for rec in done]
         raise
     rep.say(f"\n{len(done)} of {len(plans)} VMs made in {time.monotonic() - t0:.1f} s")
     return done, failed
 
 
-def _all(plans, image, kernel, settings, workers: int, report) -> None:
+def _all(plans, worker, args: tuple, workers: int, report) -> None:
     first, rest = plans[0], plans[1:]
     try:
-        report(first, _one(first, image, kernel, settings))
+        report(first, worker(first, *args))
     except Fatal as e:
         report(first, err=e)
     if rest:
@@ -101,7 +89,7 @@ def _all(plans, image, kernel, settings, workers: int, report) -> None:
 
         ctx = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = {pool.submit(_one, p, image, kernel, settings): p for p in rest}
+            futures = {pool.submit(worker, p, *args): p for p in rest}
             for fut in as_completed(futures):
                 try:
                     report(futures[fut], fut.result())

@@ -11,32 +11,21 @@ domain exists (``xl create`` returned 0) nothing is undone: the VM is complete a
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import (
-    __version__,
-    atomic,
-    boot,
-    domain,
-    hostkeys,
-    journal,
-    populate,
-    proc,
-    sshdconfig,
-    toolstack,
-)
+from . import atomic, boot, domain, journal, populate, proc, sshdconfig, toolstack
 from .errors import Fatal
 from .guestfs import Guest
+from .headstart import Headstart
 from .image import Image, survey
 from .image.survey import ImageChanged
 from .made import Domain, File
-from .plan import Plan, describe
+from .plan import Plan
+from .record import VmRecord
 from .report import Reporter
 from .rollback import Guard, signals_raise
-from .sizes import human
 from .storage import backend_for
 from .storage.mount import mount_tree, sync_targets, unmount
 
@@ -46,28 +35,6 @@ def boot_dir(plan: Plan, state_dir: str) -> str:
     if plan.storage == "dir":
         return os.path.join(plan.storage_root, "domains", plan.hostname)
     return os.path.join(state_dir, "boot", plan.hostname)
-
-
-def preflight(plan: Plan, settings, need_mib: int) -> None:
-    """Checks that must hold right before the first change (and again under the lock)."""
-    state = journal.load(settings.paths["state_dir"], plan.hostname)
-    if state and not state.complete and journal.deploying(state, settings.paths["lock_dir"]):
-        raise Fatal(f"VM '{plan.hostname}' is being deployed by pid {state.begin.get('pid')}", "wait for it to finish")
-    if state and not state.complete:
-        raise Fatal(f"VM '{plan.hostname}' has an unfinished deploy ({state.summary()})",
-                    f"remove what it made with si_rmxenvm {plan.hostname}, then run this again")
-    if state and not plan.force:
-        raise Fatal(f"VM '{plan.hostname}' already exists (si_lsxenvm lists it)", "remove it with si_rmxenvm or use --force")
-    backend = backend_for(plan, settings.paths["lock_dir"])
-    backend.validate(plan.hostname, list(plan.disks), need_mib, plan.force or bool(state))
-    if os.path.lexists(plan.cfg_path) and not plan.force:
-        raise Fatal(f"config {plan.cfg_path} already exists", "remove the VM with si_rmxenvm or use --force")
-    if plan.start or state:
-        ts = toolstack.find(plan.toolstack)
-        if plan.start:
-            ts = toolstack.require_running(plan.toolstack)
-        if ts and toolstack.hypervisor_running() and plan.hostname in ts.domains():
-            raise Fatal(f"domain '{plan.hostname}' is running", f"stop it first: {ts.name} shutdown {plan.hostname}")
 
 
 @dataclass
@@ -80,7 +47,7 @@ class Context:
     settings: object
     rep: Reporter
     journal: journal.Journal
-    keys: object = None  # a hostkeys.Prefetch started earlier
+    hs: Headstart = field(default_factory=Headstart)
     confirm: object = None  # a proc.Ahead walking the image: planned from its last walk, or after a copy
     confirm_why: str | None = None  # what a failed confirm means (ImageChanged's default)
     guard: Guard = field(default_factory=Guard)
@@ -93,7 +60,7 @@ class Context:
     ramdisk: str | None = None
     fingerprints: list[str] = field(default_factory=list)
     autostart: str | None = None
-    record: dict = field(default_factory=dict)
+    record: VmRecord | None = None
     t0: float = field(default_factory=time.monotonic)
 
 
@@ -145,7 +112,7 @@ def _fixups(c: Context) -> None:
     from .fixups.spec import spec_from_plan
 
     with c.rep.step("Running hooks"):
-        spec = spec_from_plan(c.plan, c.keys.ready() if c.keys is not None else None)
+        spec = spec_from_plan(c.plan, c.hs.keys_dir())
         run_all(c.root, spec, only=c.plan.fixups_only or None, skip=c.plan.fixups_skip or None, log=c.rep.fixup_line,
                 osinfo=c.image.os)  # said once, before the copy
 
@@ -194,19 +161,7 @@ def _confirm(c: Context) -> None:
 
 
 def _record(c: Context) -> None:
-    plan = c.plan
-    c.record = {
-        "name": plan.hostname, "image": plan.image_name, "image_path": plan.image_path,
-        "image_time": c.image.meta.retrieval_time, "guest": c.image.os.pretty, "created": journal.stamp(),
-        "config": plan.cfg_path, "autostart": c.autostart, "storage": plan.storage, "storage_root": plan.storage_root,
-        "thin_pool": plan.thin_pool,
-        "disks": [{"vdev": d.vdev, "mountpoint": d.mountpoint, "fs": d.fs, "size": human(d.size_mib), "target": d.target}
-                  for d in plan.disks],
-        "boot": plan.boot, "type": plan.type, "mac": plan.net.mac, "ips": list(plan.net.ips) or ["dhcp"],
-        "memory": plan.memory, "version": __version__, "ssh_fingerprints": c.fingerprints,
-        "bases": sorted(c.bases.values()), "image_fingerprint": plan.fingerprint,
-        "seconds": round(time.monotonic() - c.t0, 2),
-    }
+    c.record = VmRecord.built(c.plan, c.image, c.autostart, c.fingerprints, c.bases.values(), time.monotonic() - c.t0)
     c.journal.finish(c.record)
 
 
@@ -240,19 +195,6 @@ STEPS = (
 )
 
 
-def _warm_steps(user_dir: str | None, config: bool) -> None:
-    """Load what the fixups and config steps import and compile (~60 ms of a further VM's
-    0.2 s) while the steps before them wait for mkswap, mount and fsync."""
-    try:
-        from .fixups import run_all  # noqa: F401
-        from .fixups.spec import spec_from_plan  # noqa: F401
-
-        if config:
-            domain.load(user_dir)
-    except Exception:  # only a warmer: the steps themselves report what is wrong
-        pass
-
-
 def _failed(step: Step, e: BaseException, log_path: str | None) -> BaseException:
     """The error an admin sees: the step named, with the failing command's tail."""
     fix = f"the log {log_path} has every command and its output" if log_path else "run with --verbose for the commands"
@@ -265,67 +207,52 @@ def _failed(step: Step, e: BaseException, log_path: str | None) -> BaseException
 INSTALL_STEPS = tuple(s for s in STEPS if s.name not in ("bases", "config", "autostart", "start"))
 
 
-def execute(plan: Plan, image: Image, kernel, settings, rep: Reporter, keys=None, steps=None, confirm=None,
-            guard: Guard | None = None) -> dict:
-    """Make the VM; return its record. ``keys``: a hostkeys.Prefetch started earlier, or None;
-    ``steps``: STEPS (the default) or INSTALL_STEPS; ``confirm``: see _confirm; ``guard``: the
-    caller's, to learn whether a signal came after the domain was made (``guard.got``)."""
-    steps = steps or STEPS
-    state_dir = settings.paths["state_dir"]
+def execute(plan: Plan, image: Image, kernel, settings, rep: Reporter, hs: Headstart | None = None, steps=None,
+            confirm=None, guard: Guard | None = None) -> VmRecord | None:
+    """Make the VM; return its record. ``hs``: the work begun for it (keys, a warm-up);
+    ``steps``: STEPS or INSTALL_STEPS; ``confirm``: see _confirm; ``guard``: the caller's, to
+    learn whether a signal came after the domain was made (``guard.got``)."""
+    steps, state_dir = steps or STEPS, settings.paths["state_dir"]
     old = journal.load(state_dir, plan.hostname)
     if old is not None:  # --force (preflight refused otherwise): the old VM goes first
         journal.remove(old)
-    j = journal.Journal(state_dir, plan.hostname, {
-        "name": plan.hostname, "image": plan.image_name, "pid": os.getpid(), "started": journal.stamp(),
-        "config": plan.cfg_path, "storage": plan.storage, "storage_root": plan.storage_root, "version": __version__})
-    c = Context(plan, image, kernel, settings, rep, j, keys, confirm, guard=guard or Guard(),
+    c = Context(plan, image, kernel, settings, rep, journal.Journal(state_dir, plan.hostname, VmRecord.begun(plan)),
+                hs or Headstart(state_dir), confirm, guard=guard or Guard(),
                 backend=backend_for(plan, settings.paths["lock_dir"]))
     c.one_pass = not plan.clone and populate.one_pass_ok(image.path, plan.disks)
-    threading.Thread(target=_warm_steps, args=(settings.paths["template_dir"], any(s.name == "config" for s in steps)),
-                     daemon=True).start()
-    # A long copy is ahead when there is no base to clone: spare CPU for the key stock.
-    stock = hostkeys.Stock(state_dir)
-    refill = stock.refill() if not (plan.clone and populate.bases_ready(plan, c.backend)) else None
+    c.hs.beside_steps(not (plan.clone and populate.bases_ready(plan, c.backend)), settings.paths["template_dir"],
+                      any(s.name == "config" for s in steps))
     step = steps[0]
     try:
         with signals_raise(c.guard):
             for step in steps:
-                if refill:
-                    refill.tick()
+                c.hs.tick()
                 if step.when(c):
-                    j.step(step.name)
+                    c.journal.step(step.name)
                     rep.detail(f"-- step {step.name}")
                     step.run(c)
     except BaseException as e:
-        rep.end_progress()
-        if refill:
-            refill.settle()
-        rep.detail(f"step '{step.name}' failed: {e!r}")
-        if c.guard.kept:  # the domain exists: nothing after its start undoes the VM
-            rep.warn(f"step '{step.name}' failed after VM {plan.hostname} was started ({e}); the VM is kept")
-            return c.record
-        err = _failed(step, e, rep.log_path)
-        err.leftovers = j.rollback()
-        for what in err.leftovers:
-            rep.warn(f"could not undo: {what}")
-        if err is e:
-            raise
-        raise err from e
+        return _undo(c, step, e)
     finally:
-        j.close()
+        c.journal.close()
         if c.confirm is not None and c.confirm is not confirm:
             c.confirm.close()  # a walk begun here and not waited for (a rollback)
-    if refill:
-        refill.settle()
+    c.hs.settle()
     return c.record
 
 
-def deploy(plan: Plan, image: Image, kernel, settings, rep: Reporter, keys=None, need_mib: int = 0,
-           confirm=None, guard: Guard | None = None) -> dict:
-    """One VM, the same for a single deploy and each VM of a batch: lock, check, log, make."""
-    with journal.lock(settings.paths["lock_dir"], plan.hostname):
-        preflight(plan, settings, need_mib)  # again, now that no one else can race us
-        rep.open_log(os.path.join(settings.paths["log_dir"], f"{plan.hostname}.log"))
-        rep.say(describe(plan) + "\n")
-        return execute(plan, image, kernel, settings, rep, keys, confirm=confirm, guard=guard)
-
+def _undo(c: Context, step: Step, e: BaseException) -> VmRecord | None:
+    """A step failed or was interrupted: everything made is undone, unless the domain exists."""
+    c.rep.end_progress()
+    c.hs.settle()
+    c.rep.detail(f"step '{step.name}' failed: {e!r}")
+    if c.guard.kept:  # the domain exists: nothing after its start undoes the VM
+        c.rep.warn(f"step '{step.name}' failed after VM {c.plan.hostname} was started ({e}); the VM is kept")
+        return c.record
+    err = _failed(step, e, c.rep.log_path)
+    err.leftovers = c.journal.rollback()
+    for what in err.leftovers:
+        c.rep.warn(f"could not undo: {what}")
+    if err is e:
+        raise
+    raise err from e

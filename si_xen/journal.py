@@ -3,10 +3,10 @@
 One file per VM, ``STATE_DIR/vms/NAME.journal``, JSON lines, each fsync'd before the
 thing it names exists:
 
-    {"begin": {...}}          who deploys what (pid, image, storage, config)
+    {"begin": {...}}          the VM as planned, and who deploys it (record.VmRecord.begun)
     {"step": "disks"}         each step as it starts
     {"made": {"kind": ...}}   each thing (made.py) before it is made
-    {"record": {...}}         the finished VM: the journal is complete
+    {"record": {...}}         the VM as made (record.VmRecord): the journal is complete
 
 A failed or interrupted deploy replays the deletes in reverse and removes the journal;
 after a crash (SIGKILL, power loss) the journal stays, si_lsxenvm shows the VM as
@@ -18,13 +18,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from .errors import Fatal
 from .locks import LockBusy, exclusive, holder
 from .made import Directory, Made
+from .record import VmRecord
 from .rollback import critical
 
 KILL_AT = "SI_XEN_KILL_AT"  # tests: SIGKILL ourselves as this step starts (a crash there)
@@ -44,10 +44,10 @@ class State:
 
     name: str
     path: str
-    begin: dict = field(default_factory=dict)
+    begin: VmRecord | None = None
     steps: list[str] = field(default_factory=list)
     things: list[Made] = field(default_factory=list)
-    record: dict | None = None
+    record: VmRecord | None = None
 
     @property
     def complete(self) -> bool:
@@ -57,34 +57,37 @@ class State:
     def step(self) -> str:
         return self.steps[-1] if self.steps else "start"
 
+    @property
+    def pid(self) -> int | None:
+        return self.begin.pid if self.begin else None
+
     def summary(self) -> str:
         """What an unfinished deploy left, in a few words."""
         counts: dict[str, int] = {}
         for t in self.things:
             counts[t.kind] = counts.get(t.kind, 0) + 1
         made = ", ".join(f"{n} {k}" for k, n in counts.items()) or "nothing yet"
-        return f"pid {self.begin.get('pid', '?')} stopped in step '{self.step}'; made: {made}"
+        return f"pid {self.pid or '?'} stopped in step '{self.step}'; made: {made}"
 
-    def as_dict(self) -> dict:
+    @property
+    def vm(self) -> VmRecord:
         """What si_lsxenvm shows: the record, or the unfinished deploy's facts."""
         if self.record is not None:
-            return dict(self.record, complete=True)
-        return {"name": self.name, "image": self.begin.get("image", "?"), "complete": False,
-                "config": self.begin.get("config", ""), "step": self.step, "pid": self.begin.get("pid"),
-                "made": [str(t) for t in self.things], "disks": [], "boot": "-"}
+            return self.record
+        return (self.begin or VmRecord(self.name)).unfinished(self.step, [str(t) for t in self.things])
 
 
 class Journal:
     """The writer, held by the one deploy of this VM (under its lock)."""
 
-    def __init__(self, state_dir: str, name: str, begin: dict):
+    def __init__(self, state_dir: str, name: str, begin: VmRecord):
         os.makedirs(vm_dir(state_dir), exist_ok=True)
         self.path = path_of(state_dir, name)
         self.state = State(name, self.path, begin)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         # Synced with the first thing made: before it, a power cut loses nothing worth knowing.
         self._dir = vm_dir(state_dir)
-        self._append({"begin": begin}, sync=False)
+        self._append({"begin": begin.to_json()}, sync=False)
 
     def _append(self, entry: dict, sync: bool = True) -> None:
         os.write(self._fd, (json.dumps(entry, sort_keys=True) + "\n").encode())
@@ -124,9 +127,9 @@ class Journal:
         for d in reversed(missing):
             self.made(Directory(d), os.mkdir, d, mode)
 
-    def finish(self, record: dict) -> None:
+    def finish(self, record: VmRecord) -> None:
         with critical():
-            self._append({"record": record})
+            self._append({"record": record.to_json()})
             self.state.record = record
 
     def close(self) -> None:
@@ -172,9 +175,9 @@ def load(state_dir: str, name: str) -> State | None:
             elif "step" in entry:
                 st.steps.append(entry["step"])
             elif "begin" in entry:
-                st.begin = entry["begin"]
+                st.begin = VmRecord.from_json(entry["begin"])
             elif "record" in entry:
-                st.record = entry["record"]
+                st.record = VmRecord.from_json(entry["record"])
         except (ValueError, KeyError, TypeError) as e:
             if n == len(lines):
                 break  # a power cut in the middle of the last line: what it named was not made yet
@@ -201,7 +204,7 @@ def remove(state: State, keep_disks: bool = False) -> None:
 
 def deploying(state: State, lock_dir: str) -> bool:
     """Whether the journal's deploy is still running: its pid lives and holds the VM's lock."""
-    pid = state.begin.get("pid")
+    pid = state.pid
     return (bool(pid) and pid != os.getpid() and os.path.exists(f"/proc/{pid}")
             and holder(os.path.join(lock_dir, f"{state.name}.lock")) == pid)
 
@@ -221,6 +224,3 @@ def lock(lock_dir: str, name: str):
         who = f" (pid {e.pid})" if e.pid else ""
         raise Fatal(f"another si_* command{who} is working on VM '{name}' ({path})", "wait for it to finish") from None
 
-
-def stamp() -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S")

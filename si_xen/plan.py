@@ -7,6 +7,7 @@ import ipaddress
 import os
 from dataclasses import dataclass, field, replace
 
+from .config import BUILTIN
 from .sizes import human
 
 BOOT_MODES = ("direct", "pygrub", "pvgrub2")
@@ -36,7 +37,7 @@ class Network:
     broadcast: str = ""
     nameservers: tuple[str, ...] = ()
     mac: str = ""
-    bridge: str = "xenbr0"
+    bridge: str = BUILTIN["bridge"]
 
     @property
     def static(self) -> bool:
@@ -65,7 +66,7 @@ class Plan:
     maxmem: int | None = None
     kernel: str | None = None  # supplied Xen-capable kernel (else the guest's own)
     initrd: str | None = None
-    toolstack: str = "xl"
+    toolstack: str = BUILTIN["toolstack"]
     start: bool = False
     console: bool = False
     autostart: bool = False
@@ -79,10 +80,6 @@ class Plan:
     fixups_only: tuple[str, ...] = ()
     fixups_skip: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
-
-    @property
-    def name(self) -> str:
-        return self.hostname
 
     @property
     def root(self) -> Disk:

@@ -1,4 +1,7 @@
-"""CLI options + xen.conf + image metadata -> a validated Plan. Touches nothing."""
+"""A Request + the image (its metadata and walk) -> one validated Plan per VM; then the boot check.
+
+Nothing is changed, but where clones are possible is tried: a probe file is reflinked in
+--dir (not in a dry run), and the boot facts measured are kept per image (remember_boot)."""
 
 from __future__ import annotations
 
@@ -7,40 +10,26 @@ import os
 from dataclasses import asdict, replace
 
 from . import atomic, boot
-from .config import BUILTIN
 from .errors import Fatal
 from .image import Image
 from .image.survey import Survey, needed_mib
-from .plan import (
-    BOOT_MODES,
-    FILESYSTEMS,
-    TYPES,
-    Disk,
-    Plan,
-    number_disks,
-    stable_mac,
-)
-from .sizes import human, parse_mib
+from .plan import FILESYSTEMS, Disk, Plan, number_disks, stable_mac
+from .request import Request
+from .sizes import human
 from .storage import backend_for
 from .storage.bases import reflinks_likely, reflinks_work
 from .storage.files import existing_parent
 from .storage.mount import MKFS
-from .validate import check_hostname, check_network
+from .validate import check_network
 
 ROOT_OPTIONS = {"ext3": "errors=remount-ro", "ext4": "errors=remount-ro", "xfs": "defaults"}
-
-
-def _choice(value: str, allowed, what: str) -> str:
-    if value not in allowed:
-        raise Fatal(f"invalid {what} '{value}'", f"use one of: {', '.join(allowed)}")
-    return value
 
 
 def _disk_name(mountpoint: str) -> str:
     return "disk" if mountpoint == "/" else mountpoint.strip("/").replace("/", "-")
 
 
-def _image_layout(image: Image, o: dict, fs: str, size_given: bool, warn) -> list[Disk]:
+def _image_layout(image: Image, req: Request, warn) -> list[Disk]:
     entries = image.meta.filesystems
     if not entries:
         raise Fatal(
@@ -54,14 +43,14 @@ def _image_layout(image: Image, o: dict, fs: str, size_given: bool, warn) -> lis
         if not e.mountpoint.startswith("/") or e.mountpoint.startswith("/boot/efi"):
             warn(f"golden client filesystem {e.mountpoint} ({e.fs}) is not needed under Xen; skipped")
             continue
-        efs = e.fs if e.fs in FILESYSTEMS else fs
+        efs = e.fs if e.fs in FILESYSTEMS else req.fs
         if efs != e.fs:
             warn(f"{e.mountpoint}: {e.fs} cannot be made here, using {efs}")
-        size = parse_mib(o["size"], "--size") if e.mountpoint == "/" and size_given else (e.size_mib or 0)
+        size = req.size if e.mountpoint == "/" and req.size_given else (e.size_mib or 0)
         disks.append(Disk(_disk_name(e.mountpoint), e.mountpoint, efs, size, e.options))
     swaps = [e for e in entries if e.mountpoint == "swap"]
-    if swaps and not o.get("noswap"):
-        disks.append(Disk("swap", "", "swap", swaps[0].size_mib or parse_mib(o["swap"], "--swap"), "sw"))
+    if swaps and not req.noswap:
+        disks.append(Disk("swap", "", "swap", swaps[0].size_mib or req.swap, "sw"))
     if not any(d.mountpoint == "/" for d in disks):
         raise Fatal(f"the disk layout of image '{image.name}' has no / filesystem", "use --layout default")
     return disks
@@ -86,92 +75,60 @@ def _sized(disks: list[Disk], image: Image, survey: Survey) -> list[Disk]:
     return out
 
 
-def make_plan(o: dict, image: Image, survey: Survey, warn=lambda m: None) -> Plan:
-    """``o``: option name -> value (CLI over config over built-in defaults)."""
-    hostname = check_hostname(o["hostname"] or "")
-    memory = parse_mib(o["memory"], "--memory")
-    maxmem = parse_mib(o["maxmem"], "--maxmem") if o.get("maxmem") else None
-    if memory < 64:
-        raise Fatal(f"--memory {memory}M is too small", "give a Xen guest at least 64M")
-    if maxmem is not None and maxmem < memory:
-        raise Fatal(f"--maxmem {maxmem}M is less than --memory {memory}M", "make --maxmem at least --memory")
-    try:
-        vcpus = int(o["vcpus"])
-    except ValueError:
-        vcpus = 0
-    if not 1 <= vcpus <= 128:
-        raise Fatal(f"invalid --vcpus '{o['vcpus']}'", "give a whole number from 1 to 128")
-    fs = _choice(o["fs"], FILESYSTEMS, "--fs")
-    vtype = _choice(o["type"], TYPES, "--type")
-    bmode = _choice(o["boot"], BOOT_MODES, "--boot")
-    if vtype == "pvh" and bmode == "pygrub":
-        raise Fatal("pygrub cannot boot a PVH guest here", "use --boot direct or --boot pvgrub2 with --type pvh")
-    layout = _choice(o["layout"], ("default", "image"), "--layout")
-
-    if layout == "image":
-        disks = _image_layout(image, o, fs, o.get("size_given", False), warn)
+def make_plan(req: Request, image: Image, survey: Survey, index: int = 0, warn=lambda m: None) -> Plan:
+    """The ``index``-th VM of ``req`` from ``image`` as ``survey`` walked it, validated."""
+    hostname, ips, mac = req.for_host(index)
+    storage = req.storage
+    if storage.kind == "given":  # disks someone else made, numbered and placed (Ganeti)
+        disks, clone, note = storage.disks, False, "onto the instance's disks"
     else:
-        disks = [Disk("disk", "/", fs, parse_mib(o["size"], "--size"), ROOT_OPTIONS[fs])]
-        swap = 0 if o.get("noswap") else parse_mib(o["swap"], "--swap") if o["swap"] not in ("0", "") else 0
-        if swap:
-            disks.append(Disk("swap", "", "swap", swap, "sw"))
+        disks = tuple(number_disks(_sized(_layout(req, image, warn), image, survey)))
+        clone, note = _clones(req)
+    net = check_network(req.dhcp, ips, req.netmask, req.gateway, req.broadcast, req.nameservers,
+                        mac or stable_mac(hostname), req.bridge, req.said.net)
+    plan = Plan(
+        hostname=hostname, image_name=image.name, image_path=image.path, os=image.os, memory=req.memory,
+        vcpus=req.vcpus, type=req.type, boot=req.boot, disks=disks, storage=storage.kind,
+        storage_root=storage.root, net=net, cfg_path=os.path.join(req.output, hostname + req.extension) if
+        storage.kind != "given" else "", maxmem=req.maxmem, kernel=req.kernel, initrd=req.initrd,
+        toolstack=req.toolstack, start=req.start, console=req.console, autostart=req.autostart, force=req.force,
+        layout=req.layout, layout_from=image.layout_from, thin_pool=storage.pool, clone=clone,
+        fingerprint=survey.fingerprint if survey else "", excluded=survey.excluded if survey else (), notes=(note,),
+        fixups_only=req.fixups_only, fixups_skip=req.fixups_skip,
+    )
+    if storage.kind == "given":
+        return plan
+    backend = backend_for(plan)
+    return plan.with_disks(replace(d, target=backend.assign(hostname, d)) for d in plan.disks)
+
+
+def _layout(req: Request, image: Image, warn) -> list[Disk]:
+    if req.layout == "image":
+        disks = _image_layout(image, req, warn)
+    else:
+        disks = [Disk("disk", "/", req.fs, req.size, ROOT_OPTIONS[req.fs])]
+        if req.swap and not req.noswap:
+            disks.append(Disk("swap", "", "swap", req.swap, "sw"))
     for d in disks:
         if d.fs not in MKFS:
             raise Fatal(f"filesystem {d.fs} is not supported", f"use one of {', '.join(FILESYSTEMS)}")
-    disks = number_disks(_sized(disks, image, survey))
+    return disks
 
-    net = check_network(
-        bool(o.get("dhcp")), tuple(o.get("ip") or ()), o.get("netmask") or "", o.get("gateway") or "",
-        o.get("broadcast") or "", o.get("nameserver") or "", o.get("mac") or stable_mac(hostname),
-        o.get("bridge") or BUILTIN["bridge"],
-    )
 
-    if o.get("dir") and o.get("lvm"):
-        raise Fatal("both --dir and --lvm given", "choose one place for the disks")
-    if not o.get("dir") and not o.get("lvm"):
-        raise Fatal("no storage given", "add --dir DIR (image files) or --lvm VG (logical volumes)")
-    storage, root = ("lvm", o["lvm"]) if o.get("lvm") else ("dir", os.path.abspath(o["dir"]))
-    pool = o.get("thin_pool") or None
-    if pool and storage != "lvm":
-        raise Fatal("--thin-pool given without --lvm", "name the volume group with --lvm VG")
-    if storage == "lvm":
-        clone = bool(pool) and not o.get("full_copy")
-    else:
-        probe = reflinks_likely if o.get("dry_run") else reflinks_work
-        there = existing_parent(root)  # a missing --dir is made where its parent is
-        clone = not o.get("full_copy") and os.path.isdir(there) and probe(there)
-    if storage == "lvm" and clone:
-        copy_note = f"thin snapshot of the image's base LV in {root}/{pool}"
-    elif storage == "lvm":
-        copy_note = "full copy into logical volumes"
-    elif clone:
-        copy_note = f"copy-on-write clone of the image's base disk in {root}/bases"
-    elif o.get("full_copy"):
-        copy_note = "full copy (--full-copy)"
-    else:
-        copy_note = f"full copy ({root} cannot reflink; XFS or btrfs give clones)"
-
-    output = o["output"]
-    if not os.path.isdir(output):
-        raise Fatal(f"config directory {output} does not exist", "install the Xen tools or give --output DIR")
-    cfg_path = os.path.join(output, hostname + o["extension"])
-
-    boot.check_supplied(o.get("kernel"), o.get("initrd"))
-    plan = Plan(
-        hostname=hostname, image_name=image.name, image_path=image.path, os=image.os, memory=memory,
-        vcpus=vcpus, type=vtype, boot=bmode, disks=tuple(disks), storage=storage, storage_root=root, net=net,
-        cfg_path=cfg_path, maxmem=maxmem, kernel=o.get("kernel"), initrd=o.get("initrd"),
-        toolstack=o["toolstack"], start=bool(o.get("start") or o.get("console")), console=bool(o.get("console")),
-        autostart=bool(o.get("autostart")), force=bool(o.get("force")), layout=layout,
-        layout_from=image.layout_from,
-        thin_pool=pool, clone=clone, fingerprint=survey.fingerprint, excluded=survey.excluded,
-        notes=(copy_note,),
-        fixups_only=tuple(x for x in (o.get("fixups") or "").split(",") if x),
-        fixups_skip=tuple(x for x in (o.get("skip_fixups") or "").split(",") if x),
-    )
-    backend = backend_for(plan)
-    plan = plan.with_disks(d.__class__(**{**d.__dict__, "target": backend.assign(hostname, d)}) for d in plan.disks)
-    return plan
+def _clones(req: Request) -> tuple[bool, str]:
+    """Whether the VM clones the image's base disk, and the plan's words for its copy."""
+    s = req.storage
+    if s.kind == "lvm":
+        clone = bool(s.pool) and not s.full_copy
+        return clone, f"thin snapshot of the image's base LV in {s.root}/{s.pool}" if clone else \
+            "full copy into logical volumes"
+    probe = reflinks_likely if req.dry_run else reflinks_work  # a dry run writes no probe file
+    there = existing_parent(s.root)  # a missing --dir is made where its parent is
+    if not s.full_copy and os.path.isdir(there) and probe(there):
+        return True, f"copy-on-write clone of the image's base disk in {s.root}/bases"
+    if s.full_copy:
+        return False, "full copy (--full-copy)"
+    return False, f"full copy ({s.root} cannot reflink; XFS or btrfs give clones)"
 
 
 def check_boot(plan: Plan, image: Image, cache_dir: str | None = None,

@@ -80,29 +80,31 @@ def body(argv) -> int:
     if args.images:
         return images(args)
     settings = config.load(args.config)
-    recs = [s.as_dict() for s in journal.all_states(settings.paths["state_dir"]) if not args.names or s.name in args.names]
+    vms = [s.vm for s in journal.all_states(settings.paths["state_dir"]) if not args.names or s.name in args.names]
     running = states()
-    for r in recs:
-        r["state"] = "unknown" if running is None else ("running" if r["name"] in running else "stopped")
-        if not r["complete"]:
-            r["state"] = "incomplete"
+
+    def state(vm) -> str:
+        if not vm.complete:
+            return "incomplete"
+        return "unknown" if running is None else ("running" if vm.name in running else "stopped")
+
     if args.json:
-        for r in recs:
-            print(json.dumps(r, sort_keys=True))
+        for vm in vms:
+            print(json.dumps(dict(vm.to_json(), state=state(vm)), sort_keys=True))
         return 0
     print("-" * 80)
     print(f"{'NAME':<20} {'IMAGE':<18} {'STATE':<8} {'BOOT':<8} DISKS")
     print("-" * 80)
-    for r in recs:
-        disks = ", ".join(f"{d['vdev']}:{d['mountpoint'] or 'swap'}:{d['size']}" for d in r["disks"])
-        print(f"{r['name']:<20} {r['image']:<18} {r['state']:<8} {r['boot']:<8} {disks}")
-        print(f"{'':<20} config {r['config']}")
-        if not r["complete"]:
-            print(f"{'':<20} unfinished deploy (pid {r['pid']}) stopped in step '{r['step']}': "
-                  f"si_rmxenvm {r['name']} removes what it made")
-        for base in r.get("bases", []):
+    for vm in vms:
+        disks = ", ".join(f"{d.vdev}:{d.mountpoint or 'swap'}:{d.size}" for d in vm.disks)
+        print(f"{vm.name:<20} {vm.image:<18} {state(vm):<8} {vm.boot:<8} {disks}")
+        print(f"{'':<20} config {vm.config}")
+        if not vm.complete:
+            print(f"{'':<20} unfinished deploy (pid {vm.pid}) stopped in step '{vm.step}': "
+                  f"si_rmxenvm {vm.name} removes what it made")
+        for base in vm.bases:
             print(f"{'':<20} clone of {base}")
-    missing = set(args.names) - {r["name"] for r in recs}
+    missing = set(args.names) - {vm.name for vm in vms}
     for n in sorted(missing):
         print(f"WARNING: VM '{n}' not found!", file=sys.stderr)
     return 1 if missing else 0

@@ -7,15 +7,17 @@ import os
 import signal
 import sys
 
-from .. import batch, config, hostkeys, proc, sshdconfig
+from .. import batch, config
 from ..errors import Fatal
-from ..image import survey
+from ..headstart import Headstart
+from ..plan import describe
+from ..record import VmRecord
 from ..report import Reporter
-from ..rollback import Guard, signals_raise
+from ..request import Request
+from ..rollback import Guard
 from .common import confirm, need_root, parser, run_main
 
 PROG = "si_mkxenvm"
-ATTEMPTS = 3  # deploys of one command while the image keeps changing under them
 MAN = {
     "summary": "deploy a Xen virtual machine from a SystemImager image",
     "synopsis": "[IMAGE] --hostname NAME (--dhcp | --ip ADDR --netmask MASK) (--dir DIR | --lvm VG) [OPTION]...",
@@ -117,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--start", action="store_true", default=None, help="start the VM when it is made")
     g.add_argument("--console", action="store_true", default=None, help="start it and attach its console")
     g.add_argument("--autostart", action="store_true", default=None, help="link the config into auto/ beside it (/etc/xen/auto), where xendomains starts domains at boot")
-    g.add_argument("--toolstack", help="xl, xm or auto (default auto: xl, else xm)")
+    g.add_argument("--toolstack", help=f"xl, xm or auto (xl, else xm) {_default('toolstack')}")
     g = p.add_argument_group("behaviour")
     g.add_argument("--fixups", help="run only these fixups (comma separated; si_xenhooks list)")
     g.add_argument("--skip-fixups", dest="skip_fixups", help="fixups not to run (comma separated)")
@@ -131,15 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def options(args, settings) -> dict:
+    """The options as given, over xen.conf's (Request.from_options adds the built-in defaults)."""
     o = dict(settings.options)
-    for k, v in vars(args).items():
-        if v is not None:
-            o[k] = v
-    if isinstance(o.get("ip"), str):
-        o["ip"] = o["ip"].split()
-    o["dhcp"] = str(o.get("dhcp", "")).lower() in ("1", "true", "yes", "on")
-    for flag in ("noswap", "start", "console", "autostart", "force", "full_copy"):
-        o[flag] = str(o.get(flag, "")).lower() in ("1", "true", "yes", "on")
+    o.update({k: v for k, v in vars(args).items() if v is not None})
     o["size_given"] = args.size is not None
     o["hostname"] = args.hostname
     return o
@@ -149,19 +145,35 @@ def body(argv) -> int:
     args = build_parser().parse_args(argv)
     if args.image and args.image_pos and args.image != args.image_pos:
         raise Fatal(f"two images given ('{args.image_pos}' and '{args.image}')", "give one image")
-    name = args.image or args.image_pos
     if not args.hostname:
         raise Fatal("no --hostname given", "name the VM with --hostname NAME")
+    if args.console and len(batch.expand(args.hostname)) > 1:
+        raise Fatal("--console attaches the console of one VM, not of a batch", "use --start, then xl console NAME")
     if not args.dry_run:
         need_root(PROG)
-    image = _image(args, name)
-    # The image walk (every inode stat'ed: ~0.1 s) runs beside the start-up that follows.
-    walk = None if args.dry_run else proc.Ahead(survey.survey, image.path)
+    image = _image(args, args.image or args.image_pos)
+    settings = config.load(args.config, image.name)
+    req = Request.from_options(options(args, settings))
+    rep = Reporter(quiet=args.quiet, verbose=args.verbose)
+    if not image.os.known:  # said before the long copy: the fixups will do only what any Linux needs
+        rep.warn(f"unknown OS in image '{image.name}' ({image.os.pretty}): generic {image.os.init} handling only")
+    hs = Headstart.start(image, req.hostnames, settings.paths["state_dir"], req.dry_run)
     try:
-        return _body(args, image, walk)
+        # Imported only now, with the walk and the SSH keys begun: these take a tenth of a second.
+        from .. import service
+
+        guard = Guard()
+        out = service.make_vms(req, image, settings, rep, hs, guard, ask=lambda q: confirm(q, args.yes))
+        if req.dry_run:
+            _dry_run(out.plans)
+        elif len(out.plans) == 1:
+            summary(out.records[0], out.plans[0], rep, settings)
+            if req.console or guard.got:
+                _console(out.plans[0], guard, rep)
     finally:
-        if walk is not None:
-            walk.close()
+        hs.close()
+        rep.close()
+    return 0
 
 
 def _image(args, name):
@@ -179,122 +191,11 @@ def _image(args, name):
         rep.close()
 
 
-def _body(args, image, walk) -> int:
-    settings = config.load(args.config, image.name)
-    rep = Reporter(quiet=args.quiet, verbose=args.verbose)
-    if not image.os.known:  # said before the long copy: the fixups will do only what any Linux needs
-        rep.warn(f"unknown OS in image '{image.name}' ({image.os.pretty}): generic {image.os.init} handling only")
-    o = options(args, settings)
-    hosts = batch.expand(args.hostname)
-    if len(hosts) > 1 and o["console"]:
-        raise Fatal("--console attaches the console of one VM, not of a batch", "use --start, then xl console NAME")
-    keys = None
-    if len(hosts) == 1 and not args.dry_run:  # RSA keys take long: start them now, for later
-        stock = hostkeys.Stock(settings.paths["state_dir"])
-        with image.reading():
-            types = sshdconfig.key_types(image.guest)
-        keys = hostkeys.Prefetch(types, hosts[0], stock)
-    try:
-        return _deploy(args, image, settings, rep, o, hosts, keys, walk)
-    finally:
-        if keys is not None:
-            keys.close()
-
-
-def _deploy(args, image, settings, rep, o, hosts, keys, walk) -> int:
-    # Imported only now, with the SSH keys already being made: these take a tenth of a second.
-    from .. import deploy
-
-    facts_dir = None if args.dry_run else os.path.join(settings.paths["state_dir"], "images")
-    tree, plans, pending = _ahead(image, o, hosts, walk, facts_dir, settings, rep.warn)
-    guard = Guard()  # SIGINT, SIGTERM, SIGHUP: Interrupted, until the domain is made
-    with signals_raise(guard):
-        for attempt in range(1, ATTEMPTS + 1):
-            try:
-                return _make(args, image, settings, rep, plans, keys, tree, pending, facts_dir, guard)
-            except deploy.ImageChanged as e:  # undone already: plan again from the image as it is
-                if attempt == ATTEMPTS:
-                    raise Fatal(f"image '{image.name}' changed under each of {ATTEMPTS} deploys ({e.problem}); "
-                                "nothing was kept", e.fix) from None
-                rep.say(f"Not kept: {e.problem}; planning again")
-                tree = e.survey or survey.survey(image.path)
-                plans, pending = _plans(o, hosts, image, tree, rep.warn), None
-
-
-def _plans(o, hosts, image, tree, warn):
-    from .. import planner
-
-    return [planner.make_plan(dict(o, hostname=h, ip=batch.shifted(o.get("ip") or [], i),
-                                   mac=o.get("mac") if len(hosts) == 1 else None),
-                              image, tree, warn=warn) for i, h in enumerate(hosts)]
-
-
-def _ahead(image, o, hosts, walk, facts_dir, settings, warn):
-    """The survey to plan from, the plans, and the walk that must confirm them (or None). A further VM of
-    one image clones a base made from the image's last walk: it is planned from that walk and
-    made while the new walk (~0.1 s of stat calls) runs, rather than after it."""
-    from .. import populate
-    from ..storage import backend_for
-
-    last = survey.remembered(facts_dir, image.path) if walk and len(hosts) == 1 else None
-    if last is not None:
-        said: list[str] = []
-        try:
-            plans = _plans(o, hosts, image, last, said.append)
-            if plans[0].clone and populate.bases_ready(plans[0], backend_for(plans[0], settings.paths["lock_dir"])):
-                for m in said:
-                    warn(m)
-                return last, plans, walk
-        except Fatal:
-            pass  # said again, from the image as it is
-    tree = (walk and walk.result()) or survey.survey(image.path)
-    return tree, _plans(o, hosts, image, tree, warn), None
-
-
-def _make(args, image, settings, rep, plans, keys, tree, pending, facts_dir, guard) -> int:
-    from .. import deploy, planner
-    from ..plan import describe
-
-    plan = plans[0]
-    kernel = planner.check_boot(plan, image, facts_dir)
-    need = 0
-    if plan.storage == "dir" and not plan.clone:  # a clone needs no room for a copy
-        need = sum(survey.needed_mib(*u) for u in tree.usage([d.mountpoint for d in plan.disks if d.mountpoint]).values())
-    for p in plans:
-        deploy.preflight(p, settings, need * len(plans))
-    if args.dry_run:
-        print(describe(plan))
-        for p in plans[1:]:
-            print(f"... and {p.hostname}: {' '.join(p.net.ips) or 'DHCP'}, MAC {p.net.mac}, {p.root.target}")
-        print("\nDry run: nothing was changed.")
-        return 0
-    existing = [p.hostname for p in plans if os.path.lexists(p.cfg_path)]
-    if plan.force and existing and not confirm(f"Overwrite VM {', '.join(existing)}?", args.yes):
-        raise Fatal("not confirmed", "nothing was changed")
-    if len(plans) > 1:
-        rep.say(f"Deploying {len(plans)} VMs from image '{image.name}'")
-        done, failed = batch.run(plans, image, kernel, settings, rep)
-        if done:
-            planner.remember_boot(plan, kernel, facts_dir)
-            survey.remember(facts_dir, image.path, tree)
-        if failed:
-            raise Fatal(f"{len(failed)} of {len(plans)} VMs failed: {'; '.join(failed)}",
-                        f"see the logs in {settings.paths['log_dir']}")
-        return 0
-    try:
-        rec = deploy.deploy(plan, image, kernel, settings, rep, keys, need, pending, guard)
-        try:  # caches: a VM that exists is not failed for them
-            planner.remember_boot(plan, kernel, facts_dir)  # like the walk: kept once a VM exists
-            if pending is None:  # else the tree is the walk remembered
-                survey.remember(facts_dir, image.path, tree)
-        except OSError as e:
-            rep.warn(f"could not remember the image's walk for the next VM: {e}")
-        summary(rec, plan, rep, settings)
-        if plan.console or guard.got:
-            _console(plan, guard, rep)
-    finally:
-        rep.close()
-    return 0
+def _dry_run(plans) -> None:
+    print(describe(plans[0]))
+    for p in plans[1:]:
+        print(f"... and {p.hostname}: {' '.join(p.net.ips) or 'DHCP'}, MAC {p.net.mac}, {p.root.target}")
+    print("\nDry run: nothing was changed.")
 
 
 def _console(plan, guard: Guard, rep: Reporter) -> None:
@@ -320,19 +221,19 @@ def _console(plan, guard: Guard, rep: Reporter) -> None:
         os.dup2(null, 2)
 
 
-def summary(rec: dict, plan, rep: Reporter, settings) -> None:
+def summary(rec: VmRecord, plan, rep: Reporter, settings) -> None:
     rep.say("\nInstallation Summary\n---------------------")
-    rep.say(f"Hostname        :  {rec['name']}")
-    rep.say(f"Distribution    :  {rec['guest']}")
-    rep.say(f"MAC Address     :  {rec['mac']}")
-    rep.say(f"IP Address(es)  :  {' '.join(rec['ips']) if rec['ips'] != ['dhcp'] else 'dynamic'}")
-    for fp in rec["ssh_fingerprints"]:
+    rep.say(f"Hostname        :  {rec.name}")
+    rep.say(f"Distribution    :  {rec.guest}")
+    rep.say(f"MAC Address     :  {rec.mac}")
+    rep.say(f"IP Address(es)  :  {' '.join(rec.ips) if rec.ips else 'dynamic'}")
+    for fp in rec.ssh_fingerprints:
         rep.say(f"SSH Fingerprint :  {fp}")
-    rep.say(f"Config          :  {rec['config']}")
-    rep.say(f"Time            :  {rec['seconds']} s")
+    rep.say(f"Config          :  {rec.config}")
+    rep.say(f"Time            :  {rec.seconds} s")
     if not plan.start:
-        rep.say(f"Start it with   :  xl create {rec['config']}")
-    rep.say(f"\nLogfile produced at:\n  {os.path.join(settings.paths['log_dir'], rec['name'] + '.log')}")
+        rep.say(f"Start it with   :  xl create {rec.config}")
+    rep.say(f"\nLogfile produced at:\n  {os.path.join(settings.paths['log_dir'], rec.name + '.log')}")
 
 
 def main(argv=None) -> int:

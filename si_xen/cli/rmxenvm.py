@@ -6,6 +6,7 @@ import sys
 
 from .. import config, journal, toolstack
 from ..errors import Fatal
+from ..record import VmRecord
 from ..storage import FileBackend, LvmBackend
 from .common import confirm, need_root, parser, run_main
 
@@ -75,12 +76,12 @@ def remove(name: str, args, settings) -> None:
         print(f"Removed VM '{name}'" + ("." if state.complete else " (an unfinished deploy)."))
 
 
-def prune_bases(rec: dict, state_dir: str, lock_dir: str) -> None:
+def prune_bases(rec: VmRecord, state_dir: str, lock_dir: str) -> None:
     """The bases this VM was cloned from, when no other VM's record names them."""
-    in_use = {b for s in journal.all_states(state_dir) for b in (s.record or {}).get("bases", [])}
-    backend = (LvmBackend(rec["storage_root"], rec.get("thin_pool"), lock_dir) if rec["storage"] == "lvm"
-               else FileBackend(rec["storage_root"]))
-    for base in set(rec.get("bases", [])) - in_use:
+    in_use = {b for s in journal.all_states(state_dir) if s.record for b in s.record.bases}
+    backend = (LvmBackend(rec.storage_root, rec.thin_pool, lock_dir) if rec.storage == "lvm"
+               else FileBackend(rec.storage_root))
+    for base in set(rec.bases) - in_use:
         backend.remove_base(base)
 
 

@@ -17,15 +17,17 @@ import sys
 import tempfile
 from dataclasses import replace
 
-from .. import config, deploy, journal, planner, proc
+from .. import config, planner, proc, service
 from ..errors import Fatal
 from ..fixups import run_all
 from ..fixups.spec import spec_from_plan
 from ..image import Image, open_at, source, survey
-from ..plan import Disk, Plan, stable_mac
+from ..plan import Disk, Plan
+from ..record import VmRecord
 from ..report import Reporter
-from ..storage.given import GivenBackend, size_mib
-from ..validate import ENV, check_hostname, check_network
+from ..request import Request, Said, Storage
+from ..storage.given import size_mib
+from ..validate import ENV, check_hostname
 from . import params
 from .env import Instance
 
@@ -74,8 +76,8 @@ def boot_mode(inst: Instance) -> tuple[str, str | None, str | None]:
     return "direct", kernel, hv.get("initrd_path") or None
 
 
-def plan_for(inst: Instance, image: Image, tree: survey.Survey | None) -> Plan:
-    """The instance as a Plan: its disks, its first NIC, its name; ``tree`` checks disk 0's size."""
+def request_for(inst: Instance, image: Image, tree: survey.Survey | None, skip: tuple[str, ...] = ()) -> Request:
+    """The instance as a Request: its disks, its first NIC, its name; ``tree`` checks disk 0's size."""
     if not inst.disks:
         raise Fatal(f"instance {inst.name} has no disks", "gnt-instance add ... --disk 0:size=4G")
     name = check_hostname(inst.name, "INSTANCE_NAME")
@@ -98,20 +100,23 @@ def plan_for(inst: Instance, image: Image, tree: survey.Survey | None) -> Plan:
         raise Fatal(f"NIC 0 of {name} has the address {ip} but no network, so no netmask",
                     "connect it to a Ganeti network (gnt-network add --network=A.B.C.0/24 --gateway=...), "
                     "or leave its ip empty for DHCP")
-    net = check_network(
-        not ip, (f"{ip}/{prefix}" if ip and prefix else ip,) if ip else (), "", nic.gateway if nic else "", "",
-        " ".join(params.split(params.value(inst.osp, "nameservers"))),
-        (nic.mac if nic and nic.mac else stable_mac(name)), (nic.bridge or nic.link if nic else "") or "xenbr0", ENV)
     boot, kernel, initrd = boot_mode(inst)
     be = inst.be
-    return Plan(
-        hostname=name, image_name=image.name, image_path=image.path, os=image.os,
-        memory=int(be.get("maxmem") or be.get("memory") or 512), vcpus=int(be.get("vcpus") or 1), type="pv",
-        boot=boot, disks=tuple(disks), storage="given", storage_root="", net=net, cfg_path="",
-        kernel=kernel, initrd=initrd, fingerprint=tree.fingerprint if tree else "",
-        excluded=tree.excluded if tree else (), notes=("onto the instance's disks",),
-        fixups_skip=tuple(params.split(params.value(inst.osp, "skip_fixups"))),
+    return Request(
+        hostnames=(name,), image=image.name, memory=int(be.get("maxmem") or be.get("memory") or Request.memory),
+        vcpus=int(be.get("vcpus") or 1), type="pv", boot=boot, kernel=kernel, initrd=initrd,
+        storage=Storage("given", disks=tuple(disks)), dhcp=not ip,
+        ips=(f"{ip}/{prefix}" if ip and prefix else ip,) if ip else (), gateway=nic.gateway if nic else "",
+        nameservers=" ".join(params.split(params.value(inst.osp, "nameservers"))),
+        mac=nic.mac if nic and nic.mac else "", bridge=(nic.bridge or nic.link if nic else "") or Request.bridge,
+        fixups_skip=tuple(params.split(params.value(inst.osp, "skip_fixups"))) + skip,
+        said=Said(ENV, ("the instance's maxmem", "give it -B maxmem={}M or more")),
     )
+
+
+def plan_for(inst: Instance, image: Image, tree: survey.Survey | None) -> Plan:
+    """The instance's VM as planned (rename reuses it for the hostname fixup)."""
+    return planner.make_plan(request_for(inst, image, tree), image, tree)
 
 
 def _image(inst: Instance, paths, say) -> Image:
@@ -124,18 +129,11 @@ def _image(inst: Instance, paths, say) -> Image:
                          inst.name, paths, say, prog="gnt-instance add -o systemimager+IMAGE")
 
 
-def install(inst: Instance, image: Image, rep: Reporter, s, skip: tuple[str, ...] = ()) -> dict:
+def install(inst: Instance, image: Image, rep: Reporter, s, skip: tuple[str, ...] = ()) -> VmRecord:
     """The image onto the instance's disks: si-xen's install steps, journaled (a crash's
     mounts are undone by the next run for this instance)."""
-    tree = survey.survey(image.path)
-    plan = plan_for(inst, image, tree)
-    plan = replace(plan, fixups_skip=plan.fixups_skip + skip)
-    kernel = planner.check_boot(plan, image, os.path.join(s.paths["state_dir"], "images"),
-                                ("the instance's maxmem", "give it -B maxmem={}M or more"))
-    GivenBackend().validate(plan.hostname, list(plan.disks), 0, True)
-    with journal.lock(s.paths["lock_dir"], plan.hostname):
-        rep.open_log(os.path.join(s.paths["log_dir"], f"ganeti-{plan.hostname}.log"))
-        return deploy.execute(plan, image, kernel, s, rep, steps=deploy.INSTALL_STEPS)
+    req = request_for(inst, image, survey.survey(image.path), skip)
+    return service.install_onto(req, image, s, rep, f"ganeti-{req.hostnames[0]}.log")
 
 
 def create(inst: Instance, rep: Reporter) -> None:
@@ -144,7 +142,7 @@ def create(inst: Instance, rep: Reporter) -> None:
     what = "Reinstalling" if inst.reinstall else "Installing"
     rep.say(f"{what} {inst.name} from image '{image.name}' ({image.os.pretty}) on {', '.join(d.path for d in inst.disks)}")
     rec = install(inst, image, rep, s)
-    rep.say(f"{inst.name}: {image.name} installed in {rec['seconds']} s, boots by {rec['boot']}")
+    rep.say(f"{inst.name}: {image.name} installed in {rec.seconds} s, boots by {rec.boot}")
 
 
 # --- export / import: one disk per call, on stdout / stdin --------------------------------
@@ -232,7 +230,7 @@ def import_(env: dict[str, str], inst: Instance, rep: Reporter, inp=None) -> Non
             raise Fatal(f"the export of {inst.name} disk 0 holds no root tree (no etc/)", "import an export of this OS")
         image = open_at(inst.variant or inst.osp.get("image") or "import", tree)
         rec = install(inst, image, rep, s, skip=("identity",))
-        rep.say(f"{inst.name}: imported in {rec['seconds']} s, boots by {rec['boot']}")
+        rep.say(f"{inst.name}: imported in {rec.seconds} s, boots by {rec.boot}")
     finally:
         shutil.rmtree(tree, ignore_errors=True)
 

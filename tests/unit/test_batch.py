@@ -34,13 +34,12 @@ def test_an_interrupted_batch_says_which_vms_it_kept(monkeypatch, capsys):
     def one(plan, *_):
         if plan.hostname == "web2":
             raise KeyboardInterrupt
-        return {"name": plan.hostname, "seconds": 0.1}
+        return SimpleNamespace(name=plan.hostname, seconds=0.1)
 
-    monkeypatch.setattr(batch, "_one", one)
-    monkeypatch.setattr(batch, "_all", lambda plans, image, kernel, settings, workers, report: [
-        report(p, one(p)) for p in plans])
+    monkeypatch.setattr(batch, "_all", lambda plans, worker, args, workers, report: [
+        report(p, worker(p, *args)) for p in plans])
     plans = [SimpleNamespace(hostname=h) for h in ("web1", "web2", "web3")]
-    assert run_main("si_mkxenvm", lambda argv: batch.run(plans, None, None, None, Reporter()), []) == 130
+    assert run_main("si_mkxenvm", lambda argv: batch.run(plans, one, (), Reporter()), []) == 130
     err = capsys.readouterr().err
     assert err.startswith("FATAL: interrupted by SIGINT; VM web1 was made and is kept"), err
     assert "unfinished ones' work was removed" in err

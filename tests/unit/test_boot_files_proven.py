@@ -18,6 +18,7 @@ from si_xen.errors import Fatal
 from si_xen.guestfs import Guest
 from si_xen.image import open_image
 from si_xen.image.survey import survey
+from si_xen.request import Request
 
 from . import fakeimage
 
@@ -46,7 +47,7 @@ def put(root: str, gpath: str, data: bytes) -> None:
 def check_boot(root: str, tmp_path, memory: str = "2048M"):
     image = open_image(root)
     o = dict(config.BUILTIN, hostname="vm1", dhcp=True, dir=str(tmp_path), output=str(tmp_path), memory=memory)
-    return planner.check_boot(planner.make_plan(o, image, survey(root)), image)
+    return planner.check_boot(planner.make_plan(Request.from_options(o), image, survey(root)), image)
 
 
 def refused(root: str, tmp_path, gpath: str, problem: str) -> str:
@@ -189,7 +190,7 @@ def test_a_supplied_broken_kernel_is_named_by_its_option(root, tmp_path):
     image = open_image(root)
     o = dict(config.BUILTIN, hostname="vm1", dhcp=True, dir=str(tmp_path), output=str(tmp_path), kernel=str(kernel))
     with pytest.raises(Fatal, match=rf"^--kernel {kernel} is empty \(0 bytes\) \(give a working kernel to --kernel\)$"):
-        planner.check_boot(planner.make_plan(o, image, survey(root)), image)
+        planner.check_boot(planner.make_plan(Request.from_options(o), image, survey(root)), image)
 
 
 @pytest.mark.parametrize("facts", ['{"kernel": "x", "memory_need": 1}', "[1]", '{"kernel": {"bogus": 1}}',
@@ -197,7 +198,7 @@ def test_a_supplied_broken_kernel_is_named_by_its_option(root, tmp_path):
 def test_boot_facts_not_as_remembered_are_measured_again(root, tmp_path, facts):
     image = open_image(root)
     o = dict(config.BUILTIN, hostname="vm1", dhcp=True, dir=str(tmp_path), output=str(tmp_path))
-    plan = planner.make_plan(o, image, survey(root))
+    plan = planner.make_plan(Request.from_options(o), image, survey(root))
     facts_dir = tmp_path / "facts"
     facts_dir.mkdir()
     (facts_dir / f"{plan.image_name}-{plan.fingerprint}.json").write_text(facts)

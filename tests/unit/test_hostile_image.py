@@ -10,6 +10,7 @@ from si_xen.errors import Fatal
 from si_xen.guestfs import GuestPathError
 from si_xen.image import open_image
 from si_xen.image.survey import survey
+from si_xen.request import Request
 
 from . import fakeimage
 
@@ -49,7 +50,7 @@ def test_ssh_dir_linked_out_of_the_root_stays_inside(root):
 
 def test_an_unreadable_initramfs_is_named(root, tmp_path, monkeypatch):
     image = open_image(root)
-    plan = planner.make_plan(dict(config.BUILTIN, hostname="vm1", dhcp=True, dir=str(tmp_path), output=str(tmp_path)),
+    plan = planner.make_plan(Request.from_options(dict(config.BUILTIN, hostname="vm1", dhcp=True, dir=str(tmp_path), output=str(tmp_path))),
                              image, survey(root))
 
     def denied(path):

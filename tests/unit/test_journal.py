@@ -6,14 +6,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from si_xen import deploy, journal
+from si_xen import deploy, journal, service
 from si_xen.errors import Fatal
 from si_xen.locks import LockBusy, exclusive
 from si_xen.made import Directory, DiskFile, File, Lock, LogicalVolume, Made, Mount
+from si_xen.record import VmRecord
 
 
 def test_round_trip_and_incomplete_until_the_record(tmp_path):
-    j = journal.Journal(str(tmp_path), "vm1", {"pid": 4242, "image": "deb"})
+    j = journal.Journal(str(tmp_path), "vm1", VmRecord.from_json({"name": "vm1", "pid": 4242, "image": "deb"}))
     j.step("disks")
     j.made(DiskFile(str(tmp_path / "d.img")))
     j.made(LogicalVolume("/dev/vg0/vm1-disk"))
@@ -21,16 +22,16 @@ def test_round_trip_and_incomplete_until_the_record(tmp_path):
     assert not st.complete and st.step == "disks"
     assert st.things == [DiskFile(str(tmp_path / "d.img")), LogicalVolume("/dev/vg0/vm1-disk")]
     assert st.summary() == "pid 4242 stopped in step 'disks'; made: 1 disk-file, 1 lv"
-    assert st.as_dict()["complete"] is False
-    j.finish({"name": "vm1", "image": "deb"})
+    assert st.vm.complete is False and st.vm.to_json()["step"] == "disks"
+    j.finish(VmRecord.from_json({"name": "vm1", "image": "deb"}))
     j.close()
     st = journal.load(str(tmp_path), "vm1")
-    assert st.complete and st.as_dict() == {"name": "vm1", "image": "deb", "complete": True}
+    assert st.complete and st.vm == VmRecord("vm1", "deb") and st.vm.to_json()["complete"] is True
     assert [s.name for s in journal.all_states(str(tmp_path))] == ["vm1"]
 
 
 def test_a_torn_last_line_is_not_made_but_a_corrupt_middle_is_fatal(tmp_path):
-    j = journal.Journal(str(tmp_path), "vm", {"pid": 1})
+    j = journal.Journal(str(tmp_path), "vm", VmRecord.from_json({"name": "vm", "pid": 1}))
     j.made(File("/x"))
     j.close()
     with open(j.path, "a") as f:
@@ -64,14 +65,14 @@ def test_rollback_is_newest_first_and_keeps_the_journal_when_something_stays(tmp
         def delete(self):
             order.append(self.path)
 
-    j = journal.Journal(str(tmp_path), "vm", {})
+    j = journal.Journal(str(tmp_path), "vm", VmRecord.from_json({"name": "vm"}))
     for t in (Noted("a"), Boom("b"), Noted("c")):
         j.made(t)
     failed = j.rollback()
     assert order == ["c", "b", "a"] and failed == ["test-boom b: stuck"]
     assert os.path.exists(j.path)  # for si_rmxenvm to try again
     order.clear()
-    j2 = journal.Journal(str(tmp_path), "vm2", {})
+    j2 = journal.Journal(str(tmp_path), "vm2", VmRecord.from_json({"name": "vm2"}))
     j2.made(Noted("x"))
     assert j2.rollback() == [] and not os.path.exists(j2.path)
 
@@ -80,7 +81,7 @@ def test_keep_disks_leaves_disks_only(tmp_path, fp):
     disk, cfg = tmp_path / "disk.img", tmp_path / "vm.cfg"
     disk.write_text("data")
     cfg.write_text("cfg")
-    j = journal.Journal(str(tmp_path), "vm", {})
+    j = journal.Journal(str(tmp_path), "vm", VmRecord.from_json({"name": "vm"}))
     j.made(DiskFile(str(disk)))
     j.made(File(str(cfg)))
     j.close()
@@ -161,25 +162,25 @@ def test_the_driver_runs_steps_in_order_and_undoes_them_in_reverse(tmp_path, mon
 
 def test_a_plain_rerun_after_a_crash_is_refused_with_the_way_out(tmp_path):
     settings, plan = _context_for(tmp_path)
-    j = journal.Journal(settings.paths["state_dir"], "vm", {"pid": 31337})
+    j = journal.Journal(settings.paths["state_dir"], "vm", VmRecord.from_json({"name": "vm", "pid": 31337}))
     j.step("copy")
     j.made(DiskFile(str(tmp_path / "disk.img")))
     j.close()  # and then SIGKILL: the journal stays
     with pytest.raises(Fatal) as e:
-        deploy.preflight(plan, settings, 0)
+        service.preflight(plan, settings, 0)
     assert str(e.value) == ("VM 'vm' has an unfinished deploy (pid 31337 stopped in step 'copy'; made: 1 disk-file) "
                             "(remove what it made with si_rmxenvm vm, then run this again)")
 
 
 def test_a_deploy_still_running_is_told_apart_from_a_dead_one(tmp_path):
     settings, plan = _context_for(tmp_path)
-    j = journal.Journal(settings.paths["state_dir"], "vm", {"pid": 1})  # pid 1 lives, as a deployer would
+    j = journal.Journal(settings.paths["state_dir"], "vm", VmRecord.from_json({"name": "vm", "pid": 1}))  # pid 1 lives, as a deployer would
     j.close()
     os.makedirs(settings.paths["lock_dir"])
     with open(os.path.join(settings.paths["lock_dir"], "vm.lock"), "w") as f:
         f.write("1\n")
     with pytest.raises(Fatal, match="is being deployed by pid 1"):
-        deploy.preflight(plan, settings, 0)
+        service.preflight(plan, settings, 0)
     os.unlink(os.path.join(settings.paths["lock_dir"], "vm.lock"))  # its holder died: the lock went with it
     with pytest.raises(Fatal, match="has an unfinished deploy"):
-        deploy.preflight(plan, settings, 0)
+        service.preflight(plan, settings, 0)

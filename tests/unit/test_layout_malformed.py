@@ -14,6 +14,7 @@ from si_xen.errors import Fatal
 from si_xen.image import open_at, open_image
 from si_xen.image.metadata import parse_layout
 from si_xen.image.survey import survey
+from si_xen.request import Request
 
 from . import fakeimage
 
@@ -123,7 +124,7 @@ def broken(tmp_path):
 def plan(root, tmp_path, layout):
     image = open_image(root)
     o = dict(config.BUILTIN, hostname="vm1", dhcp=True, dir=str(tmp_path), output=str(tmp_path), layout=layout)
-    return planner.make_plan(o, image, survey(root))
+    return planner.make_plan(Request.from_options(o), image, survey(root))
 
 
 def test_layout_image_with_a_bad_fsinfo_line_is_one_fatal(broken, tmp_path):

@@ -8,6 +8,7 @@ from si_xen import config, planner
 from si_xen.errors import Fatal
 from si_xen.image import open_image
 from si_xen.image.survey import survey
+from si_xen.request import Request
 
 from . import fakeimage
 
@@ -34,7 +35,7 @@ def opts(tmp_path, **kw):
 
 
 def test_default_plan(tmp_path, image):
-    p = planner.make_plan(opts(tmp_path), image, survey(image.path))
+    p = planner.make_plan(Request.from_options(opts(tmp_path)), image, survey(image.path))
     assert [(d.vdev, d.mountpoint, d.size_mib) for d in p.disks] == [("xvda1", "", 256), ("xvda2", "/", 4096)]
     assert p.root.target == f"{tmp_path}/domains/vm1/disk.img"
     assert p.cfg_path == f"{tmp_path}/vm1.cfg" and p.net.mac.startswith("00:16:3e:")
@@ -43,7 +44,7 @@ def test_default_plan(tmp_path, image):
 
 def test_image_layout_keeps_known_filesystems_and_warns(tmp_path, image):
     warnings = []
-    p = planner.make_plan(opts(tmp_path, layout="image", size_given=False), image, survey(image.path),
+    p = planner.make_plan(Request.from_options(opts(tmp_path, layout="image", size_given=False)), image, survey(image.path),
                           warn=warnings.append)
     assert [(d.vdev, d.mountpoint, d.fs) for d in p.disks] == [
         ("xvda1", "", "swap"), ("xvda2", "/", "ext4"), ("xvda3", "/var", "ext4")]
@@ -52,7 +53,7 @@ def test_image_layout_keeps_known_filesystems_and_warns(tmp_path, image):
 
 
 def test_memory_need_is_checked_against_the_guest(tmp_path, image):
-    p = planner.make_plan(opts(tmp_path, memory="128M"), image, survey(image.path))
+    p = planner.make_plan(Request.from_options(opts(tmp_path, memory="128M")), image, survey(image.path))
     with pytest.raises(Fatal, match=r"need \d+ MiB to boot"):
         planner.check_boot(p, image)
 
@@ -62,17 +63,17 @@ def test_size_too_small_names_the_need(tmp_path, image):
     with open(big, "wb") as f:
         f.write(os.urandom(80 * 2**20))
     with pytest.raises(Fatal, match=r"--size of 64M is too small: image 'deb' needs \d+ MiB"):
-        planner.make_plan(opts(tmp_path, size="64M"), image, survey(image.path))
+        planner.make_plan(Request.from_options(opts(tmp_path, size="64M")), image, survey(image.path))
 
 
 def test_layout_image_without_metadata(tmp_path):
     img = open_image(fakeimage.make(tmp_path / "plain"))
     with pytest.raises(Fatal, match="has no disk layout"):
-        planner.make_plan(opts(tmp_path, layout="image"), img, survey(img.path))
+        planner.make_plan(Request.from_options(opts(tmp_path, layout="image")), img, survey(img.path))
 
 
 def test_boot_facts_are_cached_per_image_fingerprint(tmp_path, image, monkeypatch):
-    p = planner.make_plan(opts(tmp_path), image, survey(image.path))
+    p = planner.make_plan(Request.from_options(opts(tmp_path)), image, survey(image.path))
     first = planner.check_boot(p, image, str(tmp_path / "facts"))
     assert not (tmp_path / "facts").exists(), "nothing is kept before a VM is made"
     planner.remember_boot(p, first, str(tmp_path / "facts"))
@@ -80,7 +81,7 @@ def test_boot_facts_are_cached_per_image_fingerprint(tmp_path, image, monkeypatc
     assert planner.check_boot(p, image, str(tmp_path / "facts")) == first
     with open(os.path.join(image.path, "etc/motd"), "w") as f:
         f.write("changed")
-    p2 = planner.make_plan(opts(tmp_path), image, survey(image.path))
+    p2 = planner.make_plan(Request.from_options(opts(tmp_path)), image, survey(image.path))
     assert p2.fingerprint != p.fingerprint
     with pytest.raises(BaseException, match="measured again"):
         planner.check_boot(p2, image, str(tmp_path / "facts"))
@@ -89,7 +90,7 @@ def test_boot_facts_are_cached_per_image_fingerprint(tmp_path, image, monkeypatc
 def test_no_kernel_needs_kernel_option(tmp_path, image):
     for n in os.listdir(os.path.join(image.path, "boot")):
         os.unlink(os.path.join(image.path, "boot", n))
-    p = planner.make_plan(opts(tmp_path), image, survey(image.path))
+    p = planner.make_plan(Request.from_options(opts(tmp_path)), image, survey(image.path))
     with pytest.raises(Fatal, match="no kernel in /boot.*--kernel"):
         planner.check_boot(p, image)
 
@@ -98,7 +99,7 @@ def test_no_kernel_needs_kernel_option(tmp_path, image):
 def test_negative_sizes_name_the_option(tmp_path, image, opt):
     # `--swap=-5M` gets past argparse (`--swap -5M` is a usage error): the plan names the option
     with pytest.raises(Fatal, match=rf"^invalid --{opt} '-5M' \("):
-        planner.make_plan(opts(tmp_path, **{opt: "-5M"}), image, survey(image.path))
+        planner.make_plan(Request.from_options(opts(tmp_path, **{opt: "-5M"})), image, survey(image.path))
 
 
 def test_last_walk_is_remembered_per_image_and_only_trusted_whole(tmp_path, image):

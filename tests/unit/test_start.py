@@ -9,6 +9,7 @@ import pytest
 from si_xen import deploy, journal, toolstack
 from si_xen.errors import Fatal
 from si_xen.made import File
+from si_xen.record import VmRecord
 from si_xen.rollback import Guard, Interrupted, signals_raise
 
 XL = "/usr/sbin/xl"
@@ -35,7 +36,7 @@ def driver(tmp_path, monkeypatch):
 
     def config(c):
         c.journal.made(File(str(cfg)), cfg.write_text, 'name = "vm"\n')
-        c.record = {"name": "vm"}
+        c.record = VmRecord("vm")
         c.journal.finish(c.record)
 
     def run(*later, guard=None):
@@ -72,7 +73,7 @@ def test_once_created_a_later_failure_keeps_the_vm(driver, fp):
         raise OSError(5, "Input/output error")
 
     rec = driver.run(deploy.Step("later", fail))
-    assert rec == {"name": "vm"} and driver.cfg.exists()
+    assert rec == VmRecord("vm") and driver.cfg.exists()
     st = journal.load(driver.state, "vm")
     assert st.complete and [t.kind for t in st.things] == ["file", "domain"]
     assert driver.warned == ["step 'later' failed after VM vm was started ([Errno 5] Input/output error); the VM is kept"]
@@ -122,22 +123,23 @@ def test_a_batch_with_console_is_refused_before_anything(tmp_path, capsys):
 
 
 def test_an_image_that_keeps_changing_is_refused_after_three_deploys(monkeypatch):
-    from si_xen.cli import mkxenvm
+    from si_xen import service
     from si_xen.image import survey
 
     made, said = [], []
-    monkeypatch.setattr(mkxenvm, "_ahead", lambda *a: ("tree", ["plan"], None))
-    monkeypatch.setattr(mkxenvm, "_plans", lambda *a: ["plan again"])
+    monkeypatch.setattr(service, "_ahead", lambda *a: ("tree", ["plan"], None))
+    monkeypatch.setattr(service, "_plans", lambda *a: ["plan again"])
 
-    def changed(args, image, settings, rep, plans, *rest):
+    def changed(req, image, settings, rep, plans, *rest):
         made.append(plans[0])
         raise survey.ImageChanged(SimpleNamespace(fingerprint="f"), survey.COPIED)
 
-    monkeypatch.setattr(mkxenvm, "_make", changed)
+    monkeypatch.setattr(service, "_make", changed)
     rep = SimpleNamespace(say=said.append, warn=said.append)
     image = SimpleNamespace(name="deb", path="/nowhere")
     with pytest.raises(Fatal) as e:
-        mkxenvm._deploy(SimpleNamespace(dry_run=False), image, SimpleNamespace(paths={"state_dir": "/nowhere"}), rep, {}, ["vm"], None, None)
+        service.make_vms(SimpleNamespace(dry_run=False), image, SimpleNamespace(paths={"state_dir": "/nowhere"}), rep,
+                         SimpleNamespace(walk=None), Guard())
     assert made == ["plan", "plan again", "plan again"]
     assert said == ["Not kept: the image changed while it was copied; planning again"] * 2
     assert str(e.value) == ("image 'deb' changed under each of 3 deploys (the image changed while it was copied); "

@@ -7,6 +7,7 @@ import pytest
 from si_xen.errors import Fatal
 from si_xen.journal import Journal
 from si_xen.plan import Disk
+from si_xen.record import VmRecord
 from si_xen.storage import lvm
 from si_xen.storage.mount import mkfs
 
@@ -19,7 +20,7 @@ def dm_ok(monkeypatch):
 
 @pytest.fixture
 def journal(tmp_path):
-    return Journal(str(tmp_path / "state"), "vm", {"pid": os.getpid()})
+    return Journal(str(tmp_path / "state"), "vm", VmRecord.from_json({"name": "vm", "pid": os.getpid()}))
 
 
 DISKS = [Disk("disk", "/", "ext4", 2048, "d", "xvda2", "/dev/vg0/vm-disk"),

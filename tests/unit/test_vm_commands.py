@@ -10,6 +10,7 @@ from si_xen.cli import lsxenvm, rmxenvm
 from si_xen.errors import Fatal
 from si_xen.made import Directory, DiskFile, File
 from si_xen.plan import Disk
+from si_xen.record import VmRecord
 
 
 @pytest.fixture
@@ -27,7 +28,8 @@ def crashed(paths, name="vm1", step="copy"):
     vm_dir = paths / "domains" / name
     vm_dir.mkdir(parents=True)
     (vm_dir / "disk.img").write_text("half a copy")
-    j = journal.Journal(str(paths / "state"), name, {"pid": 999999, "image": "deb", "config": f"/etc/xen/{name}.cfg"})
+    j = journal.Journal(str(paths / "state"), name,
+                        VmRecord.from_json({"name": name, "pid": 999999, "image": "deb", "config": f"/etc/xen/{name}.cfg"}))
     j.step("disks")
     j.made(Directory(str(vm_dir)))
     j.made(DiskFile(str(vm_dir / "disk.img")))
@@ -38,9 +40,9 @@ def crashed(paths, name="vm1", step="copy"):
 
 def test_ls_shows_finished_and_unfinished(paths, capsys, fp):
     crashed(paths)
-    j = journal.Journal(str(paths / "state"), "web1", {"pid": 1})
-    j.finish({"name": "web1", "image": "deb", "boot": "direct", "config": "/etc/xen/web1.cfg",
-              "disks": [{"vdev": "xvda2", "mountpoint": "/", "size": "2G"}], "bases": []})
+    j = journal.Journal(str(paths / "state"), "web1", VmRecord.from_json({"name": "web1", "pid": 1}))
+    j.finish(VmRecord.from_json({"name": "web1", "image": "deb", "boot": "direct", "config": "/etc/xen/web1.cfg",
+              "disks": [{"vdev": "xvda2", "mountpoint": "/", "size": "2G"}], "bases": []}))
     j.close()
     assert lsxenvm.body(["--json"]) == 0
     rows = {r["name"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
@@ -104,10 +106,55 @@ class QuietRep:
 def test_make_disks_creates_or_clones_and_gives_swap_its_signature(tmp_path, fp):
     disks = (Disk("disk", "/", "ext4", 2048, "", "xvda2", "/v/disk.img"), Disk("swap", "", "swap", 128, "", "xvda1", "/v/swap.img"))
     plan = type("P", (), {"disks": disks})()
-    j = journal.Journal(str(tmp_path), "vm", {})
+    j = journal.Journal(str(tmp_path), "vm", VmRecord.from_json({"name": "vm"}))
     fp.register(["mkswap", "/v/swap.img"], occurrences=2)
     b = FakeBackend()
     populate.make_disks(plan, b, QuietRep(), j)
     populate.make_disks(plan, b, QuietRep(), j, bases={"disk": "/b/base.img"})
     assert b.calls == [("create", "swap"), ("create", "disk"), ("create", "swap"), ("clone", "disk", "/b/base.img")]
     assert [t.path for t in j.state.things] == ["/v/swap.img", "/v/disk.img"] * 2
+
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "bf63863")
+
+
+def bf63863_vms(paths):
+    """The journals bf63863's si_mkxenvm wrote (golden/bf63863: a VM made, and one killed in its fixups
+    step with SI_XEN_KILL_AT=fixups), its paths moved under ``paths``, with what they name made again."""
+    vms = paths / "state" / "vms"
+    vms.mkdir(parents=True)
+    for name in ("bfvm", "bfcrash"):
+        with open(os.path.join(GOLDEN, f"{name}.journal")) as f:
+            (vms / f"{name}.journal").write_text(f.read().replace("@ROOT@", str(paths)))
+        (paths / "disks" / "domains" / name).mkdir(parents=True)
+        for disk in ("swap.img", "disk.img"):
+            (paths / "disks" / "domains" / name / disk).write_text("a disk")
+    (paths / "xen").mkdir()
+    (paths / "xen" / "bfvm.cfg").write_text('name = "bfvm"\n')
+    for f in ("vmlinuz", "initrd.img"):
+        (paths / "disks" / "domains" / "bfvm" / f).write_text("boot file")
+    (paths / "run" / "si-xen.bfcrash.a35b0e19").mkdir(parents=True)
+
+
+def test_a_vm_made_by_bf63863_is_listed_and_removed(paths, capsys, fp):
+    """Journals written before the typed record (main at bf63863) read back whole: si_lsxenvm lists
+    both VMs as they were made, si_rmxenvm removes everything each names, newest first."""
+    bf63863_vms(paths)
+    assert lsxenvm.body(["--json"]) == 0
+    rows = {r["name"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    vm, crash = rows["bfvm"], rows["bfcrash"]
+    assert vm["complete"] and vm["boot"] == "direct" and vm["ips"] == ["dhcp"] and vm["image_fingerprint"] == ""
+    assert [(d["vdev"], d["mountpoint"], d["size"]) for d in vm["disks"]] == [("xvda1", "", "128M"), ("xvda2", "/", "2G")]
+    assert len(vm["ssh_fingerprints"]) == 3 and vm["guest"] == "Debian GNU/Linux 12 (bookworm)"
+    assert crash["state"] == "incomplete" and crash["step"] == "fixups" and crash["pid"] == 2238
+    assert lsxenvm.body([]) == 0
+    out = capsys.readouterr().out
+    assert "bfvm                 debian12           unknown  direct   xvda1:swap:128M, xvda2:/:2G" in out
+    assert "unfinished deploy (pid 2238) stopped in step 'fixups': si_rmxenvm bfcrash removes what it made" in out
+
+    fp.register(["losetup", fp.any()], occurrences=4)
+    assert rmxenvm.body(["--yes", "bfcrash", "bfvm"]) == 0
+    assert capsys.readouterr().out == "Removed VM 'bfcrash' (an unfinished deploy).\nRemoved VM 'bfvm'.\n"
+    assert not (paths / "disks").exists() and not (paths / "xen" / "bfvm.cfg").exists()  # its dirs were its own
+    assert not (paths / "run" / "si-xen.bfcrash.a35b0e19").exists()
+    assert journal.all_states(str(paths / "state")) == []

@@ -1,12 +1,11 @@
-"""The journal and the deploy's driver: written before things are made, replayed in reverse."""
+"""The journal: written before things are made, replayed in reverse (the deploy's driver: test_deploy.py)."""
 
 import json
 import os
-from types import SimpleNamespace
 
 import pytest
 
-from si_xen import deploy, journal, service
+from si_xen import journal
 from si_xen.errors import Fatal
 from si_xen.locks import LockBusy, exclusive
 from si_xen.made import Directory, DiskFile, File, Lock, LogicalVolume, Made, Mount
@@ -125,62 +124,3 @@ def test_a_lock_is_removed_only_when_free(tmp_path):
         f.write("999999\n")  # left by a holder that died: flock held nothing
     Lock(path).delete()
     assert not os.path.exists(path)
-
-
-def _context_for(tmp_path):
-    settings = SimpleNamespace(paths={"state_dir": str(tmp_path / "state"), "lock_dir": str(tmp_path / "locks"),
-                                      "log_dir": str(tmp_path / "log"), "template_dir": str(tmp_path)})
-    plan = SimpleNamespace(hostname="vm", image_name="deb", cfg_path=str(tmp_path / "vm.cfg"), storage="dir",
-                           storage_root=str(tmp_path), thin_pool=None, clone=True, kernel=None, disks=(), force=False)
-    return settings, plan
-
-
-def test_the_driver_runs_steps_in_order_and_undoes_them_in_reverse(tmp_path, monkeypatch):
-    made = [tmp_path / n for n in ("one", "two")]
-
-    def make(i):
-        def run(c):
-            c.journal.made(File(str(made[i])), made[i].write_text, "x")
-        return run
-
-    def fail(c):
-        raise OSError(5, "Input/output error")
-
-    ran = []
-    steps = (deploy.Step("first", make(0)), deploy.Step("skipped", lambda c: ran.append("skipped"), lambda c: False),
-             deploy.Step("second", make(1)), deploy.Step("third", fail))
-    monkeypatch.setattr(deploy, "STEPS", steps)
-    monkeypatch.setattr(deploy, "backend_for", lambda plan, lock_dir: SimpleNamespace(kind="file"))
-    monkeypatch.setattr(deploy.populate, "bases_ready", lambda plan, backend: True)
-    settings, plan = _context_for(tmp_path)
-    rep = SimpleNamespace(end_progress=lambda: None, detail=lambda t: None, warn=lambda t: None, log_path="/l")
-    with pytest.raises(Fatal, match=r"step 'third' failed: \[Errno 5\] Input/output error \(the log /l"):
-        deploy.execute(plan, SimpleNamespace(path=str(tmp_path)), None, settings, rep)
-    assert not ran and not any(p.exists() for p in made)
-    assert journal.load(settings.paths["state_dir"], "vm") is None
-
-
-def test_a_plain_rerun_after_a_crash_is_refused_with_the_way_out(tmp_path):
-    settings, plan = _context_for(tmp_path)
-    j = journal.Journal(settings.paths["state_dir"], "vm", VmRecord.from_json({"name": "vm", "pid": 31337}))
-    j.step("copy")
-    j.made(DiskFile(str(tmp_path / "disk.img")))
-    j.close()  # and then SIGKILL: the journal stays
-    with pytest.raises(Fatal) as e:
-        service.preflight(plan, settings, 0)
-    assert str(e.value) == ("VM 'vm' has an unfinished deploy (pid 31337 stopped in step 'copy'; made: 1 disk-file) "
-                            "(remove what it made with si_rmxenvm vm, then run this again)")
-
-
-def test_a_deploy_still_running_is_told_apart_from_a_dead_one(tmp_path):
-    settings, plan = _context_for(tmp_path)
-    j = journal.Journal(settings.paths["state_dir"], "vm", VmRecord.from_json({"name": "vm", "pid": 1}))  # pid 1 lives, as a deployer would
-    j.close()
-    os.makedirs(settings.paths["lock_dir"])
-    with open(os.path.join(settings.paths["lock_dir"], "vm.lock"), "w") as f:
-        f.write("1\n")
-    with pytest.raises(Fatal, match="is being deployed by pid 1"):
-        service.preflight(plan, settings, 0)
-    os.unlink(os.path.join(settings.paths["lock_dir"], "vm.lock"))  # its holder died: the lock went with it
-    with pytest.raises(Fatal, match="has an unfinished deploy"):
-        service.preflight(plan, settings, 0)

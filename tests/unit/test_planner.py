@@ -118,35 +118,3 @@ def test_last_walk_is_remembered_per_image_and_only_trusted_whole(tmp_path, imag
     with open(os.path.join(facts, walk), "r+b") as f:  # a torn or foreign file: no walk, not an error
         f.truncate(100)
     assert sv.remembered(facts, image.path) is None
-
-
-def test_an_unproven_plan_never_builds_a_base(monkeypatch):
-    from si_xen import deploy, populate
-
-    built = []
-    monkeypatch.setattr(populate, "ensure_bases", lambda *a, build=True: built.append(build) or None)
-
-    class Walk:
-        def result(self):
-            return "fresh survey"
-
-    c = deploy.Context(None, None, None, None, None, None, confirm=Walk())
-    with pytest.raises(deploy.ImageChanged, match="base disk was removed") as e:
-        deploy._bases(c)
-    assert built == [False] and e.value.survey == "fresh survey"
-
-
-def test_confirm_keeps_a_vm_only_when_the_new_walk_agrees(tmp_path, image):
-    from types import SimpleNamespace
-
-    from si_xen import deploy
-
-    s = survey(image.path)
-    plan = SimpleNamespace(fingerprint=s.fingerprint)
-    for fresh, kept in ((s, True), (SimpleNamespace(fingerprint="0" * 16), False), (None, False)):
-        c = deploy.Context(plan, None, None, None, None, None, confirm=SimpleNamespace(result=lambda f=fresh: f))
-        if kept:
-            deploy._confirm(c)
-        else:
-            with pytest.raises(deploy.ImageChanged, match="image changed since its last walk"):
-                deploy._confirm(c)

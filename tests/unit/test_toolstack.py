@@ -1,5 +1,7 @@
 """The toolstack adapter, against faked xl processes."""
 
+import os
+
 import pytest
 
 from si_xen import toolstack
@@ -37,8 +39,46 @@ def test_a_domain_that_never_goes_is_fatal(fp, monkeypatch):
         toolstack.Toolstack("xl", xl).shutdown("vm1")
 
 
-def test_start_refused_without_a_hypervisor(monkeypatch):
-    monkeypatch.setattr(toolstack, "find", lambda choice="auto": toolstack.Toolstack("xl", "/usr/sbin/xl"))
-    monkeypatch.setattr(toolstack, "hypervisor_running", lambda: False)
+XEN_FILES = ("/sys/hypervisor/type", "/proc/xen/capabilities", "/dev/xen/privcmd")
+
+
+@pytest.fixture
+def host(tmp_path, monkeypatch):
+    """A dom0's facts, under tmp_path: an ``xl`` on PATH, and the files that say whether Xen runs
+    (none yet: a machine booted without Xen)."""
+    root = tmp_path / "host"
+    xl = root / "bin" / "xl"
+    xl.parent.mkdir(parents=True)
+    xl.write_text("#!/bin/sh\n")
+    xl.chmod(0o755)
+    monkeypatch.setenv("PATH", str(xl.parent))
+
+    def moved(path):
+        return f"{root}{path}" if path in XEN_FILES else path
+
+    real_open, real_exists = open, os.path.exists
+    monkeypatch.setattr(toolstack, "open", lambda path, *a, **kw: real_open(moved(path), *a, **kw), raising=False)
+    monkeypatch.setattr(os.path, "exists", lambda path: real_exists(moved(path)))
+    return root
+
+
+def _write(root, path, text=""):
+    (root / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+    (root / path.lstrip("/")).write_text(text)
+
+
+def test_start_refused_without_a_hypervisor(host):
     with pytest.raises(Fatal, match="Xen is not running"):
         toolstack.require_running("auto")
+    _write(host, "/sys/hypervisor/type", "kvm\n")  # a guest of another hypervisor
+    with pytest.raises(Fatal, match="Xen is not running"):
+        toolstack.require_running("auto")
+
+
+@pytest.mark.parametrize("files", [{"/sys/hypervisor/type": "xen\n"},
+                                   {"/proc/xen/capabilities": "control_d\n", "/dev/xen/privcmd": ""}])
+def test_start_allowed_on_a_running_dom0_with_the_toolstack_found(host, files):
+    for path, text in files.items():
+        _write(host, path, text)
+    ts = toolstack.require_running("auto")
+    assert (ts.name, ts.path) == ("xl", str(host / "bin" / "xl"))

@@ -15,11 +15,7 @@ import pytest
 
 pytestmark = pytest.mark.integration
 MAN = Path(__file__).resolve().parents[2] / "man"
-# si_xenhooks.8 (written by hand) lacks -h and the --prefix alias of --root: strict, so the fix
-# of the page makes this fail until the mark goes.
-GAPS = {"si_xenhooks.8": "man/si_xenhooks.8 lacks -h and --prefix"}
-PAGES = [pytest.param(p.name, marks=pytest.mark.xfail(strict=True, reason=GAPS[p.name])) if p.name in GAPS
-         else p.name for p in sorted(MAN.glob("*.8"))]
+PAGES = [p.name for p in sorted(MAN.glob("*.8"))]
 OPTION = re.compile(r"(?<![\w-])(--?[A-Za-z][\w-]*)")
 
 

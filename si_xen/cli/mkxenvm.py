@@ -6,16 +6,17 @@ import argparse
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from .. import batch, config
 from ..errors import Fatal
 from ..headstart import Headstart
-from ..plan import describe
-from ..record import VmRecord
 from ..report import Reporter
-from ..request import Request
 from ..rollback import Guard
 from .common import confirm, need_root, parser, run_main
+
+if TYPE_CHECKING:
+    from ..record import VmRecord
 
 PROG = "si_mkxenvm"
 MAN = {
@@ -147,21 +148,24 @@ def body(argv) -> int:
         raise Fatal(f"two images given ('{args.image_pos}' and '{args.image}')", "give one image")
     if not args.hostname:
         raise Fatal("no --hostname given", "name the VM with --hostname NAME")
-    if args.console and len(batch.expand(args.hostname)) > 1:
+    hosts = batch.expand(args.hostname)
+    if args.console and len(hosts) > 1:
         raise Fatal("--console attaches the console of one VM, not of a batch", "use --start, then xl console NAME")
     if not args.dry_run:
         need_root(PROG)
     image = _image(args, args.image or args.image_pos)
     settings = config.load(args.config, image.name)
-    req = Request.from_options(options(args, settings))
+    # Begun before the options are checked: a bad one costs a walk stopped and keys put back.
+    hs = Headstart.start(image, hosts, settings.paths["state_dir"], args.dry_run)
     rep = Reporter(quiet=args.quiet, verbose=args.verbose)
-    if not image.os.known:  # said before the long copy: the fixups will do only what any Linux needs
-        rep.warn(f"unknown OS in image '{image.name}' ({image.os.pretty}): generic {image.os.init} handling only")
-    hs = Headstart.start(image, req.hostnames, settings.paths["state_dir"], req.dry_run)
     try:
         # Imported only now, with the walk and the SSH keys begun: these take a tenth of a second.
         from .. import service
+        from ..request import Request
 
+        req = Request.from_options(options(args, settings))
+        if not image.os.known:  # said before the long copy: the fixups will do only what any Linux needs
+            rep.warn(f"unknown OS in image '{image.name}' ({image.os.pretty}): generic {image.os.init} handling only")
         guard = Guard()
         out = service.make_vms(req, image, settings, rep, hs, guard, ask=lambda q: confirm(q, args.yes))
         if req.dry_run:
@@ -192,6 +196,8 @@ def _image(args, name):
 
 
 def _dry_run(plans) -> None:
+    from ..plan import describe
+
     print(describe(plans[0]))
     for p in plans[1:]:
         print(f"... and {p.hostname}: {' '.join(p.net.ips) or 'DHCP'}, MAC {p.net.mac}, {p.root.target}")

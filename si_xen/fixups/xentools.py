@@ -14,6 +14,7 @@ import re
 import sys
 from collections.abc import Mapping
 
+from si_xen import atomic
 from si_xen.errors import Fatal
 from si_xen.fixups.spec import GuestSpec, Partition
 from si_xen.validate import ENV, check_hostname, check_network
@@ -130,11 +131,7 @@ def _check_ours(path: str, force: bool) -> None:
 
 
 def _write(path: str, text: str, written: list[str], force: bool) -> None:
-    tmp = path + ".si-xen-tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o755)
-    os.replace(tmp, path)
+    atomic.write(path, text, 0o755)
     written.append(path)
 
 
@@ -166,8 +163,7 @@ def install(root: str = "/", force: bool = False, log=print) -> list[str]:
         if os.path.lexists(path):
             os.unlink(path)
     dirs = [d for d in old.get("dirs", []) if d not in made_dirs] + made_dirs
-    with open(_root_path(root, MANIFEST), "w") as f:
-        json.dump({"files": written, "dirs": dirs}, f, indent=1)
+    atomic.write(_root_path(root, MANIFEST), json.dumps({"files": written, "dirs": dirs}, indent=1))
     for p in written:
         log(f"installed {p}")
     return written

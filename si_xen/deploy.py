@@ -32,7 +32,7 @@ from .errors import Fatal
 from .guestfs import Guest
 from .image import Image, survey
 from .image.survey import ImageChanged
-from .made import Domain, File
+from .made import Domain, File, link_autostart
 from .plan import Plan, describe
 from .report import Reporter
 from .rollback import Guard, signals_raise
@@ -182,7 +182,7 @@ def _config(c: Context) -> None:
 
 
 def _autostart(c: Context) -> None:
-    c.autostart = toolstack.link_autostart(c.plan.cfg_path, c.journal)
+    c.autostart = link_autostart(c.plan.cfg_path, c.journal)
 
 
 def _confirm(c: Context) -> None:

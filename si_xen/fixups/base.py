@@ -30,6 +30,12 @@ class Fixup:
 REGISTRY: list[Fixup] = []
 
 
+def ordered() -> list[Fixup]:
+    """The fixups in the order they run (called after imports: every one is registered once
+    the package si_xen.fixups is imported, which Python does before any module in it)."""
+    return sorted(REGISTRY, key=lambda f: (f.order, f.name))
+
+
 def fixup(name: str, order: int, hook: str):
     def deco(func):
         doc = inspect.cleandoc(func.__doc__ or name)

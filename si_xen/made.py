@@ -3,6 +3,7 @@
 Each thing is journaled before it is made (journal.py) and deletes itself from its journal
 entry alone: a deploy's rollback, si_rmxenvm and the recovery after a crash run the same
 ``delete``. Deletes are idempotent: a thing that was never made, or is already gone, is fine.
+``link_autostart`` makes one: a VM's link in /etc/xen/auto.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """The one way si-xen runs programs: argv lists, never a shell (a string argv is refused).
 
-Built on :mod:`subprocess` so unit tests can fake every call with pytest-subprocess.
+Built on :mod:`subprocess` so unit tests can fake every call with pytest-subprocess. The one
+exec elsewhere is storage/view.py's helper, itself started through here (under unshare), which
+becomes the command it masks the image for; :class:`Ahead` forks Python, runs no program.
 """
 
 from __future__ import annotations

@@ -61,9 +61,6 @@ class Ctx:
     def warn(self, msg: str) -> None:
         self.log(f"WARNING: {msg}")
 
-    def read(self, gpath: str) -> str | None:
-        return self.guest.read_text(gpath)
-
     def write(self, gpath: str, text: str, mode: int | None = None, replace_link: bool = True) -> bool:
         """Write a guest file (a link there is replaced, never followed, if ``replace_link``)."""
         if replace_link and self.guest.islink(gpath):
@@ -96,9 +93,6 @@ class Ctx:
             self.note(f"linked /{gpath} -> {target}")
             return True
         return False
-
-    def has(self, gpath: str) -> bool:
-        return self.guest.exists(gpath)
 
 
 def lib_dirs(guest: Guest, sub: str) -> list[str]:

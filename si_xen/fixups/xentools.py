@@ -1,5 +1,5 @@
-"""xen-tools adapter: its hook environment read into a GuestSpec, hook wrappers, and
-installing them as the ``systemimager`` dist.
+"""xen-tools adapter: its hook environment read into a GuestSpec, the hook and role
+executables' source (they call fixups.hooks), and installing them as the ``systemimager`` dist.
 
 ``xen-create-image --dist=systemimager --install-method=copy`` then runs our fixups from
 /usr/share/xen-tools/systemimager.d/ (xen-tools.md §1.2, §2.4); the role script

@@ -1,4 +1,5 @@
-"""Activation: register the domain with the Xen toolstack, autostart it, start it.
+"""The Xen toolstack: start a domain from its config, attach its console, list, shut down and
+destroy domains (the autostart link is made.link_autostart's).
 
 ``xl`` is the toolstack; ``xm`` only where ``xl`` is absent (Xen < 4.1 dom0s).
 """

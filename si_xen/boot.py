@@ -11,7 +11,7 @@ import re
 import shutil
 from dataclasses import dataclass
 
-from . import initramfs, kernelimage
+from . import atomic, initramfs, kernelimage
 from .errors import Fatal
 from .guestfs import Guest
 from .made import File
@@ -104,9 +104,8 @@ def copy_out(guest: Guest, k: GuestKernel, boot_dir: str, journal, shared: str |
         if shared:
             cached = beside(shared, name.split(".")[0])
             if not os.path.isfile(cached):
-                tmp = f"{cached}.tmp{os.getpid()}"
-                shutil.copyfile(guest.path(gpath), tmp)
-                os.replace(tmp, cached)
+                with atomic.replacing(cached) as tmp:
+                    shutil.copyfile(guest.path(gpath), tmp)
             try:
                 reflink(cached, dst)
             except OSError:

@@ -21,7 +21,7 @@ from .guestfs import Guest
 from .headstart import Headstart
 from .image import Image, survey
 from .image.survey import ImageChanged
-from .made import Domain, File
+from .made import Domain, File, link_autostart
 from .plan import Plan
 from .record import VmRecord
 from .report import Reporter
@@ -149,7 +149,7 @@ def _config(c: Context) -> None:
 
 
 def _autostart(c: Context) -> None:
-    c.autostart = toolstack.link_autostart(c.plan.cfg_path, c.journal)
+    c.autostart = link_autostart(c.plan.cfg_path, c.journal)
 
 
 def _confirm(c: Context) -> None:

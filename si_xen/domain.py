@@ -1,4 +1,4 @@
-"""The domain config: jinja2 templates rendered to xl.cfg, written atomically.
+"""The domain config: jinja2 templates rendered to xl.cfg text (the deploy writes it with atomic.write).
 
 A template in the admin's template dir (/etc/systemimager/xen/) overrides ours, as
 /etc/xen-tools/xm.tmpl does for xen-tools.

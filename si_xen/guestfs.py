@@ -10,7 +10,8 @@ from __future__ import annotations
 import fnmatch
 import os
 import stat
-import tempfile
+
+from . import atomic
 
 _MAX_LINKS = 40
 
@@ -116,15 +117,7 @@ class Guest:
                 mode = stat.S_IMODE(os.stat(host).st_mode)
         d = self.makedirs(os.path.dirname(gpath) or "/")
         host = os.path.join(d, os.path.basename(host))
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".si-xen.")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
-                f.write(text)
-            os.chmod(tmp, 0o644 if mode is None else mode)
-            os.replace(tmp, host)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        atomic.write(host, text.encode("utf-8", "surrogateescape"), 0o644 if mode is None else mode)
         return True
 
     def unlink(self, gpath: str) -> bool:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
+
+from . import atomic
 
 PUB_TYPES = {b"ssh-rsa": "rsa", b"ssh-dss": "dsa", b"ssh-ed25519": "ed25519"}  # and ecdsa-sha2-*
 
@@ -90,10 +91,7 @@ def recomment(path: str, comment: str) -> bool:
     text = base64.b64encode(blob[:at] + _string(new)).decode()
     armored = "\n".join([_ARMOR[0], *(text[i:i + 70] for i in range(0, len(text), 70)), _ARMOR[1]]) + "\n"
     for name, data in ((path, armored), (path + ".pub", " ".join([*pub, comment]) + "\n")):
-        fd = os.open(name + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(data)
-        os.replace(name + ".tmp", name)
+        atomic.write(name, data, 0o600)
     return True
 
 

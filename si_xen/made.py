@@ -3,6 +3,7 @@
 Each thing is journaled before it is made (journal.py) and deletes itself from its journal
 entry alone: a deploy's rollback, si_rmxenvm and the recovery after a crash run the same
 ``delete``. Deletes are idempotent: a thing that was never made, or is already gone, is fine.
+``link_autostart`` makes one: a VM's link in /etc/xen/auto.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import ClassVar
 
-from . import proc
+from . import proc, toolstack
+from .locks import LockBusy, exclusive
 
 KINDS: dict[str, type[Made]] = {}
 
@@ -112,8 +114,6 @@ class Lock(Made):
     path: str
 
     def delete(self) -> None:
-        from .locks import LockBusy, exclusive
-
         try:
             with exclusive(self.path, wait=False):
                 pass  # releasing removes it
@@ -130,11 +130,20 @@ class Domain(Made):
     toolstack: str
 
     def delete(self) -> None:
-        from . import toolstack
-
         ts = toolstack.find(self.toolstack)
         if ts is not None and toolstack.hypervisor_running():
             ts.destroy(self.name)
+
+
+def link_autostart(cfg: str, journal) -> str:
+    """xendomains starts what is linked in /etc/xen/auto: the auto/ beside the config dir."""
+    auto_dir = os.path.join(os.path.dirname(cfg), "auto")
+    journal.makedirs(auto_dir)
+    link = os.path.join(auto_dir, os.path.basename(cfg))
+    if os.path.lexists(link):
+        os.unlink(link)
+    journal.made(File(link), os.symlink, cfg, link)
+    return link
 
 
 def lv_exists(path: str) -> bool:

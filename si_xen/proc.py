@@ -1,6 +1,8 @@
-"""The one way si-xen runs programs: argv lists, never a shell.
+"""The one way si-xen runs programs: argv lists, never a shell (a string argv is refused).
 
-Built on :mod:`subprocess` so unit tests can fake every call with pytest-subprocess.
+Built on :mod:`subprocess` so unit tests can fake every call with pytest-subprocess. The one
+exec elsewhere is storage/view.py's helper, itself started through here (under unshare), which
+becomes the command it masks the image for; :class:`Ahead` forks Python, runs no program.
 """
 
 from __future__ import annotations
@@ -27,6 +29,16 @@ class Result:
     returncode: int
     stdout: str
     stderr: str
+
+
+def _argv(argv: Sequence[str]) -> tuple[str, ...]:
+    """``argv`` as a tuple of str; a str would become one argument per character."""
+    if isinstance(argv, (str, bytes)):
+        raise TypeError(f"argv must be a list of arguments, not a string: {argv!r}")
+    out = tuple(str(a) for a in argv)
+    if not out:
+        raise TypeError("argv must be a non-empty list")
+    return out
 
 
 def _started(verb: str, argv: Sequence[str]) -> float:
@@ -64,9 +76,7 @@ def run(
     stdout=None,
 ) -> Result:
     """Run ``argv``; raise :class:`ProcError` unless its exit code is in ``ok``."""
-    argv = tuple(str(a) for a in argv)
-    if not argv or isinstance(argv, str):
-        raise TypeError("argv must be a non-empty list")
+    argv = _argv(argv)
     t0 = _started("run", argv)
     full_env = None
     if env is not None:
@@ -106,7 +116,7 @@ def run(
 def stream(argv: Sequence[str], on_line, *, ok: Iterable[int] = (0,)) -> Result:
     """Run ``argv`` calling ``on_line`` for each stdout line (``\r`` ends a line too, for
     progress meters). The child is killed if we are interrupted, so no copy outlives us."""
-    argv = tuple(str(a) for a in argv)
+    argv = _argv(argv)
     t0 = _started("stream", argv)
     # Own process group: rsync forks helpers, and all of them must die before we unmount.
     p = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
@@ -138,7 +148,7 @@ def stream(argv: Sequence[str], on_line, *, ok: Iterable[int] = (0,)) -> Result:
 def reading(argv: Sequence[str], stdin) -> Iterator:
     """Run ``argv`` reading ``stdin`` (a file); yield the process, whose stdout the caller
     reads as a stream (large outputs never sit in memory). Its ``returncode`` is set after."""
-    argv = tuple(str(a) for a in argv)
+    argv = _argv(argv)
     _started("reading", argv)
     p = subprocess.Popen(list(argv), stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
@@ -150,7 +160,7 @@ def reading(argv: Sequence[str], stdin) -> Iterator:
 
 def start(argv: Sequence[str]) -> subprocess.Popen:
     """Start ``argv`` in the background (output discarded); the caller waits for it."""
-    argv = tuple(str(a) for a in argv)
+    argv = _argv(argv)
     _started("background", argv)
     return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -159,7 +169,7 @@ def start(argv: Sequence[str]) -> subprocess.Popen:
 def attached(argv: Sequence[str]) -> subprocess.Popen:
     """Start ``argv`` on our terminal (stdin, stdout and stderr ours): an interactive program,
     such as a console, that the caller waits for and may stop."""
-    argv = tuple(str(a) for a in argv)
+    argv = _argv(argv)
     _started("attached", argv)
     return subprocess.Popen(list(argv))
 
@@ -169,7 +179,7 @@ class Begun:
     would, ``stop()`` ends it (work begun on a guess that turned out unneeded)."""
 
     def __init__(self, argv: Sequence[str], ok: Iterable[int] = (0,)):
-        self.argv, self.ok = tuple(str(a) for a in argv), tuple(ok)
+        self.argv, self.ok = _argv(argv), tuple(ok)
         self.t0 = _started("begun", self.argv)
         # Own process group: rsync forks a helper that holds the pipes too, and must end with it.
         self.p = subprocess.Popen(list(self.argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

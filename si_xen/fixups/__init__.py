@@ -16,10 +16,10 @@ from si_xen.fixups import (  # noqa: F401  (imported to register their fixups)
     network,
     systemimager,
 )
-from si_xen.fixups.base import REGISTRY, Fixup
+from si_xen.fixups.base import Fixup, ordered
 from si_xen.fixups.runner import run_all
 
-FIXUPS: list[Fixup] = sorted(REGISTRY, key=lambda f: (f.order, f.name))
+FIXUPS: list[Fixup] = ordered()
 
 
 def by_name(name: str) -> Fixup:

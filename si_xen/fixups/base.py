@@ -30,6 +30,12 @@ class Fixup:
 REGISTRY: list[Fixup] = []
 
 
+def ordered() -> list[Fixup]:
+    """The fixups in the order they run (called after imports: every one is registered once
+    the package si_xen.fixups is imported, which Python does before any module in it)."""
+    return sorted(REGISTRY, key=lambda f: (f.order, f.name))
+
+
 def fixup(name: str, order: int, hook: str):
     def deco(func):
         doc = inspect.cleandoc(func.__doc__ or name)
@@ -54,9 +60,6 @@ class Ctx:
 
     def warn(self, msg: str) -> None:
         self.log(f"WARNING: {msg}")
-
-    def read(self, gpath: str) -> str | None:
-        return self.guest.read_text(gpath)
 
     def write(self, gpath: str, text: str, mode: int | None = None, replace_link: bool = True) -> bool:
         """Write a guest file (a link there is replaced, never followed, if ``replace_link``)."""
@@ -90,9 +93,6 @@ class Ctx:
             self.note(f"linked /{gpath} -> {target}")
             return True
         return False
-
-    def has(self, gpath: str) -> bool:
-        return self.guest.exists(gpath)
 
 
 def lib_dirs(guest: Guest, sub: str) -> list[str]:

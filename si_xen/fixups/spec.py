@@ -1,8 +1,8 @@
 """The guest spec: everything the fixups need to know about the VM, typed and validated.
 
 Made from the Plan by si_mkxenvm (:func:`spec_from_plan`), or from xen-tools' hook
-environment by the xen-tools adapter (``xentools.spec_from_env``); :meth:`GuestSpec.to_env`
-is that environment (xen-tools.md §1.4), so the two ways in make the same spec.
+environment by the xen-tools adapter (``xentools.spec_from_env``); the unit tests render a
+spec as that environment (tests/unit/fixups/xtenv.py) to check that both ways make the same spec.
 """
 
 from __future__ import annotations
@@ -26,10 +26,6 @@ class Partition:
     kind: str = "file"  # file | phy
     target: str = ""  # the image file or device
     vdev: str = ""  # a whole disk of its own (xvdb: Ganeti's disks), else /dev/DISKn
-
-    def to_env(self) -> str:
-        return ":".join((self.name, self.size, self.fstype, self.mountpoint, self.options, self.kind,
-                         self.target))
 
 
 @dataclass(frozen=True)
@@ -65,32 +61,6 @@ class GuestSpec:
 
     def dev(self, part: Partition) -> str:
         return f"/dev/{part.vdev}" if part.vdev else f"/dev/{self.disk}{part.index}"
-
-    def to_env(self) -> dict[str, str]:
-        """The environment xen-create-image would give our hooks for this guest (host keys aside)."""
-        from si_xen.fixups.xentools import DIST  # here: the adapter imports this module
-
-        n = self.net
-        env = {
-            "hostname": self.hostname, "dhcp": "1" if n.dhcp else "0", "mac": n.mac, "bridge": n.bridge,
-            "netmask": n.netmask, "gateway": n.gateway, "broadcast": n.broadcast,
-            "nameserver": " ".join(n.nameservers), "dist": DIST, "install_method": "copy",
-            "install_source": self.image_source, "disk_device": self.disk, "serial_device": self.serial,
-            "NUMPARTITIONS": str(len(self.partitions)),
-        }
-        env.update({f"ip{i}": ip for i, ip in enumerate(n.ips, 1)})
-        if n.ips:
-            env["ip_count"] = str(len(n.ips))
-        if self.pygrub:
-            env["pygrub"] = "1"
-        if self.kernel:
-            env.update(kernel=self.kernel, initrd=self.initrd)
-        if self.modules:
-            env["modules"] = self.modules
-        if self.image:  # not xen-tools' (its install_source is the image): for si-xen's own
-            env["image_name"] = self.image
-        env.update({f"PARTITION{p.index}": p.to_env() for p in self.partitions})
-        return env
 
 
 def spec_from_plan(plan: Plan, keys: str | None = None, disk: str = "xvda") -> GuestSpec:

@@ -1,5 +1,5 @@
-"""xen-tools adapter: its hook environment read into a GuestSpec, hook wrappers, and
-installing them as the ``systemimager`` dist.
+"""xen-tools adapter: its hook environment read into a GuestSpec, the hook and role
+executables' source (they call fixups.hooks), and installing them as the ``systemimager`` dist.
 
 ``xen-create-image --dist=systemimager --install-method=copy`` then runs our fixups from
 /usr/share/xen-tools/systemimager.d/ (xen-tools.md §1.2, §2.4); the role script
@@ -14,7 +14,9 @@ import re
 import sys
 from collections.abc import Mapping
 
+from si_xen import atomic
 from si_xen.errors import Fatal
+from si_xen.fixups import FIXUPS
 from si_xen.fixups.spec import GuestSpec, Partition
 from si_xen.validate import ENV, check_hostname, check_network
 
@@ -107,7 +109,7 @@ def hook_text(fx, python: str = "/usr/bin/env python3", pkg_path: str | None = N
     where = repr(pkg_path) if pkg_path else "os.path.join(os.path.dirname(os.path.realpath(__file__)), '..')"
     return (f"#!{python}\n{MARK}: xen-tools hook, runs one si-xen fixup. $1 = guest root.\n"
             f'"""{fx.hook}: {fx.summary}"""\n' + _FIND.format(path=where) +
-            "from si_xen.fixups.runner import hook_main  # noqa: E402\n\n"
+            "from si_xen.fixups.hooks import hook_main  # noqa: E402\n\n"
             f"sys.exit(hook_main({fx.name!r}))\n")
 
 
@@ -115,7 +117,7 @@ def role_text(python: str, pkg_path: str) -> str:
     return (f"#!{python}\n{MARK}: xen-tools role, runs every si-xen fixup. $1 = guest root.\n"
             '"""Role script: all si-xen guest fixups, for xen-create-image --role=systemimager."""\n'
             + _FIND.format(path=repr(pkg_path)) +
-            "from si_xen.fixups.runner import role_main  # noqa: E402\n\nsys.exit(role_main())\n")
+            "from si_xen.fixups.hooks import role_main  # noqa: E402\n\nsys.exit(role_main())\n")
 
 
 def _root_path(root: str, rel: str) -> str:
@@ -130,18 +132,12 @@ def _check_ours(path: str, force: bool) -> None:
 
 
 def _write(path: str, text: str, written: list[str], force: bool) -> None:
-    tmp = path + ".si-xen-tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o755)
-    os.replace(tmp, path)
+    atomic.write(path, text, 0o755)
     written.append(path)
 
 
 def install(root: str = "/", force: bool = False, log=print) -> list[str]:
     """Install the hook set and the role script under ``root``; return the paths written."""
-    from si_xen.fixups import FIXUPS
-
     python, pkg = sys.executable, _pkg_parent()
     targets = [_root_path(root, f"{HOOK_DIR}/{fx.hook}") for fx in FIXUPS] + [_root_path(root, ROLE)]
     for path in targets:  # refuse before writing anything: no half installation
@@ -166,8 +162,7 @@ def install(root: str = "/", force: bool = False, log=print) -> list[str]:
         if os.path.lexists(path):
             os.unlink(path)
     dirs = [d for d in old.get("dirs", []) if d not in made_dirs] + made_dirs
-    with open(_root_path(root, MANIFEST), "w") as f:
-        json.dump({"files": written, "dirs": dirs}, f, indent=1)
+    atomic.write(_root_path(root, MANIFEST), json.dumps({"files": written, "dirs": dirs}, indent=1))
     for p in written:
         log(f"installed {p}")
     return written

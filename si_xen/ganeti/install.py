@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import subprocess
 import sys
 import tempfile
 from dataclasses import replace
@@ -193,7 +192,7 @@ def export(env: dict[str, str], inst: Instance, out=None) -> None:
         st = os.statvfs(mnt)
         _size(env, (st.f_blocks - st.f_bfree) * st.f_frsize)
         out.flush()
-        subprocess.run(["tar", *TAR_FLAGS, "--one-file-system", "-C", mnt, "-cf", "-", "."], stdout=out, check=True)
+        proc.run(["tar", *TAR_FLAGS, "--one-file-system", "-C", mnt, "-cf", "-", "."], stdout=out)
 
 
 def _size(env: dict[str, str], n: int) -> None:
@@ -225,7 +224,7 @@ def import_(env: dict[str, str], inst: Instance, rep: Reporter, inp=None) -> Non
     tree = tempfile.mkdtemp(prefix=f"import-{inst.name}.", dir=s.paths["state_dir"])
     try:
         rep.say(f"Unpacking the export of {inst.name} (disk 0) into {tree}")
-        subprocess.run(["tar", *TAR_FLAGS, "-C", tree, "-xf", "-"], stdin=inp, check=True)
+        proc.run(["tar", *TAR_FLAGS, "-C", tree, "-xf", "-"], stdin=inp)
         if not os.path.isdir(os.path.join(tree, "etc")):
             raise Fatal(f"the export of {inst.name} disk 0 holds no root tree (no etc/)", "import an export of this OS")
         image = open_at(inst.variant or inst.osp.get("image") or "import", tree)

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import threading
 
-from .. import locks, proc
+from .. import atomic, locks, proc
 from ..errors import Fatal
 from . import increment, remote, views
 from .metadata import META_DIR
@@ -78,11 +78,7 @@ class Cached:
             return []
 
     def _switch(self, name: str) -> None:
-        tmp = os.path.join(self.dir, ".current.new")
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        os.symlink(name, tmp)
-        os.replace(tmp, os.path.join(self.dir, "current"))
+        atomic.symlink(name, os.path.join(self.dir, "current"))
 
     def clean(self, later: bool = False) -> None:
         """Leftovers of a pull that was killed (SIGKILL, power cut), and generations beyond KEEP
@@ -233,9 +229,7 @@ class Cached:
         if not os.path.exists(path):
             url = self.server.url("scripts", "disks-layouts", f"{self.image}.xml")
             text = remote.fetch(self.server, [url], f"scripts/disks-layouts/{self.image}.xml")[url]
-            with open(path + ".tmp", "w") as f:
-                f.write(text or "")
-            os.replace(path + ".tmp", path)
+            atomic.write(path, text or "")
         with open(path) as f:
             return f.read() or None
 

@@ -9,6 +9,7 @@ import os
 import stat
 from dataclasses import dataclass
 
+from .. import atomic
 from ..errors import Fatal
 
 # Not copied into VMs (SystemImager's install-time exclusions), so not counted either.
@@ -123,10 +124,7 @@ def remember(cache_dir: str | None, image: str, s: Survey) -> None:
         return
     os.makedirs(cache_dir, exist_ok=True)
     path = _walk_file(cache_dir, image)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        marshal.dump((image, s.fingerprint, s.entries, s.excluded), f)
-    os.replace(tmp, path)
+    atomic.write(path, marshal.dumps((image, s.fingerprint, s.entries, s.excluded)))
 
 
 def _has_content(path: str) -> bool:

@@ -1,4 +1,5 @@
-"""Activation: register the domain with the Xen toolstack, autostart it, start it.
+"""The Xen toolstack: start a domain from its config, attach its console, list, shut down and
+destroy domains (the autostart link is made.link_autostart's).
 
 ``xl`` is the toolstack; ``xm`` only where ``xl`` is absent (Xen < 4.1 dom0s).
 """
@@ -13,7 +14,6 @@ from time import monotonic, sleep  # by name: a test fakes toolstack's clock, ne
 
 from .. import proc, rollback
 from ..errors import Fatal
-from ..made import File
 
 
 def hypervisor_running() -> bool:
@@ -135,14 +135,3 @@ def require_running(choice: str) -> Toolstack:
     if not hypervisor_running():
         raise Fatal("Xen is not running on this machine, so the VM cannot be started", "boot the dom0 under Xen or drop --start")
     return ts
-
-
-def link_autostart(cfg: str, journal) -> str:
-    """xendomains starts what is linked in /etc/xen/auto: the auto/ beside the config dir."""
-    auto_dir = os.path.join(os.path.dirname(cfg), "auto")
-    journal.makedirs(auto_dir)
-    link = os.path.join(auto_dir, os.path.basename(cfg))
-    if os.path.lexists(link):
-        os.unlink(link)
-    journal.made(File(link), os.symlink, cfg, link)
-    return link

@@ -160,3 +160,23 @@ def test_install_ganeti_os_writes_the_definition_and_its_variants_link(tmp_path)
     out = tmp_path / "variants.list"
     osdef.write_variants(["debian12", "centos5"], str(out))
     assert [ln for ln in out.read_text().splitlines() if not ln.startswith("#")] == ["debian12", "centos5"]
+
+
+def test_a_failing_tar_in_export_is_one_fatal_line(tmp_path, fp, capsys):
+    """The tar of an export runs through proc: its failure is a FATAL line, not a traceback,
+    and the disk is unmounted."""
+    from si_xen.cli.common import run_main
+
+    disk = tmp_path / "disk0"
+    disk.write_bytes(b"")
+    env = genv(EXPORT_DEVICE=str(disk), EXPORT_INDEX="0")
+    fp.register(["blkid", fp.any()], stdout="ext4\n")
+    fp.register(["mount", fp.any()])
+    fp.register(["tar", fp.any()], returncode=2, stderr="tar: ./etc/shadow: Cannot open: Input/output error\n")
+    fp.register(["umount", fp.any()])
+    with open(tmp_path / "out.tar", "wb") as out:
+        code = run_main("systemimager/export", lambda a: install.export(env, instance(env), out), [])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("FATAL: tar exited 2: tar: ./etc/shadow: Cannot open") and "Traceback" not in err
+    assert fp.call_count(["umount", fp.any()]) == 1

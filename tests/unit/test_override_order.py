@@ -14,6 +14,7 @@ from si_xen.image.source import HOST as H
 from si_xen.image.source import IMAGE as IMG
 from si_xen.image.source import NAMED as N
 from tests.unit.fixups.test_spec import plan
+from tests.unit.fixups.xtenv import env_from_spec
 
 
 def test_order_is_image_groups_host_then_named_by_the_short_name():
@@ -65,5 +66,5 @@ def test_the_summary_lists_each_override_in_order_and_where_from():
 def test_image_last_synced_to_names_the_image_not_the_cache_dir(path):
     s = spec_from_plan(plan(image_name="debian12", image_path=path))
     assert s.image_name == "debian12" and s.image_source == path
-    assert spec_from_env(s.to_env()) == s, "the name reaches a hook run through the environment"
+    assert spec_from_env(env_from_spec(s)) == s, "the name reaches a hook run through the environment"
     assert spec_from_plan(plan()).image_name == "img", "an image read from its own directory"

@@ -8,7 +8,7 @@ import pytest
 
 from si_xen.cli import xenhooks
 from si_xen.fixups import FIXUPS, by_name
-from si_xen.fixups.runner import hook_main
+from si_xen.fixups.hooks import hook_main
 from si_xen.fixups.xentools import hook_text
 from tests.unit.fixups.trees import DEB_INITTAB, build
 

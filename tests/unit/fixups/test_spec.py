@@ -12,6 +12,7 @@ from si_xen.fixups.xentools import spec_from_env
 from si_xen.plan import Disk, Network, Plan, number_disks
 from tests.unit.fixups.conftest import STATIC
 from tests.unit.fixups.trees import build
+from tests.unit.fixups.xtenv import env_from_spec
 
 
 def plan(**kw) -> Plan:
@@ -41,15 +42,15 @@ PLANS = {
 @pytest.mark.parametrize("name", sorted(PLANS))
 def test_round_trip_through_xen_tools_env(name):
     s = spec_from_plan(PLANS[name])
-    env = s.to_env()
+    env = env_from_spec(s)
     assert all(isinstance(v, str) for v in env.values())
     assert spec_from_env(env) == s
-    assert spec_from_env(env).to_env() == env
+    assert env_from_spec(spec_from_env(env)) == env
 
 
 def test_to_env_speaks_xen_tools():
     """What xen-create-image's hooks would see for this VM (names and formats of xen-tools.md §1.4)."""
-    env = spec_from_plan(plan(boot="pygrub", net=replace(STATIC_NET, ips=STATIC_NET.ips[:2]))).to_env()
+    env = env_from_spec(spec_from_plan(plan(boot="pygrub", net=replace(STATIC_NET, ips=STATIC_NET.ips[:2]))))
     assert env == {
         "hostname": "vm", "dhcp": "0", "mac": "00:16:3e:00:00:01", "bridge": "br0", "netmask": "255.255.255.0",
         "gateway": "10.0.0.1", "broadcast": "10.0.0.255", "nameserver": "1.1.1.1 8.8.8.8", "dist": "systemimager",
@@ -65,7 +66,7 @@ def test_spec_from_plan():
     assert [(p.index, p.mountpoint, p.kind) for p in s.partitions] == [
         (1, "", "phy"), (2, "/", "phy"), (3, "/var", "phy"), (4, "/var/log", "phy")]
     assert s.dev(s.root_partition) == "/dev/xvda2" and s.image_name == "img" and not s.pygrub
-    assert s.hostkeys == "/tmp/keys" and "/tmp/keys" not in s.to_env().values(), "host keys stay in-process"
+    assert s.hostkeys == "/tmp/keys" and "/tmp/keys" not in env_from_spec(s).values(), "host keys stay in-process"
     k = spec_from_plan(PLANS["supplied-kernel"])
     assert (k.kernel, k.initrd, k.pygrub) == ("/boot/vmlinuz-6.1.0-xen", "/boot/initrd.img-6.1.0-xen", False)
 

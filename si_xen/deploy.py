@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from . import (
     __version__,
     atomic,
+    bases,
     boot,
     domain,
     hostkeys,
@@ -106,10 +107,10 @@ class Step:
 
 def _bases(c: Context) -> None:
     # A base is built only from a proven walk: its name carries the image's fingerprint.
-    bases = populate.ensure_bases(c.plan, c.image, c.backend, c.rep, c.journal, build=c.confirm is None)
-    if bases is None:
+    found = bases.ensure(c.plan, c.image, c.backend, c.rep, c.journal, build=c.confirm is None)
+    if found is None:
         raise ImageChanged(c.confirm.result(), "the image's base disk was removed meanwhile")
-    c.bases = bases
+    c.bases = found
 
 
 def _disks(c: Context) -> None:
@@ -153,7 +154,7 @@ def _fixups(c: Context) -> None:
 def _boot(c: Context) -> None:
     plan, guest = c.plan, Guest(c.root)
     if plan.boot == "direct" and not plan.kernel:
-        shared = next(iter(sorted(c.bases.values())), None) if c.backend.kind == "file" else None
+        shared = next(iter(sorted(c.bases.values())), None) if c.backend.kind == "dir" else None
         c.kernel_path, c.ramdisk = boot.copy_out(guest, c.kernel, boot_dir(plan, c.settings.paths["state_dir"]),
                                                  c.journal, shared=shared)
     elif plan.boot == "direct":
@@ -285,7 +286,7 @@ def execute(plan: Plan, image: Image, kernel, settings, rep: Reporter, keys=None
                      daemon=True).start()
     # A long copy is ahead when there is no base to clone: spare CPU for the key stock.
     stock = hostkeys.Stock(state_dir)
-    refill = stock.refill() if not (plan.clone and populate.bases_ready(plan, c.backend)) else None
+    refill = stock.refill() if not (plan.clone and bases.ready(plan, c.backend)) else None
     step = steps[0]
     try:
         with signals_raise(c.guard):

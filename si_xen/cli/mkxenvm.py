@@ -233,7 +233,7 @@ def _ahead(image, o, hosts, walk, facts_dir, settings, warn):
     """The survey to plan from, the plans, and the walk that must confirm them (or None). A further VM of
     one image clones a base made from the image's last walk: it is planned from that walk and
     made while the new walk (~0.1 s of stat calls) runs, rather than after it."""
-    from .. import populate
+    from .. import bases
     from ..storage import backend_for
 
     last = survey.remembered(facts_dir, image.path) if walk and len(hosts) == 1 else None
@@ -241,7 +241,7 @@ def _ahead(image, o, hosts, walk, facts_dir, settings, warn):
         said: list[str] = []
         try:
             plans = _plans(o, hosts, image, last, said.append)
-            if plans[0].clone and populate.bases_ready(plans[0], backend_for(plans[0], settings.paths["lock_dir"])):
+            if plans[0].clone and bases.ready(plans[0], backend_for(plans[0], settings.paths["lock_dir"])):
                 for m in said:
                     warn(m)
                 return last, plans, walk

@@ -120,10 +120,10 @@ def test_last_walk_is_remembered_per_image_and_only_trusted_whole(tmp_path, imag
 
 
 def test_an_unproven_plan_never_builds_a_base(monkeypatch):
-    from si_xen import deploy, populate
+    from si_xen import bases, deploy
 
     built = []
-    monkeypatch.setattr(populate, "ensure_bases", lambda *a, build=True: built.append(build) or None)
+    monkeypatch.setattr(bases, "ensure", lambda *a, build=True: built.append(build) or None)
 
     class Walk:
         def result(self):

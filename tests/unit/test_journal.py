@@ -150,7 +150,7 @@ def test_the_driver_runs_steps_in_order_and_undoes_them_in_reverse(tmp_path, mon
              deploy.Step("second", make(1)), deploy.Step("third", fail))
     monkeypatch.setattr(deploy, "STEPS", steps)
     monkeypatch.setattr(deploy, "backend_for", lambda plan, lock_dir: SimpleNamespace(kind="file"))
-    monkeypatch.setattr(deploy.populate, "bases_ready", lambda plan, backend: True)
+    monkeypatch.setattr(deploy.bases, "ready", lambda plan, backend: True)
     settings, plan = _context_for(tmp_path)
     rep = SimpleNamespace(end_progress=lambda: None, detail=lambda t: None, warn=lambda t: None, log_path="/l")
     with pytest.raises(Fatal, match=r"step 'third' failed: \[Errno 5\] Input/output error \(the log /l"):

@@ -70,6 +70,7 @@ class FileBackend:
         journal.made(DiskFile(disk.target), reflink, base, disk.target)
 
     def remove_base(self, base: str) -> None:
+        # its .json first: a base without one is incomplete, and no VM clones it
         for p in (beside(base, "json"), beside(base, "vmlinuz"), beside(base, "initrd"), base):
             if os.path.lexists(p):
                 os.unlink(p)

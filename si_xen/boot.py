@@ -15,7 +15,7 @@ from . import atomic, initramfs, kernelimage
 from .errors import Fatal
 from .guestfs import Guest
 from .made import File
-from .storage.bases import beside, reflink
+from .storage.reflink import beside, reflink
 
 PVGRUB2 = {"pv": "/usr/lib/grub-xen/grub-x86_64-xen.bin", "pvh": "/usr/lib/grub-xen/grub-i386-xen_pvh.bin"}
 INITRD_NAMES = ("initrd.img-{v}", "initramfs-{v}.img", "initrd-{v}.img", "initrd-{v}")

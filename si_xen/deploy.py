@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import atomic, boot, domain, journal, populate, proc, sshdconfig, toolstack
+from . import atomic, bases, boot, domain, journal, populate, proc, sshdconfig, toolstack
 from .errors import Fatal
 from .guestfs import Guest
 from .headstart import Headstart
@@ -73,10 +73,10 @@ class Step:
 
 def _bases(c: Context) -> None:
     # A base is built only from a proven walk: its name carries the image's fingerprint.
-    bases = populate.ensure_bases(c.plan, c.image, c.backend, c.rep, c.journal, build=c.confirm is None)
-    if bases is None:
+    found = bases.ensure(c.plan, c.image, c.backend, c.rep, c.journal, build=c.confirm is None)
+    if found is None:
         raise ImageChanged(c.confirm.result(), "the image's base disk was removed meanwhile")
-    c.bases = bases
+    c.bases = found
 
 
 def _disks(c: Context) -> None:
@@ -120,7 +120,7 @@ def _fixups(c: Context) -> None:
 def _boot(c: Context) -> None:
     plan, guest = c.plan, Guest(c.root)
     if plan.boot == "direct" and not plan.kernel:
-        shared = next(iter(sorted(c.bases.values())), None) if c.backend.kind == "file" else None
+        shared = next(iter(sorted(c.bases.values())), None) if c.backend.kind == "dir" else None
         c.kernel_path, c.ramdisk = boot.copy_out(guest, c.kernel, boot_dir(plan, c.settings.paths["state_dir"]),
                                                  c.journal, shared=shared)
     elif plan.boot == "direct":
@@ -220,7 +220,7 @@ def execute(plan: Plan, image: Image, kernel, settings, rep: Reporter, hs: Heads
                 hs or Headstart(state_dir), confirm, guard=guard or Guard(),
                 backend=backend_for(plan, settings.paths["lock_dir"]))
     c.one_pass = not plan.clone and populate.one_pass_ok(image.path, plan.disks)
-    c.hs.beside_steps(not (plan.clone and populate.bases_ready(plan, c.backend)), settings.paths["template_dir"],
+    c.hs.beside_steps(not (plan.clone and bases.ready(plan, c.backend)), settings.paths["template_dir"],
                       any(s.name == "config" for s in steps))
     step = steps[0]
     try:

@@ -17,9 +17,9 @@ from .plan import FILESYSTEMS, Disk, Plan, number_disks, stable_mac
 from .request import Request
 from .sizes import human
 from .storage import backend_for
-from .storage.bases import reflinks_likely, reflinks_work
 from .storage.files import existing_parent
 from .storage.mount import MKFS
+from .storage.reflink import reflinks_likely, reflinks_work
 from .validate import check_network
 
 ROOT_OPTIONS = {"ext3": "errors=remount-ro", "ext4": "errors=remount-ro", "xfs": "defaults"}

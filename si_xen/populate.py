@@ -6,20 +6,15 @@ exclude and the VM has one ext3/ext4 filesystem, mke2fs -d writes the tree while
 the filesystem: one pass over the data instead of mkfs, mount and rsync.
 
 The functions here are the deploy's steps (deploy.py) and, run on temporary disks, the
-build of an image's base disks: every disk and mount they make is journaled first.
+build of an image's base disks (bases.py): every disk they make is journaled first.
 """
 
 from __future__ import annotations
 
 import os
-import time
-from dataclasses import replace
 
-from . import __version__, proc
-from .image import survey
-from .locks import exclusive
-from .made import Lock
-from .storage.mount import mkfs, mount_tree, sync_targets, unmount
+from . import proc
+from .storage.mount import mkfs
 
 # SystemImager's install-time exclusions (master's list; /dev is kept because old guests
 # without devtmpfs need their static nodes).
@@ -100,65 +95,4 @@ def copy_in(image, root: str, rep) -> None:
         rep.end_progress()
 
 
-def base_targets(plan, backend) -> dict[str, str]:
-    return {d.name: backend.base_target(plan.image_name, plan.fingerprint, d) for d in plan.disks if d.fs != "swap"}
-
-
-def bases_ready(plan, backend) -> bool:
-    return all(backend.have_base(b) for b in base_targets(plan, backend).values())
-
-
-def ensure_bases(plan, image, backend, rep, journal, build: bool = True) -> dict[str, str] | None:
-    """The image's base disks, built now if no VM built them yet (one builder at a time);
-    None if they are missing and ``build`` is False (the plan's fingerprint is not yet proven)."""
-    bases = base_targets(plan, backend)
-    path = backend.base_lock(plan.image_name)
-    journal.makedirs(os.path.dirname(path))
-    lock = journal.made(Lock(path))
-    with exclusive(lock.path):
-        if not all(backend.have_base(b) for b in bases.values()):
-            if not build:
-                return None
-            _build_bases(plan, image, backend, rep, journal, bases)
-    return bases
-
-
-def _build_bases(plan, image, backend, rep, journal, bases) -> None:
-    """The first VM of an image: a full copy into temporary disks, published atomically.
-
-    The temporary disks are journaled like the VM's own: a crash leaves nothing that
-    si_rmxenvm cannot remove, and once published their temporary names are gone."""
-    tmp = replace(plan, disks=tuple(replace(d, target=f"{bases[d.name]}.tmp{os.getpid()}")
-                                    for d in plan.disks if d.fs != "swap"))
-    rep.say(f"Building base disks of image '{plan.image_name}' (once; later VMs are clones)")
-    one_pass = one_pass_ok(image.path, tmp.disks)
-    journal.step("base-disks")
-    make_disks(tmp, backend, rep, journal)
-    journal.step("base-filesystems")
-    make_filesystems(tmp, image, rep, one_pass)
-    if not one_pass:
-        journal.step("base-copy")
-        root, mounts = mount_tree(list(tmp.disks), backend, journal, f"base-{plan.hostname}")
-        try:
-            copy_in(image, root, rep)
-        finally:
-            unmount(mounts)
-    # As a VM's own copy (deploy._walk_again): published only if the image walked after the
-    # copy is the one planned from, or the base would be neither, under the old one's name.
-    walk = proc.Ahead(survey.survey, image.path)
-    try:
-        journal.step("base-publish")
-        sync_targets(list(tmp.disks))
-        fresh = walk.result()
-    finally:
-        walk.close()
-    if fresh is None or fresh.fingerprint != plan.fingerprint:
-        raise survey.ImageChanged(fresh, survey.COPIED)
-    meta = {"image": plan.image_name, "image_path": image.path, "fingerprint": plan.fingerprint,
-            "image_time": image.meta.retrieval_time, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "version": __version__}
-    for t in tmp.disks:
-        backend.publish_base(t.target, bases[t.name], dict(meta, disk=t.name, fs=t.fs, size_mib=t.size_mib))
-
-
-__all__ = ["EXCLUDES", "copy", "make_disks", "make_filesystems", "copy_in", "ensure_bases", "bases_ready"]
+__all__ = ["EXCLUDES", "copy", "make_disks", "make_filesystems", "copy_in", "one_pass_ok"]

@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import batch, deploy, journal, planner, toolstack
+from . import bases, batch, deploy, journal, planner, toolstack
 from .errors import Fatal
 from .headstart import Headstart
 from .image import Image, survey
@@ -127,14 +127,12 @@ def _ahead(req: Request, image: Image, walk, facts_dir, settings, warn):
     """The survey to plan from, the plans, and the walk that must confirm them (or None). A further VM of
     one image clones a base made from the image's last walk: it is planned from that walk and
     made while the new walk (~0.1 s of stat calls) runs, rather than after it."""
-    from . import populate
-
     last = survey.remembered(facts_dir, image.path) if walk and len(req.hostnames) == 1 else None
     if last is not None:
         said: list[str] = []
         try:
             plans = _plans(req, image, last, said.append)
-            if plans[0].clone and populate.bases_ready(plans[0], backend_for(plans[0], settings.paths["lock_dir"])):
+            if plans[0].clone and bases.ready(plans[0], backend_for(plans[0], settings.paths["lock_dir"])):
                 for m in said:
                     warn(m)
                 return last, plans, walk

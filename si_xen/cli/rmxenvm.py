@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from .. import config, journal, toolstack
+from .. import bases, config, journal, toolstack
 from ..errors import Fatal
-from ..record import VmRecord
-from ..storage import FileBackend, LvmBackend
 from .common import confirm, need_root, parser, run_main
 
 PROG = "si_rmxenvm"
@@ -71,18 +69,9 @@ def remove(name: str, args, settings) -> None:
             ts.shutdown(name)
         journal.remove(state, keep_disks=args.keep_disks)
         if args.prune_bases and state.record:
-            prune_bases(state.record, state_dir, settings.paths["lock_dir"])
+            bases.prune(state.record, state_dir, settings.paths["lock_dir"])
     if not args.quiet:
         print(f"Removed VM '{name}'" + ("." if state.complete else " (an unfinished deploy)."))
-
-
-def prune_bases(rec: VmRecord, state_dir: str, lock_dir: str) -> None:
-    """The bases this VM was cloned from, when no other VM's record names them."""
-    in_use = {b for s in journal.all_states(state_dir) if s.record for b in s.record.bases}
-    backend = (LvmBackend(rec.storage_root, rec.thin_pool, lock_dir) if rec.storage == "lvm"
-               else FileBackend(rec.storage_root))
-    for base in set(rec.bases) - in_use:
-        backend.remove_base(base)
 
 
 def main(argv=None) -> int:

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 
 from si_xen.plan import Network, Plan
+from si_xen.storage import disk_kind
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class GuestSpec:
 def spec_from_plan(plan: Plan, keys: str | None = None, disk: str = "xvda") -> GuestSpec:
     """The spec of a planned VM; ``keys``: the directory of its prefetched SSH host keys.
     Disks named DISKn are xen-tools' partitions; others (xvda, xvdb) are whole disks."""
-    kind = "phy" if plan.storage in ("lvm", "given") else "file"
+    kind = disk_kind(plan.storage)
     parts = []
     for i, d in enumerate(plan.disks, 1):
         n = d.vdev[len(disk):]

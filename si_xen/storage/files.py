@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 
+from .. import atomic
 from ..errors import Fatal
 from ..made import DiskFile
 from ..plan import Disk
-from .bases import base_name, beside, reflink, remove_beside, write_meta
+from .reflink import beside, reflink
 
 
 class FileBackend:
-    kind = "file"
+    kind, disk_kind = "dir", "file"
 
     def __init__(self, root: str):
         self.root = root
@@ -48,8 +50,8 @@ class FileBackend:
         journal.made(DiskFile(disk.target), _sparse, disk.target, disk.size_mib)
 
     # -- copy-on-write clones (reflinks) ---------------------------------------------------
-    def base_target(self, image: str, fingerprint: str, disk: Disk) -> str:
-        return os.path.join(self.root, "bases", base_name(image, fingerprint, disk) + ".img")
+    def base_target(self, name: str) -> str:
+        return os.path.join(self.root, "bases", name + ".img")
 
     def have_base(self, base: str) -> bool:
         return os.path.isfile(base) and os.path.isfile(beside(base, "json"))
@@ -61,23 +63,20 @@ class FileBackend:
     def publish_base(self, tmp: str, base: str, meta: dict) -> None:
         """Make a fully built base visible; its .json, written last, marks it complete."""
         os.replace(tmp, base)
-        write_meta(beside(base, "json"), meta)
+        atomic.write(beside(base, "json"), json.dumps(meta, indent=1))
 
     def clone(self, base: str, disk: Disk, journal) -> None:
         self._make_room(disk, journal)
         journal.made(DiskFile(disk.target), reflink, base, disk.target)
 
     def remove_base(self, base: str) -> None:
-        remove_beside(base)
-        if os.path.lexists(base):
-            os.unlink(base)
+        # its .json first: a base without one is incomplete, and no VM clones it
+        for p in (beside(base, "json"), beside(base, "vmlinuz"), beside(base, "initrd"), base):
+            if os.path.lexists(p):
+                os.unlink(p)
 
     def mount_source(self, target: str) -> tuple[str, list[str]]:
         return target, ["-o", "loop"]
-
-    def exists(self, target: str) -> bool:
-        return os.path.lexists(target)
-
 
 
 def existing_parent(path: str) -> str:

@@ -21,7 +21,9 @@ def size_mib(path: str) -> int:
 
 
 class GivenBackend:
-    kind = "phy"
+    """A Storage, never a CloneStorage: a given disk is written whole."""
+
+    kind, disk_kind = "given", "phy"
 
     def assign(self, hostname: str, disk: Disk) -> str:
         return disk.target  # set by whoever planned the disks
@@ -46,6 +48,3 @@ class GivenBackend:
 
     def mount_source(self, target: str) -> tuple[str, list[str]]:
         return target, [] if stat.S_ISBLK(os.stat(target).st_mode) else ["-o", "loop"]
-
-    def exists(self, target: str) -> bool:
-        return os.path.exists(target)

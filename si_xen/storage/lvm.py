@@ -9,7 +9,6 @@ from .. import proc
 from ..errors import Fatal
 from ..made import LogicalVolume, lv_exists
 from ..plan import Disk
-from .bases import base_name
 
 COMPLETE = "si_xen_base"
 
@@ -26,7 +25,7 @@ def device_mapper_ok() -> bool:
 class LvmBackend:
     """Thick LVs, or with ``pool`` thin LVs whose clones are thin snapshots of a base LV."""
 
-    kind = "phy"
+    kind, disk_kind = "lvm", "phy"
 
     def __init__(self, vg: str, pool: str | None = None, lock_dir: str = "/run/lock/si-xen"):
         self.vg, self.pool, self.lock_dir = vg, pool, lock_dir
@@ -55,7 +54,7 @@ class LvmBackend:
             if not attr.strip().startswith("t"):
                 raise Fatal(f"thin pool '{self.vg}/{self.pool}' not found", "create it (lvcreate -T) or drop --thin-pool")
             free = total  # thin volumes are allocated on write: the pool, not the VG, runs out
-        existing = [d for d in disks if self.exists(d.target)]
+        existing = [d for d in disks if lv_exists(d.target)]
         if existing and not force:
             raise Fatal(f"logical volume {existing[0].target} already exists", "remove it with si_rmxenvm or use --force")
         free += sum(self._size(d.target) for d in existing)
@@ -67,8 +66,8 @@ class LvmBackend:
         return int(float(out.strip() or 0))
 
     def create(self, disk: Disk, journal) -> None:
-        if self.exists(disk.target):
-            self.remove(disk.target)  # --force was checked in validate()
+        if lv_exists(disk.target):
+            self._remove(disk.target)  # --force was checked in validate()
         lv = os.path.basename(disk.target)
         if self.pool:
             argv = ["lvcreate", "--yes", "-V", f"{disk.size_mib}M", "-T", f"{self.vg}/{self.pool}", "-n", lv]
@@ -79,15 +78,12 @@ class LvmBackend:
     def mount_source(self, target: str) -> tuple[str, list[str]]:
         return target, []
 
-    def exists(self, target: str) -> bool:
-        return lv_exists(target)
-
-    def remove(self, target: str) -> None:
+    def _remove(self, target: str) -> None:
         LogicalVolume(target).delete()
 
     # -- copy-on-write clones (thin snapshots) -------------------------------------------
-    def base_target(self, image: str, fingerprint: str, disk: Disk) -> str:
-        return f"/dev/{self.vg}/si-base-{base_name(image, fingerprint, disk)}"
+    def base_target(self, name: str) -> str:
+        return f"/dev/{self.vg}/si-base-{name}"
 
     def have_base(self, base: str) -> bool:
         cp = proc.run(["lvs", "--noheadings", "-o", "lv_tags", base], ok=(0, 5))
@@ -102,8 +98,8 @@ class LvmBackend:
         proc.run(["lvchange", "--addtag", COMPLETE, "--permission", "r", base])
 
     def clone(self, base: str, disk: Disk, journal) -> None:
-        if self.exists(disk.target):
-            self.remove(disk.target)  # --force was checked in validate()
+        if lv_exists(disk.target):
+            self._remove(disk.target)  # --force was checked in validate()
         lv = os.path.basename(disk.target)
         # -kn: a thin snapshot is skipped at activation by default; a VM disk must come up
         journal.made(LogicalVolume(disk.target), proc.run,
@@ -111,4 +107,4 @@ class LvmBackend:
         proc.run(["lvchange", "-ay", f"{self.vg}/{lv}"])  # a snapshot is writable, even of a read-only base
 
     def remove_base(self, base: str) -> None:
-        self.remove(base)
+        self._remove(base)

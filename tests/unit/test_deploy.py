@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from si_xen import deploy, journal, planner, service
+from si_xen import bases, deploy, journal, planner, service
 from si_xen.errors import Fatal
 from si_xen.image import open_image
 from si_xen.image.survey import survey
@@ -49,7 +49,7 @@ def test_the_driver_runs_steps_in_order_and_undoes_them_in_reverse(tmp_path, mon
              deploy.Step("second", make(1)), deploy.Step("third", fail))
     monkeypatch.setattr(deploy, "STEPS", steps)
     monkeypatch.setattr(deploy, "backend_for", lambda plan, lock_dir: SimpleNamespace(kind="file"))
-    monkeypatch.setattr(deploy.populate, "bases_ready", lambda plan, backend: True)
+    monkeypatch.setattr(deploy.bases, "ready", lambda plan, backend: True)
     settings, plan = _context_for(tmp_path)
     rep = SimpleNamespace(end_progress=lambda: None, detail=lambda t: None, warn=lambda t: None, log_path="/l")
     with pytest.raises(Fatal, match=r"step 'third' failed: \[Errno 5\] Input/output error \(the log /l"):
@@ -102,7 +102,7 @@ def test_an_unproven_plan_never_builds_a_base(tmp_path, image):
     assert e.value.survey == "fresh survey"
     assert not said and [n for n in os.listdir(tmp_path / "bases") if not n.endswith(".lock")] == []
     (disk,) = [d for d in plan.disks if d.fs != "swap"]
-    base = backend.base_target(plan.image_name, plan.fingerprint, disk)
+    base = backend.base_target(bases.name(plan.image_name, plan.fingerprint, disk))
     (tmp_path / "built").write_text("a base disk")
     backend.publish_base(str(tmp_path / "built"), base, {"fingerprint": plan.fingerprint})
     deploy._bases(c)  # a base built by a proven deploy: cloned from

@@ -23,7 +23,7 @@ def driver(tmp_path, monkeypatch):
     monkeypatch.setattr(toolstack, "find", lambda choice="auto": toolstack.Toolstack("xl", XL))
     monkeypatch.setattr(toolstack, "hypervisor_running", lambda: True)
     monkeypatch.setattr(deploy, "backend_for", lambda plan, lock_dir: SimpleNamespace(kind="file"))
-    monkeypatch.setattr(deploy.populate, "bases_ready", lambda plan, backend: True)
+    monkeypatch.setattr(deploy.bases, "ready", lambda plan, backend: True)
     settings = SimpleNamespace(paths={"state_dir": str(tmp_path / "state"), "lock_dir": str(tmp_path / "locks"),
                                       "log_dir": str(tmp_path / "log"), "template_dir": str(tmp_path)})
     cfg = tmp_path / "vm.cfg"

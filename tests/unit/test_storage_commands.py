@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from si_xen import bases
 from si_xen.errors import Fatal
 from si_xen.journal import Journal
 from si_xen.plan import Disk
@@ -102,7 +103,7 @@ def test_file_backend_is_sparse_and_undone(tmp_path, journal, fp):
 
 def test_thin_lvs_base_publish_and_snapshot_clone(fp, journal):
     b = lvm.LvmBackend("vg0", "pool0")
-    base = b.base_target("deb", "abc123", DISKS[0])
+    base = b.base_target(bases.name("deb", "abc123", DISKS[0]))
     assert base == "/dev/vg0/si-base-deb-abc123-disk-ext4-2048M"
     fp.register(["lvs", "/dev/vg0/tmpbase"], returncode=5)
     fp.register(["lvcreate", "--yes", "-V", "2048M", "-T", "vg0/pool0", "-n", "tmpbase"])
@@ -136,7 +137,7 @@ def test_missing_thin_pool(fp, dm_ok):
 
 
 def test_dry_run_guesses_reflinks_from_the_mount_table_without_writing():
-    from si_xen.storage.bases import fs_type, reflinks_likely
+    from si_xen.storage.reflink import fs_type, reflinks_likely
 
     assert fs_type("/proc/self") == "proc" and fs_type("/sys/kernel") in ("sysfs", "securityfs", "debugfs", "tracefs")
     assert not reflinks_likely("/proc")

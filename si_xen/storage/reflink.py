@@ -1,19 +1,14 @@
-"""Copy-on-write clones: the first VM of an image builds a base disk per filesystem;
-later VMs get reflinks of it (XFS, btrfs) and only their own fixups are written.
+"""Reflinks, the copy-on-write clones of files (XFS, btrfs): the file backend's clones of a
+base disk, and the files kept beside a base (the guest kernel that every clone boots).
 
-Bases live beside the VMs (reflinks cannot cross filesystems; LVM thin snapshots stay in
-their pool), named by image, image fingerprint, filesystem and size, so a changed image or
-another size gets a new base. The backends (files.py, lvm.py) hold the storage-specific part.
+What a base disk is and when one is built: si_xen/bases.py.
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import tempfile
-
-from .. import atomic
 
 FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
 
@@ -62,21 +57,7 @@ def reflinks_likely(directory: str) -> bool:
     return fs_type(directory) in ("xfs", "btrfs")
 
 
-def base_name(image: str, fingerprint: str, disk) -> str:
-    """Image, image fingerprint, disk, filesystem and size: what a clone must match."""
-    return f"{image}-{fingerprint}-{disk.name}-{disk.fs}-{disk.size_mib}M"
-
-
-def write_meta(path: str, meta: dict) -> None:
-    atomic.write(path, json.dumps(meta, indent=1))
-
-
 def beside(base: str, what: str) -> str:
     """A file kept with a base, e.g. the guest kernel that every clone boots."""
     return f"{base.removesuffix('.img')}.{what}"
 
-
-def remove_beside(base: str) -> None:
-    for p in (beside(base, "json"), beside(base, "vmlinuz"), beside(base, "initrd")):
-        if os.path.lexists(p):
-            os.unlink(p)

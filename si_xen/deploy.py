@@ -166,7 +166,7 @@ def _record(c: Context) -> None:
 
 
 def _start(c: Context) -> None:
-    ts = toolstack.require_running(c.plan.toolstack)
+    ts = toolstack.require_running(c.plan.activation.toolstack)
     c.rep.say(f"Starting {c.plan.hostname} with {ts.name} create")
     c.journal.made(Domain(c.plan.hostname, ts.name))
     # The point of no return: once the domain exists, the guard only notes signals and the VM
@@ -188,10 +188,10 @@ STEPS = (
     Step("boot", _boot),
     Step("unmount", _unmount),
     Step("config", _config),
-    Step("autostart", _autostart, lambda c: c.plan.autostart),
+    Step("autostart", _autostart, lambda c: c.plan.activation.autostart),
     Step("confirm", _confirm, lambda c: c.confirm is not None),
     Step("record", _record),
-    Step("start", _start, lambda c: c.plan.start),
+    Step("start", _start, lambda c: c.plan.activation.start),
 )
 
 

@@ -49,6 +49,17 @@ class Network:
 
 
 @dataclass(frozen=True)
+class Activation:
+    """What becomes of the VM once it is made: registered with a toolstack, started (its
+    console attached), started again at the dom0's boot."""
+
+    toolstack: str = BUILTIN["toolstack"]
+    start: bool = False
+    console: bool = False
+    autostart: bool = False
+
+
+@dataclass(frozen=True)
 class Plan:
     hostname: str
     image_name: str
@@ -66,10 +77,7 @@ class Plan:
     maxmem: int | None = None
     kernel: str | None = None  # supplied Xen-capable kernel (else the guest's own)
     initrd: str | None = None
-    toolstack: str = BUILTIN["toolstack"]
-    start: bool = False
-    console: bool = False
-    autostart: bool = False
+    activation: Activation = field(default_factory=Activation)
     force: bool = False
     layout: str = "default"
     layout_from: str = ""  # the layout file --layout image read (image.open_at says which won)

@@ -91,7 +91,7 @@ def make_plan(req: Request, image: Image, survey: Survey, index: int = 0, warn=l
         vcpus=req.vcpus, type=req.type, boot=req.boot, disks=disks, storage=storage.kind,
         storage_root=storage.root, net=net, cfg_path=os.path.join(req.output, hostname + req.extension) if
         storage.kind != "given" else "", maxmem=req.maxmem, kernel=req.kernel, initrd=req.initrd,
-        toolstack=req.toolstack, start=req.start, console=req.console, autostart=req.autostart, force=req.force,
+        activation=req.activation, force=req.force,
         layout=req.layout, layout_from=image.layout_from, thin_pool=storage.pool, clone=clone,
         fingerprint=survey.fingerprint if survey else "", excluded=survey.excluded if survey else (), notes=(note,),
         fixups_only=req.fixups_only, fixups_skip=req.fixups_skip,

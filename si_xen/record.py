@@ -78,7 +78,7 @@ class VmRecord:
         return cls(
             plan.hostname, plan.image_name, image_path=plan.image_path, image_time=image.meta.retrieval_time,
             image_fingerprint=plan.fingerprint, guest=image.os.pretty, created=stamp(), config=plan.cfg_path,
-            autostart=autostart, toolstack=plan.toolstack, storage=plan.storage, storage_root=plan.storage_root,
+            autostart=autostart, toolstack=plan.activation.toolstack, storage=plan.storage, storage_root=plan.storage_root,
             thin_pool=plan.thin_pool, disks=tuple(DiskRecord(d.vdev, d.mountpoint, d.fs, human(d.size_mib), d.target)
                                                   for d in plan.disks),
             bases=tuple(sorted(bases)), boot=plan.boot, type=plan.type, mac=plan.net.mac, ips=plan.net.ips,

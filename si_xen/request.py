@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from . import batch, boot
 from .config import BUILTIN
 from .errors import Fatal
-from .plan import BOOT_MODES, FILESYSTEMS, TYPES, Disk
+from .plan import BOOT_MODES, FILESYSTEMS, TYPES, Activation, Disk
 from .sizes import parse_mib
 from .validate import CLI, Source, check_hostname
 
@@ -71,10 +71,7 @@ class Request:
     extension: str = BUILTIN["extension"]
     kernel: str | None = None
     initrd: str | None = None
-    toolstack: str = BUILTIN["toolstack"]
-    start: bool = False
-    console: bool = False
-    autostart: bool = False
+    activation: Activation = field(default_factory=Activation)
     force: bool = False
     dry_run: bool = False
     fixups_only: tuple[str, ...] = ()
@@ -101,8 +98,8 @@ class Request:
             nameservers=o.get("nameserver") or "", mac=o.get("mac") or "", bridge=o.get("bridge") or BUILTIN["bridge"],
             storage=_storage(o.get("dir"), o.get("lvm"), o.get("thin_pool"), flag["full_copy"]),
             output=_output(o["output"]), extension=o["extension"], **_kernel(o.get("kernel"), o.get("initrd")),
-            toolstack=o["toolstack"], start=flag["start"] or flag["console"], console=flag["console"],
-            autostart=flag["autostart"], force=flag["force"], dry_run=flag["dry_run"],
+            activation=Activation(o["toolstack"], flag["start"] or flag["console"], flag["console"], flag["autostart"]),
+            force=flag["force"], dry_run=flag["dry_run"],
             fixups_only=_names(o.get("fixups")), fixups_skip=_names(o.get("skip_fixups")),
         )
 

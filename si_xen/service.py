@@ -80,10 +80,11 @@ def preflight(plan: Plan, settings, need_mib: int) -> None:
     backend.validate(plan.hostname, list(plan.disks), need_mib, plan.force or bool(state))
     if os.path.lexists(plan.cfg_path) and not plan.force:
         raise Fatal(f"config {plan.cfg_path} already exists", "remove the VM with si_rmxenvm or use --force")
-    if plan.start or state:
-        ts = toolstack.find(plan.toolstack)
-        if plan.start:
-            ts = toolstack.require_running(plan.toolstack)
+    act = plan.activation
+    if act.start or state:
+        ts = toolstack.find(act.toolstack)
+        if act.start:
+            ts = toolstack.require_running(act.toolstack)
         if ts and toolstack.hypervisor_running() and plan.hostname in ts.domains():
             raise Fatal(f"domain '{plan.hostname}' is running", f"stop it first: {ts.name} shutdown {plan.hostname}")
 

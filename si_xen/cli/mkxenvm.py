@@ -172,7 +172,7 @@ def body(argv) -> int:
             _dry_run(out.plans)
         elif len(out.plans) == 1:
             summary(out.records[0], out.plans[0], rep, settings)
-            if req.console or guard.got:
+            if req.activation.console or guard.got:
                 _console(out.plans[0], guard, rep)
     finally:
         hs.close()
@@ -209,9 +209,9 @@ def _console(plan, guard: Guard, rep: Reporter) -> None:
     A signal that came after the domain was made is said instead of attaching."""
     from .. import toolstack
 
-    ts = toolstack.find(plan.toolstack)
+    ts = toolstack.find(plan.activation.toolstack)
     name = plan.hostname
-    again = f"VM {name} keeps running ({ts.name} console {name} to attach{' again' if plan.console else ''})"
+    again = f"VM {name} keeps running ({ts.name} console {name} to attach{' again' if plan.activation.console else ''})"
     if guard.got is not None:  # came once the domain was made: it stays, no console is attached
         line = f"{signal.Signals(guard.got).name} received after the domain was made; {again}"
     else:
@@ -237,7 +237,7 @@ def summary(rec: VmRecord, plan, rep: Reporter, settings) -> None:
         rep.say(f"SSH Fingerprint :  {fp}")
     rep.say(f"Config          :  {rec.config}")
     rep.say(f"Time            :  {rec.seconds} s")
-    if not plan.start:
+    if not plan.activation.start:
         rep.say(f"Start it with   :  xl create {rec.config}")
     rep.say(f"\nLogfile produced at:\n  {os.path.join(settings.paths['log_dir'], rec.name + '.log')}")
 

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Mapping
 
 from si_xen import atomic
+from si_xen.config import BUILTIN
 from si_xen.errors import Fatal
 from si_xen.fixups import FIXUPS
 from si_xen.fixups.spec import GuestSpec, Partition
@@ -75,7 +76,7 @@ def spec_from_env(env: Mapping[str, str]) -> GuestSpec:
         raise _bad("dhcp", dhcp, "use 1 for DHCP, 0 for static")
     ips = _ips(g)
     net = check_network(dhcp == "1" or (dhcp == "" and not ips), ips, g("netmask"), g("gateway"),
-                        g("broadcast"), g("nameserver"), g("mac"), g("bridge") or "xenbr0", ENV)
+                        g("broadcast"), g("nameserver"), g("mac"), g("bridge") or BUILTIN["bridge"], ENV)
     disk = os.path.basename(g("disk_device") or "xvda")
     if g("ide") == "1":
         disk = "hda"

@@ -9,6 +9,7 @@ import pytest
 from si_xen import deploy, journal, toolstack
 from si_xen.errors import Fatal
 from si_xen.made import File
+from si_xen.plan import Activation
 from si_xen.record import VmRecord
 from si_xen.rollback import Guard, Interrupted, signals_raise
 
@@ -28,8 +29,8 @@ def driver(tmp_path, monkeypatch):
                                       "log_dir": str(tmp_path / "log"), "template_dir": str(tmp_path)})
     cfg = tmp_path / "vm.cfg"
     plan = SimpleNamespace(hostname="vm", image_name="deb", cfg_path=str(cfg), storage="dir", storage_root=str(tmp_path),
-                           thin_pool=None, clone=True, kernel=None, disks=(), force=False, toolstack="auto", start=True,
-                           console=True)
+                           thin_pool=None, clone=True, kernel=None, disks=(), force=False,
+                           activation=Activation("auto", start=True, console=True))
     warned = []
     rep = SimpleNamespace(end_progress=lambda: None, detail=lambda t: None, warn=warned.append, say=lambda t: None,
                           log_path="/l")

@@ -46,6 +46,17 @@ def raw_image(src: str) -> str:
     return dest
 
 
+STOCK_SIZE = 4  # si_xen.hostkeys.STOCK_SIZE (RSA keys)
+
+
+def stocked(state: str) -> int:
+    """RSA keys in the key stock (hostkeys.Stock's TYPE-ID and TYPE-ID.pub files)."""
+    try:
+        return sum(n.startswith("rsa-") and not n.endswith(".pub") for n in os.listdir(os.path.join(state, "hostkeys")))
+    except FileNotFoundError:
+        return 0
+
+
 def cases(ctx: C.Ctx, image: str, name: str) -> dict:
     """case -> (attempt(round) -> Sample, cleanup(round)): the two baselines, then si_cases."""
     extras, _ = C.article_extras(image)
@@ -98,6 +109,9 @@ def si_cases(ctx: C.Ctx, name: str, scan_cache: str = "") -> dict:
     def refill(r):  # untimed: a deploy with no base, so the key stock refills beside its copy
         C.mk(ctx, "fdwarm", ctx.xfs, image=name, extra=["--full-copy"])
         C.rmvm(ctx, ["fdwarm"])
+        if stocked(state) < STOCK_SIZE:  # its ssh-keygen runs at SCHED_IDLE, one at a time, and stops with it
+            print(f"  (the key stock holds {stocked(state)} of {STOCK_SIZE} keys after the refill deploy: "
+                  "the warm cases may make RSA keys)", flush=True)
         return None
 
     def further_done(r):

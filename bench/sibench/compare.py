@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from . import cases as C
 from .main import REPO, ensure_venv, private_config
 from .report import machine, machine_text
-from .rounds import play, scratch, si_cases
+from .rounds import play, scratch, si_cases, warm_up
 
 RULE = ("verdict: 'within noise' when A's and B's min-max ranges overlap or B/A lies within A's own "
         "spread, 1 +- (max-min)/median of A; else 'B slower' or 'B faster'")
@@ -68,8 +68,8 @@ def run(args, other: str) -> tuple[list[Side], dict]:
         sides = [side(n, repo, workdir, log, xfs, args.rounds, src) for n, repo in (("A", REPO), ("B", other))]
         plan = {label: {s.name: si_cases(s.ctx, os.path.basename(path), s.cache) for s in sides}
                 for label, path in imgs.items()}
-        for s in sides:  # untimed: each side's Python and modules into the page cache
-            plan["as si_getimage leaves it"][s.name]["(refill)"][0](0)
+        for s in sides:
+            warm_up(s.ctx, os.path.basename(src))
         for r in range(args.rounds):
             order = sides if r % 2 == 0 else sides[::-1]
             print(f"round {r + 1}/{args.rounds}: {' then '.join(s.name for s in order)}", flush=True)

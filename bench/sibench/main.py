@@ -30,12 +30,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return a
 
 
-def ensure_venv() -> tuple[str, str]:
-    mk, rm = (os.path.join(REPO, ".venv/bin", n) for n in ("si_mkxenvm", "si_rmxenvm"))
+def ensure_venv(repo: str = REPO) -> tuple[str, str]:
+    """The si_mkxenvm and si_rmxenvm of repo's .venv, made by its tests/setup-host if missing."""
+    mk, rm = (os.path.join(repo, ".venv/bin", n) for n in ("si_mkxenvm", "si_rmxenvm"))
     if not os.access(mk, os.X_OK):
-        subprocess.run([os.path.join(REPO, "tests/setup-host")], check=True)
+        subprocess.run([os.path.join(repo, "tests/setup-host")], check=True)
     # Measured as installed: byte-compiled (the work tree may have changed since set-up).
-    subprocess.run([os.path.join(REPO, ".venv/bin/python"), "-m", "compileall", "-q", os.path.join(REPO, "si_xen")],
+    subprocess.run([os.path.join(repo, ".venv/bin/python"), "-m", "compileall", "-q", os.path.join(repo, "si_xen")],
                    check=True, stdout=subprocess.DEVNULL)
     return mk, rm
 

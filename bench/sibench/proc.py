@@ -19,6 +19,7 @@ class Sample:
     peak_kb: int
     rc: int
     used_bytes: int = 0
+    cpu_s: float = 0.0  # user + system time of the command's tree (its waited-for processes)
     phases: dict[str, float] = field(default_factory=dict)  # si_mkxenvm's own step times
 
 
@@ -33,9 +34,10 @@ def syncfs(path: str) -> None:
         os.close(fd)
 
 
-def spawn(argv: list[str], log: str, env: dict | None = None) -> tuple[int, int]:
-    """Run argv (output appended to log); return its exit code and the peak RSS (KiB) of the
-    largest process of its tree (wait4 reports max of the child and its waited-for descendants)."""
+def spawn(argv: list[str], log: str, env: dict | None = None) -> tuple[int, int, float]:
+    """Run argv (output appended to log); return its exit code, the peak RSS (KiB) of the largest
+    process of its tree and the tree's CPU seconds (wait4 counts the child and its waited-for
+    descendants)."""
     with open(log, "ab") as out:
         out.write(("$ " + " ".join(argv) + "\n").encode())
         out.flush()
@@ -44,25 +46,25 @@ def spawn(argv: list[str], log: str, env: dict | None = None) -> tuple[int, int]
     _, status, usage = os.wait4(p.pid, 0)
     p.returncode = os.waitstatus_to_exitcode(status)
     _current.remove(p)
-    return p.returncode, usage.ru_maxrss
+    return p.returncode, usage.ru_maxrss, usage.ru_utime + usage.ru_stime
 
 
 def timed(steps: list[list[str]], sync_path: str, log: str, env: dict | None = None) -> Sample:
     """Wall time of the steps in order, up to the target filesystem being synced."""
-    peak, rc = 0, 0
+    peak, rc, cpu = 0, 0, 0.0
     t0 = time.perf_counter()
     for argv in steps:
-        rc, kb = spawn(argv, log, env)
-        peak = max(peak, kb)
+        rc, kb, secs = spawn(argv, log, env)
+        peak, cpu = max(peak, kb), cpu + secs
         if rc:
             break
     syncfs(sync_path)
-    return Sample(round(time.perf_counter() - t0, 3), peak, rc)
+    return Sample(round(time.perf_counter() - t0, 3), peak, rc, cpu_s=round(cpu, 3))
 
 
 def run(argv: list[str], log: str, env: dict | None = None) -> None:
     """An untimed helper command that must succeed."""
-    rc, _ = spawn(argv, log, env)
+    rc, _, _ = spawn(argv, log, env)
     if rc:
         raise RuntimeError(f"{' '.join(argv)} exited {rc} (see {log_tail(log)})")
 

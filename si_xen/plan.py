@@ -70,7 +70,7 @@ class Plan:
     type: str
     boot: str
     disks: tuple[Disk, ...]
-    storage: str  # "dir" | "lvm"
+    storage: str  # "dir", "lvm" or "given" (storage.backend makes its Storage)
     storage_root: str  # DIR or VG
     net: Network
     cfg_path: str

@@ -77,8 +77,10 @@ def _build(plan: Plan, image, backend: storage.CloneStorage, rep, journal, bases
         finally:
             unmount(mounts)
     # As a VM's own copy (deploy._walk_again): published only if the image walked after the
-    # copy is the one planned from, or the base would be neither, under the old one's name.
-    walk = proc.Ahead(survey.survey, image.path)
+    # copy is the one planned from, or the base would be neither, under the old one's name. Its
+    # manifest goes with the other image facts, state_dir/images (the journal: state_dir/vms/H.journal).
+    facts_dir = os.path.join(os.path.dirname(os.path.dirname(journal.path)), "images")
+    walk = proc.Ahead(survey.survey, image.path, facts_dir)
     try:
         journal.step("base-publish")
         sync_targets(list(tmp.disks))

@@ -103,7 +103,7 @@ def _walk_again(c: Context) -> None:
     one changed meanwhile (an si_getimage into it) gives a VM of neither image. The walk
     (~0.1 s) runs in a child, beside the steps that follow, and the confirm step waits for it."""
     if c.plan.fingerprint:  # else there is no walk to compare with
-        c.confirm = proc.Ahead(survey.survey, c.image.path)
+        c.confirm = proc.Ahead(survey.survey, c.image.path, os.path.join(c.settings.paths["state_dir"], "images"))
         c.confirm_why = survey.COPIED
 
 

@@ -15,6 +15,7 @@ A deploy without a head start (``Headstart()``) does the same work, later.
 
 from __future__ import annotations
 
+import os
 import threading
 
 from . import hostkeys, proc, sshdconfig
@@ -32,7 +33,7 @@ class Headstart:
         """At a command's start: the walk, and one VM's keys (a batch's workers make their own)."""
         if dry_run:
             return cls(state_dir)
-        hs = cls(state_dir, proc.Ahead(survey.survey, image.path))
+        hs = cls(state_dir, proc.Ahead(survey.survey, image.path, os.path.join(state_dir, "images")))
         try:
             if len(hostnames) == 1:  # RSA keys take long: started now, for the identity fixup
                 hs.keys = _prefetch(image, hostnames[0], state_dir)

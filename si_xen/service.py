@@ -51,7 +51,7 @@ def make_vms(req: Request, image: Image, settings, rep: Reporter, hs: Headstart,
                     raise Fatal(f"image '{image.name}' changed under each of {ATTEMPTS} deploys ({e.problem}); "
                                 "nothing was kept", e.fix) from None
                 rep.say(f"Not kept: {e.problem}; planning again")
-                tree = e.survey or survey.survey(image.path)
+                tree = e.survey or survey.survey(image.path, facts)
                 plans, pending = _plans(req, image, tree, rep.warn), None
     raise AssertionError("unreachable")
 
@@ -139,7 +139,7 @@ def _ahead(req: Request, image: Image, walk, facts_dir, settings, warn):
                 return last, plans, walk
         except Fatal:
             pass  # said again, from the image as it is
-    tree = (walk and walk.result()) or survey.survey(image.path)
+    tree = (walk and walk.result()) or survey.survey(image.path, facts_dir)
     return tree, _plans(req, image, tree, warn), None
 
 

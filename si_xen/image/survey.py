@@ -1,5 +1,6 @@
-"""One walk over an image: the space each target filesystem needs, and a fingerprint that
-changes when anything in the tree does (so a cached base disk is never stale)."""
+"""One walk over an image: the space each target filesystem needs, a fingerprint that changes
+when anything in the tree does (so a cached base disk is never stale), and for a deploy the
+manifest of that generation (manifest.py), from the same stat calls."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 from .. import atomic
 from ..errors import Fatal
+from . import manifest
 
 # Not copied into VMs (SystemImager's install-time exclusions), so not counted either.
 SKIP_CONTENT = ("proc", "sys", "run", "tmp")
@@ -57,7 +59,28 @@ class Survey:
         return {mp: (v[0], v[1]) for mp, v in out.items() if mp in mountpoints}
 
 
-def survey(image: str) -> Survey:
+def survey(image: str, manifest_dir: str | None = None) -> Survey:
+    """The image walked; with ``manifest_dir``, its manifest saved there too unless a walk of this
+    generation did (image/manifest.py), by whoever walks: proc.Ahead's child, not the deploy."""
+    kept = manifest.Kept() if manifest_dir else None
+    s = walk(image, kept)
+    if kept is not None:
+        try:
+            manifest.save(manifest_dir, s.fingerprint, image, kept)
+        except OSError:
+            pass  # the image changed since the walk (its next walk saves it), or a full disk
+    return s
+
+
+def manifest_of(root: str) -> dict[str, manifest.Facts]:
+    """Any tree's manifest (a VM's), walked as an image is (the same skips)."""
+    kept = manifest.Kept()
+    walk(root, kept)
+    return manifest.facts(root, kept)
+
+
+def walk(image: str, kept: manifest.Kept | None = None) -> Survey:
+    """The survey of ``image``; ``kept`` (if given) gathers what its manifest needs on the way."""
     h = hashlib.sha256()
     entries: list[tuple[str, int]] = []
     seen: set[tuple[int, int]] = set()
@@ -81,6 +104,8 @@ def survey(image: str) -> Survey:
             rows.append((erel, st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, st.st_ino))
             if erel in EXCLUDED_FILES:
                 excluded.append(erel)
+            if kept is not None and stat.S_ISLNK(st.st_mode):
+                kept.links.append(erel)
             if stat.S_ISDIR(st.st_mode):
                 top = rel == "" and e.name in SKIP_CONTENT
                 if (top or e.name == "lost+found" or erel in EXCLUDED_DIRS) and _has_content(e.path):
@@ -88,11 +113,16 @@ def survey(image: str) -> Survey:
                 if not top and e.name != "lost+found":
                     stack.append((erel, e.path))
             elif st.st_nlink > 1:  # hard links once
+                if kept is not None:
+                    kept.linked.setdefault((st.st_dev, st.st_ino), []).append(erel)
                 if (st.st_dev, st.st_ino) in seen:
                     continue
                 seen.add((st.st_dev, st.st_ino))
             entries.append((erel, st.st_blocks * 512))
-        h.update(marshal.dumps(rows, 2))
+        data = marshal.dumps(rows, 2)
+        h.update(data)
+        if kept is not None:
+            kept.dirs.append(data)
     return Survey(h.hexdigest()[:16], tuple(entries), tuple(sorted(excluded)))
 
 

@@ -6,6 +6,7 @@ size, mtime), hard-link groups and symlink targets, never file contents.
 
 from __future__ import annotations
 
+import contextlib
 import marshal
 import os
 import stat
@@ -62,11 +63,14 @@ def facts(root: str, kept: Kept) -> dict[str, Facts]:
 
 def save(facts_dir: str, fp: str, root: str, kept: Kept) -> None:
     """Written once: a generation's manifest never changes (its fingerprint would). ~5 ms for
-    the 14,000 entries of debian12: the rows are written as the walk hashed them."""
+    the 14,000 entries of debian12: the rows are written as the walk hashed them. Makes
+    ``facts_dir`` but not the state dir above it (FileNotFoundError): a VM's journal makes that,
+    so a command refused before any VM was made here leaves no state, though its walk began."""
     path = path_for(facts_dir, fp)
     if os.path.exists(path):
         return
-    os.makedirs(facts_dir, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(facts_dir)
     atomic.write(path, marshal.dumps((VERSION, fp, *kept.parts(root))), 0o600)
 
 

@@ -68,7 +68,7 @@ def survey(image: str, manifest_dir: str | None = None) -> Survey:
         try:
             manifest.save(manifest_dir, s.fingerprint, image, kept)
         except OSError:
-            pass  # the image changed since the walk (its next walk saves it), or a full disk
+            pass  # no VM made here yet, the image changed since the walk (its next walk saves it), a full disk
     return s
 
 

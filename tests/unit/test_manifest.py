@@ -93,7 +93,10 @@ def test_a_tree_walked_saved_and_loaded_again(tmp_path):
     assert rows["/etc/a"][5] == rows["/etc/b"][5] == 1 and rows["/outside"][5] == 0
     assert rows["/vmlinuz"][6] == "boot/vmlinuz-1" and rows["/etc/hosts"][6] == ""
     facts = str(tmp_path / "state/images")
-    fp = survey.survey(str(root), facts).fingerprint
+    fp = survey.survey(str(root), facts).fingerprint  # no state dir yet: no VM was ever made here
+    assert not os.path.exists(tmp_path / "state")
+    (tmp_path / "state").mkdir()
+    assert survey.survey(str(root), facts).fingerprint == fp
     assert manifest.load(facts, fp) == rows
     assert stat.S_IMODE(os.stat(manifest.path_for(facts, fp)).st_mode) == 0o600
     manifest.save(facts, fp, str(root), manifest.Kept())  # a generation's manifest is written once

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from . import batch, boot
 from .config import BUILTIN
@@ -108,9 +108,6 @@ class Request:
         (a given --mac is one VM's: a batch's VMs get their stable ones)."""
         mac = self.mac if len(self.hostnames) == 1 else ""
         return self.hostnames[index], tuple(batch.shifted(list(self.ips), index)), mac
-
-    def only(self, hostname: str) -> Request:
-        return replace(self, hostnames=(hostname,))
 
 
 def _flag(value) -> bool:

@@ -95,16 +95,17 @@ def deploy_one(plan: Plan, image: Image, kernel, settings, rep: Reporter, hs: He
     def check() -> None:
         preflight(plan, settings, need_mib)  # again, now that no one else can race us
 
-    return _one(plan, image, kernel, settings, rep, f"{plan.hostname}.log", check, hs=hs, confirm=confirm, guard=guard)
+    return _one(plan, image, kernel, settings, rep, f"{plan.hostname}.log", check, announce=True, hs=hs,
+                confirm=confirm, guard=guard)
 
 
-def _one(plan, image, kernel, settings, rep, log_name, check=None, **kw) -> VmRecord:
-    """Lock, check, log, make: the same for every front end."""
+def _one(plan, image, kernel, settings, rep, log_name, check=None, announce=False, **kw) -> VmRecord:
+    """Lock, check, log, make: the same for every front end (``announce``: the plan said first)."""
     with journal.lock(settings.paths["lock_dir"], plan.hostname):
         if check:
             check()
         rep.open_log(os.path.join(settings.paths["log_dir"], log_name))
-        if check:
+        if announce:
             rep.say(describe(plan) + "\n")
         return deploy.execute(plan, image, kernel, settings, rep, **kw)
 

@@ -104,9 +104,10 @@ class Guest:
         """Guest paths of the entries of ``gdir`` whose name matches ``pattern``."""
         return [f"{gdir.rstrip('/')}/{n}" for n in self.listdir(gdir) if fnmatch.fnmatch(n, pattern)]
 
-    # -- changes (each host path written, made or removed is passed to _wrote) -----------
+    # -- changes ----------------------------------------------------------------------
     def _wrote(self, host: str) -> None:
-        pass
+        """Told each host path written, made, linked or removed (RecordingGuest keeps them)."""
+
     def makedirs(self, gpath: str, mode: int = 0o755) -> str:
         """Create a guest directory; links on the way resolve inside the guest, and the
         missing rest cannot be a link (it does not exist yet)."""

@@ -6,6 +6,8 @@ import os
 import stat
 from dataclasses import replace
 
+import pytest
+
 from si_xen import boot
 from si_xen.fixups import run_all
 from si_xen.guestfs import Guest, RecordingGuest
@@ -16,6 +18,14 @@ from tests.unit.fixups.trees import TREES, entry_facts, unrecorded
 
 def quiet(_msg):
     pass
+
+
+@pytest.mark.parametrize("name", sorted(TREES))
+def test_a_bootloaders_writes_are_recorded_too(tree, name):
+    root = tree(name)
+    before = entry_facts(root)
+    ran = run_all(root, replace(STATIC, pygrub=True), log=quiet)
+    assert unrecorded(before, entry_facts(root), set().union(*(r.touched for r in ran))) == set()
 
 
 def test_a_supplied_kernels_modules_are_one_tree(tree, tmp_path):

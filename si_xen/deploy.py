@@ -176,12 +176,13 @@ def _record(c: Context) -> None:
 
 
 def _request(c: Context) -> dict:
-    """This VM's part of the request (a batch's: its name, addresses and MAC), as JSON data."""
+    """This VM's part of the request (a batch's: its name, addresses and MAC; the image as
+    found, cluster.txt's too), as JSON data."""
     r = c.request
     if r is None:
         return {}
     _, ips, _ = r.for_host(r.hostnames.index(c.plan.hostname) if c.plan.hostname in r.hostnames else 0)
-    return replace(r, hostnames=(c.plan.hostname,), ips=ips, mac=c.plan.net.mac).to_json()
+    return replace(r, hostnames=(c.plan.hostname,), image=c.plan.image_name, ips=ips, mac=c.plan.net.mac).to_json()
 
 
 def _start(c: Context) -> None:

@@ -124,11 +124,12 @@ def test_confirm_keeps_a_vm_only_when_the_new_walk_agrees(tmp_path, image):
 
 def test_a_batch_vm_records_its_own_part_of_the_request(tmp_path):
     req = Request.from_options(opts(tmp_path, hostname="web[01-03]", ip="10.0.0.5", netmask="255.255.255.0", dhcp=None))
-    c = SimpleNamespace(request=req, plan=SimpleNamespace(hostname="web02", net=SimpleNamespace(mac="00:16:3e:aa:bb:cc")))
+    c = SimpleNamespace(request=req, plan=SimpleNamespace(hostname="web02", image_name="deb",
+                                                          net=SimpleNamespace(mac="00:16:3e:aa:bb:cc")))
     d = deploy._request(c)
     assert (d["hostnames"], d["ips"], d["mac"], d["netmask"]) == (["web02"], ["10.0.0.6"], "00:16:3e:aa:bb:cc",
                                                                   "255.255.255.0")
-    assert Request.from_json(d).hostnames == ("web02",)
+    assert Request.from_json(d).hostnames == ("web02",) and d["image"] == "deb"
     assert deploy._request(SimpleNamespace(request=None)) == {}
 
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import atomic, bases, boot, domain, journal, populate, proc, sshdconfig, toolstack
 from .errors import Fatal
-from .guestfs import Guest
+from .guestfs import Guest, RecordingGuest
 from .headstart import Headstart
 from .image import Image, survey
 from .image.survey import ImageChanged
@@ -61,6 +61,10 @@ class Context:
     fingerprints: list[str] = field(default_factory=list)
     autostart: str | None = None
     record: VmRecord | None = None
+    request: object = None  # the Request the VM came from (request.Request), recorded for an update or a rebuild
+    source: dict = field(default_factory=dict)  # where the image came from: server, ssh_user, overrides
+    owned: dict[str, tuple[str, ...]] = field(default_factory=dict)  # fixup or "boot" -> guest paths it wrote
+    owned_facts: dict[str, list | None] = field(default_factory=dict)  # their lstat facts, as unmounted
     t0: float = field(default_factory=time.monotonic)
 
 
@@ -113,12 +117,13 @@ def _fixups(c: Context) -> None:
 
     with c.rep.step("Running hooks"):
         spec = spec_from_plan(c.plan, c.hs.keys_dir())
-        run_all(c.root, spec, only=c.plan.fixups_only or None, skip=c.plan.fixups_skip or None, log=c.rep.fixup_line,
-                osinfo=c.image.os)  # said once, before the copy
+        ran = run_all(c.root, spec, only=c.plan.fixups_only or None, skip=c.plan.fixups_skip or None,
+                      log=c.rep.fixup_line, osinfo=c.image.os)  # said once, before the copy
+    c.owned.update((r[0], r.touched) for r in ran if r.touched)
 
 
 def _boot(c: Context) -> None:
-    plan, guest = c.plan, Guest(c.root)
+    plan, guest = c.plan, RecordingGuest(c.root)  # grub.cfg and its kept original are the VM's "boot" paths
     if plan.boot == "direct" and not plan.kernel:
         shared = next(iter(sorted(c.bases.values())), None) if c.backend.kind == "dir" else None
         c.kernel_path, c.ramdisk = boot.copy_out(guest, c.kernel, boot_dir(plan, c.settings.paths["state_dir"]),
@@ -129,9 +134,13 @@ def _boot(c: Context) -> None:
         separate_boot = any(d.mountpoint == "/boot" for d in plan.disks)
         boot.write_grub_cfg(guest, c.kernel, plan.root.vdev, separate_boot, f"{c.image.os.pretty} (si-xen)")
     c.fingerprints = sshdconfig.fingerprints(guest)
+    if guest.touched:
+        c.owned["boot"] = tuple(sorted(guest.touched))
 
 
 def _unmount(c: Context) -> None:
+    guest = Guest(c.root)  # what si-xen wrote, as it leaves it: the start of the VM's drift (~50 lstats, < 1 ms)
+    c.owned_facts = {p: guest.facts(p) for paths in c.owned.values() for p in paths}
     with c.rep.step("Unmounting and syncing"):
         try:
             unmount(c.mounts)
@@ -161,8 +170,19 @@ def _confirm(c: Context) -> None:
 
 
 def _record(c: Context) -> None:
-    c.record = VmRecord.built(c.plan, c.image, c.autostart, c.fingerprints, c.bases.values(), time.monotonic() - c.t0)
+    c.record = VmRecord.built(c.plan, c.image, c.autostart, c.fingerprints, c.bases.values(), time.monotonic() - c.t0,
+                              request=_request(c), source=c.source, owned=c.owned, owned_facts=c.owned_facts)
     c.journal.finish(c.record)
+
+
+def _request(c: Context) -> dict:
+    """This VM's part of the request (a batch's: its name, addresses and MAC; the image as
+    found, cluster.txt's too), as JSON data."""
+    r = c.request
+    if r is None:
+        return {}
+    _, ips, _ = r.for_host(r.hostnames.index(c.plan.hostname) if c.plan.hostname in r.hostnames else 0)
+    return replace(r, hostnames=(c.plan.hostname,), image=c.plan.image_name, ips=ips, mac=c.plan.net.mac).to_json()
 
 
 def _start(c: Context) -> None:
@@ -208,17 +228,18 @@ INSTALL_STEPS = tuple(s for s in STEPS if s.name not in ("bases", "config", "aut
 
 
 def execute(plan: Plan, image: Image, kernel, settings, rep: Reporter, hs: Headstart | None = None, steps=None,
-            confirm=None, guard: Guard | None = None) -> VmRecord | None:
+            confirm=None, guard: Guard | None = None, request=None, source: dict | None = None) -> VmRecord | None:
     """Make the VM; return its record. ``hs``: the work begun for it (keys, a warm-up);
     ``steps``: STEPS or INSTALL_STEPS; ``confirm``: see _confirm; ``guard``: the caller's, to
-    learn whether a signal came after the domain was made (``guard.got``)."""
+    learn whether a signal came after the domain was made (``guard.got``); ``request`` (the
+    Request) and ``source`` (server, ssh_user, overrides): recorded, for an update or a rebuild."""
     steps, state_dir = steps or STEPS, settings.paths["state_dir"]
     old = journal.load(state_dir, plan.hostname)
     if old is not None:  # --force (preflight refused otherwise): the old VM goes first
         journal.remove(old)
     c = Context(plan, image, kernel, settings, rep, journal.Journal(state_dir, plan.hostname, VmRecord.begun(plan)),
                 hs or Headstart(state_dir), confirm, guard=guard or Guard(),
-                backend=backend_for(plan, settings.paths["lock_dir"]))
+                backend=backend_for(plan, settings.paths["lock_dir"]), request=request, source=source or {})
     c.one_pass = not plan.clone and populate.one_pass_ok(image.path, plan.disks)
     c.hs.beside_steps(not (plan.clone and bases.ready(plan, c.backend)), settings.paths["template_dir"],
                       any(s.name == "config" for s in steps))

@@ -85,6 +85,15 @@ class Guest:
         with open(fd, encoding="utf-8", errors="surrogateescape") as f:
             return f.read() if stat.S_ISREG(os.fstat(fd).st_mode) else default
 
+    def facts(self, gpath: str) -> list[int] | None:
+        """[mode, uid, gid, size, mtime_ns] of the entry itself (a link: the link), None if absent;
+        a trailing / (a tree's prefix) names its directory."""
+        try:
+            st = os.lstat(self.path(gpath.rstrip("/") or "/", follow=False))
+        except (FileNotFoundError, NotADirectoryError, GuestPathError):
+            return None
+        return [st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns]
+
     def listdir(self, gpath: str) -> list[str]:
         try:
             return sorted(os.listdir(self.path(gpath)))
@@ -96,12 +105,21 @@ class Guest:
         return [f"{gdir.rstrip('/')}/{n}" for n in self.listdir(gdir) if fnmatch.fnmatch(n, pattern)]
 
     # -- changes ----------------------------------------------------------------------
+    def _wrote(self, host: str) -> None:
+        """Told each host path written, made, linked or removed (RecordingGuest keeps them)."""
+
     def makedirs(self, gpath: str, mode: int = 0o755) -> str:
         """Create a guest directory; links on the way resolve inside the guest, and the
         missing rest cannot be a link (it does not exist yet)."""
         host = self.path(gpath)
         if not os.path.isdir(host):
+            made, d = [], host
+            while not os.path.isdir(d):
+                made.append(d)
+                d = os.path.dirname(d)
             os.makedirs(host, mode, exist_ok=True)
+            for m in made:
+                self._wrote(m)
         return host
 
     def write_text(self, gpath: str, text: str, mode: int | None = None) -> bool:
@@ -112,17 +130,20 @@ class Guest:
         if os.path.isfile(host):
             with open(host, encoding="utf-8", errors="surrogateescape") as f:
                 if f.read() == text and (mode is None or stat.S_IMODE(os.stat(host).st_mode) == mode):
+                    self._wrote(host)  # the caller's file all the same
                     return False
             if mode is None:
                 mode = stat.S_IMODE(os.stat(host).st_mode)
         d = self.makedirs(os.path.dirname(gpath) or "/")
         host = os.path.join(d, os.path.basename(host))
         atomic.write(host, text.encode("utf-8", "surrogateescape"), 0o644 if mode is None else mode)
+        self._wrote(host)
         return True
 
     def unlink(self, gpath: str) -> bool:
         """Remove a file or link (never what a link points to); False if absent."""
         host = self.path(gpath, follow=False)
+        self._wrote(host)  # absent or not: the caller's path
         if os.path.lexists(host) and not os.path.isdir(host) or os.path.islink(host):
             os.unlink(host)
             return True
@@ -132,10 +153,29 @@ class Guest:
         """Make ``gpath`` a link to ``target`` (a guest-side value, never resolved here)."""
         host = self.path(gpath, follow=False)
         if os.path.islink(host) and os.readlink(host) == target:
+            self._wrote(host)
             return False
         self.makedirs(os.path.dirname(gpath) or "/")
         host = self.path(gpath, follow=False)
         if os.path.lexists(host):
             os.unlink(host)
         os.symlink(target, host)
+        self._wrote(host)
         return True
+
+
+class RecordingGuest(Guest):
+    """A Guest that records in ``touched`` each guest path it writes, makes, links or removes
+    (asked to remove), where the write lands (``/etc/hosts``; links on the way resolved); a
+    tree written by other means is recorded by ``own`` as a prefix (``/lib/modules/6.1.0/``)."""
+
+    def __init__(self, root: str):
+        super().__init__(root)
+        self.touched: set[str] = set()
+
+    def _wrote(self, host: str, tree: bool = False) -> None:
+        rel = host[len(self.root.rstrip("/")):]  # path() joins onto root: "", or "/etc/hosts"
+        self.touched.add(f"{rel}/" if tree or not rel else rel)
+
+    def own(self, gpath: str) -> None:
+        self._wrote(self.path(gpath, follow=False), tree=True)

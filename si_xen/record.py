@@ -60,6 +60,11 @@ class VmRecord:
     started: str = ""
     step: str = ""
     made: tuple[str, ...] = ()
+    # what an update, a drift report or a rebuild needs (empty: made by si-xen < 0.2)
+    request: dict = field(default_factory=dict)  # the VM's Request (Request.to_json)
+    source: dict = field(default_factory=dict)  # server, ssh_user, overrides: where the image came from
+    owned: dict[str, tuple[str, ...]] = field(default_factory=dict)  # fixup (or "boot") -> guest paths it wrote
+    owned_facts: dict[str, list | None] = field(default_factory=dict)  # path -> mode uid gid size mtime_ns; None: absent
     extra: dict = field(default_factory=dict, compare=False)
 
     @property
@@ -74,7 +79,9 @@ class VmRecord:
                    started=stamp())
 
     @classmethod
-    def built(cls, plan, image, autostart: str | None, fingerprints: list[str], bases, seconds: float) -> VmRecord:
+    def built(cls, plan, image, autostart: str | None, fingerprints: list[str], bases, seconds: float,
+              **recorded) -> VmRecord:
+        """The VM as made; ``recorded``: its request, source, owned and owned_facts."""
         return cls(
             plan.hostname, plan.image_name, image_path=plan.image_path, image_time=image.meta.retrieval_time,
             image_fingerprint=plan.fingerprint, guest=image.os.pretty, created=stamp(), config=plan.cfg_path,
@@ -82,7 +89,8 @@ class VmRecord:
             thin_pool=plan.thin_pool, disks=tuple(DiskRecord(d.vdev, d.mountpoint, d.fs, human(d.size_mib), d.target)
                                                   for d in plan.disks),
             bases=tuple(sorted(bases)), boot=plan.boot, type=plan.type, mac=plan.net.mac, ips=plan.net.ips,
-            memory=plan.memory, ssh_fingerprints=tuple(fingerprints), version=__version__, seconds=round(seconds, 2))
+            memory=plan.memory, ssh_fingerprints=tuple(fingerprints), version=__version__, seconds=round(seconds, 2),
+            **recorded)
 
     def unfinished(self, step: str, made: list[str]) -> VmRecord:
         """An unfinished deploy as listed: where it stopped and what it made (no disks yet to show)."""
@@ -94,6 +102,7 @@ class VmRecord:
         d["ips"] = list(self.ips) or ["dhcp"]
         for k in ("bases", "ssh_fingerprints", "made"):
             d[k] = list(d[k])
+        d["owned"] = {k: list(v) for k, v in self.owned.items()}
         return {**self.extra, **d}
 
     @classmethod
@@ -104,4 +113,5 @@ class VmRecord:
         kw["ips"] = tuple(ip for ip in d.get("ips") or () if ip != "dhcp")
         for k in ("bases", "ssh_fingerprints", "made"):
             kw[k] = tuple(d.get(k) or ())
+        kw["owned"] = {k: tuple(v) for k, v in (d.get("owned") or {}).items()}
         return cls(**kw, extra={k: v for k, v in d.items() if k not in known})

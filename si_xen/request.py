@@ -8,9 +8,10 @@ needs the image (disk sizes) or the host (a VM's addresses) is checked by the pl
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from . import batch, boot
 from .config import BUILTIN
@@ -21,6 +22,9 @@ from .validate import CLI, Source, check_hostname
 
 LAYOUTS = ("default", "image")
 FLAGS = ("dhcp", "noswap", "start", "console", "autostart", "force", "full_copy", "dry_run")
+_AS_OPTIONS = ("image", "memory", "maxmem", "vcpus", "fs", "type", "boot", "layout", "size", "size_given", "swap",
+               "noswap", "dhcp", "netmask", "gateway", "broadcast", "mac", "bridge", "output", "extension", "kernel",
+               "initrd")  # fields whose option has their name and takes their value
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,32 @@ class Request:
             force=flag["force"], dry_run=flag["dry_run"],
             fixups_only=_names(o.get("fixups")), fixups_skip=_names(o.get("skip_fixups")),
         )
+
+    def to_json(self) -> dict:
+        """As JSON data, for the VM's record: all the admin asked, minus how the front end
+        names its settings and this run's --force and --dry-run."""
+        d = asdict(self)
+        for k in ("said", "force", "dry_run"):
+            del d[k]
+        return json.loads(json.dumps(d))  # tuples as lists, as the journal reads them back
+
+    @classmethod
+    def from_json(cls, d: Mapping) -> Request:
+        """A recorded request, validated again as si_mkxenvm's options are (a value no longer
+        valid, a --kernel gone: one FATAL naming the option); a key it lacks takes its default."""
+        st, given = d.get("storage") or {}, (d.get("storage") or {}).get("kind") == "given"
+        root = st.get("root") or None
+        o = {k: d.get(k) for k in _AS_OPTIONS} | dict(d.get("activation") or {}) | {
+            "hostname": ",".join(d.get("hostnames") or ()), "ip": tuple(d.get("ips") or ()),
+            "nameserver": d.get("nameservers"), "fixups": ",".join(d.get("fixups_only") or ()),
+            "skip_fixups": ",".join(d.get("fixups_skip") or ()), "thin_pool": st.get("pool"),
+            "full_copy": st.get("full_copy"), "lvm": root if st.get("kind") == "lvm" else None,
+            "dir": "/" if given else root if st.get("kind") == "dir" else None}
+        req = cls.from_options(o)
+        if given:  # disks their owner made (Ganeti's), checked by the planner
+            req = replace(req, storage=Storage("given", st.get("root") or "",
+                                               disks=tuple(Disk(**x) for x in st.get("disks") or ())))
+        return req
 
     def for_host(self, index: int) -> tuple[str, tuple[str, ...], str]:
         """The index-th VM's hostname, addresses (consecutive after the first VM's) and MAC

@@ -36,16 +36,17 @@ class Outcome:
 
 
 def make_vms(req: Request, image: Image, settings, rep: Reporter, hs: Headstart, guard: Guard,
-             ask: Callable[[str], bool] = lambda question: True) -> Outcome:
+             ask: Callable[[str], bool] = lambda question: True, source: dict | None = None) -> Outcome:
     """Every VM of ``req``; ``hs``: the work begun at the command's start; ``guard``: the
     caller's, so it learns of a signal that came once a domain was made; ``ask``: whether an
-    existing VM may be overwritten (--force)."""
+    existing VM may be overwritten (--force); ``source``: where the image came from (server,
+    ssh_user, overrides), for each VM's record."""
     facts = None if req.dry_run else os.path.join(settings.paths["state_dir"], "images")
     tree, plans, pending = _ahead(req, image, hs.walk, facts, settings, rep.warn)
     with signals_raise(guard):  # SIGINT, SIGTERM, SIGHUP: Interrupted, until the domain is made
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                return _make(req, image, settings, rep, plans, hs, tree, pending, facts, guard, ask)
+                return _make(req, image, settings, rep, plans, hs, tree, pending, facts, guard, ask, source or {})
             except ImageChanged as e:  # undone already: plan again from the image as it is
                 if attempt == ATTEMPTS:
                     raise Fatal(f"image '{image.name}' changed under each of {ATTEMPTS} deploys ({e.problem}); "
@@ -63,7 +64,7 @@ def install_onto(req: Request, image: Image, settings, rep: Reporter, log_name: 
     plan = planner.make_plan(req, image, tree)
     kernel = planner.check_boot(plan, image, os.path.join(settings.paths["state_dir"], "images"), req.said.memory)
     backend_for(plan).validate(plan.hostname, list(plan.disks), 0, True)
-    return _one(plan, image, kernel, settings, rep, log_name, steps=deploy.INSTALL_STEPS)
+    return _one(plan, image, kernel, settings, rep, log_name, steps=deploy.INSTALL_STEPS, request=req)
 
 
 def preflight(plan: Plan, settings, need_mib: int) -> None:
@@ -90,13 +91,14 @@ def preflight(plan: Plan, settings, need_mib: int) -> None:
 
 
 def deploy_one(plan: Plan, image: Image, kernel, settings, rep: Reporter, hs: Headstart | None = None,
-               need_mib: int = 0, confirm=None, guard: Guard | None = None) -> VmRecord:
-    """One VM of si_mkxenvm, alone or in a batch: checked again under its lock, then made."""
+               need_mib: int = 0, confirm=None, guard: Guard | None = None, **recorded) -> VmRecord:
+    """One VM of si_mkxenvm, alone or in a batch: checked again under its lock, then made;
+    ``recorded``: its request and source (deploy.execute)."""
     def check() -> None:
         preflight(plan, settings, need_mib)  # again, now that no one else can race us
 
     return _one(plan, image, kernel, settings, rep, f"{plan.hostname}.log", check, announce=True, hs=hs,
-                confirm=confirm, guard=guard)
+                confirm=confirm, guard=guard, **recorded)
 
 
 def _one(plan, image, kernel, settings, rep, log_name, check=None, announce=False, **kw) -> VmRecord:
@@ -110,12 +112,12 @@ def _one(plan, image, kernel, settings, rep, log_name, check=None, announce=Fals
         return deploy.execute(plan, image, kernel, settings, rep, **kw)
 
 
-def _worker(plan: Plan, image: Image, kernel, settings) -> VmRecord:
+def _worker(plan: Plan, image: Image, kernel, settings, req: Request | None = None, source: dict | None = None) -> VmRecord:
     """A batch's VM: quietly, with its own log, lock and keys."""
     rep = Reporter(quiet=True)
     hs = Headstart.for_vm(image, plan.hostname, settings.paths["state_dir"])
     try:
-        return deploy_one(plan, image, kernel, settings, rep, hs)
+        return deploy_one(plan, image, kernel, settings, rep, hs, request=req, source=source)
     finally:
         rep.close()
         hs.close()
@@ -144,7 +146,7 @@ def _ahead(req: Request, image: Image, walk, facts_dir, settings, warn):
     return tree, _plans(req, image, tree, warn), None
 
 
-def _make(req, image, settings, rep, plans, hs, tree, pending, facts_dir, guard, ask) -> Outcome:
+def _make(req, image, settings, rep, plans, hs, tree, pending, facts_dir, guard, ask, source) -> Outcome:
     plan = plans[0]
     kernel = planner.check_boot(plan, image, facts_dir, req.said.memory)
     need = 0
@@ -159,14 +161,14 @@ def _make(req, image, settings, rep, plans, hs, tree, pending, facts_dir, guard,
         raise Fatal("not confirmed", "nothing was changed")
     if len(plans) > 1:
         rep.say(f"Deploying {len(plans)} VMs from image '{image.name}'")
-        done, failed = batch.run(plans, _worker, (image, kernel, settings), rep)
+        done, failed = batch.run(plans, _worker, (image, kernel, settings, req, source), rep)
         if done:
             _remember(plan, kernel, facts_dir, image, tree, rep)
         if failed:
             raise Fatal(f"{len(failed)} of {len(plans)} VMs failed: {'; '.join(failed)}",
                         f"see the logs in {settings.paths['log_dir']}")
         return Outcome(plans, done)
-    rec = deploy_one(plan, image, kernel, settings, rep, hs, need, pending, guard)
+    rec = deploy_one(plan, image, kernel, settings, rep, hs, need, pending, guard, request=req, source=source)
     _remember(plan, kernel, facts_dir, image, tree if pending is None else None, rep)  # else the walk remembered
     return Outcome(plans, [rec])
 

@@ -153,7 +153,7 @@ def body(argv) -> int:
         raise Fatal("--console attaches the console of one VM, not of a batch", "use --start, then xl console NAME")
     if not args.dry_run:
         need_root(PROG)
-    image = _image(args, args.image or args.image_pos)
+    image, source = _image(args, args.image or args.image_pos)
     settings = config.load(args.config, image.name)
     # Begun before the options are checked: a bad one costs a walk stopped and keys put back.
     hs = Headstart.start(image, hosts, settings.paths["state_dir"], args.dry_run)
@@ -167,7 +167,7 @@ def body(argv) -> int:
         if not image.os.known:  # said before the long copy: the fixups will do only what any Linux needs
             rep.warn(f"unknown OS in image '{image.name}' ({image.os.pretty}): generic {image.os.init} handling only")
         guard = Guard()
-        out = service.make_vms(req, image, settings, rep, hs, guard, ask=lambda q: confirm(q, args.yes))
+        out = service.make_vms(req, image, settings, rep, hs, guard, ask=lambda q: confirm(q, args.yes), source=source)
         if req.dry_run:
             _dry_run(out.plans)
         elif len(out.plans) == 1:
@@ -181,16 +181,18 @@ def body(argv) -> int:
 
 
 def _image(args, name):
-    """The local image, or the server's through this host's cache (a dry run fills the cache too)."""
+    """The local image, or the server's through this host's cache (a dry run fills the cache too),
+    and where it came from as the VM's record keeps it (server, ssh_user, overrides named)."""
     settings = config.load(args.config, name)
-    server = args.server or settings.options.get("server")
-    overrides = args.override or settings.options.get("override", "").split()
+    o = settings.options
+    said = {"server": args.server or o.get("server") or "", "ssh_user": args.ssh_user or o.get("ssh_user") or "",
+            "overrides": args.override or o.get("override", "").split()}
     from ..image import source
 
     rep = Reporter(quiet=args.quiet, verbose=args.verbose)
     try:
-        return source.select(name, server, overrides, args.ssh_user or settings.options.get("ssh_user"),
-                             args.hostname, settings.paths, rep.say)
+        return source.select(name, said["server"] or None, said["overrides"], said["ssh_user"] or None,
+                             args.hostname, settings.paths, rep.say), said
     finally:
         rep.close()
 

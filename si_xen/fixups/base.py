@@ -3,7 +3,8 @@
 A fixup is a function ``f(ctx)`` registered with :func:`fixup`; its docstring's first line
 is the one-line summary, the rest the help text (``si_xenhooks list``, the man page and
 ``--help`` all read this metadata). Changes go through :class:`Ctx`, which confines them to
-the guest (via :class:`~si_xen.guestfs.Guest`) and records each one for the report.
+the guest (via :class:`~si_xen.guestfs.Guest`) and notes each one for the report; the runner's
+RecordingGuest records the paths themselves (what the VM's record says each fixup owns).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 
 from si_xen.distros import OSInfo
 from si_xen.fixups.spec import GuestSpec
-from si_xen.guestfs import Guest
+from si_xen.guestfs import Guest, RecordingGuest
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,11 @@ class Ctx:
 
     def note(self, msg: str) -> None:
         self.changes.append(msg)
+
+    def own(self, gpath: str) -> None:
+        """A tree the fixup wrote by other means than the guest's methods: all of it is its."""
+        if isinstance(self.guest, RecordingGuest):
+            self.guest.own(gpath)
 
     def warn(self, msg: str) -> None:
         self.log(f"WARNING: {msg}")

@@ -33,6 +33,7 @@ def _copy_modules(ctx: Ctx) -> None:
         ctx.warn(f"kernel: no modules for {ctx.s.kernel} at {src}; the guest boots without them")
         return
     ctx.guest.makedirs("lib/modules")
+    ctx.own(dest)  # before the copy: one cut short is the fixup's too
     shutil.copytree(src, ctx.guest.path(dest), symlinks=True)
     ctx.note(f"copied modules {src} -> /{dest}")
 

@@ -13,7 +13,19 @@ from si_xen.distros import OSInfo, detect
 from si_xen.errors import Fatal
 from si_xen.fixups.base import Ctx, Fixup, ordered
 from si_xen.fixups.spec import GuestSpec
-from si_xen.guestfs import Guest, GuestPathError
+from si_xen.guestfs import GuestPathError, RecordingGuest
+
+
+class Ran(tuple):
+    """One fixup's ``(name, changes)``, the pair callers unpack, and ``touched``: the guest
+    paths it wrote, removed, linked or made (sorted; a trailing / is a whole tree)."""
+
+    touched: tuple[str, ...]
+
+    def __new__(cls, name: str, changes: list[str], touched=()):
+        self = super().__new__(cls, (name, changes))
+        self.touched = tuple(sorted(touched))
+        return self
 
 
 def _names(value) -> set[str]:
@@ -42,20 +54,22 @@ def run_all(
     log: Callable[[str], None] = print,
     xen_tools: bool = False,
     osinfo: OSInfo | None = None,
-) -> list[tuple[str, list[str]]]:
-    """Apply the selected fixups in order; return (name, changes) for each (empty = no-op).
+) -> list[Ran]:
+    """Apply the selected fixups in order; return (name, changes) for each (empty = no-op),
+    with the paths each touched (``Ran.touched``).
 
     ``osinfo``: the guest's OS as the caller already detected (and reported) it."""
     if not os.path.isdir(root):
         raise Fatal(f"guest root {root} is not a directory", "give the mounted guest filesystem")
     chosen = select(only, skip)
-    guest = Guest(root)
+    guest = RecordingGuest(root)
     if osinfo is None:
         osinfo = detect(guest, require=False)
         if not osinfo.known:  # named as the guest sees itself: never the host path of its root
             log(f"WARNING: unknown OS ({osinfo.pretty}): generic {osinfo.init} handling only")
     results = []
     for fx in chosen:
+        guest.touched = set()  # what this fixup touches
         ctx = Ctx(guest, osinfo, spec, log=log, xen_tools=xen_tools)
         try:
             fx.func(ctx)
@@ -64,5 +78,5 @@ def run_all(
             ctx.warn(f"{fx.name}: {e.gpath}: {e.reason}; left alone")  # the guest path, not the mount
         for c in ctx.changes:
             log(f"{fx.name}: {c}")
-        results.append((fx.name, ctx.changes))
+        results.append(Ran(fx.name, ctx.changes, guest.touched))
     return results

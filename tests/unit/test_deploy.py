@@ -120,3 +120,29 @@ def test_confirm_keeps_a_vm_only_when_the_new_walk_agrees(tmp_path, image):
         else:
             with pytest.raises(deploy.ImageChanged, match="image changed since its last walk"):
                 deploy._confirm(c)
+
+
+def test_a_batch_vm_records_its_own_part_of_the_request(tmp_path):
+    req = Request.from_options(opts(tmp_path, hostname="web[01-03]", ip="10.0.0.5", netmask="255.255.255.0", dhcp=None))
+    c = SimpleNamespace(request=req, plan=SimpleNamespace(hostname="web02", image_name="deb",
+                                                          net=SimpleNamespace(mac="00:16:3e:aa:bb:cc")))
+    d = deploy._request(c)
+    assert (d["hostnames"], d["ips"], d["mac"], d["netmask"]) == (["web02"], ["10.0.0.6"], "00:16:3e:aa:bb:cc",
+                                                                  "255.255.255.0")
+    assert Request.from_json(d).hostnames == ("web02",) and d["image"] == "deb"
+    assert deploy._request(SimpleNamespace(request=None)) == {}
+
+
+def test_the_boot_step_and_unmount_record_what_si_xen_wrote(tmp_path, image, monkeypatch):
+    plan = SimpleNamespace(boot="pygrub", kernel=None, disks=(), root=SimpleNamespace(vdev="xvda2"))
+    c = SimpleNamespace(plan=plan, root=image.path, kernel=deploy.boot.find_kernel(image.guest), image=image,
+                        owned={"hostname": ("/etc/hostname", "/var/lib/gone")}, mounts=[], owned_facts={})
+    deploy._boot(c)
+    assert c.owned["boot"] == ("/boot/grub", "/boot/grub/grub.cfg"), "the directory it made too"
+    monkeypatch.setattr(deploy, "unmount", lambda mounts: None)
+    monkeypatch.setattr(deploy, "sync_targets", lambda disks: None)
+    c.rep = SimpleNamespace(step=lambda what: open(os.devnull))  # any context manager
+    deploy._unmount(c)
+    st = os.lstat(os.path.join(image.path, "boot/grub/grub.cfg"))
+    assert c.owned_facts["/boot/grub/grub.cfg"] == [st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns]
+    assert c.owned_facts["/var/lib/gone"] is None and "/etc/hostname" in c.owned_facts

@@ -35,3 +35,17 @@ def test_keys_of_a_newer_si_xen_are_kept_and_written_again():
     assert rec.ips == ("10.0.0.5",) and not rec.dhcp
     assert rec.to_json()["from_the_future"] == {"x": 1} and rec.to_json()["ips"] == ["10.0.0.5"]
     assert VmRecord.from_json(rec.to_json()) == rec
+
+
+def test_what_an_update_needs_round_trips_through_the_journals_json():
+    rec = VmRecord("vm", request={"hostnames": ["vm"], "memory": 512}, source={"server": "s1", "ssh_user": "",
+                   "overrides": ["web"]}, owned={"hostname": ("/etc/hostname", "/etc/hosts"), "kernel": ("/lib/modules/6.1/",)},
+                   owned_facts={"/etc/hosts": [33188, 0, 0, 120, 1733338000123456789], "/var/lib/random-seed": None})
+    d = json.loads(json.dumps(rec.to_json()))
+    assert d["owned"] == {"hostname": ["/etc/hostname", "/etc/hosts"], "kernel": ["/lib/modules/6.1/"]}
+    assert VmRecord.from_json(d) == rec and VmRecord.from_json(d).owned["kernel"] == ("/lib/modules/6.1/",)
+
+
+def test_a_record_of_bf63863_lacks_them_all():
+    rec = VmRecord.from_json(_entry("bfvm.journal", "record"))
+    assert (rec.request, rec.source, rec.owned, rec.owned_facts) == ({}, {}, {}, {})

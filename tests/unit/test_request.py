@@ -1,10 +1,13 @@
 """The Request: what the admin asked, typed; defaults from config.BUILTIN; one FATAL per bad field."""
 
+import json
+from dataclasses import replace
+
 import pytest
 
 from si_xen import config
 from si_xen.errors import Fatal
-from si_xen.plan import Activation
+from si_xen.plan import Activation, Disk
 from si_xen.request import Request, Storage
 
 
@@ -71,3 +74,34 @@ def test_a_batch_takes_consecutive_addresses_and_stable_macs(tmp_path):
 def test_lvm_storage_keeps_the_vg_and_its_thin_pool(tmp_path):
     r = Request.from_options(given(tmp_path, dir=None, lvm="vg0", thin_pool="pool0", full_copy="yes"))
     assert r.storage == Storage("lvm", "vg0", "pool0", full_copy=True)
+
+
+@pytest.mark.parametrize("kw", [
+    {"memory": "1G", "maxmem": "2G", "vcpus": "2", "ip": "10.0.0.5/24 10.0.0.6", "dhcp": "no", "gateway": "10.0.0.1",
+     "nameserver": "10.0.0.1 9.9.9.9", "mac": "00:16:3e:00:00:01", "autostart": "yes", "skip_fixups": "clock,console",
+     "size": "8G", "size_given": True, "swap": "0", "fs": "xfs", "boot": "pvgrub2", "type": "pvh"},
+    {"lvm": "vg0", "thin_pool": "pool", "dir": None, "layout": "image", "noswap": "yes", "fixups": "hostname"},
+    {"full_copy": "yes", "start": "yes", "console": "yes", "toolstack": "xl", "bridge": "br1", "extension": ".xl"},
+])
+def test_a_recorded_request_reads_back_validated_the_same(tmp_path, kw):
+    r = Request.from_options(given(tmp_path, image="deb12", force="yes", dry_run="yes", **kw))
+    d = json.loads(json.dumps(r.to_json()))
+    assert not {"said", "force", "dry_run"} & d.keys()
+    assert Request.from_json(d) == replace(r, force=False, dry_run=False)
+
+
+def test_a_ganeti_request_keeps_its_given_disks(tmp_path):
+    disk = Disk("disk", "/", "ext4", 4096, "defaults", vdev="xvda1", target="/dev/vg/inst.disk0")
+    r = Request(("inst1",), image="deb12", storage=Storage("given", disks=(disk,)), ips=("10.0.0.5/24",), output=str(tmp_path))
+    assert Request.from_json(json.loads(json.dumps(r.to_json()))) == r
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"memory": 32}, "--memory 32M is too small"),
+    ({"kernel": "/nowhere/vmlinuz"}, "kernel /nowhere/vmlinuz not found"),
+    ({"storage": {}}, "no storage given"),
+])
+def test_a_recorded_request_is_validated_again(tmp_path, change, message):
+    d = {**Request.from_options(given(tmp_path)).to_json(), **change}
+    with pytest.raises(Fatal, match=message):
+        Request.from_json(d)

@@ -6,7 +6,7 @@ import pytest
 
 from si_xen.fixups import run_all
 from tests.unit.fixups.conftest import DHCP, STATIC
-from tests.unit.fixups.trees import TREES, snapshot
+from tests.unit.fixups.trees import TREES, entry_facts, snapshot, unrecorded
 
 
 def read(root, path):
@@ -22,8 +22,11 @@ def quiet(_msg):
 @pytest.mark.parametrize("spec", [STATIC, DHCP], ids=["static", "dhcp"])
 def test_idempotent(tree, name, spec):
     root = tree(name)
+    facts = entry_facts(root)
     first = run_all(root, spec, log=quiet)
     assert any(ch for _, ch in first)
+    assert unrecorded(facts, entry_facts(root), set().union(*(r.touched for r in first))) == set(), \
+        "every entry a fixup adds, changes or removes is one it recorded (RecordingGuest)"
     before = snapshot(root)
     second = run_all(root, spec, log=quiet)
     assert [c for c in second if c[1]] == []

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 
 
@@ -220,3 +221,31 @@ def snapshot(root) -> dict:
             else:
                 out[rel] = ("dir", os.stat(p).st_mode)
     return out
+
+
+def entry_facts(root) -> dict[str, tuple]:
+    """Every entry's facts as a drift report compares them (directories: type, mode, owner)."""
+    out = {}
+    for d, dirs, files in os.walk(root):
+        for n in dirs + files:
+            p = os.path.join(d, n)
+            st = os.lstat(p)
+            rel = "/" + os.path.relpath(p, root)
+            if stat.S_ISDIR(st.st_mode):
+                out[rel] = (st.st_mode, st.st_uid, st.st_gid)
+            else:
+                if stat.S_ISLNK(st.st_mode):
+                    body = os.readlink(p).encode()
+                else:
+                    with open(p, "rb") as f:
+                        body = f.read()
+                out[rel] = (st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, st.st_ino, body)
+    return out
+
+
+def unrecorded(before: dict, after: dict, touched) -> set[str]:
+    """The entries added, changed or removed between two entry_facts that ``touched`` (paths,
+    and trees ending in /) does not name."""
+    changed = {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)}
+    trees = tuple(t for t in touched if t.endswith("/"))
+    return {p for p in changed if p not in touched and not (p + "/").startswith(trees)}

@@ -146,6 +146,22 @@ def remembered(cache_dir: str | None, image: str) -> Survey | None:
     return Survey(fingerprint, entries, excluded)
 
 
+def remembered_fingerprints(cache_dir: str) -> set[str]:
+    """The fingerprints of every image's last walk (a deploy under way may not have recorded its VM yet)."""
+    try:
+        names = [n for n in os.listdir(cache_dir) if n.startswith("walk-")]
+    except FileNotFoundError:
+        return set()
+    out = set()
+    for n in names:
+        try:
+            with open(os.path.join(cache_dir, n), "rb") as f:
+                out.add(marshal.loads(f.read())[1])
+        except (OSError, EOFError, ValueError, TypeError, IndexError):
+            continue
+    return out
+
+
 def remember(cache_dir: str | None, image: str, s: Survey) -> None:
     if not cache_dir:
         return

@@ -158,3 +158,20 @@ def test_a_vm_made_by_bf63863_is_listed_and_removed(paths, capsys, fp):
     assert not (paths / "disks").exists() and not (paths / "xen" / "bfvm.cfg").exists()  # its dirs were its own
     assert not (paths / "run" / "si-xen.bfcrash.a35b0e19").exists()
     assert journal.all_states(str(paths / "state")) == []
+
+
+def test_rm_drops_the_manifests_no_vm_is_at_and_keeps_the_others(paths, fp):
+    from si_xen.image import survey
+
+    state = paths / "state"
+    facts = state / "images"
+    facts.mkdir(parents=True)
+    for fpr in ("aaaa", "bbbb", "cccc", "dddd"):
+        (facts / f"manifest-{fpr}").write_bytes(b"x")
+    for name, fpr in (("web1", "aaaa"), ("web2", "bbbb")):
+        j = journal.Journal(str(state), name, VmRecord.from_json({"name": name, "pid": 1}))
+        j.finish(VmRecord.from_json({"name": name, "image": "deb", "image_fingerprint": fpr}))
+        j.close()
+    survey.remember(str(facts), "/images/deb", survey.Survey("cccc", ()))  # a deploy under way walked it
+    assert rmxenvm.body(["--yes", "web2"]) == 0
+    assert sorted(p.name for p in facts.glob("manifest-*")) == ["manifest-aaaa", "manifest-cccc"]

@@ -65,6 +65,8 @@ class VmRecord:
     source: dict = field(default_factory=dict)  # server, ssh_user, overrides: where the image came from
     owned: dict[str, tuple[str, ...]] = field(default_factory=dict)  # fixup (or "boot") -> guest paths it wrote
     owned_facts: dict[str, list | None] = field(default_factory=dict)  # path -> mode uid gid size mtime_ns; None: absent
+    updated: str = ""  # when si_updatexenvm last brought it to its image
+    updates: tuple[dict, ...] = ()  # the last updates: at, from, to, image_time, fetched, deleted, fixups, mode, seconds
     extra: dict = field(default_factory=dict, compare=False)
 
     @property
@@ -100,7 +102,7 @@ class VmRecord:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         d["disks"] = [vars(x).copy() for x in self.disks]
         d["ips"] = list(self.ips) or ["dhcp"]
-        for k in ("bases", "ssh_fingerprints", "made"):
+        for k in ("bases", "ssh_fingerprints", "made", "updates"):
             d[k] = list(d[k])
         d["owned"] = {k: list(v) for k, v in self.owned.items()}
         return {**self.extra, **d}
@@ -111,7 +113,7 @@ class VmRecord:
         kw = {k: v for k, v in d.items() if k in known}
         kw["disks"] = tuple(DiskRecord(**x) for x in d.get("disks") or ())
         kw["ips"] = tuple(ip for ip in d.get("ips") or () if ip != "dhcp")
-        for k in ("bases", "ssh_fingerprints", "made"):
+        for k in ("bases", "ssh_fingerprints", "made", "updates"):
             kw[k] = tuple(d.get(k) or ())
         kw["owned"] = {k: tuple(v) for k, v in (d.get("owned") or {}).items()}
         return cls(**kw, extra={k: v for k, v in d.items() if k not in known})

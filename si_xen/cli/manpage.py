@@ -13,7 +13,7 @@ from .. import PROJECT, __version__
 from ..roff import esc
 from .common import EXIT_STATUS
 
-COMMANDS = ("mkxenvm", "lsxenvm", "rmxenvm")
+COMMANDS = ("mkxenvm", "lsxenvm", "rmxenvm", "updatexenvm")
 
 
 def _opt(action: argparse.Action) -> str:

@@ -1,0 +1,141 @@
+"""si_updatexenvm: si_updateclient for Xen VMs — a VM brought to its image's current generation."""
+
+from __future__ import annotations
+
+import sys
+
+from .. import config, journal, toolstack
+from ..errors import Fatal
+from ..report import Reporter
+from .common import need_root, parser, run_main
+
+PROG = "si_updatexenvm"
+MAN = {
+    "summary": "bring Xen VMs made by si_mkxenvm to their image's current generation",
+    "synopsis": "[--image IMAGE] [--no-delete | --delete-local] [--dry-run] [--restart [--timeout S]] NAME...",
+    "description": (
+        "si_updatexenvm does for a VM what si_updateclient(8) does for a machine SystemImager installed: the\n"
+        "VM's filesystems are brought to the tree si_mkxenvm(8) would deploy now (the image, or --image, with\n"
+        "the overrides and image server the VM was made with). Files the image added or changed are copied,\n"
+        "files the image removed since the VM's generation are deleted (the image pass's --delete), and a\n"
+        "file edited in the VM that the image holds is set back, as si_updateclient does. What the VM has\n"
+        "and the image never had (/home, an application's data) is kept unless --delete-local.\n\n"
+        "The VM's identity is kept: SSH host keys, machine-id, hostname, network configuration, fstab and\n"
+        "leases, whatever the image holds; SystemImager's updateclient.local.exclude (the image's own, else\n"
+        "the VM's) and the VM's network mounts are left alone too. The fixups run again where the update\n"
+        "touched what they wrote or watch (a new kernel, a changed /etc/hosts). The VM's record gets the\n"
+        "new generation (si_lsxenvm --drift shows it).\n\n"
+        "Where the storage can copy on write (a --dir on XFS or btrfs), the update is made on a copy of\n"
+        "each disk that replaces it only when complete: a failure leaves the VM as it was. Elsewhere it is\n"
+        "made in place under the VM's journal: a failure or crash leaves a VM that si_updatexenvm finishes\n"
+        "when run again, or si_rmxenvm(8) removes.\n\n"
+        "A running VM is refused unless --restart: then it is shut down through the toolstack (waiting\n"
+        "--timeout seconds at most, never destroyed: it keeps running if it does not stop), updated and\n"
+        "started again. --dry-run mounts the disks read-only and says what would change."
+    ),
+    "files": "/var/lib/si-xen/vms/*.journal  each VM's journal and record\n"
+             "/var/lib/si-xen/images/manifest-*  each image generation's entries, what an update compares with",
+    "see_also": "si_mkxenvm(8), si_lsxenvm(8), si_rmxenvm(8), si_updateclient(8), si-xen.conf(5)",
+}
+
+
+def build_parser():
+    p = parser(PROG, "Bring Xen VMs made by si_mkxenvm to their image's current generation, keeping their identity.")
+    p.add_argument("names", nargs="+", metavar="NAME", help="VM (hostname) to update")
+    p.add_argument("--image", metavar="IMAGE", help="update to this image instead of the one the VM was made from")
+    p.add_argument("--no-delete", action="store_true", help="delete nothing, not even what the image removed")
+    p.add_argument("--delete-local", action="store_true",
+                   help="also delete what the VM has and the image does not (its own data too)")
+    p.add_argument("--dry-run", "-n", action="store_true", help="say what would change; change nothing")
+    p.add_argument("--restart", action="store_true", help="shut a running VM down first, start it after")
+    p.add_argument("--timeout", type=float, default=120.0, metavar="S",
+                   help="with --restart: seconds the VM has to shut down (default 120)")
+    p.add_argument("--config", help="config file (default /etc/systemimager/xen.conf)")
+    p.add_argument("--quiet", "-q", action="store_true", help="print only warnings and errors")
+    p.add_argument("--verbose", "-v", action="store_true", help="print each command and path")
+    return p
+
+
+def body(argv) -> int:
+    args = build_parser().parse_args(argv)
+    if args.no_delete and args.delete_local:
+        raise Fatal("--no-delete and --delete-local contradict each other", "give one of them")
+    need_root(PROG)
+    from ..update import Options
+
+    opts = Options("none" if args.no_delete else "local" if args.delete_local else "image", args.dry_run,
+                   args.restart, args.timeout)
+    for name in args.names:
+        one(name, args, opts)
+    return 0
+
+
+def one(name: str, args, opts) -> None:
+    from .. import update
+    from ..image import source
+
+    settings = config.load(args.config)
+    state_dir = settings.paths["state_dir"]
+    state = _updatable(journal.load(state_dir, name), name)
+    rec = state.record
+    settings = config.load(args.config, args.image or rec.image)
+    rep = Reporter(quiet=args.quiet, verbose=args.verbose)
+    try:
+        src = rec.source
+        image = source.select(args.image or rec.image, src.get("server") or None, list(src.get("overrides") or ()),
+                              src.get("ssh_user") or None, name, settings.paths, rep.say)
+        running = _running(name)
+        if running and not (opts.restart or opts.dry_run):
+            ts = toolstack.find(rec.toolstack or "auto")
+            raise Fatal(f"VM '{name}' is running", f"add --restart, or {ts.name if ts else 'xl'} shutdown {name} first")
+        with journal.lock(settings.paths["lock_dir"], name):
+            state = _updatable(journal.load(state_dir, name), name)  # again, under the lock
+            if opts.dry_run:
+                if state.update:
+                    rep.warn(f"VM '{name}' has an unfinished update: the figures are those of a part-updated VM")
+                _said(rep, name, update.dry_run(state, image, settings, rep, opts), dry=True)
+                return
+            rep.open_log(f"{settings.paths['log_dir']}/{name}.log")
+            state = update.finish_unfinished(state, settings, rep)
+            new = update.update(state, image, settings, rep, opts, running)
+            last = new.updates[-1]
+            rep.say(f"Updated {name} to {image.name} ({new.image_fingerprint}, {last['mode']}): fetched {last['fetched']}, "
+                    f"deleted {last['deleted']}, kept local {last['kept_local']}; {last['seconds']} s")
+    finally:
+        rep.close()
+
+
+def _updatable(state, name: str):
+    if state is None:
+        raise Fatal(f"no VM '{name}' made by si_mkxenvm", "si_lsxenvm lists the VMs")
+    if not state.complete:
+        raise Fatal(f"VM '{name}' is an unfinished deploy ({state.summary()})", f"si_rmxenvm {name} removes it")
+    return state
+
+
+def _running(name: str) -> bool:
+    ts = toolstack.find()
+    return ts is not None and toolstack.hypervisor_running() and name in ts.domains()
+
+
+def _said(rep, name: str, changes, dry: bool) -> None:
+    from ..image import manifest
+
+    rep.say(f"{name}: would delete {len(changes.delete)}, fetch {len(changes.fetch)} "
+            f"({changes.fetch_bytes >> 20} MiB), keep local {len(changes.kept_local)}; "
+            f"fixups to rerun: {', '.join(changes.rerun) or 'none'}")
+    for what, paths in (("fetch", changes.fetch), ("delete", changes.delete), ("keep", changes.kept_local)):
+        for d, n in manifest.by_dir(paths)[:10]:
+            rep.say(f"  {what:<6} {n:>6}  {d}")
+        for p in paths:
+            rep.detail(f"  {what} {p}")
+    if dry:
+        rep.say("Dry run: nothing was changed.")
+
+
+def main(argv=None) -> int:
+    sys.exit(run_main(PROG, body, argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,318 @@
+"""si_updatexenvm's core: a VM brought to its image's current generation, its identity kept.
+
+    stop → snapshot → mount → plan → delete → transfer → fixups → unmount → swap → record → discard → start
+
+Planned from manifests (image/manifest.py), not by a whole-tree rsync: the generation the VM is
+at, the image as it is now and the VM's own tree give what to delete, fetch and keep
+(updateplan.py), under SystemImager's exclusions and the VM's identity (excludes.py); rsync then
+copies just the listed paths. Where the storage can copy on write, the update is made on a copy
+that replaces the disk only when complete (swap); else in place, under the journal's update
+section, so that a crash leaves a VM the next si_updatexenvm finishes or si_rmxenvm removes.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from . import journal, proc, sshdconfig, toolstack
+from .errors import Fatal
+from .guestfs import Guest
+from .image import manifest, survey
+from .plan import Disk
+from .record import VmRecord, stamp
+from .rollback import Guard, signals_raise
+from .storage import backend as storage_backend
+from .storage.mount import mount_tree, sync_targets, unmount
+
+DELETE = ("image", "none", "local")  # the image pass's --delete, --no-delete, --delete-local
+KEPT_UPDATES = 10  # the record keeps the last updates' summaries
+
+
+@dataclass(frozen=True)
+class Options:
+    delete: str = "image"
+    dry_run: bool = False
+    restart: bool = False
+    timeout: float = 120.0
+
+
+@dataclass
+class Update:
+    """One VM's update: its record, the image it goes to, and what the steps found."""
+
+    state: journal.State
+    image: object  # image.Image: the tree si_mkxenvm would deploy now
+    settings: object
+    rep: object
+    opts: Options
+    journal: journal.Journal | None = None
+    backend: object = None
+    disks: list[Disk] = field(default_factory=list)  # the VM's filesystems, targets as updated (copies or not)
+    copies: dict[str, str] = field(default_factory=dict)  # disk target -> its copy being updated
+    root: str = ""
+    mounts: list = field(default_factory=list)
+    survey: object = None  # the image's walk now
+    changes: object = None  # updateplan.Changes
+    ran: list = field(default_factory=list)
+    owned: dict = field(default_factory=dict)
+    owned_facts: dict = field(default_factory=dict)
+    fingerprints: list[str] = field(default_factory=list)
+    was_running: bool = False
+    record: VmRecord | None = None
+    t0: float = field(default_factory=time.monotonic)
+
+    @property
+    def rec(self) -> VmRecord:
+        return self.state.record
+
+    @property
+    def facts_dir(self) -> str:
+        return os.path.join(self.settings.paths["state_dir"], "images")
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    run: Callable[[Update], None]
+    when: Callable[[Update], bool] = lambda u: True
+
+
+def _stop(u: Update) -> None:
+    ts = toolstack.require_running(u.rec.toolstack or "auto")
+    u.rep.say(f"Shutting {u.rec.name} down ({ts.name} shutdown, {u.opts.timeout:.0f} s at most)")
+    if not ts.stop(u.rec.name, u.opts.timeout):
+        raise Fatal(f"VM '{u.rec.name}' did not shut down within {u.opts.timeout:.0f} s; nothing was changed (it keeps running)",
+                    f"shut it down from inside, or give a longer --timeout, then run si_updatexenvm {u.rec.name} again")
+
+
+def _snapshot(u: Update) -> None:
+    snap = getattr(u.backend, "snapshot", None)
+    copies = {d.target: snap(d.target, u.journal) for d in u.disks} if snap else {}
+    if copies and all(copies.values()):
+        u.copies = copies
+        u.disks = [replace(d, target=copies[d.target]) for d in u.disks]
+    else:  # one disk that cannot be copied: the whole VM in place (its disks must stay one generation)
+        for path in filter(None, copies.values()):
+            os.unlink(path)
+    u.rep.detail(f"updating {'a copy of each disk' if u.copies else 'in place'}")
+
+
+def _mount(u: Update) -> None:
+    u.root, u.mounts = mount_tree(u.disks, u.backend, u.journal, u.rec.name)
+
+
+def _plan(u: Update) -> None:
+    from . import excludes, updateplan
+    from .fixups import runner
+
+    old = manifest.load(u.facts_dir, u.rec.image_fingerprint)
+    new = manifest.load(u.facts_dir, u.survey.fingerprint) or survey.manifest_of(u.image.path)
+    vm = survey.manifest_of(u.root)
+    rules = excludes.rules_for(u.root, u.image.path, u.image.os, bool(u.rec.request.get("nameservers")))
+    chosen = runner.select(u.rec.request.get("fixups_only") or None, u.rec.request.get("fixups_skip") or None)
+    u.changes = updateplan.plan_update(old, new, vm, rules.classify, u.rec.owned,
+                                       {f.name: f.watching for f in chosen}, [f.name for f in chosen], u.opts.delete)
+    if old is None:
+        u.rep.warn(f"VM '{u.rec.name}' has no manifest of the generation it was made from (made by an older si-xen): "
+                   "files the image removed since are kept; --delete-local removes whatever the image lacks")
+    _room(u, updateplan.free_needed(u.changes, new, vm))
+
+
+def _room(u: Update, need: int) -> None:
+    st = os.statvfs(u.root)
+    free = st.f_bavail * st.f_frsize
+    if need > free:
+        raise Fatal(f"{u.rec.name}'s / needs {(need - free) >> 20} MiB more for this update (has {free >> 20} MiB free)",
+                    "grow the VM's disk or free space in it, then run si_updatexenvm again")
+
+
+def _delete(u: Update) -> None:
+    guest = Guest(u.root)
+    for p in u.changes.delete:  # deepest first: a directory is empty when its turn comes
+        host = guest.path(p.lstrip("/"), follow=False)
+        if os.path.isdir(host) and not os.path.islink(host):
+            os.rmdir(host)
+        else:
+            os.unlink(host)
+
+
+def _transfer(u: Update) -> None:
+    from . import updateplan
+
+    if not u.changes.fetch:
+        return
+    with tempfile.NamedTemporaryFile(prefix="si-xen-update.", dir="/run" if os.path.isdir("/run") else None) as f:
+        f.write(updateplan.files_from(u.changes.fetch))
+        f.flush()
+        with u.rep.step(f"Copying {len(u.changes.fetch)} entries from {u.image.path}"):
+            proc.run(updateplan.rsync_argv(u.image.path, u.root, f.name))
+
+
+def _fixups(u: Update) -> None:
+    from .fixups import run_all
+    from .fixups.spec import spec_from_record
+
+    with u.rep.step(f"Running hooks again: {', '.join(u.changes.rerun)}"):
+        u.ran = run_all(u.root, spec_from_record(u.rec), only=u.changes.rerun, log=u.rep.fixup_line, osinfo=u.image.os)
+    u.owned = dict(u.rec.owned)
+    u.owned.update((r[0], tuple(sorted(set(u.owned.get(r[0], ())) | set(r.touched)))) for r in u.ran if r.touched)
+    u.fingerprints = sshdconfig.fingerprints(Guest(u.root))
+
+
+def _unmount(u: Update) -> None:
+    guest = Guest(u.root)
+    u.owned_facts = {p: guest.facts(p) for paths in u.owned.values() for p in paths}
+    with u.rep.step("Unmounting and syncing"):
+        try:
+            unmount(u.mounts)
+        except (OSError, proc.ProcError) as e:
+            raise Fatal(f"could not unmount the VM's filesystems: {e}", f"check with findmnt, then si_updatexenvm {u.rec.name}") from None
+        sync_targets(u.disks)
+
+
+def _swap(u: Update) -> None:
+    for target, copy in u.copies.items():
+        u.backend.swap(target, copy, u.journal)
+
+
+def _record(u: Update) -> None:
+    c, rec = u.changes, u.rec
+    summary = {"at": stamp(), "from": rec.image_fingerprint, "to": u.survey.fingerprint, "image_time": u.image.meta.retrieval_time,
+               "fetched": len(c.fetch), "deleted": len(c.delete), "kept_local": len(c.kept_local), "fixups": list(c.rerun),
+               "mode": "copy" if u.copies else "in place", "seconds": round(time.monotonic() - u.t0, 2)}
+    u.record = replace(rec, image_path=u.image.path, image_time=u.image.meta.retrieval_time,
+                       image_fingerprint=u.survey.fingerprint, owned=u.owned, owned_facts=u.owned_facts,
+                       ssh_fingerprints=tuple(u.fingerprints) or rec.ssh_fingerprints, updated=summary["at"],
+                       updates=(*rec.updates, summary)[-KEPT_UPDATES:])
+    journal.rewrite(u.settings.paths["state_dir"], rec.name, u.state.begin, u.state.things, u.record)
+
+
+def _discard(u: Update) -> None:
+    from .cli.rmxenvm import prune_manifests
+
+    for target in u.copies:  # the swap kept the old disk beside the new one until the record said so
+        for old in (f"{target}.si-old",):
+            if os.path.exists(old):
+                os.unlink(old)
+    prune_manifests(u.settings.paths["state_dir"])
+
+
+def _start(u: Update) -> None:
+    ts = toolstack.require_running(u.rec.toolstack or "auto")
+    u.rep.say(f"Starting {u.rec.name} with {ts.name} create")
+    ts.create(u.rec.config, lambda: None)
+
+
+STEPS = (
+    Step("stop", _stop, lambda u: u.was_running),
+    Step("snapshot", _snapshot),
+    Step("mount", _mount),
+    Step("plan", _plan),
+    Step("delete", _delete, lambda u: bool(u.changes.delete)),
+    Step("transfer", _transfer, lambda u: bool(u.changes.fetch)),
+    Step("fixups", _fixups),
+    Step("unmount", _unmount),
+    Step("swap", _swap, lambda u: bool(u.copies)),
+    Step("record", _record),
+    Step("discard", _discard),
+    Step("start", _start, lambda u: u.was_running),
+)
+
+
+def disks_of(rec: VmRecord) -> list[Disk]:
+    return [Disk(d.mountpoint.strip("/").replace("/", "-") or "disk", d.mountpoint, d.fs, 0, "", d.vdev, d.target)
+            for d in rec.disks if d.mountpoint]
+
+
+def finish_unfinished(state: journal.State, settings, rep) -> journal.State:
+    """An update killed before it recorded: its mounts and copies undone (a swap begun is finished
+    by its own undo), the journal back to the VM's record. A VM updated in place is then part-way
+    between two generations: the update that follows compares it with its record's generation as
+    always, and brings it to the image's current one."""
+    if not state.update:
+        return state
+    rep.warn(f"VM '{state.name}': an earlier update (pid {state.update.get('pid', '?')}) did not finish; finishing it")
+    failed = journal.undo(state.update_things)
+    if failed:
+        raise Fatal(f"could not undo the unfinished update of VM '{state.name}': {'; '.join(failed)}",
+                    f"fix that (findmnt, losetup -a), then run si_updatexenvm {state.name} again")
+    journal.rewrite(settings.paths["state_dir"], state.name, state.begin, state.things, state.record)
+    return journal.load(settings.paths["state_dir"], state.name)
+
+
+def update(state: journal.State, image, settings, rep, opts: Options, running: bool) -> VmRecord:
+    """Bring the VM (its complete journal ``state``) to ``image``; return its new record."""
+    rec = state.record
+    u = Update(state, image, settings, rep, opts, was_running=running)
+    u.backend = storage_backend(rec.storage, rec.storage_root, rec.thin_pool, settings.paths["lock_dir"])
+    u.disks = disks_of(rec)
+    u.survey = survey.survey(image.path, u.facts_dir)
+    u.journal = journal.Journal.resume(settings.paths["state_dir"], rec.name,
+                                       {"from": rec.image_fingerprint, "to": u.survey.fingerprint, "pid": os.getpid(),
+                                        "started": stamp(), "delete": opts.delete})
+    guard, step = Guard(), STEPS[0]
+    try:
+        with signals_raise(guard):
+            for step in STEPS:
+                if step.when(u):
+                    u.journal.step(step.name)
+                    rep.detail(f"-- step {step.name}")
+                    step.run(u)
+    except BaseException as e:
+        err = _failed(u, step, e)
+        if err is e:
+            raise
+        raise err from e
+    finally:
+        u.journal.close()
+    return u.record
+
+
+# Once the VM's own tree is changed in place, an undo cannot give it back: the update is finished
+# (by the next si_updatexenvm) instead. Before that, or on a copy, undoing loses nothing.
+IN_PLACE_POINT = "delete"
+
+
+def _failed(u: Update, step: Step, e: BaseException) -> BaseException:
+    """The error to raise, once what can be undone is: a copy dropped, the VM as it was; in place
+    and begun, the update section kept (si_lsxenvm says so; the next si_updatexenvm finishes it)."""
+    u.rep.end_progress()
+    u.rep.detail(f"step '{step.name}' failed: {e!r}")
+    name, steps = u.rec.name, u.journal.state.update_steps
+    what = e.problem if isinstance(e, Fatal) else f"step '{step.name}' failed: {e}"
+    if (not u.copies and IN_PLACE_POINT in steps) or "swap" in steps:
+        try:
+            unmount(u.mounts)
+        except (OSError, proc.ProcError) as err:
+            u.rep.warn(f"could not unmount {u.root}: {err}")
+        return Fatal(f"{what}; VM '{name}' is part-updated",
+                     f"fix that, then run si_updatexenvm {name} again to finish (or si_rmxenvm {name})")
+    failed = journal.undo(u.journal.state.update_things)
+    for thing in failed:
+        u.rep.warn(f"could not undo: {thing}")
+    if not failed:
+        journal.rewrite(u.settings.paths["state_dir"], name, u.state.begin, u.state.things, u.rec)
+    if isinstance(e, Fatal) and not isinstance(e, KeyboardInterrupt):
+        return Fatal(f"{e.problem}; VM '{name}' was not changed", e.fix)
+    return e if not isinstance(e, (OSError, proc.ProcError)) else Fatal(f"{what}; VM '{name}' was not changed",
+                                                                        "the log has every command and its output")
+
+
+def dry_run(state: journal.State, image, settings, rep, opts: Options) -> object:
+    """What an update would do, read from the VM's disks mounted read-only: nothing is written."""
+    from .storage.mount import mount_tree_ro
+
+    rec = state.record
+    u = Update(state, image, settings, rep, opts)
+    u.backend = storage_backend(rec.storage, rec.storage_root, rec.thin_pool, settings.paths["lock_dir"])
+    u.disks = disks_of(rec)
+    u.survey = survey.survey(image.path)  # no manifest saved either
+    with tempfile.TemporaryDirectory(prefix=f"si-xen.{rec.name}.", dir="/run" if os.path.isdir("/run") else None) as top:
+        with mount_tree_ro(u.disks, u.backend, top):
+            u.root = top
+            _plan(u)
+    return u.changes

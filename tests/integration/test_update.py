@@ -1,0 +1,168 @@
+"""si_updatexenvm on real disks: a VM made, its image changed and its tree edited, then updated
+(copy on write on XFS, in place on ext4), killed at each step, dry-run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from contextlib import contextmanager
+
+import pytest
+
+from tests.unit import fakeimage
+
+from .harness import debugfs_cat, host_state, make_env
+
+pytestmark = pytest.mark.integration
+OPTS = ["--memory", "512M", "--size", "512M", "--noswap", "--ip", "192.0.2.10", "--netmask", "255.255.255.0",
+        "--gateway", "192.0.2.1"]
+IDENTITY = ("/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/ssh_host_rsa_key.pub", "/etc/machine-id", "/etc/hostname",
+            "/etc/network/interfaces", "/etc/fstab")
+
+
+@contextmanager
+def mounted(disk: str, where):
+    os.makedirs(where, exist_ok=True)
+    subprocess.run(["mount", "-o", "loop", disk, str(where)], check=True)
+    try:
+        yield str(where)
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+def write(root, path: str, text: str) -> None:
+    p = os.path.join(str(root), path.lstrip("/"))
+    os.makedirs(os.path.dirname(p), exist_ok=True)
+    with open(p, "w") as f:
+        f.write(text)
+
+
+def identity(disk: str) -> dict:
+    return {p: debugfs_cat(disk, p) for p in IDENTITY}
+
+
+def record(env, name: str) -> dict:
+    return json.loads(env.run("lsxenvm", "--json", name, check=True).stdout)
+
+
+def made(tmp_path, storage: str):
+    images = tmp_path / "images"
+    image = fakeimage.make(images / "tiny", unpacked_mib=4)
+    write(image, "/etc/motd", "release 1\n")
+    write(image, "/usr/share/doc/old/README", "going\n")
+    write(image, "/etc/issue.d/keep", "stays\n")
+    env = make_env(tmp_path / "e", str(images))
+    env.mk("tiny", "--hostname", "u1", *OPTS, "--dir", storage, "--output", env.output, check=True)
+    disk = f"{storage}/domains/u1/disk.img"
+    with mounted(disk, tmp_path / "m") as root:  # the VM's own life
+        write(root, "/home/u/notes", "mine\n")
+        write(root, "/var/lib/app/db", "data\n")
+        write(root, "/etc/motd", "edited in the VM\n")
+    # the image's next generation: a file added, one changed, one removed
+    write(image, "/etc/new.conf", "new\n")
+    write(image, "/etc/motd", "release 2\n")
+    os.unlink(os.path.join(image, "usr/share/doc/old/README"))
+    os.rmdir(os.path.join(image, "usr/share/doc/old"))
+    return env, image, disk
+
+
+def leftovers(storage: str) -> list[str]:
+    """Anything beside the VM's disk and kernel files: a copy or an old disk kept by mistake."""
+    return sorted(set(os.listdir(f"{storage}/domains/u1")) - {"disk.img", "vmlinuz", "initrd.img"})
+
+
+def assert_updated(disk: str, before: dict) -> None:
+    assert debugfs_cat(disk, "/etc/new.conf") == "new\n"
+    assert debugfs_cat(disk, "/etc/motd") == "release 2\n", "an image file edited in the VM is set back"
+    assert debugfs_cat(disk, "/usr/share/doc/old/README") is None, "what the image removed goes"
+    assert debugfs_cat(disk, "/home/u/notes") == "mine\n" and debugfs_cat(disk, "/var/lib/app/db") == "data\n"
+    assert debugfs_cat(disk, "/etc/systemimager/IMAGE_LAST_SYNCED_TO") is not None
+    assert identity(disk) == before, "the VM's identity is kept byte for byte"
+    assert subprocess.run(["e2fsck", "-fn", disk], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("where", ["xfs", "ext4"])
+def test_update_brings_the_image_and_keeps_identity_and_local_data(where, xfs_dir, tmp_path):
+    storage = xfs_dir if where == "xfs" else str(tmp_path / "vms")
+    before_host = host_state(str(tmp_path), ("u1",))
+    env, image, disk = made(tmp_path, storage)
+    before, ino, old = identity(disk), os.stat(disk).st_ino, record(env, "u1")
+    out = env.run("updatexenvm", "u1", check=True).stdout
+    assert ("copy" if where == "xfs" else "in place") in out
+    assert_updated(disk, before)
+    assert (os.stat(disk).st_ino != ino) == (where == "xfs"), "copy on write replaces the disk; in place keeps it"
+    new = record(env, "u1")
+    assert new["image_fingerprint"] != old["image_fingerprint"] and new["updated"] and len(new["updates"]) == 1
+    assert new["ssh_fingerprints"] == old["ssh_fingerprints"] and new["mac"] == old["mac"]
+    assert leftovers(storage) == []
+    again = env.run("updatexenvm", "u1", check=True).stdout  # nothing left to bring
+    assert "fetched 0, deleted 0" in again
+    env.run("rmxenvm", "u1", "--yes", check=True)
+    assert host_state(str(tmp_path), ("u1",)) == before_host
+
+
+def test_dry_run_changes_nothing(tmp_path):
+    env, image, disk = made(tmp_path, str(tmp_path / "vms"))
+    sha = hashlib.sha256(open(disk, "rb").read()).hexdigest()
+    mtime, journal = os.stat(disk).st_mtime_ns, open(f"{env.state}/vms/u1.journal").read()
+    out = env.run("updatexenvm", "u1", "--dry-run", check=True).stdout
+    assert "would delete" in out and "Dry run: nothing was changed." in out
+    assert hashlib.sha256(open(disk, "rb").read()).hexdigest() == sha and os.stat(disk).st_mtime_ns == mtime
+    assert open(f"{env.state}/vms/u1.journal").read() == journal
+    assert host_state(str(tmp_path), ("u1",))["mounts"] == []
+
+
+def test_no_delete_and_delete_local(tmp_path):
+    env, image, disk = made(tmp_path, str(tmp_path / "vms"))
+    env.run("updatexenvm", "u1", "--no-delete", check=True)
+    assert debugfs_cat(disk, "/usr/share/doc/old/README") == "going\n"
+    assert debugfs_cat(disk, "/etc/new.conf") == "new\n"
+    env.run("updatexenvm", "u1", "--delete-local", check=True)
+    assert debugfs_cat(disk, "/home/u/notes") is None and debugfs_cat(disk, "/var/lib/app/db") is None
+    assert debugfs_cat(disk, "/etc/ssh/ssh_host_ed25519_key") is not None, "identity is never local data"
+
+
+@pytest.mark.parametrize("step", ["snapshot", "mount", "plan", "delete", "transfer", "fixups", "unmount", "swap",
+                                  "record", "discard"])
+def test_killed_at_each_step_the_next_run_finishes_or_rm_removes(step, xfs_dir, tmp_path, monkeypatch):
+    storage = xfs_dir if step in ("snapshot", "swap") else str(tmp_path / "vms")
+    before_host = host_state(str(tmp_path), ("u1",))
+    env, image, disk = made(tmp_path, storage)
+    before = identity(disk)
+    monkeypatch.setenv("SI_XEN_KILL_AT", step)
+    killed = env.run("updatexenvm", "u1")
+    assert killed.returncode == -9, killed.stderr
+    monkeypatch.delenv("SI_XEN_KILL_AT")
+    out = env.run("updatexenvm", "u1", check=True)
+    assert "did not finish" in out.stderr + out.stdout or step in ("discard",)
+    assert_updated(disk, before)
+    assert leftovers(storage) == [], "no copy left beside the disk"
+    env.run("rmxenvm", "u1", "--yes", check=True)
+    assert host_state(str(tmp_path), ("u1",)) == before_host
+
+
+def test_killed_in_place_then_removed(tmp_path, monkeypatch):
+    before_host = host_state(str(tmp_path), ("u1",))
+    env, image, disk = made(tmp_path, str(tmp_path / "vms"))
+    monkeypatch.setenv("SI_XEN_KILL_AT", "transfer")
+    assert env.run("updatexenvm", "u1").returncode == -9
+    monkeypatch.delenv("SI_XEN_KILL_AT")
+    assert "update" in env.run("lsxenvm", "u1", check=True).stdout
+    env.run("rmxenvm", "u1", "--yes", check=True)
+    assert not os.path.exists(disk)
+    assert host_state(str(tmp_path), ("u1",)) == before_host
+
+
+def test_bad_inputs_say_one_fatal_and_change_nothing(tmp_path):
+    env, image, disk = made(tmp_path, str(tmp_path / "vms"))
+    sha = hashlib.sha256(open(disk, "rb").read()).hexdigest()
+    for args, says in ((["nosuch"], "no VM 'nosuch' made by si_mkxenvm"),
+                       (["u1", "--no-delete", "--delete-local"], "contradict"),
+                       (["u1", "--image", "gone"], "gone")):
+        cp = env.run("updatexenvm", *args)
+        lines = [x for x in cp.stderr.splitlines() if x.startswith("FATAL:")]
+        assert cp.returncode != 0 and len(lines) == 1 and says in lines[0], cp.stderr
+        assert "Traceback" not in cp.stderr
+    assert hashlib.sha256(open(disk, "rb").read()).hexdigest() == sha

@@ -1,6 +1,7 @@
 """si_updatexenvm's core: a VM brought to its image's current generation, its identity kept.
 
-    stop → snapshot → mount → plan → delete → transfer → fixups → unmount → swap → record → discard → start
+    stop → snapshot → mount → plan → delete → transfer → fixups → boot → unmount → swap → kernel → record
+         → discard → start
 
 Planned from manifests (image/manifest.py), not by a whole-tree rsync: the generation the VM is
 at, the image as it is now and the VM's own tree give what to delete, fetch and keep
@@ -13,6 +14,7 @@ section, so that a crash leaves a VM the next si_updatexenvm finishes or si_rmxe
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -61,6 +63,8 @@ class Update:
     owned: dict = field(default_factory=dict)
     owned_facts: dict = field(default_factory=dict)
     fingerprints: list[str] = field(default_factory=list)
+    kernel_files: dict[str, str] = field(default_factory=dict)  # where Xen reads a kernel -> its new copy
+    boot_changed: bool = False
     was_running: bool = False
     record: VmRecord | None = None
     t0: float = field(default_factory=time.monotonic)
@@ -120,6 +124,30 @@ def _plan(u: Update) -> None:
         u.rep.warn(f"VM '{u.rec.name}' has no manifest of the generation it was made from (made by an older si-xen): "
                    "files the image removed since are kept; --delete-local removes whatever the image lacks")
     _room(u, updateplan.free_needed(u.changes, new, vm))
+    # The image's /boot since the VM's generation too: an update killed after its copy (the VM's
+    # tree already new) must still put the new kernel where Xen reads it when run again.
+    moved = manifest.diff(old, new) if old is not None else manifest.Diff()
+    u.boot_changed = any(p.startswith("/boot/") for p in (*u.changes.fetch, *u.changes.delete, *moved.added,
+                                                          *moved.changed, *moved.removed))
+    if u.boot_changed:
+        _memory(u)
+
+
+def _boot_changed(u: Update) -> bool:
+    return u.boot_changed
+
+
+def _memory(u: Update) -> None:
+    """A new kernel or initramfs may need more than the VM has: said before anything changes."""
+    from . import boot
+
+    k = boot.find_kernel(u.image.guest)
+    if k is None:
+        raise Fatal(f"image '{u.image.name}' has no kernel in /boot any more", "fix the image, then update")
+    need = boot.memory_needed(u.image.guest, k, u.image.path)
+    if need > u.rec.memory:
+        raise Fatal(f"the image's kernel {k.version} needs {need} MiB to boot; VM '{u.rec.name}' has {u.rec.memory} MiB",
+                    f"give it more (memory = {need} in {u.rec.config}), then run si_updatexenvm {u.rec.name} again")
 
 
 def _room(u: Update, need: int) -> None:
@@ -161,6 +189,44 @@ def _fixups(u: Update) -> None:
     u.owned = dict(u.rec.owned)
     u.owned.update((r[0], tuple(sorted(set(u.owned.get(r[0], ())) | set(r.touched)))) for r in u.ran if r.touched)
     u.fingerprints = sshdconfig.fingerprints(Guest(u.root))
+
+
+def _boot(u: Update) -> None:
+    """The new kernel where Xen reads it: copied out under new names (put in place by the swap,
+    or after the record for an update in place), or a grub.cfg naming it."""
+    from . import boot
+    from .guestfs import RecordingGuest
+    from .made import File
+
+    guest = RecordingGuest(u.root)
+    k = boot.find_kernel(guest)
+    if u.rec.boot != "direct":
+        root = next(d for d in u.disks if d.mountpoint == "/")
+        boot.write_grub_cfg(guest, k, root.vdev, any(d.mountpoint == "/boot" for d in u.disks),
+                            f"{u.image.os.pretty} (si-xen)")
+        u.owned["boot"] = tuple(sorted(set(u.owned.get("boot", ())) | guest.touched))
+        return
+    if u.rec.request.get("kernel"):  # a kernel of dom0's: not the image's to change
+        return
+    where = boot_dir(u.rec, u.settings.paths["state_dir"])
+    for gpath, name in ((k.kernel, "vmlinuz"), (k.initrd, "initrd.img")):
+        if gpath is None:
+            continue
+        new = u.journal.made(File(os.path.join(where, f".{name}.upd-{os.getpid()}"))).path
+        shutil.copyfile(guest.path(gpath), new)
+        u.kernel_files[os.path.join(where, name)] = new
+
+
+def boot_dir(rec: VmRecord, state_dir: str) -> str:
+    """Where the VM's kernel was copied out to (deploy.boot_dir, from the record)."""
+    if rec.storage == "dir":
+        return os.path.join(rec.storage_root, "domains", rec.name)
+    return os.path.join(state_dir, "boot", rec.name)
+
+
+def _kernel(u: Update) -> None:
+    for final, new in u.kernel_files.items():
+        os.replace(new, final)
 
 
 def _unmount(u: Update) -> None:
@@ -215,8 +281,10 @@ STEPS = (
     Step("delete", _delete, lambda u: bool(u.changes.delete)),
     Step("transfer", _transfer, lambda u: bool(u.changes.fetch)),
     Step("fixups", _fixups),
+    Step("boot", _boot, _boot_changed),
     Step("unmount", _unmount),
     Step("swap", _swap, lambda u: bool(u.copies)),
+    Step("kernel", _kernel, lambda u: bool(u.kernel_files)),
     Step("record", _record),
     Step("discard", _discard),
     Step("start", _start, lambda u: u.was_running),

@@ -87,10 +87,11 @@ def run(args) -> dict:
             os.makedirs(cfgdir)
             ctx = C.Ctx(mk, rm, env, conf, cfgdir, log, args.rounds, xfs, ext4, image, "", os.path.join(workdir, "log"))
             files = candidates(image)
-            changed = files[:: max(1, int(1 / SHARE))][: int(len(files) * SHARE) or 1]
-            total = sum(1 for _ in os.walk(image))
-            print(f"Image {image}: {len(files)} files under usr/share, {len(changed)} changed per generation "
-                  f"({total} directories). {args.rounds} rounds.", flush=True)
+            total = sum(len(fs) for _, _, fs in os.walk(image))  # every non-directory entry of the image
+            want = max(1, int(total * SHARE))
+            changed = files[:: max(1, len(files) // want)][:want]
+            print(f"Image {image}: {total} files; {len(changed)} of them (under usr/share) changed per generation. "
+                  f"{args.rounds} rounds.", flush=True)
             images.warm(image)
             for host, root in (("lcx", xfs), ("lce", ext4)):  # the VMs that follow the image, untimed
                 s = C.mk(ctx, host, root, image=NAME, extra=["--full-copy"] if root == ext4 else [])

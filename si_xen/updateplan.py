@@ -24,7 +24,11 @@ BLOCK = 4096  # the room check rounds each file up to a block and counts a block
 
 # -aHAXS --numeric-ids --no-inc-recursive, as populate.copy (the deploy) copies; -a brings no -r
 # with --files-from, so each name listed is sent alone (a directory: itself, not its contents).
+# The plan compares mtimes to the nanosecond: so must rsync (by default whole seconds), or a name
+# listed for its nanoseconds alone is skipped, or keeps the time it was made at (a link made in
+# the second its image's was), and the next plan lists it again.
 RSYNC = ("rsync", "-aHAXS", "--numeric-ids", "--no-inc-recursive")
+NANOSECONDS = "--modify-window=-1"
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,9 @@ def plan_update(old: dict | None, new: dict, vm: dict, classify, owned: dict[str
                 gone.add(p)
             else:
                 kept.add(p)
-    for p in list(fetch):  # a hard-link group goes whole, or rsync would split it
+    # a hard-link group goes whole, or rsync would split it (names of one inode share their facts,
+    # so the group check above lists them all already but for one owned by a fixup: a safety net)
+    for p in list(fetch):
         for m in group_new.get(p, ()):
             if m not in fetch and not untouchable(m):
                 get(m)
@@ -175,7 +181,7 @@ def files_from(paths: Iterable[str]) -> bytes:
 def rsync_argv(src_root: str, dst_root: str, list_file: str) -> list[str]:
     """The transfer: the deploy's flags, exactly the names listed, no -r and no --delete (the
     deletions were made before, by the plan)."""
-    return [*RSYNC, f"--files-from={list_file}", "--from0", src_root.rstrip("/") + "/", dst_root.rstrip("/") + "/"]
+    return [*RSYNC, NANOSECONDS, f"--files-from={list_file}", "--from0", src_root.rstrip("/") + "/", dst_root.rstrip("/") + "/"]
 
 
 def _blocks(size: int) -> int:

@@ -250,6 +250,9 @@ def test_free_needed():
     assert free_needed(c, BASE, old) == 0  # the deletions run first
     c = plan(old, tree(opt=D(), opt__new=F(size=2 * 10**6)), old)
     assert free_needed(c, tree(opt=D(), opt__new=F(size=2 * 10**6)), old) == _blk(2 * 10**6) - _blk(10**6)
+    vm = tree(old, opt__big=F(size=10**6, link=1), home__mine=F(size=10**6, link=1))  # a local name keeps the data
+    c = plan(old, tree(opt=D(), opt__new=F(size=2 * 10**6)), vm)
+    assert c.delete == ("/opt/big",) and free_needed(c, tree(opt=D(), opt__new=F(size=2 * 10**6)), vm) == _blk(2 * 10**6)
 
 
 def _blk(n):
@@ -269,7 +272,7 @@ def test_rsync_argv_has_the_deploys_flags_and_no_recursion(monkeypatch):
     populate.copy("/img", "/mnt")
     deploy = [a for a in got[0] if a.startswith("-") and not a.startswith(("--exclude", "--info"))]
     argv = rsync_argv("/img/", "/mnt", "/tmp/list")
-    assert argv == ["rsync", *deploy, "--files-from=/tmp/list", "--from0", "/img/", "/mnt/"]
+    assert argv == ["rsync", *deploy, "--modify-window=-1", "--files-from=/tmp/list", "--from0", "/img/", "/mnt/"]
     assert not {"-r", "--recursive", "--delete"} & set(argv)
 
 
@@ -284,3 +287,9 @@ def test_planning_14000_entries_is_quick():
     c = plan(new, new, vm)
     assert len(c.fetch) == 140 and len(c.kept_local) == 140
     assert time.perf_counter() - t < 1.0
+
+
+def test_an_excluded_name_of_a_hard_link_group_stays_out():
+    old = tree(usr__bin__x=F(link=1), var__log__x=F(link=1))
+    new = tree(usr__bin__x=F(mtime=T1, link=1), var__log__x=F(mtime=T1, link=1))
+    assert plan(old, new, old).fetch == ("/usr/bin/x",)

@@ -136,10 +136,23 @@ def plan_update(old: dict | None, new: dict, vm: dict, classify, owned: dict[str
             fetch.discard(d)
             kept.add(d)
             d = d.rpartition("/")[0]
+    # never write through what stays in the VM where the image has a directory (a link a fixup
+    # made, say): rsync would follow it, maybe out of the guest
+    fetch -= {p for p in fetch if _through(p, vm, gone)}
     touched = fetch | gone
     watched = _rerun(touched, owned, watches, fixups, always)
     return Changes(tuple(sorted(gone, key=lambda p: (-p.count("/"), p))), tuple(sorted(fetch)),
                    tuple(sorted(kept)), watched, _bytes(fetch, new, group_new))
+
+
+def _through(p: str, vm: dict, gone: set[str]) -> bool:
+    d = p.rpartition("/")[0]
+    while d:
+        f = vm.get(d)
+        if f is not None and not stat.S_ISDIR(f[0]) and d not in gone:
+            return True
+        d = d.rpartition("/")[0]
+    return False
 
 
 def _rerun(touched: set[str], owned, watches, fixups: Sequence[str], always: Sequence[str]) -> tuple[str, ...]:

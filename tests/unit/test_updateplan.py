@@ -293,3 +293,12 @@ def test_an_excluded_name_of_a_hard_link_group_stays_out():
     old = tree(usr__bin__x=F(link=1), var__log__x=F(link=1))
     new = tree(usr__bin__x=F(mtime=T1, link=1), var__log__x=F(mtime=T1, link=1))
     assert plan(old, new, old).fetch == ("/usr/bin/x",)
+
+
+def test_nothing_is_written_through_a_link_that_stays():
+    old = tree(opt=D(), opt__a=F())
+    vm = tree(opt=L("/etc"), **{"/etc/a": F()})  # a fixup made /opt a link (to the host's /etc, if followed)
+    c = plan(old, tree(opt=D(), opt__a=F(mtime=T1)), vm, {"f": ("/opt",)})
+    assert c.fetch == () and c.delete == ()
+    c = plan(old, tree(opt=D(), opt__a=F(mtime=T1)), vm)  # not the fixup's: replaced, then fetched
+    assert c.delete == ("/opt",) and c.fetch == ("/opt", "/opt/a")

@@ -76,6 +76,7 @@ def trees(tmp_path):
     put(b, "opt/t/inside", "now a directory\n")
     put(b, "var/log/syslog", "the image's newer log\n")
     put(b, "etc/ssh/ssh_host_rsa_key", "another image key\n")
+    os.chmod(os.path.join(b, "etc/ssh"), 0o700)  # listed alone: its key is not sent with it
     rsync("-aHAX", a + "/", vm + "/")
     put(vm, "home/u/f", "my file\n", T + 5)
     put(vm, "var/lib/app/db", "my data\n", T + 5)
@@ -135,7 +136,7 @@ def test_the_update_makes_the_vm_the_new_image_and_keeps_the_rest(trees, tmp_pat
 
     assert changes.delete == ("/usr/share/olddir/sub/y", "/usr/share/olddir/sub", "/usr/share/olddir/x",
                               "/usr/bin/gone", "/usr/share/olddir", "/opt/t")
-    assert changes.fetch == ("/etc/motd", "/opt/t", "/opt/t/inside", "/usr/bin/changed", "/usr/bin/new",
+    assert changes.fetch == ("/etc/motd", "/etc/ssh", "/opt/t", "/opt/t/inside", "/usr/bin/changed", "/usr/bin/new",
                              "/usr/bin/tick", "/usr/lib/h1", "/usr/lib/h2", "/vmlinuz")
     assert changes.kept_local == ("/home/u", "/home/u/f", "/var/lib/app", "/var/lib/app/db")
     assert changes.fetch_bytes == sum(os.path.getsize(os.path.join(b, p)) for p in (

@@ -122,8 +122,8 @@ def plan_update(old: dict | None, new: dict, vm: dict, classify, owned: dict[str
                 gone.add(p)
             else:
                 kept.add(p)
-    # a hard-link group goes whole, or rsync would split it (names of one inode share their facts,
-    # so the group check above lists them all already but for one owned by a fixup: a safety net)
+    # a hard-link group goes whole, or rsync would split it (the names of one inode share their
+    # facts and group, so the checks above list them all already: a safety net)
     for p in list(fetch):
         for m in group_new.get(p, ()):
             if m not in fetch and not untouchable(m):

@@ -209,9 +209,6 @@ class Patterns:
     def __repr__(self) -> str:
         return f"Patterns({list(self.lines)!r})"
 
-    def __bool__(self) -> bool:
-        return bool(self.lines)
-
     def matches(self, path: str, is_dir: bool) -> bool:
         """path: guest path with a leading '/' ("/etc/ssh/ssh_host_rsa_key"). True when the path
         or any of its ancestor directories matches (rsync never descends into an excluded dir)."""

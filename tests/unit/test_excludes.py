@@ -185,6 +185,7 @@ nfs01:/home /home nfs defaults 0 0
 tmpfs /dev/shm tmpfs defaults 0 0
 /dev/sr0 /media/cdrom0 udf,iso9660 user,noauto 0 0
 /dev/sdb1 /mnt/usb vfat,msdos noauto 0 0
+/dev/sdd1 /mnt/either ext4,ntfs noauto 0 0
 nfs02:/x /srv/my\\040share nfs4 ro 0 0
 nfs03:/y /srv/odd[1]* nfs ro 0 0
 nfs04:/ / nfs defaults 0 0
@@ -197,7 +198,7 @@ def test_nonlocal_mounts(tmp_path):
     vm = write(tmp_path / "vm", {"etc/fstab": FSTAB})
     got = excludes.nonlocal_mounts(vm)
     assert got == ["/proc/*", "/home/*", "/mnt/share/*", "/dev/shm/*", "/media/cdrom0/*",
-                   "/srv/my share/*", "/srv/odd\\[1]\\*/*"]
+                   "/mnt/either/*", "/srv/my share/*", "/srv/odd\\[1]\\*/*"]
     p = Patterns(got)
     assert p.matches("/srv/odd[1]*/f", False) and not p.matches("/srv/odd1x/f", False)
     assert p.matches("/home/u/f", False) and not p.matches("/home", True) and not p.matches("/data/f", False)
@@ -303,3 +304,17 @@ def test_rules_for(tmp_path):
     assert excludes.rules_for(vm, image, detect(Guest(vm)), True).classify("/etc/resolv.conf", False) == "identity"
     r = excludes.rules_for(vm, None, detect(Guest(vm)))
     assert r.classify("/var/log/syslog", False) == "excluded" and r.classify("/etc/fstab", False) == "excluded"
+
+
+@pytest.mark.parametrize("name", sorted(TREES))
+def test_configs_cover_what_claims_finds(tmp_path, name):
+    """Every file the network fixup takes for a stack's NIC config is in that stack's configs."""
+    from si_xen.distros import stacks
+    from si_xen.distros.table import STACKS
+    root = build(tmp_path / "vm", name)
+    write(root, {"etc/systemd/network/10-eth0.network": "[Match]\nName=eth0\n", "etc/systemd/network/br0.netdev": "",
+                 "etc/network/interfaces.d/eth1": "auto eth1\niface eth1 inet dhcp\n"})
+    for stack, st in STACKS.items():
+        configs = Patterns(f"/{c}" for c in st.configs)
+        found = stacks.claims(Guest(root), stack, golden=False)
+        assert [p for p in found if not configs.matches(f"/{p}", False)] == [], stack

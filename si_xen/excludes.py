@@ -262,7 +262,13 @@ def si_list(image_root: str | None, vm_root: str | None) -> list[str]:
 
 
 def _escape(path: str) -> str:
+    """A literal path inside a wildcard pattern (rsync reads backslashes only in those)."""
     return re.sub(r"([*?\[\\])", r"\\\1", path)
+
+
+def _literal(path: str) -> str:
+    """A path as a pattern of its own: quoted only if it holds a wildcard."""
+    return _escape(path) if any(c in path for c in "*?[") else path
 
 
 def _fstab_field(s: str) -> str:
@@ -296,7 +302,7 @@ def _host_key_paths(vm_root: str) -> list[str]:
         if p.startswith("~"):
             continue
         p = posixpath.normpath(p if p.startswith("/") else f"{sshdconfig.SSHDIR}/{p}")
-        out += [_escape(p), _escape(p) + ".pub"]
+        out += [_literal(p), _literal(p + ".pub")]
     return out
 
 

@@ -70,6 +70,8 @@ TABLE = [
     # a backslash quotes a wildcard
     ("/a\\*b", "/a*b", False, True),
     ("/a\\*b", "/axb", False, False),
+    ("/a\\b", "/a\\b", False, True),  # no wildcard: the backslash is a character
+    ("/a\\b", "/ab", False, False),
     # a trailing '/': directories only (and so their contents)
     ("cache/", "/var/cache", True, True),
     ("cache/", "/var/cache/apt/x", False, True),
@@ -271,6 +273,18 @@ def test_identity_host_keys_of_sshd_config(tmp_path):
               "/etc/ssh/ssh_rsa_local.pub", "/etc/ssh/ssh_host_ed25519_key"):
         assert ident.matches(p, False), p
     assert not ident.matches("/never/read", False) and not ident.matches("/etc/ssh/keys/other", False)
+
+
+def test_identity_host_key_names_are_literal(tmp_path):
+    root = build(tmp_path / "vm", "debian12")
+    write(root, {"etc/ssh/sshd_config": 'HostKey "/etc/ssh/k[1]*_ed25519"\nHostKey /etc/ssh/b\\s_rsa\n'})
+    ident = Patterns(excludes.identity_patterns(detect(Guest(root)), root))
+    assert ident.matches("/etc/ssh/k[1]*_ed25519", False) and ident.matches("/etc/ssh/k[1]*_ed25519.pub", False)
+    assert not ident.matches("/etc/ssh/k1x_ed25519", False)
+    assert ident.matches("/etc/ssh/bs_rsa", False)  # sshd's own quoting: b\\s is "bs"
+    for name in ("/k/a\\b", "/k/a\\b*[x]?"):  # a backslash stays literal, quoted or not
+        assert Patterns([excludes._literal(name)]).matches(name, False)
+        assert not Patterns([excludes._literal(name)]).matches(name.replace("\\", "x"), False)
 
 
 def test_identity_broken_sshd_config_still_lists_the_rest(tmp_path):

@@ -111,22 +111,33 @@ class Stack:
     units: tuple[str, ...]  # systemd units (first: the daemon); enablement links and aliases
     sysv: tuple[str, ...]  # init scripts whose rc S-links start it (pre-systemd, or no native unit)
     installed: tuple[str, ...]  # files proving it is installed
+    # globs of what it reads or keeps per NIC (configs, and wicked's state): the VM's own, so an
+    # update or a drift report leaves them to the VM whichever stack it runs (excludes.py)
+    configs: tuple[str, ...] = ()
 
 
 # In the order a tie is broken: several stacks enabled, each with a config for a NIC.
 STACKS: dict[str, Stack] = {
-    "netplan": Stack((), (), ("usr/sbin/netplan", "lib/netplan/generate", "usr/lib/netplan/generate")),
+    "netplan": Stack((), (), ("usr/sbin/netplan", "lib/netplan/generate", "usr/lib/netplan/generate"),
+                     ("etc/netplan/*.yaml",)),
     "nm-keyfile": Stack(("NetworkManager.service", "NetworkManager-wait-online.service",
                          "NetworkManager-dispatcher.service", "dbus-org.freedesktop.NetworkManager.service"),
-                        ("NetworkManager", "network-manager"), ("usr/sbin/NetworkManager", "sbin/NetworkManager")),
+                        ("NetworkManager", "network-manager"), ("usr/sbin/NetworkManager", "sbin/NetworkManager"),
+                        ("etc/NetworkManager/system-connections/*",)),
     "networkd": Stack(("systemd-networkd.service", "systemd-networkd.socket",
                        "systemd-networkd-wait-online.service", "dbus-org.freedesktop.network1.service"),
-                      (), ("lib/systemd/systemd-networkd", "usr/lib/systemd/systemd-networkd")),
+                      (), ("lib/systemd/systemd-networkd", "usr/lib/systemd/systemd-networkd"),
+                      ("etc/systemd/network/*.network", "etc/systemd/network/*.netdev", "etc/systemd/network/*.link")),
     "suse-ifcfg": Stack(("wicked.service", "wickedd.service", "wickedd-auto4.service", "wickedd-dhcp4.service",
                          "wickedd-dhcp6.service", "wickedd-nanny.service"),
-                        ("network",), ("etc/sysconfig/network/ifcfg-lo", "sbin/wicked", "usr/sbin/wicked")),
-    "ifcfg": Stack(("network.service",), ("network",), ("etc/sysconfig/network-scripts",)),
-    "ifupdown": Stack(("networking.service",), ("networking",), ("sbin/ifup", "usr/sbin/ifup")),
+                        ("network",), ("etc/sysconfig/network/ifcfg-lo", "sbin/wicked", "usr/sbin/wicked"),
+                        ("etc/sysconfig/network/ifcfg-*", "etc/sysconfig/network/ifroute-*", "etc/sysconfig/network/routes",
+                         "var/lib/wicked/*")),
+    "ifcfg": Stack(("network.service",), ("network",), ("etc/sysconfig/network-scripts",),
+                   ("etc/sysconfig/network-scripts/ifcfg-*", "etc/sysconfig/network-scripts/route-*",
+                    "etc/sysconfig/network-scripts/route6-*")),
+    "ifupdown": Stack(("networking.service",), ("networking",), ("sbin/ifup", "usr/sbin/ifup"),
+                      ("etc/network/interfaces", "etc/network/interfaces.d/*")),
 }
 # netplan's `renderer:` values -> the stack that then runs (netplan's default: networkd)
 NETPLAN_BACKENDS = {"networkd": "networkd", "NetworkManager": "nm-keyfile"}

@@ -22,12 +22,13 @@ MAN = {
         "With --drift (root only) it compares each VM with the image generation it was made or last updated\n"
         "from: the VM's filesystems are mounted read-only (ext3/ext4 ro,noload; XFS ro,norecovery) in a private\n"
         "mount namespace, so nothing is written to its disks and nothing stays mounted even if si_lsxenvm is\n"
-        "killed. A running VM on a --dir that can reflink is read from copy-on-write copies of its disks; else it\n"
-        "is read live, with a WARNING that the figures may be inconsistent. Each difference has a class: image\n"
+        "killed. A running VM is read from copy-on-write copies of its disks: reflinks on a --dir that can\n"
+        "reflink, snapshots (tagged si_xen_drift, removed after) in a thin pool; else it is read live, with a\n"
+        "WARNING that the figures may be inconsistent. Each difference has a class: image\n"
         "(an image file edited or removed in the VM), local (only in the VM), owned (a file si-xen wrote, changed\n"
         "since), identity and excluded (never copied or updated). It also says whether the image has moved on\n"
         "since, opening it as si_mkxenvm would now (a server's image as this host's cache has it: never pulled).\n"
-        "This is rsync's quick check (type, mode, owner, size, mtime), not a checksum of contents. A VM that\n"
+        "This is rsync's quick check (type, mode, owner, size, mtime to the second), not a checksum of contents.\nA VM that "
         "another si_* command holds shows as busy. --json prints one JSON object per VM; --paths adds every\n"
         "differing path to it.\n\n"
         "With --images it lists the SystemImager images instead, as si_lsimage(8) does: name, retrieval time and\n"
@@ -92,7 +93,6 @@ def states() -> dict[str, str] | None:
 def drift(args, settings) -> int:
     from .. import drift as drift_
 
-    need_root(PROG)
     states_ = [s for s in journal.all_states(settings.paths["state_dir"]) if not args.names or s.name in args.names]
     running = states()
     for d in drift_.drift(states_, settings, None if running is None else set(running)):
@@ -120,6 +120,8 @@ def body(argv) -> int:
         return images(args)
     if args.paths and not args.drift:
         raise Fatal("--paths goes with --drift", "add --drift")
+    if args.drift:
+        need_root(PROG)  # before anything is read: it mounts the VMs' disks
     settings = config.load(args.config)
     if args.drift:
         return drift(args, settings)

@@ -219,3 +219,45 @@ def test_paths_needs_drift(capsys):
     with pytest.raises(SystemExit) as e:
         lsxenvm.main(["--paths"])
     assert e.value.code == 1 and "--paths goes with --drift" in capsys.readouterr().err
+
+
+def test_drift_needs_root(monkeypatch, capsys):
+    from si_xen.cli import lsxenvm
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(SystemExit) as e:
+        lsxenvm.main(["--drift", "--config", "/nonexistent/xen.conf"])
+    assert e.value.code == 1 and "must be run as root" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("storage,running,reflinks,mode", [
+    ("dir", False, True, "offline"), ("dir", True, True, "copy"), ("dir", True, False, "live"),
+    ("lvm", True, True, "live"), ("given", True, True, "live")])
+def test_how_a_vm_is_read(monkeypatch, storage, running, reflinks, mode):
+    from si_xen.storage import reflink
+
+    monkeypatch.setattr(reflink, "reflinks_work", lambda d: reflinks)
+    rec = VmRecord("a", storage=storage, disks=(DiskRecord("xvda2", "/", "ext4", "1G", "/x/a/disk.img"),))
+    assert drift.read_mode(rec, running) == mode
+
+
+def test_a_running_thin_vm_is_read_from_tagged_snapshots_removed_after(fp, monkeypatch, tmp_path):
+    """Only the commands: the test host has no LVM."""
+    where = tmp_path / "m"
+    monkeypatch.setattr(drift.tempfile, "mkdtemp", lambda **kw: where.mkdir() or str(where))
+    rec = VmRecord("a", storage="lvm", storage_root="vg0", thin_pool="pool",
+                   disks=(DiskRecord("xvda2", "/", "ext4", "1G", "/dev/vg0/a-disk"),
+                          DiskRecord("xvda1", "", "swap", "1G", "/dev/vg0/a-swap")))
+    fp.register(["lvs", "--noheadings", "-o", "lv_tags", "vg0/a-disk.drift"], stdout="  si_xen_drift\n")  # a stale one
+    fp.register(["lvremove", "--yes", "vg0/a-disk.drift"], occurrences=2)
+    fp.register(["lvcreate", "--yes", "-s", "-kn", "-n", "a-disk.drift", "--addtag", "si_xen_drift", "vg0/a-disk"])
+    fp.register(["lvchange", "-ay", "vg0/a-disk.drift"])
+    fp.register(["unshare", fp.any()], returncode=137)  # the VM side killed
+    assert drift.read_mode(rec, True) == "snapshot"
+    with pytest.raises(drift.proc.ProcError):
+        drift.read_vm(rec, "snapshot", str(tmp_path))
+    (call,) = [c for c in fp.calls if c[0] == "unshare"]
+    spec = json.loads(call[-1])
+    assert [d[0] for d in spec["disks"]] == ["/dev/vg0/a-disk.drift", "/dev/vg0/a-swap"]
+    assert fp.call_count(["lvremove", "--yes", "vg0/a-disk.drift"]) == 2  # the stale one, then ours
+    assert not where.exists()

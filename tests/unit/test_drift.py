@@ -261,3 +261,36 @@ def test_a_running_thin_vm_is_read_from_tagged_snapshots_removed_after(fp, monke
     assert [d[0] for d in spec["disks"]] == ["/dev/vg0/a-disk.drift", "/dev/vg0/a-swap"]
     assert fp.call_count(["lvremove", "--yes", "vg0/a-disk.drift"]) == 2  # the stale one, then ours
     assert not where.exists()
+
+
+def test_mount_tree_ro_mounts_read_only_and_never_through_a_guest_symlink(fp, tmp_path):
+    from si_xen.storage import backend
+    from si_xen.storage.mount import mount_tree_ro
+
+    root = tmp_path / "root"
+    (root / "srv").mkdir(parents=True)
+    os.symlink("/etc", root / "var")  # the guest's /var leads out: never mounted on
+    disks = [DiskRecord("xvda3", "/var", "xfs", "1G", "/d/var.img"), DiskRecord("xvda2", "/", "ext4", "1G", "/d/disk.img"),
+             DiskRecord("xvda4", "/srv", "xfs", "1G", "/d/srv.img"), DiskRecord("xvda1", "", "swap", "1G", "/d/swap.img")]
+    fp.register(["mount", "-o", "ro,noload,loop", "-t", "ext4", "/d/disk.img", str(root)])
+    fp.register(["mount", "-o", "ro,norecovery,nouuid,loop", "-t", "xfs", "/d/srv.img", str(root / "srv")])
+    mounted, skipped = mount_tree_ro(disks, backend("dir", "/d"), str(root))
+    assert mounted == [str(root), str(root / "srv")] and skipped == ["/var"]
+    assert len(fp.calls) == 2
+
+
+def test_a_server_image_is_its_cached_current_never_pulled(tmp_path):
+    d = tmp_path / "cache" / "images" / "srv_873" / "debian12"
+    (d / "gen-2").mkdir(parents=True)
+    os.symlink("gen-2", d / "current")
+    paths = {"cache_dir": str(tmp_path / "cache"), "lock_dir": str(tmp_path / "lock")}
+    rec = VmRecord("a", "debian12", source={"server": "srv", "overrides": []})
+    assert drift.open_image(rec, paths) == str(d / "gen-2")
+    (d / "view-2-abc").mkdir()
+    with_overrides = VmRecord("a", "debian12", source={"server": "srv", "overrides": ["web"]})
+    assert drift.open_image(with_overrides, paths) == str(d / "view-2-abc")
+    from si_xen.errors import Fatal
+
+    os.unlink(d / "current")
+    with pytest.raises(Fatal, match="not in this host's cache"):
+        drift.open_image(rec, paths)

@@ -174,6 +174,8 @@ def test_sigkill_of_the_vm_side_leaves_no_mount_no_loop_device(image, tmp_path):
             time.sleep(0.05)
         assert child and _mounted(child, "si-xen.k1.drift-"), "the VM side never mounted the disk"  # in its namespace
         assert loops_of(disk) and not _mounted(os.getpid(), "si-xen.k1.drift-")  # ... never here
+        loop = os.path.basename(loops_of(disk)[0].split(":")[0])  # a ro mount's loop: read-only, autoclear
+        assert [_read(f"/sys/block/{loop}/{n}") for n in ("ro", "loop/autoclear")] == ["1", "1"]
     except BaseException:
         for pid in (child, p.pid):
             if pid:
@@ -190,6 +192,11 @@ def test_sigkill_of_the_vm_side_leaves_no_mount_no_loop_device(image, tmp_path):
     assert loops_of(disk) == [] and host_state(env.base) == before
     assert subprocess.run(["findmnt", "-rn", "-S", disk], capture_output=True).returncode == 1
     assert not [n for n in os.listdir("/run") if n.startswith("si-xen.k1.")]
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
 
 
 def _mounted(pid: int, what: str) -> bool:

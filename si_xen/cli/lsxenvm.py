@@ -6,18 +6,31 @@ import json
 import sys
 
 from .. import config, journal, toolstack
-from .common import parser, run_main
+from ..errors import Fatal
+from .common import need_root, parser, run_main
 
 PROG = "si_lsxenvm"
 MAN = {
     "summary": "list the Xen VMs made by si_mkxenvm",
-    "synopsis": "[--json] [NAME]...\n--images [--server HOST[:PORT]] [--ssh-user USER] [--json]",
+    "synopsis": "[--json] [NAME]...\n--drift [--json] [--paths] [NAME]...\n--images [--server HOST[:PORT]] [--ssh-user USER] [--json]",
     "description": (
         "si_lsxenvm lists the VMs that si_mkxenvm(8) made: name, image, boot mode, disks and config, and the\n"
         "domain's state when a Xen toolstack answers (running or stopped; unknown without a hypervisor).\n"
         "A deploy that never finished (killed, or the power went) is listed as incomplete, with the step it\n"
         "stopped in; si_rmxenvm(8) removes what it made.\n"
         "A NAME that is not found gives a WARNING and exit status 1.\n\n"
+        "With --drift (root only) it compares each VM with the image generation it was made or last updated\n"
+        "from: the VM's filesystems are mounted read-only (ext3/ext4 ro,noload; XFS ro,norecovery) in a private\n"
+        "mount namespace, so nothing is written to its disks and nothing stays mounted even if si_lsxenvm is\n"
+        "killed. A running VM is read from copy-on-write copies of its disks: reflinks on a --dir that can\n"
+        "reflink, snapshots (tagged si_xen_drift, removed after) in a thin pool; else it is read live, with a\n"
+        "WARNING that the figures may be inconsistent. Each difference has a class: image\n"
+        "(an image file edited or removed in the VM), local (only in the VM), owned (a file si-xen wrote, changed\n"
+        "since), identity and excluded (never copied or updated). It also says whether the image has moved on\n"
+        "since, opening it as si_mkxenvm would now (a server's image as this host's cache has it: never pulled).\n"
+        "This is rsync's quick check (type, mode, owner, size, mtime to the second), not a checksum of contents.\nA VM that "
+        "another si_* command holds shows as busy. --json prints one JSON object per VM; --paths adds every\n"
+        "differing path to it.\n\n"
         "With --images it lists the SystemImager images instead, as si_lsimage(8) does: name, retrieval time and\n"
         "golden client, of this host's image store or, with --server, of an image server's rsync daemon;\n"
         "--json prints si_lsimage's JSON lines (image_name, image_timestamp, image_goldenclient)."
@@ -32,6 +45,8 @@ def build_parser():
     p = parser(PROG, "List the Xen VMs made by si_mkxenvm.")
     p.add_argument("names", nargs="*", metavar="NAME", help="only these VMs")
     p.add_argument("--json", action="store_true", help="one JSON object per VM, one per line")
+    p.add_argument("--drift", action="store_true", help="compare each VM with its image generation (root)")
+    p.add_argument("--paths", action="store_true", help="with --drift --json: list every differing path")
     p.add_argument("--images", action="store_true", help="list the SystemImager images, as si_lsimage does")
     p.add_argument("--server", metavar="HOST[:PORT]", help="with --images: the images of this image server")
     p.add_argument("--ssh-user", dest="ssh_user", metavar="USER", help="with --server: through an ssh tunnel as USER")
@@ -75,11 +90,41 @@ def states() -> dict[str, str] | None:
         return None
 
 
+def drift(args, settings) -> int:
+    from .. import drift as drift_
+
+    states_ = [s for s in journal.all_states(settings.paths["state_dir"]) if not args.names or s.name in args.names]
+    running = states()
+    for d in drift_.drift(states_, settings, None if running is None else set(running)):
+        if args.json:
+            print(json.dumps(d.to_json(args.paths), sort_keys=True), flush=True)
+        else:
+            print("\n".join(d.text()), flush=True)
+        if any(n.startswith("WARNING") for n in d.notes):
+            for n in d.notes:
+                if n.startswith("WARNING"):
+                    print(f"{n} ({d.name})", file=sys.stderr)
+    return _missing(args.names, [s.name for s in states_])
+
+
+def _missing(names, found) -> int:
+    missing = set(names) - set(found)
+    for n in sorted(missing):
+        print(f"WARNING: VM '{n}' not found!", file=sys.stderr)
+    return 1 if missing else 0
+
+
 def body(argv) -> int:
     args = build_parser().parse_args(argv)
     if args.images:
         return images(args)
+    if args.paths and not args.drift:
+        raise Fatal("--paths goes with --drift", "add --drift")
+    if args.drift:
+        need_root(PROG)  # before anything is read: it mounts the VMs' disks
     settings = config.load(args.config)
+    if args.drift:
+        return drift(args, settings)
     vms = [s.vm for s in journal.all_states(settings.paths["state_dir"]) if not args.names or s.name in args.names]
     running = states()
 
@@ -104,10 +149,7 @@ def body(argv) -> int:
                   f"si_rmxenvm {vm.name} removes what it made")
         for base in vm.bases:
             print(f"{'':<20} clone of {base}")
-    missing = set(args.names) - {vm.name for vm in vms}
-    for n in sorted(missing):
-        print(f"WARNING: VM '{n}' not found!", file=sys.stderr)
-    return 1 if missing else 0
+    return _missing(args.names, [vm.name for vm in vms])
 
 
 def main(argv=None) -> int:

@@ -45,6 +45,36 @@ def mount_tree(disks: list[Disk], backend, journal, hostname: str) -> tuple[str,
     return top, made
 
 
+# Read-only and never writing: noload skips the replay of an ext3/4 journal (a ro mount would
+# otherwise replay it, writing, or fail); norecovery is XFS's (it needs ro). A ro loop mount gets a
+# read-only, autoclear loop device (checked: /sys/block/loopN/ro and loop/autoclear are 1).
+RO_OPTS = {"ext3": "ro,noload", "ext4": "ro,noload", "xfs": "ro,norecovery,nouuid"}
+
+
+def mount_tree_ro(disks, backend, where: str) -> tuple[list[str], list[str]]:
+    """Mount a VM's filesystems read-only under the existing directory ``where``, / first,
+    each other one on its mount point as the guest's root fs holds it (resolved confined: a
+    guest symlink never leads out). ``disks``: anything with target, fs and mountpoint.
+    Returns (mounted, skipped): host mount points to unmount newest first, and the guest mount
+    points that the tree lacks as a directory (not read). No journal: run it in a private mount
+    namespace (drift.py), whose death unmounts everything."""
+    from ..guestfs import Guest
+
+    mounted: list[str] = []
+    skipped: list[str] = []
+    for d in sorted((d for d in disks if d.mountpoint and d.fs in RO_OPTS),
+                    key=lambda d: d.mountpoint.count("/") + len(d.mountpoint) / 1e4):
+        at = where if d.mountpoint == "/" else Guest(where).path(d.mountpoint)
+        if at != where and (not os.path.isdir(at) or os.path.islink(at)):
+            skipped.append(d.mountpoint)
+            continue
+        source, opts = backend.mount_source(d.target)
+        flags = [opts[i + 1] for i, o in enumerate(opts[:-1]) if o == "-o"]  # loop
+        proc.run(["mount", "-o", ",".join([RO_OPTS[d.fs], *flags]), "-t", d.fs, source, at])
+        mounted.append(at)
+    return mounted, skipped
+
+
 def unmount(made: list) -> None:
     """Undo mount_tree now (the journal keeps the entries: deleting them again is a no-op)."""
     for thing in reversed(made):

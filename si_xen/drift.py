@@ -1,0 +1,407 @@
+"""si_lsxenvm --drift: how far each VM is from the image generation it was made (or last updated)
+from, and how far that image has moved on since (issue 28, design §2).
+
+Expected = the generation's manifest (image/manifest.py) with si-xen's own writes (the record's
+``owned_facts``) laid over it; the VM = its filesystems' walk. Each differing path gets a class:
+``identity`` and ``excluded`` (the pluggable ``classify``, excludes.py's rules), ``owned`` (a
+path si-xen wrote, changed since), ``image`` (an image file edited or removed in the VM) or
+``local`` (only in the VM). rsync's quick check (type, mode, owner, size, mtime), no checksums.
+
+The VM side runs as ``unshare --mount --propagation private python3 -m si_xen.drift SPEC``:
+its read-only mounts live in a mount namespace of its own, so even a SIGKILL leaves no mount,
+and a ro loop mount's device is read-only and autoclear (gone with the mount). The image side
+(opened as si_mkxenvm would open it now, never pulled) is walked meanwhile in a forked child.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import marshal
+import os
+import secrets
+import stat
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import proc
+from .errors import Fatal
+from .image import manifest, survey
+from .locks import LockBusy, exclusive
+
+CLASSES = ("image", "local", "owned", "identity", "excluded")
+Classify = Callable[[str, bool], "str | None"]  # path, is_dir -> "excluded" | "identity" | None
+PAUSE = "SI_XEN_DRIFT_PAUSE"  # tests: the VM side sleeps this long once mounted (a kill mid-walk)
+
+
+def install_excluded(path: str, is_dir: bool) -> str | None:
+    """The install-time exclusions (populate.EXCLUDES): never copied, so never drift. Always
+    asked after ``classify``, which may say more (excludes.py: updateclient's, identity)."""
+    parts = path.split("/")
+    if "lost+found" in parts or path in survey.EXCLUDED_FILES:
+        return "excluded"
+    if len(parts) > 2 and parts[1] in survey.SKIP_CONTENT:
+        return "excluded"
+    if any(path.startswith(d + "/") for d in survey.EXCLUDED_DIRS):
+        return "excluded"
+    return None
+
+
+@dataclass
+class VmDrift:
+    name: str
+    image: str
+    state: str
+    read: str = ""  # offline | copy (a reflink of a running VM's disks) | live
+    seconds: float = 0.0
+    generation: dict = field(default_factory=dict)
+    image_now: dict | None = None
+    added: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    classes: dict[str, str] = field(default_factory=dict)  # path -> class, for every differing path
+    notes: list[str] = field(default_factory=list)
+    busy: int | None = None  # the pid holding the VM's lock (-1: unknown)
+
+    def by_class(self) -> dict[str, int]:
+        out = dict.fromkeys(CLASSES, 0)
+        for c in self.classes.values():
+            out[c] += 1
+        return out
+
+    def by_dir(self) -> list[dict]:
+        """Per directory (two deep) and class: added, changed, removed; most first."""
+        rows: dict[tuple[str, str], list[int]] = {}
+        for i, paths in enumerate((self.added, self.changed, self.removed)):
+            for p in paths:
+                d = "/".join(p.rsplit("/", 1)[0].split("/")[:3]) or "/"
+                rows.setdefault((d, self.classes[p]), [0, 0, 0])[i] += 1
+        order = sorted(rows.items(), key=lambda kv: (-sum(kv[1]), kv[0]))
+        return [{"dir": d, "class": c, "added": a, "changed": ch, "removed": r} for (d, c), (a, ch, r) in order]
+
+    def to_json(self, paths: bool = False) -> dict:
+        out = {"name": self.name, "image": self.image, "state": self.state, "read": self.read,
+               "seconds": round(self.seconds, 2), "generation": self.generation, "image_now": self.image_now,
+               "notes": self.notes}
+        if self.busy is not None:
+            out["busy"] = self.busy
+            return out
+        out["vm"] = {"added": len(self.added), "changed": len(self.changed), "removed": len(self.removed),
+                     "by_class": self.by_class(), "by_dir": self.by_dir(),
+                     "paths": {"added": list(self.added), "changed": list(self.changed), "removed": list(self.removed)}
+                     if paths else {"added": [], "changed": [], "removed": []}}
+        return out
+
+    def text(self) -> list[str]:
+        g = self.generation
+        lines = [f"{self.name}: image {self.image}, {self.state}" + (f", read {self.read}" if self.read else "")]
+        if self.busy is not None:
+            return [lines[0] + f": busy (pid {self.busy if self.busy > 0 else '?'})", *self.notes]
+        lines.append(f"  generation {g.get('fingerprint') or '?'} (image time {g.get('image_time') or '?'}), "
+                     f"{g.get('how', 'made')} {g.get('since') or '?'}")
+        now = self.image_now
+        if now and now.get("moved_on"):
+            lines.append(f"  image moved on to {now['fingerprint']}: +{now['added']} ~{now['changed']} -{now['removed']}")
+        elif now:
+            lines.append("  image unchanged since")
+        counts = ", ".join(f"{c} {n}" for c, n in self.by_class().items() if n)
+        lines.append(f"  VM: +{len(self.added)} ~{len(self.changed)} -{len(self.removed)}" + (f" ({counts})" if counts else ""))
+        for row in self.by_dir()[:10]:
+            lines.append(f"    {row['dir']:<28} {row['class']:<9} +{row['added']} ~{row['changed']} -{row['removed']}")
+        lines += [f"  {n}" for n in self.notes]
+        return lines
+
+
+# -- comparing ------------------------------------------------------------------------------
+
+def owned_prefixes(rec) -> tuple[str, ...]:
+    """Trees si-xen wrote whole (kernel modules: ``/lib/modules/6.1.0/``)."""
+    return tuple(p for paths in rec.owned.values() for p in paths if p.endswith("/"))
+
+
+def compare(expected: dict, owned_facts: dict, vm: dict, prefixes: tuple[str, ...] = (),
+            classify: Classify | None = None) -> tuple[manifest.Diff, dict[str, str]]:
+    """The VM's differences from ``expected`` (a manifest) once si-xen's writes are laid over it,
+    each with its class. An owned path compares by its recorded facts (mode uid gid size mtime):
+    its link group and symlink target were not recorded. mtimes compare in whole seconds:
+    mke2fs -d (the one-pass copy) drops the nanoseconds (e2fsprogs 1.47), as rsync's quick check
+    does on a filesystem without them."""
+    exp, vm = _seconds(expected), _seconds(vm)
+    for p, f in owned_facts.items():
+        if p.endswith("/"):
+            continue
+        if f is None:
+            exp.pop(p, None)
+        else:
+            have = vm.get(p)
+            exp[p] = (*f[:4], f[4] // 1_000_000_000, have[5] if have else 0, have[6] if have else "")
+    d = manifest.diff(exp, vm)
+    classes = {}
+    for p in (*d.added, *d.changed, *d.removed):
+        row = vm.get(p) or exp.get(p)
+        is_dir = bool(row) and stat.S_ISDIR(row[0])
+        owned = p in owned_facts or p.startswith(prefixes)
+        classes[p] = ((classify and classify(p, is_dir)) or install_excluded(p, is_dir)
+                      or ("owned" if owned else "image" if p in expected else "local"))
+    return d, classes
+
+
+def _seconds(rows: dict) -> dict:
+    return {p: (f[0], f[1], f[2], f[3], f[4] // 1_000_000_000, f[5], f[6]) for p, f in rows.items()}
+
+
+def generation(rec) -> dict:
+    updated = getattr(rec, "updated", "") or rec.extra.get("updated", "")
+    return {"fingerprint": rec.image_fingerprint, "image_time": rec.image_time,
+            "since": updated or rec.created, "how": "updated" if updated else "made"}
+
+
+# -- the image side -------------------------------------------------------------------------
+
+def image_key(rec) -> tuple:
+    """VMs with equal keys see one tree: a local image's VM differs by the overrides that
+    SystemImager lays for its host (named like it, its cluster.txt groups)."""
+    src = rec.source or {}
+    key = (rec.image, src.get("server", ""), tuple(src.get("overrides") or ()))
+    if src.get("server"):
+        return key
+    from .image import source, store_config
+
+    try:
+        cfg = store_config()
+        with open(os.path.join(cfg.scripts_dir, "cluster.txt"), encoding="utf-8", errors="replace") as f:
+            groups = tuple(source._groups(f.read(), [rec.name])[1])
+    except (OSError, Fatal):
+        cfg, groups = None, ()
+    short = rec.name.split(".")[0]
+    mine = cfg is not None and os.path.isdir(os.path.join(cfg.overrides_dir, short))
+    return (*key, groups, short if mine else "")
+
+
+def open_image(rec, paths: dict) -> str:
+    """The tree si_mkxenvm would deploy for ``rec`` now, without pulling: the local image (its
+    view with the overrides), or a server image's cached ``current`` generation (its newest
+    view when overrides were laid). Fatal when there is none."""
+    from .image import source
+
+    src = rec.source or {}
+    overrides = list(src.get("overrides") or ())
+    name = (rec.request or {}).get("image") or rec.image
+    if not src.get("server"):
+        return source.from_store(name, overrides, rec.name, paths, lambda _m: None).path
+    from .image import remote
+    from .image.cache import Cached
+
+    c = Cached(paths["cache_dir"], paths["lock_dir"], remote.parse_server(src["server"]), rec.image)
+    gen = c.current()
+    if gen is None:
+        raise Fatal(f"image '{rec.image}' of {src['server']} is not in this host's cache",
+                    "si_mkxenvm pulls it; --drift never does")
+    views = sorted(glob.glob(os.path.join(c.dir, f"view-{os.path.basename(gen)[4:]}-*")), key=os.path.getmtime)
+    return views[-1] if overrides and views else gen
+
+
+def image_side(rec, paths: dict, facts_dir: str) -> tuple[str, str] | str:
+    """(path, fingerprint) of the image now, its manifest saved; or why there is none."""
+    try:
+        path = open_image(rec, paths)
+        return path, survey.survey(path, facts_dir).fingerprint
+    except Fatal as e:
+        return f"image '{rec.image}' cannot be opened now: {e}"
+    except OSError as e:
+        return f"image '{rec.image}' cannot be read now: {e.strerror or e}"
+
+
+# -- the VM side ----------------------------------------------------------------------------
+
+def read_mode(rec, running: bool) -> str:
+    if not running:
+        return "offline"
+    from .storage.reflink import reflinks_work
+
+    if rec.storage == "lvm" and rec.thin_pool:
+        return "snapshot"
+    if rec.storage == "dir" and rec.disks:
+        try:
+            if reflinks_work(os.path.dirname(rec.disks[0].target)):
+                return "copy"
+        except OSError:
+            pass
+    return "live"
+
+
+TAG = "si_xen_drift"
+
+
+def snapshots(rec) -> dict[str, str]:
+    """A running VM's thin LVs snapshotted (no extra space, never activated by default, tagged):
+    target -> the snapshot's device. A stale one (a --drift killed here) is removed first; the
+    VM's lock, held, keeps two of us apart. Untested on a real VG: the test host has no LVM."""
+    out: dict[str, str] = {}
+    try:
+        for d in rec.disks:
+            if not d.mountpoint:
+                continue
+            vg, lv = d.target.split("/")[-2:]
+            snap = f"{vg}/{lv}.drift"
+            tags = proc.run(["lvs", "--noheadings", "-o", "lv_tags", snap], ok=(0, 5))
+            if tags.returncode == 0 and TAG in tags.stdout:
+                proc.run(["lvremove", "--yes", snap])
+            proc.run(["lvcreate", "--yes", "-s", "-kn", "-n", f"{lv}.drift", "--addtag", TAG, f"{vg}/{lv}"])
+            out[d.target] = f"/dev/{snap}"
+            proc.run(["lvchange", "-ay", snap])
+    except BaseException:
+        drop_snapshots(out)
+        raise
+    return out
+
+
+def drop_snapshots(snaps: dict[str, str]) -> None:
+    for dev in snaps.values():
+        proc.run(["lvremove", "--yes", dev[len("/dev/"):]], ok=(0, 5))
+
+
+def read_vm(rec, mode: str, lock_dir: str) -> tuple[dict, list[str]]:
+    """The VM's manifest, read by the child in its own mount namespace; (rows, notes)."""
+    token = f"{os.getpid()}-{secrets.token_hex(3)}"
+    run_dir = "/run" if os.path.isdir("/run") else "/tmp"
+    snaps = snapshots(rec) if mode == "snapshot" else {}
+    try:
+        where = tempfile.mkdtemp(prefix=f"si-xen.{rec.name}.drift-", dir=run_dir)
+    except BaseException:
+        drop_snapshots(snaps)
+        raise
+    spec = {"disks": [[snaps.get(d.target, d.target), d.fs, d.mountpoint] for d in rec.disks], "storage": rec.storage,
+            "root": rec.storage_root, "pool": rec.thin_pool, "lock_dir": lock_dir, "where": where,
+            "copy": mode == "copy", "token": token}
+    try:
+        with tempfile.TemporaryFile() as out:
+            proc.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-m", __name__,
+                      json.dumps(spec)], stdout=out)
+            out.seek(0)
+            rows, skipped = marshal.loads(out.read())
+    finally:
+        os.rmdir(where)  # our mounts were never seen here
+        drop_snapshots(snaps)
+        for d in rec.disks:  # the copies of a child killed before it unlinked them
+            for p in glob.glob(os.path.join(os.path.dirname(d.target), f".drift-{token}-*")):
+                os.unlink(p)
+    return rows, [f"WARNING: {m} is not a directory in the VM's /: its filesystem was not read" for m in skipped]
+
+
+def child(spec: dict) -> tuple[dict, list[str]]:
+    """In the private namespace: mount read-only (a running VM's reflinked copies, each unlinked
+    once mounted), walk, and let the namespace's end unmount."""
+    from .record import DiskRecord
+    from .storage import backend
+    from .storage.mount import mount_tree_ro
+    from .storage.reflink import reflink
+
+    disks = [DiskRecord("", mp, fs, "", target) for target, fs, mp in spec["disks"]]
+    copies = []
+    if spec["copy"]:
+        for i, d in enumerate(disks):
+            if d.mountpoint:
+                dst = os.path.join(os.path.dirname(d.target), f".drift-{spec['token']}-{os.path.basename(d.target)}")
+                reflink(d.target, dst)
+                copies.append(dst)
+                disks[i] = DiskRecord("", d.mountpoint, d.fs, "", dst)
+    b = backend(spec["storage"], spec["root"], spec["pool"], spec["lock_dir"])
+    mounted, skipped = mount_tree_ro(disks, b, spec["where"])
+    for c in copies:
+        os.unlink(c)  # the loop device keeps it open
+    if os.environ.get(PAUSE):
+        time.sleep(float(os.environ[PAUSE]))
+    rows = survey.manifest_of(spec["where"])
+    for m in reversed(mounted):
+        proc.run(["umount", m])
+    return rows, skipped
+
+
+def main(argv: list[str]) -> int:
+    result = child(json.loads(argv[0]))
+    sys.stdout.buffer.write(marshal.dumps(result))
+    return 0
+
+
+# -- the report -----------------------------------------------------------------------------
+
+def drift(states, settings, running: set[str] | None, classify: Classify | None = None) -> list[VmDrift]:
+    """One VmDrift per journal state, in order (``running``: the domains the toolstack lists,
+    None when none answers)."""
+    paths = settings.paths
+    facts_dir = os.path.join(paths["state_dir"], "images")
+    recs = [s.record for s in states if s.record is not None]
+    sides: dict[tuple, proc.Ahead] = {}
+    for rec in recs:  # every image walked once, while the VMs are read
+        if image_key(rec) not in sides:
+            sides[image_key(rec)] = proc.Ahead(image_side, rec, paths, facts_dir)
+    got: dict[tuple, object] = {}
+    try:
+        return [_one(s, settings, running, classify, sides, got, facts_dir) for s in states]
+    finally:
+        for a in sides.values():
+            if a.status is None:
+                a.close()
+
+
+def _one(st, settings, running, classify, sides, got, facts_dir) -> VmDrift:
+    t0 = time.monotonic()
+    rec = st.record
+    if rec is None:
+        return VmDrift(st.name, st.vm.image, "incomplete", notes=["unfinished deploy: nothing to compare"])
+    state = "unknown" if running is None else ("running" if rec.name in running else "stopped")
+    out = VmDrift(rec.name, rec.image, state, generation=generation(rec))
+    lock_dir = settings.paths["lock_dir"]
+    try:
+        with exclusive(os.path.join(lock_dir, f"{rec.name}.lock"), wait=False):
+            out.read = read_mode(rec, state == "running")
+            if out.read == "live":
+                out.notes.append("WARNING: the VM runs and its disks cannot be copied: read live, "
+                                 "so these figures may be inconsistent")
+            vm, notes = read_vm(rec, out.read, lock_dir)
+            out.notes += notes
+    except LockBusy as e:
+        out.busy = e.pid or -1
+        return out
+    except (proc.ProcError, OSError, ValueError, EOFError) as e:
+        out.notes.append(f"WARNING: could not read the VM's disks: {e}")
+        out.seconds = time.monotonic() - t0
+        return out
+    key = image_key(rec)
+    if key not in got:
+        got[key] = sides[key].result()  # None: its child failed
+    now = got[key]
+    old = manifest.load(facts_dir, rec.image_fingerprint) if rec.image_fingerprint else None
+    cur = None
+    if isinstance(now, tuple):
+        path, fp = now
+        cur = old if fp == rec.image_fingerprint else manifest.load(facts_dir, fp)
+        out.image_now = {"fingerprint": fp, "moved_on": fp != rec.image_fingerprint, "added": 0, "changed": 0,
+                         "removed": 0}
+        if old is not None and cur is not None and fp != rec.image_fingerprint:
+            d = manifest.diff(old, cur)
+            out.image_now.update(added=len(d.added), changed=len(d.changed), removed=len(d.removed))
+    elif isinstance(now, str):
+        out.notes.append(now)
+    else:
+        out.notes.append(f"image '{rec.image}' could not be walked now")
+    expected = old
+    if expected is None:
+        if cur is None:
+            out.notes.append("no manifest of the VM's generation, and no image now: nothing to compare with")
+            out.seconds = time.monotonic() - t0
+            return out
+        expected = cur
+        out.notes.append("no manifest of the VM's generation (made by an older si-xen?): compared with the image now")
+    d, out.classes = compare(expected, rec.owned_facts, vm, owned_prefixes(rec), classify)
+    out.added, out.changed, out.removed = d.added, d.changed, d.removed
+    out.seconds = time.monotonic() - t0
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import proc
+from . import excludes, proc
 from .errors import Fatal
 from .image import manifest, survey
 from .locks import LockBusy, exclusive
@@ -264,8 +264,9 @@ def drop_snapshots(snaps: dict[str, str]) -> None:
         proc.run(["lvremove", "--yes", dev[len("/dev/"):]], ok=(0, 5))
 
 
-def read_vm(rec, mode: str, lock_dir: str) -> tuple[dict, list[str]]:
-    """The VM's manifest, read by the child in its own mount namespace; (rows, notes)."""
+def read_vm(rec, mode: str, lock_dir: str) -> tuple[dict, list[str], Classify]:
+    """The VM's manifest, read by the child in its own mount namespace; (rows, notes, and what
+    an update leaves alone in that VM: excludes.Rules.classify, made from its own tree)."""
     token = f"{os.getpid()}-{secrets.token_hex(3)}"
     run_dir = "/run" if os.path.isdir("/run") else "/tmp"
     snaps = snapshots(rec) if mode == "snapshot" else {}
@@ -276,25 +277,29 @@ def read_vm(rec, mode: str, lock_dir: str) -> tuple[dict, list[str]]:
         raise
     spec = {"disks": [[snaps.get(d.target, d.target), d.fs, d.mountpoint] for d in rec.disks], "storage": rec.storage,
             "root": rec.storage_root, "pool": rec.thin_pool, "lock_dir": lock_dir, "where": where,
-            "copy": mode == "copy", "token": token}
+            "copy": mode == "copy", "token": token,
+            "image_root": rec.image_path if rec.image_path and os.path.isdir(rec.image_path) else None,
+            "nameservers": bool(rec.request.get("nameservers"))}
     try:
         with tempfile.TemporaryFile() as out:
             proc.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-m", __name__,
                       json.dumps(spec)], stdout=out)
             out.seek(0)
-            rows, skipped = marshal.loads(out.read())
+            rows, skipped, (excluded, identity) = marshal.loads(out.read())
     finally:
         os.rmdir(where)  # our mounts were never seen here
         drop_snapshots(snaps)
         for d in rec.disks:  # the copies of a child killed before it unlinked them
             for p in glob.glob(os.path.join(os.path.dirname(d.target), f".drift-{token}-*")):
                 os.unlink(p)
-    return rows, [f"WARNING: {m} is not a directory in the VM's /: its filesystem was not read" for m in skipped]
+    notes = [f"WARNING: {m} is not a directory in the VM's /: its filesystem was not read" for m in skipped]
+    return rows, notes, excludes.Rules(excludes.Patterns(excluded), excludes.Patterns(identity)).classify
 
 
-def child(spec: dict) -> tuple[dict, list[str]]:
+def child(spec: dict) -> tuple[dict, list[str], tuple[list[str], list[str]]]:
     """In the private namespace: mount read-only (a running VM's reflinked copies, each unlinked
-    once mounted), walk, and let the namespace's end unmount."""
+    once mounted), walk, read the VM's own rules (its sshd's keys, fstab, exclude file), and let
+    the namespace's end unmount."""
     from .record import DiskRecord
     from .storage import backend
     from .storage.mount import mount_tree_ro
@@ -316,9 +321,14 @@ def child(spec: dict) -> tuple[dict, list[str]]:
     if os.environ.get(PAUSE):
         time.sleep(float(os.environ[PAUSE]))
     rows = survey.manifest_of(spec["where"])
+    from .distros import detect
+    from .guestfs import Guest
+
+    rules = excludes.rules_for(spec["where"], spec.get("image_root"), detect(Guest(spec["where"]), require=False),
+                               spec.get("nameservers", False))
     for m in reversed(mounted):
         proc.run(["umount", m])
-    return rows, skipped
+    return rows, skipped, (list(rules.excluded.lines), list(rules.identity.lines))
 
 
 def main(argv: list[str]) -> int:
@@ -362,7 +372,7 @@ def _one(st, settings, running, classify, sides, got, facts_dir) -> VmDrift:
             if out.read == "live":
                 out.notes.append("WARNING: the VM runs and its disks cannot be copied: read live, "
                                  "so these figures may be inconsistent")
-            vm, notes = read_vm(rec, out.read, lock_dir)
+            vm, notes, own_rules = read_vm(rec, out.read, lock_dir)
             out.notes += notes
     except LockBusy as e:
         out.busy = e.pid or -1
@@ -397,7 +407,7 @@ def _one(st, settings, running, classify, sides, got, facts_dir) -> VmDrift:
             return out
         expected = cur
         out.notes.append("no manifest of the VM's generation (made by an older si-xen?): compared with the image now")
-    d, out.classes = compare(expected, rec.owned_facts, vm, owned_prefixes(rec), classify)
+    d, out.classes = compare(expected, rec.owned_facts, vm, owned_prefixes(rec), classify or own_rules)
     out.added, out.changed, out.removed = d.added, d.changed, d.removed
     out.seconds = time.monotonic() - t0
     return out

@@ -90,8 +90,12 @@ def test_no_drift_in_a_clone_on_xfs_and_a_copy_read_leaves_nothing(image, xfs_di
     assert_no_drift(drift(env, "c2"), lost_found=True)
     # a running VM's read: its disks reflinked aside, each copy unlinked once mounted
     rec = journal.load(env.state, "c2").record
-    rows, notes = drift_.read_vm(rec, "copy", env.lock)
+    rows, notes, classify = drift_.read_vm(rec, "copy", env.lock)
     assert "/etc/motd" in rows and notes == []
+    # what an update leaves alone, read from the VM's own tree (its sshd's keys, its hostname)
+    assert classify("/etc/ssh/ssh_host_ed25519_key", False) == "identity"
+    assert classify("/etc/machine-id", False) == "identity" and classify("/etc/hostname", False) == "excluded"
+    assert classify("/etc/motd", False) is None and classify("/dev/null", False) == "excluded"
     assert not glob.glob(f"{xfs_dir}/domains/c2/.drift-*") and loops_of(disk) == []
     assert sha256(disk) == digest
     for h in ("c1", "c2"):
@@ -106,6 +110,9 @@ def edit(disk: str, tmp_path) -> None:
     try:
         os.makedirs(mnt / "home" / "u")
         (mnt / "home" / "u" / "f").write_text("mine\n")
+        os.makedirs(mnt / "srv" / "app")
+        (mnt / "srv" / "app" / "db").write_text("data\n")
+        (mnt / "etc" / "ssh" / "ssh_host_ed25519_key.pub").write_text("replaced\n")
         with open(mnt / "etc" / "motd", "a") as f:
             f.write("edited\n")
         os.unlink(mnt / "etc" / "debian_version")
@@ -121,16 +128,19 @@ def test_local_edits_are_exactly_what_drift_shows(image, tmp_path):
     digest = sha256(disk)
     got = drift(env, "e1")
     vm = got["vm"]
-    assert vm["paths"] == {"added": ["/home/u", "/home/u/f", "/lost+found"], "changed": ["/etc/motd"],
+    # /home/* is in SystemImager's updateclient exclusions (excluded: an update never touches it); /srv/app
+    # is the VM's own (local: kept); the host key is the VM's identity (si-xen wrote it: owned too)
+    assert vm["paths"] == {"added": ["/home/u", "/home/u/f", "/lost+found", "/srv/app", "/srv/app/db"],
+                           "changed": ["/etc/motd", "/etc/ssh/ssh_host_ed25519_key.pub"],
                            "removed": ["/etc/debian_version"]}
-    assert (vm["added"], vm["changed"], vm["removed"]) == (3, 1, 1)
-    assert vm["by_class"] == {"image": 2, "local": 2, "owned": 0, "identity": 0, "excluded": 1}
-    assert {"dir": "/home/u", "class": "local", "added": 1, "changed": 0, "removed": 0} in vm["by_dir"]
-    assert {"dir": "/home", "class": "local", "added": 1, "changed": 0, "removed": 0} in vm["by_dir"]
+    assert (vm["added"], vm["changed"], vm["removed"]) == (5, 2, 1)
+    assert vm["by_class"] == {"image": 2, "local": 2, "owned": 0, "identity": 1, "excluded": 3}
+    assert {"dir": "/srv/app", "class": "local", "added": 1, "changed": 0, "removed": 0} in vm["by_dir"]
+    assert {"dir": "/home/u", "class": "excluded", "added": 1, "changed": 0, "removed": 0} in vm["by_dir"]
     assert {"dir": "/etc", "class": "image", "added": 0, "changed": 1, "removed": 1} in vm["by_dir"]
     assert drift(env, "e1", paths=False)["vm"]["paths"] == {"added": [], "changed": [], "removed": []}
     text = env.run("lsxenvm", "--drift", "e1", check=True).stdout
-    assert "VM: +3 ~1 -1 (image 2, local 2, excluded 1)" in text and "image unchanged since" in text
+    assert "VM: +5 ~2 -1 (image 2, local 2, identity 1, excluded 3)" in text and "image unchanged since" in text
     assert sha256(disk) == digest and host_state(env.base) == before
     # unknown names: a WARNING and exit 1, as without --drift
     cp = env.run("lsxenvm", "--drift", "nope")

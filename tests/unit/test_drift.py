@@ -139,7 +139,7 @@ def world(tmp_path, monkeypatch):
 
     def read_vm(rec, mode, lock_dir):
         read.append((rec.name, mode))
-        return dict(vm), []
+        return dict(vm), [], None
 
     monkeypatch.setattr(drift, "read_vm", read_vm)
     return SimpleNamespace(img=img, fp=fp, settings=settings, vm=vm, read=read, opened=opened, facts=facts)

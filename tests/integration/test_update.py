@@ -120,7 +120,8 @@ def test_no_delete_and_delete_local(tmp_path):
     assert debugfs_cat(disk, "/usr/share/doc/old/README") == "going\n"
     assert debugfs_cat(disk, "/etc/new.conf") == "new\n"
     env.run("updatexenvm", "u1", "--delete-local", check=True)
-    assert debugfs_cat(disk, "/home/u/notes") is None and debugfs_cat(disk, "/var/lib/app/db") is None
+    assert debugfs_cat(disk, "/var/lib/app/db") is None
+    assert debugfs_cat(disk, "/home/u/notes") == "mine\n", "/home/* is SystemImager's exclusion: never touched"
     assert debugfs_cat(disk, "/etc/ssh/ssh_host_ed25519_key") is not None, "identity is never local data"
 
 

@@ -7,6 +7,7 @@ import re
 import tempfile
 
 from si_xen import hostkeys, proc, sshdconfig
+from si_xen.distros.table import RELEASES
 from si_xen.errors import Fatal
 from si_xen.fixups.base import Ctx, fixup
 from si_xen.guestfs import Guest, GuestPathError
@@ -61,7 +62,8 @@ def hosts(text: str | None, s, old: set[str]) -> str:
     return "\n".join(out)
 
 
-@fixup("hostname", 50, "setup-hostname")
+@fixup("hostname", 50, "setup-hostname", watches=("etc/hosts", "etc/mailname", *sorted(
+    {p for rows in RELEASES.values() for _, prof in rows for p, _ in prof.hostname_files})))
 def hostname(ctx: Ctx) -> None:
     """The VM's hostname in every file its family reads, /etc/hosts and /etc/mailname.
 
@@ -91,7 +93,7 @@ def _sysconfig(text: str, name: str) -> str:
     return text + ("" if text.endswith("\n") or not text else "\n") + f"HOSTNAME={name}\n"
 
 
-@fixup("identity", 70, "fresh-identity")
+@fixup("identity", 70, "fresh-identity", watches=("etc/ssh/sshd_config{,.d/*}",))
 def identity(ctx: Ctx) -> None:
     """Fresh machine identity: SSH host keys, machine-id, random seeds, DHCP leases.
 

@@ -198,3 +198,18 @@ def test_swap_survives_the_journal(tmp_path, losetup):
     j.made(Swap("/d/disk.img", "/d/disk.img.upd-9", "/d/disk.img.old-9"))
     j.close()
     assert journal.load(s, "vm").update_things[-1] == Swap("/d/disk.img", "/d/disk.img.upd-9", "/d/disk.img.old-9")
+
+
+def test_rmxenvm_keep_disks_of_a_half_swapped_update_keeps_the_vms_disk_whole(tmp_path, losetup):
+    sw = _disks(tmp_path, None, "COPY", "VM")  # killed between the two renames
+    s = str(tmp_path / "state")
+    j = journal.Journal(s, "vm", VmRecord.from_json({"name": "vm"}))
+    j.made(DiskFile(sw.target))
+    j.finish(VmRecord("vm"))
+    j.close()
+    j = journal.Journal.resume(s, "vm", UPDATE)
+    j.made(DiskFile(sw.new))
+    j.made(sw)
+    j.close()
+    journal.remove(journal.load(s, "vm"), keep_disks=True)
+    assert _state(sw) == ("COPY", None, None) and not os.path.exists(j.path)

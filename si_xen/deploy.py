@@ -243,6 +243,21 @@ def execute(plan: Plan, image: Image, kernel, settings, rep: Reporter, hs: Heads
     c.one_pass = not plan.clone and populate.one_pass_ok(image.path, plan.disks)
     c.hs.beside_steps(not (plan.clone and bases.ready(plan, c.backend)), settings.paths["template_dir"],
                       any(s.name == "config" for s in steps))
+    try:
+        ran = run_steps(c, steps)
+    finally:
+        c.journal.close()
+        if c.confirm is not None and c.confirm is not confirm:
+            c.confirm.close()  # a walk begun here and not waited for (a rollback)
+    if ran:
+        c.hs.settle()
+    return c.record
+
+
+def run_steps(c: Context, steps) -> bool:
+    """The driver: each step whose ``when`` holds, journaled as it starts, with SIGINT, SIGTERM
+    and SIGHUP raised as errors. True when all ran; a failure undoes everything made and
+    raises, unless the domain exists already (c.guard.kept): then it is warned of, and False."""
     step = steps[0]
     try:
         with signals_raise(c.guard):
@@ -250,16 +265,12 @@ def execute(plan: Plan, image: Image, kernel, settings, rep: Reporter, hs: Heads
                 c.hs.tick()
                 if step.when(c):
                     c.journal.step(step.name)
-                    rep.detail(f"-- step {step.name}")
+                    c.rep.detail(f"-- step {step.name}")
                     step.run(c)
     except BaseException as e:
-        return _undo(c, step, e)
-    finally:
-        c.journal.close()
-        if c.confirm is not None and c.confirm is not confirm:
-            c.confirm.close()  # a walk begun here and not waited for (a rollback)
-    c.hs.settle()
-    return c.record
+        _undo(c, step, e)
+        return False
+    return True
 
 
 def _undo(c: Context, step: Step, e: BaseException) -> VmRecord | None:

@@ -11,6 +11,16 @@ thing it names exists:
 A failed or interrupted deploy replays the deletes in reverse and removes the journal;
 after a crash (SIGKILL, power loss) the journal stays, si_lsxenvm shows the VM as
 incomplete and si_rmxenvm replays the same deletes.
+
+An update appends to a complete journal (:meth:`Journal.resume`):
+
+    {"update": {...}}         from, to, mode, pid, started, delete: the steps and things after it
+                              are the update's (State.update_steps, State.update_things)
+    {"record": {...}}         the VM as updated: it replaces the old record and ends the update
+
+and then :func:`rewrite` puts the journal back in the deploy's form (begin, made, record),
+atomically. Until then the VM stays complete (its old record); si_rmxenvm undoes the
+update's things, then the deploy's.
 """
 
 from __future__ import annotations
@@ -48,6 +58,9 @@ class State:
     steps: list[str] = field(default_factory=list)
     things: list[Made] = field(default_factory=list)
     record: VmRecord | None = None
+    update: dict | None = None  # an unfinished update's entry
+    update_steps: list[str] = field(default_factory=list)
+    update_things: list[Made] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -56,6 +69,19 @@ class State:
     @property
     def step(self) -> str:
         return self.steps[-1] if self.steps else "start"
+
+    @property
+    def update_step(self) -> str:
+        return self.update_steps[-1] if self.update_steps else "start"
+
+    def _begin_update(self, entry: dict) -> None:
+        """A second update entry before a record (run again after a crash) goes on with the
+        same section: what the first made is still to undo."""
+        self.update = entry
+
+    def _end_update(self, record: VmRecord) -> None:
+        self.record, self.update = record, None
+        self.update_steps, self.update_things = [], []
 
     @property
     def pid(self) -> int | None:
@@ -82,12 +108,29 @@ class Journal:
 
     def __init__(self, state_dir: str, name: str, begin: VmRecord):
         os.makedirs(vm_dir(state_dir), exist_ok=True)
-        self.path = path_of(state_dir, name)
+        self.path, self._state_dir = path_of(state_dir, name), state_dir
         self.state = State(name, self.path, begin)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         # Synced with the first thing made: before it, a power cut loses nothing worth knowing.
         self._dir = vm_dir(state_dir)
         self._append({"begin": begin.to_json()}, sync=False)
+
+    @classmethod
+    def resume(cls, state_dir: str, name: str, update: dict) -> Journal:
+        """The writer of an update: the VM's journal read back (``state``), then ``update``
+        appended and synced (O_APPEND: what the journal holds stays)."""
+        state = load(state_dir, name)
+        if state is None or state.record is None:
+            raise Fatal(f"VM '{name}' has no complete journal to update ({path_of(state_dir, name)})",
+                        f"si_lsxenvm {name} shows what there is")
+        self = cls.__new__(cls)
+        self.path, self._state_dir, self.state, self._dir = state.path, state_dir, state, None
+        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW)  # read: a torn tail
+        _drop_torn_tail(self._fd)
+        with critical():
+            self._append({"update": update})
+            state._begin_update(update)
+        return self
 
     def _append(self, entry: dict, sync: bool = True) -> None:
         os.write(self._fd, (json.dumps(entry, sort_keys=True) + "\n").encode())
@@ -105,7 +148,7 @@ class Journal:
         # Not synced: it only says where a deploy stopped (a process crash still shows it; after a
         # power cut an earlier step may show). The next made entry's fsync carries it to disk.
         self._append({"step": name}, sync=False)
-        self.state.steps.append(name)
+        (self.state.steps if self.state.update is None else self.state.update_steps).append(name)
         if os.environ.get(KILL_AT) == name:
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -113,7 +156,7 @@ class Journal:
         """Journal ``thing``, then make it with ``create(*args)``; signals wait until both are done."""
         with critical():
             self._append({"made": thing.to_json()})
-            self.state.things.append(thing)
+            (self.state.things if self.state.update is None else self.state.update_things).append(thing)
             if create:
                 create(*args)
         return thing
@@ -130,7 +173,7 @@ class Journal:
     def finish(self, record: VmRecord) -> None:
         with critical():
             self._append({"record": record.to_json()})
-            self.state.record = record
+            self.state._end_update(record)
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -138,12 +181,60 @@ class Journal:
             self._fd = -1
 
     def rollback(self) -> list[str]:
-        """Delete everything made, newest first; forget the VM unless something stayed."""
+        """Delete everything made, newest first; forget the VM unless something stayed. An
+        update's: undo what it made, then the journal is the deploy's again (its old record)."""
         self.close()
-        failed = undo(self.state.things)
+        st = self.state
+        if st.update is not None:
+            failed = undo(st.update_things)
+            if not failed:
+                rewrite(self._state_dir, st.name, st.begin, st.things, st.record)
+                st.update, st.update_steps, st.update_things = None, [], []
+            return failed
+        failed = undo(st.things)
         if not failed:
             os.unlink(self.path)
         return failed
+
+
+def _drop_torn_tail(fd: int) -> None:
+    """Cut a last line a power cut left half written (load() skips it), so that what is
+    appended next starts a line of its own."""
+    size = os.lseek(fd, 0, os.SEEK_END)
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return
+    pos, step = size, 4096
+    while pos > 0:
+        start = max(0, pos - step)
+        cut = os.pread(fd, pos - start, start).rfind(b"\n")
+        if cut >= 0:
+            os.ftruncate(fd, start + cut + 1)
+            return
+        pos = start
+    os.ftruncate(fd, 0)
+
+
+def rewrite(state_dir: str, name: str, begin: VmRecord | None, things: list[Made], record: VmRecord) -> None:
+    """The VM's journal as a deploy leaves it (begin, made..., record), replacing the old one in
+    one step: written beside it, fsynced, renamed over it, the directory fsynced. An update's
+    section goes (update.py calls it once the new record is in; rollback with the old)."""
+    path = path_of(state_dir, name)
+    lines = ([{"begin": begin.to_json()}] if begin else []) + [{"made": t.to_json()} for t in things] + \
+        [{"record": record.to_json()}]
+    tmp = f"{path}.new"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, "".join(json.dumps(e, sort_keys=True) + "\n" for e in lines).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    with critical():
+        os.replace(tmp, path)
+        dfd = os.open(vm_dir(state_dir), os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
 
 def undo(things: list[Made], keep_disks: bool = False) -> list[str]:
@@ -171,13 +262,15 @@ def load(state_dir: str, name: str) -> State | None:
         try:
             entry = json.loads(line)
             if "made" in entry:
-                st.things.append(Made.from_json(entry["made"]))
+                (st.things if st.update is None else st.update_things).append(Made.from_json(entry["made"]))
             elif "step" in entry:
-                st.steps.append(entry["step"])
+                (st.steps if st.update is None else st.update_steps).append(entry["step"])
             elif "begin" in entry:
                 st.begin = VmRecord.from_json(entry["begin"])
             elif "record" in entry:
-                st.record = VmRecord.from_json(entry["record"])
+                st._end_update(VmRecord.from_json(entry["record"]))
+            elif "update" in entry:
+                st._begin_update(dict(entry["update"]))
         except (ValueError, KeyError, TypeError) as e:
             if n == len(lines):
                 break  # a power cut in the middle of the last line: what it named was not made yet
@@ -194,8 +287,10 @@ def all_states(state_dir: str) -> list[State]:
 
 
 def remove(state: State, keep_disks: bool = False) -> None:
-    """Delete what the journal names, newest first, then the journal (si_rmxenvm, --force)."""
-    failed = undo(state.things, keep_disks=keep_disks)
+    """Delete what the journal names, newest first, then the journal (si_rmxenvm, --force).
+    An unfinished update's things go first, whole (its copies are no disks of the VM; a Swap
+    leaves the VM's disk in place, see made.Swap), then the deploy's."""
+    failed = undo(state.update_things) + undo(state.things, keep_disks=keep_disks)
     if failed:
         raise Fatal(f"could not remove all of VM '{state.name}': {'; '.join(failed)}",
                     f"fix that, then run si_rmxenvm {state.name} again (its journal {state.path} is kept)")

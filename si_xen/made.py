@@ -94,6 +94,70 @@ class LogicalVolume(Made):
 
 
 @dataclass(frozen=True)
+class Swap(Made):
+    """An update's copy ``new`` put in place of the VM's disk ``target``, whose old self goes to
+    ``old``: journaled before ``rename(target, old); rename(new, target)`` (LVs: lvrename).
+    The copy was synced before, so a swap half done is finished, never undone:
+
+    - ``finish()`` completes the renames (recovery rolls forward, then records);
+    - ``delete()`` (a rollback, si_rmxenvm) leaves ``target`` in place and no spare:
+      no rename done yet: the copy goes, the VM keeps its disk (back);
+      the disk moved to ``old`` and ``new`` still there: finish, then ``old`` goes (forward);
+      both renames done: ``old`` goes (forward);
+      ``target`` missing, only ``old`` left: it is moved back.
+    """
+
+    kind = "swap"
+    target: str
+    new: str
+    old: str
+
+    def finish(self) -> None:
+        if _present(self.target) and _present(self.new) and not _present(self.old):
+            _rename(self.target, self.old)
+        if not _present(self.target) and _present(self.new):
+            _rename(self.new, self.target)
+        _sync_dir(self.target)
+
+    def delete(self) -> None:
+        if not _present(self.target):
+            if _present(self.new):
+                _rename(self.new, self.target)
+            elif _present(self.old):
+                _rename(self.old, self.target)
+            _sync_dir(self.target)
+        for spare in (self.new, self.old):
+            if _present(spare):
+                (LogicalVolume if _lv(spare) else DiskFile)(spare).delete()
+
+
+def _lv(path: str) -> bool:
+    return path.startswith("/dev/")
+
+
+def _present(path: str) -> bool:
+    return lv_exists(path) if _lv(path) else os.path.lexists(path)
+
+
+def _rename(src: str, dst: str) -> None:
+    if _lv(src):
+        proc.run(["lvrename", src, dst])
+    else:
+        os.rename(src, dst)
+
+
+def _sync_dir(path: str) -> None:
+    """A rename in a directory survives a power cut once the directory is synced."""
+    if _lv(path):
+        return
+    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
 class Mount(Made):
     """A filesystem of the new VM mounted for populate and fixups."""
 

@@ -26,12 +26,15 @@ def _record(ctx: Ctx, line: str) -> None:
         ctx.guest.write_text(MANIFEST, old + line + "\n", 0o600)
 
 
-def _free(ctx: Ctx, gpath: str) -> str:
-    """Where ``gpath`` goes: its own path under GOLDEN (.1, .2... if kept before with other text)."""
+def _free(ctx: Ctx, gpath: str, text: str) -> str:
+    """Where ``gpath`` goes: its own path under GOLDEN (.1, .2... if kept before with other text);
+    a copy kept before with this text is reused (fixups run again keep no second copy)."""
     dest, n = f"{GOLDEN}/{gpath}", 0
-    while ctx.guest.exists(dest if n == 0 else f"{dest}.{n}"):
+    while ctx.guest.exists(name := dest if n == 0 else f"{dest}.{n}"):
+        if ctx.guest.isfile(name) and ctx.guest.read_text(name) == text:
+            return name
         n += 1
-    return dest if n == 0 else f"{dest}.{n}"
+    return name
 
 
 def keep(ctx: Ctx, gpath: str, move: bool = True) -> str | None:
@@ -48,7 +51,7 @@ def keep(ctx: Ctx, gpath: str, move: bool = True) -> str | None:
     if text is None:
         return None
     mode = stat.S_IMODE(os.stat(g.path(gpath)).st_mode)
-    dest = _free(ctx, gpath)
+    dest = _free(ctx, gpath, text)
     g.write_text(dest, text, mode)
     _record(ctx, f"file\t/{gpath}\t/{dest}")
     if move:

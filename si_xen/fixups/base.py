@@ -10,6 +10,7 @@ RecordingGuest records the paths themselves (what the VM's record says each fixu
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -26,6 +27,60 @@ class Fixup:
     summary: str
     help: str
     func: Callable[[Ctx], None] = field(repr=False)  # every family: differences live in OSInfo's data
+    # guest path globs whose change (an update fetched or deleted one) makes it run again
+    watches: tuple[str, ...] = ()
+    _watch_re: re.Pattern | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "_watch_re", watch_regex(self.watches))
+
+    def watching(self, path: str) -> bool:
+        """Whether a change to guest ``path`` (leading '/' or not) concerns this fixup."""
+        return self._watch_re is not None and self._watch_re.fullmatch(path.strip("/")) is not None
+
+
+def _braces(glob: str) -> list[str]:
+    """``{a,b}`` alternatives expanded (the first group, then recursively): ``{,usr/}lib`` ->
+    ``lib``, ``usr/lib``."""
+    m = re.search(r"\{([^{}]*)\}", glob)
+    if not m:
+        return [glob]
+    return [x for alt in m.group(1).split(",") for x in _braces(glob[:m.start()] + alt + glob[m.end():])]
+
+
+def _glob_re(glob: str) -> str:
+    """rsync's wildcards over a whole guest path (no leading '/'): ``*`` and ``?`` stop at '/',
+    ``**`` crosses it, ``**/`` also matches no directory at all, ``[...]`` is a class."""
+    out, i = [], 0
+    while i < len(glob):
+        c = glob[i]
+        if glob.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif glob.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif c == "*":
+            out.append("[^/]*")
+            i += 1
+        elif c == "?":
+            out.append("[^/]")
+            i += 1
+        elif c == "[" and "]" in glob[i + 2:]:
+            j = glob.index("]", i + 2)
+            body = glob[i + 1:j]
+            out.append("[" + ("^" + body[1:] if body[:1] == "!" else body).replace("\\", "\\\\") + "]")
+            i = j + 1
+        else:
+            out.append(re.escape(c))
+            i += 1
+    return "".join(out)
+
+
+def watch_regex(globs) -> re.Pattern | None:
+    """One regex for all of ``globs`` (None: no globs), compiled once per fixup."""
+    alts = [_glob_re(g.strip("/")) for glob in globs for g in _braces(glob)]
+    return re.compile("|".join(f"(?:{a})" for a in alts)) if alts else None
 
 
 REGISTRY: list[Fixup] = []
@@ -37,11 +92,15 @@ def ordered() -> list[Fixup]:
     return sorted(REGISTRY, key=lambda f: (f.order, f.name))
 
 
-def fixup(name: str, order: int, hook: str):
+def fixup(name: str, order: int, hook: str, watches: tuple[str, ...] = ()):
+    """Register ``f(ctx)``; ``watches``: guest path globs (rsync wildcards, ``{a,b}``) whose
+    change by an update makes it run again, besides the paths it wrote (its owned ones)."""
+
     def deco(func):
         doc = inspect.cleandoc(func.__doc__ or name)
         summary, _, rest = doc.partition("\n")
-        REGISTRY.append(Fixup(name, order, f"{order:02d}-{hook}", summary.strip(), rest.strip(), func))
+        REGISTRY.append(Fixup(name, order, f"{order:02d}-{hook}", summary.strip(), rest.strip(), func,
+                              tuple(watches)))
         return func
 
     return deco

@@ -16,7 +16,8 @@ SYSTEMD_UNITS = ("hwclock.service", "hwclock-save.service", "hwclock-load.servic
 RTC_RULE = re.compile(r'^(?!\s*#)(.*KERNEL=="rtc[0-9]*".*(hwclock|set_hwclock).*)$', re.M)
 
 
-@fixup("hwclock", 15, "disable-hwclock")
+@fixup("hwclock", 15, "disable-hwclock", watches=("etc/rc*.d/*hwclock*", "etc/init/hwclock*",
+                                                "{,usr/}lib/systemd/system/hwclock*", "**/udev/rules.d/*hwclock*"))
 def disable_hwclock(ctx: Ctx) -> None:
     """Disable hardware-clock access: a Xen PV guest has no RTC.
 

@@ -65,7 +65,9 @@ def _systemd(ctx: Ctx, dev: str) -> None:
         ctx.link("/dev/null", "etc/systemd/system/getty-static.service")
 
 
-@fixup("console", 30, "disable-gettys")
+@fixup("console", 30, "disable-gettys", watches=(
+    "etc/inittab", "etc/init/tty*", "etc/event.d/*", "etc/sysconfig/init", "**/serial-getty@.service",
+    "etc/systemd/system/getty.target.wants/*", "etc/securetty", "boot/**", "etc/default/grub"))
 def console(ctx: Ctx) -> None:
     """One getty on the Xen console (serial_device, default hvc0) and console=hvc0.
 

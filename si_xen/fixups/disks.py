@@ -35,7 +35,7 @@ def fstab(text: str | None, ctx: Ctx) -> str:
     return "\n".join(out + kept) + "\n"
 
 
-@fixup("fstab", 90, "make-fstab")
+@fixup("fstab", 90, "make-fstab", watches=("etc/fstab",))
 def make_fstab(ctx: Ctx) -> None:
     """Regenerate /etc/fstab from the VM's partitions (PARTITIONn: swap first, root xvda2).
 
@@ -63,7 +63,8 @@ def _args(ctx: Ctx, args: str) -> str:
     return args
 
 
-@fixup("bootloader", 92, "fix-bootloader")
+@fixup("bootloader", 92, "fix-bootloader",
+       watches=("boot/**", "etc/default/grub", "etc/initramfs-tools/conf.d/resume"))
 def fix_bootloader(ctx: Ctx) -> None:
     """Point the bootloader files at the VM's disks: root=/dev/xvdaN, resume=, device.map.
 

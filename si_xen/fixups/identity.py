@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tempfile
 
 from si_xen import hostkeys, proc, sshdconfig
+from si_xen.distros.table import RELEASES
 from si_xen.errors import Fatal
 from si_xen.fixups.base import Ctx, fixup
 from si_xen.guestfs import Guest, GuestPathError
@@ -61,7 +63,8 @@ def hosts(text: str | None, s, old: set[str]) -> str:
     return "\n".join(out)
 
 
-@fixup("hostname", 50, "setup-hostname")
+@fixup("hostname", 50, "setup-hostname", watches=("etc/hosts", "etc/mailname", *sorted(
+    {p for rows in RELEASES.values() for _, prof in rows for p, _ in prof.hostname_files})))
 def hostname(ctx: Ctx) -> None:
     """The VM's hostname in every file its family reads, /etc/hosts and /etc/mailname.
 
@@ -91,7 +94,7 @@ def _sysconfig(text: str, name: str) -> str:
     return text + ("" if text.endswith("\n") or not text else "\n") + f"HOSTNAME={name}\n"
 
 
-@fixup("identity", 70, "fresh-identity")
+@fixup("identity", 70, "fresh-identity", watches=("etc/ssh/sshd_config{,.d/*}",))
 def identity(ctx: Ctx) -> None:
     """Fresh machine identity: SSH host keys, machine-id, random seeds, DHCP leases.
 
@@ -101,16 +104,23 @@ def identity(ctx: Ctx) -> None:
     /etc/ssh/ssh_host_*_key the image has; made by the dom0's ssh-keygen (never a guest
     binary), and a key sshd loads that cannot be made stops the deploy. /etc/machine-id is
     emptied (systemd makes a new one at first boot) and /var/lib/dbus/machine-id kept as a
-    link to it; random seeds and leases are removed.
+    link to it; random seeds and leases are removed. An update keeps the VM's own identity
+    (its keys, a machine-id it has, seeds, leases), making only the keys its sshd now loads
+    that it lacks; a rebuild writes the old VM's carried keys and machine-id instead.
     """
-    _ssh_keys(ctx)
-    g = ctx.guest
+    g, s = ctx.guest, ctx.s
+    carried = _carry_in(ctx) if s.identity_dir else set()
+    _ssh_keys(ctx, carried)
+    if s.keep_identity:
+        return  # an update: the VM's own machine-id, seeds and leases stay
+    dbus = "var/lib/dbus/machine-id"
     if g.exists("etc/machine-id"):
-        ctx.write("etc/machine-id", "", mode=0o444)
-        if g.exists("var/lib/dbus/machine-id") or g.isdir("var/lib/dbus"):
-            ctx.link("/etc/machine-id", "var/lib/dbus/machine-id")
-    else:  # pre-systemd dbus: dbus-uuidgen --ensure recreates it at boot
-        ctx.remove("var/lib/dbus/machine-id")
+        if "etc/machine-id" not in carried:
+            ctx.write("etc/machine-id", "", mode=0o444)
+        if dbus not in carried and (g.exists(dbus) or g.isdir("var/lib/dbus")):
+            ctx.link("/etc/machine-id", dbus)
+    elif dbus not in carried:  # pre-systemd dbus: dbus-uuidgen --ensure recreates it at boot
+        ctx.remove(dbus)
     for path in SEEDS:
         ctx.remove(path)
     for d, pattern in LEASES:
@@ -118,15 +128,42 @@ def identity(ctx: Ctx) -> None:
             ctx.remove(path)
 
 
-def _ssh_keys(ctx: Ctx) -> None:
+def _carry_in(ctx: Ctx) -> set[str]:
+    """Write every regular file of ``identity_dir`` (a tree laid out as the guest's: the old VM's
+    etc/ssh/ssh_host_*, etc/machine-id, var/lib/dbus/machine-id) at its guest path, byte for byte
+    and with its mode; returns those guest paths."""
+    top, g, done = ctx.s.identity_dir, ctx.guest, set()
+    for d, dirs, files in os.walk(top):
+        dirs.sort()
+        for name in sorted(files):
+            host = os.path.join(d, name)
+            st = os.lstat(host)
+            if not stat.S_ISREG(st.st_mode):
+                continue  # carried files only, never a link
+            gpath = os.path.relpath(host, top)
+            with open(host, "rb") as f:
+                text = f.read().decode("utf-8", "surrogateescape")
+            if g.islink(gpath):  # a link is replaced, never written through
+                g.unlink(gpath)
+            g.write_text(gpath, text, stat.S_IMODE(st.st_mode))
+            ctx.note(f"carried /{gpath} over from the old VM")
+            done.add(gpath)
+    return done
+
+
+def _ssh_keys(ctx: Ctx, carried: set[str] = frozenset()) -> None:
     g, s = ctx.guest, ctx.s
     tag = hostkeys.tag(s.hostname)
-    if g.exists("etc/ssh/ssh_host_key"):  # SSH-1 rsa1: no modern ssh-keygen makes one; sshd's init does
+    if g.exists("etc/ssh/ssh_host_key") and not s.keep_identity:  # SSH-1 rsa1: no modern ssh-keygen makes one; sshd's init does
         ctx.remove("etc/ssh/ssh_host_key")
         ctx.remove("etc/ssh/ssh_host_key.pub")
     image = Guest(s.image_source) if s.image_source and os.path.isdir(s.image_source) else None
     try:
         for key in sshdconfig.vm_keys(g):
+            if key.path.lstrip("/") in carried or s.keep_identity and g.isfile(key.path):
+                continue  # the VM's own key
+            if s.keep_identity and not key.loaded:
+                continue  # an update makes only the keys sshd loads
             pub = (g.read_text(key.path + ".pub") or "").strip().split(None, 2)
             cloned = image is not None and (image.read_text(key.path + ".pub") or "").split()[:2] == pub[:2]
             if pub[2:] == [tag] and not cloned and g.isfile(key.path):

@@ -75,7 +75,8 @@ def _check_initrd(ctx: Ctx, ver: str) -> None:
             ctx.write(path, text + ("" if text.endswith("\n") or not text else "\n") + add)
 
 
-@fixup("kernel", 80, "install-modules")
+@fixup("kernel", 80, "install-modules",
+       watches=("boot/**", "{,usr/}lib/modules/**", "etc/initramfs-tools/**", "etc/dracut.conf.d/*"))
 def kernel(ctx: Ctx) -> None:
     """Kernel support: modules for a supplied kernel; initramfs checked for Xen block drivers.
 

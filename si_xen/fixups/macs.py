@@ -14,7 +14,7 @@ from si_xen.fixups.base import Ctx, fixup
 PERSISTENT_NET = ("70-persistent-net.rules", "z25_persistent-net.rules", "30-net_persistent_names.rules")
 
 
-@fixup("macs", 35, "forget-macs")
+@fixup("macs", 35, "forget-macs", watches=("etc/udev/rules.d/*persistent*", "etc/systemd/network/*.link"))
 def forget_macs(ctx: Ctx) -> None:
     """Remove state bound to the golden client's MAC addresses.
 

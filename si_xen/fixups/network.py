@@ -11,7 +11,12 @@ from si_xen.fixups.base import Ctx, fixup
 from si_xen.fixups.netrender import RENDERERS
 
 
-@fixup("network", 40, "setup-networking")
+@fixup("network", 40, "setup-networking", watches=(  # every stack's configs, not only the one chosen
+    "etc/network/interfaces", "etc/network/interfaces.d/*", "etc/NetworkManager/system-connections/*",
+    "etc/systemd/network/*.{network,netdev,link}", "etc/netplan/*.yaml",
+    "etc/sysconfig/network-scripts/{ifcfg,route,route6}-*", "etc/sysconfig/network/{ifcfg-*,ifroute-*,routes}",
+    "var/lib/wicked/*", *(p for st in STACKS.values() for p in st.installed),
+    "etc/systemd/system/**", "etc/rc*.d/*", "etc/resolv.conf"))
 def network(ctx: Ctx) -> None:
     """The VM's addressing for the one network stack the guest runs, on the vif's real name.
 
@@ -68,7 +73,7 @@ def _resolv(ctx: Ctx) -> None:
 ISSUE_PREFIX = "IPv4 address of "
 
 
-@fixup("issue", 96, "issue-address")
+@fixup("issue", 96, "issue-address", watches=("etc/issue",))
 def issue(ctx: Ctx) -> None:
     """Show the VM's IPv4 address on the console login banner (/etc/issue).
 

@@ -1,17 +1,21 @@
 """The guest spec: everything the fixups need to know about the VM, typed and validated.
 
-Made from the Plan by si_mkxenvm (:func:`spec_from_plan`), or from xen-tools' hook
+Made from the Plan by si_mkxenvm (:func:`spec_from_plan`), from a VM's record by an update
+(:func:`spec_from_record`), or from xen-tools' hook
 environment by the xen-tools adapter (``xentools.spec_from_env``); the unit tests render a
 spec as that environment (tests/unit/fixups/xtenv.py) to check that both ways make the same spec.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 
+from si_xen.config import BUILTIN
 from si_xen.plan import Network, Plan
 from si_xen.storage import disk_kind
+from si_xen.validate import check_netmask
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,8 @@ class GuestSpec:
     initrd: str = ""
     modules: str = ""
     hostkeys: str = ""  # directory of prefetched TYPE, TYPE.pub keys (hostkeys.Prefetch); in-process only
+    keep_identity: bool = False  # an update: the VM keeps its keys, machine-id, seeds and leases
+    identity_dir: str | None = None  # a rebuild: the old VM's carried keys and machine-id, at their guest paths
 
     @property
     def short(self) -> str:
@@ -79,3 +85,36 @@ def spec_from_plan(plan: Plan, keys: str | None = None, disk: str = "xvda") -> G
     return GuestSpec(image=image, hostname=plan.hostname, net=plan.net, disk=disk, partitions=tuple(sorted(parts, key=lambda p: p.index)),
                      image_source=plan.image_path, pygrub=plan.boot != "direct", kernel=plan.kernel or "",
                      initrd=(plan.initrd or "") if plan.kernel else "", hostkeys=keys or "")
+
+
+def spec_from_record(rec, keys_dir: str | None = None, disk: str = "xvda") -> GuestSpec:
+    """The spec of a VM as made (``rec``: its VmRecord), for fixups run again by an update: it
+    keeps its identity. MAC and addresses are the record's, the rest of the network its recorded
+    request's (a record without one, made by si-xen < 0.2: no netmask, gateway or nameservers).
+    The image is the one copied: an update gives the new tree as ``image_source``. The record
+    keeps no mount options: fstab is the VM's own (an update never rewrites it)."""
+    req = rec.request or {}
+    kind = disk_kind(rec.storage or "dir")
+    parts = []
+    for i, d in enumerate(rec.disks, 1):
+        n = d.vdev[len(disk):]
+        whole = not (d.vdev.startswith(disk) and n.isdigit())
+        name = "swap" if not d.mountpoint else "disk" if d.mountpoint == "/" else d.mountpoint.strip("/").replace("/", "-")
+        parts.append(Partition(i if whole else int(n), name, d.size, d.fs, d.mountpoint, "" if d.mountpoint else "sw",
+                               kind, d.target, d.vdev if whole else ""))
+    image = rec.image if rec.image != os.path.basename(rec.image_path.rstrip("/")) else ""
+    kernel = req.get("kernel") or ""
+    return GuestSpec(hostname=rec.name, net=_recorded_net(rec, req), disk=disk,
+                     partitions=tuple(sorted(parts, key=lambda p: p.index)), image_source=rec.image_path, image=image,
+                     pygrub=rec.boot != "direct", kernel=kernel, initrd=(req.get("initrd") or "") if kernel else "",
+                     hostkeys=keys_dir or "", keep_identity=True)
+
+
+def _recorded_net(rec, req: dict) -> Network:
+    prefix = check_netmask(req["netmask"]) if req.get("netmask") else next(
+        (int(ip.partition("/")[2]) for ip in req.get("ips") or () if "/" in ip), None)  # --ip A.B.C.D/N
+    mask = str(ipaddress.IPv4Network(f"0.0.0.0/{prefix}").netmask) if prefix is not None and rec.ips else ""
+    ns = req.get("nameservers") or ""
+    return Network(not rec.ips, tuple(rec.ips), mask, req.get("gateway") or "", req.get("broadcast") or "",
+                   tuple(ns.replace(",", " ").split() if isinstance(ns, str) else ns), rec.mac,
+                   req.get("bridge") or BUILTIN["bridge"])

@@ -7,9 +7,9 @@ import os
 
 from .. import atomic
 from ..errors import Fatal
-from ..made import DiskFile
+from ..made import DiskFile, Swap
 from ..plan import Disk
-from .reflink import beside, reflink
+from .reflink import beside, reflink, reflinks_work
 
 
 class FileBackend:
@@ -75,6 +75,34 @@ class FileBackend:
             if os.path.lexists(p):
                 os.unlink(p)
 
+    # -- an update's copy on write ------------------------------------------------------------
+    def snapshot(self, target: str, journal) -> str | None:
+        """A reflink of the VM's disk ``target`` for an update to work on (``target.upd-PID``,
+        journaled: a failure drops it and the VM is untouched); None when this directory
+        cannot reflink: the update then works on ``target`` itself."""
+        if not reflinks_work(os.path.dirname(target)):
+            return None
+        new = f"{target}.upd-{os.getpid()}"
+        if os.path.lexists(new):
+            os.unlink(new)  # a dead run's with our pid: its journal named it, nothing else does
+        journal.made(DiskFile(new), _copy_on_write, target, new)
+        return new
+
+    def swap(self, target: str, new: str, journal) -> str:
+        """Put the updated copy ``new`` in place of ``target``; the old disk becomes
+        ``target.si-old`` (returned), for the update's discard. The copy is synced before the
+        Swap is journaled, so a crash from then on rolls forward (made.Swap)."""
+        fd = os.open(new, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        sw = Swap(target, new, f"{target}.si-old")
+        if os.path.lexists(sw.old):  # an earlier update's, killed after its record, before its discard
+            DiskFile(sw.old).delete()
+        journal.made(sw, sw.finish)  # the renames, then the directory synced
+        return sw.old
+
     def mount_source(self, target: str) -> tuple[str, list[str]]:
         return target, ["-o", "loop"]
 
@@ -93,3 +121,8 @@ def _sparse(path: str, size_mib: int) -> None:
     finally:
         os.close(fd)
 
+
+
+def _copy_on_write(src: str, dst: str) -> None:
+    reflink(src, dst)
+    os.chmod(dst, os.stat(src).st_mode & 0o7777)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess  # TimeoutExpired only: commands run through proc
 import termios
 from time import monotonic, sleep  # by name: a test fakes toolstack's clock, never the time module's
 
@@ -89,9 +90,19 @@ class Toolstack:
         return doms
 
     def shutdown(self, name: str, wait: float = 120) -> None:
-        """Shut the domain down; destroy it if it does not go. Gone is gone, however it went."""
+        """Shut the domain down; destroy it if it does not go. Gone is gone, however it went.
+        (An update uses :meth:`stop`, which never destroys.)"""
         proc.run([self.path, "shutdown", "-w", name], timeout=wait, ok=(0, 1))
         self.destroy(name)
+
+    def stop(self, name: str, timeout: float = 120) -> bool:
+        """A clean shutdown within ``timeout`` seconds: True once the domain is gone. Never
+        destroys it (an update must not pull the plug): on False it keeps running or shutting down."""
+        try:
+            proc.run([self.path, "shutdown", "-w", name], timeout=timeout, ok=(0, 1))
+        except subprocess.TimeoutExpired:
+            return False
+        return name not in self.domains()
 
     def destroy(self, name: str) -> None:
         # a dying domain may take a while to hand its memory back on a loaded host

@@ -146,3 +146,41 @@ def test_the_boot_step_and_unmount_record_what_si_xen_wrote(tmp_path, image, mon
     st = os.lstat(os.path.join(image.path, "boot/grub/grub.cfg"))
     assert c.owned_facts["/boot/grub/grub.cfg"] == [st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns]
     assert c.owned_facts["/var/lib/gone"] is None and "/etc/hostname" in c.owned_facts
+
+
+def _update_context(tmp_path):
+    """A complete VM's journal resumed by an update, in a Context the driver runs on."""
+    s = str(tmp_path / "state")
+    j = journal.Journal(s, "vm", VmRecord.from_json({"name": "vm"}))
+    j.made(File(str(tmp_path / "vm.cfg")), (tmp_path / "vm.cfg").write_text, "cfg")
+    j.finish(VmRecord("vm", image_fingerprint="aa"))
+    j.close()
+    rep = SimpleNamespace(end_progress=lambda: None, detail=lambda t: None, warn=lambda t: None, log_path="/l")
+    c = deploy.Context(SimpleNamespace(hostname="vm"), None, None, None, rep,
+                       journal.Journal.resume(s, "vm", {"from": "aa", "to": "bb"}),
+                       hs=SimpleNamespace(tick=lambda: None, settle=lambda: None))
+    return s, c
+
+
+def test_run_steps_drives_an_updates_steps_and_undoes_only_what_they_made(tmp_path, fp):
+    fp.register(["losetup", fp.any()], occurrences=5)
+    s, c = _update_context(tmp_path)
+    copy = tmp_path / "disk.img.upd"
+
+    def fail(c):
+        raise OSError(28, "No space left on device")
+
+    steps = (deploy.Step("snapshot", lambda c: c.journal.made(DiskFile(str(copy)), copy.write_text, "x")),
+             deploy.Step("transfer", fail))
+    with pytest.raises(Fatal, match=r"step 'transfer' failed: \[Errno 28\]"):
+        deploy.run_steps(c, steps)
+    st = journal.load(s, "vm")
+    assert not copy.exists() and (tmp_path / "vm.cfg").exists()
+    assert st.complete and st.update is None and st.record.image_fingerprint == "aa"
+
+
+def test_run_steps_is_true_when_all_ran(tmp_path):
+    s, c = _update_context(tmp_path)
+    assert deploy.run_steps(c, (deploy.Step("plan", lambda c: None), deploy.Step("start", lambda c: None)))
+    c.journal.close()
+    assert journal.load(s, "vm").update_steps == ["plan", "start"]

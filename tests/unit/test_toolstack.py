@@ -1,6 +1,7 @@
 """The toolstack adapter, against faked xl processes."""
 
 import os
+import subprocess
 
 import pytest
 
@@ -82,3 +83,33 @@ def test_start_allowed_on_a_running_dom0_with_the_toolstack_found(host, files):
         _write(host, path, text)
     ts = toolstack.require_running("auto")
     assert (ts.name, ts.path) == ("xl", str(host / "bin" / "xl"))
+
+
+def test_stop_is_a_clean_shutdown_and_true_once_gone(fp):
+    xl = "/usr/sbin/xl"
+    fp.register([xl, "shutdown", "-w", "vm1"])
+    fp.register([xl, "list"], stdout=LIST_WITHOUT)
+    assert toolstack.Toolstack("xl", xl).stop("vm1", 30) is True
+    assert fp.call_count([xl, "shutdown", "-w", "vm1"]) == 1
+
+
+def test_stop_that_times_out_is_false_and_never_destroys(fp):
+    xl = "/usr/sbin/xl"
+
+    def slow(p):  # what subprocess.run raises once xl outlives the timeout
+        raise subprocess.TimeoutExpired(p.args, 0.05)
+
+    fp.register([xl, "shutdown", "-w", "vm1"], callback=slow)
+    fp.register([xl, "list"], stdout=LIST_WITH, occurrences=10)
+    fp.register([xl, "destroy", fp.any()], occurrences=10)
+    assert toolstack.Toolstack("xl", xl).stop("vm1", 0.05) is False
+    assert fp.call_count([xl, "destroy", fp.any()]) == 0
+
+
+def test_stop_of_a_domain_still_there_is_false_and_never_destroys(fp):
+    xl = "/usr/sbin/xl"
+    fp.register([xl, "shutdown", "-w", "vm1"], returncode=1)
+    fp.register([xl, "list"], stdout=LIST_WITH)
+    fp.register([xl, "destroy", fp.any()], occurrences=10)
+    assert toolstack.Toolstack("xl", xl).stop("vm1", 30) is False
+    assert fp.call_count([xl, "destroy", fp.any()]) == 0

@@ -129,3 +129,37 @@ def test_fixups_read_only_the_spec(tmp_path, monkeypatch):
 def test_unknown_fixup_name_is_fatal(tmp_path):
     with pytest.raises(Fatal, match="unknown fixup"):
         run_all(str(tmp_path), GuestSpec(), only="nope")
+
+
+def _record_of(p: Plan, request: dict):
+    """The record si_mkxenvm writes for plan ``p`` (VmRecord.built's fields a spec reads)."""
+    from si_xen.record import DiskRecord, VmRecord
+    from si_xen.sizes import human
+
+    return VmRecord(p.hostname, p.image_name, image_path=p.image_path, storage=p.storage, boot=p.boot,
+                    disks=tuple(DiskRecord(d.vdev, d.mountpoint, d.fs, human(d.size_mib), d.target) for d in p.disks),
+                    mac=p.net.mac, ips=p.net.ips, request=request)
+
+
+def _no_options(s: GuestSpec) -> GuestSpec:  # the record keeps neither mount options nor sizes as planned
+    return replace(s, partitions=tuple(replace(p, options="sw" if not p.mountpoint else "", size="")
+                                       for p in s.partitions))
+
+
+@pytest.mark.parametrize("name", sorted(PLANS))
+def test_spec_from_record_is_the_plans_keeping_identity(name):
+    p = PLANS[name]
+    net = p.net
+    req = {"hostnames": [p.hostname], "ips": [f"{net.ips[0]}/24"] if net.ips else [], "netmask": "",  # --ip A/24
+           "dhcp": net.dhcp, "gateway": net.gateway, "broadcast": net.broadcast, "nameservers": ",".join(net.nameservers),
+           "bridge": net.bridge, "kernel": p.kernel, "initrd": p.initrd}  # as Request.to_json writes them
+    got = spec.spec_from_record(_record_of(p, req), "/keys")
+    assert got.keep_identity and got.hostkeys == "/keys"
+    assert _no_options(got) == _no_options(replace(spec_from_plan(p, "/keys"), keep_identity=True))
+
+
+def test_spec_from_record_of_an_older_si_xen_lacks_only_what_it_never_recorded():
+    p = PLANS["static-several-ips"]
+    got = spec.spec_from_record(_record_of(p, {}))
+    assert got.net == Network(False, p.net.ips, "", "", "", (), p.net.mac)
+    assert got.hostname == p.hostname and got.keep_identity and got.root_partition.target == "/x/disk.img"

@@ -319,3 +319,12 @@ def lock(lock_dir: str, name: str):
         who = f" (pid {e.pid})" if e.pid else ""
         raise Fatal(f"another si_* command{who} is working on VM '{name}' ({path})", "wait for it to finish") from None
 
+
+def prune_manifests(state_dir: str) -> None:
+    """The image manifests no VM is at any more (an update or a drift report reads the one its VM
+    is at), keeping each image's last walk: a deploy under way has not recorded its VM yet."""
+    from .image import manifest, survey
+
+    facts_dir = os.path.join(state_dir, "images")
+    keep = {s.record.image_fingerprint for s in all_states(state_dir) if s.record}
+    manifest.prune(facts_dir, keep | survey.remembered_fingerprints(facts_dir))

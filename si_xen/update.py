@@ -1,7 +1,7 @@
 """si_updatexenvm's core: a VM brought to its image's current generation, its identity kept.
 
-    stop → snapshot → mount → plan → delete → transfer → fixups → boot → unmount → swap → kernel → record
-         → discard → start
+    stop → snapshot → mount → plan → delete → transfer → fixups → boot → unmount → swap → kernel → discard
+         → record → start
 
 Planned from manifests (image/manifest.py), not by a whole-tree rsync: the generation the VM is
 at, the image as it is now and the VM's own tree give what to delete, fetch and keep
@@ -65,6 +65,7 @@ class Update:
     fingerprints: list[str] = field(default_factory=list)
     kernel_files: dict[str, str] = field(default_factory=dict)  # where Xen reads a kernel -> its new copy
     boot_changed: bool = False
+    old_disks: list[str] = field(default_factory=list)  # the disks a swap set aside, for the discard
     was_running: bool = False
     record: VmRecord | None = None
     t0: float = field(default_factory=time.monotonic)
@@ -110,27 +111,39 @@ def _mount(u: Update) -> None:
 
 
 def _plan(u: Update) -> None:
-    from . import excludes, updateplan
+    from . import excludes
+
+    rules = excludes.rules_for(u.root, u.image.path, u.image.os, bool(u.rec.request.get("nameservers")))
+    need = _changes(u, survey.manifest_of(u.root), rules.classify)
+    st = os.statvfs(u.root)
+    free = st.f_bavail * st.f_frsize
+    if need > free:
+        raise Fatal(f"{u.rec.name}'s / needs {(need - free) >> 20} MiB more for this update (has {free >> 20} MiB free)",
+                    "grow the VM's disk or free space in it, then run si_updatexenvm again")
+
+
+def _changes(u: Update, vm: dict, classify) -> int:
+    """What to delete, fetch, keep and rerun (updateplan.py) from the generation the VM is at, the
+    image now and the VM's own tree, a new kernel's memory need checked; returns the room needed."""
+    from . import updateplan
     from .fixups import runner
 
     old = manifest.load(u.facts_dir, u.rec.image_fingerprint)
     new = manifest.load(u.facts_dir, u.survey.fingerprint) or survey.manifest_of(u.image.path)
-    vm = survey.manifest_of(u.root)
-    rules = excludes.rules_for(u.root, u.image.path, u.image.os, bool(u.rec.request.get("nameservers")))
     chosen = runner.select(u.rec.request.get("fixups_only") or None, u.rec.request.get("fixups_skip") or None)
-    u.changes = updateplan.plan_update(old, new, vm, rules.classify, u.rec.owned,
-                                       {f.name: f.watching for f in chosen}, [f.name for f in chosen], u.opts.delete)
+    u.changes = c = updateplan.plan_update(old, new, vm, classify, u.rec.owned, {f.name: f.watching for f in chosen},
+                                           [f.name for f in chosen], u.opts.delete)
     if old is None:
         u.rep.warn(f"VM '{u.rec.name}' has no manifest of the generation it was made from (made by an older si-xen): "
                    "files the image removed since are kept; --delete-local removes whatever the image lacks")
-    _room(u, updateplan.free_needed(u.changes, new, vm))
     # The image's /boot since the VM's generation too: an update killed after its copy (the VM's
     # tree already new) must still put the new kernel where Xen reads it when run again.
     moved = manifest.diff(old, new) if old is not None else manifest.Diff()
-    u.boot_changed = any(p.startswith("/boot/") for p in (*u.changes.fetch, *u.changes.delete, *moved.added,
-                                                          *moved.changed, *moved.removed))
+    u.boot_changed = any(p.startswith("/boot/") for p in (*c.fetch, *c.delete, *moved.added, *moved.changed,
+                                                          *moved.removed))
     if u.boot_changed:
         _memory(u)
+    return updateplan.free_needed(c, new, vm)
 
 
 def _boot_changed(u: Update) -> bool:
@@ -148,14 +161,6 @@ def _memory(u: Update) -> None:
     if need > u.rec.memory:
         raise Fatal(f"the image's kernel {k.version} needs {need} MiB to boot; VM '{u.rec.name}' has {u.rec.memory} MiB",
                     f"give it more (memory = {need} in {u.rec.config}), then run si_updatexenvm {u.rec.name} again")
-
-
-def _room(u: Update, need: int) -> None:
-    st = os.statvfs(u.root)
-    free = st.f_bavail * st.f_frsize
-    if need > free:
-        raise Fatal(f"{u.rec.name}'s / needs {(need - free) >> 20} MiB more for this update (has {free >> 20} MiB free)",
-                    "grow the VM's disk or free space in it, then run si_updatexenvm again")
 
 
 def _delete(u: Update) -> None:
@@ -185,7 +190,8 @@ def _fixups(u: Update) -> None:
     from .fixups.spec import spec_from_record
 
     with u.rep.step(f"Running hooks again: {', '.join(u.changes.rerun)}"):
-        u.ran = run_all(u.root, spec_from_record(u.rec), only=u.changes.rerun, log=u.rep.fixup_line, osinfo=u.image.os)
+        spec = replace(spec_from_record(u.rec), image_source=u.image.path, image=u.image.name)  # the tree it is now from
+        u.ran = run_all(u.root, spec, only=u.changes.rerun, log=u.rep.fixup_line, osinfo=u.image.os)
     u.owned = dict(u.rec.owned)
     u.owned.update((r[0], tuple(sorted(set(u.owned.get(r[0], ())) | set(r.touched)))) for r in u.ran if r.touched)
     u.fingerprints = sshdconfig.fingerprints(Guest(u.root))
@@ -241,8 +247,7 @@ def _unmount(u: Update) -> None:
 
 
 def _swap(u: Update) -> None:
-    for target, copy in u.copies.items():
-        u.backend.swap(target, copy, u.journal)
+    u.old_disks = [u.backend.swap(target, copy, u.journal) for target, copy in u.copies.items()]
 
 
 def _record(u: Update) -> None:
@@ -254,17 +259,17 @@ def _record(u: Update) -> None:
                        image_fingerprint=u.survey.fingerprint, owned=u.owned, owned_facts=u.owned_facts,
                        ssh_fingerprints=tuple(u.fingerprints) or rec.ssh_fingerprints, updated=summary["at"],
                        updates=(*rec.updates, summary)[-KEPT_UPDATES:])
+    u.journal.close()  # the journal is the VM's record again: the update's section goes with the rewrite
     journal.rewrite(u.settings.paths["state_dir"], rec.name, u.state.begin, u.state.things, u.record)
+    journal.prune_manifests(u.settings.paths["state_dir"])
 
 
 def _discard(u: Update) -> None:
-    from .cli.rmxenvm import prune_manifests
-
-    for target in u.copies:  # the swap kept the old disk beside the new one until the record said so
-        for old in (f"{target}.si-old",):
-            if os.path.exists(old):
-                os.unlink(old)
-    prune_manifests(u.settings.paths["state_dir"])
+    """The old disks, kept beside the new ones since the swap: a crash before the record rolls
+    the swap forward (made.Swap), so nothing needs them any more."""
+    for old in u.old_disks:
+        if os.path.lexists(old):
+            os.unlink(old)
 
 
 def _start(u: Update) -> None:
@@ -285,8 +290,8 @@ STEPS = (
     Step("unmount", _unmount),
     Step("swap", _swap, lambda u: bool(u.copies)),
     Step("kernel", _kernel, lambda u: bool(u.kernel_files)),
+    Step("discard", _discard, lambda u: bool(u.old_disks)),
     Step("record", _record),
-    Step("discard", _discard),
     Step("start", _start, lambda u: u.was_running),
 )
 
@@ -352,6 +357,8 @@ def _failed(u: Update, step: Step, e: BaseException) -> BaseException:
     u.rep.detail(f"step '{step.name}' failed: {e!r}")
     name, steps = u.rec.name, u.journal.state.update_steps
     what = e.problem if isinstance(e, Fatal) else f"step '{step.name}' failed: {e}"
+    if u.record is not None:  # recorded: only the start is left, and the update stands
+        return Fatal(f"VM '{name}' was updated but not started: {what}", f"start it with xl create {u.rec.config}")
     if (not u.copies and IN_PLACE_POINT in steps) or "swap" in steps:
         try:
             unmount(u.mounts)
@@ -359,28 +366,23 @@ def _failed(u: Update, step: Step, e: BaseException) -> BaseException:
             u.rep.warn(f"could not unmount {u.root}: {err}")
         return Fatal(f"{what}; VM '{name}' is part-updated",
                      f"fix that, then run si_updatexenvm {name} again to finish (or si_rmxenvm {name})")
-    failed = journal.undo(u.journal.state.update_things)
-    for thing in failed:
+    for thing in u.journal.rollback():  # the copies and mounts go; the journal is the VM's record again
         u.rep.warn(f"could not undo: {thing}")
-    if not failed:
-        journal.rewrite(u.settings.paths["state_dir"], name, u.state.begin, u.state.things, u.rec)
     if isinstance(e, Fatal) and not isinstance(e, KeyboardInterrupt):
         return Fatal(f"{e.problem}; VM '{name}' was not changed", e.fix)
     return e if not isinstance(e, (OSError, proc.ProcError)) else Fatal(f"{what}; VM '{name}' was not changed",
                                                                         "the log has every command and its output")
 
 
-def dry_run(state: journal.State, image, settings, rep, opts: Options) -> object:
-    """What an update would do, read from the VM's disks mounted read-only: nothing is written."""
-    from .storage.mount import mount_tree_ro
+def dry_run(state: journal.State, image, settings, rep, opts: Options, running: bool = False):
+    """What an update would do, from the VM's disks read in a private mount namespace, read-only
+    (drift.read_vm): nothing is written, not even a manifest."""
+    from . import drift
 
-    rec = state.record
     u = Update(state, image, settings, rep, opts)
-    u.backend = storage_backend(rec.storage, rec.storage_root, rec.thin_pool, settings.paths["lock_dir"])
-    u.disks = disks_of(rec)
-    u.survey = survey.survey(image.path)  # no manifest saved either
-    with tempfile.TemporaryDirectory(prefix=f"si-xen.{rec.name}.", dir="/run" if os.path.isdir("/run") else None) as top:
-        with mount_tree_ro(u.disks, u.backend, top):
-            u.root = top
-            _plan(u)
+    u.survey = survey.survey(image.path)
+    vm, notes, classify = drift.read_vm(state.record, drift.read_mode(state.record, running), settings.paths["lock_dir"])
+    for n in notes:
+        rep.warn(n.removeprefix("WARNING: "))
+    _changes(u, vm, classify)
     return u.changes

@@ -125,7 +125,8 @@ def body(argv) -> int:
     settings = config.load(args.config)
     if args.drift:
         return drift(args, settings)
-    vms = [s.vm for s in journal.all_states(settings.paths["state_dir"]) if not args.names or s.name in args.names]
+    found = [s for s in journal.all_states(settings.paths["state_dir"]) if not args.names or s.name in args.names]
+    vms, updating = [s.vm for s in found], {s.name: s for s in found if s.update is not None}
     running = states()
 
     def state(vm) -> str:
@@ -135,7 +136,8 @@ def body(argv) -> int:
 
     if args.json:
         for vm in vms:
-            print(json.dumps(dict(vm.to_json(), state=state(vm)), sort_keys=True))
+            extra = {"update_unfinished": updating[vm.name].update} if vm.name in updating else {}
+            print(json.dumps(dict(vm.to_json(), state=state(vm), **extra), sort_keys=True))
         return 0
     print("-" * 80)
     print(f"{'NAME':<20} {'IMAGE':<18} {'STATE':<8} {'BOOT':<8} DISKS")
@@ -147,6 +149,10 @@ def body(argv) -> int:
         if not vm.complete:
             print(f"{'':<20} unfinished deploy (pid {vm.pid}) stopped in step '{vm.step}': "
                   f"si_rmxenvm {vm.name} removes what it made")
+        if vm.name in updating:
+            u = updating[vm.name]
+            print(f"{'':<20} unfinished update (pid {u.update.get('pid', '?')}) stopped in step '{u.update_step}': "
+                  f"si_updatexenvm {vm.name} finishes it")
         for base in vm.bases:
             print(f"{'':<20} clone of {base}")
     return _missing(args.names, [vm.name for vm in vms])

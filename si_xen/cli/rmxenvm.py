@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 from .. import bases, config, journal, toolstack
@@ -71,19 +70,9 @@ def remove(name: str, args, settings) -> None:
         journal.remove(state, keep_disks=args.keep_disks)
         if args.prune_bases and state.record:
             bases.prune(state.record, state_dir, settings.paths["lock_dir"])
-        prune_manifests(state_dir)
+        journal.prune_manifests(state_dir)
     if not args.quiet:
         print(f"Removed VM '{name}'" + ("." if state.complete else " (an unfinished deploy)."))
-
-
-def prune_manifests(state_dir: str) -> None:
-    """The image manifests no VM is at any more (an update or a drift report reads the one its VM is
-    at), keeping each image's last walk: a deploy under way has not recorded its VM yet."""
-    from ..image import manifest, survey
-
-    facts_dir = os.path.join(state_dir, "images")
-    keep = {s.record.image_fingerprint for s in journal.all_states(state_dir) if s.record}
-    manifest.prune(facts_dir, keep | survey.remembered_fingerprints(facts_dir))
 
 
 def main(argv=None) -> int:

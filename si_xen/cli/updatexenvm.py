@@ -93,7 +93,7 @@ def one(name: str, args, opts) -> None:
             if opts.dry_run:
                 if state.update:
                     rep.warn(f"VM '{name}' has an unfinished update: the figures are those of a part-updated VM")
-                _said(rep, name, update.dry_run(state, image, settings, rep, opts), dry=True)
+                _said(rep, name, update.dry_run(state, image, settings, rep, opts, running), dry=True)
                 return
             rep.open_log(f"{settings.paths['log_dir']}/{name}.log")
             state = update.finish_unfinished(state, settings, rep)

@@ -6,6 +6,15 @@
 A step that fails or is interrupted (SIGINT, SIGTERM, SIGHUP) has every thing made so far
 deleted, newest first (journal.py); a crash leaves the journal for si_rmxenvm. Once the
 domain exists (``xl create`` returned 0) nothing is undone: the VM is complete and runs.
+
+A rebuild (si_mkxenvm --rebuild, :func:`rebuild`) makes the VM again in place of itself:
+
+    stop → carry → aside → (bases ... confirm) → record → discard → start
+
+its journal replaced first by one that keeps the old (journal.Journal.replacing), its identity
+carried from the old disks (carry.py), its old config, autostart link, kernel copies and disks
+moved aside (made.Aside) until the new record is in: a failure or a signal before that moves
+them back and the VM is exactly as before.
 """
 
 from __future__ import annotations
@@ -65,6 +74,11 @@ class Context:
     source: dict = field(default_factory=dict)  # where the image came from: server, ssh_user, overrides
     owned: dict[str, tuple[str, ...]] = field(default_factory=dict)  # fixup or "boot" -> guest paths it wrote
     owned_facts: dict[str, list | None] = field(default_factory=dict)  # their lstat facts, as unmounted
+    identity_dir: str | None = None  # a rebuild's carried identity (carry.py)
+    old: journal.State | None = None  # a rebuild's: the VM it replaces
+    keep_old: bool = False
+    was_running: bool = False
+    timeout: float = 120.0
     t0: float = field(default_factory=time.monotonic)
 
 
@@ -117,6 +131,8 @@ def _fixups(c: Context) -> None:
 
     with c.rep.step("Running hooks"):
         spec = spec_from_plan(c.plan, c.hs.keys_dir())
+        if c.identity_dir:
+            spec = replace(spec, identity_dir=c.identity_dir)
         ran = run_all(c.root, spec, only=c.plan.fixups_only or None, skip=c.plan.fixups_skip or None,
                       log=c.rep.fixup_line, osinfo=c.image.os)  # said once, before the copy
     c.owned.update((r[0], r.touched) for r in ran if r.touched)
@@ -288,3 +304,129 @@ def _undo(c: Context, step: Step, e: BaseException) -> VmRecord | None:
     if err is e:
         raise
     raise err from e
+
+
+# -- a rebuild ----------------------------------------------------------------------------
+
+REPLACEABLE = ("file", "disk-file", "lv")  # what a rebuild moves out of the new VM's way
+
+
+def _stop(c: Context) -> None:
+    ts = toolstack.require_running(c.old.record.toolstack or "auto")
+    name = c.plan.hostname
+    c.rep.say(f"Shutting {name} down ({ts.name} shutdown, {c.timeout:.0f} s at most)")
+    if not ts.stop(name, c.timeout):
+        raise Fatal(f"VM '{name}' did not shut down within {c.timeout:.0f} s; nothing was changed (it keeps running)",
+                    f"shut it down from inside, or give a longer --timeout, then run si_mkxenvm --rebuild {name} again")
+
+
+def _carry(c: Context) -> None:
+    from . import carry
+    from .made import CarryDir
+
+    d = carry.carry_dir(c.settings.paths["state_dir"], c.plan.hostname)
+    os.makedirs(os.path.dirname(d), mode=0o700, exist_ok=True)
+    CarryDir(d).delete()  # a stale one no journal names (it would be, were it ours)
+    c.journal.made(CarryDir(d), os.mkdir, d, 0o700)
+    with c.rep.step("Carrying the VM's identity from its old disks"):
+        got = carry.read_vm(c.old.record, d, c.settings.paths["lock_dir"])
+    c.rep.detail(f"carried: {', '.join('/' + p for p in got) or 'nothing'}")
+    c.identity_dir = d
+
+
+def _aside(c: Context) -> None:
+    from .made import Aside, _present, _rename
+
+    for t in c.old.things:
+        if t.kind in REPLACEABLE and not t.path.endswith(".si-old") and _present(t.path):
+            aside, n = Aside.name_for(t.path), 0
+            while _present(aside):  # an earlier --keep-old's: never overwritten
+                n += 1
+                aside = f"{Aside.name_for(t.path)}.{n}"
+            c.journal.made(Aside(t.path, aside), _rename, t.path, aside)
+
+
+def _rebuilt_record(c: Context) -> None:
+    from .record import stamp
+
+    old = c.old.record
+    c.record = replace(VmRecord.built(c.plan, c.image, c.autostart, c.fingerprints, c.bases.values(),
+                                      time.monotonic() - c.t0, request=_request(c), source=c.source, owned=c.owned,
+                                      owned_facts=c.owned_facts), created=old.created, rebuilt=stamp())
+    c.journal.finish(c.record)
+
+
+REBUILD_STEPS = (
+    Step("stop", _stop, lambda c: c.was_running),
+    Step("carry", _carry),
+    Step("aside", _aside),
+    *(s for s in STEPS if s.name not in ("record", "start")),
+    Step("record", _rebuilt_record),
+)
+
+
+def discard(state_dir: str, st: journal.State) -> VmRecord:
+    """A rebuild whose record is in (``st``, the journal with ``replaces``): the things set aside
+    removed (with ``keep_old`` the old disks stay, as plain disks of the VM), the carry dir too,
+    and the journal rewritten as a deploy's: the old directories, the new things, the old disks
+    kept. Run by the rebuild, or by the next one after a crash here."""
+    from .made import Aside, CarryDir, LogicalVolume
+    from .made import DiskFile as Df
+
+    keep_old = bool(st.replaces.get("keep_old"))
+    old = {t.path: t for t in st.replaced_things if hasattr(t, "path")}
+    asided = {t.path for t in st.things if isinstance(t, Aside)}
+    kept: list = []
+    for t in st.things:
+        if isinstance(t, Aside):
+            if keep_old and getattr(old.get(t.path), "disk", False):
+                kept.append((LogicalVolume if t.aside.startswith("/dev/") else Df)(t.aside))
+            else:
+                t.discard()
+        elif isinstance(t, CarryDir):
+            t.delete()
+    mine = [t for t in st.replaced_things if t.kind == "dir" or (t.kind in REPLACEABLE and t.path not in asided)]
+    new = [t for t in st.things if not isinstance(t, (Aside, CarryDir))]
+    rec = st.record
+    if kept:
+        rec = replace(rec, extra={**rec.extra, "old_disks": [k.path for k in kept]})
+    journal.rewrite(state_dir, st.name, st.begin, mine + new + kept, rec)
+    journal.prune_manifests(state_dir)
+    return rec
+
+
+def rebuild(plan: Plan, image: Image, kernel, settings, rep: Reporter, old: journal.State, keep_old: bool = False,
+            was_running: bool = False, timeout: float = 120.0, hs: Headstart | None = None, confirm=None,
+            guard: Guard | None = None, request=None, source: dict | None = None) -> VmRecord:
+    """Make VM ``old`` (its complete journal) again from ``image`` as ``plan`` says, keeping its
+    identity; return its new record. Until the record, a failure or a signal puts it back as it was."""
+    state_dir = settings.paths["state_dir"]
+    j = journal.Journal.replacing(state_dir, plan.hostname, VmRecord.begun(plan), old, keep_old)
+    c = Context(plan, image, kernel, settings, rep, j, hs or Headstart(state_dir), confirm, guard=guard or Guard(),
+                backend=backend_for(plan, settings.paths["lock_dir"]), request=request, source=source or {},
+                old=old, keep_old=keep_old, was_running=was_running, timeout=timeout)
+    c.one_pass = not plan.clone and populate.one_pass_ok(image.path, plan.disks)
+    c.hs.beside_steps(not (plan.clone and bases.ready(plan, c.backend)), settings.paths["template_dir"], True)
+    try:
+        run_steps(c, REBUILD_STEPS)
+        c.journal.step("discard")
+        try:
+            c.record = discard(state_dir, journal.load(state_dir, plan.hostname))
+        except (OSError, proc.ProcError) as e:
+            rep.warn(f"VM {plan.hostname} is rebuilt, but its old things could not all be removed ({e}); "
+                     f"si_mkxenvm --rebuild {plan.hostname} removes them")
+        c.journal.close()
+        c.journal = journal.Journal.append_to(state_dir, plan.hostname)
+        if plan.activation.start:
+            c.journal.step("start")
+            try:
+                _start(c)
+            except (OSError, proc.ProcError, Fatal) as e:
+                raise Fatal(f"VM '{plan.hostname}' was rebuilt but not started: {e}",
+                            f"start it with xl create {plan.cfg_path}") from None
+    finally:
+        c.journal.close()
+        if c.confirm is not None and c.confirm is not confirm:
+            c.confirm.close()
+    c.hs.settle()
+    return c.record

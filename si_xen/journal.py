@@ -21,6 +21,15 @@ An update appends to a complete journal (:meth:`Journal.resume`):
 and then :func:`rewrite` puts the journal back in the deploy's form (begin, made, record),
 atomically. Until then the VM stays complete (its old record); si_rmxenvm undoes the
 update's things, then the deploy's.
+
+A rebuild (si_mkxenvm --rebuild, :meth:`Journal.replacing`) starts a new journal that keeps the
+old one's content as its second line:
+
+    {"replaces": {"begin": ..., "things": [...], "record": ..., "keep_old": bool}}
+
+A rollback undoes the new things (made.Aside moves the old ones back) and writes the journal
+back to that content (the VM exactly as before); si_rmxenvm undoes the new things, then the
+replaced ones. Once the new record is in, the rebuild's discard rewrites the journal without it.
 """
 
 from __future__ import annotations
@@ -61,6 +70,8 @@ class State:
     update: dict | None = None  # an unfinished update's entry
     update_steps: list[str] = field(default_factory=list)
     update_things: list[Made] = field(default_factory=list)
+    replaces: dict | None = None  # a rebuild's: the replaced journal (begin, things, record, keep_old)
+    replaced_things: list[Made] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -114,6 +125,29 @@ class Journal:
         # Synced with the first thing made: before it, a power cut loses nothing worth knowing.
         self._dir = vm_dir(state_dir)
         self._append({"begin": begin.to_json()}, sync=False)
+
+    @classmethod
+    def replacing(cls, state_dir: str, name: str, begin: VmRecord, old: State, keep_old: bool = False) -> Journal:
+        """The writer of a rebuild: a new journal (``begin``, then ``replaces`` = ``old``'s begin,
+        things and record) written beside the old one, synced and renamed over it: at every
+        moment one of the two is the VM's journal, and the new one knows all the old one did."""
+        replaces = {"begin": old.begin.to_json() if old.begin else None, "things": [t.to_json() for t in old.things],
+                    "record": old.record.to_json() if old.record else None, "keep_old": keep_old}
+        _write_atomic(state_dir, name, [{"begin": begin.to_json()}, {"replaces": replaces}])
+        self = cls.__new__(cls)
+        self.path, self._state_dir, self._dir = path_of(state_dir, name), state_dir, None
+        self.state = State(name, self.path, begin, replaces=replaces, replaced_things=list(old.things))
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+        return self
+
+    @classmethod
+    def append_to(cls, state_dir: str, name: str) -> Journal:
+        """A writer appending to the VM's journal as it is (after a rewrite: a rebuild's start)."""
+        self = cls.__new__(cls)
+        self.path, self._state_dir, self._dir = path_of(state_dir, name), state_dir, None
+        self.state = load(state_dir, name)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+        return self
 
     @classmethod
     def resume(cls, state_dir: str, name: str, update: dict) -> Journal:
@@ -185,6 +219,8 @@ class Journal:
         update's: undo what it made, then the journal is the deploy's again (its old record)."""
         self.close()
         st = self.state
+        if st.replaces is not None:  # a rebuild's: the new things go, the old ones come back
+            return restore(self._state_dir, st)
         if st.update is not None:
             failed = undo(st.update_things)
             if not failed:
@@ -218,9 +254,25 @@ def rewrite(state_dir: str, name: str, begin: VmRecord | None, things: list[Made
     """The VM's journal as a deploy leaves it (begin, made..., record), replacing the old one in
     one step: written beside it, fsynced, renamed over it, the directory fsynced. An update's
     section goes (update.py calls it once the new record is in; rollback with the old)."""
-    path = path_of(state_dir, name)
     lines = ([{"begin": begin.to_json()}] if begin else []) + [{"made": t.to_json()} for t in things] + \
         [{"record": record.to_json()}]
+    _write_atomic(state_dir, name, lines)
+
+
+def restore(state_dir: str, st: State) -> list[str]:
+    """An unfinished rebuild undone: its things deleted newest first (the old ones' Asides move
+    them back), then the journal is the replaced one again. Returns what could not be undone
+    (then the journal stays as it is, for si_rmxenvm or the next --rebuild)."""
+    failed = undo(st.things)
+    if not failed:
+        old = st.replaces
+        rewrite(state_dir, st.name, VmRecord.from_json(old["begin"]) if old.get("begin") else None,
+                st.replaced_things, VmRecord.from_json(old["record"]))
+    return failed
+
+
+def _write_atomic(state_dir: str, name: str, lines: list[dict]) -> None:
+    path = path_of(state_dir, name)
     tmp = f"{path}.new"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
@@ -271,6 +323,9 @@ def load(state_dir: str, name: str) -> State | None:
                 st._end_update(VmRecord.from_json(entry["record"]))
             elif "update" in entry:
                 st._begin_update(dict(entry["update"]))
+            elif "replaces" in entry:
+                st.replaces = dict(entry["replaces"])
+                st.replaced_things = [Made.from_json(t) for t in st.replaces.get("things") or ()]
         except (ValueError, KeyError, TypeError) as e:
             if n == len(lines):
                 break  # a power cut in the middle of the last line: what it named was not made yet
@@ -289,8 +344,10 @@ def all_states(state_dir: str) -> list[State]:
 def remove(state: State, keep_disks: bool = False) -> None:
     """Delete what the journal names, newest first, then the journal (si_rmxenvm, --force).
     An unfinished update's things go first, whole (its copies are no disks of the VM; a Swap
-    leaves the VM's disk in place, see made.Swap), then the deploy's."""
-    failed = undo(state.update_things) + undo(state.things, keep_disks=keep_disks)
+    leaves the VM's disk in place, see made.Swap), then the deploy's, then those of the VM a
+    rebuild replaces (its Asides moved them back)."""
+    failed = undo(state.update_things) + undo(state.things, keep_disks=keep_disks) + \
+        undo(state.replaced_things, keep_disks=keep_disks)
     if failed:
         raise Fatal(f"could not remove all of VM '{state.name}': {'; '.join(failed)}",
                     f"fix that, then run si_rmxenvm {state.name} again (its journal {state.path} is kept)")

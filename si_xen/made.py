@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from typing import ClassVar
@@ -155,6 +156,51 @@ def _sync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@dataclass(frozen=True)
+class Aside(Made):
+    """A thing of the VM a rebuild replaces, moved out of the new one's way (``path`` renamed to
+    ``aside``; LVs: lvrename) and journaled before. ``delete()`` (a rollback, si_rmxenvm) moves it
+    back where ``path`` is free (the new thing deleted before it: undo runs newest first), and
+    removes it otherwise; ``discard()`` removes it (the rebuild done)."""
+
+    kind = "aside"
+    path: str
+    aside: str
+
+    def delete(self) -> None:
+        if _present(self.aside) and not _present(self.path):
+            _rename(self.aside, self.path)
+            _sync_dir(self.path)
+        else:
+            self.discard()
+
+    def discard(self) -> None:
+        if _lv(self.aside):
+            LogicalVolume(self.aside).delete()
+        elif os.path.lexists(self.aside):
+            DiskFile(self.aside).delete()
+
+    @staticmethod
+    def name_for(path: str) -> str:
+        """``path.si-old``; in an autostart dir a hidden name, which xendomains does not start."""
+        if _lv(path):
+            return f"{path}.si-old"
+        d, base = os.path.split(path)
+        return os.path.join(d, f".{base}.si-old" if os.path.basename(d) == "auto" else f"{base}.si-old")
+
+
+@dataclass(frozen=True)
+class CarryDir(Made):
+    """A rebuild's copy of the old VM's identity (carry.py): removed whole, files first."""
+
+    kind = "carry-dir"
+    path: str
+
+    def delete(self) -> None:
+        if os.path.isdir(self.path) and not os.path.islink(self.path):
+            shutil.rmtree(self.path)
 
 
 @dataclass(frozen=True)

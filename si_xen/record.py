@@ -67,6 +67,7 @@ class VmRecord:
     owned_facts: dict[str, list | None] = field(default_factory=dict)  # path -> mode uid gid size mtime_ns; None: absent
     updated: str = ""  # when si_updatexenvm last brought it to its image
     updates: tuple[dict, ...] = ()  # the last updates: at, from, to, image_time, fetched, deleted, fixups, mode, seconds
+    rebuilt: str = ""  # when si_mkxenvm --rebuild last made it again, keeping its identity
     extra: dict = field(default_factory=dict, compare=False)
 
     @property

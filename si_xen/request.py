@@ -116,9 +116,10 @@ class Request:
         return json.loads(json.dumps(d))  # tuples as lists, as the journal reads them back
 
     @classmethod
-    def from_json(cls, d: Mapping) -> Request:
+    def from_json(cls, d: Mapping, overrides: Mapping | None = None) -> Request:
         """A recorded request, validated again as si_mkxenvm's options are (a value no longer
-        valid, a --kernel gone: one FATAL naming the option); a key it lacks takes its default."""
+        valid, a --kernel gone: one FATAL naming the option); a key it lacks takes its default.
+        ``overrides``: options said now (si_mkxenvm --rebuild), over the recorded ones."""
         st, given = d.get("storage") or {}, (d.get("storage") or {}).get("kind") == "given"
         root = st.get("root") or None
         o = {k: d.get(k) for k in _AS_OPTIONS} | dict(d.get("activation") or {}) | {
@@ -127,7 +128,7 @@ class Request:
             "skip_fixups": ",".join(d.get("fixups_skip") or ()), "thin_pool": st.get("pool"),
             "full_copy": st.get("full_copy"), "lvm": root if st.get("kind") == "lvm" else None,
             "dir": "/" if given else root if st.get("kind") == "dir" else None}
-        req = cls.from_options(o)
+        req = cls.from_options(o | dict(overrides or {}))
         if given:  # disks their owner made (Ganeti's), checked by the planner
             req = replace(req, storage=Storage("given", st.get("root") or "",
                                                disks=tuple(Disk(**x) for x in st.get("disks") or ())))

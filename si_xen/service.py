@@ -182,3 +182,120 @@ def _remember(plan, kernel, facts_dir, image, tree, rep) -> None:
             survey.remember(facts_dir, image.path, tree)
     except OSError as e:
         rep.warn(f"could not remember the image's walk for the next VM: {e}")
+
+
+# -- si_mkxenvm --rebuild -------------------------------------------------------------------
+
+def rebuildable(state: journal.State | None, name: str, settings, rep: Reporter) -> journal.State:
+    """The VM's complete journal, an earlier rebuild's leftovers dealt with first (rolled back,
+    or, once its record was in, only discarded); a FATAL for what cannot be rebuilt."""
+    state_dir = settings.paths["state_dir"]
+    if state is None:
+        raise Fatal(f"no VM '{name}' made by si_mkxenvm", "si_lsxenvm lists the VMs")
+    if state.replaces is not None and state.complete:
+        rep.warn(f"VM '{name}': an earlier rebuild (pid {state.pid or '?'}) was made but not tidied; removing what it set aside")
+        deploy.discard(state_dir, state)
+        state = journal.load(state_dir, name)
+    elif state.replaces is not None:
+        rep.warn(f"VM '{name}': an earlier rebuild (pid {state.pid or '?'}) stopped in step '{state.step}'; "
+                 "putting the VM back as it was first")
+        failed = journal.restore(state_dir, state)
+        if failed:
+            raise Fatal(f"could not undo the unfinished rebuild of VM '{name}': {'; '.join(failed)}",
+                        f"fix that (findmnt, losetup -a), then run si_mkxenvm --rebuild {name} again, or si_rmxenvm {name}")
+        state = journal.load(state_dir, name)
+    if not state.complete:
+        raise Fatal(f"VM '{name}' has an unfinished deploy ({state.summary()})",
+                    f"remove what it made with si_rmxenvm {name}, then deploy it again")
+    if state.update is not None:
+        raise Fatal(f"VM '{name}' has an unfinished update (pid {state.update.get('pid', '?')}, step '{state.update_step}')",
+                    f"finish it with si_updatexenvm {name} first (or remove the VM with si_rmxenvm {name})")
+    rec = state.record
+    if not rec.request:
+        raise Fatal(f"VM '{name}' was made by si-xen < 0.2 and its record lacks its options",
+                    f"give them again: si_mkxenvm {rec.image} --hostname {name} {_said_again(rec)} --force "
+                    "(a deploy anew: the VM gets a new identity)")
+    return state
+
+
+def _said_again(rec: VmRecord) -> str:
+    """The options an older record knows, as si_mkxenvm takes them."""
+    where = f"--lvm {rec.storage_root}" if rec.storage == "lvm" else f"--dir {rec.storage_root or 'DIR'}"
+    net = "--dhcp" if rec.dhcp else " ".join(f"--ip {ip}" for ip in rec.ips) + " --netmask MASK --gateway GW"
+    return f"--memory {rec.memory}M --type {rec.type} --boot {rec.boot} --mac {rec.mac} {net} {where}"
+
+
+def running(name: str) -> bool:
+    ts = toolstack.find()
+    return ts is not None and toolstack.hypervisor_running() and name in ts.domains()
+
+
+def rebuild_vm(name: str, overrides: dict, image: Image, settings, rep: Reporter, hs: Headstart, guard: Guard,
+               keep_old: bool = False, restart: bool = False, timeout: float = 120.0, source: dict | None = None,
+               dry_run: bool = False) -> Outcome:
+    """si_mkxenvm --rebuild NAME: the VM made again from ``image`` (its record's request, under
+    ``overrides``: options said now), keeping its name, MAC, addresses and identity; a running VM
+    only with ``restart`` (a clean shutdown, never a destroy), started again after."""
+    state_dir, lock_dir = settings.paths["state_dir"], settings.paths["lock_dir"]
+    facts = None if dry_run else os.path.join(state_dir, "images")
+    ran_before = None
+    with journal.lock(lock_dir, name), signals_raise(guard):
+        for attempt in range(1, ATTEMPTS + 1):
+            state = rebuildable(journal.load(state_dir, name), name, settings, rep) if not dry_run else \
+                _checked(journal.load(state_dir, name), name, settings, rep)
+            was_running = running(name)
+            ran_before = was_running if ran_before is None else ran_before
+            if was_running and not restart:
+                ts = toolstack.find(state.record.toolstack or "auto")
+                raise Fatal(f"VM '{name}' is running", f"add --restart, or {ts.name if ts else 'xl'} shutdown {name} first")
+            o = {**overrides, "hostname": name, "force": True, "dry_run": dry_run,
+                 "start": bool(overrides.get("start") or ran_before)}
+            req = Request.from_json(state.record.request, o)
+            tree, plans, pending = _ahead(req, image, hs.walk if attempt == 1 else None, facts, settings, rep.warn)
+            plan = plans[0]
+            kernel = planner.check_boot(plan, image, facts, req.said.memory)
+            need = 0
+            if plan.storage == "dir" and not plan.clone:  # the old disks stay until the new VM is made
+                need = sum(survey.needed_mib(*u) for u in tree.usage([d.mountpoint for d in plan.disks if d.mountpoint]).values())
+            backend_for(plan, lock_dir).validate(plan.hostname, list(plan.disks), need, True)
+            if dry_run:
+                return Outcome(plans, [])
+            if attempt == 1:
+                rep.open_log(os.path.join(settings.paths["log_dir"], f"{name}.log"))
+                rep.say(f"Rebuilding {name}, keeping its identity:\n" + describe(plan) + "\n")
+            try:
+                rec = deploy.rebuild(plan, image, kernel, settings, rep, state, keep_old, was_running, timeout, hs,
+                                     pending, guard, request=req, source=source)
+            except ImageChanged as e:  # put back already: plan again from the image as it is
+                if attempt == ATTEMPTS:
+                    _start_again(name, state_dir, ran_before, rep)
+                    raise Fatal(f"image '{image.name}' changed under each of {ATTEMPTS} rebuilds ({e.problem}); "
+                                f"VM '{name}' is as it was", e.fix) from None
+                rep.say(f"Not kept: {e.problem}; planning again")
+                continue
+            except BaseException:
+                _start_again(name, state_dir, ran_before, rep)
+                raise
+            _remember(plan, kernel, facts, image, tree if pending is None else None, rep)
+            return Outcome(plans, [rec])
+    raise AssertionError("unreachable")
+
+
+def _start_again(name: str, state_dir: str, ran_before: bool | None, rep: Reporter) -> None:
+    """A rebuild put back after its stop: the old VM runs again, as it did before."""
+    st = journal.load(state_dir, name)
+    if not ran_before or st is None or st.replaces is not None or not st.complete or running(name):
+        return
+    try:
+        ts = toolstack.require_running(st.record.toolstack or "auto")
+        rep.say(f"Starting {name} again as it was ({ts.name} create)")
+        ts.create(st.record.config, lambda: None)
+    except Exception as e:  # the rebuild's own error is the one to raise
+        rep.warn(f"could not start {name} again: {e}; start it with xl create {st.record.config}")
+
+
+def _checked(state, name, settings, rep):
+    """A dry run's checks: as rebuildable, but nothing is rolled back or discarded."""
+    if state is not None and state.replaces is not None:
+        raise Fatal(f"VM '{name}' has an unfinished rebuild", f"si_mkxenvm --rebuild {name} (without --dry-run) finishes it")
+    return rebuildable(state, name, settings, rep)

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 PROG = "si_mkxenvm"
 MAN = {
     "summary": "deploy a Xen virtual machine from a SystemImager image",
-    "synopsis": "[IMAGE] --hostname NAME (--dhcp | --ip ADDR --netmask MASK) (--dir DIR | --lvm VG) [OPTION]...",
+    "synopsis": "[IMAGE] --hostname NAME (--dhcp | --ip ADDR --netmask MASK) (--dir DIR | --lvm VG) [OPTION]...\n"
+                "--rebuild NAME [--image IMAGE] [--keep-old] [--restart [--timeout S]] [OPTION]...",
     "description": (
         "si_mkxenvm turns a SystemImager image (a directory tree under /var/lib/systemimager/images) into a\n"
         "Xen virtual machine in one command: it validates everything first, creates the VM's disks (sparse files\n"
@@ -37,6 +38,19 @@ MAN = {
         "A copy of an image that changed while it was copied is not kept: the VM is made again from the\n"
         "image as it is now, at most 3 times. Memory is checked against what the guest's kernel and initramfs\n"
         "need to boot.\n\n"
+        "--rebuild NAME makes an existing VM again, fresh, from its image's current generation (or --image):\n"
+        "the self-healing reinstall. It keeps the VM's name, MAC, addresses, memory, vcpus, type and boot,\n"
+        "config path and autostart (its record's options; options given override them) and carries its\n"
+        "identity from the old disk, byte for byte: every SSH host key (and each HostKey of its sshd config),\n"
+        "/etc/machine-id and /var/lib/dbus/machine-id when that is a file. What the VM had of its own is not\n"
+        "kept: the disks are new (si_updatexenvm(8) keeps local data). The order loses nothing: the identity is\n"
+        "copied to STATE_DIR/carry/NAME, the journal keeps the old VM's, the old config, autostart link, kernel\n"
+        "copies and disks are renamed aside (*.si-old, hidden in the autostart directory) until the new VM is\n"
+        "recorded, then removed (--keep-old keeps the old disks, listed with the VM and removed by\n"
+        "si_rmxenvm). A failure or signal before that puts the VM back exactly as it was; after a crash the\n"
+        "next --rebuild rolls back (or, once recorded, tidies) first, and si_rmxenvm removes old and new.\n"
+        "A running VM is refused unless --restart: a clean shutdown within --timeout (never a destroy),\n"
+        "and the VM is started again. A VM made by si-xen < 0.2 has no recorded options: the FATAL names them.\n\n"
         "Defaults come from /etc/systemimager/xen.conf (si-xen.conf(5)); options override them."
     ),
     "examples": (
@@ -46,6 +60,8 @@ MAN = {
         "A static address, LVM storage, started with its console attached:\n"
         "  si_mkxenvm debian12 --hostname web01 --ip 192.168.1.10/24 --gateway 192.168.1.1 \\\n"
         "      --lvm vg0 --console\n\n"
+        "Make web01 again from the image's newest generation, keeping its identity, while it runs:\n"
+        "  si_mkxenvm --rebuild web01 --restart\n\n"
         "Show what would be done:\n"
         "  si_mkxenvm debian12 --hostname web02 --dhcp --dir /srv/xen --dry-run"
     ),
@@ -54,6 +70,7 @@ MAN = {
         "/etc/systemimager/xen/xl.cfg.j2  a template overriding the shipped one\n"
         "/etc/xen/HOSTNAME.cfg  the domain config (--output, --extension)\n"
         "/var/lib/si-xen/vms/HOSTNAME.journal  what was made, written before it was made, for si_lsxenvm and si_rmxenvm\n"
+        "/var/lib/si-xen/carry/HOSTNAME  a rebuild's copy of the VM's identity, while it runs\n"
         "/var/log/si-xen/HOSTNAME.log  the log of each deploy"
     ),
     "exit_status": ("With --start or --console, 0 means the VM was made and its domain started: a console "
@@ -128,6 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dry-run", action="store_true", help="validate and print the plan; change nothing")
     g.add_argument("--force", action="store_true", default=None, help="overwrite an existing VM of the same name")
     g.add_argument("--yes", "-y", action="store_true", help="answer yes to questions")
+    g = p.add_argument_group("rebuild")
+    g.add_argument("--rebuild", metavar="NAME", help="make VM NAME again from its image's current generation "
+                   "(or --image), keeping its name, MAC, addresses, SSH host keys, machine-id, memory, vcpus, boot, "
+                   "config and autostart from its record and old disk; other options given override the record's")
+    g.add_argument("--keep-old", dest="keep_old", action="store_true", help="with --rebuild: keep the old disks "
+                   "(renamed *.si-old, listed with the VM, removed by si_rmxenvm) instead of removing them")
+    g.add_argument("--restart", action="store_true", help="with --rebuild: shut a running VM down cleanly "
+                   "first (never destroyed) and start it again after")
+    g.add_argument("--timeout", type=float, default=120.0, metavar="S",
+                   help="with --restart: seconds the shutdown may take (default 120)")
     g.add_argument("--quiet", "-q", action="store_true", help="print only errors")
     g.add_argument("--verbose", "-v", action="store_true", help="print every change and command")
     return p
@@ -144,6 +171,10 @@ def options(args, settings) -> dict:
 
 def body(argv) -> int:
     args = build_parser().parse_args(argv)
+    if args.rebuild:
+        return rebuild(args)
+    if args.keep_old or args.restart:
+        raise Fatal(f"{'--keep-old' if args.keep_old else '--restart'} is for --rebuild", "add --rebuild NAME, or leave it out")
     if args.image and args.image_pos and args.image != args.image_pos:
         raise Fatal(f"two images given ('{args.image_pos}' and '{args.image}')", "give one image")
     if not args.hostname:
@@ -173,6 +204,68 @@ def body(argv) -> int:
         elif len(out.plans) == 1:
             summary(out.records[0], out.plans[0], rep, settings)
             if req.activation.console or guard.got:
+                _console(out.plans[0], guard, rep)
+    finally:
+        hs.close()
+        rep.close()
+    return 0
+
+
+# Options that are not the VM's (or that --rebuild takes from elsewhere): never recorded overrides.
+NOT_OVERRIDES = ("image_pos", "image", "server", "ssh_user", "override", "hostname", "config", "dry_run", "force", "yes",
+                 "quiet", "verbose", "rebuild", "keep_old", "restart", "timeout", "console")
+
+
+def overrides(args) -> dict:
+    """The options said with --rebuild, as Request.from_options takes them, over the record's."""
+    o = {k: v for k, v in vars(args).items() if v is not None and k not in NOT_OVERRIDES}
+    o["size_given"] = args.size is not None or None
+    if args.dir or args.lvm:  # the other storage kind the record names goes
+        o.update(dir=args.dir, lvm=args.lvm, thin_pool=args.thin_pool)
+    if args.ip:
+        o["dhcp"] = False
+    elif args.dhcp:
+        o.update(ip=(), netmask="", gateway="", broadcast="")
+    if args.console:
+        o["start"] = True
+    return {k: v for k, v in o.items() if v is not None or k in ("dir", "lvm", "thin_pool")}
+
+
+def rebuild(args) -> int:
+    """si_mkxenvm --rebuild NAME: its record read first, for the image and where it came from."""
+    from .. import journal, service
+
+    name = args.rebuild
+    if args.hostname and args.hostname != name:
+        raise Fatal(f"--rebuild {name} and --hostname {args.hostname} name two VMs", "give --rebuild NAME alone")
+    if args.image and args.image_pos and args.image != args.image_pos:
+        raise Fatal(f"two images given ('{args.image_pos}' and '{args.image}')", "give one image")
+    if not args.dry_run:
+        need_root(PROG)
+    settings = config.load(args.config)
+    state = journal.load(settings.paths["state_dir"], name)
+    if state is None:
+        raise Fatal(f"no VM '{name}' made by si_mkxenvm", "si_lsxenvm lists the VMs")
+    rec = state.record or state.begin
+    src = (rec.source if rec else {}) or {}
+    image_name = args.image or args.image_pos or (rec.image if rec else "")
+    args.hostname = name
+    args.server = args.server or src.get("server") or None
+    args.ssh_user = args.ssh_user or src.get("ssh_user") or None
+    args.override = args.override or list(src.get("overrides") or ()) or None
+    image, source = _image(args, image_name)
+    settings = config.load(args.config, image.name)
+    hs = Headstart.start(image, [name], settings.paths["state_dir"], args.dry_run)
+    rep = Reporter(quiet=args.quiet, verbose=args.verbose)
+    try:
+        guard = Guard()
+        out = service.rebuild_vm(name, overrides(args), image, settings, rep, hs, guard, keep_old=args.keep_old,
+                                 restart=args.restart, timeout=args.timeout, source=source, dry_run=args.dry_run)
+        if args.dry_run:
+            _dry_run(out.plans)
+        else:
+            summary(out.records[0], out.plans[0], rep, settings)
+            if args.console or guard.got:
                 _console(out.plans[0], guard, rep)
     finally:
         hs.close()

@@ -1,0 +1,224 @@
+"""si_mkxenvm --rebuild on real disks: a VM made, lived in (a machine-id, local files), its image
+changed, then made again keeping its identity (XFS clone path, ext4 full copy), --keep-old, and
+killed at each step: the next --rebuild finishes, si_rmxenvm leaves nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from contextlib import contextmanager
+
+import pytest
+
+from tests.unit import fakeimage
+
+from .harness import debugfs_cat, host_state, make_env
+
+pytestmark = pytest.mark.integration
+OPTS = ["--memory", "512M", "--size", "512M", "--noswap", "--ip", "192.0.2.10", "--netmask", "255.255.255.0",
+        "--gateway", "192.0.2.1", "--autostart"]
+MACHINE_ID = "0123456789abcdef0123456789abcdef\n"
+
+
+@contextmanager
+def mounted(disk: str, where, ro: bool = False):
+    os.makedirs(where, exist_ok=True)
+    subprocess.run(["mount", "-o", "ro,loop,noload" if ro else "loop", disk, str(where)], check=True)
+    try:
+        yield str(where)
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+def write(root, path: str, text: str) -> None:
+    p = os.path.join(str(root), path.lstrip("/"))
+    os.makedirs(os.path.dirname(p), exist_ok=True)
+    if os.path.islink(p):
+        os.unlink(p)
+    with open(p, "w") as f:
+        f.write(text)
+
+
+def identity(disk: str, where) -> dict:
+    """Every SSH host key file and the machine-ids: bytes and mode."""
+    out = {}
+    with mounted(disk, where, ro=True) as root:
+        names = [f"etc/ssh/{n}" for n in os.listdir(f"{root}/etc/ssh") if n.startswith("ssh_host_")]
+        for p in [*names, "etc/machine-id", "var/lib/dbus/machine-id"]:
+            full = os.path.join(root, p)
+            if os.path.isfile(full) and not os.path.islink(full):
+                with open(full, "rb") as f:
+                    out[p] = (oct(os.lstat(full).st_mode), f.read())
+    return out
+
+
+def record(env, name: str = "rb1") -> dict:
+    return json.loads(env.run("lsxenvm", "--json", name, check=True).stdout)
+
+
+def made(tmp_path, storage: str):
+    images = tmp_path / "images"
+    image = fakeimage.make(images / "tiny", unpacked_mib=4)
+    write(image, "/etc/motd", "release 1\n")
+    write(image, "/etc/ssh/sshd_config", "PermitRootLogin no\n")  # sshd's default keys: the VM gets its own
+    env = make_env(tmp_path / "e", str(images))
+    env.mk("tiny", "--hostname", "rb1", *OPTS, "--dir", storage, "--output", env.output, check=True)
+    disk = f"{storage}/domains/rb1/disk.img"
+    with mounted(disk, tmp_path / "m") as root:  # the VM's life: its first boot, local data and edits
+        write(root, "/etc/machine-id", MACHINE_ID)
+        write(root, "/var/lib/dbus/machine-id", MACHINE_ID)
+        write(root, "/home/u/notes", "mine\n")
+        write(root, "/etc/motd", "edited in the VM\n")
+    write(image, "/etc/new.conf", "new\n")  # the image's next generation
+    write(image, "/etc/motd", "release 2\n")
+    return env, image, disk
+
+
+def entries(env) -> list[str]:
+    return [line for line in open(f"{env.state}/vms/rb1.journal") if not line.startswith('{"step"')]
+
+
+def aside_files(storage: str, env) -> list[str]:
+    found = [n for n in os.listdir(f"{storage}/domains/rb1") if "si-old" in n]
+    found += [n for d in (env.output, f"{env.output}/auto") if os.path.isdir(d) for n in os.listdir(d) if "si-old" in n]
+    return sorted(found)
+
+
+def assert_rebuilt(env, disk: str, before: dict, old: dict, tmp_path) -> None:
+    assert identity(disk, tmp_path / "r") == before, "keys (every type) and machine-ids byte for byte, modes too"
+    assert debugfs_cat(disk, "/etc/new.conf") == "new\n" and debugfs_cat(disk, "/etc/motd") == "release 2\n"
+    assert debugfs_cat(disk, "/home/u/notes") is None, "a fresh disk: what the VM had of its own is gone"
+    new = record(env)
+    for k in ("mac", "ips", "config", "autostart", "memory", "boot", "type", "ssh_fingerprints", "created"):
+        assert new[k] == old[k], k
+    assert new["rebuilt"] and new["image_fingerprint"] != old["image_fingerprint"]
+    assert os.path.islink(new["autostart"]) and os.path.exists(new["config"])
+    assert not os.path.exists(f"{env.state}/carry/rb1"), "the carried identity goes once the VM is made"
+    assert "replaces" not in open(f"{env.state}/vms/rb1.journal").read()
+
+
+@pytest.mark.parametrize("where", ["xfs", "ext4"])
+def test_rebuild_keeps_identity_and_brings_the_image(where, xfs_dir, tmp_path):
+    storage = xfs_dir if where == "xfs" else str(tmp_path / "vms")
+    before_host = host_state(str(tmp_path), ("rb1",))
+    env, image, disk = made(tmp_path, storage)
+    before, old = identity(disk, tmp_path / "r"), record(env)
+    assert before["etc/machine-id"][1] == MACHINE_ID.encode() and len(before) >= 8
+    out = env.mk("--rebuild", "rb1", check=True).stdout
+    assert ("copy-on-write clone" in out) == (where == "xfs"), out
+    assert_rebuilt(env, disk, before, old, tmp_path)
+    assert aside_files(storage, env) == []
+    env.run("rmxenvm", "rb1", "--yes", check=True)
+    assert not os.path.exists(f"{storage}/domains/rb1")
+    assert host_state(str(tmp_path), ("rb1",)) == before_host
+
+
+def test_keep_old_keeps_the_old_disk_listed_and_removable(tmp_path):
+    storage = str(tmp_path / "vms")
+    env, image, disk = made(tmp_path, storage)
+    env.mk("--rebuild", "rb1", "--keep-old", check=True)
+    kept = f"{disk}.si-old"
+    assert debugfs_cat(kept, "/home/u/notes") == "mine\n", "the old disk, whole"
+    assert record(env)["old_disks"] == [kept]
+    assert aside_files(storage, env) == ["disk.img.si-old"], "only the disk is kept, not the old config or link"
+    env.mk("--rebuild", "rb1", "--keep-old", check=True)  # a second one keeps both
+    assert sorted(aside_files(storage, env)) == ["disk.img.si-old", "disk.img.si-old.1"]
+    env.run("rmxenvm", "rb1", "--yes", check=True)
+    assert not os.path.exists(f"{storage}/domains/rb1")
+
+
+def test_override_and_image_option(tmp_path):
+    env, image, disk = made(tmp_path, str(tmp_path / "vms"))
+    env.mk("--rebuild", "rb1", "--memory", "768M", check=True)
+    rec = record(env)
+    assert rec["memory"] == 768 and rec["ips"] == ["192.0.2.10"]
+    assert re.search(r"^memory\s*=\s*768$", open(rec["config"]).read(), re.M)
+
+
+REBUILD_STEPS = {"xfs": ["carry", "aside", "disks", "mount", "fixups", "boot", "unmount", "config", "autostart",
+                         "confirm", "record", "discard"],
+                 "ext4": ["carry", "aside", "disks", "filesystems", "mount", "fixups", "unmount", "config", "record",
+                          "discard"]}
+
+
+@pytest.mark.parametrize("where,step", [(w, s) for w, steps in REBUILD_STEPS.items() for s in steps])
+def test_killed_at_each_step_rebuild_again_then_rm(where, step, xfs_dir, tmp_path, monkeypatch):
+    storage = xfs_dir if where == "xfs" else str(tmp_path / "vms")
+    before_host = host_state(str(tmp_path), ("rb1",))
+    env, image, disk = made(tmp_path, storage)
+    before, old = identity(disk, tmp_path / "r"), record(env)
+    monkeypatch.setenv("SI_XEN_KILL_AT", step)
+    killed = env.mk("--rebuild", "rb1")
+    assert killed.returncode == -9, killed.stderr
+    monkeypatch.delenv("SI_XEN_KILL_AT")
+    out = env.mk("--rebuild", "rb1", check=True)
+    assert "an earlier rebuild" in out.stderr, out.stderr
+    assert_rebuilt(env, disk, before, old, tmp_path)
+    assert aside_files(storage, env) == []
+    env.run("rmxenvm", "rb1", "--yes", check=True)
+    assert not os.path.exists(f"{storage}/domains/rb1")
+    assert host_state(str(tmp_path), ("rb1",)) == before_host
+
+
+@pytest.mark.parametrize("step", ["aside", "fixups", "record"])
+def test_killed_then_removed_leaves_nothing(step, tmp_path, monkeypatch):
+    storage = str(tmp_path / "vms")
+    before_host = host_state(str(tmp_path), ("rb1",))
+    env, image, disk = made(tmp_path, storage)
+    monkeypatch.setenv("SI_XEN_KILL_AT", step)
+    assert env.mk("--rebuild", "rb1").returncode == -9
+    monkeypatch.delenv("SI_XEN_KILL_AT")
+    env.run("rmxenvm", "rb1", "--yes", check=True)
+    assert not os.path.exists(f"{storage}/domains/rb1") and not os.listdir(f"{env.state}/vms")
+    assert not os.path.exists(f"{env.state}/carry/rb1")
+    assert [n for n in os.listdir(env.output) if "rb1" in n] == []
+    assert not os.path.exists(f"{env.output}/auto") or not os.listdir(f"{env.output}/auto")
+    assert host_state(str(tmp_path), ("rb1",)) == before_host
+
+
+def test_failure_puts_the_vm_back_as_it_was(tmp_path):
+    """A step failing late (the config: a broken template) after the old VM was set aside and the
+    new disk made: the old disk, config, link and journal are back, byte for byte."""
+    env, image, disk = made(tmp_path, str(tmp_path / "vms"))
+    journal, old = entries(env), record(env)
+    cfg = open(old["config"]).read()
+    sha = subprocess.run(["sha256sum", disk], capture_output=True, text=True).stdout.split()[0]
+    write(f"{env.base}/templates", "xl.cfg.j2", "{{ no_such_variable.field }}\n")
+    bad = env.mk("--rebuild", "rb1")
+    assert bad.returncode != 0 and len([x for x in bad.stderr.splitlines() if x.startswith("FATAL:")]) == 1, bad.stderr
+    assert "-- step config" in open(f"{env.base}/log/rb1.log").read(), "it failed late, not at a check"
+    assert entries(env) == journal and record(env) == old, "the journal is the old one (its step lines aside)"
+    assert subprocess.run(["sha256sum", disk], capture_output=True, text=True).stdout.split()[0] == sha
+    assert open(old["config"]).read() == cfg and os.readlink(old["autostart"]) == old["config"]
+    assert aside_files(str(tmp_path / "vms"), env) == [] and not os.path.exists(f"{env.state}/carry/rb1")
+
+
+def test_bad_inputs_say_one_fatal(tmp_path):
+    env, image, disk = made(tmp_path, str(tmp_path / "vms"))
+    for args, says in ((["--rebuild", "nosuch"], "no VM 'nosuch' made by si_mkxenvm"),
+                       (["--rebuild", "rb1", "--hostname", "rb2"], "name two VMs"),
+                       (["--keep-old", "--hostname", "rb2", "tiny"], "--keep-old is for --rebuild")):
+        cp = env.mk(*args)
+        lines = [x for x in cp.stderr.splitlines() if x.startswith("FATAL:")]
+        assert cp.returncode != 0 and len(lines) == 1 and says in lines[0], cp.stderr
+        assert "Traceback" not in cp.stderr
+
+
+def test_timing_rebuild_against_a_further_vm(xfs_dir, tmp_path, capsys):
+    """Reported, not asserted strictly: --rebuild against a further VM (a clone) of the same image."""
+    env, image, disk = made(tmp_path, xfs_dir)
+    env.mk("tiny", "--hostname", "rb2", *OPTS[:-1], "--ip", "192.0.2.11", "--dir", xfs_dir, "--output", env.output,
+           check=True)  # the base of generation 2 exists now
+    env.run("rmxenvm", "rb2", "--yes", check=True)
+    t = time.monotonic()
+    env.mk("tiny", "--hostname", "rb3", *OPTS[:-1], "--dir", xfs_dir, "--output", env.output, check=True)
+    further = time.monotonic() - t
+    t = time.monotonic()
+    env.mk("--rebuild", "rb1", check=True)
+    rebuild = time.monotonic() - t
+    with capsys.disabled():
+        print(f"\n[timing] further VM {further:.2f} s, --rebuild {rebuild:.2f} s ({rebuild / further:.2f}x)")
+    assert rebuild < 4 * further

@@ -81,6 +81,7 @@ def save(root: str, dest: str) -> list[str]:
             os.close(wfd)
         done.append(gpath)
     for d, _dirs, _files in os.walk(dest, topdown=False):
+        os.chmod(d, 0o700)  # makedirs' mode is the last directory's only
         fd = os.open(d, os.O_RDONLY)
         try:
             os.fsync(fd)

@@ -157,6 +157,9 @@ class Journal:
         if state is None or state.record is None:
             raise Fatal(f"VM '{name}' has no complete journal to update ({path_of(state_dir, name)})",
                         f"si_lsxenvm {name} shows what there is")
+        if state.replaces is not None:  # its discard would be lost with the update's rewrite
+            raise Fatal(f"VM '{name}' has a rebuild to tidy up (what it set aside is still there)",
+                        f"run si_mkxenvm --rebuild {name} again, which finishes it first, or si_rmxenvm {name}")
         self = cls.__new__(cls)
         self.path, self._state_dir, self.state, self._dir = state.path, state_dir, state, None
         self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW)  # read: a torn tail

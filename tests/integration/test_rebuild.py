@@ -222,3 +222,25 @@ def test_timing_rebuild_against_a_further_vm(xfs_dir, tmp_path, capsys):
     with capsys.disabled():
         print(f"\n[timing] further VM {further:.2f} s, --rebuild {rebuild:.2f} s ({rebuild / further:.2f}x)")
     assert rebuild < 4 * further
+
+
+DEBIAN12 = "/var/cache/si-xen-tests/images"
+
+
+@pytest.mark.skipif(not os.path.isdir(f"{DEBIAN12}/debian12"), reason="no cached debian12 image")
+def test_timing_on_debian12(xfs_dir, tmp_path, capsys):
+    """Reported: --rebuild of a debian12 VM against a further VM (both clones of its base, XFS)."""
+    env = make_env(tmp_path / "e", DEBIAN12)
+    opts = ["--memory", "512M", "--size", "3G", "--noswap", "--dhcp", "--dir", xfs_dir, "--output", env.output]
+    env.mk("debian12", "--hostname", "rb1", *opts, check=True)  # the first builds the base
+    times = {}
+    for what, argv in (("further", ["debian12", "--hostname", "rb2", *opts]), ("rebuild", ["--rebuild", "rb1"]),
+                       ("further2", ["debian12", "--hostname", "rb3", *opts]), ("rebuild2", ["--rebuild", "rb1"])):
+        t = time.monotonic()
+        env.mk(*argv, check=True)
+        times[what] = time.monotonic() - t
+    for name in ("rb1", "rb2", "rb3"):
+        env.run("rmxenvm", name, "--yes", "--prune-bases", check=True)
+    with capsys.disabled():
+        print("\n[timing debian12] " + ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
+    assert min(times["rebuild"], times["rebuild2"]) <= 2 * min(times["further"], times["further2"]) + 0.3

@@ -228,3 +228,40 @@ def test_cli_overrides_replace_what_they_contradict():
     assert req.storage.kind == "dir" and req.storage.root == "/srv" and req.dhcp and req.ips == ()
     assert req.memory == 1024 and req.mac == "00:16:3e:00:00:01", "what is not said stays the record's"
     assert Request.from_json(recorded) == Request.from_json(recorded, {})
+
+
+def test_an_update_waits_for_a_rebuild_to_be_tidied(tmp_path, losetup):
+    s, p = deployed(tmp_path)
+    j = journal.Journal.replacing(s, "vm", VmRecord.from_json({"name": "vm", "pid": 2}), journal.load(s, "vm"))
+    set_aside(j, p["disk"])
+    j.finish(VmRecord("vm", "deb", image_fingerprint="bb"))
+    j.close()
+    assert "si_mkxenvm --rebuild vm" in fatal(journal.Journal.resume, s, "vm", {"pid": 3})
+
+
+class FakeTs:
+    name = "xl"
+
+    def __init__(self, stops: bool):
+        self.stops, self.calls = stops, []
+
+    def stop(self, name, timeout):
+        self.calls.append(("stop", name, timeout))
+        return self.stops
+
+    def destroy(self, name):
+        self.calls.append(("destroy", name))
+
+
+@pytest.mark.parametrize("stops", [True, False])
+def test_restart_stops_cleanly_and_never_destroys(monkeypatch, stops):
+    ts = FakeTs(stops)
+    monkeypatch.setattr(deploy.toolstack, "require_running", lambda choice: ts)
+    c = SimpleNamespace(old=SimpleNamespace(record=VmRecord("vm", toolstack="xl")), plan=SimpleNamespace(hostname="vm"),
+                        timeout=7.0, rep=Reporter(quiet=True))
+    if stops:
+        deploy._stop(c)
+    else:
+        said = fatal(deploy._stop, c)
+        assert "did not shut down within 7 s; nothing was changed (it keeps running)" in said
+    assert ts.calls == [("stop", "vm", 7.0)]

@@ -92,16 +92,31 @@ def save(root: str, dest: str) -> list[str]:
 
 def read_vm(rec, dest: str, lock_dir: str) -> list[str]:
     """Carry the identity of VM ``rec`` (stopped) to ``dest``, read in a private mount namespace."""
+    return _read(rec.name, [[d.target, d.fs, d.mountpoint] for d in rec.disks],
+                 {"storage": rec.storage, "root": rec.storage_root, "pool": rec.thin_pool, "lock_dir": lock_dir}, dest)
+
+
+def read_disk(name: str, path: str, fs: str, dest: str) -> list[str]:
+    """Carry the identity of the root filesystem ``fs`` on ``path`` (Ganeti's disk 0) to ``dest``."""
+    return _read(name, [[path, fs, "/"]], {"storage": "given", "root": "", "pool": None, "lock_dir": ""}, dest)
+
+
+def _read(name: str, disks: list, where_from: dict, dest: str) -> list[str]:
     run_dir = "/run" if os.path.isdir("/run") else "/tmp"
-    where = tempfile.mkdtemp(prefix=f"si-xen.{rec.name}.carry-", dir=run_dir)
-    spec = {"disks": [[d.target, d.fs, d.mountpoint] for d in rec.disks], "storage": rec.storage,
-            "root": rec.storage_root, "pool": rec.thin_pool, "lock_dir": lock_dir, "where": where, "dest": dest}
+    where = tempfile.mkdtemp(prefix=f"si-xen.{name}.carry-", dir=run_dir)
+    spec = {"disks": disks, **where_from, "where": where, "dest": dest}
     try:
         out = proc.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-m", __name__,
-                        json.dumps(spec)]).stdout
+                        json.dumps(spec)], env={"PYTHONPATH": _package_parent()}).stdout
     finally:
         os.rmdir(where)  # our mounts were never seen here
     return json.loads(out or "[]")
+
+
+def _package_parent() -> str:
+    """Where si_xen is imported from, for the child (Ganeti's scripts put it on sys.path themselves)."""
+    top = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.pathsep.join(filter(None, (top, os.environ.get("PYTHONPATH"))))
 
 
 def child(spec: dict) -> list[str]:

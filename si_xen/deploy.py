@@ -244,18 +244,21 @@ INSTALL_STEPS = tuple(s for s in STEPS if s.name not in ("bases", "config", "aut
 
 
 def execute(plan: Plan, image: Image, kernel, settings, rep: Reporter, hs: Headstart | None = None, steps=None,
-            confirm=None, guard: Guard | None = None, request=None, source: dict | None = None) -> VmRecord | None:
+            confirm=None, guard: Guard | None = None, request=None, source: dict | None = None,
+            identity_dir: str | None = None) -> VmRecord | None:
     """Make the VM; return its record. ``hs``: the work begun for it (keys, a warm-up);
     ``steps``: STEPS or INSTALL_STEPS; ``confirm``: see _confirm; ``guard``: the caller's, to
     learn whether a signal came after the domain was made (``guard.got``); ``request`` (the
-    Request) and ``source`` (server, ssh_user, overrides): recorded, for an update or a rebuild."""
+    Request) and ``source`` (server, ssh_user, overrides): recorded, for an update or a rebuild;
+    ``identity_dir``: an identity carried from the disk's earlier install (carry.py: Ganeti's reinstall)."""
     steps, state_dir = steps or STEPS, settings.paths["state_dir"]
     old = journal.load(state_dir, plan.hostname)
     if old is not None:  # --force (preflight refused otherwise): the old VM goes first
         journal.remove(old)
     c = Context(plan, image, kernel, settings, rep, journal.Journal(state_dir, plan.hostname, VmRecord.begun(plan)),
                 hs or Headstart(state_dir), confirm, guard=guard or Guard(),
-                backend=backend_for(plan, settings.paths["lock_dir"]), request=request, source=source or {})
+                backend=backend_for(plan, settings.paths["lock_dir"]), request=request, source=source or {},
+                identity_dir=identity_dir)
     c.one_pass = not plan.clone and populate.one_pass_ok(image.path, plan.disks)
     c.hs.beside_steps(not (plan.clone and bases.ready(plan, c.backend)), settings.paths["template_dir"],
                       any(s.name == "config" for s in steps))
@@ -385,7 +388,8 @@ def discard(state_dir: str, st: journal.State) -> VmRecord:
                 t.discard()
         elif isinstance(t, CarryDir):
             t.delete()
-    mine = [t for t in st.replaced_things if t.kind == "dir" or (t.kind in REPLACEABLE and t.path not in asided)]
+    # the old VM's directories and base locks (a lock goes only when free), and kept disks of earlier rebuilds
+    mine = [t for t in st.replaced_things if t.kind in ("dir", "lock") or (t.kind in REPLACEABLE and t.path not in asided)]
     new = [t for t in st.things if not isinstance(t, (Aside, CarryDir))]
     rec = st.record
     if kept:

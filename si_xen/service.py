@@ -57,14 +57,17 @@ def make_vms(req: Request, image: Image, settings, rep: Reporter, hs: Headstart,
     raise AssertionError("unreachable")
 
 
-def install_onto(req: Request, image: Image, settings, rep: Reporter, log_name: str) -> VmRecord:
+def install_onto(req: Request, image: Image, settings, rep: Reporter, log_name: str,
+                 identity_dir: str | None = None) -> VmRecord:
     """The image onto disks their owner made (``req.storage.disks``): the install steps only,
-    journaled, so that the next run for this instance undoes what a crash left."""
+    journaled, so that the next run for this instance undoes what a crash left; ``identity_dir``:
+    the identity a reinstall keeps (carry.py)."""
     tree = survey.survey(image.path)
     plan = planner.make_plan(req, image, tree)
     kernel = planner.check_boot(plan, image, os.path.join(settings.paths["state_dir"], "images"), req.said.memory)
     backend_for(plan).validate(plan.hostname, list(plan.disks), 0, True)
-    return _one(plan, image, kernel, settings, rep, log_name, steps=deploy.INSTALL_STEPS, request=req)
+    return _one(plan, image, kernel, settings, rep, log_name, steps=deploy.INSTALL_STEPS, request=req,
+                identity_dir=identity_dir)
 
 
 def preflight(plan: Plan, settings, need_mib: int) -> None:

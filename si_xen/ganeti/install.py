@@ -128,20 +128,53 @@ def _image(inst: Instance, paths, say) -> Image:
                          inst.name, paths, say, prog="gnt-instance add -o systemimager+IMAGE")
 
 
-def install(inst: Instance, image: Image, rep: Reporter, s, skip: tuple[str, ...] = ()) -> VmRecord:
+def install(inst: Instance, image: Image, rep: Reporter, s, skip: tuple[str, ...] = (),
+            identity_dir: str | None = None) -> VmRecord:
     """The image onto the instance's disks: si-xen's install steps, journaled (a crash's
-    mounts are undone by the next run for this instance)."""
+    mounts are undone by the next run for this instance); ``identity_dir``: a reinstall's kept identity."""
     req = request_for(inst, image, survey.survey(image.path), skip)
-    return service.install_onto(req, image, s, rep, f"ganeti-{req.hostnames[0]}.log")
+    return service.install_onto(req, image, s, rep, f"ganeti-{req.hostnames[0]}.log", identity_dir=identity_dir)
 
 
 def create(inst: Instance, rep: Reporter) -> None:
     s = settings(inst.variant or inst.osp.get("image"))
     image = _image(inst, s.paths, rep.say)
     what = "Reinstalling" if inst.reinstall else "Installing"
+    kept = carry_identity(inst, s, rep) if inst.reinstall and params.value(inst.osp, "identity") == "keep" else None
     rep.say(f"{what} {inst.name} from image '{image.name}' ({image.os.pretty}) on {', '.join(d.path for d in inst.disks)}")
-    rec = install(inst, image, rep, s)
+    rec = install(inst, image, rep, s, identity_dir=kept)
+    if kept:
+        shutil.rmtree(kept)  # installed: disk 0 holds it again
     rep.say(f"{inst.name}: {image.name} installed in {rec.seconds} s, boots by {rec.boot}")
+
+
+def carry_identity(inst: Instance, s, rep: Reporter) -> str | None:
+    """A reinstall's identity, kept under state_dir/ganeti/carry/INSTANCE until the install is done:
+    a copy saved there by a reinstall that did not finish comes first (disk 0 may hold a
+    half-made filesystem by now), else it is read from disk 0, read-only (carry.py)."""
+    from .. import carry
+    from ..storage.mount import RO_OPTS
+
+    saved = carry.carry_dir(s.paths["state_dir"], inst.name)
+    if os.path.isdir(saved):
+        rep.say(f"Keeping {inst.name}'s identity as an earlier reinstall saved it ({saved})")
+        return saved
+    d0 = inst.disks[0] if inst.disks else None
+    kind = fs_type(d0.path) if d0 else ""
+    if kind not in RO_OPTS:
+        rep.warn(f"disk 0 of {inst.name} has no filesystem si-xen reads ({kind or 'none'}): it gets a fresh identity")
+        return None
+    tmp = f"{saved}.new"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp, mode=0o700)
+    got = carry.read_disk(inst.name, d0.path, kind, tmp)
+    if not got:
+        shutil.rmtree(tmp)
+        rep.warn(f"disk 0 of {inst.name} holds no SSH host keys or machine-id: it gets a fresh identity")
+        return None
+    os.rename(tmp, saved)  # whole or not at all: a crash before leaves only the .new
+    rep.say(f"Keeping {inst.name}'s identity (identity=keep): {', '.join('/' + p for p in got)}")
+    return saved
 
 
 # --- export / import: one disk per call, on stdout / stdin --------------------------------

@@ -83,6 +83,8 @@ PARAMS = (
           _choice("yes", "no"), "yes"),
     Param("nameservers", "DNS servers for a static address, comma separated", _nameservers),
     Param("skip_fixups", "guest fixups not to run, comma separated (si_xenhooks list)", _fixups),
+    Param("identity", "keep: gnt-instance reinstall keeps the instance's SSH host keys and machine-id (from disk 0); "
+          "fresh: it gets new ones", _choice("keep", "fresh"), "keep"),
 )
 BY_NAME = {p.name: p for p in PARAMS}
 

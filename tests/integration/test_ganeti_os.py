@@ -112,9 +112,20 @@ def test_create_reinstall_rename_export_import(node, debian12_image, tmp_path):
                 __import__("pathlib").Path(debian12_image) / "etc/ssh").glob("ssh_host_*_key.pub")), "a fresh identity"
         assert not os.path.exists(f"{debian12_image}/etc/si-xen"), "the image is never written"
 
-        # reinstall with other OS parameters: xfs this time
-        node.run("create", {**env, "INSTANCE_REINSTALL": "1", "OSP_FILESYSTEM": "xfs"})
-        assert blkid(d0) == "xfs"
+        # reinstall with other OS parameters: xfs this time; the identity is kept (identity=keep)
+        out = _text(node.run("create", {**env, "INSTANCE_REINSTALL": "1", "OSP_FILESYSTEM": "xfs"}).stdout)
+        assert blkid(d0) == "xfs" and "Keeping inst1.sixen.test's identity" in out, out
+        with mounted(d0, tmp_path / "m") as m:
+            assert sorted(p.read_text() for p in (m / "etc/ssh").glob("ssh_host_*_key.pub")) == keys
+        assert not os.path.exists(tmp_path / "state/ganeti/carry/inst1.sixen.test")
+        # identity=fresh: new keys
+        node.run("create", {**env, "INSTANCE_REINSTALL": "1", "OSP_FILESYSTEM": "xfs", "OSP_IDENTITY": "fresh"})
+        with mounted(d0, tmp_path / "m") as m:
+            fresh = sorted(p.read_text() for p in (m / "etc/ssh").glob("ssh_host_*_key.pub"))
+            assert fresh and fresh != keys
+        node.run("create", {**env, "INSTANCE_REINSTALL": "1", "OSP_FILESYSTEM": "xfs"})  # kept again
+        with mounted(d0, tmp_path / "m") as m:
+            assert sorted(p.read_text() for p in (m / "etc/ssh").glob("ssh_host_*_key.pub")) == fresh
 
         # rename: the hostname fixups again, nothing else
         node.run("rename", {**node.env("inst2.sixen.test", [d0, d1]), "OLD_INSTANCE_NAME": "inst1.sixen.test",

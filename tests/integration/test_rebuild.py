@@ -244,3 +244,12 @@ def test_timing_on_debian12(xfs_dir, tmp_path, capsys):
     with capsys.disabled():
         print("\n[timing debian12] " + ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
     assert min(times["rebuild"], times["rebuild2"]) <= 2 * min(times["further"], times["further2"]) + 0.3
+
+
+def test_dry_run_changes_nothing(tmp_path):
+    env, image, disk = made(tmp_path, str(tmp_path / "vms"))
+    journal, mtime = open(f"{env.state}/vms/rb1.journal").read(), os.stat(disk).st_mtime_ns
+    out = env.mk("--rebuild", "rb1", "--dry-run", check=True).stdout
+    assert "Dry run: nothing was changed." in out and "00:16:3e" in out
+    assert open(f"{env.state}/vms/rb1.journal").read() == journal and os.stat(disk).st_mtime_ns == mtime
+    assert not os.path.exists(f"{env.state}/carry")

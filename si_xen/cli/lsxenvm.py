@@ -127,6 +127,7 @@ def body(argv) -> int:
         return drift(args, settings)
     found = [s for s in journal.all_states(settings.paths["state_dir"]) if not args.names or s.name in args.names]
     vms, updating = [s.vm for s in found], {s.name: s for s in found if s.update is not None}
+    rebuilding = {s.name: s for s in found if s.replaces is not None}
     running = states()
 
     def state(vm) -> str:
@@ -146,7 +147,10 @@ def body(argv) -> int:
         disks = ", ".join(f"{d.vdev}:{d.mountpoint or 'swap'}:{d.size}" for d in vm.disks)
         print(f"{vm.name:<20} {vm.image:<18} {state(vm):<8} {vm.boot:<8} {disks}")
         print(f"{'':<20} config {vm.config}")
-        if not vm.complete:
+        if vm.name in rebuilding:
+            print(f"{'':<20} unfinished rebuild (pid {vm.pid}) stopped in step '{rebuilding[vm.name].step}': "
+                  f"si_mkxenvm --rebuild {vm.name} finishes it (si_rmxenvm {vm.name} removes old and new)")
+        elif not vm.complete:
             print(f"{'':<20} unfinished deploy (pid {vm.pid}) stopped in step '{vm.step}': "
                   f"si_rmxenvm {vm.name} removes what it made")
         if vm.name in updating:
@@ -155,6 +159,8 @@ def body(argv) -> int:
                   f"si_updatexenvm {vm.name} finishes it")
         for base in vm.bases:
             print(f"{'':<20} clone of {base}")
+        for old in vm.extra.get("old_disks", ()):
+            print(f"{'':<20} old disk kept {old} (--rebuild --keep-old; si_rmxenvm removes it)")
     return _missing(args.names, [vm.name for vm in vms])
 
 

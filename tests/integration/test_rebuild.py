@@ -123,6 +123,7 @@ def test_keep_old_keeps_the_old_disk_listed_and_removable(tmp_path):
     kept = f"{disk}.si-old"
     assert debugfs_cat(kept, "/home/u/notes") == "mine\n", "the old disk, whole"
     assert record(env)["old_disks"] == [kept]
+    assert f"old disk kept {kept}" in env.run("lsxenvm", "rb1", check=True).stdout
     assert aside_files(storage, env) == ["disk.img.si-old"], "only the disk is kept, not the old config or link"
     env.mk("--rebuild", "rb1", "--keep-old", check=True)  # a second one keeps both
     assert sorted(aside_files(storage, env)) == ["disk.img.si-old", "disk.img.si-old.1"]
@@ -154,6 +155,8 @@ def test_killed_at_each_step_rebuild_again_then_rm(where, step, xfs_dir, tmp_pat
     killed = env.mk("--rebuild", "rb1")
     assert killed.returncode == -9, killed.stderr
     monkeypatch.delenv("SI_XEN_KILL_AT")
+    listed = env.run("lsxenvm", "rb1", check=True).stdout
+    assert "unfinished rebuild (pid " in listed and f"stopped in step '{step}'" in listed, listed
     out = env.mk("--rebuild", "rb1", check=True)
     assert "an earlier rebuild" in out.stderr, out.stderr
     assert_rebuilt(env, disk, before, old, tmp_path)

@@ -265,3 +265,18 @@ def test_restart_stops_cleanly_and_never_destroys(monkeypatch, stops):
         said = fatal(deploy._stop, c)
         assert "did not shut down within 7 s; nothing was changed (it keeps running)" in said
     assert ts.calls == [("stop", "vm", 7.0)]
+
+
+def test_an_lv_aside_is_renamed_back_with_lvrename_or_removed(fp):
+    a = Aside("/dev/vg0/vm-disk", "/dev/vg0/vm-disk.si-old")
+    fp.register(["lvs", "/dev/vg0/vm-disk.si-old"])
+    fp.register(["lvs", "/dev/vg0/vm-disk"], returncode=5)
+    fp.register(["lvrename", "/dev/vg0/vm-disk.si-old", "/dev/vg0/vm-disk"])
+    a.delete()
+    fp.register(["lvs", "/dev/vg0/vm-disk.si-old"])
+    fp.register(["lvs", "/dev/vg0/vm-disk"])
+    fp.register(["lvs", "/dev/vg0/vm-disk.si-old"])
+    fp.register(["lvremove", "-f", "/dev/vg0/vm-disk.si-old"])
+    a.delete()  # the new LV took the name: the old one goes
+    assert [c[0] for c in fp.calls].count("lvrename") == 1 and ["lvremove", "-f", "/dev/vg0/vm-disk.si-old"] in [
+        list(c) for c in fp.calls]

@@ -255,7 +255,8 @@ def rebuild(args) -> int:
     args.override = args.override or list(src.get("overrides") or ()) or None
     image, source = _image(args, image_name)
     settings = config.load(args.config, image.name)
-    hs = Headstart.start(image, [name], settings.paths["state_dir"], args.dry_run)
+    # The walk only: the keys are carried (a type the old VM lacks is made by the identity fixup).
+    hs = Headstart.start(image, [], settings.paths["state_dir"], args.dry_run)
     rep = Reporter(quiet=args.quiet, verbose=args.verbose)
     try:
         guard = Guard()

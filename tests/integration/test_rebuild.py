@@ -232,21 +232,24 @@ DEBIAN12 = "/var/cache/si-xen-tests/images"
 
 @pytest.mark.skipif(not os.path.isdir(f"{DEBIAN12}/debian12"), reason="no cached debian12 image")
 def test_timing_on_debian12(xfs_dir, tmp_path, capsys):
-    """Reported: --rebuild of a debian12 VM against a further VM (both clones of its base, XFS)."""
+    """Reported: --rebuild of a debian12 VM against a further VM (both clones of its base, XFS),
+    medians of 3; asserted loosely (2 shared cores, other runs beside)."""
     env = make_env(tmp_path / "e", DEBIAN12)
     opts = ["--memory", "512M", "--size", "3G", "--noswap", "--dhcp", "--dir", xfs_dir, "--output", env.output]
     env.mk("debian12", "--hostname", "rb1", *opts, check=True)  # the first builds the base
-    times = {}
-    for what, argv in (("further", ["debian12", "--hostname", "rb2", *opts]), ("rebuild", ["--rebuild", "rb1"]),
-                       ("further2", ["debian12", "--hostname", "rb3", *opts]), ("rebuild2", ["--rebuild", "rb1"])):
-        t = time.monotonic()
-        env.mk(*argv, check=True)
-        times[what] = time.monotonic() - t
-    for name in ("rb1", "rb2", "rb3"):
-        env.run("rmxenvm", name, "--yes", "--prune-bases", check=True)
+    times: dict[str, list[float]] = {"further": [], "rebuild": []}
+    for i in range(3):
+        for what, argv in (("further", ["debian12", "--hostname", f"rb{i + 2}", *opts]), ("rebuild", ["--rebuild", "rb1"])):
+            t = time.monotonic()
+            env.mk(*argv, check=True)
+            times[what].append(time.monotonic() - t)
+    for i in range(1, 5):
+        env.run("rmxenvm", f"rb{i}", "--yes", "--prune-bases", check=True)
+    med = {k: sorted(v)[1] for k, v in times.items()}
     with capsys.disabled():
-        print("\n[timing debian12] " + ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
-    assert min(times["rebuild"], times["rebuild2"]) <= 2 * min(times["further"], times["further2"]) + 0.3
+        print(f"\n[timing debian12] median further {med['further']:.2f} s, rebuild {med['rebuild']:.2f} s "
+              f"({med['rebuild'] / med['further']:.2f}x); all: {times}")
+    assert med["rebuild"] <= 2 * med["further"] + 0.3
 
 
 def test_dry_run_changes_nothing(tmp_path):
@@ -256,3 +259,15 @@ def test_dry_run_changes_nothing(tmp_path):
     assert "Dry run: nothing was changed." in out and "00:16:3e" in out
     assert open(f"{env.state}/vms/rb1.journal").read() == journal and os.stat(disk).st_mtime_ns == mtime
     assert not os.path.exists(f"{env.state}/carry")
+
+
+def test_a_key_type_the_old_vm_lacks_is_made_the_others_carried(tmp_path):
+    env, image, disk = made(tmp_path, str(tmp_path / "vms"))
+    with mounted(disk, tmp_path / "m") as root:
+        for n in ("ssh_host_ecdsa_key", "ssh_host_ecdsa_key.pub"):
+            os.unlink(f"{root}/etc/ssh/{n}")
+    before = identity(disk, tmp_path / "r")
+    env.mk("--rebuild", "rb1", check=True)
+    after = identity(disk, tmp_path / "r")
+    assert {k: v for k, v in after.items() if "ecdsa" not in k} == before
+    assert after["etc/ssh/ssh_host_ecdsa_key"][0] == oct(0o100600) and after["etc/ssh/ssh_host_ecdsa_key.pub"][1]

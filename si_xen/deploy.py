@@ -346,7 +346,7 @@ def _aside(c: Context) -> None:
             while _present(aside):  # an earlier --keep-old's: never overwritten
                 n += 1
                 aside = f"{Aside.name_for(t.path)}.{n}"
-            c.journal.made(Aside(t.path, aside), _rename, t.path, aside)
+            c.journal.made(Aside(t.path, aside, t.disk), _rename, t.path, aside)
 
 
 def _rebuilt_record(c: Context) -> None:
@@ -412,7 +412,13 @@ def rebuild(plan: Plan, image: Image, kernel, settings, rep: Reporter, old: jour
     c.one_pass = not plan.clone and populate.one_pass_ok(image.path, plan.disks)
     c.hs.beside_steps(not (plan.clone and bases.ready(plan, c.backend)), settings.paths["template_dir"], True)
     try:
-        run_steps(c, REBUILD_STEPS)
+        try:
+            run_steps(c, REBUILD_STEPS)
+        except Fatal as e:
+            if isinstance(e, ImageChanged) or getattr(e, "leftovers", None):
+                raise
+            back = Fatal(f"{e.problem}; VM '{plan.hostname}' is as it was (its disks, config and identity)", e.fix)
+            raise back from e
         c.journal.step("discard")
         try:
             c.record = discard(state_dir, journal.load(state_dir, plan.hostname))

@@ -168,6 +168,11 @@ class Aside(Made):
     kind = "aside"
     path: str
     aside: str
+    is_disk: bool = False  # an old disk: si_rmxenvm --keep-disks leaves it where it is
+
+    @property
+    def disk(self) -> bool:  # type: ignore[override]
+        return self.is_disk
 
     def delete(self) -> None:
         if _present(self.aside) and not _present(self.path):

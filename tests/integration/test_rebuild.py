@@ -193,6 +193,7 @@ def test_failure_puts_the_vm_back_as_it_was(tmp_path):
     bad = env.mk("--rebuild", "rb1")
     assert bad.returncode != 0 and len([x for x in bad.stderr.splitlines() if x.startswith("FATAL:")]) == 1, bad.stderr
     assert "-- step config" in open(f"{env.base}/log/rb1.log").read(), "it failed late, not at a check"
+    assert "VM 'rb1' is as it was" in bad.stderr, bad.stderr
     assert entries(env) == journal and record(env) == old, "the journal is the old one (its step lines aside)"
     assert subprocess.run(["sha256sum", disk], capture_output=True, text=True).stdout.split()[0] == sha
     assert open(old["config"]).read() == cfg and os.readlink(old["autostart"]) == old["config"]

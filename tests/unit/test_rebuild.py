@@ -280,3 +280,18 @@ def test_an_lv_aside_is_renamed_back_with_lvrename_or_removed(fp):
     a.delete()  # the new LV took the name: the old one goes
     assert [c[0] for c in fp.calls].count("lvrename") == 1 and ["lvremove", "-f", "/dev/vg0/vm-disk.si-old"] in [
         list(c) for c in fp.calls]
+
+
+def test_rm_keep_disks_of_an_unfinished_rebuild_keeps_old_and_new_disks(tmp_path, losetup):
+    s, p = deployed(tmp_path)
+    j = journal.Journal.replacing(s, "vm", VmRecord.from_json({"name": "vm", "pid": 2}), journal.load(s, "vm"))
+    from si_xen.made import _rename
+
+    j.made(Aside(p["disk"], p["disk"] + ".si-old", True), _rename, p["disk"], p["disk"] + ".si-old")
+    set_aside(j, p["cfg"])
+    j.made(DiskFile(p["disk"]), touch, p["disk"], "new disk")
+    j.close()
+    journal.remove(journal.load(s, "vm"), keep_disks=True)
+    assert open(p["disk"]).read() == "new disk" and open(p["disk"] + ".si-old").read() == "old disk"
+    assert not os.path.exists(p["cfg"]) and not os.path.exists(Aside.name_for(p["cfg"]))
+    assert Aside.from_json(Aside("/a", "/b", True).to_json()).disk and not Aside("/a", "/b").disk

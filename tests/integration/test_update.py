@@ -13,7 +13,7 @@ import pytest
 
 from tests.unit import fakeimage
 
-from .harness import debugfs_cat, host_state, make_env
+from .harness import debugfs_cat, host_state, make_env, manifest
 
 pytestmark = pytest.mark.integration
 OPTS = ["--memory", "512M", "--size", "512M", "--noswap", "--ip", "192.0.2.10", "--netmask", "255.255.255.0",
@@ -173,3 +173,53 @@ def test_bad_inputs_say_one_fatal_and_change_nothing(tmp_path):
         assert cp.returncode != 0 and len(lines) == 1 and says in lines[0], cp.stderr
         assert "Traceback" not in cp.stderr
     assert hashlib.sha256(open(disk, "rb").read()).hexdigest() == sha
+
+
+def test_all_updates_every_vm_of_the_image_and_a_broken_one_fails_alone(tmp_path):
+    env, image, disk = made(tmp_path, str(tmp_path / "vms"))
+    for h in ("u2", "u3"):
+        env.mk("tiny", "--hostname", h, *OPTS[:-6], "--dhcp", "--dir", str(tmp_path / "vms"), "--output", env.output,
+               check=True)
+    broken = f"{tmp_path}/vms/domains/u3/disk.img"
+    with open(broken, "r+b") as f:  # its superblock gone: it cannot be mounted
+        f.seek(1024)
+        f.write(b"\0" * 4096)
+    cp = env.run("updatexenvm", "--all", "tiny")
+    assert cp.returncode == 1
+    assert "2 of 3 VMs updated" in cp.stdout and "u3" in cp.stderr and "Traceback" not in cp.stderr
+    for d in (disk, f"{tmp_path}/vms/domains/u2/disk.img"):
+        assert debugfs_cat(d, "/etc/new.conf") == "new\n"
+    assert "unfinished" not in env.run("lsxenvm", check=True).stdout
+    cp = env.run("updatexenvm", "--all", "nosuch")
+    assert cp.returncode == 1 and "FATAL: no VM made from image 'nosuch'" in cp.stderr
+
+
+def tree_of(disk: str, where) -> str:
+    """The VM's files as a manifest (a refused update in place mounts the disk: its superblock's mount
+    count and times change, never a file)."""
+    os.makedirs(where, exist_ok=True)
+    subprocess.run(["mount", "-o", "ro,loop,noload", disk, str(where)], check=True)
+    try:
+        return manifest(str(where))
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+def test_image_gone_and_disk_full_change_nothing(tmp_path):
+    env, image, disk = made(tmp_path, str(tmp_path / "vms"))
+    sha, tree = hashlib.sha256(open(disk, "rb").read()).hexdigest(), tree_of(disk, tmp_path / "ro")
+    os.rename(image, image + ".away")
+    cp = env.run("updatexenvm", "u1")
+    assert cp.returncode == 1 and "FATAL: image 'tiny' not found" in cp.stderr and "Traceback" not in cp.stderr
+    assert hashlib.sha256(open(disk, "rb").read()).hexdigest() == sha, "refused before the disk was opened"
+    os.rename(image + ".away", image)
+    os.makedirs(os.path.join(image, "opt/big"), exist_ok=True)
+    for i in range(6):
+        with open(os.path.join(image, f"opt/big/{i}"), "wb") as f:
+            f.write(os.urandom(1 << 20) * 100)  # 600 MiB: more than the VM's 512M disk holds
+    cp = env.run("updatexenvm", "u1")
+    lines = [x for x in cp.stderr.splitlines() if x.startswith("FATAL:")]
+    assert cp.returncode == 1 and len(lines) == 1 and "MiB more for this update" in lines[0], cp.stderr
+    assert tree_of(disk, tmp_path / "ro") == tree
+    assert "unfinished" not in env.run("lsxenvm", check=True).stdout
+    assert host_state(str(tmp_path), ("u1",))["mounts"] == []

@@ -275,7 +275,7 @@ def _discard(u: Update) -> None:
 def _start(u: Update) -> None:
     ts = toolstack.require_running(u.rec.toolstack or "auto")
     u.rep.say(f"Starting {u.rec.name} with {ts.name} create")
-    ts.create(u.rec.config, lambda: None)
+    ts.create(u.rec.config, lambda signum: None)  # recorded already: a signal now changes nothing
 
 
 STEPS = (
@@ -332,7 +332,8 @@ def update(state: journal.State, image, settings, rep, opts: Options, running: b
         with signals_raise(guard):
             for step in STEPS:
                 if step.when(u):
-                    u.journal.step(step.name)
+                    if u.record is None:  # once recorded, the journal is the VM's record again
+                        u.journal.step(step.name)
                     rep.detail(f"-- step {step.name}")
                     step.run(u)
     except BaseException as e:

@@ -7,13 +7,14 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 from contextlib import contextmanager
 
 import pytest
 
 from tests.unit import fakeimage
 
-from .harness import debugfs_cat, host_state, make_env, manifest
+from .harness import REPO, debugfs_cat, host_state, make_env, manifest
 
 pytestmark = pytest.mark.integration
 OPTS = ["--memory", "512M", "--size", "512M", "--noswap", "--ip", "192.0.2.10", "--netmask", "255.255.255.0",
@@ -223,3 +224,36 @@ def test_image_gone_and_disk_full_change_nothing(tmp_path):
     assert tree_of(disk, tmp_path / "ro") == tree
     assert "unfinished" not in env.run("lsxenvm", check=True).stdout
     assert host_state(str(tmp_path), ("u1",))["mounts"] == []
+
+
+def test_a_running_vm_is_refused_or_restarted_and_never_destroyed(tmp_path):
+    """A fake xl (test_console's) says the VM runs: refused without --restart; with it, shut down
+    (never destroyed), updated and started again; one that does not stop is left running, unchanged."""
+    from .test_console import FAKE_XL, RUNNER
+
+    env, image, disk = made(tmp_path, str(tmp_path / "vms"))
+    bindir, state = tmp_path / "bin", tmp_path / "xl"
+    bindir.mkdir()
+    (state / "domains").mkdir(parents=True)
+    (bindir / "xl").write_text(FAKE_XL)
+    (bindir / "xl").chmod(0o755)
+    (state / "domains" / "u1").touch()
+    environ = dict(os.environ, SIS_CONFDIR=env.confdir, PYTHONPATH=REPO, FAKE_XL_STATE=str(state),
+                   PATH=f"{bindir}:{os.environ['PATH']}")
+
+    def run(*args, **extra):
+        return subprocess.run([sys.executable, "-c", RUNNER, "updatexenvm", *args, "--config", env.config],
+                              env=dict(environ, **extra), capture_output=True, text=True, timeout=120)
+
+    tree = tree_of(disk, tmp_path / "ro")
+    cp = run("u1")
+    assert cp.returncode == 1 and "FATAL: VM 'u1' is running (add --restart, or xl shutdown u1 first)" in cp.stderr
+    cp = run("u1", "--restart", "--timeout", "2", FAKE_XL_STUCK="1")
+    assert cp.returncode == 1 and "did not shut down within 2 s; nothing was changed (it keeps running)" in cp.stderr
+    assert (state / "domains" / "u1").exists() and tree_of(disk, tmp_path / "ro") == tree
+    cp = run("u1", "--restart")
+    assert cp.returncode == 0, cp.stderr
+    calls = (state / "calls").read_text()
+    assert "shutdown -w u1" in calls and f"create {env.output}/u1.cfg" in calls and "destroy" not in calls
+    assert (state / "domains" / "u1").exists(), "started again"
+    assert debugfs_cat(disk, "/etc/new.conf") == "new\n"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable
@@ -58,6 +59,8 @@ class Update:
     root: str = ""
     mounts: list = field(default_factory=list)
     survey: object = None  # the image's walk now
+    walk: object = None  # proc.Ahead giving it
+    new: dict = field(default_factory=dict)  # its manifest
     changes: object = None  # updateplan.Changes
     ran: list = field(default_factory=list)
     owned: dict = field(default_factory=dict)
@@ -129,7 +132,11 @@ def _changes(u: Update, vm: dict, classify) -> int:
     from .fixups import runner
 
     old = manifest.load(u.facts_dir, u.rec.image_fingerprint)
-    new = manifest.load(u.facts_dir, u.survey.fingerprint) or survey.manifest_of(u.image.path)
+    if u.survey is None:  # the image's walk, begun with the update in a child of its own
+        u.survey = u.walk.result()
+        if u.survey is None:
+            raise Fatal(f"could not walk image '{u.image.name}' ({u.image.path})", "check that it is readable")
+    u.new = new = manifest.load(u.facts_dir, u.survey.fingerprint) or survey.manifest_of(u.image.path)
     chosen = runner.select(u.rec.request.get("fixups_only") or None, u.rec.request.get("fixups_skip") or None)
     u.changes = c = updateplan.plan_update(old, new, vm, classify, u.rec.owned, {f.name: f.watching for f in chosen},
                                            [f.name for f in chosen], u.opts.delete)
@@ -183,6 +190,14 @@ def _transfer(u: Update) -> None:
         f.flush()
         with u.rep.step(f"Copying {len(u.changes.fetch)} entries from {u.image.path}"):
             proc.run(updateplan.rsync_argv(u.image.path, u.root, f.name))
+    # What was copied is what was planned, or the image changed meanwhile (an si_getimage into it):
+    # the VM would hold neither generation. One lstat per entry copied, not a walk.
+    image = Guest(u.image.path)
+    for p in u.changes.fetch:
+        now, planned = image.facts(p.lstrip("/")), u.new[p]
+        if now is None or list(now[:3]) != list(planned[:3]) or (not stat.S_ISDIR(planned[0]) and list(now[3:5]) != list(planned[3:5])):
+            raise Fatal(f"image '{u.image.name}' changed while it was copied ({p})",
+                        "let whatever writes to the image (si_getimage, si_updateclient) finish, then run this again")
 
 
 def _fixups(u: Update) -> None:
@@ -323,9 +338,9 @@ def update(state: journal.State, image, settings, rep, opts: Options, running: b
     u = Update(state, image, settings, rep, opts, was_running=running)
     u.backend = storage_backend(rec.storage, rec.storage_root, rec.thin_pool, settings.paths["lock_dir"])
     u.disks = disks_of(rec)
-    u.survey = survey.survey(image.path, u.facts_dir)
+    u.walk = proc.Ahead(survey.survey, image.path, u.facts_dir)  # beside the VM's mount and walk
     u.journal = journal.Journal.resume(settings.paths["state_dir"], rec.name,
-                                       {"from": rec.image_fingerprint, "to": u.survey.fingerprint, "pid": os.getpid(),
+                                       {"from": rec.image_fingerprint, "pid": os.getpid(),
                                         "started": stamp(), "delete": opts.delete})
     guard, step = Guard(), STEPS[0]
     try:
@@ -343,6 +358,8 @@ def update(state: journal.State, image, settings, rep, opts: Options, running: b
         raise err from e
     finally:
         u.journal.close()
+        if u.walk.status is None:
+            u.walk.close()
     return u.record
 
 

@@ -168,7 +168,9 @@ def test_bad_inputs_say_one_fatal_and_change_nothing(tmp_path):
     sha = hashlib.sha256(open(disk, "rb").read()).hexdigest()
     for args, says in ((["nosuch"], "no VM 'nosuch' made by si_mkxenvm"),
                        (["u1", "--no-delete", "--delete-local"], "contradict"),
-                       (["u1", "--image", "gone"], "gone")):
+                       (["u1", "--image", "gone"], "gone"),
+                       ([], "name the VMs, or give --all IMAGE"),
+                       (["u1", "--all", "tiny"], "give no NAME with it")):
         cp = env.run("updatexenvm", *args)
         lines = [x for x in cp.stderr.splitlines() if x.startswith("FATAL:")]
         assert cp.returncode != 0 and len(lines) == 1 and says in lines[0], cp.stderr

@@ -68,6 +68,7 @@ class Update:
     fingerprints: list[str] = field(default_factory=list)
     kernel_files: dict[str, str] = field(default_factory=dict)  # where Xen reads a kernel -> its new copy
     boot_changed: bool = False
+    rerun_all: bool = False
     old_disks: list[str] = field(default_factory=list)  # the disks a swap set aside, for the discard
     was_running: bool = False
     record: VmRecord | None = None
@@ -138,8 +139,9 @@ def _changes(u: Update, vm: dict, classify) -> int:
             raise Fatal(f"could not walk image '{u.image.name}' ({u.image.path})", "check that it is readable")
     u.new = new = manifest.load(u.facts_dir, u.survey.fingerprint) or survey.manifest_of(u.image.path)
     chosen = runner.select(u.rec.request.get("fixups_only") or None, u.rec.request.get("fixups_skip") or None)
-    u.changes = c = updateplan.plan_update(old, new, vm, classify, u.rec.owned, {f.name: f.watching for f in chosen},
-                                           [f.name for f in chosen], u.opts.delete)
+    c = updateplan.plan_update(old, new, vm, classify, u.rec.owned, {f.name: f.watching for f in chosen},
+                               [f.name for f in chosen], u.opts.delete)
+    u.changes = c = replace(c, rerun=tuple(f.name for f in chosen)) if u.rerun_all else c
     if old is None:
         u.rep.warn(f"VM '{u.rec.name}' has no manifest of the generation it was made from (made by an older si-xen): "
                    "files the image removed since are kept; --delete-local removes whatever the image lacks")
@@ -316,26 +318,31 @@ def disks_of(rec: VmRecord) -> list[Disk]:
             for d in rec.disks if d.mountpoint]
 
 
-def finish_unfinished(state: journal.State, settings, rep) -> journal.State:
+def finish_unfinished(state: journal.State, settings, rep) -> tuple[journal.State, bool]:
     """An update killed before it recorded: its mounts and copies undone (a swap begun is finished
     by its own undo), the journal back to the VM's record. A VM updated in place is then part-way
     between two generations: the update that follows compares it with its record's generation as
-    always, and brings it to the image's current one."""
+    always, brings it to the image's current one, and reruns every fixup (what the killed one
+    copied before its fixups ran is no change any more). Returns the state and that need."""
     if not state.update:
-        return state
+        return state, False
     rep.warn(f"VM '{state.name}': an earlier update (pid {state.update.get('pid', '?')}) did not finish; finishing it")
+    in_place = IN_PLACE_POINT in state.update_steps and not any(t.kind in ("disk-file", "lv", "swap")
+                                                                for t in state.update_things)  # no copy made
     failed = journal.undo(state.update_things)
     if failed:
         raise Fatal(f"could not undo the unfinished update of VM '{state.name}': {'; '.join(failed)}",
                     f"fix that (findmnt, losetup -a), then run si_updatexenvm {state.name} again")
     journal.rewrite(settings.paths["state_dir"], state.name, state.begin, state.things, state.record)
-    return journal.load(settings.paths["state_dir"], state.name)
+    return journal.load(settings.paths["state_dir"], state.name), in_place
 
 
-def update(state: journal.State, image, settings, rep, opts: Options, running: bool) -> VmRecord:
-    """Bring the VM (its complete journal ``state``) to ``image``; return its new record."""
+def update(state: journal.State, image, settings, rep, opts: Options, running: bool,
+           rerun_all: bool = False) -> VmRecord:
+    """Bring the VM (its complete journal ``state``) to ``image``; return its new record.
+    ``rerun_all``: every fixup runs again (finish_unfinished says when)."""
     rec = state.record
-    u = Update(state, image, settings, rep, opts, was_running=running)
+    u = Update(state, image, settings, rep, opts, was_running=running, rerun_all=rerun_all)
     u.backend = storage_backend(rec.storage, rec.storage_root, rec.thin_pool, settings.paths["lock_dir"])
     u.disks = disks_of(rec)
     u.walk = proc.Ahead(survey.survey, image.path, u.facts_dir)  # beside the VM's mount and walk
@@ -386,10 +393,24 @@ def _failed(u: Update, step: Step, e: BaseException) -> BaseException:
                      f"fix that, then run si_updatexenvm {name} again to finish (or si_rmxenvm {name})")
     for thing in u.journal.rollback():  # the copies and mounts go; the journal is the VM's record again
         u.rep.warn(f"could not undo: {thing}")
-    if isinstance(e, Fatal) and not isinstance(e, KeyboardInterrupt):
-        return Fatal(f"{e.problem}; VM '{name}' was not changed", e.fix)
-    return e if not isinstance(e, (OSError, proc.ProcError)) else Fatal(f"{what}; VM '{name}' was not changed",
-                                                                        "the log has every command and its output")
+    if "stop" in steps and not ts_gone(u):
+        what += "; it was started again, as it was"
+    if isinstance(e, Fatal):
+        return Fatal(f"{what}; VM '{name}' was not changed", e.fix)
+    if isinstance(e, (OSError, proc.ProcError)):
+        return Fatal(f"{what}; VM '{name}' was not changed", "the log has every command and its output")
+    return e  # an interrupt: said as such
+
+
+def ts_gone(u: Update) -> bool:
+    """A VM shut down for an update that did not happen runs again (False), unless it cannot be
+    started (True: warned)."""
+    try:
+        _start(u)
+        return False
+    except Exception as err:  # the update's own failure is what the admin is told; this is a warning
+        u.rep.warn(f"could not start {u.rec.name} again: {err} (xl create {u.rec.config})")
+        return True
 
 
 def dry_run(state: journal.State, image, settings, rep, opts: Options, running: bool = False):

@@ -161,8 +161,8 @@ def one(job: Job, config_path: str | None, opts, rep):
             _said(rep, name, update.dry_run(state, image, settings, rep, opts, running))
             return None
         rep.open_log(f"{settings.paths['log_dir']}/{name}.log")
-        state = update.finish_unfinished(state, settings, rep)
-        new = update.update(state, image, settings, rep, opts, running)
+        state, rerun_all = update.finish_unfinished(state, settings, rep)
+        new = update.update(state, image, settings, rep, opts, running, rerun_all)
         last = new.updates[-1]
         rep.say(f"Updated {name} to {image.name} ({new.image_fingerprint}, {last['mode']}): fetched {last['fetched']}, "
                 f"deleted {last['deleted']}, kept local {last['kept_local']}; {last['seconds']} s")

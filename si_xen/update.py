@@ -18,10 +18,10 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from . import journal, proc, sshdconfig, toolstack
+from .deploy import Step
 from .errors import Fatal
 from .guestfs import Guest
 from .image import manifest, survey
@@ -81,13 +81,6 @@ class Update:
     @property
     def facts_dir(self) -> str:
         return os.path.join(self.settings.paths["state_dir"], "images")
-
-
-@dataclass(frozen=True)
-class Step:
-    name: str
-    run: Callable[[Update], None]
-    when: Callable[[Update], bool] = lambda u: True
 
 
 def _stop(u: Update) -> None:

@@ -110,8 +110,11 @@ def _mount(u: Update) -> None:
 def _plan(u: Update) -> None:
     from . import excludes
 
-    rules = excludes.rules_for(u.root, u.image.path, u.image.os, bool(u.rec.request.get("nameservers")))
-    need = _changes(u, survey.manifest_of(u.root), rules.classify)
+    with u.rep.step("Comparing the VM with the image"):
+        rules = excludes.rules_for(u.root, u.image.path, u.image.os, bool(u.rec.request.get("nameservers")))
+        vm = survey.manifest_of(u.root)
+        u.rep.detail(f"walked the VM: {len(vm)} entries")
+        need = _changes(u, vm, rules.classify)
     st = os.statvfs(u.root)
     free = st.f_bavail * st.f_frsize
     if need > free:
@@ -128,6 +131,7 @@ def _changes(u: Update, vm: dict, classify) -> int:
     old = manifest.load(u.facts_dir, u.rec.image_fingerprint)
     if u.survey is None:  # the image's walk, begun with the update in a child of its own
         u.survey = u.walk.result()
+        u.rep.detail(f"the image's walk: {u.survey and u.survey.fingerprint}")
         if u.survey is None:
             raise Fatal(f"could not walk image '{u.image.name}' ({u.image.path})", "check that it is readable")
     u.new = new = manifest.load(u.facts_dir, u.survey.fingerprint) or survey.manifest_of(u.image.path)

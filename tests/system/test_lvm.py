@@ -23,7 +23,7 @@ SCENARIOS = {
                         "--thin-pool pool0"),
     # si_updatexenvm: a thin VM on a thin snapshot swapped in by lvrename, a thick one in place;
     # SIGKILL at snapshot, swap, record (thin) and transfer (thick), each finished by the next run
-    "update_lvm": (600, "VMS='upd1 upd2' update_lvm upd1 upd2"),
+    "update_lvm": (300, "VMS='upd1 upd2' update_lvm upd1 upd2"),
 }
 
 

@@ -25,6 +25,7 @@ from .deploy import Step
 from .errors import Fatal
 from .guestfs import Guest
 from .image import manifest, survey
+from .made import LogicalVolume
 from .plan import Disk
 from .record import VmRecord, stamp
 from .rollback import Guard, signals_raise
@@ -282,7 +283,9 @@ def _discard(u: Update) -> None:
     """The old disks, kept beside the new ones since the swap: a crash before the record rolls
     the swap forward (made.Swap), so nothing needs them any more."""
     for old in u.old_disks:
-        if os.path.lexists(old):
+        if old.startswith("/dev/"):  # an LV (lvm.py's swap): its /dev path is only a symlink
+            LogicalVolume(old).delete()
+        elif os.path.lexists(old):
             os.unlink(old)
 
 

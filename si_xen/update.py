@@ -99,8 +99,9 @@ def _snapshot(u: Update) -> None:
         u.copies = copies
         u.disks = [replace(d, target=copies[d.target]) for d in u.disks]
     else:  # one disk that cannot be copied: the whole VM in place (its disks must stay one generation)
-        for path in filter(None, copies.values()):
-            os.unlink(path)
+        made = [t for t in u.journal.state.update_things if getattr(t, "path", None) in set(copies.values())]
+        for thing in made:
+            thing.delete()  # a file's unlink, an LV's lvremove
     u.rep.detail(f"updating {'a copy of each disk' if u.copies else 'in place'}")
 
 

@@ -141,6 +141,10 @@ def _changes(u: Update, vm: dict, classify) -> int:
     c = updateplan.plan_update(old, new, vm, classify, u.rec.owned, {f.name: f.watching for f in chosen},
                                [f.name for f in chosen], u.opts.delete)
     u.changes = c = replace(c, rerun=tuple(f.name for f in chosen)) if u.rerun_all else c
+    if not u.rec.request and "network" in c.rerun:  # its netmask, gateway, nameservers were never recorded
+        u.changes = c = replace(c, rerun=tuple(f for f in c.rerun if f != "network"))
+        u.rep.warn(f"VM '{u.rec.name}' was made by an older si-xen that kept no network settings: its network "
+                   "configuration is left as it is (the update touched what that fixup watches)")
     if old is None:
         u.rep.warn(f"VM '{u.rec.name}' has no manifest of the generation it was made from (made by an older si-xen): "
                    "files the image removed since are kept; --delete-local removes whatever the image lacks")

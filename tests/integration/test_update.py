@@ -262,3 +262,26 @@ def test_a_running_vm_is_refused_or_restarted_and_never_destroyed(tmp_path):
     assert "shutdown -w u1" in calls and f"create {env.output}/u1.cfg" in calls and "destroy" not in calls
     assert (state / "domains" / "u1").exists(), "started again"
     assert debugfs_cat(disk, "/etc/new.conf") == "new\n"
+
+
+def test_a_vm_made_by_an_older_si_xen_is_updated_two_way(tmp_path):
+    """A record without the request, the owned paths and a manifest of its generation (si-xen < 0.2):
+    updated with a WARNING, what the image removed is kept (nothing says it was the image's), identity kept."""
+    env, image, disk = made(tmp_path, str(tmp_path / "vms"))
+    before = identity(disk)
+    path = f"{env.state}/vms/u1.journal"
+    lines = [json.loads(x) for x in open(path)]
+    for entry in lines:
+        for key in ("request", "source", "owned", "owned_facts"):
+            entry.get("record", {}).pop(key, None)
+    with open(path, "w") as f:
+        f.write("".join(json.dumps(e) + "\n" for e in lines))
+    for m in os.listdir(f"{env.state}/images"):
+        if m.startswith("manifest-"):
+            os.unlink(f"{env.state}/images/{m}")
+    cp = env.run("updatexenvm", "u1", check=True)
+    assert "made by an older si-xen" in cp.stderr and "Traceback" not in cp.stderr
+    assert debugfs_cat(disk, "/etc/new.conf") == "new\n" and debugfs_cat(disk, "/etc/motd") == "release 2\n"
+    assert debugfs_cat(disk, "/usr/share/doc/old/README") == "going\n", "two-way: nothing known to be the image's"
+    assert identity(disk) == before
+    assert record(env, "u1")["owned"], "the update records what the fixups it ran own"

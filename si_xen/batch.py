@@ -49,7 +49,7 @@ def shifted(ips: list[str], offset: int) -> list[str]:
     return out
 
 
-def run(plans, worker, args: tuple, rep: Reporter, workers: int | None = None) -> tuple[list, list[str]]:
+def run(plans, worker, args: tuple, rep: Reporter, workers: int | None = None, did: str = "made") -> tuple[list, list[str]]:
     """``worker(plan, *args)`` for every plan, returning its VM's record: the first alone (it
     may build the base the others clone), the others in parallel processes (``worker`` and
     ``args`` are pickled to them: a module-level function). A failure is that VM's only."""
@@ -72,7 +72,7 @@ def run(plans, worker, args: tuple, rep: Reporter, workers: int | None = None) -
     except BaseException as e:  # an interrupt: the VMs made are kept, and the message says so
         e.kept = [rec.name for rec in done]
         raise
-    rep.say(f"\n{len(done)} of {len(plans)} VMs made in {time.monotonic() - t0:.1f} s")
+    rep.say(f"\n{len(done)} of {len(plans)} VMs {did} in {time.monotonic() - t0:.1f} s")
     return done, failed
 
 

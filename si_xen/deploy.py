@@ -23,6 +23,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from . import atomic, bases, boot, domain, journal, populate, proc, sshdconfig, toolstack
 from .errors import Fatal
@@ -84,9 +85,11 @@ class Context:
 
 @dataclass(frozen=True)
 class Step:
+    """One step of a deploy, and of an update (update.py): its context is a Context or an Update."""
+
     name: str
-    run: Callable[[Context], None]
-    when: Callable[[Context], bool] = lambda c: True
+    run: Callable[[Any], None]
+    when: Callable[[Any], bool] = lambda c: True
 
 
 def _bases(c: Context) -> None:

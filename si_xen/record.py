@@ -27,6 +27,7 @@ class DiskRecord:
     fs: str = ""
     size: str = ""  # as the admin reads it: 4G, 256M
     target: str = ""
+    options: str = ""  # its fstab options, as planned ("" in a record made before si-xen kept them)
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,8 @@ class VmRecord:
             plan.hostname, plan.image_name, image_path=plan.image_path, image_time=image.meta.retrieval_time,
             image_fingerprint=plan.fingerprint, guest=image.os.pretty, created=stamp(), config=plan.cfg_path,
             autostart=autostart, toolstack=plan.activation.toolstack, storage=plan.storage, storage_root=plan.storage_root,
-            thin_pool=plan.thin_pool, disks=tuple(DiskRecord(d.vdev, d.mountpoint, d.fs, human(d.size_mib), d.target)
-                                                  for d in plan.disks),
+            thin_pool=plan.thin_pool, disks=tuple(DiskRecord(d.vdev, d.mountpoint, d.fs, human(d.size_mib), d.target,
+                                                             d.options if d.mountpoint else "") for d in plan.disks),
             bases=tuple(sorted(bases)), boot=plan.boot, type=plan.type, mac=plan.net.mac, ips=plan.net.ips,
             memory=plan.memory, ssh_fingerprints=tuple(fingerprints), version=__version__, seconds=round(seconds, 2),
             **recorded)
@@ -101,7 +102,7 @@ class VmRecord:
 
     def to_json(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
-        d["disks"] = [vars(x).copy() for x in self.disks]
+        d["disks"] = [{k: v for k, v in vars(x).items() if k != "options" or v} for x in self.disks]  # as before: no ""
         d["ips"] = list(self.ips) or ["dhcp"]
         for k in ("bases", "ssh_fingerprints", "made", "updates"):
             d[k] = list(d[k])

@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from . import journal, proc, sshdconfig, toolstack
+from .deploy import Step
 from .errors import Fatal
 from .guestfs import Guest
 from .image import manifest, survey
+from .made import LogicalVolume
 from .plan import Disk
 from .record import VmRecord, stamp
 from .rollback import Guard, signals_raise
@@ -58,6 +60,8 @@ class Update:
     root: str = ""
     mounts: list = field(default_factory=list)
     survey: object = None  # the image's walk now
+    walk: object = None  # proc.Ahead giving it
+    new: dict = field(default_factory=dict)  # its manifest
     changes: object = None  # updateplan.Changes
     ran: list = field(default_factory=list)
     owned: dict = field(default_factory=dict)
@@ -65,6 +69,7 @@ class Update:
     fingerprints: list[str] = field(default_factory=list)
     kernel_files: dict[str, str] = field(default_factory=dict)  # where Xen reads a kernel -> its new copy
     boot_changed: bool = False
+    rerun_all: bool = False
     old_disks: list[str] = field(default_factory=list)  # the disks a swap set aside, for the discard
     was_running: bool = False
     record: VmRecord | None = None
@@ -77,13 +82,6 @@ class Update:
     @property
     def facts_dir(self) -> str:
         return os.path.join(self.settings.paths["state_dir"], "images")
-
-
-@dataclass(frozen=True)
-class Step:
-    name: str
-    run: Callable[[Update], None]
-    when: Callable[[Update], bool] = lambda u: True
 
 
 def _stop(u: Update) -> None:
@@ -101,8 +99,9 @@ def _snapshot(u: Update) -> None:
         u.copies = copies
         u.disks = [replace(d, target=copies[d.target]) for d in u.disks]
     else:  # one disk that cannot be copied: the whole VM in place (its disks must stay one generation)
-        for path in filter(None, copies.values()):
-            os.unlink(path)
+        made = [t for t in u.journal.state.update_things if getattr(t, "path", None) in set(copies.values())]
+        for thing in made:
+            thing.delete()  # a file's unlink, an LV's lvremove
     u.rep.detail(f"updating {'a copy of each disk' if u.copies else 'in place'}")
 
 
@@ -113,8 +112,11 @@ def _mount(u: Update) -> None:
 def _plan(u: Update) -> None:
     from . import excludes
 
-    rules = excludes.rules_for(u.root, u.image.path, u.image.os, bool(u.rec.request.get("nameservers")))
-    need = _changes(u, survey.manifest_of(u.root), rules.classify)
+    with u.rep.step("Comparing the VM with the image"):
+        rules = excludes.rules_for(u.root, u.image.path, u.image.os, bool(u.rec.request.get("nameservers")))
+        vm = survey.manifest_of(u.root)
+        u.rep.detail(f"walked the VM: {len(vm)} entries")
+        need = _changes(u, vm, rules.classify)
     st = os.statvfs(u.root)
     free = st.f_bavail * st.f_frsize
     if need > free:
@@ -129,10 +131,20 @@ def _changes(u: Update, vm: dict, classify) -> int:
     from .fixups import runner
 
     old = manifest.load(u.facts_dir, u.rec.image_fingerprint)
-    new = manifest.load(u.facts_dir, u.survey.fingerprint) or survey.manifest_of(u.image.path)
+    if u.survey is None:  # the image's walk, begun with the update in a child of its own
+        u.survey = u.walk.result()
+        u.rep.detail(f"the image's walk: {u.survey and u.survey.fingerprint}")
+        if u.survey is None:
+            raise Fatal(f"could not walk image '{u.image.name}' ({u.image.path})", "check that it is readable")
+    u.new = new = manifest.load(u.facts_dir, u.survey.fingerprint) or survey.manifest_of(u.image.path)
     chosen = runner.select(u.rec.request.get("fixups_only") or None, u.rec.request.get("fixups_skip") or None)
-    u.changes = c = updateplan.plan_update(old, new, vm, classify, u.rec.owned, {f.name: f.watching for f in chosen},
-                                           [f.name for f in chosen], u.opts.delete)
+    c = updateplan.plan_update(old, new, vm, classify, u.rec.owned, {f.name: f.watching for f in chosen},
+                               [f.name for f in chosen], u.opts.delete)
+    u.changes = c = replace(c, rerun=tuple(f.name for f in chosen)) if u.rerun_all else c
+    if not u.rec.request and "network" in c.rerun:  # its netmask, gateway, nameservers were never recorded
+        u.changes = c = replace(c, rerun=tuple(f for f in c.rerun if f != "network"))
+        u.rep.warn(f"VM '{u.rec.name}' was made by an older si-xen that kept no network settings: its network "
+                   "configuration is left as it is (the update touched what that fixup watches)")
     if old is None:
         u.rep.warn(f"VM '{u.rec.name}' has no manifest of the generation it was made from (made by an older si-xen): "
                    "files the image removed since are kept; --delete-local removes whatever the image lacks")
@@ -183,6 +195,14 @@ def _transfer(u: Update) -> None:
         f.flush()
         with u.rep.step(f"Copying {len(u.changes.fetch)} entries from {u.image.path}"):
             proc.run(updateplan.rsync_argv(u.image.path, u.root, f.name))
+    # What was copied is what was planned, or the image changed meanwhile (an si_getimage into it):
+    # the VM would hold neither generation. One lstat per entry copied, not a walk.
+    image = Guest(u.image.path)
+    for p in u.changes.fetch:
+        now, planned = image.facts(p.lstrip("/")), u.new[p]
+        if now is None or list(now[:3]) != list(planned[:3]) or (not stat.S_ISDIR(planned[0]) and list(now[3:5]) != list(planned[3:5])):
+            raise Fatal(f"image '{u.image.name}' changed while it was copied ({p})",
+                        "let whatever writes to the image (si_getimage, si_updateclient) finish, then run this again")
 
 
 def _fixups(u: Update) -> None:
@@ -268,14 +288,16 @@ def _discard(u: Update) -> None:
     """The old disks, kept beside the new ones since the swap: a crash before the record rolls
     the swap forward (made.Swap), so nothing needs them any more."""
     for old in u.old_disks:
-        if os.path.lexists(old):
+        if old.startswith("/dev/"):  # an LV (lvm.py's swap): its /dev path is only a symlink
+            LogicalVolume(old).delete()
+        elif os.path.lexists(old):
             os.unlink(old)
 
 
 def _start(u: Update) -> None:
     ts = toolstack.require_running(u.rec.toolstack or "auto")
     u.rep.say(f"Starting {u.rec.name} with {ts.name} create")
-    ts.create(u.rec.config, lambda: None)
+    ts.create(u.rec.config, lambda signum: None)  # recorded already: a signal now changes nothing
 
 
 STEPS = (
@@ -301,38 +323,44 @@ def disks_of(rec: VmRecord) -> list[Disk]:
             for d in rec.disks if d.mountpoint]
 
 
-def finish_unfinished(state: journal.State, settings, rep) -> journal.State:
+def finish_unfinished(state: journal.State, settings, rep) -> tuple[journal.State, bool]:
     """An update killed before it recorded: its mounts and copies undone (a swap begun is finished
     by its own undo), the journal back to the VM's record. A VM updated in place is then part-way
     between two generations: the update that follows compares it with its record's generation as
-    always, and brings it to the image's current one."""
+    always, brings it to the image's current one, and reruns every fixup (what the killed one
+    copied before its fixups ran is no change any more). Returns the state and that need."""
     if not state.update:
-        return state
+        return state, False
     rep.warn(f"VM '{state.name}': an earlier update (pid {state.update.get('pid', '?')}) did not finish; finishing it")
+    in_place = IN_PLACE_POINT in state.update_steps and not any(t.kind in ("disk-file", "lv", "swap")
+                                                                for t in state.update_things)  # no copy made
     failed = journal.undo(state.update_things)
     if failed:
         raise Fatal(f"could not undo the unfinished update of VM '{state.name}': {'; '.join(failed)}",
                     f"fix that (findmnt, losetup -a), then run si_updatexenvm {state.name} again")
     journal.rewrite(settings.paths["state_dir"], state.name, state.begin, state.things, state.record)
-    return journal.load(settings.paths["state_dir"], state.name)
+    return journal.load(settings.paths["state_dir"], state.name), in_place
 
 
-def update(state: journal.State, image, settings, rep, opts: Options, running: bool) -> VmRecord:
-    """Bring the VM (its complete journal ``state``) to ``image``; return its new record."""
+def update(state: journal.State, image, settings, rep, opts: Options, running: bool,
+           rerun_all: bool = False) -> VmRecord:
+    """Bring the VM (its complete journal ``state``) to ``image``; return its new record.
+    ``rerun_all``: every fixup runs again (finish_unfinished says when)."""
     rec = state.record
-    u = Update(state, image, settings, rep, opts, was_running=running)
+    u = Update(state, image, settings, rep, opts, was_running=running, rerun_all=rerun_all)
     u.backend = storage_backend(rec.storage, rec.storage_root, rec.thin_pool, settings.paths["lock_dir"])
     u.disks = disks_of(rec)
-    u.survey = survey.survey(image.path, u.facts_dir)
+    u.walk = proc.Ahead(survey.survey, image.path, u.facts_dir)  # beside the VM's mount and walk
     u.journal = journal.Journal.resume(settings.paths["state_dir"], rec.name,
-                                       {"from": rec.image_fingerprint, "to": u.survey.fingerprint, "pid": os.getpid(),
+                                       {"from": rec.image_fingerprint, "pid": os.getpid(),
                                         "started": stamp(), "delete": opts.delete})
     guard, step = Guard(), STEPS[0]
     try:
         with signals_raise(guard):
             for step in STEPS:
                 if step.when(u):
-                    u.journal.step(step.name)
+                    if u.record is None:  # once recorded, the journal is the VM's record again
+                        u.journal.step(step.name)
                     rep.detail(f"-- step {step.name}")
                     step.run(u)
     except BaseException as e:
@@ -342,6 +370,8 @@ def update(state: journal.State, image, settings, rep, opts: Options, running: b
         raise err from e
     finally:
         u.journal.close()
+        if u.walk.status is None:
+            u.walk.close()
     return u.record
 
 
@@ -368,10 +398,24 @@ def _failed(u: Update, step: Step, e: BaseException) -> BaseException:
                      f"fix that, then run si_updatexenvm {name} again to finish (or si_rmxenvm {name})")
     for thing in u.journal.rollback():  # the copies and mounts go; the journal is the VM's record again
         u.rep.warn(f"could not undo: {thing}")
-    if isinstance(e, Fatal) and not isinstance(e, KeyboardInterrupt):
-        return Fatal(f"{e.problem}; VM '{name}' was not changed", e.fix)
-    return e if not isinstance(e, (OSError, proc.ProcError)) else Fatal(f"{what}; VM '{name}' was not changed",
-                                                                        "the log has every command and its output")
+    if "stop" in steps and not ts_gone(u):
+        what += "; it was started again, as it was"
+    if isinstance(e, Fatal):
+        return Fatal(f"{what}; VM '{name}' was not changed", e.fix)
+    if isinstance(e, (OSError, proc.ProcError)):
+        return Fatal(f"{what}; VM '{name}' was not changed", "the log has every command and its output")
+    return e  # an interrupt: said as such
+
+
+def ts_gone(u: Update) -> bool:
+    """A VM shut down for an update that did not happen runs again (False), unless it cannot be
+    started (True: warned)."""
+    try:
+        _start(u)
+        return False
+    except Exception as err:  # the update's own failure is what the admin is told; this is a warning
+        u.rep.warn(f"could not start {u.rec.name} again: {err} (xl create {u.rec.config})")
+        return True
 
 
 def dry_run(state: journal.State, image, settings, rep, opts: Options, running: bool = False):

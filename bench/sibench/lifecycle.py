@@ -99,13 +99,14 @@ def run(args) -> dict:
                     raise RuntimeError(f"making {host} failed (see {log})")
             for r in range(args.rounds):
                 print(f"round {r + 1}/{args.rounds}", flush=True)
+                next_generation(image, changed, r)  # untimed: the image's next generation, and its base
+                C.mk(ctx, f"lcs{r}", xfs, image=NAME)
+                C.rmvm(ctx, [f"lcs{r}"])
                 row = {}
-                s = C.mk(ctx, f"lcf{r}", xfs, image=NAME, extra=["--full-copy"])
-                row["first deploy, --full-copy (xfs)"] = s
+                row["first deploy, --full-copy (xfs)"] = C.mk(ctx, f"lcf{r}", xfs, image=NAME, extra=["--full-copy"])
                 C.rmvm(ctx, [f"lcf{r}"])
                 row["further deploy (clone; xfs)"] = C.mk(ctx, f"lcn{r}", xfs, image=NAME)
                 C.rmvm(ctx, [f"lcn{r}"])
-                next_generation(image, changed, r)
                 for host, root, what in (("lcx", xfs, "xfs, copy on write"), ("lce", ext4, "ext4, in place")):
                     row[f"update, 1 % changed ({what})"] = timed([[up, host, "--config", conf]], root, log, env)
                 row["drift (stopped VM)"] = timed([[ls, "--drift", "lcx", "--config", conf]], xfs, log, env)

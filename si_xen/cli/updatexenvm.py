@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 
 from .. import config, journal, toolstack
 from ..errors import Fatal
@@ -12,7 +13,8 @@ from .common import need_root, parser, run_main
 PROG = "si_updatexenvm"
 MAN = {
     "summary": "bring Xen VMs made by si_mkxenvm to their image's current generation",
-    "synopsis": "[--image IMAGE] [--no-delete | --delete-local] [--dry-run] [--restart [--timeout S]] NAME...",
+    "synopsis": "[--image IMAGE] [--no-delete | --delete-local] [--dry-run] [--restart [--timeout S]] NAME...\n"
+                "[options] --all IMAGE",
     "description": (
         "si_updatexenvm does for a VM what si_updateclient(8) does for a machine SystemImager installed: the\n"
         "VM's filesystems are brought to the tree si_mkxenvm(8) would deploy now (the image, or --image, with\n"
@@ -31,7 +33,9 @@ MAN = {
         "when run again, or si_rmxenvm(8) removes.\n\n"
         "A running VM is refused unless --restart: then it is shut down through the toolstack (waiting\n"
         "--timeout seconds at most, never destroyed: it keeps running if it does not stop), updated and\n"
-        "started again. --dry-run mounts the disks read-only and says what would change."
+        "started again. --dry-run mounts the disks read-only and says what would change.\n\n"
+        "--all IMAGE updates every VM made from IMAGE, side by side, one line each; a VM that fails is\n"
+        "named at the end and the others are updated."
     ),
     "files": "/var/lib/si-xen/vms/*.journal  each VM's journal and record\n"
              "/var/lib/si-xen/images/manifest-*  each image generation's entries, what an update compares with",
@@ -41,7 +45,8 @@ MAN = {
 
 def build_parser():
     p = parser(PROG, "Bring Xen VMs made by si_mkxenvm to their image's current generation, keeping their identity.")
-    p.add_argument("names", nargs="+", metavar="NAME", help="VM (hostname) to update")
+    p.add_argument("names", nargs="*", metavar="NAME", help="VM (hostname) to update")
+    p.add_argument("--all", metavar="IMAGE", help="update every VM made from IMAGE (in parallel; one line each)")
     p.add_argument("--image", metavar="IMAGE", help="update to this image instead of the one the VM was made from")
     p.add_argument("--no-delete", action="store_true", help="delete nothing, not even what the image removed")
     p.add_argument("--delete-local", action="store_true",
@@ -60,49 +65,108 @@ def body(argv) -> int:
     args = build_parser().parse_args(argv)
     if args.no_delete and args.delete_local:
         raise Fatal("--no-delete and --delete-local contradict each other", "give one of them")
+    if bool(args.names) == bool(args.all):
+        raise Fatal("name the VMs, or give --all IMAGE" if not args.names else "--all IMAGE updates every VM of an image: "
+                    "give no NAME with it", "si_updatexenvm NAME... or si_updatexenvm --all IMAGE")
     need_root(PROG)
     from ..update import Options
 
     opts = Options("none" if args.no_delete else "local" if args.delete_local else "image", args.dry_run,
                    args.restart, args.timeout)
-    for name in args.names:
-        one(name, args, opts)
+    settings = config.load(args.config)
+    rep = Reporter(quiet=args.quiet, verbose=args.verbose)
+    try:
+        jobs = _jobs(args, settings, rep)
+        if len(jobs) == 1 or opts.dry_run:
+            for job in jobs:
+                one(job, args.config, opts, rep)
+            return 0
+        from .. import batch
+
+        _, failed = batch.run(jobs, _worker, (args.config, opts), rep, did="updated")
+    finally:
+        rep.close()
+    if failed:
+        raise Fatal(f"{len(failed)} of {len(jobs)} VMs not updated: {'; '.join(failed)}",
+                    "fix what each says, then run si_updatexenvm on those VMs again")
     return 0
 
 
-def one(name: str, args, opts) -> None:
-    from .. import update
+@dataclass(frozen=True)
+class Job:
+    """One VM to update and the tree it goes to (resolved once per image and source, in the parent)."""
+
+    hostname: str
+    image: str
+    path: str
+
+
+def _jobs(args, settings, rep) -> list[Job]:
+    """Every VM named (each must be updatable, or nothing is done), or every complete VM of --all's
+    image; the image each goes to, as si_mkxenvm would find it now."""
     from ..image import source
 
-    settings = config.load(args.config)
     state_dir = settings.paths["state_dir"]
-    state = _updatable(journal.load(state_dir, name), name)
-    rec = state.record
-    settings = config.load(args.config, args.image or rec.image)
-    rep = Reporter(quiet=args.quiet, verbose=args.verbose)
+    if args.all:
+        states = [s for s in journal.all_states(state_dir) if s.record is not None and s.record.image == args.all]
+        if not states:
+            raise Fatal(f"no VM made from image '{args.all}'", "si_lsxenvm lists the VMs and their images")
+    else:
+        states = [_updatable(journal.load(state_dir, n), n) for n in dict.fromkeys(args.names)]
+    trees: dict[tuple, Job] = {}
+    jobs = []
+    for st in states:
+        rec, src = st.record, st.record.source
+        key = (args.image or rec.image, src.get("server") or None, tuple(src.get("overrides") or ()),
+               src.get("ssh_user") or None)
+        if key not in trees:
+            paths = config.load(args.config, key[0]).paths
+            image = source.select(key[0], key[1], list(key[2]), key[3], rec.name, paths, rep.say)
+            trees[key] = Job("", image.name, image.path)
+        jobs.append(Job(rec.name, trees[key].image, trees[key].path))
+    return jobs
+
+
+def _worker(job: Job, config_path: str | None, opts):
+    """A batch's VM, in its own process: quiet, its own log; its update's time as the batch shows it."""
+    from dataclasses import replace
+
+    rep = Reporter(quiet=True)
     try:
-        src = rec.source
-        image = source.select(args.image or rec.image, src.get("server") or None, list(src.get("overrides") or ()),
-                              src.get("ssh_user") or None, name, settings.paths, rep.say)
-        running = _running(name)
-        if running and not (opts.restart or opts.dry_run):
-            ts = toolstack.find(rec.toolstack or "auto")
-            raise Fatal(f"VM '{name}' is running", f"add --restart, or {ts.name if ts else 'xl'} shutdown {name} first")
-        with journal.lock(settings.paths["lock_dir"], name):
-            state = _updatable(journal.load(state_dir, name), name)  # again, under the lock
-            if opts.dry_run:
-                if state.update:
-                    rep.warn(f"VM '{name}' has an unfinished update: the figures are those of a part-updated VM")
-                _said(rep, name, update.dry_run(state, image, settings, rep, opts, running), dry=True)
-                return
-            rep.open_log(f"{settings.paths['log_dir']}/{name}.log")
-            state = update.finish_unfinished(state, settings, rep)
-            new = update.update(state, image, settings, rep, opts, running)
-            last = new.updates[-1]
-            rep.say(f"Updated {name} to {image.name} ({new.image_fingerprint}, {last['mode']}): fetched {last['fetched']}, "
-                    f"deleted {last['deleted']}, kept local {last['kept_local']}; {last['seconds']} s")
+        rec = one(job, config_path, opts, rep)
     finally:
         rep.close()
+    return replace(rec, seconds=rec.updates[-1]["seconds"])
+
+
+def one(job: Job, config_path: str | None, opts, rep):
+    """Update one VM (or say what an update would do); returns its new record (None: a dry run)."""
+    from .. import update
+    from ..image import open_at
+
+    name = job.hostname
+    settings = config.load(config_path, job.image)
+    state_dir = settings.paths["state_dir"]
+    _updatable(journal.load(state_dir, name), name)
+    image = open_at(job.image, job.path)
+    running = _running(name)
+    if running and not (opts.restart or opts.dry_run):
+        ts = toolstack.find()
+        raise Fatal(f"VM '{name}' is running", f"add --restart, or {ts.name if ts else 'xl'} shutdown {name} first")
+    with journal.lock(settings.paths["lock_dir"], name):
+        state = _updatable(journal.load(state_dir, name), name)  # again, under the lock
+        if opts.dry_run:
+            if state.update:
+                rep.warn(f"VM '{name}' has an unfinished update: the figures are those of a part-updated VM")
+            _said(rep, name, update.dry_run(state, image, settings, rep, opts, running))
+            return None
+        rep.open_log(f"{settings.paths['log_dir']}/{name}.log")
+        state, rerun_all = update.finish_unfinished(state, settings, rep)
+        new = update.update(state, image, settings, rep, opts, running, rerun_all)
+        last = new.updates[-1]
+        rep.say(f"Updated {name} to {image.name} ({new.image_fingerprint}, {last['mode']}): fetched {last['fetched']}, "
+                f"deleted {last['deleted']}, kept local {last['kept_local']}; {last['seconds']} s")
+        return new
 
 
 def _updatable(state, name: str):
@@ -118,7 +182,7 @@ def _running(name: str) -> bool:
     return ts is not None and toolstack.hypervisor_running() and name in ts.domains()
 
 
-def _said(rep, name: str, changes, dry: bool) -> None:
+def _said(rep, name: str, changes) -> None:
     from ..image import manifest
 
     rep.say(f"{name}: would delete {len(changes.delete)}, fetch {len(changes.fetch)} "
@@ -129,8 +193,7 @@ def _said(rep, name: str, changes, dry: bool) -> None:
             rep.say(f"  {what:<6} {n:>6}  {d}")
         for p in paths:
             rep.detail(f"  {what} {p}")
-    if dry:
-        rep.say("Dry run: nothing was changed.")
+    rep.say("Dry run: nothing was changed.")
 
 
 def main(argv=None) -> int:

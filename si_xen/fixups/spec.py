@@ -91,8 +91,10 @@ def spec_from_record(rec, keys_dir: str | None = None, disk: str = "xvda") -> Gu
     """The spec of a VM as made (``rec``: its VmRecord), for fixups run again by an update: it
     keeps its identity. MAC and addresses are the record's, the rest of the network its recorded
     request's (a record without one, made by si-xen < 0.2: no netmask, gateway or nameservers).
-    The image is the one copied: an update gives the new tree as ``image_source``. The record
-    keeps no mount options: fstab is the VM's own (an update never rewrites it)."""
+    The image is the one copied: an update gives the new tree as ``image_source``. The mount
+    options are the record's, or (a record made before si-xen kept them) the planner's defaults:
+    the fstab fixup, run again, writes the VM's fstab as it was."""
+    from si_xen.planner import ROOT_OPTIONS  # here: the planner's modules are no fixup's concern
     req = rec.request or {}
     kind = disk_kind(rec.storage or "dir")
     parts = []
@@ -100,8 +102,10 @@ def spec_from_record(rec, keys_dir: str | None = None, disk: str = "xvda") -> Gu
         n = d.vdev[len(disk):]
         whole = not (d.vdev.startswith(disk) and n.isdigit())
         name = "swap" if not d.mountpoint else "disk" if d.mountpoint == "/" else d.mountpoint.strip("/").replace("/", "-")
-        parts.append(Partition(i if whole else int(n), name, d.size, d.fs, d.mountpoint, "" if d.mountpoint else "sw",
-                               kind, d.target, d.vdev if whole else ""))
+        options = (d.options or (ROOT_OPTIONS.get(d.fs, "defaults") if d.mountpoint == "/" else "defaults")) \
+            if d.mountpoint else "sw"
+        parts.append(Partition(i if whole else int(n), name, d.size, d.fs, d.mountpoint, options, kind, d.target,
+                               d.vdev if whole else ""))
     image = rec.image if rec.image != os.path.basename(rec.image_path.rstrip("/")) else ""
     kernel = req.get("kernel") or ""
     return GuestSpec(hostname=rec.name, net=_recorded_net(rec, req), disk=disk,

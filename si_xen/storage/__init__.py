@@ -42,6 +42,16 @@ class Storage(Protocol):
         """What mount(8) mounts for ``target``, and its options."""
         ...
 
+    def snapshot(self, target: str, journal: Journal) -> str | None:
+        """A journaled copy on write of the VM's disk ``target`` for an update to work on (its
+        path), or None: this storage cannot make one, and the update works on ``target`` itself."""
+        ...
+
+    def swap(self, target: str, new: str, journal: Journal) -> str:
+        """The updated copy ``new`` put in place of ``target`` (journaled made.Swap, so a crash
+        rolls forward); returns where the old disk went, for the update's discard."""
+        ...
+
 
 @runtime_checkable
 class CloneStorage(Storage, Protocol):

@@ -48,3 +48,10 @@ class GivenBackend:
 
     def mount_source(self, target: str) -> tuple[str, list[str]]:
         return target, [] if stat.S_ISBLK(os.stat(target).st_mode) else ["-o", "loop"]
+
+    def snapshot(self, target: str, journal) -> str | None:
+        return None  # the owner's disk, whatever it is: updated in place
+
+    def swap(self, target: str, new: str, journal) -> str:
+        raise Fatal(f"given disk {target} cannot be swapped: given disks are updated in place",
+                    "report this as a bug in si-xen")

@@ -7,7 +7,7 @@ import re
 
 from .. import proc
 from ..errors import Fatal
-from ..made import LogicalVolume, lv_exists
+from ..made import LogicalVolume, Swap, lv_exists
 from ..plan import Disk
 
 COMPLETE = "si_xen_base"
@@ -108,3 +108,36 @@ class LvmBackend:
 
     def remove_base(self, base: str) -> None:
         self._remove(base)
+
+    # -- an update's copy on write (a thin snapshot of a thin LV) ---------------------------
+    def snapshot(self, target: str, journal) -> str | None:
+        """A thin snapshot ``/dev/VG/LV.upd`` of the VM's thin LV ``target`` for an update to
+        work on (journaled before it is made: a failure drops it, the VM is untouched); None
+        for a thick LV, which has no cheap copy: the update then works on it in place."""
+        if not self._thin(target):
+            return None
+        new = f"{target}.upd"
+        if lv_exists(new):
+            self._remove(new)  # a dead run's: its journal named it and was undone, or never written
+        journal.made(LogicalVolume(new), self._thin_snapshot, target, new)
+        return new
+
+    def _thin(self, target: str) -> bool:
+        cp = proc.run(["lvs", "--noheadings", "-o", "pool_lv", target], ok=(0, 5))
+        return cp.returncode == 0 and bool(cp.stdout.strip())
+
+    def _thin_snapshot(self, origin: str, new: str) -> None:
+        lv = os.path.basename(new)
+        proc.run(["lvcreate", "--yes", "-s", "-kn", "-n", lv, f"{self.vg}/{os.path.basename(origin)}"])
+        proc.run(["lvchange", "-ay", f"{self.vg}/{lv}"])  # -kn: not skipped, but activate it anyway
+
+    def swap(self, target: str, new: str, journal) -> str:
+        """Put the updated snapshot ``new`` in place of ``target`` by two lvrenames (the VM's
+        config names ``/dev/VG/LV``, which is the updated LV after them); the old LV becomes
+        ``LV.si-old`` (returned), for the update's discard. The update's unmount flushed ``new``
+        (sync_targets), so the journaled Swap rolls forward after a crash (made.Swap)."""
+        sw = Swap(target, new, f"{target}.si-old")
+        if lv_exists(sw.old):  # an earlier update's, killed after its swap, before its discard
+            self._remove(sw.old)
+        journal.made(sw, sw.finish)
+        return sw.old

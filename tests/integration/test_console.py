@@ -58,6 +58,8 @@ elif args[0] == "list":
     for i, n in enumerate(sorted(os.listdir(doms)), 1):
         print(f"{n:<40} {i:>5}   512     1     -b----       1.0")
 elif args[0] in ("destroy", "shutdown"):
+    if args[0] == "shutdown" and os.environ.get("FAKE_XL_STUCK"):  # a guest that never shuts down
+        time.sleep(3600)
     try:
         os.unlink(os.path.join(doms, args[-1]))
     except FileNotFoundError:

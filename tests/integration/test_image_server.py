@@ -123,8 +123,13 @@ def test_deploy_from_server_with_override_then_pull_only_the_change(served, xfs_
     assert "cached copy is current" in second.stdout and "Building base" not in second.stdout
 
     change_image(served.root, "si-xen-added")
+    # s1 follows its image: pulled from the server as si_mkxenvm would, the same override on top
+    up = env.run("updatexenvm", "s1", check=True)
+    assert pulled(up.stdout) == 2, up.stdout  # the added file and IMAGE_RETRIEVAL_TIME
+    assert debugfs_cat(f"{xfs_dir}/domains/s1/disk.img", "/etc/si-xen-added") == "added on the server\n"
+    assert debugfs_cat(f"{xfs_dir}/domains/s1/disk.img", "/etc/motd") == "from override web\n"
     third = env.mk(*argv, "--hostname", "s3", check=True)
-    assert pulled(third.stdout) == 2, third.stdout  # the added file and IMAGE_RETRIEVAL_TIME
+    assert "cached copy is current" in third.stdout, third.stdout
     assert "Building base disks" in third.stdout, "a changed image needs a new base"
     assert debugfs_cat(f"{xfs_dir}/domains/s3/disk.img", "/etc/si-xen-added") == "added on the server\n"
     assert debugfs_cat(f"{xfs_dir}/domains/s3/disk.img", "/etc/motd") == "from override web\n"

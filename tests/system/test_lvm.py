@@ -21,6 +21,9 @@ SCENARIOS = {
     "crash": (480, "crash_recovered crash1 'disks filesystems mount unmount record'"),
     "crash_thin": (600, "crash_recovered crash2 'base-disks base-filesystems base-publish disks mount' "
                         "--thin-pool pool0"),
+    # si_updatexenvm: a thin VM on a thin snapshot swapped in by lvrename, a thick one in place;
+    # SIGKILL at snapshot, swap, record (thin) and transfer (thick), each finished by the next run
+    "update_lvm": (300, "VMS='upd1 upd2' update_lvm upd1 upd2"),
 }
 
 
@@ -55,6 +58,12 @@ def test_thin_snapshot_clones_made_and_removed(lvm_run):
 def test_sigkill_mid_deploy_then_si_rmxenvm_recovers(lvm_run, name):
     """Killed at a step boundary: si_rmxenvm removes every LV, mount and lock; a re-run works."""
     lvm_run.require_ok(name)
+
+
+def test_update_on_lvm_thin_copy_on_write_thick_in_place(lvm_run):
+    """The image's changes in both VMs, their SSH host keys and machine-id byte-equal, the thin one
+    updated on a snapshot (no .upd or .si-old LV left), killed runs finished, si_rmxenvm leaves nothing."""
+    lvm_run.require_ok("update_lvm")
 
 
 def test_the_cache_builds_left_no_scratch(lvm_run):

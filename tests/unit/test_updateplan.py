@@ -302,3 +302,14 @@ def test_nothing_is_written_through_a_link_that_stays():
     assert c.fetch == () and c.delete == ()
     c = plan(old, tree(opt=D(), opt__a=F(mtime=T1)), vm)  # not the fixup's: replaced, then fetched
     assert c.delete == ("/opt",) and c.fetch == ("/opt", "/opt/a")
+
+
+def test_a_whole_second_mtime_matches_its_second_as_mke2fs_d_leaves_it():
+    """mke2fs -d (the one-pass copy) writes no nanoseconds: such a file is the image's, not a change;
+    a time in another second, or two different nanosecond times, still differ."""
+    from si_xen.updateplan import _differs
+
+    f = (0o100644, 0, 0, 10, 1_700_000_000_123_456_789, 0, "")
+    assert not _differs(f, f[:4] + (1_700_000_000_000_000_000,) + f[5:])
+    assert _differs(f, f[:4] + (1_700_000_001_000_000_000,) + f[5:])
+    assert _differs(f, f[:4] + (1_700_000_000_123_456_788,) + f[5:])

@@ -269,6 +269,81 @@ crash_recovered() {
   nothing_left "$name" "after the re-run" && echo "$name re-run made and removed"
 }
 
+# si_updatexenvm on LVM: a thin VM (updated on a thin snapshot, swapped in by lvrename) and a
+# thick one (in place), made from a writable copy of the image (an overlay on the read-only one,
+# changed by replacing, never writing through), brought to its next generation: the changes in
+# the VM, its SSH host keys and machine-id byte-equal, no *.upd or *.si-old LV left; SIGKILL at
+# snapshot, swap, record (thin) and transfer (thick, part-updated), each run finishing the last.
+UPD_IMAGE=${IMAGE}u
+update_lvm() {
+  local thin=$1 thick=$2 copy=/srv/images/$IMAGE"u" rw=/run/sx-upd t=$SECONDS n step rc loops
+  loops=$(losetup -a | wc -l)
+  mkdir -p "$copy" "$rw/up" "$rw/work"
+  mount -t overlay overlay -o "lowerdir=/srv/images/$IMAGE,upperdir=$rw/up,workdir=$rw/work,xino=on" "$copy"
+  trap 'umount /srv/images/'"$UPD_IMAGE"' 2>/dev/null; rm -rf /run/sx-upd; rmdir /srv/images/'"$UPD_IMAGE"' 2>/dev/null' EXIT
+  local argv=(--memory 512M --size 2G --swap 128M --dhcp --lvm "$VG" --yes)
+  si_mkxenvm "$UPD_IMAGE" --hostname "$thin" "${argv[@]}" --thin-pool pool0 >/dev/null
+  si_mkxenvm "$UPD_IMAGE" --hostname "$thick" "${argv[@]}" >/dev/null
+  timing mkxenvm_update_two $((SECONDS - t))
+  for n in "$thin" "$thick"; do identity_of "$n" > "/tmp/identity-$n.before" || return 1; done
+  # the image's next generation: a file added, one changed, one removed
+  [ -f "$copy/etc/issue.net" ] && [ -f "$copy/etc/debian_version" ] || { echo "the image lacks the files to change"; return 1; }
+  echo "added by the update" > "$copy/etc/.si-update" && mv "$copy/etc/.si-update" "$copy/etc/si-update-added"
+  echo "12.99-si-update" > "$copy/etc/.si-dv" && mv "$copy/etc/.si-dv" "$copy/etc/debian_version"
+  rm "$copy/etc/issue.net"
+  t=$SECONDS
+  for step in snapshot swap record; do  # each run first finishes the one killed before it
+    rc=0; SI_XEN_KILL_AT=$step si_updatexenvm "$thin" >/dev/null 2>&1 || rc=$?
+    [ "$rc" = 137 ] || { echo "$thin: not killed at $step (exit $rc)"; return 1; }
+    si_lsxenvm "$thin" | grep -q "unfinished update .* stopped in step '$step'" || { echo "si_lsxenvm does not show $thin's update stopped at $step"; si_lsxenvm "$thin"; return 1; }
+    if [ "$step" = swap ]; then
+      lvs "$VG/$thin-disk.upd" >/dev/null 2>&1 || { echo "no thin snapshot $thin-disk.upd before the swap"; lvs "$VG"; return 1; }
+    fi
+    echo "$thin killed at $step"
+  done
+  rc=0; SI_XEN_KILL_AT=transfer si_updatexenvm "$thick" >/dev/null 2>&1 || rc=$?
+  [ "$rc" = 137 ] || { echo "$thick: not killed at transfer (exit $rc)"; return 1; }
+  echo "$thick killed at transfer"
+  timing update_kills $((SECONDS - t)); t=$SECONDS
+  si_updatexenvm "$thin" > /tmp/update-thin.out 2>&1 || { cat /tmp/update-thin.out; return 1; }
+  timing update_thin $((SECONDS - t)); t=$SECONDS
+  si_updatexenvm "$thick" > /tmp/update-thick.out 2>&1 || { cat /tmp/update-thick.out; return 1; }
+  timing update_thick $((SECONDS - t))
+  cat /tmp/update-thin.out /tmp/update-thick.out
+  grep -q "^Updated $thin to $UPD_IMAGE .*, copy)" /tmp/update-thin.out || { echo "$thin was not updated on a copy"; return 1; }
+  grep -q "^Updated $thick to $UPD_IMAGE .*, in place)" /tmp/update-thick.out || { echo "$thick was not updated in place"; return 1; }
+  lvs -o lv_name,pool_lv,origin,data_percent "$VG"
+  ! lvs --noheadings -o lv_name "$VG" | grep -E '\.upd|\.si-old' || { echo "update LVs left"; return 1; }
+  for n in "$thin" "$thick"; do
+    mkdir -p "/mnt/$n" && mount -o ro "/dev/$VG/$n-disk" "/mnt/$n"
+    local ok=0
+    { [ "$(cat "/mnt/$n/etc/si-update-added")" = "added by the update" ] || { echo "$n: no added file"; ok=1; }
+      [ "$(cat "/mnt/$n/etc/debian_version")" = "12.99-si-update" ] || { echo "$n: changed file not changed"; ok=1; }
+      [ ! -e "/mnt/$n/etc/issue.net" ] || { echo "$n: removed file still there"; ok=1; }
+      guest_fixed_up "/mnt/$n" "$n" >/dev/null || { echo "$n: fixups lost"; ok=1; }
+    }
+    umount "/mnt/$n"
+    [ $ok = 0 ] || return 1
+    identity_of "$n" > "/tmp/identity-$n.after" || return 1
+    cmp -s "/tmp/identity-$n.before" "/tmp/identity-$n.after" || { echo "$n's identity changed:"; diff "/tmp/identity-$n.before" "/tmp/identity-$n.after"; return 1; }
+    echo "$n: the image's changes in, its identity kept ($(grep -c ssh_host "/tmp/identity-$n.after") host key files)"
+  done
+  si_rmxenvm --yes --prune-bases "$thin" "$thick" >/dev/null
+  for n in "$thin" "$thick"; do nothing_left "$n" "after si_rmxenvm" || return 1; done
+  ! lvs --noheadings -o lv_name "$VG" | grep -q "si-base-" || { echo "base LV left"; return 1; }
+  [ "$(losetup -a | wc -l)" = "$loops" ] || { echo "loop devices left:"; losetup -a; return 1; }
+  echo "updated, killed and finished, removed"
+}
+
+# The VM's identity as bytes: its SSH host keys (private and public) and machine-id, hashed.
+identity_of() {
+  local n=$1 m=/mnt/id-$1
+  mkdir -p "$m" && mount -o ro "/dev/$VG/$n-disk" "$m"
+  (cd "$m" && sha256sum etc/ssh/ssh_host_* && { [ ! -e etc/machine-id ] || sha256sum etc/machine-id; }) \
+    || { umount "$m"; return 1; }
+  umount "$m" && rmdir "$m"
+}
+
 nothing_left() {
   local name=$1 when=$2 left
   left=$(lvs --noheadings -o lv_name "$VG" | grep -E "^ *($name-|si-base-.*\.tmp)" || true)

@@ -2,7 +2,7 @@
 
 Rows: the first deploy with --full-copy (the reference the targets are ratios of), a further
 VM (clone), si_updatexenvm of a stopped VM after 1 % of the image's files changed (XFS: copy on
-write; ext4: in place), si_lsxenvm --drift of a stopped VM. The image is a hard-link copy of
+write; ext4: in place), si_lsxenvm --drift of a stopped VM, si_mkxenvm --rebuild of a clone. The image is a hard-link copy of
 debian12 (`lifecycle`) whose next generation is made between rounds, untimed, by replacing
 1 % of its regular files (new content, new mtime; never written through the hard links).
 """
@@ -93,7 +93,7 @@ def run(args) -> dict:
             print(f"Image {image}: {total} files; {len(changed)} of them (under usr/share) changed per generation. "
                   f"{args.rounds} rounds.", flush=True)
             images.warm(image)
-            for host, root in (("lcx", xfs), ("lce", ext4)):  # the VMs that follow the image, untimed
+            for host, root in (("lcx", xfs), ("lce", ext4), ("lcr", xfs)):  # the VMs that follow the image, untimed
                 s = C.mk(ctx, host, root, image=NAME, extra=["--full-copy"] if root == ext4 else [])
                 if s.rc:
                     raise RuntimeError(f"making {host} failed (see {log})")
@@ -110,12 +110,13 @@ def run(args) -> dict:
                 for host, root, what in (("lcx", xfs, "xfs, copy on write"), ("lce", ext4, "ext4, in place")):
                     row[f"update, 1 % changed ({what})"] = timed([[up, host, "--config", conf]], root, log, env)
                 row["drift (stopped VM)"] = timed([[ls, "--drift", "lcx", "--config", conf]], xfs, log, env)
+                row["rebuild (clone; xfs)"] = timed([[mk, "--rebuild", "lcr", "--config", conf]], xfs, log, env)
                 for case, s in row.items():
                     if s.rc:
                         raise RuntimeError(f"{case} failed: exit {s.rc} (see {log})")
                     results.setdefault(case, []).append(s.seconds)
                     print(f"  {case:<40} {s.seconds:7.2f} s", flush=True)
-            C.rmvm(ctx, ["lcx", "lce"], prune=True)
+            C.rmvm(ctx, ["lcx", "lce", "lcr"], prune=True)
     finally:
         shutil.rmtree(image, ignore_errors=True)
     return results

@@ -27,7 +27,7 @@ from typing import Any
 
 from . import atomic, bases, boot, domain, journal, populate, proc, sshdconfig, toolstack
 from .errors import Fatal
-from .guestfs import Guest, RecordingGuest
+from .guestfs import RecordingGuest
 from .headstart import Headstart
 from .image import Image, survey
 from .image.survey import ImageChanged
@@ -37,7 +37,7 @@ from .record import VmRecord
 from .report import Reporter
 from .rollback import Guard, signals_raise
 from .storage import backend_for
-from .storage.mount import mount_tree, sync_targets, unmount
+from .storage.mount import leave, mount_tree
 
 
 def boot_dir(plan: Plan, state_dir: str) -> str:
@@ -158,14 +158,8 @@ def _boot(c: Context) -> None:
 
 
 def _unmount(c: Context) -> None:
-    guest = Guest(c.root)  # what si-xen wrote, as it leaves it: the start of the VM's drift (~50 lstats, < 1 ms)
-    c.owned_facts = {p: guest.facts(p) for paths in c.owned.values() for p in paths}
-    with c.rep.step("Unmounting and syncing"):
-        try:
-            unmount(c.mounts)
-        except (OSError, proc.ProcError) as e:
-            raise Fatal(f"could not unmount the new filesystems: {e}", f"check with findmnt, then si_rmxenvm {c.plan.hostname}") from None
-        sync_targets(list(c.plan.disks))
+    c.owned_facts = leave(c.root, c.mounts, list(c.plan.disks), c.owned, c.rep,
+                          f"check with findmnt, then si_rmxenvm {c.plan.hostname}")
 
 
 def _config(c: Context) -> None:

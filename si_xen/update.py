@@ -30,7 +30,7 @@ from .plan import Disk
 from .record import VmRecord, stamp
 from .rollback import Guard, signals_raise
 from .storage import backend as storage_backend
-from .storage.mount import mount_tree, sync_targets, unmount
+from .storage.mount import leave, mount_tree, unmount
 
 DELETE = ("image", "none", "local")  # the image pass's --delete, --no-delete, --delete-local
 KEPT_UPDATES = 10  # the record keeps the last updates' summaries
@@ -256,14 +256,7 @@ def _kernel(u: Update) -> None:
 
 
 def _unmount(u: Update) -> None:
-    guest = Guest(u.root)
-    u.owned_facts = {p: guest.facts(p) for paths in u.owned.values() for p in paths}
-    with u.rep.step("Unmounting and syncing"):
-        try:
-            unmount(u.mounts)
-        except (OSError, proc.ProcError) as e:
-            raise Fatal(f"could not unmount the VM's filesystems: {e}", f"check with findmnt, then si_updatexenvm {u.rec.name}") from None
-        sync_targets(u.disks)
+    u.owned_facts = leave(u.root, u.mounts, u.disks, u.owned, u.rep, f"check with findmnt, then si_updatexenvm {u.rec.name}")
 
 
 def _swap(u: Update) -> None:

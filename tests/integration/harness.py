@@ -120,3 +120,24 @@ def loop_fs(tmp_path, name: str, size: int, mkfs: list[str]):
         yield str(mnt)
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+@contextmanager
+def mounted(disk: str, where, ro: bool = False):
+    """A VM's disk mounted at ``where`` while in the block (read-only without replaying its journal)."""
+    os.makedirs(where, exist_ok=True)
+    subprocess.run(["mount", "-o", "ro,loop,noload" if ro else "loop", disk, str(where)], check=True)
+    try:
+        yield str(where)
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+def write(root, path: str, text: str) -> None:
+    """A file written into a tree (an image, a mounted VM), its directories made; a link there replaced."""
+    p = os.path.join(str(root), path.lstrip("/"))
+    os.makedirs(os.path.dirname(p), exist_ok=True)
+    if os.path.islink(p):
+        os.unlink(p)
+    with open(p, "w") as f:
+        f.write(text)

@@ -9,37 +9,17 @@ import os
 import re
 import subprocess
 import time
-from contextlib import contextmanager
 
 import pytest
 
 from tests.unit import fakeimage
 
-from .harness import debugfs_cat, host_state, make_env
+from .harness import debugfs_cat, host_state, make_env, mounted, write
 
 pytestmark = pytest.mark.integration
 OPTS = ["--memory", "512M", "--size", "512M", "--noswap", "--ip", "192.0.2.10", "--netmask", "255.255.255.0",
         "--gateway", "192.0.2.1", "--autostart"]
 MACHINE_ID = "0123456789abcdef0123456789abcdef\n"
-
-
-@contextmanager
-def mounted(disk: str, where, ro: bool = False):
-    os.makedirs(where, exist_ok=True)
-    subprocess.run(["mount", "-o", "ro,loop,noload" if ro else "loop", disk, str(where)], check=True)
-    try:
-        yield str(where)
-    finally:
-        subprocess.run(["umount", str(where)], check=True)
-
-
-def write(root, path: str, text: str) -> None:
-    p = os.path.join(str(root), path.lstrip("/"))
-    os.makedirs(os.path.dirname(p), exist_ok=True)
-    if os.path.islink(p):
-        os.unlink(p)
-    with open(p, "w") as f:
-        f.write(text)
 
 
 def identity(disk: str, where) -> dict:

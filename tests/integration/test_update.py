@@ -8,36 +8,18 @@ import json
 import os
 import subprocess
 import sys
-from contextlib import contextmanager
 
 import pytest
 
 from tests.unit import fakeimage
 
-from .harness import REPO, debugfs_cat, host_state, make_env, manifest
+from .harness import REPO, debugfs_cat, host_state, make_env, manifest, mounted, write
 
 pytestmark = pytest.mark.integration
 OPTS = ["--memory", "512M", "--size", "512M", "--noswap", "--ip", "192.0.2.10", "--netmask", "255.255.255.0",
         "--gateway", "192.0.2.1"]
 IDENTITY = ("/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/ssh_host_rsa_key.pub", "/etc/machine-id", "/etc/hostname",
             "/etc/network/interfaces", "/etc/fstab")
-
-
-@contextmanager
-def mounted(disk: str, where):
-    os.makedirs(where, exist_ok=True)
-    subprocess.run(["mount", "-o", "loop", disk, str(where)], check=True)
-    try:
-        yield str(where)
-    finally:
-        subprocess.run(["umount", str(where)], check=True)
-
-
-def write(root, path: str, text: str) -> None:
-    p = os.path.join(str(root), path.lstrip("/"))
-    os.makedirs(os.path.dirname(p), exist_ok=True)
-    with open(p, "w") as f:
-        f.write(text)
 
 
 def identity(disk: str) -> dict:

@@ -134,13 +134,15 @@ def test_a_batch_vm_records_its_own_part_of_the_request(tmp_path):
 
 
 def test_the_boot_step_and_unmount_record_what_si_xen_wrote(tmp_path, image, monkeypatch):
-    plan = SimpleNamespace(boot="pygrub", kernel=None, disks=(), root=SimpleNamespace(vdev="xvda2"))
+    plan = SimpleNamespace(boot="pygrub", kernel=None, disks=(), root=SimpleNamespace(vdev="xvda2"), hostname="vm1")
     c = SimpleNamespace(plan=plan, root=image.path, kernel=deploy.boot.find_kernel(image.guest), image=image,
                         owned={"hostname": ("/etc/hostname", "/var/lib/gone")}, mounts=[], owned_facts={})
     deploy._boot(c)
     assert c.owned["boot"] == ("/boot/grub", "/boot/grub/grub.cfg"), "the directory it made too"
-    monkeypatch.setattr(deploy, "unmount", lambda mounts: None)
-    monkeypatch.setattr(deploy, "sync_targets", lambda disks: None)
+    from si_xen.storage import mount
+
+    monkeypatch.setattr(mount, "unmount", lambda mounts: None)
+    monkeypatch.setattr(mount, "sync_targets", lambda disks: None)
     c.rep = SimpleNamespace(step=lambda what: open(os.devnull))  # any context manager
     deploy._unmount(c)
     st = os.lstat(os.path.join(image.path, "boot/grub/grub.cfg"))

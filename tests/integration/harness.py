@@ -141,3 +141,21 @@ def write(root, path: str, text: str) -> None:
         os.unlink(p)
     with open(p, "w") as f:
         f.write(text)
+
+
+def record(env: Env, name: str) -> dict:
+    """The VM's record as si_lsxenvm --json gives it."""
+    import json
+
+    return json.loads(env.run("lsxenvm", "--json", name, check=True).stdout)
+
+
+def tiny_image(images_dir) -> str:
+    """A small fake Debian image (tests/unit/fakeimage.py) whose VMs get SSH host keys (an sshd_config:
+    OpenSSH's default keys) and a /etc/motd of release 1: what the update and rebuild tests change."""
+    from tests.unit import fakeimage
+
+    image = fakeimage.make(os.path.join(str(images_dir), "tiny"), unpacked_mib=4)
+    write(image, "/etc/motd", "release 1\n")
+    write(image, "/etc/ssh/sshd_config", "PermitRootLogin no\n")
+    return image

@@ -4,7 +4,6 @@ killed at each step: the next --rebuild finishes, si_rmxenvm leaves nothing."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -12,9 +11,7 @@ import time
 
 import pytest
 
-from tests.unit import fakeimage
-
-from .harness import debugfs_cat, host_state, make_env, mounted, write
+from .harness import debugfs_cat, host_state, make_env, mounted, record, tiny_image, write
 
 pytestmark = pytest.mark.integration
 OPTS = ["--memory", "512M", "--size", "512M", "--noswap", "--ip", "192.0.2.10", "--netmask", "255.255.255.0",
@@ -35,15 +32,9 @@ def identity(disk: str, where) -> dict:
     return out
 
 
-def record(env, name: str = "rb1") -> dict:
-    return json.loads(env.run("lsxenvm", "--json", name, check=True).stdout)
-
-
 def made(tmp_path, storage: str):
     images = tmp_path / "images"
-    image = fakeimage.make(images / "tiny", unpacked_mib=4)
-    write(image, "/etc/motd", "release 1\n")
-    write(image, "/etc/ssh/sshd_config", "PermitRootLogin no\n")  # sshd's default keys: the VM gets its own
+    image = tiny_image(images)
     env = make_env(tmp_path / "e", str(images))
     env.mk("tiny", "--hostname", "rb1", *OPTS, "--dir", storage, "--output", env.output, check=True)
     disk = f"{storage}/domains/rb1/disk.img"
@@ -71,7 +62,7 @@ def assert_rebuilt(env, disk: str, before: dict, old: dict, tmp_path) -> None:
     assert identity(disk, tmp_path / "r") == before, "keys (every type) and machine-ids byte for byte, modes too"
     assert debugfs_cat(disk, "/etc/new.conf") == "new\n" and debugfs_cat(disk, "/etc/motd") == "release 2\n"
     assert debugfs_cat(disk, "/home/u/notes") is None, "a fresh disk: what the VM had of its own is gone"
-    new = record(env)
+    new = record(env, "rb1")
     for k in ("mac", "ips", "config", "autostart", "memory", "boot", "type", "ssh_fingerprints", "created"):
         assert new[k] == old[k], k
     assert new["rebuilt"] and new["image_fingerprint"] != old["image_fingerprint"]
@@ -85,7 +76,7 @@ def test_rebuild_keeps_identity_and_brings_the_image(where, xfs_dir, tmp_path):
     storage = xfs_dir if where == "xfs" else str(tmp_path / "vms")
     before_host = host_state(str(tmp_path), ("rb1",))
     env, image, disk = made(tmp_path, storage)
-    before, old = identity(disk, tmp_path / "r"), record(env)
+    before, old = identity(disk, tmp_path / "r"), record(env, "rb1")
     assert before["etc/machine-id"][1] == MACHINE_ID.encode() and len(before) >= 8
     out = env.mk("--rebuild", "rb1", check=True).stdout
     assert ("copy-on-write clone" in out) == (where == "xfs"), out
@@ -102,7 +93,7 @@ def test_keep_old_keeps_the_old_disk_listed_and_removable(tmp_path):
     env.mk("--rebuild", "rb1", "--keep-old", check=True)
     kept = f"{disk}.si-old"
     assert debugfs_cat(kept, "/home/u/notes") == "mine\n", "the old disk, whole"
-    assert record(env)["old_disks"] == [kept]
+    assert record(env, "rb1")["old_disks"] == [kept]
     assert f"old disk kept {kept}" in env.run("lsxenvm", "rb1", check=True).stdout
     assert aside_files(storage, env) == ["disk.img.si-old"], "only the disk is kept, not the old config or link"
     env.mk("--rebuild", "rb1", "--keep-old", check=True)  # a second one keeps both
@@ -114,7 +105,7 @@ def test_keep_old_keeps_the_old_disk_listed_and_removable(tmp_path):
 def test_override_and_image_option(tmp_path):
     env, image, disk = made(tmp_path, str(tmp_path / "vms"))
     env.mk("--rebuild", "rb1", "--memory", "768M", check=True)
-    rec = record(env)
+    rec = record(env, "rb1")
     assert rec["memory"] == 768 and rec["ips"] == ["192.0.2.10"]
     assert re.search(r"^memory\s*=\s*768$", open(rec["config"]).read(), re.M)
 
@@ -130,7 +121,7 @@ def test_killed_at_each_step_rebuild_again_then_rm(where, step, xfs_dir, tmp_pat
     storage = xfs_dir if where == "xfs" else str(tmp_path / "vms")
     before_host = host_state(str(tmp_path), ("rb1",))
     env, image, disk = made(tmp_path, storage)
-    before, old = identity(disk, tmp_path / "r"), record(env)
+    before, old = identity(disk, tmp_path / "r"), record(env, "rb1")
     monkeypatch.setenv("SI_XEN_KILL_AT", step)
     killed = env.mk("--rebuild", "rb1")
     assert killed.returncode == -9, killed.stderr
@@ -166,7 +157,7 @@ def test_failure_puts_the_vm_back_as_it_was(tmp_path):
     """A step failing late (the config: a broken template) after the old VM was set aside and the
     new disk made: the old disk, config, link and journal are back, byte for byte."""
     env, image, disk = made(tmp_path, str(tmp_path / "vms"))
-    journal, old = entries(env), record(env)
+    journal, old = entries(env), record(env, "rb1")
     cfg = open(old["config"]).read()
     sha = subprocess.run(["sha256sum", disk], capture_output=True, text=True).stdout.split()[0]
     write(f"{env.base}/templates", "xl.cfg.j2", "{{ no_such_variable.field }}\n")
@@ -174,7 +165,7 @@ def test_failure_puts_the_vm_back_as_it_was(tmp_path):
     assert bad.returncode != 0 and len([x for x in bad.stderr.splitlines() if x.startswith("FATAL:")]) == 1, bad.stderr
     assert "-- step config" in open(f"{env.base}/log/rb1.log").read(), "it failed late, not at a check"
     assert "VM 'rb1' is as it was" in bad.stderr, bad.stderr
-    assert entries(env) == journal and record(env) == old, "the journal is the old one (its step lines aside)"
+    assert entries(env) == journal and record(env, "rb1") == old, "the journal is the old one (its step lines aside)"
     assert subprocess.run(["sha256sum", disk], capture_output=True, text=True).stdout.split()[0] == sha
     assert open(old["config"]).read() == cfg and os.readlink(old["autostart"]) == old["config"]
     assert aside_files(str(tmp_path / "vms"), env) == [] and not os.path.exists(f"{env.state}/carry/rb1")

@@ -11,9 +11,7 @@ import sys
 
 import pytest
 
-from tests.unit import fakeimage
-
-from .harness import REPO, debugfs_cat, host_state, make_env, manifest, mounted, write
+from .harness import REPO, debugfs_cat, host_state, make_env, manifest, mounted, record, tiny_image, write
 
 pytestmark = pytest.mark.integration
 OPTS = ["--memory", "512M", "--size", "512M", "--noswap", "--ip", "192.0.2.10", "--netmask", "255.255.255.0",
@@ -26,15 +24,9 @@ def identity(disk: str) -> dict:
     return {p: debugfs_cat(disk, p) for p in IDENTITY}
 
 
-def record(env, name: str) -> dict:
-    return json.loads(env.run("lsxenvm", "--json", name, check=True).stdout)
-
-
 def made(tmp_path, storage: str):
     images = tmp_path / "images"
-    image = fakeimage.make(images / "tiny", unpacked_mib=4)
-    write(image, "/etc/motd", "release 1\n")
-    write(image, "/etc/ssh/sshd_config", "PermitRootLogin no\n")  # sshd's default keys: the VM gets its own
+    image = tiny_image(images)
     write(image, "/usr/share/doc/old/README", "going\n")
     write(image, "/etc/issue.d/keep", "stays\n")
     env = make_env(tmp_path / "e", str(images))

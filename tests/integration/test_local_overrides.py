@@ -89,7 +89,8 @@ def test_mkxenvm_override_without_a_server_reads_the_local_override_dir(local, t
     with pytest.raises(Fatal, match=rf"override 'nosuch' not found in {tmp_path}/overrides") as e:
         mkxenvm.body([*argv, "--override", "nosuch"])
     assert f"from {sis}/systemimager.conf" in e.value.fix
-    image = mkxenvm._image(mkxenvm.build_parser().parse_args([*argv, "--override", "web"]), "img")
+    image, said = mkxenvm._image(mkxenvm.build_parser().parse_args([*argv, "--override", "web"]), "img")
+    assert said["overrides"] == ["web"], "the record keeps the source as named"
     assert image.name == "img" and read(image.path, "etc/motd") == "web\n" and image.path.startswith(local.dir)
 
 
@@ -162,7 +163,7 @@ def image_of(store, *args):
     from si_xen.cli import mkxenvm
 
     argv = ["img", "--dry-run", "--config", str(store / "x.conf"), *args]
-    return mkxenvm._image(mkxenvm.build_parser().parse_args(argv), "img")
+    return mkxenvm._image(mkxenvm.build_parser().parse_args(argv), "img")[0]
 
 
 def test_local_overrides_in_systemimagers_order(store, capsys):

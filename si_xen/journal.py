@@ -380,6 +380,9 @@ def lock(lock_dir: str, name: str):
         raise Fatal(f"another si_* command{who} is working on VM '{name}' ({path})", "wait for it to finish") from None
 
 
+SPARE_MANIFESTS = 3600  # s: a manifest this young may be a command's under way (its walk, no record yet)
+
+
 def prune_manifests(state_dir: str) -> None:
     """The image manifests no VM is at any more (an update or a drift report reads the one its VM
     is at), keeping each image's last walk: a deploy under way has not recorded its VM yet."""
@@ -387,4 +390,4 @@ def prune_manifests(state_dir: str) -> None:
 
     facts_dir = os.path.join(state_dir, "images")
     keep = {s.record.image_fingerprint for s in all_states(state_dir) if s.record}
-    manifest.prune(facts_dir, keep | survey.remembered_fingerprints(facts_dir))
+    manifest.prune(facts_dir, keep | survey.remembered_fingerprints(facts_dir), spare_seconds=SPARE_MANIFESTS)

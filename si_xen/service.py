@@ -292,7 +292,7 @@ def _start_again(name: str, state_dir: str, ran_before: bool | None, rep: Report
     try:
         ts = toolstack.require_running(st.record.toolstack or "auto")
         rep.say(f"Starting {name} again as it was ({ts.name} create)")
-        ts.create(st.record.config, lambda: None)
+        ts.create(st.record.config, lambda _signum: None)
     except Exception as e:  # the rebuild's own error is the one to raise
         rep.warn(f"could not start {name} again: {e}; start it with xl create {st.record.config}")
 

@@ -70,6 +70,7 @@ class Update:
     kernel_files: dict[str, str] = field(default_factory=dict)  # where Xen reads a kernel -> its new copy
     boot_changed: bool = False
     rerun_all: bool = False
+    stopped: bool = False  # shut down by this update: started again if it is undone
     old_disks: list[str] = field(default_factory=list)  # the disks a swap set aside, for the discard
     was_running: bool = False
     record: VmRecord | None = None
@@ -88,8 +89,10 @@ def _stop(u: Update) -> None:
     ts = toolstack.require_running(u.rec.toolstack or "auto")
     u.rep.say(f"Shutting {u.rec.name} down ({ts.name} shutdown, {u.opts.timeout:.0f} s at most)")
     if not ts.stop(u.rec.name, u.opts.timeout):
-        raise Fatal(f"VM '{u.rec.name}' did not shut down within {u.opts.timeout:.0f} s; nothing was changed (it keeps running)",
-                    f"shut it down from inside, or give a longer --timeout, then run si_updatexenvm {u.rec.name} again")
+        raise Fatal(f"VM '{u.rec.name}' did not shut down within {u.opts.timeout:.0f} s; nothing was changed "
+                    "(its shutdown was asked for, it was never destroyed)",
+                    f"see why it does not stop, or give a longer --timeout, then run si_updatexenvm {u.rec.name} again")
+    u.stopped = True
 
 
 def _snapshot(u: Update) -> None:
@@ -268,7 +271,8 @@ def _record(u: Update) -> None:
     summary = {"at": stamp(), "from": rec.image_fingerprint, "to": u.survey.fingerprint, "image_time": u.image.meta.retrieval_time,
                "fetched": len(c.fetch), "deleted": len(c.delete), "kept_local": len(c.kept_local), "fixups": list(c.rerun),
                "mode": "copy" if u.copies else "in place", "seconds": round(time.monotonic() - u.t0, 2)}
-    u.record = replace(rec, image_path=u.image.path, image_time=u.image.meta.retrieval_time,
+    request = {**rec.request, "image": u.image.name} if rec.request else {}  # --image: the VM follows that one now
+    u.record = replace(rec, image=u.image.name, request=request, image_path=u.image.path, image_time=u.image.meta.retrieval_time,
                        image_fingerprint=u.survey.fingerprint, owned=u.owned, owned_facts=u.owned_facts,
                        ssh_fingerprints=tuple(u.fingerprints) or rec.ssh_fingerprints, updated=summary["at"],
                        updates=(*rec.updates, summary)[-KEPT_UPDATES:])
@@ -298,7 +302,7 @@ STEPS = (
     Step("snapshot", _snapshot),
     Step("mount", _mount),
     Step("plan", _plan),
-    Step("delete", _delete, lambda u: bool(u.changes.delete)),
+    Step("delete", _delete),  # always journaled: from here on, in place, the VM's tree may have changed
     Step("transfer", _transfer, lambda u: bool(u.changes.fetch)),
     Step("fixups", _fixups),
     Step("boot", _boot, _boot_changed),
@@ -343,10 +347,10 @@ def update(state: journal.State, image, settings, rep, opts: Options, running: b
     u = Update(state, image, settings, rep, opts, was_running=running, rerun_all=rerun_all)
     u.backend = storage_backend(rec.storage, rec.storage_root, rec.thin_pool, settings.paths["lock_dir"])
     u.disks = disks_of(rec)
-    u.walk = proc.Ahead(survey.survey, image.path, u.facts_dir)  # beside the VM's mount and walk
     u.journal = journal.Journal.resume(settings.paths["state_dir"], rec.name,
                                        {"from": rec.image_fingerprint, "pid": os.getpid(),
                                         "started": stamp(), "delete": opts.delete})
+    u.walk = proc.Ahead(survey.survey, image.path, u.facts_dir)  # beside the VM's mount and walk
     guard, step = Guard(), STEPS[0]
     try:
         with signals_raise(guard):
@@ -391,7 +395,7 @@ def _failed(u: Update, step: Step, e: BaseException) -> BaseException:
                      f"fix that, then run si_updatexenvm {name} again to finish (or si_rmxenvm {name})")
     for thing in u.journal.rollback():  # the copies and mounts go; the journal is the VM's record again
         u.rep.warn(f"could not undo: {thing}")
-    if "stop" in steps and not ts_gone(u):
+    if u.stopped and not ts_gone(u):
         what += "; it was started again, as it was"
     if isinstance(e, Fatal):
         return Fatal(f"{what}; VM '{name}' was not changed", e.fix)

@@ -149,12 +149,12 @@ def one(job: Job, config_path: str | None, opts, rep):
     state_dir = settings.paths["state_dir"]
     _updatable(journal.load(state_dir, name), name)
     image = open_at(job.image, job.path)
-    running = _running(name)
-    if running and not (opts.restart or opts.dry_run):
-        ts = toolstack.find()
-        raise Fatal(f"VM '{name}' is running", f"add --restart, or {ts.name if ts else 'xl'} shutdown {name} first")
     with journal.lock(settings.paths["lock_dir"], name):
-        state = _updatable(journal.load(state_dir, name), name)  # again, under the lock
+        state = _updatable(journal.load(state_dir, name), name)  # under the lock: no other si_* command now
+        running = _running(name)
+        if running and not (opts.restart or opts.dry_run):
+            ts = toolstack.find()
+            raise Fatal(f"VM '{name}' is running", f"add --restart, or {ts.name if ts else 'xl'} shutdown {name} first")
         if opts.dry_run:
             if state.update:
                 rep.warn(f"VM '{name}' has an unfinished update: the figures are those of a part-updated VM")
@@ -172,6 +172,9 @@ def one(job: Job, config_path: str | None, opts, rep):
 def _updatable(state, name: str):
     if state is None:
         raise Fatal(f"no VM '{name}' made by si_mkxenvm", "si_lsxenvm lists the VMs")
+    if getattr(state, "replaces", None):  # the old VM is set aside, not lost: never send the admin to si_rmxenvm
+        raise Fatal(f"VM '{name}' has an unfinished rebuild ({state.summary()})",
+                    f"si_mkxenvm --rebuild {name} rolls it back (or finishes it) first")
     if not state.complete:
         raise Fatal(f"VM '{name}' is an unfinished deploy ({state.summary()})", f"si_rmxenvm {name} removes it")
     return state

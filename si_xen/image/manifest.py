@@ -126,9 +126,13 @@ def by_dir(paths: Iterable[str], depth: int = 2) -> list[tuple[str, int]]:
     return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
-def prune(facts_dir: str, keep: set[str]) -> list[str]:
-    """Removes the manifests of the fingerprints not in ``keep`` (those no VM record names);
-    returns their fingerprints."""
+def prune(facts_dir: str, keep: set[str], spare_seconds: float = 0) -> list[str]:
+    """Removes the manifests of the fingerprints not in ``keep`` (those no VM record names), but
+    not one saved in the last ``spare_seconds`` (a deploy or an update under way has walked its
+    generation and not recorded it yet); returns their fingerprints."""
+    import time
+
+    young = time.time() - spare_seconds
     try:
         names = os.listdir(facts_dir)
     except FileNotFoundError:
@@ -136,8 +140,11 @@ def prune(facts_dir: str, keep: set[str]) -> list[str]:
     gone = []
     for name in names:
         if name.startswith(PREFIX) and name[len(PREFIX):] not in keep:
+            path = os.path.join(facts_dir, name)
             try:
-                os.unlink(os.path.join(facts_dir, name))
+                if spare_seconds and os.stat(path).st_mtime > young:
+                    continue
+                os.unlink(path)
             except FileNotFoundError:
                 continue
             gone.append(name[len(PREFIX):])

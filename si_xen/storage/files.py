@@ -90,14 +90,15 @@ class FileBackend:
 
     def swap(self, target: str, new: str, journal) -> str:
         """Put the updated copy ``new`` in place of ``target``; the old disk becomes
-        ``target.si-old`` (returned), for the update's discard. The copy is synced before the
-        Swap is journaled, so a crash from then on rolls forward (made.Swap)."""
+        ``target.upd-old`` (returned), for the update's discard (a --keep-old rebuild's
+        ``.si-old`` is another). The copy is synced before the Swap is journaled, so a crash
+        from then on rolls forward (made.Swap)."""
         fd = os.open(new, os.O_RDONLY | os.O_NOFOLLOW)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-        sw = Swap(target, new, f"{target}.si-old")
+        sw = Swap(target, new, f"{target}.upd-old")
         if os.path.lexists(sw.old):  # an earlier update's, killed after its record, before its discard
             DiskFile(sw.old).delete()
         journal.made(sw, sw.finish)  # the renames, then the directory synced

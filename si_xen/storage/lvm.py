@@ -134,9 +134,10 @@ class LvmBackend:
     def swap(self, target: str, new: str, journal) -> str:
         """Put the updated snapshot ``new`` in place of ``target`` by two lvrenames (the VM's
         config names ``/dev/VG/LV``, which is the updated LV after them); the old LV becomes
-        ``LV.si-old`` (returned), for the update's discard. The update's unmount flushed ``new``
-        (sync_targets), so the journaled Swap rolls forward after a crash (made.Swap)."""
-        sw = Swap(target, new, f"{target}.si-old")
+        ``LV.upd-old`` (returned), for the update's discard (a --keep-old rebuild's ``LV.si-old``
+        is another). The update's unmount flushed ``new`` (sync_targets), so the journaled Swap
+        rolls forward after a crash (made.Swap)."""
+        sw = Swap(target, new, f"{target}.upd-old")
         if lv_exists(sw.old):  # an earlier update's, killed after its swap, before its discard
             self._remove(sw.old)
         journal.made(sw, sw.finish)

@@ -36,8 +36,7 @@ def mount_tree(disks: list[Disk], backend, journal, hostname: str) -> tuple[str,
     top = os.path.join("/run" if os.path.isdir("/run") else "/tmp", f"si-xen.{hostname}.{secrets.token_hex(4)}")
     made = [journal.made(Directory(top), os.mkdir, top, 0o700)]
     for d in sorted((d for d in disks if d.mountpoint), key=lambda d: d.mountpoint.count("/") + len(d.mountpoint) / 1e4):
-        where = top if d.mountpoint == "/" else os.path.join(top, d.mountpoint.lstrip("/"))
-        os.makedirs(where, exist_ok=True)  # a fresh filesystem: no guest symlinks yet
+        where = top if d.mountpoint == "/" else _mount_point(top, d.mountpoint)
         source, opts = backend.mount_source(d.target)
         # nouuid: XFS clones of one base share a UUID, and XFS refuses that otherwise
         extra = ["-o", "nouuid"] if d.fs == "xfs" else []
@@ -73,6 +72,24 @@ def mount_tree_ro(disks, backend, where: str) -> tuple[list[str], list[str]]:
         proc.run(["mount", "-o", ",".join([RO_OPTS[d.fs], *flags]), "-t", d.fs, source, at])
         mounted.append(at)
     return mounted, skipped
+
+
+def _mount_point(top: str, mountpoint: str) -> str:
+    """Where a VM's other filesystem goes in its tree: resolved as the guest would, never out of it
+    (a clone's or an updated VM's / is the image's or the VM's own: a /var -> /etc link there
+    must not put a disk over the host's /etc), made if missing; a file there is refused."""
+    from ..errors import Fatal
+    from ..guestfs import Guest, GuestPathError
+
+    try:
+        where = Guest(top).path(mountpoint)
+    except GuestPathError as e:
+        raise Fatal(f"mount point {mountpoint} in the VM's tree: {e.reason}", "fix it in the image or the VM") from None
+    if os.path.lexists(where) and not os.path.isdir(where) or os.path.islink(where):
+        raise Fatal(f"mount point {mountpoint} in the VM's tree is not a directory",
+                    "fix it in the image or the VM (it must be a directory)")
+    os.makedirs(where, exist_ok=True)  # below top: each component was resolved inside the guest
+    return where
 
 
 def unmount(made: list) -> None:

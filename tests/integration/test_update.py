@@ -259,3 +259,18 @@ def test_a_vm_made_by_an_older_si_xen_is_updated_two_way(tmp_path):
     assert debugfs_cat(disk, "/usr/share/doc/old/README") == "going\n", "two-way: nothing known to be the image's"
     assert identity(disk) == before
     assert record(env, "u1")["owned"], "the update records what the fixups it ran own"
+
+
+def test_update_to_another_image_is_recorded_and_followed(tmp_path):
+    """--image: the VM follows that image from then on (its record, --all, the next plain update)."""
+    env, image, disk = made(tmp_path, str(tmp_path / "vms"))
+    other = os.path.join(os.path.dirname(image), "tiny2")
+    subprocess.run(["cp", "-a", image, other], check=True)
+    write(other, "/etc/other", "tiny2\n")
+    env.run("updatexenvm", "u1", "--image", "tiny2", check=True)
+    rec = record(env, "u1")
+    assert rec["image"] == "tiny2" and rec["request"]["image"] == "tiny2"
+    assert debugfs_cat(disk, "/etc/other") == "tiny2\n"
+    write(other, "/etc/other", "tiny2 again\n")
+    env.run("updatexenvm", "--all", "tiny2", check=True)  # one VM of tiny2: updated as si_updatexenvm u1
+    assert debugfs_cat(disk, "/etc/other") == "tiny2 again\n"

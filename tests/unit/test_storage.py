@@ -95,3 +95,18 @@ def test_prune_removes_an_unused_base_lv_of_the_records_vg(tmp_path, fp):
     rec = VmRecord("vm1", storage="lvm", storage_root="vg0", thin_pool="pool0", bases=("/dev/vg0/si-base-x",))
     bases.prune(rec, str(tmp_path / "state"), str(tmp_path / "locks"))
     assert fp.call_count(["lvremove", "-f", "/dev/vg0/si-base-x"]) == 1
+
+
+def test_a_mount_point_that_is_a_guest_link_stays_in_the_guest(tmp_path):
+    """An updated VM's (or a clone's) / is untrusted: /var -> /etc (or ../../etc) resolves inside it."""
+    from si_xen.errors import Fatal
+    from si_xen.storage.mount import _mount_point
+
+    top = tmp_path / "top"
+    (top / "etc").mkdir(parents=True)
+    (top / "var").symlink_to("../../../../etc")
+    assert _mount_point(str(top), "/var") == str(top / "etc")
+    assert _mount_point(str(top), "/srv/data") == str(top / "srv/data") and (top / "srv/data").is_dir()
+    (top / "opt").write_text("a file")
+    with pytest.raises(Fatal, match="mount point /opt in the VM's tree is not a directory"):
+        _mount_point(str(top), "/opt")

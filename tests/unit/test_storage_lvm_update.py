@@ -10,7 +10,7 @@ from si_xen.record import VmRecord
 from si_xen.storage import GivenBackend, lvm
 
 TARGET = "/dev/vg0/vm-disk"
-NEW, OLD = f"{TARGET}.upd", f"{TARGET}.si-old"
+NEW, OLD = f"{TARGET}.upd", f"{TARGET}.upd-old"
 
 
 def _journal(d) -> journal.Journal:
@@ -88,7 +88,7 @@ def test_swap_journals_then_lvrenames_and_returns_the_old_lv(tmp_path, fp):
 def test_discard_removes_the_old_lv_not_just_its_dev_link(fp, tmp_path):
     _lv(fp, OLD, True)
     fp.register(["lvremove", "-f", OLD])
-    f = tmp_path / "disk.img.si-old"
+    f = tmp_path / "disk.img.upd-old"
     f.write_text("old")
     update._discard(SimpleNamespace(old_disks=[OLD, str(f)]))
     assert fp.call_count(["lvremove", "-f", OLD]) == 1 and not os.path.exists(f)

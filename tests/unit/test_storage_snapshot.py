@@ -41,11 +41,11 @@ def test_snapshot_is_a_journaled_copy_and_swap_puts_it_in_place(tmp_path, monkey
     assert os.stat(new).st_mode & 0o777 == 0o640
     with open(new, "w") as f:
         f.write("new tree")
-    with open(f"{target}.si-old", "w") as f:
+    with open(f"{target}.upd-old", "w") as f:
         f.write("an earlier update's, never discarded")
     old = be.swap(target, new, j)
     j.close()
-    assert old == f"{target}.si-old" and journal.load(str(tmp_path), "vm").update_things[-1] == Swap(target, new, old)
+    assert old == f"{target}.upd-old" and journal.load(str(tmp_path), "vm").update_things[-1] == Swap(target, new, old)
     with open(target) as f, open(old) as g:
         assert (f.read(), g.read()) == ("new tree", "old tree") and not os.path.exists(new)
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 import pytest
 
@@ -166,12 +167,15 @@ def test_rm_drops_the_manifests_no_vm_is_at_and_keeps_the_others(paths, fp):
     state = paths / "state"
     facts = state / "images"
     facts.mkdir(parents=True)
-    for fpr in ("aaaa", "bbbb", "cccc", "dddd"):
+    old = time.time() - journal.SPARE_MANIFESTS - 60
+    for fpr in ("aaaa", "bbbb", "cccc", "dddd", "eeee"):
         (facts / f"manifest-{fpr}").write_bytes(b"x")
+        if fpr != "eeee":  # eeee: saved a minute ago by a command under way
+            os.utime(facts / f"manifest-{fpr}", (old, old))
     for name, fpr in (("web1", "aaaa"), ("web2", "bbbb")):
         j = journal.Journal(str(state), name, VmRecord.from_json({"name": name, "pid": 1}))
         j.finish(VmRecord.from_json({"name": name, "image": "deb", "image_fingerprint": fpr}))
         j.close()
     survey.remember(str(facts), "/images/deb", survey.Survey("cccc", ()))  # a deploy under way walked it
     assert rmxenvm.body(["--yes", "web2"]) == 0
-    assert sorted(p.name for p in facts.glob("manifest-*")) == ["manifest-aaaa", "manifest-cccc"]
+    assert sorted(p.name for p in facts.glob("manifest-*")) == ["manifest-aaaa", "manifest-cccc", "manifest-eeee"]

@@ -272,7 +272,7 @@ crash_recovered() {
 # si_updatexenvm on LVM: a thin VM (updated on a thin snapshot, swapped in by lvrename) and a
 # thick one (in place), made from a writable copy of the image (an overlay on the read-only one,
 # changed by replacing, never writing through), brought to its next generation: the changes in
-# the VM, its SSH host keys and machine-id byte-equal, no *.upd or *.si-old LV left; SIGKILL at
+# the VM, its SSH host keys and machine-id byte-equal, no *.upd, *.upd-old or *.si-old LV left; SIGKILL at
 # snapshot, swap, record (thin) and transfer (thick, part-updated), each run finishing the last.
 UPD_IMAGE=${IMAGE}u
 update_lvm() {

@@ -274,3 +274,16 @@ def test_update_to_another_image_is_recorded_and_followed(tmp_path):
     write(other, "/etc/other", "tiny2 again\n")
     env.run("updatexenvm", "--all", "tiny2", check=True)  # one VM of tiny2: updated as si_updatexenvm u1
     assert debugfs_cat(disk, "/etc/other") == "tiny2 again\n"
+
+
+def test_an_update_keeps_the_old_disk_a_rebuild_kept(xfs_dir, tmp_path):
+    """--rebuild --keep-old leaves disk.img.si-old as the VM's; an update's own old disk is another."""
+    env, image, disk = made(tmp_path, xfs_dir)
+    env.mk("--rebuild", "u1", "--keep-old", check=True)
+    kept = f"{xfs_dir}/domains/u1/disk.img.si-old"
+    assert os.path.isfile(kept)
+    env.run("updatexenvm", "u1", check=True)
+    assert os.path.isfile(kept) and record(env, "u1")["old_disks"] == [kept]
+    assert not os.path.exists(f"{xfs_dir}/domains/u1/disk.img.upd-old")
+    env.run("rmxenvm", "u1", "--yes", check=True)
+    assert not os.path.exists(kept)

@@ -40,11 +40,12 @@ from .storage import backend_for
 from .storage.mount import leave, mount_tree
 
 
-def boot_dir(plan: Plan, state_dir: str) -> str:
-    """Where the guest's kernel goes: beside its disk files, or in our state dir for LVs."""
-    if plan.storage == "dir":
-        return os.path.join(plan.storage_root, "domains", plan.hostname)
-    return os.path.join(state_dir, "boot", plan.hostname)
+def boot_dir(storage: str, storage_root: str, name: str, state_dir: str) -> str:
+    """Where a VM's kernel goes (a plan's or a record's): beside its disk files, or in our state
+    dir for LVs."""
+    if storage == "dir":
+        return os.path.join(storage_root, "domains", name)
+    return os.path.join(state_dir, "boot", name)
 
 
 @dataclass
@@ -145,7 +146,8 @@ def _boot(c: Context) -> None:
     plan, guest = c.plan, RecordingGuest(c.root)  # grub.cfg and its kept original are the VM's "boot" paths
     if plan.boot == "direct" and not plan.kernel:
         shared = next(iter(sorted(c.bases.values())), None) if c.backend.kind == "dir" else None
-        c.kernel_path, c.ramdisk = boot.copy_out(guest, c.kernel, boot_dir(plan, c.settings.paths["state_dir"]),
+        c.kernel_path, c.ramdisk = boot.copy_out(guest, c.kernel, boot_dir(plan.storage, plan.storage_root, plan.hostname,
+                                                                           c.settings.paths["state_dir"]),
                                                  c.journal, shared=shared)
     elif plan.boot == "direct":
         c.kernel_path, c.ramdisk = plan.kernel, plan.initrd

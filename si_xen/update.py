@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from . import journal, proc, sshdconfig, toolstack
-from .deploy import Step
+from .deploy import Step, boot_dir
 from .errors import Fatal
 from .guestfs import Guest
 from .image import manifest, survey
@@ -237,20 +237,13 @@ def _boot(u: Update) -> None:
         return
     if u.rec.request.get("kernel"):  # a kernel of dom0's: not the image's to change
         return
-    where = boot_dir(u.rec, u.settings.paths["state_dir"])
+    where = boot_dir(u.rec.storage, u.rec.storage_root, u.rec.name, u.settings.paths["state_dir"])
     for gpath, name in ((k.kernel, "vmlinuz"), (k.initrd, "initrd.img")):
         if gpath is None:
             continue
         new = u.journal.made(File(os.path.join(where, f".{name}.upd-{os.getpid()}"))).path
         shutil.copyfile(guest.path(gpath), new)
         u.kernel_files[os.path.join(where, name)] = new
-
-
-def boot_dir(rec: VmRecord, state_dir: str) -> str:
-    """Where the VM's kernel was copied out to (deploy.boot_dir, from the record)."""
-    if rec.storage == "dir":
-        return os.path.join(rec.storage_root, "domains", rec.name)
-    return os.path.join(state_dir, "boot", rec.name)
 
 
 def _kernel(u: Update) -> None:

@@ -1,6 +1,6 @@
 """si_updatexenvm's core: a VM brought to its image's current generation, its identity kept.
 
-    stop → snapshot → mount → plan → delete → transfer → fixups → boot → unmount → swap → kernel → discard
+    stop → snapshot → mount → plan → delete → transfer → fixups → boot (updateboot.py) → unmount → swap → kernel → discard
          → record → start
 
 Planned from manifests (image/manifest.py), not by a whole-tree rsync: the generation the VM is
@@ -14,14 +14,13 @@ section, so that a crash leaves a VM the next si_updatexenvm finishes or si_rmxe
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
 
-from . import journal, proc, sshdconfig, toolstack
-from .deploy import Step, boot_dir
+from . import journal, proc, sshdconfig, toolstack, updateboot
+from .deploy import Step
 from .errors import Fatal
 from .guestfs import Guest
 from .image import manifest, survey
@@ -157,25 +156,12 @@ def _changes(u: Update, vm: dict, classify) -> int:
     u.boot_changed = any(p.startswith("/boot/") for p in (*c.fetch, *c.delete, *moved.added, *moved.changed,
                                                           *moved.removed))
     if u.boot_changed:
-        _memory(u)
+        updateboot.check_memory(u)
     return updateplan.free_needed(c, new, vm)
 
 
 def _boot_changed(u: Update) -> bool:
     return u.boot_changed
-
-
-def _memory(u: Update) -> None:
-    """A new kernel or initramfs may need more than the VM has: said before anything changes."""
-    from . import boot
-
-    k = boot.find_kernel(u.image.guest)
-    if k is None:
-        raise Fatal(f"image '{u.image.name}' has no kernel in /boot any more", "fix the image, then update")
-    need = boot.memory_needed(u.image.guest, k, u.image.path)
-    if need > u.rec.memory:
-        raise Fatal(f"the image's kernel {k.version} needs {need} MiB to boot; VM '{u.rec.name}' has {u.rec.memory} MiB",
-                    f"give it more (memory = {need} in {u.rec.config}), then run si_updatexenvm {u.rec.name} again")
 
 
 def _delete(u: Update) -> None:
@@ -218,37 +204,6 @@ def _fixups(u: Update) -> None:
     u.owned = dict(u.rec.owned)
     u.owned.update((r[0], tuple(sorted(set(u.owned.get(r[0], ())) | set(r.touched)))) for r in u.ran if r.touched)
     u.fingerprints = sshdconfig.fingerprints(Guest(u.root))
-
-
-def _boot(u: Update) -> None:
-    """The new kernel where Xen reads it: copied out under new names (put in place by the swap,
-    or after the record for an update in place), or a grub.cfg naming it."""
-    from . import boot
-    from .guestfs import RecordingGuest
-    from .made import File
-
-    guest = RecordingGuest(u.root)
-    k = boot.find_kernel(guest)
-    if u.rec.boot != "direct":
-        root = next(d for d in u.disks if d.mountpoint == "/")
-        boot.write_grub_cfg(guest, k, root.vdev, any(d.mountpoint == "/boot" for d in u.disks),
-                            f"{u.image.os.pretty} (si-xen)")
-        u.owned["boot"] = tuple(sorted(set(u.owned.get("boot", ())) | guest.touched))
-        return
-    if u.rec.request.get("kernel"):  # a kernel of dom0's: not the image's to change
-        return
-    where = boot_dir(u.rec.storage, u.rec.storage_root, u.rec.name, u.settings.paths["state_dir"])
-    for gpath, name in ((k.kernel, "vmlinuz"), (k.initrd, "initrd.img")):
-        if gpath is None:
-            continue
-        new = u.journal.made(File(os.path.join(where, f".{name}.upd-{os.getpid()}"))).path
-        shutil.copyfile(guest.path(gpath), new)
-        u.kernel_files[os.path.join(where, name)] = new
-
-
-def _kernel(u: Update) -> None:
-    for final, new in u.kernel_files.items():
-        os.replace(new, final)
 
 
 def _unmount(u: Update) -> None:
@@ -298,10 +253,10 @@ STEPS = (
     Step("delete", _delete),  # always journaled: from here on, in place, the VM's tree may have changed
     Step("transfer", _transfer, lambda u: bool(u.changes.fetch)),
     Step("fixups", _fixups),
-    Step("boot", _boot, _boot_changed),
+    Step("boot", updateboot.run, _boot_changed),
     Step("unmount", _unmount),
     Step("swap", _swap, lambda u: bool(u.copies)),
-    Step("kernel", _kernel, lambda u: bool(u.kernel_files)),
+    Step("kernel", updateboot.put_in_place, lambda u: bool(u.kernel_files)),
     Step("discard", _discard, lambda u: bool(u.old_disks)),
     Step("record", _record),
     Step("start", _start, lambda u: u.was_running),

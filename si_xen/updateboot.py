@@ -1,0 +1,54 @@
+"""si_updatexenvm's boot step: the image's new kernel checked for its memory need before any change,
+copied out where Xen reads it under new names, and put in place once the update's disks are."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from .deploy import boot_dir
+from .errors import Fatal
+
+
+def check_memory(u) -> None:
+    """A new kernel or initramfs may need more than the VM has: said before anything changes."""
+    from . import boot
+
+    k = boot.find_kernel(u.image.guest)
+    if k is None:
+        raise Fatal(f"image '{u.image.name}' has no kernel in /boot any more", "fix the image, then update")
+    need = boot.memory_needed(u.image.guest, k, u.image.path)
+    if need > u.rec.memory:
+        raise Fatal(f"the image's kernel {k.version} needs {need} MiB to boot; VM '{u.rec.name}' has {u.rec.memory} MiB",
+                    f"give it more (memory = {need} in {u.rec.config}), then run si_updatexenvm {u.rec.name} again")
+
+
+def run(u) -> None:
+    """The new kernel where Xen reads it: copied out under new names (put in place by the swap,
+    or after the record for an update in place), or a grub.cfg naming it."""
+    from . import boot
+    from .guestfs import RecordingGuest
+    from .made import File
+
+    guest = RecordingGuest(u.root)
+    k = boot.find_kernel(guest)
+    if u.rec.boot != "direct":
+        root = next(d for d in u.disks if d.mountpoint == "/")
+        boot.write_grub_cfg(guest, k, root.vdev, any(d.mountpoint == "/boot" for d in u.disks),
+                            f"{u.image.os.pretty} (si-xen)")
+        u.owned["boot"] = tuple(sorted(set(u.owned.get("boot", ())) | guest.touched))
+        return
+    if u.rec.request.get("kernel"):  # a kernel of dom0's: not the image's to change
+        return
+    where = boot_dir(u.rec.storage, u.rec.storage_root, u.rec.name, u.settings.paths["state_dir"])
+    for gpath, name in ((k.kernel, "vmlinuz"), (k.initrd, "initrd.img")):
+        if gpath is None:
+            continue
+        new = u.journal.made(File(os.path.join(where, f".{name}.upd-{os.getpid()}"))).path
+        shutil.copyfile(guest.path(gpath), new)
+        u.kernel_files[os.path.join(where, name)] = new
+
+
+def put_in_place(u) -> None:
+    for final, new in u.kernel_files.items():
+        os.replace(new, final)

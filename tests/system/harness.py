@@ -178,9 +178,17 @@ for pair in $TREES; do
   mkdir -p "/srv/images/${pair%%=*}"
   mount --bind -o ro "${pair#*=}" "/srv/images/${pair%%=*}"
 done
-echo "DEFAULT_IMAGE_DIR = /srv/images" > /srv/si-test/systemimager.conf
+# Writable copies of the image on the VMs' disk, which dom0 changes as si_getimage would. A
+# symlink, not a bind mount: link(2) and reflinks never cross mount points, and the cache of
+# image views (hard links of the image) is on that disk too.
+for name in $COPIES; do
+  mkdir -p /srv/xen/images/"$name"
+  cp -a /srv/images/"$IMAGE"/. /srv/xen/images/"$name"/
+  ln -s /srv/xen/images/"$name" /srv/images/"$name"
+done
+printf 'DEFAULT_IMAGE_DIR = /srv/images\nDEFAULT_OVERRIDE_DIR = /srv/overrides\n' > /srv/si-test/systemimager.conf
 mkdir -p /srv/xen/etc /srv/xen/log
-printf '[defaults]\noutput = /srv/xen/etc\n[paths]\nstate_dir = /srv/xen/state\nlog_dir = /srv/xen/log\n' \
+printf '[defaults]\noutput = /srv/xen/etc\n[paths]\nstate_dir = /srv/xen/state\nlog_dir = /srv/xen/log\ncache_dir = /srv/xen/cache\n' \
   > /srv/xen/si-xen.conf
 export SIS_CONFDIR=/srv/si-test SI_XEN_CONFIG=/srv/xen/si-xen.conf
 while read -r name image args; do
@@ -198,9 +206,10 @@ umount -R /srv
 
 
 def make_host_vms(image_disk: Path, image: str, vms: dict[str, str], dest: Path,
-                  trees: dict[str, Path] | None = None) -> Path:
+                  trees: dict[str, Path] | None = None, copies: tuple[str, ...] = ()) -> Path:
     """An XFS disk holding the VMs `vms` (name -> si_mkxenvm arguments, made from `image`, or from
-    one of `trees` (image name -> a tree) when the arguments begin with `@NAME`), made by si_mkxenvm here."""
+    one of `trees` (image name -> a tree) or `copies` (image names: writable copies of `image` on
+    that disk, under images/NAME) when the arguments begin with `@NAME`), made by si_mkxenvm here."""
     with open(dest, "wb") as f:
         f.truncate(12 << 30)
     subprocess.run(["mkfs.xfs", "-q", "-f", "-L", "si-vms", str(dest)], check=True)
@@ -209,7 +218,7 @@ def make_host_vms(image_disk: Path, image: str, vms: dict[str, str], dest: Path,
     if not mkxenvm:
         raise testbed.TestbedError("si_mkxenvm not found (run tests/setup-host)")
     env = dict(os.environ, VMS=str(dest), IMAGE=image, IMAGE_DISK=str(image_disk), MKXENVM=str(mkxenvm),
-               TREES=" ".join(f"{n}={p}" for n, p in (trees or {}).items()))
+               TREES=" ".join(f"{n}={p}" for n, p in (trees or {}).items()), COPIES=" ".join(copies))
     specs = ""
     for name, args in vms.items():
         src, _, rest = args.partition(" ") if args.startswith("@") else ("@" + image, "", args)

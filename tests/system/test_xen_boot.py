@@ -46,3 +46,17 @@ def test_hung_guest_fails_alone(xen_run):
     assert "GUEST_JOURNAL hung: nothing of this boot in its journal" in section, section
     after = list(SCENARIOS)[list(SCENARIOS).index("hung") + 1]
     assert after in xen_run.ok, f"the scenario after the hung one ({after}) never ran"
+
+
+def test_lifecycle_keeps_identity(xen_run):
+    """A running VM rebuilt and then updated to its image's next generation, each with --restart:
+    after each, the SSH host keys, MAC and address it was made with; after the update, the image's
+    changes (a changed file, an added one, an override, the banner fixed up again, a removed file
+    gone) and the image's new initramfs booted."""
+    xen_run.require_ok("lifecycle")
+    section = xen_run.section("lifecycle")
+    for proof in ("lifecycle rebuilt: the same SSH host keys, MAC and address",
+                  "lifecycle updated: the same SSH host keys, MAC and address",
+                  "banner shows the changed /etc/issue", "boots the image's new initramfs",
+                  "/etc/issue.net, removed from the image, is gone"):
+        assert proof in section, f"the lifecycle scenario did not show {proof!r}:\n{section}"

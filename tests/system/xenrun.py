@@ -25,6 +25,9 @@ from tests.system.harness import Run, make_host_vms, prerequisites, run_scenario
 # The test image as a site's si_getimage leaves it (getimage.exclude applied), beside it.
 GETIMAGE = "debian12-getimage"
 
+# The image the lifecycle scenario's VM is made from: a writable copy of the test image (lib.sh's LC_IMAGE).
+LC_IMAGE = "debian12u"
+
 # Made on the host: name -> si_mkxenvm arguments (besides image, hostname, sizes, --yes);
 # "@IMAGE" first: made from that image instead of debian12.
 HOST_VMS = {
@@ -38,6 +41,10 @@ HOST_VMS = {
     "pygrub": "--dhcp --dir /srv/xen --boot pygrub --type pv",
     "pvh": "--dhcp --dir /srv/xen --boot direct --type pvh",
     "pvgrub2": "--dhcp --dir /srv/xen --boot pvgrub2 --type pv",
+    # Rebuilt and updated in dom0 (the lifecycle scenario), from a copy of the image on the disk
+    # "vms" that dom0 changes: a direct kernel, so that the update puts the image's new one in place.
+    "lifecycle": f"@{LC_IMAGE} --ip 10.0.0.6 --netmask 255.255.255.0 --gateway 10.0.0.1 --dir /srv/xen "
+                 "--boot direct --type pv",
 }
 
 # The image server as dom0 sees it: QEMU's user network (restrict=on: nothing else is reachable)
@@ -57,6 +64,9 @@ XEN_SCENARIOS = {
     # that is hung up once the guest is up (the VM must stay), and autostarted by si_mkxenvm
     "server": (600, f"SERVER={SERVER} EXPECT_CLONE=1 EXPECT_AUTOSTART=1 CONSOLE_HUP=1 server_vm server --dhcp --lvm vg0 "
                     "--thin-pool pool0 --boot direct --type pv --autostart"),
+    # rebuilt with --restart (identity carried), then updated with --restart to the image's next
+    # generation: each boot answers SSH with the same host keys at the same address
+    "lifecycle": (720, "lifecycle lifecycle 10.0.0.6"),
     # QEMU's emulated SVM now and then triple-faults a PVH guest, more often on a loaded host
     # (README, "PVH"): xl restarts it (on_reboot = "restart"); faults in Xen's own state are the
     # emulator's and reported, up to two in the guest's state too; it must still log in in time.
@@ -89,7 +99,7 @@ def xen_scenarios(ctx: Context) -> Run:
         conf = write_rsyncd_conf(str(ctx.work / "server"), {"debian12": str(served)})
         nic = f"user,restrict=on,model=virtio-net-pci,guestfwd=tcp:{SERVER}:873-cmd:rsync --daemon --config={conf}"
         getimage_copy(str(served), str(tree))
-        make_host_vms(pre.image_disk, "debian12", HOST_VMS, vms, trees={GETIMAGE: tree})
+        make_host_vms(pre.image_disk, "debian12", HOST_VMS, vms, trees={GETIMAGE: tree}, copies=(LC_IMAGE,))
         script = scenario_script(["setup_dom0 || exit 1", "scratch_vg vg0 || exit 1",
                                   "thin_pool vg0 pool0 4G || exit 1", "si_mkxenvm --version"],
                                  {**XEN_SCENARIOS, **GANETI_SCENARIOS})

@@ -74,17 +74,22 @@ mount_images() {
     mkdir -p "/srv/images/$name"
     mount -o ro "$dev" "/srv/images/$name"
   done
-  echo "DEFAULT_IMAGE_DIR = /srv/images" > /etc/si-test/systemimager.conf
+  printf 'DEFAULT_IMAGE_DIR = /srv/images\nDEFAULT_OVERRIDE_DIR = /srv/overrides\n' > /etc/si-test/systemimager.conf
   export SIS_CONFDIR=/etc/si-test
 }
 
 # The disk "vms": VMs si_mkxenvm made on the host (file storage, their configs and si-xen
-# state, under the same path as here: /srv/xen). Its own config file names that state.
+# state, under the same path as here: /srv/xen). Its own config file names that state. Writable
+# image copies there (images/NAME) appear as /srv/images/NAME, as on the host.
 HOST_CONF=/srv/xen/si-xen.conf
 mount_host_vms() {
-  local dev=/dev/disk/by-id/virtio-vms
+  local dev=/dev/disk/by-id/virtio-vms d
   [ -b "$dev" ] || return 0
   mkdir -p /srv/xen && mount "$dev" /srv/xen && echo "host-made VMs: $(ls /srv/xen/etc | tr '\n' ' ')"
+  for d in /srv/xen/images/*/; do
+    [ -d "$d" ] && ln -sfn "${d%/}" "/srv/images/$(basename "$d")"
+  done
+  return 0
 }
 scratch_fs() {  # MOUNTPOINT [FSTYPE]: the disk "scratch" as a filesystem for --dir (the demo's)
   local dev=/dev/disk/by-id/virtio-scratch

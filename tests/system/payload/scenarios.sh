@@ -134,15 +134,22 @@ keyscan_guest() {
   printed=$(sed -n 's/^SSH Fingerprint *: *\(SHA256:[^ ]*\).*/\1/p' "/srv/xen/log/$name.out" | sort)
   [ "$(grep -c . <<<"$printed")" -ge 3 ] || { echo "si_mkxenvm printed fewer than 3 SSH host keys for $name:"; \
     grep -i 'ssh' "/srv/xen/log/$name.out" || true; return 1; }
-  # sshd starts beside the getty: its keys may come a little after the login prompt
-  until scanned=$(ssh-keyscan -T 5 "$ip" 2>/dev/null | ssh-keygen -lf - 2>/dev/null | awk '{print $2}' | sort) \
-      && [ -n "$scanned" ]; do
-    (( SECONDS - t < $(budget 90) )) || { echo "no SSH host key from $ip (sshd of $name not answering)"; return 1; }
-    sleep 2
-  done
+  scanned=$(scan_keys "$ip") || { echo "no SSH host key from $ip (sshd of $name not answering)"; return 1; }
   [ "$scanned" = "$printed" ] || { printf 'host keys of %s differ:\nprinted:\n%s\nscanned:\n%s\n' "$name" "$printed" "$scanned"; return 1; }
   echo "$ip answers SSH with the $(wc -l <<<"$scanned") host keys si_mkxenvm printed"
   timing "keyscan_$name" $((SECONDS - t))
+}
+
+# IP's SSH host key fingerprints, sorted. sshd starts beside the getty: its keys may come a
+# little after the login prompt.
+scan_keys() {
+  local ip=$1 t=$SECONDS scanned
+  until scanned=$(ssh-keyscan -T 5 "$ip" 2>/dev/null | ssh-keygen -lf - 2>/dev/null | awk '{print $2}' | sort) \
+      && [ -n "$scanned" ]; do
+    (( SECONDS - t < $(budget 90) )) || return 1
+    sleep 2
+  done
+  echo "$scanned"
 }
 
 vm_removed() {
@@ -392,7 +399,20 @@ gnt_boot() {
   wait_login "$fqdn"
   [ -z "${EXPECT_CONSOLE:-}" ] || grep -qF "$EXPECT_CONSOLE" "/var/log/xen/console/guest-$fqdn.log" \
     || { echo "console of $fqdn does not show '$EXPECT_CONSOLE'"; return 1; }
+  [ -z "${KEYS_TO:-}" ] || gnt_keys "$fqdn" > "$KEYS_TO" || return 1
   gnt-instance shutdown --timeout=0 "$fqdn" || gnt_failed || return 1
+}
+
+# The SSH host keys instance FQDN answers with, at the address dnsmasq leased to its MAC.
+gnt_keys() {
+  local fqdn=$1 mac ip= t=$SECONDS
+  mac=$(gnt-instance list --no-headers -o nic.mac/0 "$fqdn" | tr -d ' ')
+  until ip=$(awk -v m="$mac" '$2 == m {print $3}' /run/dnsmasq-xenbr0.leases 2>/dev/null) && [ -n "$ip" ]; do
+    (( SECONDS - t < $(budget 60) )) || { echo "no DHCP lease for $fqdn ($mac)" >&2; return 1; }
+    sleep 2
+  done
+  scan_keys "$ip" || { echo "no SSH host key from $fqdn at $ip" >&2; return 1; }
+  echo "$fqdn answers SSH at $ip" >&2
 }
 
 # What a failed gnt-* command left to read: its job's log and the newest OS log of Ganeti.
@@ -414,7 +434,7 @@ ganeti_add() {
   gnt-instance add -o "systemimager+$IMAGE" -t plain --disk 0:size=2G -n "$GNT_NODE" \
     --no-name-check --no-ip-check --no-start "$fqdn" || gnt_failed || return 1
   timing gnt_add $((SECONDS - t))
-  gnt_boot "$fqdn"
+  KEYS_TO=/tmp/gnt-keys-added gnt_boot "$fqdn"
 }
 
 # reinstall with another root filesystem, then rename; one boot shows both (XFS root, new name)
@@ -424,7 +444,12 @@ ganeti_reinstall_rename() {
   timing gnt_reinstall $((SECONDS - t)); t=$SECONDS
   gnt-instance rename --no-ip-check "$old" "$new" || gnt_failed || return 1
   timing gnt_rename $((SECONDS - t))
-  EXPECT_CONSOLE="XFS (xvda): Mounting" gnt_boot "$new"
+  EXPECT_CONSOLE="XFS (xvda): Mounting" KEYS_TO=/tmp/gnt-keys-reinstalled gnt_boot "$new" || return 1
+  # reinstall keeps the instance's identity (the OS parameter identity=keep, the default)
+  [ -s /tmp/gnt-keys-added ] || { echo "no host keys of $old were scanned before the reinstall"; return 1; }
+  cmp -s /tmp/gnt-keys-added /tmp/gnt-keys-reinstalled \
+    || { echo "the reinstall changed the host keys:"; diff /tmp/gnt-keys-added /tmp/gnt-keys-reinstalled; return 1; }
+  echo "$new answers with the $(wc -l < /tmp/gnt-keys-added) SSH host keys it had before the reinstall"
 }
 
 # gnt-backup export (our export script: a tar of disk 0), the instance removed, and imported (not
@@ -440,4 +465,95 @@ ganeti_export_import() {
   timing gnt_import $((SECONDS - t))
   EXPECT_CONSOLE="XFS (xvda): Mounting" gnt_boot "$dst"
   gnt-instance remove -f "$dst"
+}
+
+# --- The VM's life under Xen (issue 28): a host-made VM (direct PV kernel, static address, an
+# XFS reflink clone of the image's base) from an image copy dom0 may change (LC_IMAGE, on the
+# disk "vms"). Running, it is rebuilt with --restart (a fresh clone of the same base, its identity
+# carried), then its image moves on (a file changed, one added, one removed, an override added,
+# the initramfs changed) and it is updated with --restart. After each: its login prompt, the same
+# SSH host keys over the network (ssh-keyscan == what si_mkxenvm printed at its making), the same
+# MAC and address; after the update the changes are in the banner its getty prints, the removed
+# file is gone and Xen boots the image's new initramfs.
+LC_IMAGE=${IMAGE}u
+lifecycle() {
+  local name=$1 ip=$2 cfg=/srv/xen/etc/$1.cfg img=/srv/images/$LC_IMAGE t=$SECONDS vif
+  export SI_XEN_CONFIG=$HOST_CONF
+  [ -e "$cfg" ] && [ -d "$img/etc" ] || { echo "the host did not make $name from $LC_IMAGE"; return 1; }
+  vif=$(grep '^vif' "$cfg")
+  xl create "$cfg" && watch_login "$name" && wait_login "$name" || return 1
+  keyscan_guest "$name" "$ip" || return 1
+  timing "lifecycle_made_$name" $((SECONDS - t))
+
+  lc_restarted "$name" rebuild si_mkxenvm --rebuild "$name" --yes --restart --timeout "$(budget 120)" || return 1
+  grep -q "copy-on-write clone" "/tmp/lc-rebuild.out" || { echo "the rebuild was no clone of the base"; return 1; }
+  lc_same "$name" "$ip" "$vif" rebuilt || return 1
+
+  lc_next_generation "$img" || return 1
+  lc_restarted "$name" update si_updatexenvm "$name" --restart --timeout "$(budget 120)" || return 1
+  grep -q "^Updated $name to $LC_IMAGE .*, copy)" /tmp/lc-update.out || { echo "$name was not updated on a copy"; return 1; }
+  lc_same "$name" "$ip" "$vif" updated || return 1
+  local banner=/var/log/xen/console/guest-$name.log want
+  for want in "SI-LC changed" "SI-LC added" "SI-LC override" "$ip"; do
+    grep -qF "$want" "$banner" || { echo "the banner after the update lacks '$want':"; tail -n 15 "$banner"; return 1; }
+  done
+  echo "$name's banner shows the changed /etc/issue (its address fixed up again), the added file and the override"
+  local ramdisk
+  ramdisk=$(sed -n 's/^ramdisk *= *"\(.*\)"/\1/p' "$cfg")
+  cmp -s "$ramdisk" "$(ls "$img"/boot/initrd.img-* | tail -n 1)" \
+    || { echo "Xen boots $ramdisk, not the image's new initramfs"; ls -l "$ramdisk" "$img"/boot/; return 1; }
+  echo "$name boots the image's new initramfs ($ramdisk)"
+  xl destroy "$name"
+  local m=/mnt/lc-$name; mkdir -p "$m"
+  mount -o ro,noload "/srv/xen/domains/$name/disk.img" "$m" || { echo "cannot mount $name's disk"; return 1; }
+  local gone=0; [ ! -e "$m/etc/issue.net" ] || gone=1
+  umount "$m"; rmdir "$m"
+  [ $gone = 0 ] || { echo "/etc/issue.net, removed from the image, is still in $name"; return 1; }
+  echo "$name: /etc/issue.net, removed from the image, is gone"
+  vm_removed "$name"
+}
+
+# CMD... (an update or a rebuild with --restart) on the running VM: a clean shutdown, the work,
+# a start; then its new boot's login prompt (the console log of the old boot set aside).
+lc_restarted() {
+  local name=$1 what=$2 log=/var/log/xen/console/guest-$1.log t=$SECONDS
+  shift 2
+  mv "$log" "$log.before-$what"  # xenconsoled opens the log anew for the new domain
+  watch_login "$name"
+  "$@" > "/tmp/lc-$what.out" 2>&1 || { echo "$* failed:"; tail -n 30 "/tmp/lc-$what.out"; return 1; }
+  sed 's/^/  | /' "/tmp/lc-$what.out" | grep -v '^  | *$' | tail -n 12
+  timing "lifecycle_${what}_$name" $((SECONDS - t))
+  xl domid "$name" >/dev/null 2>&1 || { echo "$name was not started again after its $what"; return 1; }
+  wait_login "$name"
+}
+
+# The identity the VM answers with is the one it was made with: host keys, MAC, address.
+lc_same() {
+  local name=$1 ip=$2 vif=$3 what=$4
+  [ "$(grep '^vif' "/srv/xen/etc/$name.cfg")" = "$vif" ] || { echo "$name's vif changed: $vif"; grep '^vif' "/srv/xen/etc/$name.cfg"; return 1; }
+  ping_guest "$ip" || return 1
+  keyscan_guest "$name" "$ip" || return 1
+  echo "$name $what: the same SSH host keys, MAC and address"
+}
+
+# The image's next generation, as si_getimage would leave it: /etc/issue changed, a file added
+# and one removed, an override named like the image (SystemImager lays it by default), and the
+# initramfs changed (an archive put in front of it, as early microcode is).
+lc_next_generation() {
+  local img=$1 initrd tmp=/run/sx-lc
+  [ -f "$img/etc/issue" ] && [ -f "$img/etc/issue.net" ] || { echo "the image lacks /etc/issue or /etc/issue.net"; return 1; }
+  { cat "$img/etc/issue"; echo "SI-LC changed by the image's next generation"; echo; } > "$img/etc/.issue.new"
+  mv "$img/etc/.issue.new" "$img/etc/issue"
+  mkdir -p "$img/etc/issue.d" && echo "SI-LC added by the image's next generation" > "$img/etc/issue.d/si-lc-added.issue"
+  rm "$img/etc/issue.net"
+  mkdir -p "/srv/overrides/$LC_IMAGE/etc/issue.d"
+  echo "SI-LC override laid over the image" > "/srv/overrides/$LC_IMAGE/etc/issue.d/si-lc-override.issue"
+  initrd=$(ls "$img"/boot/initrd.img-* | tail -n 1)
+  [ -f "$initrd" ] || { echo "the image has no initramfs"; return 1; }
+  rm -rf "$tmp" && mkdir -p "$tmp/etc" && echo "next generation" > "$tmp/etc/si-lc-initramfs"
+  { (cd "$tmp" && printf 'etc\netc/si-lc-initramfs\n' | cpio -o -H newc --quiet) && cat "$initrd"; } > "$initrd.new" \
+    && mv "$initrd.new" "$initrd" || { echo "could not change the initramfs"; return 1; }
+  rm -rf "$tmp"
+  echo "$LC_IMAGE's next generation: /etc/issue changed, /etc/issue.d/si-lc-added.issue added, /etc/issue.net removed," \
+    "an override, $(basename "$initrd") changed"
 }

@@ -7,14 +7,7 @@ A step that fails or is interrupted (SIGINT, SIGTERM, SIGHUP) has every thing ma
 deleted, newest first (journal.py); a crash leaves the journal for si_rmxenvm. Once the
 domain exists (``xl create`` returned 0) nothing is undone: the VM is complete and runs.
 
-A rebuild (si_mkxenvm --rebuild, :func:`rebuild`) makes the VM again in place of itself:
-
-    stop → carry → aside → (bases ... confirm) → record → discard → start
-
-its journal replaced first by one that keeps the old (journal.Journal.replacing), its identity
-carried from the old disks (carry.py), its old config, autostart link, kernel copies and disks
-moved aside (made.Aside) until the new record is in: a failure or a signal before that moves
-them back and the VM is exactly as before.
+A rebuild (rebuild.py) runs these steps between its own, in place of the VM it makes again.
 """
 
 from __future__ import annotations
@@ -184,9 +177,14 @@ def _confirm(c: Context) -> None:
         raise ImageChanged(fresh, c.confirm_why)
 
 
+def built(c: Context) -> VmRecord:
+    """The record of what the steps made."""
+    return VmRecord.built(c.plan, c.image, c.autostart, c.fingerprints, c.bases.values(), time.monotonic() - c.t0,
+                          request=_request(c), source=c.source, owned=c.owned, owned_facts=c.owned_facts)
+
+
 def _record(c: Context) -> None:
-    c.record = VmRecord.built(c.plan, c.image, c.autostart, c.fingerprints, c.bases.values(), time.monotonic() - c.t0,
-                              request=_request(c), source=c.source, owned=c.owned, owned_facts=c.owned_facts)
+    c.record = built(c)
     c.journal.finish(c.record)
 
 
@@ -200,7 +198,7 @@ def _request(c: Context) -> dict:
     return replace(r, hostnames=(c.plan.hostname,), image=c.plan.image_name, ips=ips, mac=c.plan.net.mac).to_json()
 
 
-def _start(c: Context) -> None:
+def start(c: Context) -> None:
     ts = toolstack.require_running(c.plan.activation.toolstack)
     c.rep.say(f"Starting {c.plan.hostname} with {ts.name} create")
     c.journal.made(Domain(c.plan.hostname, ts.name))
@@ -226,7 +224,7 @@ STEPS = (
     Step("autostart", _autostart, lambda c: c.plan.activation.autostart),
     Step("confirm", _confirm, lambda c: c.confirm is not None),
     Step("record", _record),
-    Step("start", _start, lambda c: c.plan.activation.start),
+    Step("start", start, lambda c: c.plan.activation.start),
 )
 
 
@@ -306,136 +304,3 @@ def _undo(c: Context, step: Step, e: BaseException) -> VmRecord | None:
     if err is e:
         raise
     raise err from e
-
-
-# -- a rebuild ----------------------------------------------------------------------------
-
-REPLACEABLE = ("file", "disk-file", "lv")  # what a rebuild moves out of the new VM's way
-
-
-def _stop(c: Context) -> None:
-    ts = toolstack.require_running(c.old.record.toolstack or "auto")
-    name = c.plan.hostname
-    c.rep.say(f"Shutting {name} down ({ts.name} shutdown, {c.timeout:.0f} s at most)")
-    if not ts.stop(name, c.timeout):
-        raise Fatal(f"VM '{name}' did not shut down within {c.timeout:.0f} s; nothing was changed (it keeps running)",
-                    f"shut it down from inside, or give a longer --timeout, then run si_mkxenvm --rebuild {name} again")
-
-
-def _carry(c: Context) -> None:
-    from . import carry
-    from .made import CarryDir
-
-    d = carry.carry_dir(c.settings.paths["state_dir"], c.plan.hostname)
-    os.makedirs(os.path.dirname(d), mode=0o700, exist_ok=True)
-    CarryDir(d).delete()  # a stale one no journal names (it would be, were it ours)
-    c.journal.made(CarryDir(d), os.mkdir, d, 0o700)
-    with c.rep.step("Carrying the VM's identity from its old disks"):
-        got = carry.read_vm(c.old.record, d, c.settings.paths["lock_dir"])
-    c.rep.detail(f"carried: {', '.join('/' + p for p in got) or 'nothing'}")
-    c.identity_dir = d
-
-
-def _aside(c: Context) -> None:
-    from .made import Aside, _present, _rename
-
-    for t in c.old.things:
-        if t.kind in REPLACEABLE and not t.path.endswith(".si-old") and _present(t.path):
-            aside, n = Aside.name_for(t.path), 0
-            while _present(aside):  # an earlier --keep-old's: never overwritten
-                n += 1
-                aside = f"{Aside.name_for(t.path)}.{n}"
-            c.journal.made(Aside(t.path, aside, t.disk), _rename, t.path, aside)
-
-
-def _rebuilt_record(c: Context) -> None:
-    from .record import stamp
-
-    old = c.old.record
-    c.record = replace(VmRecord.built(c.plan, c.image, c.autostart, c.fingerprints, c.bases.values(),
-                                      time.monotonic() - c.t0, request=_request(c), source=c.source, owned=c.owned,
-                                      owned_facts=c.owned_facts), created=old.created, rebuilt=stamp())
-    c.journal.finish(c.record)
-
-
-REBUILD_STEPS = (
-    Step("stop", _stop, lambda c: c.was_running),
-    Step("carry", _carry),
-    Step("aside", _aside),
-    *(s for s in STEPS if s.name not in ("record", "start")),
-    Step("record", _rebuilt_record),
-)
-
-
-def discard(state_dir: str, st: journal.State) -> VmRecord:
-    """A rebuild whose record is in (``st``, the journal with ``replaces``): the things set aside
-    removed (with ``keep_old`` the old disks stay, as plain disks of the VM), the carry dir too,
-    and the journal rewritten as a deploy's: the old directories, the new things, the old disks
-    kept. Run by the rebuild, or by the next one after a crash here."""
-    from .made import Aside, CarryDir, LogicalVolume
-    from .made import DiskFile as Df
-
-    keep_old = bool(st.replaces.get("keep_old"))
-    old = {t.path: t for t in st.replaced_things if hasattr(t, "path")}
-    asided = {t.path for t in st.things if isinstance(t, Aside)}
-    kept: list = []
-    for t in st.things:
-        if isinstance(t, Aside):
-            if keep_old and getattr(old.get(t.path), "disk", False):
-                kept.append((LogicalVolume if t.aside.startswith("/dev/") else Df)(t.aside))
-            else:
-                t.discard()
-        elif isinstance(t, CarryDir):
-            t.delete()
-    # the old VM's directories and base locks (a lock goes only when free), and kept disks of earlier rebuilds
-    mine = [t for t in st.replaced_things if t.kind in ("dir", "lock") or (t.kind in REPLACEABLE and t.path not in asided)]
-    new = [t for t in st.things if not isinstance(t, (Aside, CarryDir))]
-    rec = st.record
-    if kept:
-        rec = replace(rec, extra={**rec.extra, "old_disks": [k.path for k in kept]})
-    journal.rewrite(state_dir, st.name, st.begin, mine + new + kept, rec)
-    journal.prune_manifests(state_dir)
-    return rec
-
-
-def rebuild(plan: Plan, image: Image, kernel, settings, rep: Reporter, old: journal.State, keep_old: bool = False,
-            was_running: bool = False, timeout: float = 120.0, hs: Headstart | None = None, confirm=None,
-            guard: Guard | None = None, request=None, source: dict | None = None) -> VmRecord:
-    """Make VM ``old`` (its complete journal) again from ``image`` as ``plan`` says, keeping its
-    identity; return its new record. Until the record, a failure or a signal puts it back as it was."""
-    state_dir = settings.paths["state_dir"]
-    j = journal.Journal.replacing(state_dir, plan.hostname, VmRecord.begun(plan), old, keep_old)
-    c = Context(plan, image, kernel, settings, rep, j, hs or Headstart(state_dir), confirm, guard=guard or Guard(),
-                backend=backend_for(plan, settings.paths["lock_dir"]), request=request, source=source or {},
-                old=old, keep_old=keep_old, was_running=was_running, timeout=timeout)
-    c.one_pass = not plan.clone and populate.one_pass_ok(image.path, plan.disks)
-    c.hs.beside_steps(not (plan.clone and bases.ready(plan, c.backend)), settings.paths["template_dir"], True)
-    try:
-        try:
-            run_steps(c, REBUILD_STEPS)
-        except Fatal as e:
-            if isinstance(e, ImageChanged) or getattr(e, "leftovers", None):
-                raise
-            back = Fatal(f"{e.problem}; VM '{plan.hostname}' is as it was (its disks, config and identity)", e.fix)
-            raise back from e
-        c.journal.step("discard")
-        try:
-            c.record = discard(state_dir, journal.load(state_dir, plan.hostname))
-        except (OSError, proc.ProcError) as e:
-            rep.warn(f"VM {plan.hostname} is rebuilt, but its old things could not all be removed ({e}); "
-                     f"si_mkxenvm --rebuild {plan.hostname} removes them")
-        c.journal.close()
-        c.journal = journal.Journal.append_to(state_dir, plan.hostname)
-        if plan.activation.start:
-            c.journal.step("start")
-            try:
-                _start(c)
-            except (OSError, proc.ProcError, Fatal) as e:
-                raise Fatal(f"VM '{plan.hostname}' was rebuilt but not started: {e}",
-                            f"start it with xl create {plan.cfg_path}") from None
-    finally:
-        c.journal.close()
-        if c.confirm is not None and c.confirm is not confirm:
-            c.confirm.close()
-    c.hs.settle()
-    return c.record

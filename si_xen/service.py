@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import bases, batch, deploy, journal, planner, toolstack
+from . import bases, batch, deploy, journal, planner, rebuild, toolstack
 from .errors import Fatal
 from .headstart import Headstart
 from .image import Image, survey
@@ -197,7 +197,7 @@ def rebuildable(state: journal.State | None, name: str, settings, rep: Reporter)
         raise Fatal(f"no VM '{name}' made by si_mkxenvm", "si_lsxenvm lists the VMs")
     if state.replaces is not None and state.complete:
         rep.warn(f"VM '{name}': an earlier rebuild (pid {state.pid or '?'}) was made but not tidied; removing what it set aside")
-        deploy.discard(state_dir, state)
+        rebuild.discard(state_dir, state)
         state = journal.load(state_dir, name)
     elif state.replaces is not None:
         rep.warn(f"VM '{name}': an earlier rebuild (pid {state.pid or '?'}) stopped in step '{state.step}'; "
@@ -267,7 +267,7 @@ def rebuild_vm(name: str, overrides: dict, image: Image, settings, rep: Reporter
                 rep.open_log(os.path.join(settings.paths["log_dir"], f"{name}.log"))
                 rep.say(f"Rebuilding {name}, keeping its identity:\n" + describe(plan) + "\n")
             try:
-                rec = deploy.rebuild(plan, image, kernel, settings, rep, state, keep_old, was_running, timeout, hs,
+                rec = rebuild.rebuild(plan, image, kernel, settings, rep, state, keep_old, was_running, timeout, hs,
                                      pending, guard, request=req, source=source)
             except ImageChanged as e:  # put back already: plan again from the image as it is
                 if attempt == ATTEMPTS:

@@ -365,12 +365,12 @@ def ts_gone(u: Update) -> bool:
 
 def dry_run(state: journal.State, image, settings, rep, opts: Options, running: bool = False):
     """What an update would do, from the VM's disks read in a private mount namespace, read-only
-    (drift.read_vm): nothing is written, not even a manifest."""
-    from . import drift
+    (vmread.read_vm): nothing is written, not even a manifest."""
+    from . import vmread
 
     u = Update(state, image, settings, rep, opts)
     u.survey = survey.survey(image.path)
-    vm, notes, classify = drift.read_vm(state.record, drift.read_mode(state.record, running), settings.paths["lock_dir"])
+    vm, notes, classify = vmread.read_vm(state.record, vmread.read_mode(state.record, running), settings.paths["lock_dir"])
     for n in notes:
         rep.warn(n.removeprefix("WARNING: "))
     _changes(u, vm, classify)

@@ -56,7 +56,7 @@ def mount_tree_ro(disks, backend, where: str) -> tuple[list[str], list[str]]:
     guest symlink never leads out). ``disks``: anything with target, fs and mountpoint.
     Returns (mounted, skipped): host mount points to unmount newest first, and the guest mount
     points that the tree lacks as a directory (not read). No journal: run it in a private mount
-    namespace (drift.py), whose death unmounts everything."""
+    namespace (vmread.py), whose death unmounts everything."""
     from ..guestfs import Guest
 
     mounted: list[str] = []

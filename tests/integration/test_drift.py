@@ -220,6 +220,6 @@ def _mounted(pid: int, what: str) -> bool:
 def _is_vm_side(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"si_xen.drift\0" in f.read()
+            return b"si_xen.vmread\0" in f.read()
     except OSError:
         return False

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from si_xen import drift, locks
+from si_xen import drift, locks, vmread
 from si_xen.image import manifest, survey
 from si_xen.journal import State
 from si_xen.record import DiskRecord, VmRecord
@@ -238,13 +238,13 @@ def test_how_a_vm_is_read(monkeypatch, storage, running, reflinks, mode):
 
     monkeypatch.setattr(reflink, "reflinks_work", lambda d: reflinks)
     rec = VmRecord("a", storage=storage, disks=(DiskRecord("xvda2", "/", "ext4", "1G", "/x/a/disk.img"),))
-    assert drift.read_mode(rec, running) == mode
+    assert vmread.read_mode(rec, running) == mode
 
 
 def test_a_running_thin_vm_is_read_from_tagged_snapshots_removed_after(fp, monkeypatch, tmp_path):
     """Only the commands: the test host has no LVM."""
     where = tmp_path / "m"
-    monkeypatch.setattr(drift.tempfile, "mkdtemp", lambda **kw: where.mkdir() or str(where))
+    monkeypatch.setattr(vmread.tempfile, "mkdtemp", lambda **kw: where.mkdir() or str(where))
     rec = VmRecord("a", storage="lvm", storage_root="vg0", thin_pool="pool",
                    disks=(DiskRecord("xvda2", "/", "ext4", "1G", "/dev/vg0/a-disk"),
                           DiskRecord("xvda1", "", "swap", "1G", "/dev/vg0/a-swap")))
@@ -253,9 +253,9 @@ def test_a_running_thin_vm_is_read_from_tagged_snapshots_removed_after(fp, monke
     fp.register(["lvcreate", "--yes", "-s", "-kn", "-n", "a-disk.drift", "--addtag", "si_xen_drift", "vg0/a-disk"])
     fp.register(["lvchange", "-ay", "vg0/a-disk.drift"])
     fp.register(["unshare", fp.any()], returncode=137)  # the VM side killed
-    assert drift.read_mode(rec, True) == "snapshot"
-    with pytest.raises(drift.proc.ProcError):
-        drift.read_vm(rec, "snapshot", str(tmp_path))
+    assert vmread.read_mode(rec, True) == "snapshot"
+    with pytest.raises(vmread.proc.ProcError):
+        vmread.read_vm(rec, "snapshot", str(tmp_path))
     (call,) = [c for c in fp.calls if c[0] == "unshare"]
     spec = json.loads(call[-1])
     assert [d[0] for d in spec["disks"]] == ["/dev/vg0/a-disk.drift", "/dev/vg0/a-swap"]

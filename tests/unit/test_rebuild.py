@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from si_xen import carry, deploy, journal, service
+from si_xen import carry, journal, rebuild, service
 from si_xen.cli import mkxenvm
 from si_xen.errors import Fatal
 from si_xen.made import Aside, CarryDir, Directory, DiskFile, File
@@ -159,7 +159,7 @@ def test_discard_after_the_record(tmp_path, losetup, keep_old):
     j.made(File(p["cfg"]), touch, p["cfg"], "new cfg")
     j.finish(VmRecord("vm", "deb", image_fingerprint="bb", rebuilt="now"))
     j.close()
-    rec = deploy.discard(s, journal.load(s, "vm"))
+    rec = rebuild.discard(s, journal.load(s, "vm"))
     st = journal.load(s, "vm")
     assert st.complete and st.replaces is None and st.record.image_fingerprint == "bb" and st.record.rebuilt == "now"
     assert not os.path.exists(cd) and not os.path.lexists(Aside.name_for(p["link"]))
@@ -256,13 +256,13 @@ class FakeTs:
 @pytest.mark.parametrize("stops", [True, False])
 def test_restart_stops_cleanly_and_never_destroys(monkeypatch, stops):
     ts = FakeTs(stops)
-    monkeypatch.setattr(deploy.toolstack, "require_running", lambda choice: ts)
+    monkeypatch.setattr(rebuild.toolstack, "require_running", lambda choice: ts)
     c = SimpleNamespace(old=SimpleNamespace(record=VmRecord("vm", toolstack="xl")), plan=SimpleNamespace(hostname="vm"),
                         timeout=7.0, rep=Reporter(quiet=True))
     if stops:
-        deploy._stop(c)
+        rebuild._stop(c)
     else:
-        said = fatal(deploy._stop, c)
+        said = fatal(rebuild._stop, c)
         assert "did not shut down within 7 s; nothing was changed (it keeps running)" in said
     assert ts.calls == [("stop", "vm", 7.0)]
 

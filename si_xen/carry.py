@@ -3,8 +3,8 @@
 Read from the old tree mounted read-only (drift's way: ``unshare --mount --propagation
 private python3 -m si_xen.carry SPEC``, so that even a SIGKILL leaves no mount, and a ro loop
 device is read-only and autoclear) and written under ``state_dir/carry/HOST/`` laid out as the
-guest's tree, mode 0700, synced: the identity fixup (GuestSpec.identity_dir) writes it into the
-new VM byte for byte. What is carried:
+guest's tree, mode 0700, synced, each file with its mode and numeric owner: the identity fixup
+(GuestSpec.identity_dir) writes it into the new VM byte for byte, with both. What is carried:
 
 - every /etc/ssh/ssh_host_* file, and each HostKey of the old sshd config (and its .pub);
 - /etc/machine-id, and /var/lib/dbus/machine-id when it is a regular file (not the usual link).
@@ -53,7 +53,7 @@ def _regular(guest, gpath: str) -> bool:
 
 
 def save(root: str, dest: str) -> list[str]:
-    """Copy the identity of the tree ``root`` to ``dest`` (existing, empty), bytes and mode; each
+    """Copy the identity of the tree ``root`` to ``dest`` (existing, empty), bytes, mode and owner; each
     file and directory synced. Returns the guest paths copied."""
     from .guestfs import Guest
 
@@ -75,6 +75,7 @@ def save(root: str, dest: str) -> list[str]:
         wfd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             os.write(wfd, data)
+            os.fchown(wfd, st.st_uid, st.st_gid)  # the guest's numbers: RHEL's keys are root:ssh_keys 0640
             os.fchmod(wfd, stat.S_IMODE(st.st_mode))
             os.fsync(wfd)
         finally:

@@ -131,7 +131,8 @@ def identity(ctx: Ctx) -> None:
 def _carry_in(ctx: Ctx) -> set[str]:
     """Write every regular file of ``identity_dir`` (a tree laid out as the guest's: the old VM's
     etc/ssh/ssh_host_*, etc/machine-id, var/lib/dbus/machine-id) at its guest path, byte for byte
-    and with its mode; returns those guest paths."""
+    and with its mode and numeric owner (an sshd refuses a key group-readable by another group);
+    returns those guest paths."""
     top, g, done = ctx.s.identity_dir, ctx.guest, set()
     for d, dirs, files in os.walk(top):
         dirs.sort()
@@ -146,6 +147,7 @@ def _carry_in(ctx: Ctx) -> set[str]:
             if g.islink(gpath):  # a link is replaced, never written through
                 g.unlink(gpath)
             g.write_text(gpath, text, stat.S_IMODE(st.st_mode))
+            os.chown(g.path(gpath, follow=False), st.st_uid, st.st_gid, follow_symlinks=False)
             ctx.note(f"carried /{gpath} over from the old VM")
             done.add(gpath)
     return done

@@ -141,6 +141,11 @@ def test_carry_save_copies_keys_machine_ids_bytes_and_modes_never_a_link(tmp_pat
     assert stat.S_IMODE(os.stat(dest / "etc/ssh/ssh_host_rsa_key").st_mode) == 0o600
     assert stat.S_IMODE(os.stat(dest / "etc/ssh/ssh_host_rsa_key.pub").st_mode) == 0o644
     assert stat.S_IMODE(os.stat(dest / "etc/ssh").st_mode) == 0o700
+    os.chown(root / "etc/ssh/ssh_host_rsa_key", 0, 998)  # RHEL's root:ssh_keys, by number
+    (tmp_path / "d1").mkdir()
+    carry.save(str(root), str(tmp_path / "d1"))
+    assert os.stat(tmp_path / "d1/etc/ssh/ssh_host_rsa_key").st_gid == 998
+    assert os.stat(tmp_path / "d1/etc/ssh/ssh_host_rsa_key.pub").st_gid == os.stat(root / "etc/ssh/ssh_host_rsa_key.pub").st_gid
     os.unlink(root / "var/lib/dbus/machine-id")
     touch(root / "var/lib/dbus/machine-id", "abc\n")  # a file of its own: carried
     (tmp_path / "d2").mkdir()

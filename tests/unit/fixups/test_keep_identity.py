@@ -105,3 +105,17 @@ def test_a_rebuild_without_a_carried_dbus_id_links_it_to_the_carried_machine_id(
     _identity(root, replace(STATIC, identity_dir=d))
     assert os.readlink(os.path.join(root, "var/lib/dbus/machine-id")) == "/etc/machine-id"
     assert _get(root, "etc/machine-id")[0] == b"fedcba9876543210fedcba9876543210\n"
+
+
+def test_a_rebuild_writes_the_carried_keys_with_their_owner(tmp_path):
+    """RHEL's host keys are root:ssh_keys 0640: written as root:root 0640, sshd would refuse them
+    ("UNPROTECTED PRIVATE KEY FILE"). The carry dir holds the guest's numeric owner; it goes back."""
+    root = _vm(tmp_path, "alma9")
+    d, files = _carry(tmp_path)
+    key = os.path.join(d, "etc/ssh/ssh_host_rsa_key")
+    os.chmod(key, 0o640)
+    os.chown(key, 0, 998)  # the guest's ssh_keys, a number the host may not know
+    _identity(root, replace(STATIC, identity_dir=d))
+    st = os.lstat(os.path.join(root, "etc/ssh/ssh_host_rsa_key"))
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 998, 0o640)
+    assert os.lstat(os.path.join(root, "etc/machine-id")).st_gid == 0

@@ -66,7 +66,7 @@ class Update:
     owned: dict = field(default_factory=dict)
     owned_facts: dict = field(default_factory=dict)
     fingerprints: list[str] = field(default_factory=list)
-    kernel_files: dict[str, str] = field(default_factory=dict)  # where Xen reads a kernel -> its new copy
+    kernel_files: dict[str, str] = field(default_factory=dict)  # where Xen reads a kernel -> its new copy ("": none now)
     boot_changed: bool = False
     rerun_all: bool = False
     stopped: bool = False  # shut down by this update: started again if it is undone

@@ -4,8 +4,11 @@ copied out where Xen reads it under new names, and put in place once the update'
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import stat
 
+from . import atomic
 from .deploy import boot_dir
 from .errors import Fatal
 
@@ -42,7 +45,8 @@ def run(u) -> None:
         return
     where = boot_dir(u.rec.storage, u.rec.storage_root, u.rec.name, u.settings.paths["state_dir"])
     for gpath, name in ((k.kernel, "vmlinuz"), (k.initrd, "initrd.img")):
-        if gpath is None:
+        if gpath is None:  # a kernel without an initramfs: Xen must not load the old one with it
+            u.kernel_files[os.path.join(where, name)] = ""
             continue
         new = u.journal.made(File(os.path.join(where, f".{name}.upd-{os.getpid()}"))).path
         shutil.copyfile(guest.path(gpath), new)
@@ -50,5 +54,29 @@ def run(u) -> None:
 
 
 def put_in_place(u) -> None:
+    """The new kernel files in place (an initramfs the new kernel lacks removed), and the config's
+    ramdisk line naming the initramfs if there is one now, else none. Each part can run again."""
+    ramdisk = None
     for final, new in u.kernel_files.items():
-        os.replace(new, final)
+        if new:
+            os.replace(new, final)
+        elif os.path.lexists(final):
+            os.unlink(final)
+        if final.endswith("/initrd.img"):
+            ramdisk = final if new else ""
+    if ramdisk is not None:
+        set_ramdisk(u.rec.config, ramdisk)
+
+
+RAMDISK = re.compile(r"^ramdisk\s*=.*\n?", re.M)
+
+
+def set_ramdisk(cfg: str, path: str) -> None:
+    """The xl config's ramdisk line: ``path`` after the kernel line, or none (``path`` empty)."""
+    with open(cfg) as f:
+        text = f.read()
+    new = RAMDISK.sub("", text)
+    if path:
+        new = re.sub(r"^(kernel\s*=.*\n)", lambda m: f'{m[1]}ramdisk     = "{path}"\n', new, count=1, flags=re.M)
+    if new != text:
+        atomic.write(cfg, new, stat.S_IMODE(os.stat(cfg).st_mode))

@@ -119,16 +119,25 @@ def _plan(u: Update) -> None:
         vm = survey.manifest_of(u.root)
         u.rep.detail(f"walked the VM: {len(vm)} entries")
         need = _changes(u, vm, rules.classify)
-    st = os.statvfs(u.root)
+    for mp, n in need.items():
+        _room(n, os.path.join(u.root, mp.lstrip("/")), f"{u.rec.name}'s {mp}",
+              "grow the VM's disk or free space in it, then run si_updatexenvm again")
+    if u.rec.storage == "dir":  # disk images are sparse (and copies reflinks): new blocks come from the host
+        _room(sum(need.values()), os.path.dirname(u.disks[0].target), f"{os.path.dirname(u.disks[0].target)} "
+              f"(where {u.rec.name}'s disk images are)", "free space there, then run si_updatexenvm again")
+
+
+def _room(need: int, path: str, what: str, fix: str) -> None:
+    st = os.statvfs(path)
     free = st.f_bavail * st.f_frsize
     if need > free:
-        raise Fatal(f"{u.rec.name}'s / needs {(need - free) >> 20} MiB more for this update (has {free >> 20} MiB free)",
-                    "grow the VM's disk or free space in it, then run si_updatexenvm again")
+        raise Fatal(f"{what} needs {(need - free) >> 20} MiB more for this update (has {free >> 20} MiB free)", fix)
 
 
-def _changes(u: Update, vm: dict, classify) -> int:
+def _changes(u: Update, vm: dict, classify) -> dict[str, int]:
     """What to delete, fetch, keep and rerun (updateplan.py) from the generation the VM is at, the
-    image now and the VM's own tree, a new kernel's memory need checked; returns the room needed."""
+    image now and the VM's own tree, a new kernel's memory need checked; returns the room needed
+    on each of its filesystems (by mount point)."""
     from . import updateplan
     from .fixups import runner
 
@@ -157,7 +166,7 @@ def _changes(u: Update, vm: dict, classify) -> int:
                                                           *moved.removed))
     if u.boot_changed:
         updateboot.check_memory(u)
-    return updateplan.free_needed(c, new, vm)
+    return updateplan.needed_by_mount(c, new, vm, [d.mountpoint for d in u.disks])
 
 
 def _boot_changed(u: Update) -> bool:

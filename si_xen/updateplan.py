@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .image import manifest
 
@@ -246,3 +246,17 @@ def free_needed(changes: Changes, new: dict, vm: dict) -> int:
         grow += max(0, _blocks(n[3]) - was)
         peak = max(peak, min(_blocks(n[3]), was))
     return max(0, grow + peak - freed)
+
+
+def needed_by_mount(changes: Changes, new: dict, vm: dict, mountpoints: list[str]) -> dict[str, int]:
+    """free_needed for each of the VM's filesystems (its mount points; a path counts on the deepest
+    that holds it): a /var of its own fills up apart from /."""
+    def where(p: str) -> str:
+        return max((m for m in mountpoints if p == m or p.startswith(m.rstrip("/") + "/")), key=len, default="/")
+
+    out = {}
+    for mp in mountpoints:
+        part = replace(changes, delete=tuple(p for p in changes.delete if where(p) == mp),
+                       fetch=tuple(p for p in changes.fetch if where(p) == mp))
+        out[mp] = free_needed(part, new, vm)
+    return out

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from si_xen import populate, updateplan
-from si_xen.updateplan import Changes, files_from, free_needed, plan_update, rsync_argv
+from si_xen.updateplan import Changes, files_from, free_needed, needed_by_mount, plan_update, rsync_argv
 
 T0, T1 = 1_700_000_000_000_000_000, 1_700_000_500_000_000_000
 
@@ -253,6 +253,14 @@ def test_free_needed():
     vm = tree(old, opt__big=F(size=10**6, link=1), home__mine=F(size=10**6, link=1))  # a local name keeps the data
     c = plan(old, tree(opt=D(), opt__new=F(size=2 * 10**6)), vm)
     assert c.delete == ("/opt/big",) and free_needed(c, tree(opt=D(), opt__new=F(size=2 * 10**6)), vm) == _blk(2 * 10**6)
+
+
+def test_needed_by_mount_counts_each_path_on_its_own_filesystem():
+    new = tree(opt=D(), opt__a=F(size=10_000), etc__motd=F(size=8000, mtime=T1))
+    c = plan(BASE, new, BASE)
+    got = needed_by_mount(c, new, BASE, ["/", "/opt", "/op"])  # /op is no prefix of /opt/a
+    assert got == {"/": 4096 + 4096, "/opt": 4096 + 12288, "/op": 0}
+    assert sum(got.values()) == free_needed(c, new, BASE)
 
 
 def _blk(n):

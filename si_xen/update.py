@@ -279,8 +279,8 @@ def disks_of(rec: VmRecord) -> list[Disk]:
 
 def finish_unfinished(state: journal.State, settings, rep) -> tuple[journal.State, bool]:
     """An update killed before it recorded: its mounts and copies undone (a swap begun is finished
-    by its own undo), the journal back to the VM's record. A VM updated in place is then part-way
-    between two generations: the update that follows compares it with its record's generation as
+    by its own undo), the journal back to the VM's record. A VM updated in place, or killed
+    between its disks' swaps, is then part-way between two generations: the update that follows compares it with its record's generation as
     always, brings it to the image's current one, and reruns every fixup (what the killed one
     copied before its fixups ran is no change any more). Returns the state and that need."""
     if not state.update:
@@ -288,6 +288,11 @@ def finish_unfinished(state: journal.State, settings, rep) -> tuple[journal.Stat
     rep.warn(f"VM '{state.name}': an earlier update (pid {state.update.get('pid', '?')}) did not finish; finishing it")
     in_place = IN_PLACE_POINT in state.update_steps and not any(t.kind in ("disk-file", "lv", "swap")
                                                                 for t in state.update_things)  # no copy made
+    # Killed between two disks' swaps: the undo rolls the swapped ones forward and drops the other
+    # copies, so the VM's disks are of two generations; the next update brings it whole, as in place.
+    swaps = sum(t.kind == "swap" for t in state.update_things)
+    copies = sum(t.kind in ("disk-file", "lv") for t in state.update_things)
+    in_place = in_place or 0 < swaps < copies
     failed = journal.undo(state.update_things)
     if failed:
         raise Fatal(f"could not undo the unfinished update of VM '{state.name}': {'; '.join(failed)}",

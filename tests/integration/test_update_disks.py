@@ -1,12 +1,16 @@
-"""si_updatexenvm checks the room an update needs before it changes anything: on each of the VM's
-filesystems (a /var of its own fills apart from /), and on the host filesystem holding its sparse
-disk images (the new blocks come from there)."""
+"""si_updatexenvm on VMs of more than one disk, and the host's disks: the room an update needs,
+checked before it changes anything, on each of the VM's filesystems (a /var of its own fills
+apart from /) and on the host filesystem holding its sparse disk images (the new blocks come from
+there); an update killed between its disks' swaps, finished whole by the next one."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
+
+from si_xen.made import Swap
 
 from .harness import debugfs_cat, host_state, loop_fs, make_env, tiny_image, write
 from .test_update import OPTS, tree_of
@@ -34,16 +38,21 @@ def refused(env, what: str) -> None:
     assert "Traceback" not in cp.stderr
 
 
-def test_a_full_var_of_its_own_is_refused_before_any_change(tmp_path):
+def two_disks(tmp_path, storage: str):
+    """VM u1 of an image whose layout gives /var a disk of its own."""
     images = tmp_path / "images"
     image = tiny_image(images)
     write(image, "/etc/systemimager/autoinstallscript.conf", LAYOUT)
     write(image, "/var/lib/app/small", "x\n")
     env = make_env(tmp_path / "e", str(images))
-    env.mk("tiny", "--hostname", "u1", *OPTS, "--layout", "image", "--dir", str(tmp_path / "vms"), "--output", env.output,
-           check=True)
-    var = f"{tmp_path}/vms/domains/u1/var.img"
-    assert os.path.exists(var), os.listdir(f"{tmp_path}/vms/domains/u1")
+    env.mk("tiny", "--hostname", "u1", *OPTS, "--layout", "image", "--dir", storage, "--output", env.output, check=True)
+    var = f"{storage}/domains/u1/var.img"
+    assert os.path.exists(var), os.listdir(f"{storage}/domains/u1")
+    return env, image, var
+
+
+def test_a_full_var_of_its_own_is_refused_before_any_change(tmp_path):
+    env, image, var = two_disks(tmp_path, str(tmp_path / "vms"))
     before = host_state(str(tmp_path), ("u1",))
     trees = {d: tree_of(d, tmp_path / "ro") for d in (var, f"{tmp_path}/vms/domains/u1/disk.img")}
     write(image, "/etc/motd", "release 2\n")
@@ -69,3 +78,32 @@ def test_a_host_filesystem_without_room_for_the_new_blocks_is_refused(tmp_path, 
         refused(env, f"{host}/domains/u1 (where u1's disk images are)")
         assert tree_of(disk, tmp_path / "ro") == tree
         env.run("rmxenvm", "u1", "--yes", check=True)
+
+
+def test_killed_between_two_swaps_the_next_update_brings_both_disks(xfs_dir, tmp_path, monkeypatch):
+    """The crash between the swaps is made as the killed run would have left it: killed as its swap
+    step began, then the first disk's Swap journaled and done (made.Swap's own code), the second not."""
+    env, image, var = two_disks(tmp_path, xfs_dir)
+    disk = f"{xfs_dir}/domains/u1/disk.img"
+    before_host = host_state(str(tmp_path), ("u1",))
+    write(image, "/etc/motd", "release 2\n")
+    write(image, "/var/lib/app/small", "y\n")
+    monkeypatch.setenv("SI_XEN_KILL_AT", "swap")
+    assert env.run("updatexenvm", "u1").returncode == -9
+    monkeypatch.delenv("SI_XEN_KILL_AT")
+    jpath = f"{env.state}/vms/u1.journal"
+    copies = [json.loads(x)["made"]["path"] for x in open(jpath) if '"disk-file"' in x and ".upd-" in x]
+    assert sorted(os.path.basename(c).split(".upd-")[0] for c in copies) == ["disk.img", "var.img"]
+    first = next(c for c in copies if c.startswith(disk))
+    sw = Swap(disk, first, f"{disk}.upd-old")
+    with open(jpath, "a") as f:
+        f.write(json.dumps({"made": sw.to_json()}) + "\n")
+    sw.finish()
+    assert debugfs_cat(disk, "/etc/motd") == "release 2\n" and debugfs_cat(var, "/lib/app/small") == "x\n"
+    out = env.run("updatexenvm", "u1", check=True)
+    assert "did not finish; finishing it" in out.stderr
+    assert "Running hooks again: hwclock, console" in out.stdout, "two generations: every fixup runs again"
+    assert debugfs_cat(disk, "/etc/motd") == "release 2\n" and debugfs_cat(var, "/lib/app/small") == "y\n"
+    assert sorted(os.listdir(f"{xfs_dir}/domains/u1")) == ["disk.img", "initrd.img", "var.img", "vmlinuz"]
+    env.run("rmxenvm", "u1", "--yes", check=True)
+    assert host_state(str(tmp_path), ("u1",)) == before_host

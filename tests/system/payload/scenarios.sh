@@ -335,11 +335,35 @@ update_lvm() {
     cmp -s "/tmp/identity-$n.before" "/tmp/identity-$n.after" || { echo "$n's identity changed:"; diff "/tmp/identity-$n.before" "/tmp/identity-$n.after"; return 1; }
     echo "$n: the image's changes in, its identity kept ($(grep -c ssh_host "/tmp/identity-$n.after") host key files)"
   done
+  rebuild_lvm "$thin" "$thick" || return 1
   si_rmxenvm --yes --prune-bases "$thin" "$thick" >/dev/null
   for n in "$thin" "$thick"; do nothing_left "$n" "after si_rmxenvm" || return 1; done
   ! lvs --noheadings -o lv_name "$VG" | grep -q "si-base-" || { echo "base LV left"; return 1; }
   [ "$(losetup -a | wc -l)" = "$loops" ] || { echo "loop devices left:"; losetup -a; return 1; }
   echo "updated, killed and finished, removed"
+}
+
+# si_mkxenvm --rebuild on LVM (update_lvm's VMs, from the image's current generation): the thin
+# VM killed once its old LVs are set aside by lvrename (the re-run puts them back, then rebuilds),
+# the thick one with --keep-old (its old LV stays as NAME-disk.si-old); both keep their identity.
+rebuild_lvm() {
+  local thin=$1 thick=$2 t=$SECONDS rc n
+  rc=0; SI_XEN_KILL_AT=disks si_mkxenvm --rebuild "$thin" --yes >/dev/null 2>&1 || rc=$?
+  [ "$rc" = 137 ] || { echo "$thin: the rebuild was not killed at disks (exit $rc)"; return 1; }
+  lvs "$VG/$thin-disk.si-old" >/dev/null 2>&1 || { echo "$thin-disk was not set aside when killed"; lvs "$VG"; return 1; }
+  si_mkxenvm --rebuild "$thin" --yes > /tmp/rebuild-thin.out 2>&1 || { cat /tmp/rebuild-thin.out; return 1; }
+  grep -q "stopped in step 'disks'" /tmp/rebuild-thin.out || { echo "the killed rebuild was not put back first:"; cat /tmp/rebuild-thin.out; return 1; }
+  si_mkxenvm --rebuild "$thick" --yes --keep-old > /tmp/rebuild-thick.out 2>&1 || { cat /tmp/rebuild-thick.out; return 1; }
+  timing rebuild_lvm $((SECONDS - t))
+  lvs -o lv_name,pool_lv,origin "$VG"
+  lvs "$VG/$thick-disk.si-old" >/dev/null 2>&1 || { echo "--keep-old kept no $thick-disk.si-old"; return 1; }
+  ! lvs "$VG/$thin-disk.si-old" >/dev/null 2>&1 || { echo "$thin's old LV is left"; return 1; }
+  si_lsxenvm "$thick" | grep -q "old disk kept /dev/$VG/$thick-disk.si-old" || { echo "si_lsxenvm does not show $thick's kept disk"; si_lsxenvm "$thick"; return 1; }
+  for n in "$thin" "$thick"; do
+    identity_of "$n" > "/tmp/identity-$n.rebuilt" || return 1
+    cmp -s "/tmp/identity-$n.before" "/tmp/identity-$n.rebuilt" || { echo "$n's identity changed in the rebuild:"; diff "/tmp/identity-$n.before" "/tmp/identity-$n.rebuilt"; return 1; }
+  done
+  echo "rebuilt on LVM, a killed rebuild put back first, --keep-old kept $thick-disk.si-old; identities kept"
 }
 
 # The VM's identity as bytes: its SSH host keys (private and public) and machine-id, hashed.

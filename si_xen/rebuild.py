@@ -35,7 +35,7 @@ def _stop(c: Context) -> None:
     name = c.plan.hostname
     c.rep.say(f"Shutting {name} down ({ts.name} shutdown, {c.timeout:.0f} s at most)")
     if not ts.stop(name, c.timeout):
-        raise Fatal(f"VM '{name}' did not shut down within {c.timeout:.0f} s; nothing was changed (it keeps running)",
+        raise Fatal(f"VM '{name}' did not shut down within {c.timeout:.0f} s (its shutdown was asked for; it was never destroyed)",
                     f"shut it down from inside, or give a longer --timeout, then run si_mkxenvm --rebuild {name} again")
 
 

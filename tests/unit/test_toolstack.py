@@ -106,10 +106,25 @@ def test_stop_that_times_out_is_false_and_never_destroys(fp):
     assert fp.call_count([xl, "destroy", fp.any()]) == 0
 
 
-def test_stop_of_a_domain_still_there_is_false_and_never_destroys(fp):
+def test_stop_of_a_domain_still_there_is_false_and_never_destroys(fp, monkeypatch):
     xl = "/usr/sbin/xl"
+    clock = iter(range(0, 100, 10))  # seconds: each look at the clock 10 s later
+    monkeypatch.setattr(toolstack, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(toolstack, "sleep", lambda s: None)
     fp.register([xl, "shutdown", "-w", "vm1"], returncode=1)
-    fp.register([xl, "list"], stdout=LIST_WITH)
+    fp.register([xl, "list"], stdout=LIST_WITH, occurrences=10)
     fp.register([xl, "destroy", fp.any()], occurrences=10)
     assert toolstack.Toolstack("xl", xl).stop("vm1", 30) is False
     assert fp.call_count([xl, "destroy", fp.any()]) == 0
+    assert fp.call_count([xl, "list"]) == 3, "xl list until the timeout, then given up"
+
+
+def test_stop_waits_for_xl_to_take_the_shut_down_domain_away(fp, monkeypatch):
+    """Seen under real Xen: `xl shutdown -w` returned and `xl list` still showed the domain for a
+    moment (xl's own process destroys it after the guest's poweroff): that is a stop, not a failure."""
+    xl = "/usr/sbin/xl"
+    monkeypatch.setattr(toolstack, "sleep", lambda s: None)
+    fp.register([xl, "shutdown", "-w", "vm1"])
+    fp.register([xl, "list"], stdout=LIST_WITH.replace("-b----", "---s--"))
+    fp.register([xl, "list"], stdout=LIST_WITHOUT)
+    assert toolstack.Toolstack("xl", xl).stop("vm1", 30) is True

@@ -143,3 +143,117 @@ def test_round_trip_keep_xen(where, layout, request, tmp_path):
     for vm in ("u1", "u2"):
         env.run("rmxenvm", vm, "--yes", check=True)
     assert host_state(str(tmp_path), ("u1", "u2")) == before
+
+
+def test_refusals_leave_nothing_and_force_and_update_replace_whole(tmp_path):
+    storage = str(tmp_path / "vms")
+    before = host_state(str(tmp_path), ("u1",))
+    env, image, vmdir = made(tmp_path, storage)
+    images = os.path.dirname(image)
+    assert "no VM 'nope' made by si_mkxenvm" in fatal(capture(env, "nope", "back", "--keep-xen"))
+    assert "invalid image name" in fatal(capture(env, "u1", "../x", "--keep-xen"))
+    assert "exists at" in fatal(capture(env, "u1", "tiny", "--keep-xen")), "the image it was made from"
+    assert "not there to update" in fatal(capture(env, "u1", "back", "--keep-xen", "--update"))
+    assert sorted(os.listdir(images)) == ["tiny"] and not os.path.exists(f"{env.confdir}/rsync_stubs/40back")
+    capture(env, "u1", "back", "--keep-xen", check=True)
+    first = manifest(f"{images}/back")
+    assert "--force to replace it" in fatal(capture(env, "u1", "back", "--keep-xen"))
+    assert manifest(f"{images}/back") == first, "an existing image is never touched without --force"
+    with mounted(f"{vmdir}/disk.img", tmp_path / "m") as root:
+        write(root, "/etc/motd", "second\n")
+    ino, kept = os.stat(f"{images}/back").st_ino, os.stat(f"{images}/back/usr/share/doc/app/GONE").st_ino
+    capture(env, "u1", "back", "--keep-xen", "--update", check=True)
+    with open(f"{images}/back/etc/motd") as f:
+        assert f.read() == "second\n"
+    assert os.stat(f"{images}/back").st_ino != ino, "a new tree renamed into place"
+    assert os.stat(f"{images}/back/usr/share/doc/app/GONE").st_ino == kept, "--update links what did not change"
+    capture(env, "u1", "back", "--keep-xen", "--force", check=True)
+    assert sorted(os.listdir(images)) == ["back", "tiny"], "nothing set aside is left"
+    assert differences(f"{images}/back", f"{images}/back") == {}
+    env.run("rmxenvm", "u1", "--yes", check=True)
+    assert host_state(str(tmp_path), ("u1",)) == before
+
+
+def running_env(tmp_path, env):
+    """A fake xl (test_console's) saying u1 runs; the command run with Xen said to be there."""
+    from .test_console import FAKE_XL, RUNNER
+
+    bindir, state = tmp_path / "bin", tmp_path / "xl"
+    (state / "domains").mkdir(parents=True)
+    bindir.mkdir()
+    (bindir / "xl").write_text(FAKE_XL)
+    (bindir / "xl").chmod(0o755)
+    (state / "domains" / "u1").touch()
+    environ = dict(os.environ, SIS_CONFDIR=env.confdir, PYTHONPATH=REPO, FAKE_XL_STATE=str(state),
+                   PATH=f"{bindir}:{os.environ['PATH']}")
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-c", RUNNER, "getxenimage", *args, "--config", env.config],
+                              env=environ, capture_output=True, text=True, timeout=300)
+    return run
+
+
+def test_a_running_vm_needs_snapshot_and_storage_that_can_make_one(tmp_path, xfs_dir):
+    before = host_state(str(tmp_path), ("u1",))
+    env, image, vmdir = made(tmp_path, xfs_dir)
+    run = running_env(tmp_path, env)
+    tree = manifest(vmdir)
+    assert fatal(run("u1", "back", "--keep-xen")) == "FATAL: VM 'u1' is running (add --snapshot, or xl shutdown u1 first)"
+    cp = run("u1", "back", "--keep-xen", "--snapshot")  # XFS: read from reflinked copies
+    assert cp.returncode == 0, cp.stderr
+    assert os.path.isfile(os.path.join(os.path.dirname(image), "back", "etc/motd"))
+    assert manifest(vmdir) == tree, "the VM's disks only read, no reflinked copy left beside them"
+    assert (tmp_path / "xl" / "domains" / "u1").exists(), "the VM was left running"
+    env.run("rmxenvm", "u1", "--yes", "--stop", check=False)
+    assert host_state(str(tmp_path), ("u1",)) == before
+
+
+def test_a_running_vm_on_storage_without_snapshots_is_refused(tmp_path):
+    env, image, vmdir = made(tmp_path, str(tmp_path / "vms"))
+    run = running_env(tmp_path, env)
+    line = fatal(run("u1", "back", "--keep-xen", "--snapshot"))
+    assert "is running and its storage cannot snapshot its disks" in line and "shut it down first" in line
+    assert sorted(os.listdir(os.path.dirname(image))) == ["tiny"]
+
+
+def test_a_full_image_dir_is_one_fatal_and_leaves_nothing(tmp_path, as_root):
+    before = host_state(str(tmp_path), ("u1",))
+    env, image, vmdir = made(tmp_path, str(tmp_path / "vms"))
+    with mounted(f"{vmdir}/disk.img", tmp_path / "m") as root:
+        with open(os.path.join(root, "srv.big"), "wb") as f:
+            f.write(os.urandom(24 << 20))
+    with loop_fs(tmp_path, "small", 16 << 20, ["mkfs.ext4", "-q", "-F"]) as small:
+        with open(f"{env.confdir}/systemimager.conf", "a") as f:
+            f.write(f"DEFAULT_IMAGE_DIR = {small}\n")
+        line = fatal(capture(env, "u1", "back", "--keep-xen"))
+        assert f"no room for the image in {small}" in line, line
+        assert [n for n in os.listdir(small) if n != "lost+found"] == []
+    env.run("rmxenvm", "u1", "--yes", check=True)
+    assert host_state(str(tmp_path), ("u1",)) == before
+
+
+def test_killed_mid_capture_leaves_a_staging_dir_the_next_run_removes(tmp_path):
+    before = host_state(str(tmp_path), ("u1",))
+    env, image, vmdir = made(tmp_path, str(tmp_path / "vms"))
+    images = os.path.dirname(image)
+    p = subprocess.Popen([sys.executable, "-m", "si_xen.cli.getxenimage", "u1", "back", "--keep-xen", "--config", env.config],
+                         env=dict(os.environ, SIS_CONFDIR=env.confdir, PYTHONPATH=REPO, SI_XEN_CAPTURE_PAUSE="60"),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        for _ in range(300):
+            stage = [n for n in os.listdir(images) if n.startswith(".back.si-xen-new-")]
+            if stage and os.path.isfile(os.path.join(images, stage[0], "etc/motd")):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the capture never got to copying")
+        assert host_state(str(tmp_path), ("u1",))["mounts"] == [], "its mounts are in its own namespace"
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    assert stage[0] in os.listdir(images) and not os.path.exists(f"{images}/back")
+    cp = capture(env, "u1", "back", "--keep-xen", check=True)
+    assert "left by a capture that was killed" in cp.stdout
+    assert sorted(os.listdir(images)) == ["back", "tiny"]
+    env.run("rmxenvm", "u1", "--yes", check=True)
+    assert host_state(str(tmp_path), ("u1",)) == before

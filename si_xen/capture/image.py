@@ -17,7 +17,7 @@ import glob
 import os
 import shutil
 import time
-from xml.sax.saxutils import quoteattr
+from xml.sax.saxutils import escape
 
 from .. import atomic
 from ..errors import Fatal
@@ -169,6 +169,11 @@ def layout_xml(disks, fstab: str, vm: str, keep_xen: bool, header: bool = False)
                    f'{" format=" + chr(34) + "no" + chr(34) if nofmt else ""} />\n')
     out.append("\n</config>\n")
     return "".join(out)
+
+
+def quoteattr(value: str) -> str:
+    """An attribute value in double quotes, as SystemImager writes them (any character escaped)."""
+    return '"' + escape(value, {'"': "&quot;", "\n": "&#10;", "\t": "&#9;", "\r": "&#13;"}) + '"'
 
 
 def _num(vdev: str, default: int) -> int:

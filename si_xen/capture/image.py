@@ -51,7 +51,7 @@ GETIMAGE_EXCLUDE = """\
 /etc/blkid/blkid.tab
 /etc/blkid.tab
 """
-NEW, OLD = "si-xen-new", "si-xen-old"
+NEW, OLD, WORK = "si-xen-new", "si-xen-old", "si-xen-work"  # staging, an old image swapped out, --from-disk's raw copy
 AIS_HEADER = """<!--
   autoinstallscript.conf
   vi:set filetype=xml:
@@ -102,7 +102,7 @@ def clear_stale(target: str, say) -> None:
     """What a killed capture of this image left: its staging dir removed; an old image it had swapped
     out removed, or moved back if the image is missing (a kill between the renames of a filesystem
     without RENAME_EXCHANGE)."""
-    for kind in (OLD, NEW):
+    for kind in (OLD, NEW, WORK):
         for p in sorted(glob.glob(_aside(target, kind, 0)[:-1] + "*")):
             pid = p.rsplit("-", 1)[-1]
             if not pid.isdigit() or _alive(int(pid)):
@@ -113,6 +113,15 @@ def clear_stale(target: str, say) -> None:
                 continue
             say(f"Removing {p}, left by a capture that was killed")
             shutil.rmtree(p)
+
+
+def work_dir(target: str) -> str:
+    """Where --from-disk's raw conversion of a disk goes: beside the image (the room it needs is
+    the image filesystem's), removed at the end, or by the next capture if this one is killed."""
+    path = _aside(target, WORK)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.mkdir(path, 0o700)
+    return path
 
 
 def staging(target: str) -> str:

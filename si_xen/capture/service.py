@@ -130,14 +130,17 @@ def capture(req: Request, settings, say) -> CaptureResult:
         raise Fatal(f"image '{req.image}' exists at {target}", "add --force to replace it, or --update to refresh it")
     if req.update and not os.path.isdir(os.path.join(target, "etc")):
         raise Fatal(f"image '{req.image}' is not there to update ({target})", "drop --update")
+    paths = settings.paths
+    os.makedirs(paths["lock_dir"], exist_ok=True)
+    if req.from_disk:
+        fromdisk = _module("fromdisk", "--from-disk", "make a VM of it another way, or use a build with it")
+        if not os.path.isfile(req.from_disk):
+            raise Fatal(f"no disk image file {req.from_disk}", "give the path of a raw, qcow2, vmdk, vhd or vhdx file")
+        with _image_lock(paths["lock_dir"], req.image):
+            return _from_disk(fromdisk, req, cfg, target, say, t0)
     reverse = None if req.keep_xen else _module("reverse", "undoing the Xen fixups (V2P)",
                                                 "add --keep-xen to capture a Xen-ready image")
-    if req.from_disk:
-        _module("fromdisk", "--from-disk", "make a VM of it another way, or use a build with it")
-        raise Fatal("--from-disk is not wired in this build", "use a build with si_xen/capture/fromdisk.py")
-    paths = settings.paths
     st = _vm_state(paths["state_dir"], req.vm)
-    os.makedirs(paths["lock_dir"], exist_ok=True)
     with journal.lock(paths["lock_dir"], req.vm), _image_lock(paths["lock_dir"], req.image):
         st = _vm_state(paths["state_dir"], req.vm)  # under the lock: no other si_* command now
         rec = st.record
@@ -152,40 +155,81 @@ def capture(req: Request, settings, say) -> CaptureResult:
             if mode == "live":
                 raise Fatal(f"VM '{req.vm}' is running and its storage cannot snapshot its disks",
                             f"shut it down first ({rec.storage} storage: a snapshot needs XFS/btrfs reflinks or an LVM thin pool)")
-        image.clear_stale(target, say)
-        excludes, used = image.getimage_excludes(cfg)
-        from .. import populate
 
-        excludes = [*populate.EXCLUDES, *excludes]
-        stage = image.staging(target)
-        try:
-            copied = _copy(rec, mode, stage, excludes, target, say, paths["lock_dir"], req)
-            not_reversed = []
-            if reverse is not None:
-                not_reversed = reverse.reverse(stage, rec, os.path.join(paths["state_dir"], "images"), say)
-            identity = strip_identity(stage)
-            fmt = image.layout_files(stage)
-            layouts = {n: image.layout_xml(rec.disks, copied.fstab, rec.name, req.keep_xen,
-                                           header=n == "autoinstallscript.conf") for n in fmt}
-            image.write_metadata(stage, rec.name, layouts)
-            image.publish(stage, target, replace=req.force or req.update)
-        except proc.ProcError as e:
-            shutil.rmtree(stage, ignore_errors=True)
-            raise _copy_failed(e, target) from None
-        except OSError as e:
-            shutil.rmtree(stage, ignore_errors=True)
-            if e.errno == errno.ENOSPC:
-                raise Fatal(f"no room for the image in {os.path.dirname(target)}",
-                            "free space there, or set DEFAULT_IMAGE_DIR in systemimager.conf elsewhere") from None
-            raise
-        except BaseException:
-            shutil.rmtree(stage, ignore_errors=True)
-            raise
-        stub = image.write_stub(cfg, req.image, target)
-        notes = [f"WARNING: {m} is not a directory in the VM's /: its filesystem was not read" for m in copied.skipped]
-        server = image.write_server_layout(cfg, req.image, layouts.get("disks-layout.xml") or next(iter(layouts.values())))
-        if server:
-            notes.append(f"layout copied to {server}")
+        def read(stage, excludes):
+            return _copy(rec, mode, stage, excludes, target, say, paths["lock_dir"], req)
+
+        def undo(stage):
+            return reverse.reverse(stage, rec, os.path.join(paths["state_dir"], "images"), say) if reverse else []
+
+        return _build(req, cfg, target, read, undo, rec.disks, rec.name, say, t0)
+
+
+def _from_disk(fromdisk, req: Request, cfg, target: str, say, t0: float) -> CaptureResult:
+    """Another hypervisor's disk (fromdisk.attached: loop devices, its root found from its fstab),
+    copied as a VM's is; nothing to reverse (si-xen made none of it), the identity removed."""
+    from ..record import DiskRecord
+
+    work = image.work_dir(target)
+    try:
+        with fromdisk.attached(req.from_disk, work, say) as foreign:
+            found = [DiskRecord("", mp or "", fs, f"{_size_mib(dev)}M", dev) for dev, fs, mp in foreign.disks]
+            numbered = sorted(found, key=lambda d: (d.fs != "swap", len(d.mountpoint)))
+            disks = [DiskRecord(f"xvda{i}", d.mountpoint, d.fs, d.size, d.target) for i, d in enumerate(numbered, 1)]
+
+            def read(stage, excludes):
+                return copy.copy_tree([(d.target, d.fs, d.mountpoint) for d in disks],
+                                      {"storage": "given", "root": "", "pool": None, "lock_dir": ""}, stage, excludes,
+                                      say, name=req.image, link_dest=target if req.update else None)
+
+            r = _build(req, cfg, target, read, lambda stage: [], disks, os.path.abspath(req.from_disk), say, t0)
+            return CaptureResult(**{**r.__dict__, "notes": [*foreign.notes, *r.notes]})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _size_mib(dev: str) -> int:
+    fd = os.open(dev, os.O_RDONLY)
+    try:
+        return max(1, os.lseek(fd, 0, os.SEEK_END) >> 20)
+    finally:
+        os.close(fd)
+
+
+def _build(req: Request, cfg, target: str, read, undo, disks, origin: str, say, t0: float) -> CaptureResult:
+    """The staging image filled by ``read`` (-> copy.Copied), reversed by ``undo`` (-> what was not),
+    the identity removed, SystemImager's metadata written; published whole, else removed."""
+    from .. import populate
+
+    image.clear_stale(target, say)
+    excludes, used = image.getimage_excludes(cfg)
+    excludes = [*populate.EXCLUDES, *excludes]
+    stage = image.staging(target)
+    try:
+        copied = read(stage, excludes)
+        not_reversed = undo(stage)
+        identity = strip_identity(stage)
+        layouts = {n: image.layout_xml(disks, copied.fstab, origin, req.keep_xen,
+                                       header=n == "autoinstallscript.conf") for n in image.layout_files(stage)}
+        image.write_metadata(stage, origin, layouts)
+        image.publish(stage, target, replace=req.force or req.update)
+    except proc.ProcError as e:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise _copy_failed(e, target) from None
+    except OSError as e:
+        shutil.rmtree(stage, ignore_errors=True)
+        if e.errno == errno.ENOSPC:
+            raise Fatal(f"no room for the image in {os.path.dirname(target)}",
+                        "free space there, or set DEFAULT_IMAGE_DIR in systemimager.conf elsewhere") from None
+        raise
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    stub = image.write_stub(cfg, req.image, target)
+    notes = [f"WARNING: {m} is not a directory in the tree's /: its filesystem was not read" for m in copied.skipped]
+    server = image.write_server_layout(cfg, req.image, layouts.get("disks-layout.xml") or next(iter(layouts.values())))
+    if server:
+        notes.append(f"layout copied to {server}")
     return CaptureResult(req.image, target, stub, copied.entries, copied.bytes, copied.written,
                          round(time.monotonic() - t0, 2), copied.excluded, used, identity, not_reversed, notes)
 

@@ -6,6 +6,7 @@ way a capture can fail: one FATAL, no staging dir, mount, loop device or lock le
 from __future__ import annotations
 
 import fnmatch
+import importlib.util
 import os
 import signal
 import subprocess
@@ -154,6 +155,12 @@ def test_refusals_leave_nothing_and_force_and_update_replace_whole(tmp_path):
     assert "invalid image name" in fatal(capture(env, "u1", "../x", "--keep-xen"))
     assert "exists at" in fatal(capture(env, "u1", "tiny", "--keep-xen")), "the image it was made from"
     assert "not there to update" in fatal(capture(env, "u1", "back", "--keep-xen", "--update"))
+    assert "contradict" in fatal(capture(env, "u1", "back", "--keep-xen", "--update", "--force"))
+    assert "give the VM and the image's name" in fatal(capture(env, "u1", "--keep-xen"))
+    if importlib.util.find_spec("si_xen.capture.reverse") is None:  # helper B's module, merged by the lead
+        assert "si_xen/capture/reverse.py is missing" in fatal(capture(env, "u1", "back"))
+    if importlib.util.find_spec("si_xen.capture.fromdisk") is None:  # helper C's
+        assert "si_xen/capture/fromdisk.py is missing" in fatal(capture(env, "--from-disk", f"{vmdir}/disk.img", "back"))
     assert sorted(os.listdir(images)) == ["tiny"] and not os.path.exists(f"{env.confdir}/rsync_stubs/40back")
     capture(env, "u1", "back", "--keep-xen", check=True)
     first = manifest(f"{images}/back")

@@ -7,7 +7,6 @@ import sys
 from .. import config
 from ..errors import Fatal
 from ..report import Reporter
-from ..sizes import human
 from .common import need_root, parser, run_main
 
 PROG = "si_getxenimage"
@@ -79,12 +78,14 @@ def body(argv) -> int:
     try:
         r = service.capture(req, settings, rep.say)
         rep.say(f"Captured {req.vm or req.from_disk} into image {r.image} at {r.path}: {r.entries} entries, "
-                f"{human(r.bytes >> 20)}B ({human(r.written >> 20)}B copied) in {r.seconds} s")
+                f"{r.bytes / 2**20:.1f} MiB ({r.written / 2**20:.1f} MiB copied) in {r.seconds} s")
         rep.say(f"  excluded: {len(r.excluded)} patterns ({r.exclude_source}, what si_mkxenvm never copies, "
                 f"network mounts)")
         for p in r.excluded:
             rep.detail(f"    {p}")
-        rep.say(f"  identity removed: {', '.join(r.identity) or 'none found'}")
+        gone = [p for p in ("/etc/ssh/ssh_host_*", "/etc/hostname") if p in r.excluded]
+        rep.say(f"  identity removed: {', '.join(r.identity) or 'nothing left to remove'}"
+                + (f" ({' and '.join(gone)} not copied: getimage.exclude)" if gone else ""))
         for line in r.not_reversed:
             rep.warn(f"not reversed: {line}")
         for note in r.notes:

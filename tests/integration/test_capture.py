@@ -16,6 +16,7 @@ import time
 import pytest
 
 from si_xen.image.metadata import parse_layout
+from si_xen.sizes import parse_mib
 
 from .harness import REPO, host_state, loop_fs, make_env, manifest, mounted, record, tiny_image, write
 from .test_update import OPTS
@@ -57,7 +58,10 @@ def changed(tmp_path, vmdir: str, layout: bool) -> set[str]:
         write(root, "/srv/data/new", "new\n")
         write(root, "/etc/machine-id", "0123456789abcdef0123456789abcdef\n")  # identity: emptied in the capture
         os.unlink(os.path.join(root, "usr/share/doc/app/GONE"))
-    out = {"etc/motd", "srv/", "srv/data/", "srv/data/new", "usr/share/doc/app/GONE"}
+        with open(os.path.join(root, "etc/fstab"), "a") as f:  # a network mount: its mount point's content stays out
+            f.write("nfs.example:/export /mnt/nfs nfs ro,soft 0 0\n")
+        write(root, "/mnt/nfs/shadowed", "under the mount\n")
+    out = {"etc/motd", "srv/", "srv/data/", "srv/data/new", "usr/share/doc/app/GONE", "mnt/", "mnt/nfs"}
     if layout:
         with mounted(f"{vmdir}/var.img", tmp_path / "v") as var:
             write(var, "/lib/app/added", "on /var\n")
@@ -126,13 +130,14 @@ def test_round_trip_keep_xen(where, layout, request, tmp_path):
     assert not [n for n in os.listdir(f"{got}/etc/ssh") if n.startswith("ssh_host_")]
     assert os.path.getsize(f"{got}/etc/machine-id") == 0
     assert os.readlink(f"{got}/usr/share/doc/app/LINK") == "README"
+    assert os.path.isdir(f"{got}/mnt/nfs") and os.listdir(f"{got}/mnt/nfs") == [], "a network mount's content is excluded"
     assert os.stat(f"{got}/usr/share/doc/app/HARD").st_ino == os.stat(f"{got}/usr/share/doc/app/README").st_ino
     # SystemImager's metadata: the layout parses back to the VM's filesystems, the stub is exact
     rec = record(env, "u1")
     with open(f"{got}/etc/systemimager/{'autoinstallscript.conf' if layout else 'disks-layout.xml'}") as f:
         fs = parse_layout(f.read(), "disks-layout.xml")
-    assert sorted((e.mountpoint, e.fs) for e in fs) == sorted(
-        (d["mountpoint"] or "swap", d["fs"]) for d in rec["disks"])
+    assert sorted((e.mountpoint, e.fs, e.size_mib) for e in fs if e.fs in ("ext4", "xfs", "swap")) == sorted(
+        (d["mountpoint"] or "swap", d["fs"], parse_mib(d["size"])) for d in rec["disks"])
     with open(f"{env.confdir}/rsync_stubs/40back") as f:
         assert f.read() == f"[back]\n\tpath={got}\n\n"
     with open(f"{got}/etc/systemimager/IMAGE_RETRIEVED_FROM") as f:
@@ -236,6 +241,10 @@ def test_a_full_image_dir_is_one_fatal_and_leaves_nothing(tmp_path, as_root):
         assert f"no room for the image in {small}" in line, line
         assert [n for n in os.listdir(small) if n != "lost+found"] == []
     env.run("rmxenvm", "u1", "--yes", check=True)
+    for _ in range(50):  # the test's own small.img loop device is let go by the kernel after its umount
+        if host_state(str(tmp_path), ("u1",)) == before:
+            break
+        time.sleep(0.1)
     assert host_state(str(tmp_path), ("u1",)) == before
 
 
@@ -255,6 +264,8 @@ def test_killed_mid_capture_leaves_a_staging_dir_the_next_run_removes(tmp_path):
         else:
             raise AssertionError("the capture never got to copying")
         assert host_state(str(tmp_path), ("u1",))["mounts"] == [], "its mounts are in its own namespace"
+        assert "another si_* command" in fatal(env.run("updatexenvm", "u1")), "the VM's lock is held while it is read"
+        assert "another si_* command" in fatal(capture(env, "u1", "other", "--keep-xen"))
     finally:
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()

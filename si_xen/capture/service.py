@@ -169,6 +169,7 @@ def _from_disk(fromdisk, req: Request, cfg, target: str, say, t0: float) -> Capt
     """Another hypervisor's disk (fromdisk.attached: loop devices, its root found from its fstab),
     copied as a VM's is; nothing to reverse (si-xen made none of it), the identity removed."""
     from ..record import DiskRecord
+    from ..storage.mount import RO_OPTS
 
     work = image.work_dir(target)
     try:
@@ -183,7 +184,9 @@ def _from_disk(fromdisk, req: Request, cfg, target: str, say, t0: float) -> Capt
                                       say, name=req.image, link_dest=target if req.update else None)
 
             r = _build(req, cfg, target, read, lambda stage: [], disks, os.path.abspath(req.from_disk), say, t0)
-            return CaptureResult(**{**r.__dict__, "notes": [*foreign.notes, *r.notes]})
+            unread = [f"WARNING: {d.mountpoint} ({d.fs}) was not read: si-xen mounts {', '.join(RO_OPTS)}"
+                      for d in disks if d.fs != "swap" and d.fs not in RO_OPTS]
+            return CaptureResult(**{**r.__dict__, "notes": [*foreign.notes, *unread, *r.notes]})
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -179,8 +179,11 @@ def test_refusals_leave_nothing_and_force_and_update_replace_whole(tmp_path):
         assert f.read() == "second\n"
     assert os.stat(f"{images}/back").st_ino != ino, "a new tree renamed into place"
     assert os.stat(f"{images}/back/usr/share/doc/app/GONE").st_ino == kept, "--update links what did not change"
+    capture(env, "u1", "fresh", "--keep-xen", check=True)
+    assert unexplained(differences(f"{images}/back", f"{images}/fresh"), set(METADATA)) == {}, \
+        "an updated image is the image a new capture makes"
     capture(env, "u1", "back", "--keep-xen", "--force", check=True)
-    assert sorted(os.listdir(images)) == ["back", "tiny"], "nothing set aside is left"
+    assert sorted(os.listdir(images)) == ["back", "fresh", "tiny"], "nothing set aside is left"
     assert differences(f"{images}/back", f"{images}/back") == {}
     env.run("rmxenvm", "u1", "--yes", check=True)
     assert host_state(str(tmp_path), ("u1",)) == before

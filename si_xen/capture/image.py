@@ -176,6 +176,8 @@ def layout_xml(disks, fstab: str, vm: str, keep_xen: bool, header: bool = False)
         out.append(f'  <fsinfo line="{n * 10}" real_dev={quoteattr(dev)}{md} mp={quoteattr(mp)} fs={quoteattr(fs)} '
                    f'options={quoteattr(options)} dump={quoteattr(dump)} pass={quoteattr(pas)}'
                    f'{" format=" + chr(34) + "no" + chr(34) if nofmt else ""} />\n')
+    if header:  # autoinstallscript.conf (4.x): its <boel> closes it; udev: every kernel a VM runs has it
+        out.append('\n  <boel devstyle="udev"/>\n')
     out.append("\n</config>\n")
     return "".join(out)
 

@@ -38,7 +38,7 @@ def test_the_layout_parses_back_to_the_vms_filesystems(keep_xen, header):
         got[0].__class__("/var", "xfs", "defaults", f"{dev}3", 512),
     ), "network and pseudo filesystems are kept with format=no, not as disks"
     assert 'mount_dev="UUID=1234-abcd"' in text and 'mp="/home" fs="nfs"' in text and 'format="no"' in text
-    assert text.startswith("<!--") == header
+    assert text.startswith("<!--") == header and ('<boel devstyle="udev"/>' in text) == header
 
 
 def test_a_vm_without_fstab_entries_takes_its_records_options():

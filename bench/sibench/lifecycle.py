@@ -5,6 +5,9 @@ VM (clone), si_updatexenvm of a stopped VM after 1 % of the image's files change
 write; ext4: in place), si_lsxenvm --drift of a stopped VM, si_mkxenvm --rebuild of a clone. The image is a hard-link copy of
 debian12 (`lifecycle`) whose next generation is made between rounds, untimed, by replacing
 1 % of its regular files (new content, new mtime; never written through the hard links).
+Issue 29's rows: si_getxenimage --keep-xen of the stopped VM lcx, and its floor, rsync -aHAXS
+--numeric-ids of the same tree (lcx's disk mounted read-only) into an empty directory beside the
+images (the done-when: capture <= 1.3 x the floor).
 """
 
 from __future__ import annotations
@@ -74,7 +77,8 @@ def scratch_dirs():
 def run(args) -> dict:
     mk, rm = ensure_venv()
     up, ls = os.path.join(os.path.dirname(mk), "si_updatexenvm"), os.path.join(os.path.dirname(mk), "si_lsxenvm")
-    if not os.access(up, os.X_OK):  # a venv made before si_updatexenvm existed
+    gx = os.path.join(os.path.dirname(mk), "si_getxenimage")
+    if not (os.access(up, os.X_OK) and os.access(gx, os.X_OK)):  # a venv made before these commands existed
         subprocess.run([os.path.join(REPO, ".venv/bin/pip"), "install", "-q", "--no-deps", "-e", REPO], check=True)
     src = images.ensure_debian12(REPO)
     image = image_copy(src)
@@ -111,6 +115,9 @@ def run(args) -> dict:
                     row[f"update, 1 % changed ({what})"] = timed([[up, host, "--config", conf]], root, log, env)
                 row["drift (stopped VM)"] = timed([[ls, "--drift", "lcx", "--config", conf]], xfs, log, env)
                 row["rebuild (clone; xfs)"] = timed([[mk, "--rebuild", "lcr", "--config", conf]], xfs, log, env)
+                row[CAPTURE] = timed([[gx, "lcx", f"lccap{r}", "--keep-xen", "--config", conf]], images.IMAGES, log, env)
+                shutil.rmtree(os.path.join(images.IMAGES, f"lccap{r}"), ignore_errors=True)
+                row[FLOOR] = copy_floor(f"{xfs}/domains/lcx/disk.img", workdir, r, log)
                 for case, s in row.items():
                     if s.rc:
                         raise RuntimeError(f"{case} failed: exit {s.rc} (see {log})")
@@ -122,6 +129,24 @@ def run(args) -> dict:
     return results
 
 
+CAPTURE, FLOOR = "capture --keep-xen (stopped VM)", "copy floor: rsync -aHAXS same tree"
+
+
+def copy_floor(disk: str, workdir: str, r: int, log: str):
+    """rsync -aHAXS --numeric-ids of the VM's tree (its disk mounted read-only, untimed) into an
+    empty directory on the images' filesystem: what a capture cannot beat."""
+    src, dest = os.path.join(workdir, f"floor-src{r}"), os.path.join(images.IMAGES, f"lcfloor{r}")
+    os.makedirs(src)
+    os.makedirs(dest)
+    subprocess.run(["mount", "-o", "ro,loop,noload", disk, src], check=True)
+    try:
+        return timed([["rsync", "-aHAXS", "--numeric-ids", f"{src}/", f"{dest}/"]], images.IMAGES, log)
+    finally:
+        subprocess.run(["umount", src], check=True)
+        os.rmdir(src)
+        shutil.rmtree(dest, ignore_errors=True)
+
+
 def table(results: dict) -> str:
     ref = statistics.median(results["first deploy, --full-copy (xfs)"])
     further = statistics.median(results["further deploy (clone; xfs)"])
@@ -129,6 +154,9 @@ def table(results: dict) -> str:
     for case, xs in results.items():
         m = statistics.median(xs)
         lines.append(f"{case:<40} {m:9.2f} {min(xs):6.2f}-{max(xs):<7.2f} {m / ref:12.3f} {m / further:10.2f}")
+    if results.get(CAPTURE) and results.get(FLOOR):
+        ratio = statistics.median(results[CAPTURE]) / statistics.median(results[FLOOR])
+        lines.append(f"capture / copy floor: {ratio:.2f} (issue 29's target: <= 1.3)")
     return "\n".join(lines)
 
 

@@ -46,7 +46,8 @@ def private_config(workdir: str) -> tuple[str, dict]:
     confdir = os.path.join(workdir, "conf")
     os.makedirs(confdir)
     with open(os.path.join(confdir, "systemimager.conf"), "w") as f:
-        f.write(f"DEFAULT_IMAGE_DIR = {images.IMAGES}\n")
+        # the stubs of images a capture writes (bench/lifecycle) stay in workdir, never in /etc/systemimager
+        f.write(f"DEFAULT_IMAGE_DIR = {images.IMAGES}\nRSYNC_STUB_DIR = {confdir}/rsync_stubs\n")
     conf = os.path.join(confdir, "xen.conf")
     with open(conf, "w") as f:
         f.write("[paths]\n" + "".join(f"{k}_dir = {workdir}/{k}\n" for k in ("state", "log", "lock")))

@@ -13,7 +13,7 @@ from .. import PROJECT, __version__
 from ..roff import esc
 from .common import EXIT_STATUS
 
-COMMANDS = ("mkxenvm", "lsxenvm", "rmxenvm", "updatexenvm")
+COMMANDS = ("mkxenvm", "lsxenvm", "rmxenvm", "updatexenvm", "getxenimage")
 
 
 def _opt(action: argparse.Action) -> str:

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from si_xen import plan
-from si_xen.cli import lsxenvm, mkxenvm, rmxenvm, updatexenvm, xenhooks
+from si_xen.cli import getxenimage, lsxenvm, mkxenvm, rmxenvm, updatexenvm, xenhooks
 
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                       "etc", "bash-completion", "si-xen")
@@ -30,7 +30,7 @@ def options(p: argparse.ArgumentParser) -> tuple[set[str], set[str]]:
 
 
 def parsers():
-    for mod in (mkxenvm, lsxenvm, rmxenvm, updatexenvm, xenhooks):
+    for mod in (mkxenvm, lsxenvm, rmxenvm, updatexenvm, getxenimage, xenhooks):
         yield mod.PROG, mod.build_parser()
     sub = next(a for a in xenhooks.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     for name, p in sub.choices.items():

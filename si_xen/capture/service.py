@@ -1,0 +1,264 @@
+"""si_getxenimage's pipeline: a VM (its journal's record) or a foreign disk (fromdisk.py) captured
+into a SystemImager image, which is either whole in place or not there at all.
+
+Every check that can refuse runs before anything is written (the VM known and complete, not
+running unless --snapshot and its storage can snapshot, the image absent unless --force/--update);
+the VM's lock is held while its disks are read (no update or rebuild meanwhile), and an image lock
+keeps two captures of one image apart. The VM is only read.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+
+from .. import journal, locks, proc
+from ..errors import Fatal
+from ..image import store
+from . import copy, image
+
+
+@dataclass(frozen=True)
+class Request:
+    image: str  # the image's name
+    vm: str | None = None  # the VM, or
+    from_disk: str | None = None  # another hypervisor's disk image file
+    keep_xen: bool = False  # a Xen-ready image: the Xen-isms kept, the identity removed all the same
+    snapshot: bool = False  # a running VM read from a copy-on-write snapshot of its disks
+    force: bool = False  # an existing image replaced
+    update: bool = False  # an existing image refreshed (unchanged files linked, not copied)
+
+
+@dataclass(frozen=True)
+class CaptureResult:
+    image: str
+    path: str
+    stub: str
+    entries: int
+    bytes: int
+    written: int
+    seconds: float
+    excluded: list[str] = field(default_factory=list)  # the rsync patterns
+    exclude_source: str = ""
+    identity: list[str] = field(default_factory=list)  # guest paths removed or emptied
+    not_reversed: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _vm_state(state_dir: str, name: str):
+    st = journal.load(state_dir, name)
+    if st is None:
+        raise Fatal(f"no VM '{name}' made by si_mkxenvm", "si_lsxenvm lists the VMs")
+    if getattr(st, "replaces", None) or st.update:
+        raise Fatal(f"VM '{name}' has an unfinished {'rebuild' if st.replaces else 'update'} ({st.summary()})",
+                    f"finish it first (si_mkxenvm --rebuild {name} or si_updatexenvm {name})")
+    if not st.complete or st.record is None:
+        raise Fatal(f"VM '{name}' is an unfinished deploy ({st.summary()})", f"si_rmxenvm {name} removes it")
+    return st
+
+
+def _running(name: str) -> bool:
+    from .. import toolstack
+
+    ts = toolstack.find()
+    return ts is not None and toolstack.hypervisor_running() and name in ts.domains()
+
+
+def _module(name: str, what: str, fix: str):
+    """B's and C's modules, imported when used: a build without them refuses that mode, nothing else."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"si_xen.capture.{name}")
+    except ModuleNotFoundError as e:
+        if e.name != f"si_xen.capture.{name}":
+            raise
+        raise Fatal(f"{what} is not in this build of si-xen (si_xen/capture/{name}.py is missing)", fix) from None
+
+
+# Replaced by reverse.strip_identity when reverse.py is merged (the lead's merge of issue 29).
+def _strip_identity(tree: str) -> list[str]:
+    """The VM's identity out of the copy: SSH host keys removed, machine-id emptied (systemd
+    makes a new one at first boot). Each file replaced, never written in place (--update: a hard link)."""
+    from ..guestfs import Guest
+
+    g, done = Guest(tree), []
+    for p in g.glob("/etc/ssh", "ssh_host_*"):
+        if g.unlink(p):
+            done.append(p)
+    for p in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        if not g.islink(p) and g.isfile(p):
+            mode = os.stat(g.path(p)).st_mode & 0o7777
+            g.unlink(p)
+            g.write_text(p, "", mode)
+            done.append(p)
+    return done
+
+
+def strip_identity(tree: str) -> list[str]:
+    try:
+        from . import reverse  # type: ignore[attr-defined]
+    except ImportError:
+        return _strip_identity(tree)
+    return reverse.strip_identity(tree)
+
+
+def _copy_failed(e: proc.ProcError, target: str) -> Fatal:
+    text = e.result.stderr or ""
+    where = os.path.dirname(target)
+    if "No space left on device" in text or "(28)" in text:
+        return Fatal(f"no room for the image in {where} (the copy ran out of space)",
+                     "free space there, or set DEFAULT_IMAGE_DIR in systemimager.conf to a filesystem with room")
+    lines = [ln for ln in text.splitlines() if ln.startswith(("rsync", "mount", "si_xen", "Fatal", "OSError"))]
+    return Fatal(f"could not copy the filesystems: {(lines or text.strip().splitlines() or ['?'])[-1]}",
+                 "see the log; the VM was not changed")
+
+
+def capture(req: Request, settings, say) -> CaptureResult:
+    """Run the pipeline; see the module's docstring."""
+    t0 = time.monotonic()
+    if not store._NAME_RE.match(req.image) or req.image in store.NOT_IMAGES:
+        raise Fatal(f"invalid image name '{req.image}'", "use letters, digits, '.', '_', '+' and '-'")
+    cfg = store.store_config()
+    target = image.target_path(cfg, req.image)
+    if req.force and req.update:
+        raise Fatal("--force and --update contradict each other", "give one of them")
+    if os.path.lexists(target) and not (req.force or req.update):
+        raise Fatal(f"image '{req.image}' exists at {target}", "add --force to replace it, or --update to refresh it")
+    if req.update and not os.path.isdir(os.path.join(target, "etc")):
+        raise Fatal(f"image '{req.image}' is not there to update ({target})", "drop --update")
+    paths = settings.paths
+    os.makedirs(paths["lock_dir"], exist_ok=True)
+    if req.from_disk:
+        fromdisk = _module("fromdisk", "--from-disk", "make a VM of it another way, or use a build with it")
+        if not os.path.isfile(req.from_disk):
+            raise Fatal(f"no disk image file {req.from_disk}", "give the path of a raw, qcow2, vmdk, vhd or vhdx file")
+        with _image_lock(paths["lock_dir"], req.image):
+            return _from_disk(fromdisk, req, cfg, target, say, t0)
+    reverse = None if req.keep_xen else _module("reverse", "undoing the Xen fixups (V2P)",
+                                                "add --keep-xen to capture a Xen-ready image")
+    st = _vm_state(paths["state_dir"], req.vm)
+    with journal.lock(paths["lock_dir"], req.vm), _image_lock(paths["lock_dir"], req.image):
+        st = _vm_state(paths["state_dir"], req.vm)  # under the lock: no other si_* command now
+        rec = st.record
+        mode = "offline"
+        if _running(req.vm):
+            from .. import toolstack, vmread
+
+            if not req.snapshot:
+                ts = toolstack.find()
+                raise Fatal(f"VM '{req.vm}' is running", f"add --snapshot, or {ts.name if ts else 'xl'} shutdown {req.vm} first")
+            mode = vmread.read_mode(rec, True)
+            if mode == "live":
+                raise Fatal(f"VM '{req.vm}' is running and its storage cannot snapshot its disks",
+                            f"shut it down first ({rec.storage} storage: a snapshot needs XFS/btrfs reflinks or an LVM thin pool)")
+
+        def read(stage, excludes):
+            return _copy(rec, mode, stage, excludes, target, say, paths["lock_dir"], req)
+
+        def undo(stage):
+            return reverse.reverse(stage, rec, os.path.join(paths["state_dir"], "images"), say) if reverse else []
+
+        return _build(req, cfg, target, read, undo, rec.disks, rec.name, say, t0)
+
+
+def _from_disk(fromdisk, req: Request, cfg, target: str, say, t0: float) -> CaptureResult:
+    """Another hypervisor's disk (fromdisk.attached: loop devices, its root found from its fstab),
+    copied as a VM's is; nothing to reverse (si-xen made none of it), the identity removed."""
+    from ..record import DiskRecord
+    from ..storage.mount import RO_OPTS
+
+    work = image.work_dir(target)
+    try:
+        with fromdisk.attached(req.from_disk, work, say) as foreign:
+            found = [DiskRecord("", mp or "", fs, f"{_size_mib(dev)}M", dev) for dev, fs, mp in foreign.disks]
+            numbered = sorted(found, key=lambda d: (d.fs != "swap", len(d.mountpoint)))
+            disks = [DiskRecord(f"xvda{i}", d.mountpoint, d.fs, d.size, d.target) for i, d in enumerate(numbered, 1)]
+
+            def read(stage, excludes):
+                return copy.copy_tree([(d.target, d.fs, d.mountpoint) for d in disks],
+                                      {"storage": "given", "root": "", "pool": None, "lock_dir": ""}, stage, excludes,
+                                      say, name=req.image, link_dest=target if req.update else None)
+
+            r = _build(req, cfg, target, read, lambda stage: [], disks, os.path.abspath(req.from_disk), say, t0)
+            unread = [f"WARNING: {d.mountpoint} ({d.fs}) was not read: si-xen mounts {', '.join(RO_OPTS)}"
+                      for d in disks if d.fs != "swap" and d.fs not in RO_OPTS]
+            return CaptureResult(**{**r.__dict__, "notes": [*foreign.notes, *unread, *r.notes]})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _size_mib(dev: str) -> int:
+    fd = os.open(dev, os.O_RDONLY)
+    try:
+        return max(1, os.lseek(fd, 0, os.SEEK_END) >> 20)
+    finally:
+        os.close(fd)
+
+
+def _build(req: Request, cfg, target: str, read, undo, disks, origin: str, say, t0: float) -> CaptureResult:
+    """The staging image filled by ``read`` (-> copy.Copied), reversed by ``undo`` (-> what was not),
+    the identity removed, SystemImager's metadata written; published whole, else removed."""
+    from .. import populate
+
+    image.clear_stale(target, say)
+    excludes, used = image.getimage_excludes(cfg)
+    excludes = [*populate.EXCLUDES, *excludes]
+    stage = image.staging(target)
+    try:
+        copied = read(stage, excludes)
+        not_reversed = undo(stage)
+        identity = strip_identity(stage)
+        layouts = {n: image.layout_xml(disks, copied.fstab, origin, req.keep_xen,
+                                       header=n == "autoinstallscript.conf") for n in image.layout_files(stage)}
+        image.write_metadata(stage, origin, layouts)
+        image.publish(stage, target, replace=req.force or req.update)
+    except proc.ProcError as e:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise _copy_failed(e, target) from None
+    except OSError as e:
+        shutil.rmtree(stage, ignore_errors=True)
+        if e.errno == errno.ENOSPC:
+            raise Fatal(f"no room for the image in {os.path.dirname(target)}",
+                        "free space there, or set DEFAULT_IMAGE_DIR in systemimager.conf elsewhere") from None
+        raise
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    stub = image.write_stub(cfg, req.image, target)
+    notes = [f"WARNING: {m} is not a directory in the tree's /: its filesystem was not read" for m in copied.skipped]
+    server = image.write_server_layout(cfg, req.image, layouts.get("disks-layout.xml") or next(iter(layouts.values())))
+    if server:
+        notes.append(f"layout copied to {server}")
+    return CaptureResult(req.image, target, stub, copied.entries, copied.bytes, copied.written,
+                         round(time.monotonic() - t0, 2), copied.excluded, used, identity, not_reversed, notes)
+
+
+def _image_lock(lock_dir: str, name: str):
+    from contextlib import contextmanager
+
+    @contextmanager
+    def held():
+        path = os.path.join(lock_dir, f"image-{name}.capture.lock")
+        try:
+            with locks.exclusive(path, wait=False):
+                yield
+        except locks.LockBusy as e:
+            raise Fatal(f"another si_getxenimage (pid {e.pid}) is capturing image '{name}'", "wait for it to finish") from None
+    return held()
+
+
+def _copy(rec, mode: str, stage: str, excludes: list[str], target: str, say, lock_dir: str, req) -> copy.Copied:
+    from .. import vmread
+
+    snaps = vmread.snapshots(rec) if mode == "snapshot" else {}
+    try:
+        return copy.copy_tree([(snaps.get(d.target, d.target), d.fs, d.mountpoint) for d in rec.disks],
+                              {"storage": rec.storage, "root": rec.storage_root, "pool": rec.thin_pool, "lock_dir": lock_dir},
+                              stage, excludes, say, name=rec.name, copy_disks=mode == "copy",
+                              link_dest=target if req.update else None)
+    finally:
+        vmread.drop_snapshots(snaps)

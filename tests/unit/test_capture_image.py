@@ -1,0 +1,116 @@
+"""The SystemImager side of a capture (si_xen/capture/image.py): the layout written for a VM parses
+back (image/metadata.py, what si_mkxenvm --layout image reads) to the VM's filesystems; the stub,
+the retrieval files, the exclusions; publication whole, and what a killed capture left."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from si_xen.capture import image
+from si_xen.errors import Fatal
+from si_xen.image.metadata import parse_layout
+from si_xen.image.store import StoreConfig
+from si_xen.record import DiskRecord
+
+DISKS = (DiskRecord("xvda1", "", "swap", "128M", "/vms/swap.img"),
+         DiskRecord("xvda2", "/", "ext4", "4G", "/vms/disk.img", "errors=remount-ro"),
+         DiskRecord("xvda3", "/var", "xfs", "512M", "/vms/var.img", "defaults"))
+FSTAB = """# /etc/fstab: written by si-xen
+UUID=1234-abcd / ext4 errors=remount-ro,noatime 0 1
+/dev/xvda3 /var xfs defaults 0 2
+/dev/xvda1 none swap sw 0 0
+proc /proc proc defaults 0 0
+nfs:/home /home nfs ro,soft 0 0
+"""
+
+
+@pytest.mark.parametrize("keep_xen,header", [(False, False), (True, True)])
+def test_the_layout_parses_back_to_the_vms_filesystems(keep_xen, header):
+    text = image.layout_xml(DISKS, FSTAB, "web01", keep_xen, header=header)
+    dev = "/dev/xvda" if keep_xen else "/dev/sda"
+    got = parse_layout(text, "disks-layout.xml")
+    assert got == (
+        parse_layout(text, "x")[0].__class__("swap", "swap", "sw", f"{dev}1", 128),
+        got[0].__class__("/", "ext4", "errors=remount-ro,noatime", f"{dev}2", 4096),
+        got[0].__class__("/var", "xfs", "defaults", f"{dev}3", 512),
+    ), "network and pseudo filesystems are kept with format=no, not as disks"
+    assert 'mount_dev="UUID=1234-abcd"' in text and 'mp="/home" fs="nfs"' in text and 'format="no"' in text
+    assert text.startswith("<!--") == header and ('<boel devstyle="udev"/>' in text) == header
+
+
+def test_a_vm_without_fstab_entries_takes_its_records_options():
+    text = image.layout_xml(DISKS[1:2], "", "web01", False)
+    (e,) = parse_layout(text, "disks-layout.xml")
+    assert (e.mountpoint, e.options, e.real_dev, e.size_mib) == ("/", "errors=remount-ro", "/dev/sda2", 4096)
+
+
+def test_odd_characters_in_the_fstab_are_quoted():
+    text = image.layout_xml(DISKS[1:2], 'LABEL=a"<b / ext4 defaults 0 1\n', "web01", False)
+    assert 'mount_dev="LABEL=a&quot;&lt;b"' in text and parse_layout(text, "disks-layout.xml")[0].mountpoint == "/"
+
+
+def test_stub_is_systemimagers_exact_format(tmp_path):
+    cfg = StoreConfig(str(tmp_path / "images"), str(tmp_path / "stubs"), "test")
+    stub = image.write_stub(cfg, "web", "/srv/images/web")
+    with open(stub) as f:
+        assert f.read() == "[web]\n\tpath=/srv/images/web\n\n"
+    assert os.path.basename(stub) == "40web"
+
+
+def test_retrieval_files_and_a_guest_link_never_followed_out(tmp_path):
+    tree, outside = tmp_path / "tree", tmp_path / "outside"
+    (tree / "etc").mkdir(parents=True)
+    outside.mkdir()
+    os.symlink(str(outside), tree / "etc" / "systemimager")  # absolute: resolved inside the tree
+    written = image.write_metadata(str(tree), "web01", {"disks-layout.xml": "<config/>\n"})
+    assert os.listdir(outside) == []
+    meta = tree / outside.relative_to("/")
+    assert (meta / "IMAGE_RETRIEVED_FROM").read_text() == "web01\n"
+    assert re.fullmatch(r"\d{4}\.\d\d\.\d\d \d\d:\d\d\n", (meta / "IMAGE_RETRIEVAL_TIME").read_text())
+    assert "/etc/systemimager/disks-layout.xml" in written
+
+
+def test_layout_files_follow_the_sites_format(tmp_path):
+    assert image.layout_files(str(tmp_path)) == ("autoinstallscript.conf", "disks-layout.xml")
+    (tmp_path / "etc/systemimager").mkdir(parents=True)
+    (tmp_path / "etc/systemimager/disks-layout.xml").write_text("<config/>")
+    assert image.layout_files(str(tmp_path)) == ("disks-layout.xml",)
+
+
+def test_getimage_exclude_the_servers_else_the_shipped_one(tmp_path):
+    cfg = StoreConfig("/i", "/s", str(tmp_path / "systemimager.conf"))
+    pats, used = image.getimage_excludes(cfg)
+    assert "/etc/ssh/ssh_host_*" in pats and "+ /var/lib/nfs/statd/sm" in pats and "default" in used
+    (tmp_path / "getimage.exclude").write_text("# ours\n/srv/cache/*\n\n")
+    assert image.getimage_excludes(cfg) == (["/srv/cache/*"], str(tmp_path / "getimage.exclude"))
+
+
+def test_publish_whole_and_never_over_an_image_without_replace(tmp_path):
+    target = str(tmp_path / "web")
+    stage = image.staging(target)
+    open(os.path.join(stage, "one"), "w").close()
+    image.publish(stage, target, replace=False)
+    assert os.listdir(target) == ["one"]
+    stage = image.staging(target)
+    with pytest.raises(Fatal, match="exists"):
+        image.publish(stage, target, replace=False)
+    open(os.path.join(stage, "two"), "w").close()
+    image.publish(stage, target, replace=True)
+    assert os.listdir(target) == ["two"] and sorted(os.listdir(tmp_path)) == ["web"]
+
+
+def test_what_a_killed_capture_left_is_cleared(tmp_path):
+    target = str(tmp_path / "web")
+    dead = 2**22 + 7  # above pid_max's default: no such process
+    os.makedirs(f"{tmp_path}/.web.si-xen-new-{dead}/etc")
+    os.makedirs(f"{tmp_path}/.web.si-xen-old-{dead}/etc")  # killed between the two renames: put back
+    said = []
+    image.clear_stale(target, said.append)
+    assert sorted(os.listdir(tmp_path)) == ["web"] and os.path.isdir(f"{target}/etc") and len(said) == 2
+    os.makedirs(f"{tmp_path}/.web.si-xen-old-{dead}")
+    os.makedirs(f"{tmp_path}/.web.si-xen-new-{os.getpid()}")  # a live capture's: kept
+    image.clear_stale(target, said.append)
+    assert sorted(os.listdir(tmp_path)) == [f".web.si-xen-new-{os.getpid()}", "web"]

@@ -6,8 +6,8 @@ with their types and guest mount points, / first (found by fromdisk_probe.py: th
 etc/fstab, the others are where that fstab puts them), valid until the with-block ends.
 
 Why this way: this dom0's kernel has loop devices but no device-mapper, so a non-raw image is
-converted to a sparse raw copy (qemu-img convert) and every image is read through a read-only
-loop device with its partitions (losetup --partscan). Nothing is left behind, even by a
+converted to a sparse raw copy (qemu-img convert), and every image is read through read-only
+loop devices, one for each partition (by offset: the kernel reads no partition table). Nothing is left behind, even by a
 SIGKILL: the copy is an O_TMPFILE in work_dir (no name: it goes with its last user), and the
 loop device is made autoclear while we hold it open (it detaches when its last user closes
 it); probing mounts live in a private mount namespace.
@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import struct
 import tempfile
 import time
@@ -33,6 +34,7 @@ from .fromdisk_probe import run as probe
 FORMATS = {"raw": "raw", "qcow2": "qcow2", "vmdk": "VMDK", "vpc": "VHD", "vhdx": "VHDX"}  # qemu-img's name: ours
 CONVERT = "convert it with qemu-img convert -O qcow2 (or -O raw) and capture the result"
 MIB = 2**20
+EXTENDED = {"0x5", "0xf", "0x85"}  # DOS extended partitions: containers of the logical ones partx lists too
 LOOP_GET_STATUS64, LOOP_SET_STATUS64, LO_FLAGS_AUTOCLEAR, FLAGS_AT = 0x4C05, 0x4C04, 4, 52  # linux/loop.h
 
 
@@ -110,7 +112,7 @@ def _converted(path: str, info: dict, work_dir: str, say, undo: ExitStack) -> st
     os.ftruncate(fd, virtual)
     copy = f"/proc/{os.getpid()}/fd/{fd}"
     say(f"converting {path} ({FORMATS[fmt]}, {virtual // MIB} MiB) to a sparse raw copy in {work_dir} "
-        f"(about {need // MIB} MiB)")
+        f"(about {-(-need // MIB)} MiB)")
     try:  # -n: into our file, known zero (fresh and sparse): qemu-img writes the data only
         proc.run(["qemu-img", "convert", "-n", "--target-is-zero", "-f", fmt, "-O", "raw", path, copy])
     except proc.ProcError as e:
@@ -119,10 +121,11 @@ def _converted(path: str, info: dict, work_dir: str, say, undo: ExitStack) -> st
     return copy
 
 
-def _attach(image: str, undo: ExitStack) -> str:
-    """A read-only loop device of ``image`` with its partitions, autoclear while we hold it."""
+def _attach(image: str, undo: ExitStack, start: int = 0, size: int = 0) -> str:
+    """A read-only loop device of ``image`` (bytes ``start`` to ``start + size``), autoclear while we hold it."""
+    part = ["--offset", str(start), "--sizelimit", str(size)] if size else []
     with rollback.critical():  # attached and its undo registered: no signal in between
-        loop = proc.run(["losetup", "--read-only", "--find", "--show", "--partscan", image]).stdout.strip()
+        loop = proc.run(["losetup", "--read-only", "--find", "--show", *part, image]).stdout.strip()
         fd = os.open(loop, os.O_RDONLY)
         undo.callback(_detach, loop, fd)
     status = bytearray(232)  # struct loop_info64
@@ -143,17 +146,28 @@ def _detach(loop: str, fd: int) -> None:
     proc.run(["losetup", "-d", loop], ok=(0, 1))  # another user kept it: detached when it closes
 
 
-def filesystems(loop: str) -> list[Fs]:
-    """Each partition's filesystem (or the whole disk's, unpartitioned), probed by blkid -p."""
-    base = os.path.basename(loop)
-    parts = sorted((int(open(f"/sys/block/{base}/{p}/partition").read()), f"/dev/{p}")
-                   for p in os.listdir(f"/sys/block/{base}") if p.startswith(f"{base}p"))
+def partitions(image: str) -> list[dict]:
+    """The image's partition table as partx reads it (empty: none, the filesystem is the whole disk)."""
+    res = proc.run(["partx", "-g", "-P", "-o", "NR,START,SECTORS,UUID,NAME,TYPE", image], ok=(0, 1))
+    if res.returncode:
+        if "failed to read partition table" not in res.stderr:
+            raise proc.ProcError(res)
+        return []
+    rows = [dict(re.findall(r'(\w+)="([^"]*)"', line)) for line in res.stdout.splitlines()]
+    return [r for r in rows if r.get("TYPE", "").lower() not in EXTENDED]
+
+
+def filesystems(image: str, undo: ExitStack) -> list[Fs]:
+    """A loop device for each partition (or the whole disk, unpartitioned), its filesystem probed
+    by blkid -p. Partitions by offset: this kernel reads no partition table (losetup --partscan)."""
     out = []
-    for number, dev in parts or [(0, loop)]:
+    for p in partitions(image) or [{"NR": "0"}]:
+        start, size = int(p.get("START", 0)) * 512, int(p.get("SECTORS", 0)) * 512
+        dev = _attach(image, undo, start, size)
         res = proc.run(["blkid", "-p", "-o", "export", dev], ok=(0, 2, 8))  # 2: nothing found, 8: ambivalent
         kv = dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
-        out.append(Fs(dev, kv.get("TYPE", ""), number, kv.get("UUID", ""), kv.get("LABEL", ""),
-                      kv.get("PART_ENTRY_UUID", ""), kv.get("PART_ENTRY_NAME", "")))
+        out.append(Fs(dev, kv.get("TYPE", ""), int(p["NR"]), kv.get("UUID", ""), kv.get("LABEL", ""),
+                      p.get("UUID", ""), p.get("NAME", "")))
     return out
 
 
@@ -166,8 +180,7 @@ def attached(path: str, work_dir: str, say: Callable[[str], None]) -> Iterator[F
             info = inspect(path)
             fmt = info["format"]
             say(f"{path}: {FORMATS[fmt]} disk image of {int(info['virtual-size']) // MIB} MiB")
-            loop = _attach(path if fmt == "raw" else _converted(path, info, work_dir, say, undo), undo)
-            fss = filesystems(loop)
+            fss = filesystems(path if fmt == "raw" else _converted(path, info, work_dir, say, undo), undo)
             found = _guest(path, fss)
         for line in found.get("left", []):
             say(f"WARNING: {line}")

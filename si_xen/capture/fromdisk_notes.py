@@ -1,5 +1,6 @@
 """What another hypervisor left in a captured guest: its guest tools, and initramfs images that
-hold that hypervisor's disk drivers but not Xen's (a Xen VM of the image would not find its disk).
+hold that hypervisor's disk drivers (or whose kernel has them built in) but not Xen's: a Xen VM
+of the image would not find its disk.
 
 Found by reading files of the mounted guest (guestfs.Guest: no link leads out of it; an
 initramfs read as data by initramfs.scan), never by running anything of the guest. Each note
@@ -27,6 +28,9 @@ TOOLS = (
 # Another hypervisor's disk drivers, by module name (as initramfs.scan's names give them, - for _).
 FOREIGN_DRIVERS = {"virtio-blk": "KVM", "virtio-scsi": "KVM", "vmw-pvscsi": "VMware", "mptspi": "VMware",
                    "hv-storvsc": "Hyper-V"}
+
+BUILTIN = {"virtio-blk": "CONFIG_VIRTIO_BLK", "virtio-scsi": "CONFIG_SCSI_VIRTIO", "vmw-pvscsi": "CONFIG_VMWARE_PVSCSI",
+           "hv-storvsc": "CONFIG_HYPERV_STORAGE"}
 
 
 def _tools(g) -> list[str]:
@@ -57,12 +61,13 @@ def _initrds(g) -> list[str]:
             out.append(f"/{initrd} cannot be read ({e.strerror}): check it holds xen-blkfront")
             continue
         have = {os.path.basename(n).split(".ko")[0].replace("_", "-") for n in names if ".ko" in n}
-        if "xen-blkfront" in have:
-            continue
-        foreign = sorted(f"{m} ({FOREIGN_DRIVERS[m]})" for m in have & FOREIGN_DRIVERS.keys())
-        out.append(f"/{initrd} has {', '.join(foreign) if foreign else 'no Xen disk driver'} but not xen-blkfront: "
-                   "a Xen VM cannot find its root disk with it; rebuild it in the image with xen-blkfront "
-                   "(si_mkxenvm's kernel fixup adds it to the initramfs configuration)")
+        # the kernel's own (built in), and the initramfs's modules
+        builtin = {m for m, opt in BUILTIN.items() if re.search(rf"(?m)^{opt}=y", config)}
+        foreign = sorted(f"{m} ({FOREIGN_DRIVERS[m]})" for m in (have | builtin) & FOREIGN_DRIVERS.keys())
+        if foreign and "xen-blkfront" not in have:
+            out.append(f"/{initrd} has {', '.join(foreign)} but not xen-blkfront: a Xen VM cannot find its "
+                       "root disk with it; rebuild it in the image with xen-blkfront (si_mkxenvm's kernel fixup "
+                       "adds it to the initramfs configuration)")
     return out
 
 

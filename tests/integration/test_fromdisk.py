@@ -1,0 +1,257 @@
+"""capture.fromdisk on real disk images: a guest tree put on raw disks (one filesystem on the whole
+disk; a partitioned one with /var on its own partition named by UUID), converted by qemu-img to
+qcow2, VMDK, VHDX and VHD, attached, mounted read-only as the Foreign says and compared with the
+tree; the refusals (one Fatal each), and nothing left behind: no loop device, no mount, no copy,
+even after a SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+
+from si_xen.capture.fromdisk import attached
+from si_xen.errors import Fatal
+from tests.conftest import need_tools
+from tests.unit import fakeimage
+
+from .harness import REPO, host_state, loop_fs, write
+
+pytestmark = pytest.mark.integration
+VAR_UUID = "0d6c5b0e-7a43-4c1e-9d0e-3f5a2b7c9e11"
+FSTAB = f"""# the guest's own
+/dev/vda1  /  ext4  errors=remount-ro 0 1
+UUID={VAR_UUID}  /var  ext4  defaults 0 2
+UUID=11111111-2222-3333-4444-555555555555 /data ext4 defaults 0 2
+/dev/vda3  none  swap  sw 0 0
+proc  /proc  proc  defaults 0 0
+/dev/sr0  /media/cdrom0  udf,iso9660  user,noauto 0 0
+server:/export  /mnt/nfs  nfs  defaults 0 0
+"""
+
+
+@pytest.fixture
+def work(tmp_path, as_root):
+    need_tools("qemu-img", "losetup", "partx", "blkid", "mkfs.ext4", "unshare", "rsync")
+    before = host_state(str(tmp_path))
+    yield tmp_path
+    assert host_state(str(tmp_path)) == before  # no loop device on our files, no mount, no /run dir
+    assert not [n for n in os.listdir("/run") if n.startswith("si-xen.fromdisk-")]
+
+
+def run(argv: list[str]) -> str:
+    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+
+
+def sparse(path: str, size: int) -> None:
+    with open(path, "wb") as f:
+        f.truncate(size)
+
+
+def guest_tree(tmp_path) -> str:
+    """The golden tree, /var (the part for its own filesystem) included."""
+    root = fakeimage.make(tmp_path / "tree", unpacked_mib=1)
+    write(root, "/etc/fstab", FSTAB)
+    write(root, "/var/lib/app/state", "kept on /var\n")
+    os.makedirs(os.path.join(root, "data"))
+    os.symlink("/etc/shadow", os.path.join(root, "etc/trap"))  # a guest link: stays one
+    return root
+
+
+def whole_disk(tmp_path, root: str) -> str:
+    write(root, "/etc/fstab", "/dev/sda / ext4 defaults 0 1\n")
+    img = str(tmp_path / "whole.raw")
+    sparse(img, 64 * 2**20)
+    run(["mkfs.ext4", "-q", "-d", root, img])
+    return img
+
+
+def mbr(img: str, parts: list[tuple[int, int, int]]) -> None:
+    """A DOS partition table of (start MiB, size MiB, type) entries (no sfdisk on the test host)."""
+    table = bytearray(512)
+    table[440:444] = b"\x5e\x1e\x00\xc2"  # the disk's signature: PARTUUID=c2001e5e-0N
+    for i, (start, size, kind) in enumerate(parts):
+        struct.pack_into("<B3sB3sII", table, 446 + 16 * i, 0, b"\xfe\xff\xff", kind, b"\xfe\xff\xff",
+                         start * 2048, size * 2048)
+    table[510:512] = b"\x55\xaa"
+    with open(img, "r+b") as f:
+        f.write(table)
+
+
+def partitioned(tmp_path, root: str) -> str:
+    """1 = / (its /var empty), 2 = /var (by UUID), 3 = swap (unformatted)."""
+    img, rootonly, var = str(tmp_path / "disk.raw"), tmp_path / "rootonly", tmp_path / "var"
+    run(["cp", "-a", root, str(rootonly)])
+    run(["rm", "-rf", str(rootonly / "var")])
+    os.mkdir(rootonly / "var")
+    run(["cp", "-a", os.path.join(root, "var"), str(var)])
+    sparse(img, 100 * 2**20)
+    mbr(img, [(1, 48, 0x83), (49, 32, 0x83), (81, 18, 0x82)])
+    # mke2fs writes each at its partition's offset (this test host's kernel reads no partition table)
+    run(["mkfs.ext4", "-q", "-E", f"offset={2**20}", "-d", str(rootonly), img, "48M"])
+    run(["mkfs.ext4", "-q", "-E", f"offset={49 * 2**20}", "-U", VAR_UUID, "-d", str(var), img, "32M"])
+    return img
+
+
+def converted(tmp_path, raw: str, fmt: str) -> str:
+    if fmt == "raw":
+        return raw
+    out = str(tmp_path / f"disk.{fmt}")
+    run(["qemu-img", "convert", "-f", "raw", "-O", fmt, *(["-o", "force_size=on"] if fmt == "vpc" else []), raw, out])
+    return out
+
+
+def same_tree(foreign, root: str, where) -> None:
+    """The Foreign's filesystems mounted read-only as it says: the tree, byte for byte."""
+    mounted = []
+    try:
+        for dev, fs, mp in foreign.disks:
+            at = os.path.join(str(where), mp.lstrip("/"))
+            subprocess.run(["mount", "-o", "ro,noload", "-t", fs, dev, at], check=True)
+            mounted.append(at)
+        diff = run(["rsync", "-n", "-a", "-c", "-i", "--numeric-ids", "--delete", "--exclude=lost+found",
+                    f"{root}/", f"{where}/"])
+        assert diff == "", diff
+    finally:
+        for at in reversed(mounted):
+            subprocess.run(["umount", at], check=True)
+
+
+def test_whole_disk_raw(work):
+    root = guest_tree(work)
+    img = whole_disk(work, root)
+    said: list[str] = []
+    with attached(img, str(work), said.append) as f:
+        assert f.fmt == "raw" and [(fs, mp) for _d, fs, mp in f.disks] == [("ext4", "/")]
+        assert f.notes == ()
+        (work / "m").mkdir()
+        same_tree(f, root, work / "m")
+    assert not any("convert" in s for s in said), said  # raw: attached as it is
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2", "vmdk", "vhdx", "vpc"])
+def test_partitioned(work, fmt):
+    root = guest_tree(work)
+    img = converted(work, partitioned(work, root), fmt)
+    said: list[str] = []
+    with attached(img, str(work), said.append) as f:
+        assert f.fmt == fmt
+        assert [(d[-2:], fs, mp) for d, fs, mp in f.disks] == [("p1", "ext4", "/"), ("p2", "ext4", "/var")]
+        (work / "m").mkdir()
+        same_tree(f, root, work / "m")
+        if fmt != "raw":  # the copy: unnamed, in the work dir, gone with the loop device
+            assert any("sparse raw copy" in s for s in said), said
+            assert f"({work}/#" in run(["losetup", "-a"])
+            assert not [n for n in os.listdir(work) if "#" in n]
+    warned = [s for s in said if s.startswith("WARNING")]
+    assert len(warned) == 1 and "/data" in warned[0] and "not on this disk image" in warned[0], said
+
+
+def test_notes(work):
+    root = guest_tree(work)
+    write(root, "/usr/bin/vmtoolsd", "not run\n")
+    with open(os.path.join(root, "boot/initrd.img-6.1.0-99-amd64"), "wb") as f:
+        f.write(fakeimage.cpio({"init": b"#!/bin/sh\n", "lib/modules/6.1.0-99-amd64/virtio_blk.ko": b"\0" * 64}))
+    with attached(whole_disk(work, root), str(work), lambda s: None) as f:
+        assert len(f.notes) == 2, f.notes
+        assert "VMware tools" in f.notes[0] and "open-vm-tools" in f.notes[0]
+        assert "virtio-blk (KVM)" in f.notes[1] and "xen-blkfront" in f.notes[1]
+
+
+def fatal(path: str, work_dir: str, *words: str) -> str:
+    with pytest.raises(Fatal) as e:
+        with attached(path, work_dir, lambda s: None):
+            pytest.fail("attached despite a bad image")
+    assert all(w in str(e.value) for w in words), str(e.value)
+    return str(e.value)
+
+
+def test_missing_and_directory(work):
+    fatal(str(work / "nope.vmdk"), str(work), "does not exist")
+    fatal(str(work), str(work), "is a directory")
+
+
+def test_no_root(work):
+    img = str(work / "random.img")
+    with open(img, "wb") as f:
+        f.write(os.urandom(4 * 2**20))  # qemu-img calls it raw: no filesystem in it
+    fatal(img, str(work), "no root filesystem", "none holds etc/fstab", "the whole disk (no filesystem)")
+    bare = str(work / "bare.raw")  # a filesystem, but no guest's /
+    sparse(bare, 16 * 2**20)
+    run(["mkfs.ext4", "-q", bare])
+    fatal(bare, str(work), "none holds etc/fstab", "the whole disk (ext4)")
+
+
+def test_formats_refused(work):
+    vdi = str(work / "disk.vdi")
+    run(["qemu-img", "create", "-q", "-f", "vdi", vdi, "16M"])
+    fatal(vdi, str(work), "format vdi", "qemu-img convert")
+    base = str(work / "base.qcow2")
+    run(["qemu-img", "create", "-q", "-f", "qcow2", base, "16M"])
+    top = str(work / "top.qcow2")
+    run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top])
+    fatal(top, str(work), "not self-contained", base)
+    broken = str(work / "broken.qcow2")
+    with open(base, "rb") as src, open(broken, "wb") as dst:
+        dst.write(src.read(64))  # a header, then nothing
+    fatal(broken, str(work), "cannot be read")
+
+
+def test_lvm(work):
+    need_tools("pvcreate", "partx")
+    img = str(work / "lvm.raw")
+    sparse(img, 32 * 2**20)
+    mbr(img, [(1, 30, 0x8E)])
+    loop = run(["losetup", "--find", "--show", "--offset", str(2**20), "--sizelimit", str(30 * 2**20), img]).strip()
+    try:
+        made = subprocess.run(["pvcreate", "-q", "--devices", loop, loop], capture_output=True, text=True)
+    finally:
+        run(["losetup", "-d", loop])
+    assert made.returncode == 0, made.stderr  # writes its label without device-mapper
+    fatal(img, str(work), "LVM", "partition 1", "device-mapper", "plain partitions")
+
+
+def test_no_room_for_the_copy(work):
+    root = guest_tree(work)
+    with open(os.path.join(root, "var/big"), "wb") as f:
+        f.write(os.urandom(40 * 2**20))
+    write(root, "/etc/fstab", "/dev/sda / ext4 defaults 0 1\n")
+    img = str(work / "big.raw")
+    sparse(img, 96 * 2**20)
+    run(["mkfs.ext4", "-q", "-d", root, img])
+    qcow = converted(work, img, "qcow2")
+    with loop_fs(work, "small", 64 * 2**20, ["mkfs.ext4", "-q"]) as small:
+        fatal(qcow, small, "MiB free", "raw copy", "work directory")
+        assert os.listdir(small) == ["lost+found"]
+
+
+def test_error_in_the_block_cleans_up(work):
+    img = converted(work, whole_disk(work, guest_tree(work)), "qcow2")
+    with pytest.raises(KeyboardInterrupt):
+        with attached(img, str(work), lambda s: None) as f:
+            assert os.path.exists(f.disks[0][0])
+            raise KeyboardInterrupt
+
+
+def test_sigkill_leaves_nothing(work):
+    img = converted(work, whole_disk(work, guest_tree(work)), "qcow2")
+    code = ("import sys, time\nfrom si_xen.capture.fromdisk import attached\n"
+            "with attached(sys.argv[1], sys.argv[2], lambda s: None) as f:\n"
+            "    print(f.disks[0][0], flush=True)\n    time.sleep(60)\n")
+    p = subprocess.Popen([sys.executable, "-c", code, img, str(work)], stdout=subprocess.PIPE, text=True,
+                         env=dict(os.environ, PYTHONPATH=REPO))
+    dev = p.stdout.readline().strip()
+    assert dev.startswith("/dev/loop"), dev
+    assert str(work) in run(["losetup", "-a"])
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    for _ in range(50):  # autoclear: the kernel detaches it when the killed process's file closes
+        if str(work) not in run(["losetup", "-a"]):
+            break
+        time.sleep(0.1)
+    assert str(work) not in run(["losetup", "-a"])

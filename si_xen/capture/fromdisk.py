@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from .. import proc, rollback
 from ..errors import Fatal
+from ..storage.mount import RO_OPTS
 from .fromdisk_probe import Fs
 from .fromdisk_probe import run as probe
 
@@ -180,9 +181,16 @@ def attached(path: str, work_dir: str, say: Callable[[str], None]) -> Iterator[F
             info = inspect(path)
             fmt = info["format"]
             say(f"{path}: {FORMATS[fmt]} disk image of {int(info['virtual-size']) // MIB} MiB")
-            fss = filesystems(path if fmt == "raw" else _converted(path, info, work_dir, say, undo), undo)
+            image = path if fmt == "raw" else _converted(path, info, work_dir, say, undo)
+            try:
+                fss = filesystems(image, undo)
+            except proc.ProcError as e:
+                raise Fatal(f"the partitions of disk image {path} cannot be read: {e}",
+                            "check its partition table (partx --show)") from None
             found = _guest(path, fss)
-        for line in found.get("left", []):
+        named = {f.dev: f.named() for f in fss}
+        say("the guest's " + "; ".join(f"{mp}: {named[dev]}" for dev, _fs, mp in found["disks"]))
+        for line in found["left"]:
             say(f"WARNING: {line}")
         yield Foreign([tuple(d) for d in found["disks"]], fmt, tuple(found["notes"]))
     finally:
@@ -209,5 +217,5 @@ def _guest(path: str, fss: list[Fs]) -> dict:
         why = (f"several hold one ({', '.join(found['candidates'])})" if found["candidates"]
                else "none holds etc/fstab")
         raise Fatal(f"disk image {path} has no root filesystem to capture: {why} (found: {seen})",
-                    "give the disk that holds the guest's / (readable: ext3, ext4, xfs)")
+                    f"give the disk that holds the guest's / (on {', '.join(sorted(RO_OPTS))})")
     return found

@@ -129,7 +129,7 @@ def mapping(fstab: str, fss: list[Fs], root: Fs) -> tuple[list[tuple[str, str, s
         if fs is None:
             left.append(f"{mp} ({spec} in the guest's fstab) is not on this disk image: its files are not captured")
         elif fs.type not in RO_OPTS:
-            left.append(f"{mp} ({spec}) is {fs.type or 'no filesystem'}, which this host does not read: "
+            left.append(f"{mp} ({spec}) is {fs.type or 'no filesystem'}, which si_getxenimage does not read: "
                         "its files are not captured")
         elif fs.dev not in used:
             used.add(fs.dev)
@@ -149,7 +149,7 @@ def _umount(at: str) -> None:
 def child(spec: dict) -> dict:
     """In the private namespace: each readable filesystem mounted in turn at ``where``, the root
     picked, then the guest's tree mounted and read for notes."""
-    from ..guestfs import Guest
+    from ..guestfs import Guest, GuestPathError
     from .fromdisk_notes import notes
 
     fss, where = [Fs(**f) for f in spec["filesystems"]], spec["where"]
@@ -174,7 +174,11 @@ def child(spec: dict) -> dict:
     mounted = []
     for dev, _fstype, mp in disks:  # fstab order: a parent before what is mounted below it
         fs = next(f for f in fss if f.dev == dev)
-        at = where if mp == "/" else Guest(where).path(mp)
+        try:
+            at = where if mp == "/" else Guest(where).path(mp)
+        except GuestPathError as e:
+            left.append(f"{mp}: {e.reason} in the guest's /: its filesystem is not read for notes")
+            continue
         if at != where and (not os.path.isdir(at) or os.path.islink(at)):
             left.append(f"{mp} is not a directory in the guest's /: its filesystem is not read for notes")
             continue

@@ -47,9 +47,8 @@ BY = {"by-uuid": "UUID", "by-label": "LABEL", "by-partuuid": "PARTUUID", "by-par
 
 
 def _unescape(field: str) -> str:
-    """fstab's octal escapes (\\040 a space); udev's \\x2f in /dev/disk/by-label names."""
-    field = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-    return re.sub(r"\\x([0-9a-fA-F]{2})", lambda m: chr(int(m.group(1), 16)), field)
+    """fstab's octal escapes (\\040 a space)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def parse_fstab(text: str) -> list[tuple[str, str, str, str]]:
@@ -73,8 +72,10 @@ def _disk_of(spec: str) -> tuple[str, int] | None:
 def find(spec: str, fss: list[Fs], disks: set[str]) -> Fs | None:
     """The filesystem an fstab ``spec`` names: by UUID, label, partition UUID or label, or a
     device name of one of ``disks`` (sda/vda/xvda... 2 is partition 2, sda the whole disk)."""
-    if spec.startswith("/dev/disk/") and spec.split("/")[3:4] and spec.split("/")[3] in BY:
-        spec = f"{BY[spec.split('/')[3]]}={'/'.join(spec.split('/')[4:])}"
+    parts = spec.split("/")
+    if spec.startswith("/dev/disk/") and len(parts) > 4 and parts[3] in BY:  # udev's names: \x20 is a space
+        name = re.sub(r"\\x([0-9a-fA-F]{2})", lambda m: chr(int(m.group(1), 16)), "/".join(parts[4:]))
+        spec = f"{BY[parts[3]]}={name}"
     key, _, value = spec.partition("=")
     field = {"UUID": "uuid", "LABEL": "label", "PARTUUID": "partuuid", "PARTLABEL": "partlabel"}.get(key)
     if field and value:

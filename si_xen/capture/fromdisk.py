@@ -205,7 +205,7 @@ def _guest(path: str, fss: list[Fs]) -> dict:
                     "si_getxenimage reads plain partitions only, and this host's kernel has no device-mapper",
                     "copy the logical volumes onto plain partitions of a new disk image (on a host with "
                     "device-mapper) and capture that")
-    where = tempfile.mkdtemp(prefix="si-xen.fromdisk-", dir="/run" if os.path.isdir("/run") else "/tmp")
+    where = tempfile.mkdtemp(prefix="si-xen.fromdisk.", dir="/run" if os.path.isdir("/run") else "/tmp")
     try:
         found = probe(fss, where)
     except proc.ProcError as e:

@@ -17,6 +17,9 @@ import pytest
 
 from si_xen.capture.fromdisk import attached
 from si_xen.errors import Fatal
+from si_xen.record import DiskRecord
+from si_xen.storage import backend
+from si_xen.storage.mount import mount_tree_ro
 from tests.conftest import need_tools
 from tests.unit import fakeimage
 
@@ -38,10 +41,9 @@ server:/export  /mnt/nfs  nfs  defaults 0 0
 @pytest.fixture
 def work(tmp_path, as_root):
     need_tools("qemu-img", "losetup", "partx", "blkid", "mkfs.ext4", "unshare", "rsync")
-    before = host_state(str(tmp_path))
+    before = host_state(str(tmp_path), hosts=("fromdisk",))
     yield tmp_path
-    assert host_state(str(tmp_path)) == before  # no loop device on our files, no mount, no /run dir
-    assert not [n for n in os.listdir("/run") if n.startswith("si-xen.fromdisk-")]
+    assert host_state(str(tmp_path), hosts=("fromdisk",)) == before  # no loop device on our files, no mount, no /run dir
 
 
 def run(argv: list[str]) -> str:
@@ -83,8 +85,8 @@ def mbr(img: str, parts: list[tuple[int, int, int]]) -> None:
         f.write(table)
 
 
-def partitioned(tmp_path, root: str) -> str:
-    """1 = / (its /var empty), 2 = /var (by UUID), 3 = swap (unformatted)."""
+def partitioned(tmp_path, root: str, third: str | None = None) -> str:
+    """1 = / (its /var empty), 2 = /var (by UUID), 3 = swap (unformatted) or the tree ``third``."""
     img, rootonly, var = str(tmp_path / "disk.raw"), tmp_path / "rootonly", tmp_path / "var"
     run(["cp", "-a", root, str(rootonly)])
     run(["rm", "-rf", str(rootonly / "var")])
@@ -95,6 +97,8 @@ def partitioned(tmp_path, root: str) -> str:
     # mke2fs writes each at its partition's offset (this test host's kernel reads no partition table)
     run(["mkfs.ext4", "-q", "-E", f"offset={2**20}", "-d", str(rootonly), img, "48M"])
     run(["mkfs.ext4", "-q", "-E", f"offset={49 * 2**20}", "-U", VAR_UUID, "-d", str(var), img, "32M"])
+    if third:
+        run(["mkfs.ext4", "-q", "-E", f"offset={81 * 2**20}", "-L", "rescue", "-d", third, img, "18M"])
     return img
 
 
@@ -106,17 +110,24 @@ def converted(tmp_path, raw: str, fmt: str) -> str:
     return out
 
 
+def offset(loop: str) -> int:
+    """Where a loop device starts in its file, in MiB: which partition it is."""
+    with open(f"/sys/block/{os.path.basename(loop)}/loop/offset") as f:
+        return int(f.read()) // 2**20
+
+
 def same_tree(foreign, root: str, where) -> None:
-    """The Foreign's filesystems mounted read-only as it says: the tree, byte for byte."""
-    mounted = []
+    """The Foreign's filesystems mounted as the capture mounts them (storage.mount.mount_tree_ro,
+    storage "given"): the tree, byte for byte."""
+    disks = [DiskRecord("", mp, fs, "", dev) for dev, fs, mp in foreign.disks]
+    mounted, skipped = mount_tree_ro(disks, backend("given"), str(where))
     try:
-        for dev, fs, mp in foreign.disks:
-            at = os.path.join(str(where), mp.lstrip("/"))
-            subprocess.run(["mount", "-o", "ro,noload", "-t", fs, dev, at], check=True)
-            mounted.append(at)
+        assert skipped == []
         diff = run(["rsync", "-n", "-a", "-c", "-i", "--numeric-ids", "--delete", "--exclude=lost+found",
-                    f"{root}/", f"{where}/"])
-        assert diff == "", diff
+                    f"{root}/", f"{where}/"]).splitlines()
+        # mke2fs -d gives a filesystem's own root directory the time of the mkfs, not the tree's
+        tops = {".d..t...... " + ("./" if mp == "/" else mp.strip("/") + "/") for _d, _fs, mp in foreign.disks}
+        assert [line for line in diff if line not in tops] == [], diff
     finally:
         for at in reversed(mounted):
             subprocess.run(["umount", at], check=True)
@@ -141,13 +152,14 @@ def test_partitioned(work, fmt):
     said: list[str] = []
     with attached(img, str(work), said.append) as f:
         assert f.fmt == fmt
-        assert [(d[-2:], fs, mp) for d, fs, mp in f.disks] == [("p1", "ext4", "/"), ("p2", "ext4", "/var")]
+        assert [(offset(d), fs, mp) for d, fs, mp in f.disks] == [(1, "ext4", "/"), (49, "ext4", "/var")]
         (work / "m").mkdir()
         same_tree(f, root, work / "m")
         if fmt != "raw":  # the copy: unnamed, in the work dir, gone with the loop device
             assert any("sparse raw copy" in s for s in said), said
             assert f"({work}/#" in run(["losetup", "-a"])
             assert not [n for n in os.listdir(work) if "#" in n]
+    assert "the guest's /: partition 1 (ext4); /var: partition 2 (ext4)" in said, said
     warned = [s for s in said if s.startswith("WARNING")]
     assert len(warned) == 1 and "/data" in warned[0] and "not on this disk image" in warned[0], said
 
@@ -161,6 +173,23 @@ def test_notes(work):
         assert len(f.notes) == 2, f.notes
         assert "VMware tools" in f.notes[0] and "open-vm-tools" in f.notes[0]
         assert "virtio-blk (KVM)" in f.notes[1] and "xen-blkfront" in f.notes[1]
+
+
+@pytest.mark.parametrize("rescue_root", ["UUID=0000-not-here", "LABEL=rescue"])
+def test_several_with_an_fstab(work, rescue_root):
+    """A rescue system beside the guest: the root is the one whose fstab mounts it on /; two that
+    do are one Fatal naming both."""
+    root, rescue = guest_tree(work), str(work / "rescue")
+    fakeimage.make(rescue, unpacked_mib=1)
+    write(rescue, "/etc/fstab", f"{rescue_root} / ext4 defaults 0 1\n")
+    img = partitioned(work, root, rescue)
+    if rescue_root.startswith("UUID"):
+        with attached(img, str(work), lambda s: None) as f:
+            assert [(offset(d), mp) for d, _fs, mp in f.disks] == [(1, "/"), (49, "/var")]
+            (work / "m").mkdir()
+            same_tree(f, root, work / "m")
+    else:
+        fatal(img, str(work), "several hold one", "partition 1 (ext4)", "partition 3 (ext4 LABEL=rescue)")
 
 
 def fatal(path: str, work_dir: str, *words: str) -> str:

@@ -5,12 +5,12 @@ si_getxenimage --from-disk can capture its guest's filesystems (V2V).
 with their types and guest mount points, / first (found by fromdisk_probe.py: the root holds
 etc/fstab, the others are where that fstab puts them), valid until the with-block ends.
 
-Why this way: this dom0's kernel has loop devices but no device-mapper, so a non-raw image is
-converted to a sparse raw copy (qemu-img convert), and every image is read through read-only
-loop devices, one for each partition (by offset: the kernel reads no partition table). Nothing is left behind, even by a
-SIGKILL: the copy is an O_TMPFILE in work_dir (no name: it goes with its last user), and the
-loop device is made autoclear while we hold it open (it detaches when its last user closes
-it); probing mounts live in a private mount namespace.
+Why this way: this dom0's kernel has loop devices but no device-mapper and reads no partition
+table, so a non-raw image is converted to a sparse raw copy (qemu-img convert), and each
+partition is read through a read-only loop device at its offset (partx reads the table).
+Nothing is left behind, even by a SIGKILL: the copy is an O_TMPFILE in work_dir (no name: it
+goes with its last user), each loop device is made autoclear while we hold it open (it detaches
+when its last user closes it), and the probing mounts live in a private mount namespace.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ import os
 import re
 import struct
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 
 from .. import proc, rollback
@@ -177,7 +178,9 @@ def attached(path: str, work_dir: str, say: Callable[[str], None]) -> Iterator[F
     """The guest's filesystems on disk image ``path``, read-only, while in the block (see above)."""
     undo = ExitStack()
     try:
-        with rollback.signals_raise():  # SIGTERM, SIGHUP: unwound as Ctrl-C, through the finally
+        # SIGTERM, SIGHUP: unwound as Ctrl-C, through the finally (handlers: the main thread's only)
+        main = threading.current_thread() is threading.main_thread()
+        with rollback.signals_raise() if main else nullcontext():
             info = inspect(path)
             fmt = info["format"]
             say(f"{path}: {FORMATS[fmt]} disk image of {int(info['virtual-size']) // MIB} MiB")
@@ -201,8 +204,10 @@ def attached(path: str, work_dir: str, say: Callable[[str], None]) -> Iterator[F
 def _guest(path: str, fss: list[Fs]) -> dict:
     lvm = [f for f in fss if f.type == "LVM2_member"]
     if lvm:
+        with open("/proc/misc") as f:
+            dm = "" if " device-mapper\n" in f.read() else ", and this host's kernel has no device-mapper"
         raise Fatal(f"disk image {path} keeps filesystems in LVM (a physical volume on {lvm[0].named()}): "
-                    "si_getxenimage reads plain partitions only, and this host's kernel has no device-mapper",
+                    f"si_getxenimage reads plain partitions only{dm}",
                     "copy the logical volumes onto plain partitions of a new disk image (on a host with "
                     "device-mapper) and capture that")
     where = tempfile.mkdtemp(prefix="si-xen.fromdisk.", dir="/run" if os.path.isdir("/run") else "/tmp")
@@ -214,8 +219,9 @@ def _guest(path: str, fss: list[Fs]) -> dict:
         os.rmdir(where)  # the mounts were in the child's namespace
     if found["root"] is None:
         seen = "; ".join([f.named() for f in fss] + found["bad"])
-        why = (f"several hold one ({', '.join(found['candidates'])})" if found["candidates"]
-               else "none holds etc/fstab")
-        raise Fatal(f"disk image {path} has no root filesystem to capture: {why} (found: {seen})",
+        if found["candidates"]:
+            raise Fatal(f"disk image {path} holds more than one system: {', '.join(found['candidates'])} "
+                        "each hold a guest's /", "capture a copy of the disk without the others")
+        raise Fatal(f"disk image {path} has no root filesystem to capture: none holds etc/fstab (found: {seen})",
                     f"give the disk that holds the guest's / (on {', '.join(sorted(RO_OPTS))})")
     return found

@@ -189,7 +189,7 @@ def test_several_with_an_fstab(work, rescue_root):
             (work / "m").mkdir()
             same_tree(f, root, work / "m")
     else:
-        fatal(img, str(work), "several hold one", "partition 1 (ext4)", "partition 3 (ext4 LABEL=rescue)")
+        fatal(img, str(work), "more than one system", "partition 1 (ext4)", "partition 3 (ext4 LABEL=rescue)")
 
 
 def fatal(path: str, work_dir: str, *words: str) -> str:

@@ -145,6 +145,25 @@ def test_whole_disk_raw(work):
     assert not any("convert" in s for s in said), said  # raw: attached as it is
 
 
+def test_whole_disk_xfs_vhdx(work):
+    need_tools("mkfs.xfs")
+    root = guest_tree(work)
+    write(root, "/etc/fstab", "LABEL=guestroot / xfs defaults 0 1\n")
+    img = str(work / "xfs.raw")
+    sparse(img, 320 * 2**20)
+    run(["mkfs.xfs", "-q", "-L", "guestroot", img])
+    (work / "fill").mkdir()
+    subprocess.run(["mount", "-o", "loop", img, str(work / "fill")], check=True)
+    try:
+        run(["cp", "-a", f"{root}/.", str(work / "fill")])
+    finally:
+        subprocess.run(["umount", str(work / "fill")], check=True)
+    with attached(converted(work, img, "vhdx"), str(work), lambda s: None) as f:
+        assert [(fs, mp) for _d, fs, mp in f.disks] == [("xfs", "/")]
+        (work / "m").mkdir()
+        same_tree(f, root, work / "m")
+
+
 @pytest.mark.parametrize("fmt", ["raw", "qcow2", "vmdk", "vhdx", "vpc"])
 def test_partitioned(work, fmt):
     root = guest_tree(work)

@@ -12,6 +12,8 @@ import struct
 import subprocess
 import sys
 import time
+import uuid
+import zlib
 
 import pytest
 
@@ -85,6 +87,30 @@ def mbr(img: str, parts: list[tuple[int, int, int]]) -> None:
         f.write(table)
 
 
+def gpt(img: str, parts: list[tuple[int, int, str, str]]) -> None:
+    """A GPT of (start MiB, size MiB, partition UUID, name) Linux partitions, primary and backup."""
+    sectors = os.path.getsize(img) // 512
+    linux = uuid.UUID("0fc63daf-8483-4772-8e79-3d69d8477de4").bytes_le
+    table = bytearray(128 * 128)
+    for i, (start, size, puuid, name) in enumerate(parts):
+        struct.pack_into("<16s16sQQQ72s", table, 128 * i, linux, uuid.UUID(puuid).bytes_le, start * 2048,
+                         (start + size) * 2048 - 1, 0, name.encode("utf-16-le"))
+
+    def header(mine: int, other: int, entries: int) -> bytes:
+        h = bytearray(struct.pack("<8sIIIIQQQQ16sQIII", b"EFI PART", 0x10000, 92, 0, 0, mine, other, 34,
+                                  sectors - 34, uuid.uuid4().bytes_le, entries, 128, 128, zlib.crc32(table)))
+        struct.pack_into("<I", h, 16, zlib.crc32(h))
+        return bytes(h) + bytes(512 - len(h))
+
+    mbr = bytearray(512)  # the protective MBR: one partition of type 0xEE over the whole disk
+    struct.pack_into("<B3sB3sII", mbr, 446, 0, b"\x00\x02\x00", 0xEE, b"\xff\xff\xff", 1, min(sectors - 1, 2**32 - 1))
+    mbr[510:512] = b"\x55\xaa"
+    with open(img, "r+b") as f:
+        f.write(mbr + header(1, sectors - 1, 2) + table)
+        f.seek((sectors - 33) * 512)
+        f.write(table + header(sectors - 1, 1, sectors - 33))
+
+
 def partitioned(tmp_path, root: str, third: str | None = None) -> str:
     """1 = / (its /var empty), 2 = /var (by UUID), 3 = swap (unformatted) or the tree ``third``."""
     img, rootonly, var = str(tmp_path / "disk.raw"), tmp_path / "rootonly", tmp_path / "var"
@@ -143,6 +169,23 @@ def test_whole_disk_raw(work):
         (work / "m").mkdir()
         same_tree(f, root, work / "m")
     assert not any("convert" in s for s in said), said  # raw: attached as it is
+
+
+def test_gpt_by_partuuid_and_partlabel(work):
+    root = guest_tree(work)
+    root_uuid = "6a1b2c3d-0000-4000-8000-00000000abcd"
+    write(root, "/etc/fstab", f"PARTUUID={root_uuid} / ext4 defaults 0 1\nPARTLABEL=guest\\040var /var ext4 defaults 0 2\n")
+    img, rootonly = str(work / "gpt.raw"), work / "rootonly"
+    run(["cp", "-a", root, str(rootonly)])
+    run(["find", str(rootonly / "var"), "-mindepth", "1", "-delete"])
+    sparse(img, 100 * 2**20)
+    gpt(img, [(1, 48, root_uuid, "guest root"), (49, 40, "6a1b2c3d-0000-4000-8000-00000000beef", "guest var")])
+    run(["mkfs.ext4", "-q", "-E", f"offset={2**20}", "-d", str(rootonly), img, "48M"])
+    run(["mkfs.ext4", "-q", "-E", f"offset={49 * 2**20}", "-d", os.path.join(root, "var"), img, "40M"])
+    with attached(converted(work, img, "qcow2"), str(work), lambda s: None) as f:
+        assert [(offset(d), fs, mp) for d, fs, mp in f.disks] == [(1, "ext4", "/"), (49, "ext4", "/var")]
+        (work / "m").mkdir()
+        same_tree(f, root, work / "m")
 
 
 def test_whole_disk_xfs_vhdx(work):

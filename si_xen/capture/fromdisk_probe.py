@@ -135,7 +135,7 @@ def mapping(fstab: str, fss: list[Fs], root: Fs) -> tuple[list[tuple[str, str, s
         elif fs.dev not in used:
             used.add(fs.dev)
             out.append((fs.dev, fs.type, mp))
-    return out, left
+    return out[:1] + sorted(out[1:], key=lambda d: (d[2].count("/"), d[2])), left  # a parent before its children
 
 
 def _mount(fs: Fs, at: str) -> bool:
@@ -172,27 +172,27 @@ def child(spec: dict) -> dict:
         return {"root": None, "candidates": [c[0].named() for c in cands], "bad": bad}
     root, fstab, _ = cands[0]
     disks, left = mapping(fstab, fss, root)
-    mounted = []
-    for dev, _fstype, mp in disks:  # fstab order: a parent before what is mounted below it
+    mounted, kept = [], []
+    for dev, fstype, mp in disks:
         fs = next(f for f in fss if f.dev == dev)
         try:
             at = where if mp == "/" else Guest(where).path(mp)
         except GuestPathError as e:
-            left.append(f"{mp}: {e.reason} in the guest's /: its filesystem is not read for notes")
+            left.append(f"{mp}: {e.reason} in the guest's /: its files are not captured")
             continue
         if at != where and (not os.path.isdir(at) or os.path.islink(at)):
-            left.append(f"{mp} is not a directory in the guest's /: its filesystem is not read for notes")
-            continue
-        if _mount(fs, at):
-            mounted.append(at)
+            left.append(f"{mp} is not a directory in the guest's /: its files are not captured")
+        elif not _mount(fs, at):
+            left.append(f"{mp} ({fs.named()}) cannot be mounted: its files are not captured")
         else:
-            left.append(f"{mp} ({fs.named()}) cannot be mounted")
+            mounted.append(at)
+            kept.append((dev, fstype, mp))
     try:
         found = notes(Guest(where))
     finally:
         for at in reversed(mounted):
             _umount(at)
-    return {"root": root.dev, "disks": disks, "left": left, "notes": found, "bad": bad}
+    return {"root": root.dev, "disks": kept, "left": left, "notes": found, "bad": bad}
 
 
 def run(fss: list[Fs], where: str) -> dict:

@@ -57,10 +57,15 @@ def test_mapping_keeps_this_disks_filesystems_and_says_what_it_leaves():
              "/dev/sr0 /media/cdrom0 udf,iso9660 user,noauto 0 0\n/dev/sdc1 /backup ext4 _netdev 0 0\n"
              "UUID=cccc-3 /again ext4 defaults 0 0\n")
     disks, left = mapping(fstab, FSS, ROOT)
-    assert disks == [("/dev/loop1", "ext4", "/"), ("/dev/loop2", "xfs", "/var"), ("/dev/loop3", "ext4", "/home")]
+    assert disks == [("/dev/loop1", "ext4", "/"), ("/dev/loop3", "ext4", "/home"), ("/dev/loop2", "xfs", "/var")]
     assert len(left) == 2, left
     assert left[0].startswith("/data (/dev/sda1 in the guest's fstab) is not on this disk image")
     assert left[1].startswith("/srv (UUID=dddd-4) is btrfs, which si_getxenimage does not read")
+
+
+def test_mapping_puts_a_parent_before_its_children():
+    fstab = "LABEL=root / ext4 defaults 0 1\n/dev/sda3 /var/log ext4 defaults 0 2\n/dev/sda2 /var xfs defaults 0 2\n"
+    assert [mp for _d, _t, mp in mapping(fstab, FSS, ROOT)[0]] == ["/", "/var", "/var/log"]
 
 
 def test_names_as_root():

@@ -346,3 +346,28 @@ def test_sigkill_leaves_nothing(work):
             break
         time.sleep(0.1)
     assert str(work) not in run(["losetup", "-a"])
+
+
+def test_sigterm_while_converting(work):
+    """SIGTERM mid-conversion unwinds as an exception: qemu-img killed, the copy gone, nothing attached."""
+    img = converted(work, whole_disk(work, guest_tree(work)), "qcow2")
+    fake = work / "bin"
+    fake.mkdir()
+    (fake / "qemu-img").write_text(f"#!/bin/bash\n[ \"$1\" = convert ] && echo $$ > {work}/pid && exec sleep 60\n"
+                                   f"exec {run(['which', 'qemu-img']).strip()} \"$@\"\n")
+    (fake / "qemu-img").chmod(0o755)
+    code = ("import sys\nfrom si_xen.capture.fromdisk import attached\n"
+            "with attached(sys.argv[1], sys.argv[2], lambda s: print(s, flush=True)):\n    pass\n")
+    p = subprocess.Popen([sys.executable, "-c", code, img, str(work)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=dict(os.environ, PYTHONPATH=REPO, PATH=f"{fake}:{os.environ['PATH']}"))
+    while "converting" not in p.stdout.readline():
+        pass
+    for _ in range(50):
+        if (work / "pid").exists():
+            break
+        time.sleep(0.1)
+    pid = int((work / "pid").read_text())
+    os.kill(p.pid, signal.SIGTERM)
+    _out, err = p.communicate(timeout=30)
+    assert p.returncode == 1 and "Interrupted: SIGTERM" in err, err
+    assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()

@@ -360,8 +360,11 @@ def test_sigterm_while_converting(work):
             "with attached(sys.argv[1], sys.argv[2], lambda s: print(s, flush=True)):\n    pass\n")
     p = subprocess.Popen([sys.executable, "-c", code, img, str(work)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, env=dict(os.environ, PYTHONPATH=REPO, PATH=f"{fake}:{os.environ['PATH']}"))
-    while "converting" not in p.stdout.readline():
-        pass
+    for line in p.stdout:
+        if "converting" in line:
+            break
+    else:
+        pytest.fail(f"no conversion: {p.communicate()}")
     for _ in range(50):
         if (work / "pid").exists():
             break

@@ -54,6 +54,7 @@ def inspect(path: str) -> dict:
         raise Fatal(f"disk image {path} does not exist", "give the path of the other hypervisor's disk image file")
     if os.path.isdir(path):
         raise Fatal(f"disk image {path} is a directory", "give the disk image file in it (.vmdk, .qcow2, .vhdx...)")
+    path = os.path.abspath(path)  # qemu-img names a VMDK's extents as it opened them: absolute
     try:
         info = json.loads(proc.run(["qemu-img", "info", "--output=json", path], timeout=300).stdout)
     except proc.ProcError as e:
@@ -72,7 +73,7 @@ def inspect(path: str) -> dict:
                     "decrypt or repair it (qemu-img convert / qemu-img check -r all on a copy) and capture that")
     here = os.path.dirname(os.path.realpath(path))
     for ext in data.get("extents") or []:  # a VMDK descriptor names its data files: they must be its own
-        f = os.path.realpath(os.path.join(here, ext.get("filename", "")))
+        f = os.path.realpath(os.path.join(here, ext.get("filename") or "/"))
         if os.path.dirname(f) != here or not os.path.isfile(f):
             raise Fatal(f"disk image {path} reads {ext.get('filename')}, which is not a file beside it",
                         f"keep the VMDK's extent files beside it, or {CONVERT}")

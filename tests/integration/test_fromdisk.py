@@ -226,6 +226,19 @@ def test_partitioned(work, fmt):
     assert len(warned) == 1 and "/data" in warned[0] and "not on this disk image" in warned[0], said
 
 
+def test_vmdk_with_a_flat_extent_by_relative_path(work, monkeypatch):
+    """ESXi's layout: a descriptor and its -flat.vmdk beside it, named relative to the cwd."""
+    root = guest_tree(work)
+    (work / "vm").mkdir()
+    run(["qemu-img", "convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=monolithicFlat",
+         whole_disk(work, root), str(work / "vm/guest.vmdk")])
+    monkeypatch.chdir(work)
+    with attached("vm/guest.vmdk", str(work), lambda s: None) as f:
+        assert f.fmt == "vmdk" and [(fs, mp) for _d, fs, mp in f.disks] == [("ext4", "/")]
+        (work / "m").mkdir()
+        same_tree(f, root, work / "m")
+
+
 def test_notes(work):
     root = guest_tree(work)
     write(root, "/usr/bin/vmtoolsd", "not run\n")

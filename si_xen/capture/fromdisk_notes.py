@@ -13,6 +13,7 @@ import os
 import re
 
 from ..fixups.kernel import INITRDS
+from ..guestfs import GuestPathError
 from ..initramfs import Unreadable, scan
 
 # (what, the package to remove, guest paths that show it installed)
@@ -33,10 +34,18 @@ BUILTIN = {"virtio-blk": "CONFIG_VIRTIO_BLK", "virtio-scsi": "CONFIG_SCSI_VIRTIO
            "hv-storvsc": "CONFIG_HYPERV_STORAGE"}
 
 
+def _safe(query, gpath: str):
+    """A Guest query; None for a path that loops (a planted link: nothing there to note)."""
+    try:
+        return query(gpath)
+    except GuestPathError:
+        return None
+
+
 def _tools(g) -> list[str]:
     out = []
     for what, package, paths in TOOLS:
-        found = [p for p in paths if g.exists(p)]
+        found = [p for p in paths if _safe(g.exists, p)]
         if found:
             out.append(f"{what} installed (/{found[0]}): of no use under Xen; remove {package} in the image")
     return out
@@ -44,12 +53,12 @@ def _tools(g) -> list[str]:
 
 def _initrds(g) -> list[str]:
     out = []
-    for kernel in g.glob("/boot", "vmlinu[xz]-*"):
+    for kernel in _safe(lambda d: g.glob(d, "vmlinu[xz]-*"), "/boot") or []:
         ver = kernel.split("-", 1)[1]
-        config = g.read_text(f"boot/config-{ver}") or ""
+        config = _safe(g.read_text, f"boot/config-{ver}") or ""
         if re.search(r"(?m)^CONFIG_XEN_BLKDEV_FRONTEND=y", config):
             continue  # built in: no initramfs needed for the disk
-        initrd = next((p.format(v=ver) for p in INITRDS if g.isfile(p.format(v=ver))), None)
+        initrd = next((p.format(v=ver) for p in INITRDS if _safe(g.isfile, p.format(v=ver))), None)
         if initrd is None:
             continue
         try:

@@ -160,9 +160,12 @@ def child(spec: dict) -> dict:
             bad.append(f"{fs.named()} cannot be mounted")
             continue
         g = Guest(where)
-        fstab = g.read_text("etc/fstab")
-        if fstab is not None:
-            cands.append((fs, fstab, g.isfile("etc/os-release")))
+        try:
+            fstab = g.read_text("etc/fstab")
+            if fstab is not None:
+                cands.append((fs, fstab, g.isfile("etc/os-release")))
+        except GuestPathError as e:  # a link loop planted there: no guest's / to read
+            bad.append(f"{fs.named()}: {e.gpath} {e.reason}")
         _umount(where)
     # Several filesystems with an fstab (a rescue system beside the guest): the one its own fstab
     # names as /, else the one with an os-release.

@@ -289,6 +289,11 @@ def test_no_root(work):
     sparse(bare, 16 * 2**20)
     run(["mkfs.ext4", "-q", bare])
     fatal(bare, str(work), "none holds etc/fstab", "the whole disk (ext4)")
+    looped = work / "looped"  # a planted link loop where the fstab would be
+    os.makedirs(looped / "etc")
+    os.symlink("/etc/fstab", looped / "etc/fstab")
+    run(["mkfs.ext4", "-q", "-d", str(looped), bare])
+    fatal(bare, str(work), "none holds etc/fstab", "/etc/fstab too many levels of symbolic links")
 
 
 def test_formats_refused(work):

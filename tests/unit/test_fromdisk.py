@@ -155,3 +155,12 @@ def test_inspect_an_unreadable_image(fp, tmp_path):
     with pytest.raises(Fatal) as e:
         fromdisk.inspect(str(img))
     assert "cannot be read: Could not open 'disk.qcow2': Image is not in qcow2 format" in str(e.value)
+
+
+def test_notes_on_planted_link_loops(tmp_path):
+    root = fakeimage.make(tmp_path / "g", unpacked_mib=1)
+    os.makedirs(os.path.join(root, "usr/bin"))
+    os.symlink("/usr/bin/vmtoolsd", os.path.join(root, "usr/bin/vmtoolsd"))
+    os.rename(os.path.join(root, "boot"), os.path.join(root, "oldboot"))
+    os.symlink("/boot", os.path.join(root, "boot"))
+    assert notes(Guest(root)) == []  # nothing there: no crash either

@@ -29,7 +29,7 @@ TOOLS = (
 # Another hypervisor's disk drivers, by module name (as initramfs.scan's names give them, - for _).
 FOREIGN_DRIVERS = {"virtio-blk": "KVM", "virtio-scsi": "KVM", "vmw-pvscsi": "VMware", "mptspi": "VMware",
                    "hv-storvsc": "Hyper-V"}
-
+# the same, built into the kernel: its config option
 BUILTIN = {"virtio-blk": "CONFIG_VIRTIO_BLK", "virtio-scsi": "CONFIG_SCSI_VIRTIO", "vmw-pvscsi": "CONFIG_VMWARE_PVSCSI",
            "hv-storvsc": "CONFIG_HYPERV_STORAGE"}
 
@@ -47,7 +47,7 @@ def _tools(g) -> list[str]:
     for what, package, paths in TOOLS:
         found = [p for p in paths if _safe(g.exists, p)]
         if found:
-            out.append(f"{what} installed (/{found[0]}): of no use under Xen; remove {package} in the image")
+            out.append(f"{what} installed (/{found[0]}): of no use under Xen; remove {package} from the image")
     return out
 
 

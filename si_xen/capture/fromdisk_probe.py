@@ -55,8 +55,8 @@ def parse_fstab(text: str) -> list[tuple[str, str, str, str]]:
     """(spec, mount point, type, options) of each entry."""
     out = []
     for line in text.splitlines():
-        f = line.split("#", 1)[0].split()
-        if len(f) >= 2:
+        f = line.split()  # as libmount: a comment is a line of its own; fields past the sixth ignored
+        if len(f) >= 2 and not f[0].startswith("#"):
             out.append((_unescape(f[0]), _unescape(f[1]), f[2] if len(f) > 2 else "auto",
                         f[3] if len(f) > 3 else "defaults"))
     return out

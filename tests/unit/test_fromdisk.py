@@ -25,8 +25,8 @@ FSS = [ROOT,
 
 
 def test_parse_fstab_escapes_comments_and_short_lines():
-    assert parse_fstab("# c\nLABEL=my\\040var /srv/a\\040b xfs ro 0 0 # tail\n/dev/sda1 /\n\n") == [
-        ("LABEL=my var", "/srv/a b", "xfs", "ro"), ("/dev/sda1", "/", "auto", "defaults")]
+    assert parse_fstab("# c\n  #d e\nLABEL=my\\040var#1 /srv/a\\040b xfs ro 0 0 # tail\n/dev/sda1 /\n\n") == [
+        ("LABEL=my var#1", "/srv/a b", "xfs", "ro"), ("/dev/sda1", "/", "auto", "defaults")]
 
 
 @pytest.mark.parametrize("spec, dev", [

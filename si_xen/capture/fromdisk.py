@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .. import proc, rollback
 from ..errors import Fatal
@@ -45,6 +45,7 @@ class Foreign:
     disks: list[tuple[str, str, str]]  # (block device, fs type, guest mount point), "/" first
     fmt: str  # qemu-img's format name
     notes: tuple[str, ...]  # another hypervisor's tools and drivers found in the guest
+    sizes: dict[str, int] = field(default_factory=dict)  # guest mount point: its partition's (or disk's) MiB
 
 
 def inspect(path: str) -> dict:
@@ -160,6 +161,11 @@ def partitions(image: str) -> list[dict]:
     return [r for r in rows if r.get("TYPE", "").lower() not in EXTENDED]
 
 
+def _sectors(dev: str) -> int:
+    with open(f"/sys/block/{os.path.basename(dev)}/size") as f:
+        return int(f.read())
+
+
 def filesystems(image: str, undo: ExitStack) -> list[Fs]:
     """A loop device for each partition (or the whole disk, unpartitioned), its filesystem probed
     by blkid -p. Partitions by offset: this kernel reads no partition table (losetup --partscan)."""
@@ -170,7 +176,7 @@ def filesystems(image: str, undo: ExitStack) -> list[Fs]:
         res = proc.run(["blkid", "-p", "-o", "export", dev], ok=(0, 2, 8))  # 2: nothing found, 8: ambivalent
         kv = dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
         out.append(Fs(dev, kv.get("TYPE", ""), int(p["NR"]), kv.get("UUID", ""), kv.get("LABEL", ""),
-                      p.get("UUID", ""), p.get("NAME", "")))
+                      p.get("UUID", ""), p.get("NAME", ""), size or _sectors(dev) * 512))
     return out
 
 
@@ -196,7 +202,9 @@ def attached(path: str, work_dir: str, say: Callable[[str], None]) -> Iterator[F
         say("the guest's " + "; ".join(f"{mp}: {named[dev]}" for dev, _fs, mp in found["disks"]))
         for line in found["left"]:
             say(f"WARNING: {line}")
-        yield Foreign([tuple(d) for d in found["disks"]], fmt, tuple(found["notes"]))
+        size = {f.dev: f.size // MIB for f in fss}
+        yield Foreign([tuple(d) for d in found["disks"]], fmt, tuple(found["notes"]),
+                      {mp: size[dev] for dev, _fs, mp in found["disks"]})
     finally:
         with rollback.critical():
             undo.close()

@@ -30,6 +30,7 @@ class Fs:
     label: str = ""
     partuuid: str = ""
     partlabel: str = ""
+    size: int = 0  # bytes
 
     def named(self) -> str:
         where = f"partition {self.number}" if self.number else "the whole disk"

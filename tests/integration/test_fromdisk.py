@@ -165,6 +165,7 @@ def test_whole_disk_raw(work):
     said: list[str] = []
     with attached(img, str(work), said.append) as f:
         assert f.fmt == "raw" and [(fs, mp) for _d, fs, mp in f.disks] == [("ext4", "/")]
+        assert f.sizes == {"/": 64}
         assert f.notes == ()
         (work / "m").mkdir()
         same_tree(f, root, work / "m")
@@ -213,7 +214,7 @@ def test_partitioned(work, fmt):
     img = converted(work, partitioned(work, root), fmt)
     said: list[str] = []
     with attached(img, str(work), said.append) as f:
-        assert f.fmt == fmt
+        assert f.fmt == fmt and f.sizes == {"/": 48, "/var": 32}
         assert [(offset(d), fs, mp) for d, fs, mp in f.disks] == [(1, "ext4", "/"), (49, "ext4", "/var")]
         (work / "m").mkdir()
         same_tree(f, root, work / "m")

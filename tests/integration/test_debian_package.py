@@ -88,7 +88,7 @@ def package_files(c: Chroot, prefix: str) -> list[str]:
 def check_commands(c: Chroot, version: str) -> None:
     out = c.run("si_mkxenvm", "--version").stdout.strip()
     assert out == f"si_mkxenvm (part of si-xen) v{version}", out
-    for cmd in ("si_lsxenvm", "si_rmxenvm", "si_updatexenvm", "si_xenhooks"):
+    for cmd in ("si_lsxenvm", "si_rmxenvm", "si_updatexenvm", "si_getxenimage", "si_xenhooks"):
         assert c.run("which", cmd).stdout.strip() == f"/usr/sbin/{cmd}"
         assert c.run(cmd, "--help").stdout.startswith(f"usage: {cmd}")
     c.run("si_lsxenvm")  # reads the (empty) state dir the package made
@@ -156,7 +156,7 @@ def check_template(c: Chroot) -> None:
 
 
 def check_completion(c: Chroot) -> None:
-    for cmd in ("si_mkxenvm", "si_lsxenvm", "si_rmxenvm", "si_updatexenvm", "si_xenhooks"):
+    for cmd in ("si_mkxenvm", "si_lsxenvm", "si_rmxenvm", "si_updatexenvm", "si_getxenimage", "si_xenhooks"):
         cp = c.run("bash", "-c", f". /usr/share/bash-completion/bash_completion; _completion_loader {cmd}; "
                    f"complete -p {cmd}")
         assert cp.stdout.strip() == f"complete -F _si_xen {cmd}", cp.stdout

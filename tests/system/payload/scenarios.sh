@@ -534,7 +534,7 @@ lifecycle() {
   umount "$m"; rmdir "$m"
   [ $gone = 0 ] || { echo "/etc/issue.net, removed from the image, is still in $name"; return 1; }
   echo "$name: /etc/issue.net, removed from the image, is gone"
-  vm_removed "$name"
+  GRACEFUL=1 vm_removed "$name"  # destroyed already
 }
 
 # CMD... (an update or a rebuild with --restart) on the running VM: a clean shutdown, the work,

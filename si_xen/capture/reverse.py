@@ -14,7 +14,8 @@ is known by its manifest (image/manifest.py). So each owned path of the staging 
 4. else, for a path the generation never had, removal (a directory only once empty);
 5. else it stays as si-xen wrote it, and is listed.
 
-The directories holding them get the generation's mtime back, and /var/lib/si-xen (what si-xen
+The directories holding them (and those whose entries no VM gets: /proc, /tmp...) get the
+generation's mtime back, and /var/lib/si-xen (what si-xen
 keeps in a VM) goes. ``strip_identity`` then removes what makes one machine (host keys, machine-id,
 seeds, leases, persistent-net rules, cloud-init's instance data), with or without the reversal.
 
@@ -31,7 +32,7 @@ import shutil
 import stat
 from collections.abc import Callable
 
-from si_xen import sshdconfig
+from si_xen import populate, sshdconfig
 from si_xen.errors import Fatal
 from si_xen.fixups import aside
 from si_xen.fixups.identity import LEASES, SEEDS
@@ -279,6 +280,10 @@ class _Reverser:
             except (_Cannot, GuestPathError) as e:
                 self.notes.append(str(e))
         self.drop_si_xen()
+        # made anew by the deploy: the directories whose entries no VM gets (/proc, /tmp...), and
+        # each filesystem's top (its mkfs made it)
+        self.dirs |= {x[:-2] for x in populate.EXCLUDES if x.startswith("/") and x.endswith("/*")}
+        self.dirs |= {d.mountpoint for d in self.rec.disks if d.mountpoint}
         self.dir_times()
 
     def drop_si_xen(self) -> None:
@@ -304,15 +309,22 @@ class _Reverser:
         self.dirs.add(posixpath.dirname(SI_XEN_DIR))
 
     def dir_times(self) -> None:
-        """The directories whose entries were restored or removed get the generation's mtime."""
+        """The directories whose entries were restored or removed get the generation's mtime (and
+        its mode and owner: a filesystem's top is mkfs's)."""
         for d in sorted(self.dirs, key=lambda d: -d.count("/")):
             want = self.gen.get(d) if self.gen is not None and d != "/" else None
             if want is None and self.image is not None:
                 want = self.image.facts(d)
             try:
                 host = self.g.path(d, follow=False)
-                if want is not None and stat.S_ISDIR(want[0]) and os.path.isdir(host) and not os.path.islink(host):
-                    os.utime(host, ns=(want[4], want[4]))
+                if want is None or not stat.S_ISDIR(want[0]) or not os.path.isdir(host) or os.path.islink(host):
+                    continue
+                st = os.lstat(host)
+                if (st.st_uid, st.st_gid) != tuple(want[1:3]):
+                    os.chown(host, want[1], want[2])
+                if st.st_mode != want[0]:
+                    os.chmod(host, stat.S_IMODE(want[0]))
+                os.utime(host, ns=(want[4], want[4]))
             except (OSError, GuestPathError):
                 continue
 

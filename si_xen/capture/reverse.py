@@ -62,7 +62,7 @@ REVERSAL = {
 }
 
 # identity, as strip_identity removes it (guest paths; a trailing * is fnmatch's)
-IDENTITY_FILES = (*SEEDS, "etc/ssh/ssh_host_key", "etc/ssh/ssh_host_key.pub",
+IDENTITY_FILES = (*SEEDS, "var/lib/systemd/credential.secret", "etc/ssh/ssh_host_key", "etc/ssh/ssh_host_key.pub",
                   *(f"etc/udev/rules.d/{n}" for n in PERSISTENT_NET))
 
 
@@ -107,7 +107,10 @@ class _Reverser:
             top = p.rstrip("/")
             out.add(top)
             out |= {q for q in (self.gen or {}) if q.startswith(p)}
-            host = self.g.path(top, follow=False)
+            try:
+                host = self.g.path(top, follow=False)
+            except GuestPathError:
+                continue  # a link loop planted on the way: restore() names the path
             if os.path.isdir(host) and not os.path.islink(host):
                 for d, dirs, files in os.walk(host):
                     out |= {top + "/" + os.path.relpath(os.path.join(d, n), host) for n in dirs + files}
@@ -383,8 +386,8 @@ def reverse(tree: str, rec, facts_dir: str, say: Callable[[str], None]) -> list[
 def strip_identity(tree: str) -> list[str]:
     """Remove the machine's identity from ``tree`` (a copy, untrusted): SSH host keys (those the
     sshd_config names too), machine-id emptied as systemd expects (the file kept, so a read-only
-    root still boots), the D-Bus machine-id file, random seeds, DHCP leases, udev's persistent-net
-    rules, cloud-init's instance data (what ``cloud-init clean`` removes: /var/lib/cloud but its
+    root still boots), the D-Bus machine-id file, random seeds, systemd's credential secret, DHCP
+    leases, udev's persistent-net rules, cloud-init's instance data (what ``cloud-init clean`` removes: /var/lib/cloud but its
     seed). Returns what was removed or emptied, a line each."""
     g, done = Guest(tree), []
 

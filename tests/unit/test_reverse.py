@@ -247,7 +247,8 @@ def test_strip_identity_removes_the_machine_and_keeps_systemds_empty_machine_id(
     root = build(tmp_path / "t", "debian12")
     extra = {"var/lib/cloud/instance": None, "var/lib/cloud/instances/i-1/user-data.txt": "x",
              "var/lib/cloud/seed/nocloud/meta-data": "keep", "etc/ssh/keys/host_ed25519": "k",
-             "etc/udev/rules.d/70-persistent-net.rules": "x", "var/lib/dbus/machine-id": "abc\n"}
+             "etc/udev/rules.d/70-persistent-net.rules": "x", "var/lib/dbus/machine-id": "abc\n",
+             "var/lib/systemd/credential.secret": "s"}
     for p, text in extra.items():
         os.makedirs(os.path.dirname(os.path.join(root, p)), exist_ok=True)
         if text is None:
@@ -263,7 +264,8 @@ def test_strip_identity_removes_the_machine_and_keeps_systemds_empty_machine_id(
     assert os.path.getsize(mid) == 0 and stat.S_IMODE(os.stat(mid).st_mode) == 0o444
     for p in ("etc/ssh/ssh_host_rsa_key", "etc/ssh/ssh_host_ed25519_key.pub", "etc/ssh/keys/host_ed25519",
               "var/lib/systemd/random-seed", "var/lib/dhcp/dhclient.eth0.leases", "var/lib/cloud/instance",
-              "var/lib/cloud/instances", "etc/udev/rules.d/70-persistent-net.rules", "var/lib/dbus/machine-id"):
+              "var/lib/cloud/instances", "etc/udev/rules.d/70-persistent-net.rules", "var/lib/dbus/machine-id",
+              "var/lib/systemd/credential.secret"):
         assert not os.path.lexists(os.path.join(root, p)), p
         assert f"removed /{p}" in done
     assert "emptied /etc/machine-id" in done

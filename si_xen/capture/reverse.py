@@ -14,6 +14,9 @@ is known by its manifest (image/manifest.py). So each owned path of the staging 
 4. else, for a path the generation never had, removal (a directory only once empty);
 5. else it stays as si-xen wrote it, and is listed.
 
+Kernels and initramfs images the VM installed or rebuilt are listed too (a guest's may hold only
+Xen's drivers): si-xen did not write them, and cannot know what the physical machines need.
+
 The directories holding them (and those whose entries no VM gets: /proc, /tmp...) get the
 generation's mtime back, and /var/lib/si-xen (what si-xen
 keeps in a VM) goes. ``strip_identity`` then removes what makes one machine (host keys, machine-id,
@@ -28,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import re
 import shutil
 import stat
 from collections.abc import Callable
@@ -64,6 +68,9 @@ REVERSAL = {
 # identity, as strip_identity removes it (guest paths; a trailing * is fnmatch's)
 IDENTITY_FILES = (*SEEDS, "var/lib/systemd/credential.secret", "etc/ssh/ssh_host_key", "etc/ssh/ssh_host_key.pub",
                   *(f"etc/udev/rules.d/{n}" for n in PERSISTENT_NET))
+
+
+BOOT_FILE = re.compile(r"(vmlinu[xz]|bzImage|kernel|initrd(\.img)?|initramfs)-.+")
 
 
 def _sec(facts) -> tuple:
@@ -288,6 +295,26 @@ class _Reverser:
         self.dirs |= {x[:-2] for x in populate.EXCLUDES if x.startswith("/") and x.endswith("/*")}
         self.dirs |= {d.mountpoint for d in self.rec.disks if d.mountpoint}
         self.dir_times()
+        self.boot_files()
+
+    def boot_files(self) -> None:
+        """Kernels and initramfs images the VM installed or rebuilt: a Xen guest's (host-only, or a
+        cloud kernel) may lack the physical machine's drivers. Not si-xen's to undo: listed."""
+        if self.gen is None:
+            return
+        for gpath in self.g.glob("boot", "*"):
+            p = "/" + gpath
+            if not BOOT_FILE.match(p.rsplit("/", 1)[1]) or p in self.owner:
+                continue
+            now, want = self.g.facts(p), self.gen.get(p)
+            if now is None or stat.S_ISDIR(now[0]):
+                continue
+            if want is None:
+                self.notes.append(f"{p}: installed in the VM, not in the image: check that it boots the physical "
+                                  "machines (a Xen guest's initramfs may hold only Xen's drivers: rebuild it there)")
+            elif _sec(now) != _sec(want):
+                self.notes.append(f"{p}: rebuilt in the VM since the image: its drivers may be only Xen's "
+                                  "(update-initramfs -u / dracut -f on the physical machine)")
 
     def drop_si_xen(self) -> None:
         """/var/lib/si-xen goes, but what the generation itself has there (an image of a VM)."""

@@ -272,3 +272,14 @@ def test_strip_identity_removes_the_machine_and_keeps_systemds_empty_machine_id(
     assert os.path.exists(os.path.join(root, "var/lib/cloud/seed/nocloud/meta-data"))
     assert os.path.exists(os.path.join(root, "etc/ssh/sshd_config"))
     assert strip_identity(root) == []  # a second run: nothing left
+
+
+def test_a_kernel_or_initramfs_the_vm_made_is_listed(tmp_path):
+    m = family(tmp_path, "debian12")
+    write(m.vm, {"boot/vmlinuz-6.1.0-99-cloud-amd64": "k", "boot/initrd.img-6.1.0-99-cloud-amd64": "i"})
+    config = os.path.join(m.vm, "boot/config-6.1.0-18-amd64")
+    os.utime(config, ns=(0, os.stat(config).st_mtime_ns + 10**10))  # not a kernel nor an initramfs
+    notes = reverse(m.vm, m.rec, m.facts_dir, quiet)
+    assert [n.split(":")[0] for n in notes] == ["/boot/initrd.img-6.1.0-99-cloud-amd64",
+                                                "/boot/vmlinuz-6.1.0-99-cloud-amd64"]
+    assert all("installed in the VM, not in the image" in n for n in notes)

@@ -42,13 +42,17 @@ class Made:
     rec: VmRecord
 
 
-def make_vm(tmp_path, image: str, spec=STATIC, boot_step: bool = False) -> Made:
+def make_vm(tmp_path, image: str, spec=STATIC, boot_step: bool = False, links=()) -> Made:
     """A VM of ``image`` as a deploy makes it: the generation's manifest saved, the tree copied
-    (mtimes kept), the fixups (and the boot step) run, what they touched recorded with its facts."""
+    (mtimes kept, the hard ``links`` (name, other name) made again as rsync -H does), the fixups
+    (and the boot step) run, what they touched recorded with its facts."""
     facts_dir = str(tmp_path / "facts")
     fp = survey.survey(image, facts_dir).fingerprint
     vm = str(tmp_path / "vm")
     shutil.copytree(image, vm, symlinks=True)
+    for a, b in links:
+        os.unlink(os.path.join(vm, b))
+        os.link(os.path.join(vm, a), os.path.join(vm, b))
     owned = {r[0]: r.touched for r in run_all(vm, spec, log=quiet) if r.touched}
     if boot_step:
         g = RecordingGuest(vm)
@@ -283,3 +287,14 @@ def test_a_kernel_or_initramfs_the_vm_made_is_listed(tmp_path):
     assert [n.split(":")[0] for n in notes] == ["/boot/initrd.img-6.1.0-99-cloud-amd64",
                                                 "/boot/vmlinuz-6.1.0-99-cloud-amd64"]
     assert all("installed in the VM, not in the image" in n for n in notes)
+
+
+def test_a_file_hard_linked_in_the_image_is_linked_again(tmp_path):
+    image = build(tmp_path / "image", "debian12")
+    os.link(os.path.join(image, "etc/hosts"), os.path.join(image, "etc/hosts.golden"))
+    m = make_vm(tmp_path, image, links=[("etc/hosts", "etc/hosts.golden")])
+    hosts, other = os.path.join(m.vm, "etc/hosts"), os.path.join(m.vm, "etc/hosts.golden")
+    assert os.stat(hosts).st_ino != os.stat(other).st_ino  # the hostname fixup's write broke the link
+    diff, notes = differences(m)
+    assert diff == set() and notes == []
+    assert os.stat(hosts).st_ino == os.stat(other).st_ino

@@ -91,14 +91,15 @@ def _golden(g: Guest) -> dict[str, tuple[str, str]]:
 
 
 class _Reverser:
-    def __init__(self, tree: str, rec, facts_dir: str):
+    def __init__(self, tree: str, rec, facts_dir: str, excluded: Callable[[str], bool] | None = None):
+        self.excluded = excluded or (lambda p: False)
         self.g = Guest(tree)
         self.image = Guest(rec.image_path) if rec.image_path and os.path.isdir(rec.image_path) else None
         self.gen = manifest.load(facts_dir, rec.image_fingerprint) if rec.image_fingerprint else None
         self.rec = rec
         self.golden = _golden(self.g)
         self.notes: list[str] = []
-        self.counts = {"image": 0, "golden": 0, "removed": 0, "kept": 0}
+        self.counts = {"image": 0, "golden": 0, "removed": 0}
         self.dirs: set[str] = set()  # directories whose entries changed: their mtimes go back
         self.owner = {p: name for name, paths in rec.owned.items() for p in paths}
 
@@ -121,7 +122,7 @@ class _Reverser:
             if os.path.isdir(host) and not os.path.islink(host):
                 for d, dirs, files in os.walk(host):
                     out |= {top + "/" + os.path.relpath(os.path.join(d, n), host) for n in dirs + files}
-        return sorted(out)
+        return sorted(p for p in out if not self.excluded(p))
 
     def image_has(self, p: str):
         """The generation's facts of ``p`` if the image still holds them, else None."""
@@ -161,9 +162,10 @@ class _Reverser:
         return _sec(was) != _sec(now)
 
     def restore(self, p: str) -> str | None:
-        """Put ``p`` back; returns what became of it (None: nothing to do), or raises _Cannot."""
+        """Put ``p`` back; returns where from ("image", "golden") or "remove", or raises _Cannot."""
         if self.changed_in_vm(p):
-            self.counts["kept"] += 1
+            if self.g.facts(p) is None:
+                raise _Cannot(f"{p}: removed in the VM since si-xen wrote it ({self._who(p)}); left out")
             raise _Cannot(f"{p}: changed in the VM since si-xen wrote it ({self._who(p)}); kept as the VM has it")
         facts = self.image_has(p)
         if facts is not None:
@@ -181,7 +183,7 @@ class _Reverser:
 
     def _who(self, p: str) -> str:
         name = self.owner.get(p) or next((n for t, n in self.owner.items() if t.endswith("/") and p.startswith(t)), None)
-        return f"fixup {name}" if name and name != "boot" else "the boot step" if name else "kept aside by fixup network"
+        return f"fixup {name}" if name and name != "boot" else "the boot step" if name else f"kept in /{aside.GOLDEN}"
 
     def _clear(self, host: str, p: str, for_dir: bool = False) -> None:
         """Room for a new entry at ``host``: a file or link there goes; a directory stays (and
@@ -392,12 +394,15 @@ def _identity(p: str) -> bool:
             or rel.startswith("var/lib/cloud/"))
 
 
-def reverse(tree: str, rec, facts_dir: str, say: Callable[[str], None]) -> list[str]:
+def reverse(tree: str, rec, facts_dir: str, say: Callable[[str], None],
+            excluded: Callable[[str], bool] | None = None) -> list[str]:
     """Undo in ``tree`` (the staging copy of VM ``rec``, a VmRecord) what si-xen wrote; returns
-    what could not be undone, a line each (module docstring: the rule)."""
+    what could not be undone, a line each (module docstring: the rule). ``excluded``: the guest
+    paths ("/etc/hostname") the copy left out on purpose (getimage.exclude), left alone here: not
+    brought back from the image, nor reported as removed in the VM."""
     if not os.path.isdir(tree):
         raise Fatal(f"capture: {tree} is not a directory", "give the staging copy of the VM")
-    r = _Reverser(tree, rec, facts_dir)
+    r = _Reverser(tree, rec, facts_dir, excluded)
     if not rec.owned:
         r.notes.append(f"the record of {rec.name} names no file si-xen wrote (a VM made by si-xen before 0.2): "
                        "only the golden network files kept in the VM are restored; check /etc/fstab, the gettys "

@@ -298,3 +298,15 @@ def test_a_file_hard_linked_in_the_image_is_linked_again(tmp_path):
     diff, notes = differences(m)
     assert diff == set() and notes == []
     assert os.stat(hosts).st_ino == os.stat(other).st_ino
+
+
+def test_what_the_copy_left_out_on_purpose_is_left_alone(tmp_path):
+    """getimage.exclude leaves /etc/hostname out of a capture: not brought back, not reported."""
+    m = family(tmp_path, "debian12")
+    os.unlink(os.path.join(m.vm, "etc/hostname"))
+    assert reverse(m.vm, m.rec, m.facts_dir, quiet, excluded=lambda p: p == "/etc/hostname") == []
+    assert not os.path.lexists(os.path.join(m.vm, "etc/hostname"))
+    again = family(tmp_path / "again", "debian12")
+    os.unlink(os.path.join(again.vm, "etc/hostname"))  # without being told: the VM removed it
+    assert reverse(again.vm, again.rec, again.facts_dir, quiet) == [
+        "/etc/hostname: removed in the VM since si-xen wrote it (fixup hostname); left out"]

@@ -18,9 +18,9 @@ Kernels and initramfs images the VM installed or rebuilt are listed too (a guest
 Xen's drivers): si-xen did not write them, and cannot know what the physical machines need.
 
 The directories holding them (and those whose entries no VM gets: /proc, /tmp...) get the
-generation's mtime back, and /var/lib/si-xen (what si-xen
-keeps in a VM) goes. ``strip_identity`` then removes what makes one machine (host keys, machine-id,
-seeds, leases, persistent-net rules, cloud-init's instance data), with or without the reversal.
+generation's mtime back, and /var/lib/si-xen (what si-xen keeps in a VM) goes. ``strip_identity``
+then removes what makes one machine (host keys, machine-id, seeds, leases, persistent-net rules,
+cloud-init's instance data), with or without the reversal.
 
 The staging copy is untrusted: every path goes through guestfs.Guest (a link never leads out),
 nothing of it is run. What one reversal amounts to, per fixup, is REVERSAL (for the man page).
@@ -404,7 +404,8 @@ def reverse(tree: str, rec, facts_dir: str, say: Callable[[str], None],
         raise Fatal(f"capture: {tree} is not a directory", "give the staging copy of the VM")
     r = _Reverser(tree, rec, facts_dir, excluded)
     if not rec.owned:
-        r.notes.append(f"the record of {rec.name} names no file si-xen wrote (a VM made by si-xen before 0.2): "
+        r.notes.append(f"the record of {rec.name} names no file si-xen wrote (made by si-xen before 0.2, or by "
+                       "xen-tools' hooks): "
                        "only the golden network files kept in the VM are restored; check /etc/fstab, the gettys "
                        "and the hwclock setup by hand")
     if r.gen is None and rec.owned:

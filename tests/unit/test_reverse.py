@@ -310,3 +310,10 @@ def test_what_the_copy_left_out_on_purpose_is_left_alone(tmp_path):
     os.unlink(os.path.join(again.vm, "etc/hostname"))  # without being told: the VM removed it
     assert reverse(again.vm, again.rec, again.facts_dir, quiet) == [
         "/etc/hostname: removed in the VM since si-xen wrote it (fixup hostname); left out"]
+
+
+def test_without_the_generations_manifest_the_image_as_it_is_now_is_used_and_said(tmp_path):
+    m = family(tmp_path, "ubuntu1004")
+    shutil.rmtree(m.facts_dir)
+    diff, notes = differences(m)
+    assert diff == set() and len(notes) == 1 and "is gone" in notes[0] and "as the image" in notes[0]

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 
 from .. import journal, locks, proc
 from ..errors import Fatal
+from ..excludes import Patterns
 from ..image import store
-from . import copy, image
+from . import copy, image, reverse
 
 
 @dataclass(frozen=True)
@@ -67,45 +68,6 @@ def _running(name: str) -> bool:
     return ts is not None and toolstack.hypervisor_running() and name in ts.domains()
 
 
-def _module(name: str, what: str, fix: str):
-    """B's and C's modules, imported when used: a build without them refuses that mode, nothing else."""
-    import importlib
-
-    try:
-        return importlib.import_module(f"si_xen.capture.{name}")
-    except ModuleNotFoundError as e:
-        if e.name != f"si_xen.capture.{name}":
-            raise
-        raise Fatal(f"{what} is not in this build of si-xen (si_xen/capture/{name}.py is missing)", fix) from None
-
-
-# Replaced by reverse.strip_identity when reverse.py is merged (the lead's merge of issue 29).
-def _strip_identity(tree: str) -> list[str]:
-    """The VM's identity out of the copy: SSH host keys removed, machine-id emptied (systemd
-    makes a new one at first boot). Each file replaced, never written in place (--update: a hard link)."""
-    from ..guestfs import Guest
-
-    g, done = Guest(tree), []
-    for p in g.glob("/etc/ssh", "ssh_host_*"):
-        if g.unlink(p):
-            done.append(p)
-    for p in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
-        if not g.islink(p) and g.isfile(p):
-            mode = os.stat(g.path(p)).st_mode & 0o7777
-            g.unlink(p)
-            g.write_text(p, "", mode)
-            done.append(p)
-    return done
-
-
-def strip_identity(tree: str) -> list[str]:
-    try:
-        from . import reverse  # type: ignore[attr-defined]
-    except ImportError:
-        return _strip_identity(tree)
-    return reverse.strip_identity(tree)
-
-
 def _copy_failed(e: proc.ProcError, target: str) -> Fatal:
     text = e.result.stderr or ""
     where = os.path.dirname(target)
@@ -133,13 +95,12 @@ def capture(req: Request, settings, say) -> CaptureResult:
     paths = settings.paths
     os.makedirs(paths["lock_dir"], exist_ok=True)
     if req.from_disk:
-        fromdisk = _module("fromdisk", "--from-disk", "make a VM of it another way, or use a build with it")
+        from . import fromdisk
+
         if not os.path.isfile(req.from_disk):
             raise Fatal(f"no disk image file {req.from_disk}", "give the path of a raw, qcow2, vmdk, vhd or vhdx file")
         with _image_lock(paths["lock_dir"], req.image):
             return _from_disk(fromdisk, req, cfg, target, say, t0)
-    reverse = None if req.keep_xen else _module("reverse", "undoing the Xen fixups (V2P)",
-                                                "add --keep-xen to capture a Xen-ready image")
     st = _vm_state(paths["state_dir"], req.vm)
     with journal.lock(paths["lock_dir"], req.vm), _image_lock(paths["lock_dir"], req.image):
         st = _vm_state(paths["state_dir"], req.vm)  # under the lock: no other si_* command now
@@ -159,8 +120,10 @@ def capture(req: Request, settings, say) -> CaptureResult:
         def read(stage, excludes):
             return _copy(rec, mode, stage, excludes, target, say, paths["lock_dir"], req)
 
-        def undo(stage):
-            return reverse.reverse(stage, rec, os.path.join(paths["state_dir"], "images"), say) if reverse else []
+        def undo(stage, excluded):
+            if req.keep_xen:
+                return []
+            return reverse.reverse(stage, rec, os.path.join(paths["state_dir"], "images"), say, excluded=excluded)
 
         return _build(req, cfg, target, read, undo, rec.disks, rec.name, say, t0)
 
@@ -183,7 +146,7 @@ def _from_disk(fromdisk, req: Request, cfg, target: str, say, t0: float) -> Capt
                                       {"storage": "given", "root": "", "pool": None, "lock_dir": ""}, stage, excludes,
                                       say, name=req.image, link_dest=target if req.update else None)
 
-            r = _build(req, cfg, target, read, lambda stage: [], disks, os.path.abspath(req.from_disk), say, t0)
+            r = _build(req, cfg, target, read, lambda stage, excluded: [], disks, os.path.abspath(req.from_disk), say, t0)
             unread = [f"WARNING: {d.mountpoint} ({d.fs}) was not read: si-xen mounts {', '.join(RO_OPTS)}"
                       for d in disks if d.fs != "swap" and d.fs not in RO_OPTS]
             return CaptureResult(**{**r.__dict__, "notes": [*foreign.notes, *unread, *r.notes]})
@@ -207,11 +170,13 @@ def _build(req: Request, cfg, target: str, read, undo, disks, origin: str, say, 
     image.clear_stale(target, say)
     excludes, used = image.getimage_excludes(cfg)
     excludes = [*populate.EXCLUDES, *excludes]
+    left_out = Patterns(excludes)
     stage = image.staging(target)
     try:
         copied = read(stage, excludes)
-        not_reversed = undo(stage)
-        identity = strip_identity(stage)
+        # what the copy left out on purpose is not "removed in the VM" to the reversal
+        not_reversed = undo(stage, lambda p: left_out.matches(p, os.path.isdir(os.path.join(stage, p.lstrip("/")))))
+        identity = reverse.strip_identity(stage)
         layouts = {n: image.layout_xml(disks, copied.fstab, origin, req.keep_xen,
                                        header=n == "autoinstallscript.conf") for n in image.layout_files(stage)}
         image.write_metadata(stage, origin, layouts)

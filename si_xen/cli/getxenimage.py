@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from .. import config
+from ..capture.reverse import REVERSAL
 from ..errors import Fatal
 from ..report import Reporter
 from .common import need_root, parser, run_main
@@ -39,6 +40,9 @@ MAN = {
         "(--dir on XFS or btrfs: reflinks; LVM thin pools: a thin snapshot), what a crash would leave.\n"
         "The VM is only read: its lock is held meanwhile, so no si_updatexenvm or rebuild runs."
     ),
+    # from the reversal's own data (capture/reverse.py), so the page says what the code does
+    "extra": (("WHAT V2P UNDOES", "Without --keep-xen, each fixup's changes are undone so:\n\n"
+               + "\n\n".join(f"{name}: {how}." for name, how in REVERSAL.items())),),
     "files": "/var/lib/systemimager/images/IMAGE  the image (SystemImager's DEFAULT_IMAGE_DIR)\n"
              "/etc/systemimager/rsync_stubs/40IMAGE  its rsync stub\n"
              "/etc/systemimager/getimage.exclude  what is not copied",

@@ -66,7 +66,7 @@ XEN_SCENARIOS = {
                     "--thin-pool pool0 --boot direct --type pv --autostart"),
     # rebuilt with --restart (identity carried), then updated with --restart to the image's next
     # generation: each boot answers SSH with the same host keys at the same address
-    "lifecycle": (720, "lifecycle lifecycle 10.0.0.6"),
+    "lifecycle": (600, "lifecycle lifecycle 10.0.0.6"),
     # QEMU's emulated SVM now and then triple-faults a PVH guest, more often on a loaded host
     # (README, "PVH"): xl restarts it (on_reboot = "restart"); faults in Xen's own state are the
     # emulator's and reported, up to two in the guest's state too; it must still log in in time.

@@ -60,3 +60,14 @@ def exclusive(path: str, wait: bool = True):
     finally:
         os.unlink(path)
         os.close(fd)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one of another user's too): a dead run's leftovers may go."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True

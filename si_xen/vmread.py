@@ -105,10 +105,11 @@ def read_vm(rec, mode: str, lock_dir: str) -> tuple[dict, list[str], Classify]:
     return rows, notes, excludes.Rules(excludes.Patterns(excluded), excludes.Patterns(identity)).classify
 
 
-def child(spec: dict) -> tuple[dict, list[str], tuple[list[str], list[str]]]:
-    """In the private namespace: mount read-only (a running VM's reflinked copies, each unlinked
-    once mounted), walk, read the VM's own rules (its sshd's keys, fstab, exclude file), and let
-    the namespace's end unmount."""
+def mount_ro(spec: dict, prefix: str) -> tuple[list[str], list[str]]:
+    """In a private namespace: ``spec``'s disks ([target, fs, mountpoint]) mounted read-only at
+    spec["where"] (storage.mount.mount_tree_ro); with spec["copy"] each from a reflinked copy beside
+    it (``PREFIX-TOKEN-NAME``), unlinked once mounted (the loop device keeps it open). Returns
+    (mounted, skipped) as mount_tree_ro does."""
     from .record import DiskRecord
     from .storage import backend
     from .storage.mount import mount_tree_ro
@@ -119,14 +120,22 @@ def child(spec: dict) -> tuple[dict, list[str], tuple[list[str], list[str]]]:
     if spec["copy"]:
         for i, d in enumerate(disks):
             if d.mountpoint:
-                dst = os.path.join(os.path.dirname(d.target), f".drift-{spec['token']}-{os.path.basename(d.target)}")
+                dst = os.path.join(os.path.dirname(d.target), f"{prefix}-{spec['token']}-{os.path.basename(d.target)}")
                 reflink(d.target, dst)
                 copies.append(dst)
                 disks[i] = DiskRecord("", d.mountpoint, d.fs, "", dst)
     b = backend(spec["storage"], spec["root"], spec["pool"], spec["lock_dir"])
     mounted, skipped = mount_tree_ro(disks, b, spec["where"])
     for c in copies:
-        os.unlink(c)  # the loop device keeps it open
+        os.unlink(c)
+    return mounted, skipped
+
+
+def child(spec: dict) -> tuple[dict, list[str], tuple[list[str], list[str]]]:
+    """In the private namespace: mount read-only (a running VM's reflinked copies, each unlinked
+    once mounted), walk, read the VM's own rules (its sshd's keys, fstab, exclude file), and let
+    the namespace's end unmount."""
+    mounted, skipped = mount_ro(spec, ".drift")
     if os.environ.get(PAUSE):
         time.sleep(float(os.environ[PAUSE]))
     rows = survey.manifest_of(spec["where"])

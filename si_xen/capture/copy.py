@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from .. import proc
+from .. import locks, proc
 
 PAUSE = "SI_XEN_CAPTURE_PAUSE"  # tests: the child sleeps this long once the copy is made (a kill mid-capture)
 RUN_DIR = "/run" if os.path.isdir("/run") else "/tmp"
@@ -39,23 +39,13 @@ class Copied:
     skipped: list[str] = field(default_factory=list)  # mount points the tree lacks (their fs not read)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def clear_stale(name: str) -> list[str]:
     """The mount directories of captures of ``name`` killed before they removed them (rmdir only: a
     private namespace's mounts die with it, so they are empty)."""
     gone = []
     for d in glob.glob(os.path.join(RUN_DIR, f"si-xen.{name}.capture-*")):
         pid = d.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not locks.pid_alive(int(pid)):
             try:
                 os.rmdir(d)
                 gone.append(d)
@@ -103,25 +93,10 @@ def child(spec: dict) -> dict:
     """In the private namespace: mount read-only, rsync, and let the namespace's end unmount."""
     from .. import excludes
     from ..guestfs import Guest
-    from ..record import DiskRecord
-    from ..storage import backend
-    from ..storage.mount import mount_tree_ro
-    from ..storage.reflink import reflink
+    from ..vmread import mount_ro
 
-    disks = [DiskRecord("", mp, fs, "", target) for target, fs, mp in spec["disks"]]
-    copies = []
-    if spec["copy"]:
-        for i, d in enumerate(disks):
-            if d.mountpoint:
-                dst = os.path.join(os.path.dirname(d.target), f".capture-{spec['token']}-{os.path.basename(d.target)}")
-                reflink(d.target, dst)
-                copies.append(dst)
-                disks[i] = DiskRecord("", d.mountpoint, d.fs, "", dst)
-    b = backend(spec["storage"], spec["root"], spec["pool"], spec["lock_dir"])
     where = spec["where"]
-    mounted, skipped = mount_tree_ro(disks, b, where)
-    for c in copies:
-        os.unlink(c)  # the loop device keeps it open
+    mounted, skipped = mount_ro(spec, ".capture")
     fstab = ""
     try:
         fstab = Guest(where).read_text("/etc/fstab") or ""

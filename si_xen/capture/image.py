@@ -19,7 +19,7 @@ import shutil
 import time
 from xml.sax.saxutils import escape
 
-from .. import atomic
+from .. import atomic, locks
 from ..errors import Fatal
 from ..excludes import _fstab_field
 from ..guestfs import Guest
@@ -88,16 +88,6 @@ def _aside(target: str, kind: str, pid: int | None = None) -> str:
     return os.path.join(d, f".{n}.{kind}-{pid if pid is not None else os.getpid()}")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
 def clear_stale(target: str, say) -> None:
     """What a killed capture of this image left: its staging dir removed; an old image it had swapped
     out removed, or moved back if the image is missing (a kill between the renames of a filesystem
@@ -105,7 +95,7 @@ def clear_stale(target: str, say) -> None:
     for kind in (OLD, NEW, WORK):
         for p in sorted(glob.glob(_aside(target, kind, 0)[:-1] + "*")):
             pid = p.rsplit("-", 1)[-1]
-            if not pid.isdigit() or _alive(int(pid)):
+            if not pid.isdigit() or locks.pid_alive(int(pid)):
                 continue
             if kind == OLD and not os.path.lexists(target):
                 os.rename(p, target)

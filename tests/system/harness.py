@@ -186,20 +186,30 @@ for name in $COPIES; do
   cp -a /srv/images/"$IMAGE"/. /srv/xen/images/"$name"/
   ln -s /srv/xen/images/"$name" /srv/images/"$name"
 done
-printf 'DEFAULT_IMAGE_DIR = /srv/images\nDEFAULT_OVERRIDE_DIR = /srv/overrides\n' > /srv/si-test/systemimager.conf
+mkdir -p /srv/si-test/rsync_stubs  # a capture's stub: never the host's /etc/systemimager
+printf 'DEFAULT_IMAGE_DIR = /srv/images\nDEFAULT_OVERRIDE_DIR = /srv/overrides\nRSYNC_STUB_DIR = /srv/si-test/rsync_stubs\n' \
+  > /srv/si-test/systemimager.conf
 mkdir -p /srv/xen/etc /srv/xen/log
 printf '[defaults]\noutput = /srv/xen/etc\n[paths]\nstate_dir = /srv/xen/state\nlog_dir = /srv/xen/log\ncache_dir = /srv/xen/cache\n' \
   > /srv/xen/si-xen.conf
 export SIS_CONFDIR=/srv/si-test SI_XEN_CONFIG=/srv/xen/si-xen.conf
-while read -r name image args; do
+# Lines "vm NAME IMAGE ARGS": si_mkxenvm; "capture IMAGE VM": si_getxenimage VM IMAGE (for
+# physical machines, V2P); "vmdk IMAGE VM": the VM's root disk as a VMware disk (qemu-img), then
+# si_getxenimage --from-disk (V2V). An image captured here is in /srv/images (tmpfs) for the VMs after.
+while read -r verb name image args; do
   t=$(date +%s%N)
-  # shellcheck disable=SC2086
-  if ! "$MKXENVM" "$image" --hostname "$name" --memory 512M --size 2G --swap 128M --yes $args </dev/null \
-      >/srv/xen/log/"$name".out; then
+  case $verb in
+    vm) # shellcheck disable=SC2086
+        cmd=("$MKXENVM" "$image" --hostname "$name" --memory 512M --size 2G --swap 128M --yes $args);;
+    capture) cmd=("$GETXENIMAGE" "$image" "$name");;
+    vmdk) qemu-img convert -O vmdk "/srv/xen/domains/$image/disk.img" "/srv/si-test/$image.vmdk"
+          cmd=("$GETXENIMAGE" --from-disk "/srv/si-test/$image.vmdk" "$name");;
+  esac
+  if ! "${cmd[@]}" </dev/null >/srv/xen/log/"$name".out 2>&1; then
     tail -n 20 /srv/xen/log/"$name".out; exit 1
   fi
   ms=$(( ($(date +%s%N) - t) / 1000000 ))
-  printf 'TIMING host_mkxenvm_%s %d.%03d\n' "$name" $((ms / 1000)) $((ms % 1000))
+  printf 'TIMING host_%s_%s %d.%03d\n' "$verb" "$name" $((ms / 1000)) $((ms % 1000))
 done
 umount -R /srv
 """
@@ -209,20 +219,27 @@ def make_host_vms(image_disk: Path, image: str, vms: dict[str, str], dest: Path,
                   trees: dict[str, Path] | None = None, copies: tuple[str, ...] = ()) -> Path:
     """An XFS disk holding the VMs `vms` (name -> si_mkxenvm arguments, made from `image`, or from
     one of `trees` (image name -> a tree) or `copies` (image names: writable copies of `image` on
-    that disk, under images/NAME) when the arguments begin with `@NAME`), made by si_mkxenvm here."""
+    that disk, under images/NAME) when the arguments begin with `@NAME`), made by si_mkxenvm here.
+    An entry "capture VM" or "vmdk VM" is no VM but an image of that name: si_getxenimage of VM
+    (made before it), or of VM's root disk converted to a VMware disk (--from-disk); a VM after it
+    may be made from it ("@NAME")."""
     with open(dest, "wb") as f:
         f.truncate(12 << 30)
     subprocess.run(["mkfs.xfs", "-q", "-f", "-L", "si-vms", str(dest)], check=True)
     # the work tree's si_mkxenvm: beside this Python (tests/run), else in the checkout's .venv
-    mkxenvm = shutil.which("si_mkxenvm", path=f"{Path(sys.executable).parent}:{REPO / '.venv/bin'}")
-    if not mkxenvm:
-        raise testbed.TestbedError("si_mkxenvm not found (run tests/setup-host)")
-    env = dict(os.environ, VMS=str(dest), IMAGE=image, IMAGE_DISK=str(image_disk), MKXENVM=str(mkxenvm),
+    where = f"{Path(sys.executable).parent}:{REPO / '.venv/bin'}"
+    mkxenvm, getxenimage = shutil.which("si_mkxenvm", path=where), shutil.which("si_getxenimage", path=where)
+    if not (mkxenvm and getxenimage):
+        raise testbed.TestbedError("si_mkxenvm or si_getxenimage not found (run tests/setup-host)")
+    env = dict(os.environ, VMS=str(dest), IMAGE=image, IMAGE_DISK=str(image_disk), MKXENVM=mkxenvm, GETXENIMAGE=getxenimage,
                TREES=" ".join(f"{n}={p}" for n, p in (trees or {}).items()), COPIES=" ".join(copies))
     specs = ""
     for name, args in vms.items():
+        if args.startswith(("capture ", "vmdk ")):
+            specs += f"{args.split()[0]} {name} {args.split()[1]}\n"
+            continue
         src, _, rest = args.partition(" ") if args.startswith("@") else ("@" + image, "", args)
-        specs += f"{name} {src[1:]} {rest}\n"
+        specs += f"vm {name} {src[1:]} {rest}\n"
     out = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", HOST_SCRIPT],
                          input=specs, capture_output=True, text=True, env=env)
     if out.returncode != 0:

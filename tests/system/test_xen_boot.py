@@ -60,3 +60,12 @@ def test_lifecycle_keeps_identity(xen_run):
                   "banner shows the changed /etc/issue", "boots the image's new initramfs",
                   "/etc/issue.net, removed from the image, is gone"):
         assert proof in section, f"the lifecycle scenario did not show {proof!r}:\n{section}"
+
+
+@pytest.mark.parametrize("name", ["captured", "fromvmdk"])
+def test_a_vm_of_a_captured_image_boots(xen_run, name):
+    """Issue 29's proofs under Xen: an image si_getxenimage captured from a VM (for physical
+    machines: si-xen's changes undone) and one captured from a VMware disk (qemu-img's vmdk of a
+    VM's root disk, --from-disk) each make a VM that boots to its login prompt."""
+    xen_run.require_login(name, name)
+    xen_run.require_ok(name)

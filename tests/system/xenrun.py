@@ -41,6 +41,13 @@ HOST_VMS = {
     "pygrub": "--dhcp --dir /srv/xen --boot pygrub --type pv",
     "pvh": "--dhcp --dir /srv/xen --boot direct --type pvh",
     "pvgrub2": "--dhcp --dir /srv/xen --boot pvgrub2 --type pv",
+    # Captured back into images (issue 29), each then deployed again: pygrub's VM for physical
+    # machines (V2P: si-xen's changes undone, identity removed), pvgrub2's root disk as a VMware disk
+    # (V2V: si_getxenimage --from-disk of a qemu-img vmdk)
+    "v2p": "capture pygrub",
+    "captured": "@v2p --dhcp --dir /srv/xen --boot pvgrub2 --type pv",
+    "v2v": "vmdk pvgrub2",
+    "fromvmdk": "@v2v --dhcp --dir /srv/xen --boot pvgrub2 --type pv",
     # Rebuilt and updated in dom0 (the lifecycle scenario), from a copy of the image on the disk
     # "vms" that dom0 changes: a direct kernel, so that the update puts the image's new one in place.
     "lifecycle": f"@{LC_IMAGE} --ip 10.0.0.6 --netmask 255.255.255.0 --gateway 10.0.0.1 --dir /srv/xen "
@@ -58,6 +65,9 @@ XEN_SCENARIOS = {
     "hung": (45, "CMDLINE_EXTRA=break=init host_vm hung"),
     "pygrub": (240, "EXPECT_CLONE=1 host_vm pygrub"),
     "pvgrub2": (300, "host_vm pvgrub2"),
+    # VMs made from images si_getxenimage captured on the host (V2P of a VM; V2V of a vmdk)
+    "captured": (300, "host_vm captured"),
+    "fromvmdk": (300, "host_vm fromvmdk"),
     "xentools": (420, "xentools_vm xt1"),
     # made in dom0 from the image server (pulled over the network into dom0's cache), into a thin
     # pool: the cached image's base LV and a thin snapshot of it; started with --console on a terminal

@@ -74,11 +74,14 @@ REBUILD_STEPS = (
 )
 
 
-def discard(state_dir: str, st: journal.State) -> VmRecord:
+def discard(state_dir: str, st: journal.State, lock_dir: str | None = None) -> VmRecord:
     """A rebuild whose record is in (``st``, the journal with ``replaces``): the things set aside
     removed (with ``keep_old`` the old disks stay, as plain disks of the VM), the carry dir too,
     and the journal rewritten as a deploy's: the old directories, the new things, the old disks
-    kept. Run by the rebuild, or by the next one after a crash here."""
+    kept. With ``lock_dir``, the base disks the old VM was cloned from go too once no VM's record
+    names them (a rebuild from a newer generation leaves them to nobody: no deploy can clone
+    them, their name holds the old fingerprint). Run by the rebuild, or by the next one after a
+    crash here."""
     keep_old = bool(st.replaces.get("keep_old"))
     old = {t.path: t for t in st.replaced_things if hasattr(t, "path")}
     asided = {t.path for t in st.things if isinstance(t, Aside)}
@@ -99,6 +102,8 @@ def discard(state_dir: str, st: journal.State) -> VmRecord:
         rec = replace(rec, extra={**rec.extra, "old_disks": [k.path for k in kept]})
     journal.rewrite(state_dir, st.name, st.begin, mine + new + kept, rec)
     journal.prune_manifests(state_dir)
+    if lock_dir is not None and st.replaces.get("record"):
+        bases.prune(VmRecord.from_json(st.replaces["record"]), state_dir, lock_dir)
     return rec
 
 
@@ -124,7 +129,7 @@ def rebuild(plan: Plan, image: Image, kernel, settings, rep: Reporter, old: jour
             raise back from e
         c.journal.step("discard")
         try:
-            c.record = discard(state_dir, journal.load(state_dir, plan.hostname))
+            c.record = discard(state_dir, journal.load(state_dir, plan.hostname), settings.paths["lock_dir"])
         except (OSError, proc.ProcError) as e:
             rep.warn(f"VM {plan.hostname} is rebuilt, but its old things could not all be removed ({e}); "
                      f"si_mkxenvm --rebuild {plan.hostname} removes them")

@@ -197,7 +197,7 @@ def rebuildable(state: journal.State | None, name: str, settings, rep: Reporter)
         raise Fatal(f"no VM '{name}' made by si_mkxenvm", "si_lsxenvm lists the VMs")
     if state.replaces is not None and state.complete:
         rep.warn(f"VM '{name}': an earlier rebuild (pid {state.pid or '?'}) was made but not tidied; removing what it set aside")
-        rebuild.discard(state_dir, state)
+        rebuild.discard(state_dir, state, settings.paths["lock_dir"])
         state = journal.load(state_dir, name)
     elif state.replaces is not None:
         rep.warn(f"VM '{name}': an earlier rebuild (pid {state.pid or '?'}) stopped in step '{state.step}'; "

@@ -82,6 +82,10 @@ def test_rebuild_keeps_identity_and_brings_the_image(where, xfs_dir, tmp_path):
     assert ("copy-on-write clone" in out) == (where == "xfs"), out
     assert_rebuilt(env, disk, before, old, tmp_path)
     assert aside_files(storage, env) == []
+    if where == "xfs":  # the old generation's base: no VM names it now, and no deploy can clone it
+        new = record(env, "rb1")["bases"]
+        assert old["bases"] and new and set(new).isdisjoint(old["bases"])
+        assert [b for b in old["bases"] if os.path.exists(b)] == [] and all(os.path.exists(b) for b in new)
     env.run("rmxenvm", "rb1", "--yes", check=True)
     assert not os.path.exists(f"{storage}/domains/rb1")
     assert host_state(str(tmp_path), ("rb1",)) == before_host

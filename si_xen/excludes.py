@@ -286,6 +286,8 @@ def nonlocal_mounts(vm_root: str) -> list[str]:
         mp = posixpath.normpath(_fstab_field(f[1]))
         if not mp.startswith("/") or mp == "/" or all(t in LOCAL_FS for t in f[2].split(",")):
             continue
+        if any(ord(c) < 32 or c == "\x7f" for c in mp):  # a newline would start a filter rule of the guest's ("!")
+            continue
         out.append(f"{_escape(mp)}/*")
     return list(dict.fromkeys(out))
 

@@ -445,8 +445,12 @@ def strip_identity(tree: str) -> list[str]:
             g.write_text("etc/machine-id", "", 0o444)
             done.append("emptied /etc/machine-id (was a link)")
         elif g.isfile("etc/machine-id") and os.path.getsize(g.path("etc/machine-id")):
-            with open(g.path("etc/machine-id"), "r+b") as f:  # truncated in place: mode, owner kept
-                f.truncate(0)
+            # replaced, never truncated in place: with --update it may be a hard link into the
+            # published image (rsync --link-dest); mode and owner kept
+            st = os.stat(g.path("etc/machine-id"))
+            g.unlink("etc/machine-id")
+            g.write_text("etc/machine-id", "", stat.S_IMODE(st.st_mode))
+            os.chown(g.path("etc/machine-id", follow=False), st.st_uid, st.st_gid, follow_symlinks=False)
             done.append("emptied /etc/machine-id")
     except GuestPathError:
         pass

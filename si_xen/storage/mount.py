@@ -69,7 +69,8 @@ def mount_tree_ro(disks, backend, where: str) -> tuple[list[str], list[str]]:
             continue
         source, opts = backend.mount_source(d.target)
         flags = [opts[i + 1] for i, o in enumerate(opts[:-1]) if o == "-o"]  # loop
-        proc.run(["mount", "-o", ",".join([RO_OPTS[d.fs], *flags]), "-t", d.fs, source, at])
+        # nosuid,nodev,noexec: nothing on an untrusted guest's filesystem is run or opened as a device
+        proc.run(["mount", "-o", ",".join([RO_OPTS[d.fs], "nosuid,nodev,noexec", *flags]), "-t", d.fs, source, at])
         mounted.append(at)
     return mounted, skipped
 

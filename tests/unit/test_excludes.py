@@ -206,6 +206,14 @@ def test_nonlocal_mounts(tmp_path):
     assert p.matches("/home/u/f", False) and not p.matches("/home", True) and not p.matches("/data/f", False)
 
 
+def test_a_guest_mount_point_cannot_start_a_filter_rule(tmp_path):
+    """fstab's octal escapes decode to a newline: one rule per line to rsync, a bare "!" would clear
+    the site's getimage.exclude and si-xen's own exclusions. Such a mount point is left out."""
+    vm = write(tmp_path / "vm", {"etc/fstab": "nfs:/x /x\\012!\\012/y nfs ro 0 0\nnfs:/z /mnt/ok nfs ro 0 0\n"})
+    got = excludes.nonlocal_mounts(vm)
+    assert got == ["/mnt/ok/*"] and not any("\n" in p for p in got)
+
+
 def test_nonlocal_mounts_no_fstab(tmp_path):
     assert excludes.nonlocal_mounts(write(tmp_path / "vm", {"etc/hostname": "x\n"})) == []
 

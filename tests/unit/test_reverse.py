@@ -264,8 +264,10 @@ def test_strip_identity_removes_the_machine_and_keeps_systemds_empty_machine_id(
         f.write("HostKey /etc/ssh/keys/host_ed25519\n")
     mid = os.path.join(root, "etc/machine-id")
     os.chmod(mid, 0o444)
+    os.link(mid, os.path.join(root, "published-machine-id"))  # --update: a hard link into the published image
     done = strip_identity(root)
     assert os.path.getsize(mid) == 0 and stat.S_IMODE(os.stat(mid).st_mode) == 0o444
+    assert os.path.getsize(os.path.join(root, "published-machine-id")) > 0, "the published image's file untouched"
     for p in ("etc/ssh/ssh_host_rsa_key", "etc/ssh/ssh_host_ed25519_key.pub", "etc/ssh/keys/host_ed25519",
               "var/lib/systemd/random-seed", "var/lib/dhcp/dhclient.eth0.leases", "var/lib/cloud/instance",
               "var/lib/cloud/instances", "etc/udev/rules.d/70-persistent-net.rules", "var/lib/dbus/machine-id",

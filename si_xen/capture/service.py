@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from .. import journal, locks, proc
 from ..errors import Fatal
 from ..excludes import Patterns
+from ..guestfs import Guest
 from ..image import store
+from ..image.metadata import LAYOUT_FILES, META_DIR
 from . import copy, image, reverse
 
 
@@ -175,10 +177,10 @@ def _build(req: Request, cfg, target: str, read, undo, disks, origin: str, say, 
     try:
         copied = read(stage, excludes)
         # what the copy left out on purpose is not "removed in the VM" to the reversal
-        not_reversed = undo(stage, lambda p: left_out.matches(p, os.path.isdir(os.path.join(stage, p.lstrip("/")))))
+        not_reversed = undo(stage, lambda p: left_out.matches(p, Guest(stage).isdir(p)))
         identity = reverse.strip_identity(stage)
-        layouts = {n: image.layout_xml(disks, copied.fstab, origin, req.keep_xen,
-                                       header=n == "autoinstallscript.conf") for n in image.layout_files(stage)}
+        layouts = _layouts(req, stage, disks, copied.fstab, origin)
+        server_layout = layouts.get("disks-layout.xml") or next(iter(layouts.values()), None) or _tree_layout(stage)
         image.write_metadata(stage, origin, layouts)
         image.publish(stage, target, replace=req.force or req.update)
     except proc.ProcError as e:
@@ -195,11 +197,30 @@ def _build(req: Request, cfg, target: str, read, undo, disks, origin: str, say, 
         raise
     stub = image.write_stub(cfg, req.image, target)
     notes = [f"WARNING: {m} is not a directory in the tree's /: its filesystem was not read" for m in copied.skipped]
-    server = image.write_server_layout(cfg, req.image, layouts.get("disks-layout.xml") or next(iter(layouts.values())))
+    server = image.write_server_layout(cfg, req.image, server_layout) if server_layout else None
     if server:
         notes.append(f"layout copied to {server}")
     return CaptureResult(req.image, target, stub, copied.entries, copied.bytes, copied.written,
                          round(time.monotonic() - t0, 2), copied.excluded, used, identity, not_reversed, notes)
+
+
+def _layouts(req: Request, stage: str, disks, vm_fstab: str, origin: str) -> dict[str, str]:
+    """The layout files to write. For physical machines (V2P) the golden client's own, which the
+    copy brought and the reversal left, stay as they are: SystemImager partitions from them and
+    writes fstab from them, so they must say what the restored fstab and bootloader say. Else
+    (--keep-xen: the VM's disks and Xen names; a tree without any) made from the disks and the
+    fstab: the VM's for --keep-xen, the tree's as reversed otherwise."""
+    have = [n for n in LAYOUT_FILES if Guest(stage).exists(f"{META_DIR}/{n}")]
+    if have and not req.keep_xen:
+        return {}
+    fstab = vm_fstab if req.keep_xen else (Guest(stage).read_text("etc/fstab") or "")
+    return {n: image.layout_xml(disks, fstab, origin, req.keep_xen, header=n == "autoinstallscript.conf")
+            for n in image.layout_files(stage)}
+
+
+def _tree_layout(stage: str) -> str | None:
+    g = Guest(stage)
+    return next((t for n in LAYOUT_FILES if (t := g.read_text(f"{META_DIR}/{n}")) is not None), None)
 
 
 def _image_lock(lock_dir: str, name: str):

@@ -141,10 +141,16 @@ def test_round_trip(where, layout, keep_xen, request, tmp_path):
     assert os.stat(f"{got}/usr/share/doc/app/HARD").st_ino == os.stat(f"{got}/usr/share/doc/app/README").st_ino
     # SystemImager's metadata: the layout parses back to the VM's filesystems, the stub is exact
     rec = record(env, "u1")
-    with open(f"{got}/etc/systemimager/{'autoinstallscript.conf' if layout else 'disks-layout.xml'}") as f:
-        fs = parse_layout(f.read(), "disks-layout.xml")
-    assert sorted((e.mountpoint, e.fs, e.size_mib) for e in fs if e.fs in ("ext4", "xfs", "swap")) == sorted(
-        (d["mountpoint"] or "swap", d["fs"], parse_mib(d["size"])) for d in rec["disks"])
+    if layout and not keep_xen:  # for physical machines the golden client's own layout, as the image has it
+        with open(f"{image}/etc/systemimager/autoinstallscript.conf") as a, \
+                open(f"{got}/etc/systemimager/autoinstallscript.conf") as b:
+            assert a.read() == b.read()
+        assert not os.path.exists(f"{got}/etc/systemimager/disks-layout.xml"), "the site's format only"
+    else:  # made from the VM's disks (and fstab)
+        with open(f"{got}/etc/systemimager/{'autoinstallscript.conf' if layout else 'disks-layout.xml'}") as f:
+            fs = parse_layout(f.read(), "disks-layout.xml")
+        assert sorted((e.mountpoint, e.fs, e.size_mib) for e in fs if e.fs in ("ext4", "xfs", "swap")) == sorted(
+            (d["mountpoint"] or "swap", d["fs"], parse_mib(d["size"])) for d in rec["disks"])
     with open(f"{env.confdir}/rsync_stubs/40back") as f:
         assert f.read() == f"[back]\n\tpath={got}\n\n"
     with open(f"{got}/etc/systemimager/IMAGE_RETRIEVED_FROM") as f:

@@ -178,12 +178,13 @@ class Begun:
     """``argv`` running with its output captured while we go on: ``result()`` waits as run()
     would, ``stop()`` ends it (work begun on a guess that turned out unneeded)."""
 
-    def __init__(self, argv: Sequence[str], ok: Iterable[int] = (0,)):
+    def __init__(self, argv: Sequence[str], ok: Iterable[int] = (0,), env: Mapping[str, str] | None = None):
         self.argv, self.ok = _argv(argv), tuple(ok)
         self.t0 = _started("begun", self.argv)
         # Own process group: rsync forks a helper that holds the pipes too, and must end with it.
         self.p = subprocess.Popen(list(self.argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, start_new_session=True)
+                                  stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                  env=None if env is None else {**os.environ, **env})
 
     @property
     def waited(self) -> bool:

@@ -68,8 +68,9 @@ def copy_tree(disks: list, where_from: dict, dest: str, excludes: list[str], say
             "copy": copy_disks, "token": token, "link_dest": link_dest}
     say(f"Copying the filesystems into {dest}")
     try:
-        out = proc.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-m", __name__,
-                        json.dumps(spec)], env={"PYTHONPATH": _package_parent(), "LC_ALL": "C"}).stdout
+        # a process group of its own (proc.Begun): a signal here ends the child and its rsync with it
+        out = proc.Begun(["unshare", "--mount", "--propagation", "private", sys.executable, "-m", __name__,
+                          json.dumps(spec)], env={"PYTHONPATH": _package_parent(), "LC_ALL": "C"}).result().stdout
     finally:
         os.rmdir(where)  # our mounts were never seen here
         for target, _fs, _mp in disks:  # the copies of a child killed before it unlinked them
@@ -103,7 +104,10 @@ def child(spec: dict) -> dict:
     except Exception:  # a link out of the tree, a directory: no fstab to read
         pass
     pats = list(dict.fromkeys([*spec["excludes"], *excludes.nonlocal_mounts(where)]))
-    argv = ["rsync", "-aHAXS", "--numeric-ids", "--delete", "--delete-excluded", "--stats", "--exclude-from=-"]
+    # setpriv --pdeathsig: rsync ends with this child, as this child with its parent (main()): a
+    # capture killed outright leaves no copy writing on into a staging dir the next one removes
+    argv = ["setpriv", "--pdeathsig", "KILL", "rsync", "-aHAXS", "--numeric-ids", "--delete", "--delete-excluded",
+            "--stats", "--exclude-from=-"]
     if spec.get("link_dest"):
         argv.append(f"--link-dest={spec['link_dest']}")
     res = proc.run([*argv, where + "/", spec["dest"].rstrip("/") + "/"], input="".join(p + "\n" for p in pats))
@@ -116,7 +120,17 @@ def child(spec: dict) -> dict:
             "skipped": skipped}
 
 
+PR_SET_PDEATHSIG = 1
+
+
 def main(argv: list[str]) -> int:
+    import ctypes
+    import signal
+
+    # killed with the capture, however it ends (its SIGKILL included): our mounts go with us
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:
+        return 1  # the capture died before the line above took effect
     sys.stdout.write(json.dumps(child(json.loads(argv[0]))))
     return 0
 

@@ -21,6 +21,7 @@ from ..excludes import Patterns
 from ..guestfs import Guest
 from ..image import store
 from ..image.metadata import LAYOUT_FILES, META_DIR
+from ..rollback import signals_raise
 from . import copy, image, reverse
 
 
@@ -82,7 +83,13 @@ def _copy_failed(e: proc.ProcError, target: str) -> Fatal:
 
 
 def capture(req: Request, settings, say) -> CaptureResult:
-    """Run the pipeline; see the module's docstring."""
+    """Run the pipeline (see the module's docstring); SIGINT, SIGTERM and SIGHUP undo it (nothing
+    staged, mounted or attached is left) and end the copy's child with it."""
+    with signals_raise():
+        return _capture(req, settings, say)
+
+
+def _capture(req: Request, settings, say) -> CaptureResult:
     t0 = time.monotonic()
     if not store._NAME_RE.match(req.image) or req.image in store.NOT_IMAGES:
         raise Fatal(f"invalid image name '{req.image}'", "use letters, digits, '.', '_', '+' and '-'")

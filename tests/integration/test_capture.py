@@ -287,3 +287,57 @@ def test_killed_mid_capture_leaves_a_staging_dir_the_next_run_removes(tmp_path):
     assert sorted(os.listdir(images)) == ["back", "tiny"]
     env.run("rmxenvm", "u1", "--yes", check=True)
     assert host_state(str(tmp_path), ("u1",)) == before
+
+
+def _children_of_capture() -> list[int]:
+    """Processes of a capture's copy (its child in a private namespace, its rsync)."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if b"si_xen.capture.copy" in cmd or (cmd.startswith(b"rsync\0") and b"si-xen-new" in cmd):
+            out.append(int(pid))
+    return out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_a_signal_to_the_command_alone_ends_its_copy_too(sig, tmp_path):
+    """kill PID (SIGTERM: the capture undone, nothing staged left) or kill -9 PID of the command
+    only, not its group: its copy's child and rsync end with it, so no copy writes on into a staging
+    dir, and its mounts go with its namespace."""
+    before = host_state(str(tmp_path), ("u1",))
+    env, image, vmdir = made(tmp_path, str(tmp_path / "vms"))
+    images = os.path.dirname(image)
+    p = subprocess.Popen([sys.executable, "-m", "si_xen.cli.getxenimage", "u1", "back", "--keep-xen", "--config", env.config],
+                         env=dict(os.environ, SIS_CONFDIR=env.confdir, PYTHONPATH=REPO, SI_XEN_CAPTURE_PAUSE="60"),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        for _ in range(300):
+            stage = [n for n in os.listdir(images) if n.startswith(".back.si-xen-new-")]
+            if stage and os.path.isfile(os.path.join(images, stage[0], "etc/motd")):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the capture never got to copying")
+        assert _children_of_capture(), "its copy runs in a child"
+        p.send_signal(sig)
+        err = p.communicate(timeout=60)[1].decode()
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    for _ in range(100):  # a parent-death signal is sent at once; its delivery takes a moment
+        if not _children_of_capture():
+            break
+        time.sleep(0.1)
+    assert _children_of_capture() == [], "the copy outlived the command"
+    assert p.returncode != 0 and "Traceback" not in err, err
+    if sig == signal.SIGTERM:  # undone: nothing staged left
+        assert sorted(os.listdir(images)) == ["tiny"], os.listdir(images)
+    capture(env, "u1", "back", "--keep-xen", check=True)  # after SIGKILL the next run clears the staging dir
+    assert sorted(os.listdir(images)) == ["back", "tiny"]
+    env.run("rmxenvm", "u1", "--yes", check=True)
+    assert host_state(str(tmp_path), ("u1",)) == before

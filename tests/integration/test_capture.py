@@ -260,21 +260,28 @@ def test_a_full_image_dir_is_one_fatal_and_leaves_nothing(tmp_path, as_root):
     assert host_state(str(tmp_path), ("u1",)) == before
 
 
+def paused_capture(env, images: str) -> tuple[subprocess.Popen, list[str]]:
+    """si_getxenimage u1 back, started in a session of its own and paused once its copy is made
+    (SI_XEN_CAPTURE_PAUSE); (the process, [its staging dir's name])."""
+    p = subprocess.Popen([sys.executable, "-m", "si_xen.cli.getxenimage", "u1", "back", "--keep-xen", "--config", env.config],
+                         env=dict(os.environ, SIS_CONFDIR=env.confdir, PYTHONPATH=REPO, SI_XEN_CAPTURE_PAUSE="60"),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    for _ in range(300):
+        stage = [n for n in os.listdir(images) if n.startswith(".back.si-xen-new-")]
+        if stage and os.path.isfile(os.path.join(images, stage[0], "etc/motd")):
+            return p, stage
+        time.sleep(0.1)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    raise AssertionError("the capture never got to copying")
+
+
 def test_killed_mid_capture_leaves_a_staging_dir_the_next_run_removes(tmp_path):
     before = host_state(str(tmp_path), ("u1",))
     env, image, vmdir = made(tmp_path, str(tmp_path / "vms"))
     images = os.path.dirname(image)
-    p = subprocess.Popen([sys.executable, "-m", "si_xen.cli.getxenimage", "u1", "back", "--keep-xen", "--config", env.config],
-                         env=dict(os.environ, SIS_CONFDIR=env.confdir, PYTHONPATH=REPO, SI_XEN_CAPTURE_PAUSE="60"),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    p, stage = paused_capture(env, images)
     try:
-        for _ in range(300):
-            stage = [n for n in os.listdir(images) if n.startswith(".back.si-xen-new-")]
-            if stage and os.path.isfile(os.path.join(images, stage[0], "etc/motd")):
-                break
-            time.sleep(0.1)
-        else:
-            raise AssertionError("the capture never got to copying")
         assert host_state(str(tmp_path), ("u1",))["mounts"] == [], "its mounts are in its own namespace"
         assert "another si_* command" in fatal(env.run("updatexenvm", "u1")), "the VM's lock is held while it is read"
         assert "another si_* command" in fatal(capture(env, "u1", "other", "--keep-xen"))
@@ -311,17 +318,8 @@ def test_a_signal_to_the_command_alone_ends_its_copy_too(sig, tmp_path):
     before = host_state(str(tmp_path), ("u1",))
     env, image, vmdir = made(tmp_path, str(tmp_path / "vms"))
     images = os.path.dirname(image)
-    p = subprocess.Popen([sys.executable, "-m", "si_xen.cli.getxenimage", "u1", "back", "--keep-xen", "--config", env.config],
-                         env=dict(os.environ, SIS_CONFDIR=env.confdir, PYTHONPATH=REPO, SI_XEN_CAPTURE_PAUSE="60"),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    p, _stage = paused_capture(env, images)
     try:
-        for _ in range(300):
-            stage = [n for n in os.listdir(images) if n.startswith(".back.si-xen-new-")]
-            if stage and os.path.isfile(os.path.join(images, stage[0], "etc/motd")):
-                break
-            time.sleep(0.1)
-        else:
-            raise AssertionError("the capture never got to copying")
         assert _children_of_capture(), "its copy runs in a child"
         p.send_signal(sig)
         err = p.communicate(timeout=60)[1].decode()

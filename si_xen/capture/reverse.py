@@ -1,9 +1,7 @@
 """A captured VM made fit for physical machines again (V2P): every file si-xen wrote in the VM put
-back as its image had it, and the VM's identity removed.
-
-The fixups record what they touch (the VM's record: ``owned``, fixup -> guest paths, and
-``owned_facts``, their facts as the deploy left them); the image generation the VM was made from
-is known by its manifest (image/manifest.py). So each owned path of the staging copy gets:
+back as its image had it. The fixups record what they touch (the record's ``owned``, fixup ->
+guest paths, and ``owned_facts``); the VM's image generation is known by its manifest. So each
+owned path of the staging copy gets:
 
 1. kept as the VM has it, and listed, when the VM changed it after si-xen wrote it (its facts are
    no longer the recorded ones): the admin's edit of a si-xen file is theirs to judge;
@@ -15,15 +13,10 @@ is known by its manifest (image/manifest.py). So each owned path of the staging 
 5. else it stays as si-xen wrote it, and is listed.
 
 Kernels and initramfs images the VM installed or rebuilt are listed too (a guest's may hold only
-Xen's drivers): si-xen did not write them, and cannot know what the physical machines need.
-
-The directories holding them (and those whose entries no VM gets: /proc, /tmp...) get the
-generation's mtime back, and /var/lib/si-xen (what si-xen keeps in a VM) goes. ``strip_identity``
-then removes what makes one machine (host keys, machine-id, seeds, leases, persistent-net rules,
-cloud-init's instance data), with or without the reversal.
-
-The staging copy is untrusted: every path goes through guestfs.Guest (a link never leads out),
-nothing of it is run. What one reversal amounts to, per fixup, is REVERSAL (for the man page).
+Xen's drivers). The directories touched (and /proc, /tmp...) get the generation's mtime back, and
+/var/lib/si-xen goes. identity.py then removes what makes one machine (identity paths are never
+"changed in the VM" here). The copy is untrusted: every path goes through guestfs.Guest, nothing
+of it is run. What one reversal amounts to, per fixup, is REVERSAL (for the man page).
 """
 
 from __future__ import annotations
@@ -36,13 +29,13 @@ import shutil
 import stat
 from collections.abc import Callable
 
-from si_xen import populate, sshdconfig
+from si_xen import populate
 from si_xen.errors import Fatal
 from si_xen.fixups import aside
-from si_xen.fixups.identity import LEASES, SEEDS
-from si_xen.fixups.macs import PERSISTENT_NET
 from si_xen.guestfs import Guest, GuestPathError
 from si_xen.image import manifest
+
+from . import identity
 
 SI_XEN_DIR = "/var/lib/si-xen"  # everything si-xen keeps in a VM (the golden network files)
 
@@ -56,7 +49,7 @@ REVERSAL = {
     "network": "every stack's config and enablement link as the image had it (else the golden copy kept in "
                "/var/lib/si-xen/golden), the VM's own configs removed, resolv.conf back",
     "hostname": "/etc/hostname, /etc/hosts, /etc/mailname, HOSTNAME=: the golden client's again",
-    "identity": "the image's files back, then removed or emptied as identity (strip_identity)",
+    "identity": "the image's files back, then removed or emptied as identity (capture/identity.py)",
     "kernel": "modules copied for a supplied kernel removed; the initramfs driver lines removed",
     "fstab": "/etc/fstab: the golden client's again (its own device names)",
     "bootloader": "root=, resume=, device.map, RESUME=: the golden client's again",
@@ -64,11 +57,6 @@ REVERSAL = {
     "issue": "/etc/issue without the VM's address line",
     "boot": "grub.cfg written for pygrub: the image's again; grub.cfg.si-xen-orig removed",
 }
-
-# identity, as strip_identity removes it (guest paths; a trailing * is fnmatch's)
-IDENTITY_FILES = (*SEEDS, "var/lib/systemd/credential.secret", "etc/ssh/ssh_host_key", "etc/ssh/ssh_host_key.pub",
-                  *(f"etc/udev/rules.d/{n}" for n in PERSISTENT_NET))
-
 
 BOOT_FILE = re.compile(r"(vmlinu[xz]|bzImage|kernel|initrd(\.img)?|initramfs)-.+")
 
@@ -152,7 +140,7 @@ class _Reverser:
 
     # -- one path -------------------------------------------------------------------------
     def changed_in_vm(self, p: str) -> bool:
-        if p not in self.rec.owned_facts or _identity(p):
+        if p not in self.rec.owned_facts or identity.is_identity(p):
             return False
         was, now = self.rec.owned_facts[p], self.g.facts(p)
         if was is None or now is None:
@@ -385,15 +373,6 @@ def _xattrs(src: str, dst: str, mode: int) -> None:
             os.setxattr(dst, name, os.getxattr(src, name))
 
 
-def _identity(p: str) -> bool:
-    import fnmatch
-
-    rel = p.lstrip("/")
-    return (rel in IDENTITY_FILES or fnmatch.fnmatch(rel, "etc/ssh/ssh_host_*") or rel in ("etc/machine-id",
-            "var/lib/dbus/machine-id") or any(fnmatch.fnmatch(rel, f"{d}/{pat}") for d, pat in LEASES)
-            or rel.startswith("var/lib/cloud/"))
-
-
 def reverse(tree: str, rec, facts_dir: str, say: Callable[[str], None],
             excluded: Callable[[str], bool] | None = None) -> list[str]:
     """Undo in ``tree`` (the staging copy of VM ``rec``, a VmRecord) what si-xen wrote; returns
@@ -416,66 +395,4 @@ def reverse(tree: str, rec, facts_dir: str, say: Callable[[str], None],
     return r.notes
 
 
-def strip_identity(tree: str) -> list[str]:
-    """Remove the machine's identity from ``tree`` (a copy, untrusted): SSH host keys (those the
-    sshd_config names too), machine-id emptied as systemd expects (the file kept, so a read-only
-    root still boots), the D-Bus machine-id file, random seeds, systemd's credential secret, DHCP
-    leases, udev's persistent-net rules, cloud-init's instance data (what ``cloud-init clean`` removes: /var/lib/cloud but its
-    seed). Returns what was removed or emptied, a line each."""
-    g, done = Guest(tree), []
-
-    def rm(gpath: str) -> None:
-        try:
-            if g.islink(gpath) or g.isfile(gpath) or g.exists(gpath) and not g.isdir(gpath):
-                g.unlink(gpath)
-                done.append(f"removed /{gpath.lstrip('/')}")
-        except GuestPathError:
-            pass
-
-    keys = set(g.glob("etc/ssh", "ssh_host_*"))
-    with contextlib.suppress(Fatal, GuestPathError, OSError):
-        for k in sshdconfig.vm_keys(g):
-            if g.exists(k.path) or g.exists(k.path + ".pub"):
-                keys |= {k.path.lstrip("/"), k.path.lstrip("/") + ".pub"}
-    for k in sorted(keys):
-        rm(k)
-    try:
-        if g.islink("etc/machine-id"):
-            g.unlink("etc/machine-id")
-            g.write_text("etc/machine-id", "", 0o444)
-            done.append("emptied /etc/machine-id (was a link)")
-        elif g.isfile("etc/machine-id") and os.path.getsize(g.path("etc/machine-id")):
-            # replaced, never truncated in place: with --update it may be a hard link into the
-            # published image (rsync --link-dest); mode and owner kept
-            st = os.stat(g.path("etc/machine-id"))
-            g.unlink("etc/machine-id")
-            g.write_text("etc/machine-id", "", stat.S_IMODE(st.st_mode))
-            os.chown(g.path("etc/machine-id", follow=False), st.st_uid, st.st_gid, follow_symlinks=False)
-            done.append("emptied /etc/machine-id")
-    except GuestPathError:
-        pass
-    if not g.islink("var/lib/dbus/machine-id"):  # a link to /etc/machine-id is what systemd guests ship
-        rm("var/lib/dbus/machine-id")
-    for p in IDENTITY_FILES:
-        rm(p)
-    for d, pattern in LEASES:
-        for p in g.glob(d, pattern):
-            rm(p)
-    try:
-        cloud = g.path("var/lib/cloud", follow=False)
-        if os.path.isdir(cloud) and not os.path.islink(cloud):
-            for name in sorted(os.listdir(cloud)):
-                if name == "seed":
-                    continue
-                host = os.path.join(cloud, name)
-                if os.path.isdir(host) and not os.path.islink(host):
-                    shutil.rmtree(host)
-                else:
-                    os.unlink(host)
-                done.append(f"removed /var/lib/cloud/{name}")
-    except GuestPathError:
-        pass
-    return done
-
-
-__all__ = ["REVERSAL", "reverse", "strip_identity"]
+__all__ = ["REVERSAL", "reverse"]

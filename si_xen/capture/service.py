@@ -23,6 +23,7 @@ from ..image import store
 from ..image.metadata import LAYOUT_FILES, META_DIR
 from ..rollback import signals_raise
 from . import copy, image, reverse
+from .identity import strip_identity
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,7 @@ def _build(req: Request, cfg, target: str, read, undo, disks, origin: str, say, 
         copied = read(stage, excludes)
         # what the copy left out on purpose is not "removed in the VM" to the reversal
         not_reversed = undo(stage, lambda p: left_out.matches(p, Guest(stage).isdir(p)))
-        identity = reverse.strip_identity(stage)
+        identity = strip_identity(stage)
         layouts = _layouts(req, stage, disks, copied.fstab, origin)
         server_layout = layouts.get("disks-layout.xml") or next(iter(layouts.values()), None) or _tree_layout(stage)
         image.write_metadata(stage, origin, layouts)

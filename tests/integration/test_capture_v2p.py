@@ -20,7 +20,8 @@ from dataclasses import replace
 import pytest
 
 from si_xen import journal, populate
-from si_xen.capture.reverse import reverse, strip_identity
+from si_xen.capture.identity import strip_identity
+from si_xen.capture.reverse import reverse
 from si_xen.fixups import FIXUPS
 from si_xen.fixups.aside import MANIFEST
 from tests.conftest import need_tools

@@ -13,7 +13,8 @@ from dataclasses import dataclass, replace
 import pytest
 
 from si_xen import boot
-from si_xen.capture.reverse import REVERSAL, reverse, strip_identity
+from si_xen.capture.identity import strip_identity
+from si_xen.capture.reverse import REVERSAL, reverse
 from si_xen.fixups import FIXUPS, run_all
 from si_xen.fixups.aside import MANIFEST
 from si_xen.guestfs import Guest, RecordingGuest

@@ -49,6 +49,11 @@ class Scan:
     names: tuple[str, ...]
     unpacked: int  # bytes
 
+    @property
+    def modules(self) -> set[str]:
+        """The kernel modules it holds, by module name ("xen-blkfront" for xen_blkfront.ko.xz)."""
+        return {os.path.basename(n).split(".ko")[0].replace("_", "-") for n in self.names if ".ko" in n}
+
 
 class _Reader:
     """Reads ``src`` counting bytes; ``unread`` gives back what a decompressor did not use."""

@@ -9,7 +9,6 @@ is a line for the capture's summary, saying what was found and what to do about 
 
 from __future__ import annotations
 
-import os
 import re
 
 from ..fixups.kernel import INITRDS
@@ -62,15 +61,14 @@ def _initrds(g) -> list[str]:
         if initrd is None:
             continue
         try:
-            names = scan(g.path(initrd)).names
+            have = scan(g.path(initrd)).modules
         except Unreadable as e:
             out.append(f"/{initrd} {e}: check it can boot under Xen (it needs xen-blkfront)")
             continue
         except OSError as e:
             out.append(f"/{initrd} cannot be read ({e.strerror}): check it holds xen-blkfront")
             continue
-        have = {os.path.basename(n).split(".ko")[0].replace("_", "-") for n in names if ".ko" in n}
-        # the kernel's own (built in), and the initramfs's modules
+            # the kernel's own (built in), and the initramfs's modules
         builtin = {m for m, opt in BUILTIN.items() if re.search(rf"(?m)^{opt}=y", config)}
         foreign = sorted(f"{m} ({FOREIGN_DRIVERS[m]})" for m in (have | builtin) & FOREIGN_DRIVERS.keys())
         if foreign and "xen-blkfront" not in have:

@@ -52,14 +52,13 @@ def _check_initrd(ctx: Ctx, ver: str) -> None:
     if initrd is None:
         return
     try:
-        names = scan_cached(g.path(initrd)).names
+        have = scan_cached(g.path(initrd)).modules
     except Unreadable as e:  # si_mkxenvm refused a booted one at planning: another kernel's, or xen-tools'
         ctx.warn(f"kernel: /{initrd} {e}; rebuild it in the guest before booting its kernel")
         return
     except OSError as e:
         ctx.warn(f"kernel: cannot read /{initrd} ({e.strerror}); check it holds xen-blkfront")
         return
-    have = {os.path.basename(n).split(".ko")[0].replace("_", "-") for n in names if ".ko" in n}
     missing = [d for d in XEN_DRIVERS if d not in have]
     if "xen-blkfront" not in missing:
         return

@@ -31,12 +31,8 @@ REPLACEABLE = ("file", "disk-file", "lv")  # what a rebuild moves out of the new
 
 
 def _stop(c: Context) -> None:
-    ts = toolstack.require_running(c.old.record.toolstack or "auto")
-    name = c.plan.hostname
-    c.rep.say(f"Shutting {name} down ({ts.name} shutdown, {c.timeout:.0f} s at most)")
-    if not ts.stop(name, c.timeout):
-        raise Fatal(f"VM '{name}' did not shut down within {c.timeout:.0f} s (its shutdown was asked for; it was never destroyed)",
-                    f"shut it down from inside, or give a longer --timeout, then run si_mkxenvm --rebuild {name} again")
+    toolstack.stop_cleanly(c.old.record.toolstack or "auto", c.plan.hostname, c.timeout, c.rep.say,
+                           f"si_mkxenvm --rebuild {c.plan.hostname} again")
 
 
 def _carry(c: Context) -> None:

@@ -85,12 +85,8 @@ class Update:
 
 
 def _stop(u: Update) -> None:
-    ts = toolstack.require_running(u.rec.toolstack or "auto")
-    u.rep.say(f"Shutting {u.rec.name} down ({ts.name} shutdown, {u.opts.timeout:.0f} s at most)")
-    if not ts.stop(u.rec.name, u.opts.timeout):
-        raise Fatal(f"VM '{u.rec.name}' did not shut down within {u.opts.timeout:.0f} s "
-                    "(its shutdown was asked for; it was never destroyed)",
-                    f"see why it does not stop, or give a longer --timeout, then run si_updatexenvm {u.rec.name} again")
+    toolstack.stop_cleanly(u.rec.toolstack or "auto", u.rec.name, u.opts.timeout, u.rep.say,
+                           f"si_updatexenvm {u.rec.name} again")
     u.stopped = True
 
 

@@ -146,6 +146,16 @@ def find(choice: str = "auto") -> Toolstack | None:
     return None
 
 
+def stop_cleanly(choice: str, name: str, timeout: float, say, again: str) -> None:
+    """A running VM shut down before si-xen changes it (an update, a rebuild): a clean shutdown
+    within ``timeout``, never a destroy; one Fatal if it does not stop (``again``: what to run after)."""
+    ts = require_running(choice)
+    say(f"Shutting {name} down ({ts.name} shutdown, {timeout:.0f} s at most)")
+    if not ts.stop(name, timeout):
+        raise Fatal(f"VM '{name}' did not shut down within {timeout:.0f} s (its shutdown was asked for; it was never "
+                    "destroyed)", f"see why it does not stop, or give a longer --timeout, then run {again}")
+
+
 def require_running(choice: str) -> Toolstack:
     ts = find(choice)
     if ts is None:

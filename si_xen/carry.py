@@ -107,17 +107,11 @@ def _read(name: str, disks: list, where_from: dict, dest: str) -> list[str]:
     where = tempfile.mkdtemp(prefix=f"si-xen.{name}.carry-", dir=run_dir)
     spec = {"disks": disks, **where_from, "where": where, "dest": dest}
     try:
-        out = proc.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-m", __name__,
-                        json.dumps(spec)], env={"PYTHONPATH": _package_parent()}).stdout
+        argv, env = proc.in_mount_namespace(__name__, json.dumps(spec))
+        out = proc.run(argv, env=env).stdout
     finally:
         os.rmdir(where)  # our mounts were never seen here
     return json.loads(out or "[]")
-
-
-def _package_parent() -> str:
-    """Where si_xen is imported from, for the child (Ganeti's scripts put it on sys.path themselves)."""
-    top = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return os.pathsep.join(filter(None, (top, os.environ.get("PYTHONPATH"))))
 
 
 def child(spec: dict) -> list[str]:

@@ -14,6 +14,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -216,6 +217,15 @@ def _kill_group(p: subprocess.Popen) -> None:
             p.kill()
     except ProcessLookupError:
         pass
+
+
+def in_mount_namespace(module: str, *args: str) -> tuple[list[str], dict[str, str]]:
+    """(argv, env) to run ``python3 -m MODULE ARGS`` in a private mount namespace of its own: its
+    mounts are never seen outside and go with it, even after a SIGKILL. env's PYTHONPATH names
+    where si_xen is imported from (Ganeti's scripts put it on sys.path themselves)."""
+    top = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, (top, os.environ.get("PYTHONPATH"))))}
+    return ["unshare", "--mount", "--propagation", "private", sys.executable, "-m", module, *args], env
 
 
 def which(program: str) -> str | None:

@@ -91,8 +91,8 @@ def read_vm(rec, mode: str, lock_dir: str) -> tuple[dict, list[str], Classify]:
             "nameservers": bool(rec.request.get("nameservers"))}
     try:
         with tempfile.TemporaryFile() as out:
-            proc.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-m", __name__,
-                      json.dumps(spec)], stdout=out)
+            argv, env = proc.in_mount_namespace(__name__, json.dumps(spec))
+            proc.run(argv, env=env, stdout=out)
             out.seek(0)
             rows, skipped, (excluded, identity) = marshal.loads(out.read())
     finally:

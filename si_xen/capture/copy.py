@@ -69,8 +69,8 @@ def copy_tree(disks: list, where_from: dict, dest: str, excludes: list[str], say
     say(f"Copying the filesystems into {dest}")
     try:
         # a process group of its own (proc.Begun): a signal here ends the child and its rsync with it
-        out = proc.Begun(["unshare", "--mount", "--propagation", "private", sys.executable, "-m", __name__,
-                          json.dumps(spec)], env={"PYTHONPATH": _package_parent(), "LC_ALL": "C"}).result().stdout
+        argv, env = proc.in_mount_namespace(__name__, json.dumps(spec))
+        out = proc.Begun(argv, env={**env, "LC_ALL": "C"}).result().stdout
     finally:
         os.rmdir(where)  # our mounts were never seen here
         for target, _fs, _mp in disks:  # the copies of a child killed before it unlinked them
@@ -78,11 +78,6 @@ def copy_tree(disks: list, where_from: dict, dest: str, excludes: list[str], say
                 os.unlink(p)
     r = json.loads(out)
     return Copied(r["entries"], r["bytes"], r["written"], r["fstab"], r["excluded"], r["skipped"])
-
-
-def _package_parent() -> str:
-    top = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    return os.pathsep.join(filter(None, (top, os.environ.get("PYTHONPATH"))))
 
 
 def _stat(text: str, label: str) -> int:

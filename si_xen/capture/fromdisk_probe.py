@@ -201,11 +201,9 @@ def child(spec: dict) -> dict:
 
 def run(fss: list[Fs], where: str) -> dict:
     """``child`` in its own mount namespace; ``where`` an existing empty directory."""
-    top = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    path = os.pathsep.join(filter(None, (top, os.environ.get("PYTHONPATH"))))
     spec = {"filesystems": [asdict(f) for f in fss], "where": where}
-    out = proc.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-m", __name__,
-                    json.dumps(spec)], env={"PYTHONPATH": path}).stdout
+    argv, env = proc.in_mount_namespace(__name__, json.dumps(spec))
+    out = proc.run(argv, env=env).stdout
     return json.loads(out)
 
 

@@ -321,3 +321,14 @@ def test_a_whole_second_mtime_matches_its_second_as_mke2fs_d_leaves_it():
     assert not _differs(f, f[:4] + (1_700_000_000_000_000_000,) + f[5:])
     assert _differs(f, f[:4] + (1_700_000_001_000_000_000,) + f[5:])
     assert _differs(f, f[:4] + (1_700_000_000_123_456_788,) + f[5:])
+
+
+def test_an_image_file_changed_in_the_second_the_vm_was_made_from_is_still_fetched():
+    """The VM's copy has whole seconds (mke2fs -d); the image's file changed within that second:
+    the old generation's facts say the VM holds the old file (found by a 2-second CI test)."""
+    t0, t1 = 1_700_000_000_100_000_000, 1_700_000_000_900_000_000
+    old, new = tree(etc__motd=F(mtime=t0)), tree(etc__motd=F(mtime=t1))
+    vm = tree(etc__motd=F(mtime=1_700_000_000_000_000_000))
+    assert plan(old, new, vm).fetch == ("/etc/motd",)
+    assert plan(new, new, vm).fetch == ()  # unchanged in the image: the whole second still matches
+    assert plan(old, new, tree(etc__motd=F(mtime=t1))).fetch == ()  # the VM already has it

@@ -115,17 +115,7 @@ def _capture(req: Request, settings, say) -> CaptureResult:
     with journal.lock(paths["lock_dir"], req.vm), _image_lock(paths["lock_dir"], req.image):
         st = _vm_state(paths["state_dir"], req.vm)  # under the lock: no other si_* command now
         rec = st.record
-        mode = "offline"
-        if _running(req.vm):
-            from .. import toolstack, vmread
-
-            if not req.snapshot:
-                ts = toolstack.find()
-                raise Fatal(f"VM '{req.vm}' is running", f"add --snapshot, or {ts.name if ts else 'xl'} shutdown {req.vm} first")
-            mode = vmread.read_mode(rec, True)
-            if mode == "live":
-                raise Fatal(f"VM '{req.vm}' is running and its storage cannot snapshot its disks",
-                            f"shut it down first ({rec.storage} storage: a snapshot needs XFS/btrfs reflinks or an LVM thin pool)")
+        mode = _read_mode(req, rec, say)
 
         def read(stage, excludes):
             return _copy(rec, mode, stage, excludes, target, say, paths["lock_dir"], req)
@@ -136,6 +126,32 @@ def _capture(req: Request, settings, say) -> CaptureResult:
             return reverse.reverse(stage, rec, os.path.join(paths["state_dir"], "images"), say, excluded=excluded)
 
         return _build(req, cfg, target, read, undo, rec.disks, rec.name, say, t0)
+
+
+def _read_mode(req: Request, rec, say) -> str:
+    """How the VM's disks are read (vmread.read_mode): a running VM only with --snapshot, from
+    private copies; a stopped one as it is, or, if its journals hold changes (it was destroyed,
+    not shut down), from private copies where they are replayed, never stale."""
+    from .. import toolstack, vmread
+
+    ts = toolstack.find()
+    ts = ts.name if ts else "xl"
+    running = _running(req.vm)
+    if running and not req.snapshot:
+        raise Fatal(f"VM '{req.vm}' is running", f"add --snapshot, or {ts} shutdown {req.vm} first")
+    mode = vmread.read_mode(rec, running)
+    if mode == "live" and running:
+        raise Fatal(f"VM '{req.vm}' is running and its storage cannot snapshot its disks",
+                    f"shut it down first ({rec.storage} storage: a snapshot needs XFS/btrfs reflinks or an LVM thin pool)")
+    if not running and mode != "offline":
+        dirty = ", ".join(vmread.unclean(rec))
+        if mode == "live":
+            raise Fatal(f"VM '{req.vm}' was not shut down cleanly: the journal of its {dirty} holds changes "
+                        "a read-only capture would miss",
+                        f"start it and shut it down cleanly ({ts} create, then {ts} shutdown -w {req.vm}), then capture again")
+        say(f"VM '{req.vm}' was not shut down cleanly ({dirty}): reading "
+            f"{'reflinked copies' if mode == 'copy' else 'thin snapshots'} of its disks, their journals replayed")
+    return mode
 
 
 def _from_disk(fromdisk, req: Request, cfg, target: str, say, t0: float) -> CaptureResult:
@@ -154,7 +170,8 @@ def _from_disk(fromdisk, req: Request, cfg, target: str, say, t0: float) -> Capt
             def read(stage, excludes):
                 return copy.copy_tree([(d.target, d.fs, d.mountpoint) for d in disks],
                                       {"storage": "given", "root": "", "pool": None, "lock_dir": ""}, stage, excludes,
-                                      say, name=req.image, link_dest=target if req.update else None)
+                                      say, name=req.image, replay=foreign.private,
+                                      link_dest=target if req.update else None)
 
             r = _build(req, cfg, target, read, lambda stage, excluded: [], disks, os.path.abspath(req.from_disk), say, t0)
             unread = [f"WARNING: {d.mountpoint} ({d.fs}) was not read: si-xen mounts {', '.join(RO_OPTS)}"
@@ -252,7 +269,7 @@ def _copy(rec, mode: str, stage: str, excludes: list[str], target: str, say, loc
     try:
         return copy.copy_tree([(snaps.get(d.target, d.target), d.fs, d.mountpoint) for d in rec.disks],
                               {"storage": rec.storage, "root": rec.storage_root, "pool": rec.thin_pool, "lock_dir": lock_dir},
-                              stage, excludes, say, name=rec.name, copy_disks=mode == "copy",
+                              stage, excludes, say, name=rec.name, copy_disks=mode == "copy", replay=mode == "snapshot",
                               link_dest=target if req.update else None)
     finally:
         vmread.drop_snapshots(snaps)

@@ -37,7 +37,11 @@ MAN = {
         "names, network configuration), and what could not be undone is listed. With --keep-xen the image\n"
         "stays Xen-ready: si_mkxenvm makes VMs of it as of any image.\n\n"
         "A running VM is refused unless --snapshot: its disks are then read from a copy-on-write copy\n"
-        "(--dir on XFS or btrfs: reflinks; LVM thin pools: a thin snapshot), what a crash would leave.\n"
+        "(--dir on XFS or btrfs: reflinks; LVM thin pools: a thin snapshot), what a crash would leave; the\n"
+        "copy's journals are replayed into it, so the image is what the guest would see after a reboot.\n"
+        "A stopped VM that was destroyed rather than shut down (its journals hold changes) is read the same\n"
+        "way, or, on storage that cannot copy, refused: start it and shut it down cleanly first. A foreign\n"
+        "disk in that state (--from-disk of a raw file) is read from a private raw copy.\n"
         "The VM is only read: its lock is held meanwhile, so no si_updatexenvm or rebuild runs."
     ),
     # from the reversal's own data (capture/reverse.py), so the page says what the code does

@@ -98,10 +98,7 @@ def _capture(req: Request, settings, say) -> CaptureResult:
     target = image.target_path(cfg, req.image)
     if req.force and req.update:
         raise Fatal("--force and --update contradict each other", "give one of them")
-    if os.path.lexists(target) and not (req.force or req.update):
-        raise Fatal(f"image '{req.image}' exists at {target}", "add --force to replace it, or --update to refresh it")
-    if req.update and not os.path.isdir(os.path.join(target, "etc")):
-        raise Fatal(f"image '{req.image}' is not there to update ({target})", "drop --update")
+    _check_target(req, target)
     paths = settings.paths
     os.makedirs(paths["lock_dir"], exist_ok=True)
     if req.from_disk:
@@ -126,6 +123,13 @@ def _capture(req: Request, settings, say) -> CaptureResult:
             return reverse.reverse(stage, rec, os.path.join(paths["state_dir"], "images"), say, excluded=excluded)
 
         return _build(req, cfg, target, read, undo, rec.disks, rec.name, say, t0)
+
+
+def _check_target(req: Request, target: str) -> None:
+    if os.path.lexists(target) and not (req.force or req.update):
+        raise Fatal(f"image '{req.image}' exists at {target}", "add --force to replace it, or --update to refresh it")
+    if req.update and not os.path.isdir(os.path.join(target, "etc")):
+        raise Fatal(f"image '{req.image}' is not there to update ({target})", "drop --update")
 
 
 def _read_mode(req: Request, rec, say) -> str:
@@ -195,6 +199,7 @@ def _build(req: Request, cfg, target: str, read, undo, disks, origin: str, say, 
     from .. import populate
 
     image.clear_stale(target, say)
+    _check_target(req, target)  # again: a killed capture's old image may just have been put back
     excludes, used = image.getimage_excludes(cfg)
     excludes = [*populate.EXCLUDES, *excludes]
     left_out = Patterns(excludes)

@@ -217,6 +217,18 @@ def running_env(tmp_path, env):
     return run
 
 
+def test_an_image_a_killed_capture_set_aside_is_put_back_and_never_overwritten(tmp_path):
+    """Killed between the renames of a --force (no RENAME_EXCHANGE): the old image aside, none in
+    place. The next capture without --force puts it back and refuses, before copying anything."""
+    env, image, vmdir = made(tmp_path, str(tmp_path / "vms"))
+    images = os.path.dirname(image)
+    os.makedirs(f"{images}/.back.si-xen-old-{2**22 + 7}/etc")  # a pid above pid_max's default: dead
+    cp = capture(env, "u1", "back", "--keep-xen")
+    assert "image 'back' exists at" in fatal(cp) and "Put back" in cp.stdout + cp.stderr
+    assert sorted(os.listdir(images)) == ["back", "tiny"] and os.listdir(f"{images}/back") == ["etc"]
+    env.run("rmxenvm", "u1", "--yes", check=True)
+
+
 def test_a_running_vm_needs_snapshot_and_storage_that_can_make_one(tmp_path, xfs_dir):
     before = host_state(str(tmp_path), ("u1",))
     env, image, vmdir = made(tmp_path, xfs_dir)

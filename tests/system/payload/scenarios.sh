@@ -335,12 +335,55 @@ update_lvm() {
     cmp -s "/tmp/identity-$n.before" "/tmp/identity-$n.after" || { echo "$n's identity changed:"; diff "/tmp/identity-$n.before" "/tmp/identity-$n.after"; return 1; }
     echo "$n: the image's changes in, its identity kept ($(grep -c ssh_host "/tmp/identity-$n.after") host key files)"
   done
+  capture_lvm "$thin" "$copy" || return 1
   rebuild_lvm "$thin" "$thick" || return 1
   si_rmxenvm --yes --prune-bases "$thin" "$thick" >/dev/null
   for n in "$thin" "$thick"; do nothing_left "$n" "after si_rmxenvm" || return 1; done
   ! lvs --noheadings -o lv_name "$VG" | grep -q "si-base-" || { echo "base LV left"; return 1; }
   [ "$(losetup -a | wc -l)" = "$loops" ] || { echo "loop devices left:"; losetup -a; return 1; }
   echo "updated, killed and finished, removed"
+}
+
+# si_getxenimage on LVM (update_lvm's thin VM, at the image's next generation): a V2P capture of
+# the stopped VM equals that generation where si-xen changed it (fstab, no hvc0 getty), without its
+# identity; then the VM "crashed" (a thin snapshot of it taken while mounted with 40 files just
+# written and synced, put in its place): captured from a thin snapshot with its journal replayed,
+# the 40 files in, the VM's LV left as it was (still dirty), no snapshot left.
+capture_lvm() {
+  local thin=$1 golden=$2 t=$SECONDS cap=/srv/captured lv=$VG/sx-captured ok=0 i
+  lvcreate -q -y -L 2G -n sx-captured "$VG" >/dev/null && mkfs.ext4 -q "/dev/$lv" && mkdir -p $cap /etc/si-cap \
+    && mount "/dev/$lv" $cap || return 1
+  printf 'DEFAULT_IMAGE_DIR = %s\n' $cap > /etc/si-cap/systemimager.conf
+  { SIS_CONFDIR=/etc/si-cap si_getxenimage "$thin" v2p > /tmp/capture-v2p.out 2>&1 || { cat /tmp/capture-v2p.out; ok=1; }
+    [ $ok = 0 ] && { cat /tmp/capture-v2p.out
+      [ "$(cat $cap/v2p/etc/debian_version)" = "12.99-si-update" ] || { echo "v2p: not the VM's generation"; ok=1; }
+      [ ! -e $cap/v2p/etc/issue.net ] || { echo "v2p: a file the update removed is back"; ok=1; }
+      cmp -s "$golden/etc/fstab" $cap/v2p/etc/fstab || { echo "v2p: fstab is not the golden client's"; ok=1; }
+      ! ls $cap/v2p/etc/systemd/system/*/serial-getty@hvc0.service 2>/dev/null || { echo "v2p: hvc0 getty kept"; ok=1; }
+      ! ls $cap/v2p/etc/ssh/ssh_host_* 2>/dev/null || { echo "v2p: host keys kept"; ok=1; }
+      [ ! -s $cap/v2p/etc/machine-id ] || { echo "v2p: machine-id kept"; ok=1; }; }
+  }
+  if [ $ok = 0 ]; then  # the crash
+    mkdir -p /mnt/crash && mount "/dev/$VG/$thin-disk" /mnt/crash && mkdir -p /mnt/crash/srv/late || ok=1
+    for i in $(seq 40); do echo late > /mnt/crash/srv/late/f$i; done
+    sync -f /mnt/crash/srv/late && lvcreate -q -y -s -kn -n "$thin-disk.crash" "$VG/$thin-disk" >/dev/null || ok=1
+    umount /mnt/crash
+    lvrename -q "$VG" "$thin-disk" "$thin-disk.pre" && lvrename -q "$VG" "$thin-disk.crash" "$thin-disk" \
+      && lvchange -q -ay "$VG/$thin-disk" && lvremove -q -y "$VG/$thin-disk.pre" >/dev/null || ok=1
+    dumpe2fs -h "/dev/$VG/$thin-disk" 2>/dev/null | grep -q needs_recovery || { echo "the crashed VM is not dirty"; ok=1; }
+  fi
+  if [ $ok = 0 ]; then
+    SIS_CONFDIR=/etc/si-cap si_getxenimage "$thin" v2p --keep-xen --force > /tmp/capture-crash.out 2>&1 \
+      || { cat /tmp/capture-crash.out; ok=1; }
+    cat /tmp/capture-crash.out
+    grep -q "not shut down cleanly (/ (ext4)): reading thin snapshots" /tmp/capture-crash.out || { echo "no snapshot read said"; ok=1; }
+    [ "$(ls $cap/v2p/srv/late 2>/dev/null | wc -l)" = 40 ] || { echo "the crashed VM's last files are not in the image"; ok=1; }
+    dumpe2fs -h "/dev/$VG/$thin-disk" 2>/dev/null | grep -q needs_recovery || { echo "the VM's LV was written"; ok=1; }
+    ! lvs --noheadings -o lv_name "$VG" | grep -q '\.drift' || { echo "a snapshot is left"; ok=1; }
+  fi
+  umount $cap; lvremove -q -y "$lv" >/dev/null
+  timing capture_lvm $((SECONDS - t))
+  [ $ok = 0 ] && echo "captured on LVM: V2P of the stopped VM, then the crashed one from a replayed thin snapshot"
 }
 
 # si_mkxenvm --rebuild on LVM (update_lvm's VMs, from the image's current generation): the thin

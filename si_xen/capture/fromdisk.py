@@ -47,6 +47,8 @@ class Foreign:
     notes: tuple[str, ...]  # another hypervisor's tools and drivers found in the guest
     sizes: dict[str, int] = field(default_factory=dict)  # guest mount point: its partition's (or disk's) MiB
     private: bool = False  # the devices are of our own raw copy, writable: journals replayed when read
+    layout: tuple[tuple[int, str, str, int], ...] = ()  # (partition number, type, mount point, MiB): probe.partitions_named
+    label: str = "msdos"  # the partition table's kind, for the layout: gpt or msdos
 
 
 def inspect(path: str) -> dict:
@@ -211,7 +213,9 @@ def attached(path: str, work_dir: str, say: Callable[[str], None]) -> Iterator[F
             say(f"WARNING: {line}")
         size = {f.dev: f.size // MIB for f in fss}
         yield Foreign([tuple(d) for d in found["disks"]], fmt, tuple(found["notes"]),
-                      {mp: size[dev] for dev, _fs, mp in found["disks"]}, private)
+                      {mp: size[dev] for dev, _fs, mp in found["disks"]}, private,
+                      tuple(tuple(p) for p in found["layout"]),
+                      "gpt" if any(len(f.partuuid) == 36 for f in fss) else "msdos")
     finally:
         with rollback.critical():
             undo.close()

@@ -131,12 +131,13 @@ def _fstab_lines(fstab: str) -> list[list[str]]:
     return out
 
 
-def layout_xml(disks, fstab: str, vm: str, keep_xen: bool, header: bool = False) -> str:
+def layout_xml(disks, fstab: str, vm: str, keep_xen: bool, header: bool = False, label: str = "msdos") -> str:
     """A SystemImager layout (the <config> vocabulary of autoinstallscript.conf and disks-layout.xml)
     for the VM's ``disks`` (record DiskRecords: vdev xvdaN, mountpoint, fs, size, options): one disk
     whose partition N is the VM's xvdaN, /dev/sda unless ``keep_xen``; each filesystem's fsinfo
     takes its options, dump and pass from the VM's fstab, and the fstab's other (network, pseudo)
-    entries follow with format="no", as si_prepareclient writes them."""
+    entries follow with format="no", as si_prepareclient writes them. disks-layout.xml (v5) also
+    names the bootloader: grub2, for EFI where a vfat /boot/efi is among the disks."""
     base = "/dev/xvda" if keep_xen else "/dev/sda"
     rows, by_mp, parts, used = [], {}, [], set()
     lines = _fstab_lines(fstab)
@@ -159,8 +160,12 @@ def layout_xml(disks, fstab: str, vm: str, keep_xen: bool, header: bool = False)
             rows.append((f[0], None, f[1], f[2], f[3] if len(f) > 3 else "defaults",
                          f[4] if len(f) > 4 else "0", f[5] if len(f) > 5 else "0", True))
     out = [AIS_HEADER.format(vm=vm) if header else "", "<config>\n",
-           f'  <disk dev="{base}" label_type="msdos" unit_of_measurement="MB">\n', *(p + "\n" for p in parts),
+           f'  <disk dev="{base}" label_type="{label}" unit_of_measurement="MB">\n', *(p + "\n" for p in parts),
            "  </disk>\n\n"]
+    if not header:
+        efi = any(d.mountpoint == "/boot/efi" and d.fs == "vfat" for d in disks)
+        out.append(f'  <bootloader flavor="grub2" install_type="{"efi" if efi else "legacy"}" default_entry="0" '
+                   f'timeout="2">\n    <target dev="{base}" />\n  </bootloader>\n\n')
     for n, (dev, mdev, mp, fs, options, dump, pas, nofmt) in enumerate(rows, 1):
         md = f" mount_dev={quoteattr(mdev)}" if mdev else ""
         out.append(f'  <fsinfo line="{n * 10}" real_dev={quoteattr(dev)}{md} mp={quoteattr(mp)} fs={quoteattr(fs)} '

@@ -167,9 +167,9 @@ def _from_disk(fromdisk, req: Request, cfg, target: str, say, t0: float) -> Capt
     work = image.work_dir(target)
     try:
         with fromdisk.attached(req.from_disk, work, say) as foreign:
-            found = [DiskRecord("", mp or "", fs, f"{_size_mib(dev)}M", dev) for dev, fs, mp in foreign.disks]
-            numbered = sorted(found, key=lambda d: (d.fs != "swap", len(d.mountpoint)))
-            disks = [DiskRecord(f"xvda{i}", d.mountpoint, d.fs, d.size, d.target) for i, d in enumerate(numbered, 1)]
+            disks = [DiskRecord("", mp or "", fs, f"{_size_mib(dev)}M", dev) for dev, fs, mp in foreign.disks]
+            # the layout: the disk's own partitions by number, swap and unread ones (an ESP) included
+            layout = [DiskRecord(f"xvda{n}", mp, fs, f"{mib}M", "") for n, fs, mp, mib in foreign.layout]
 
             def read(stage, excludes):
                 return copy.copy_tree([(d.target, d.fs, d.mountpoint) for d in disks],
@@ -177,7 +177,8 @@ def _from_disk(fromdisk, req: Request, cfg, target: str, say, t0: float) -> Capt
                                       say, name=req.image, replay=foreign.private,
                                       link_dest=target if req.update else None)
 
-            r = _build(req, cfg, target, read, lambda stage, excluded: [], disks, os.path.abspath(req.from_disk), say, t0)
+            r = _build(req, cfg, target, read, lambda stage, excluded: [], layout, os.path.abspath(req.from_disk), say, t0,
+                       label=foreign.label)
             unread = [f"WARNING: {d.mountpoint} ({d.fs}) was not read: si-xen mounts {', '.join(RO_OPTS)}"
                       for d in disks if d.fs != "swap" and d.fs not in RO_OPTS]
             return CaptureResult(**{**r.__dict__, "notes": [*foreign.notes, *unread, *r.notes]})
@@ -193,7 +194,8 @@ def _size_mib(dev: str) -> int:
         os.close(fd)
 
 
-def _build(req: Request, cfg, target: str, read, undo, disks, origin: str, say, t0: float) -> CaptureResult:
+def _build(req: Request, cfg, target: str, read, undo, disks, origin: str, say, t0: float,
+           label: str = "msdos") -> CaptureResult:
     """The staging image filled by ``read`` (-> copy.Copied), reversed by ``undo`` (-> what was not),
     the identity removed, SystemImager's metadata written; published whole, else removed."""
     from .. import populate
@@ -209,7 +211,7 @@ def _build(req: Request, cfg, target: str, read, undo, disks, origin: str, say, 
         # what the copy left out on purpose is not "removed in the VM" to the reversal
         not_reversed = undo(stage, lambda p: left_out.matches(p, Guest(stage).isdir(p)))
         identity = strip_identity(stage)
-        layouts = _layouts(req, stage, disks, copied.fstab, origin)
+        layouts = _layouts(req, stage, disks, copied.fstab, origin, label)
         server_layout = layouts.get("disks-layout.xml") or next(iter(layouts.values()), None) or _tree_layout(stage)
         image.write_metadata(stage, origin, layouts)
         image.publish(stage, target, replace=req.force or req.update)
@@ -234,7 +236,7 @@ def _build(req: Request, cfg, target: str, read, undo, disks, origin: str, say, 
                          round(time.monotonic() - t0, 2), copied.excluded, used, identity, not_reversed, notes)
 
 
-def _layouts(req: Request, stage: str, disks, vm_fstab: str, origin: str) -> dict[str, str]:
+def _layouts(req: Request, stage: str, disks, vm_fstab: str, origin: str, label: str = "msdos") -> dict[str, str]:
     """The layout files to write. For physical machines (V2P) the golden client's own, which the
     copy brought and the reversal left, stay as they are: SystemImager partitions from them and
     writes fstab from them, so they must say what the restored fstab and bootloader say. Else
@@ -244,7 +246,7 @@ def _layouts(req: Request, stage: str, disks, vm_fstab: str, origin: str) -> dic
     if have and not req.keep_xen:
         return {}
     fstab = vm_fstab if req.keep_xen else (Guest(stage).read_text("etc/fstab") or "")
-    return {n: image.layout_xml(disks, fstab, origin, req.keep_xen, header=n == "autoinstallscript.conf")
+    return {n: image.layout_xml(disks, fstab, origin, req.keep_xen, header=n == "autoinstallscript.conf", label=label)
             for n in image.layout_files(stage)}
 
 

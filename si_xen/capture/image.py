@@ -22,7 +22,7 @@ from xml.sax.saxutils import escape
 from .. import atomic, locks
 from ..errors import Fatal
 from ..excludes import _fstab_field
-from ..guestfs import Guest
+from ..guestfs import Guest, GuestPathError
 from ..image.metadata import DISK_FS, LAYOUT_FILES, META_DIR
 from ..image.store import StoreConfig, stub_path
 from ..sizes import parse_mib
@@ -190,11 +190,19 @@ def _num(vdev: str, default: int) -> int:
 def write_metadata(tree: str, vm: str, layout: dict[str, str], now: float | None = None) -> list[str]:
     """SystemImager's files in the staging tree (each written anew, never in place: with --update a
     file may be a hard link into the published image): the layout files given, IMAGE_RETRIEVAL_TIME
-    (local time, as si_getimage writes it) and IMAGE_RETRIEVED_FROM. Returns the guest paths."""
+    (local time, as si_getimage writes it), IMAGE_RETRIEVED_FROM and mounted_filesystems (what
+    si_prepareclient's ``mount`` would list, from the tree's fstab: si_getimage excludes the
+    network ones from a later capture of a machine installed from it). Returns the guest paths."""
     g = Guest(tree)
     meta = g.makedirs(META_DIR)  # a guest link on the way resolves inside the tree
+    try:
+        fstab = g.read_text("etc/fstab") or ""
+    except GuestPathError:  # a link out of the tree, a directory: nothing mounted to say
+        fstab = ""
+    mounts = "".join(f"{f[0]} on {f[1]} type {f[2]} ({f[3] if len(f) > 3 else 'defaults'})\n"
+                     for f in _fstab_lines(fstab) if f[2] != "swap" and f[1].startswith("/"))
     files = {**layout, "IMAGE_RETRIEVAL_TIME": time.strftime("%Y.%m.%d %H:%M\n", time.localtime(now)),
-             "IMAGE_RETRIEVED_FROM": vm + "\n"}
+             "IMAGE_RETRIEVED_FROM": vm + "\n", "mounted_filesystems": mounts}
     for name, text in files.items():
         atomic.write(os.path.join(meta, name), text, 0o644)  # over a link there: the link replaced
     return [f"{META_DIR}/{n}" for n in files]

@@ -30,7 +30,8 @@ LAYOUT = """<config>
 IDENTITY = ("etc/ssh/ssh_host_*", "etc/machine-id", "var/lib/dbus/machine-id", "etc/hostname")
 NEVER_COPIED = ("proc/*", "sys/*", "run/*", "tmp/*", "lost+found")
 METADATA = ("etc/systemimager/IMAGE_RETRIEVAL_TIME", "etc/systemimager/IMAGE_RETRIEVED_FROM",
-            "etc/systemimager/disks-layout.xml", "etc/systemimager/autoinstallscript.conf")
+            "etc/systemimager/disks-layout.xml", "etc/systemimager/autoinstallscript.conf",
+            "etc/systemimager/mounted_filesystems")
 
 
 def made(tmp_path, storage: str, layout: bool = False):
@@ -155,6 +156,9 @@ def test_round_trip(where, layout, keep_xen, request, tmp_path):
         assert f.read() == f"[back]\n\tpath={got}\n\n"
     with open(f"{got}/etc/systemimager/IMAGE_RETRIEVED_FROM") as f:
         assert f.read() == "u1\n"
+    with open(f"{got}/etc/systemimager/mounted_filesystems") as f:  # as `mount` lists them, from the fstab
+        mounts = f.read().splitlines()
+    assert any(" on / type ext4 (" in m for m in mounts) and "nfs.example:/export on /mnt/nfs type nfs (ro,soft)" in mounts
     assert not [n for n in os.listdir(os.path.dirname(got)) if ".si-xen-" in n]
     assert {n: os.stat(f"{vmdir}/{n}").st_mtime_ns for n in os.listdir(vmdir)} == disks, "the VM only read"
     # and the captured image makes a VM again

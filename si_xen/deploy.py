@@ -177,18 +177,26 @@ def _libvirt(c: Context) -> bool:
     return c.plan.activation.toolstack == "libvirt"
 
 
+def _virsh():
+    # libvirtd answered preflight's check (service.preflight, under the VM's lock): not asked again
+    ts = toolstack.find("libvirt")
+    if ts is None:
+        raise Fatal("virsh is gone", "install libvirt-clients")
+    return ts
+
+
 def _define(c: Context) -> None:
     if c.old is not None:  # its undo would undefine the old VM's domain, which a failed rebuild must keep
         raise Fatal(f"si_mkxenvm --rebuild of a libvirt VM is not supported yet ({c.plan.hostname} is as it was)",
                     f"si_rmxenvm {c.plan.hostname}, then si_mkxenvm --toolstack libvirt again")
-    ts = toolstack.require_libvirt()
+    ts = _virsh()
     with c.rep.step(f"Defining {c.plan.hostname} in libvirt (virsh define)"):
         c.journal.made(LibvirtDefinition(c.plan.hostname), ts.define, domain.xml_path(c.plan.cfg_path))
 
 
 def _autostart(c: Context) -> None:
     if _libvirt(c):  # libvirt's autostart only: a link in /etc/xen/auto too would start it twice
-        ts = toolstack.require_libvirt()
+        ts = _virsh()
         c.journal.made(LibvirtAutostart(c.plan.hostname), ts.autostart, c.plan.hostname)
         return
     c.autostart = link_autostart(c.plan.cfg_path, c.journal)

@@ -264,7 +264,6 @@ def test_journaled_definition_and_autostart_are_undone_newest_first(fp, lv, tmp_
     from si_xen.record import VmRecord
     from si_xen.report import Reporter
 
-    fp.register([*V, "version"], occurrences=2)
     fp.register([*V, "define", "/etc/xen/vm1.xml"])
     fp.register([*V, "autostart", "vm1"])
     j = journal.Journal(str(tmp_path), "vm1", VmRecord("vm1"))

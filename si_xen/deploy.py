@@ -33,6 +33,7 @@ from .report import Reporter
 from .rollback import Guard, signals_raise
 from .storage import backend_for
 from .storage.mount import leave, mount_tree
+from .toolstack import libvirt
 
 
 def boot_dir(storage: str, storage_root: str, name: str, state_dir: str) -> str:
@@ -166,7 +167,7 @@ def _config(c: Context) -> None:
                              user_dir=c.settings.paths["template_dir"])
         c.journal.made(File(plan.cfg_path), atomic.write, plan.cfg_path, text)
     if _libvirt(c):  # the same VM for libvirt, beside the xl.cfg (which stays: an update's, a rebuild's reference)
-        xml = domain.xml_path(plan.cfg_path)
+        xml = libvirt.xml_path(plan.cfg_path)
         with c.rep.step(f"Creating libvirt domain XML: {xml}"):
             text = domain.render(plan, kernel=c.kernel_path, ramdisk=c.ramdisk, cmdline=boot.cmdline(plan.root.vdev),
                                  user_dir=c.settings.paths["template_dir"], template=domain.LIBVIRT_TEMPLATE)
@@ -191,7 +192,7 @@ def _define(c: Context) -> None:
                     f"si_rmxenvm {c.plan.hostname}, then si_mkxenvm --toolstack libvirt again")
     ts = _virsh()
     with c.rep.step(f"Defining {c.plan.hostname} in libvirt (virsh define)"):
-        c.journal.made(LibvirtDefinition(c.plan.hostname), ts.define, domain.xml_path(c.plan.cfg_path))
+        c.journal.made(LibvirtDefinition(c.plan.hostname), ts.define, libvirt.xml_path(c.plan.cfg_path))
 
 
 def _autostart(c: Context) -> None:

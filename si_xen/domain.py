@@ -39,12 +39,6 @@ def domain_uuid(plan: Plan) -> str:
     return str(uuid.uuid5(_UUIDS, f"{plan.hostname} {plan.net.mac}"))
 
 
-def xml_path(cfg_path: str) -> str:
-    """Where the libvirt XML is written: beside the xl.cfg (``/etc/xen/NAME.xml``)."""
-    root, _ = os.path.splitext(cfg_path)
-    return root + ".xml" if root + ".xml" != cfg_path else cfg_path + ".libvirt.xml"
-
-
 def template_dirs(user_dir: str | None) -> list[str]:
     return [d for d in ([user_dir] if user_dir else []) + list(SEARCH) if os.path.isdir(d)]
 

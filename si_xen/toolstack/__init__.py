@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess  # TimeoutExpired only: commands run through proc
-import termios
 from time import monotonic, sleep  # by name: a test fakes toolstack's clock, never the time module's
 
-from .. import proc, rollback
+from .. import proc
 from ..errors import Fatal
+from . import libvirt, run
 
 
 def hypervisor_running() -> bool:
@@ -37,51 +36,12 @@ class Toolstack:
 
     def create(self, cfg: str, made, name: str | None = None) -> None:
         """``xl create``: the domain exists once it returns 0, and ``made(signum)`` is called
-        before any handler of the caller's runs again: its point of no return (signum: one that
-        came meanwhile, or None). A SIGINT, SIGTERM or SIGHUP meanwhile is passed on to xl, whose
-        exit decides: made, or not (ProcError; Interrupted when the signal stopped it)."""
-        got: list[int] = []
-        job = None
-
-        def forward(signum, _frame):
-            got.append(signum)
-            if job is not None:
-                job.p.send_signal(signum)
-
-        with rollback.diverted(forward):
-            job = proc.Begun(self.create_argv(cfg, name))
-            if got:
-                job.p.send_signal(got[0])
-            try:
-                job.result()
-            except proc.ProcError:
-                if got:
-                    raise rollback.Interrupted(got[0]) from None
-                raise
-            made(got[0] if got else None)
+        before any handler of the caller's runs again (run.create says how signals meanwhile go)."""
+        run.create(self.create_argv(cfg, name), made)
 
     def console(self, name: str) -> tuple[int, int | None]:
-        """Attach our terminal to ``name``'s console until it ends: detached (Ctrl-]), the domain
-        gone, or a SIGINT, SIGTERM or SIGHUP to us, which ends the console only (a second one
-        kills it). Returns its exit status and that signal (or None)."""
-        got: list[int] = []
-        p = None
-
-        def stop(signum, _frame):
-            got.append(signum)
-            if p is not None:
-                p.send_signal(signal.SIGTERM if len(got) == 1 else signal.SIGKILL)
-
-        tty = _tty_state()
-        try:
-            with rollback.diverted(stop):
-                p = proc.attached(self.console_argv(name))
-                if got:
-                    p.terminate()
-                rc = p.wait()
-        finally:
-            _tty_restore(tty)  # a console killed in raw mode would leave the terminal unusable
-        return rc, got[0] if got else None
+        """Attach our terminal to ``name``'s console until it ends (run.console)."""
+        return run.console(self.console_argv(name))
 
     @property
     def start_cmd(self) -> str:
@@ -140,26 +100,9 @@ class Toolstack:
             sleep(0.5)
 
 
-def _tty_state():
-    try:
-        return termios.tcgetattr(0)
-    except (termios.error, OSError, ValueError):
-        return None  # not a terminal
-
-
-def _tty_restore(state) -> None:
-    if state is not None:
-        try:
-            termios.tcsetattr(0, termios.TCSANOW, state)
-        except (termios.error, OSError):
-            pass  # hung up: no terminal left to restore
-
-
-def find(choice: str = "auto") -> Toolstack | None:
+def find(choice: str = "auto") -> Toolstack | libvirt.Libvirt | None:
     if choice == "libvirt":
-        from .libvirt import find_virsh
-
-        return find_virsh()
+        return libvirt.find_virsh()
     names = ("xl", "xm") if choice == "auto" else (choice,)
     for n in names:
         p = proc.which(n)
@@ -178,14 +121,12 @@ def stop_cleanly(choice: str, name: str, timeout: float, say, again: str) -> Non
                     "destroyed)", f"see why it does not stop, or give a longer --timeout, then run {again}")
 
 
-def require_libvirt() -> Toolstack:
+def require_libvirt() -> libvirt.Libvirt:
     """``--toolstack libvirt``: virsh here and libvirtd answering on the Xen URI, or one Fatal
     before anything is made."""
-    from .libvirt import FIX, find_virsh
-
-    ts = find_virsh()
+    ts = libvirt.find_virsh()
     if ts is None:
-        raise Fatal("--toolstack libvirt needs virsh, which is not installed", "install libvirt-clients; " + FIX)
+        raise Fatal("--toolstack libvirt needs virsh, which is not installed", "install libvirt-clients; " + libvirt.FIX)
     ts.reachable()
     return ts
 

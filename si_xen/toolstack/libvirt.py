@@ -1,5 +1,5 @@
 """libvirt's libxl driver as the toolstack (``--toolstack libvirt``): the VM is a persistent
-libvirt domain, defined from the XML beside its xl.cfg (domain.xml_path), started at the dom0's
+libvirt domain, defined from the XML beside its xl.cfg (xml_path), started at the dom0's
 boot by libvirt's autostart (never also /etc/xen/auto: xendomains would start it a second time),
 started, attached, shut down and destroyed through ``virsh -c xen:///system``.
 
@@ -10,22 +10,34 @@ no toolstack object of ours).
 
 from __future__ import annotations
 
+import os
 import subprocess  # TimeoutExpired only: commands run through proc
 import xml.etree.ElementTree as ET
 from time import monotonic, sleep  # by name: a test fakes this module's clock
 
 from .. import proc
 from ..errors import Fatal
-from . import Toolstack
+from . import run
 
 URI = "xen:///system"  # libvirtd's libxl driver (xen:/// is the same)
 FIX = ("install libvirt-daemon-driver-xen and libvirt-daemon-system and start libvirtd "
        "(systemctl start libvirtd) on the Xen dom0, or use --toolstack xl")
 
 
-class Libvirt(Toolstack):
+def xml_path(cfg_path: str) -> str:
+    """Where the deploy writes the libvirt XML it defines: beside the xl.cfg (``/etc/xen/NAME.xml``)."""
+    root, _ = os.path.splitext(cfg_path)
+    return root + ".xml" if root + ".xml" != cfg_path else cfg_path + ".libvirt.xml"
+
+
+class Libvirt:
+    """The toolstack interface of toolstack.Toolstack (create, console, domains, shutdown, stop,
+    destroy), through virsh; plus the persistent domain's define, autostart and undefine."""
+
+    name = "libvirt"
+
     def __init__(self, virsh: str):
-        super().__init__("libvirt", virsh)
+        self.path = virsh
 
     def _virsh(self, *args: str) -> list[str]:
         return [self.path, "-c", URI, *args]
@@ -69,6 +81,13 @@ class Libvirt(Toolstack):
         raise OSError(f"virsh domstate {name}: {r.stderr.strip() or r.returncode}")  # libvirtd away: unknown
 
     # -- the Toolstack interface
+    def create(self, cfg: str, made, name: str | None = None) -> None:
+        """``virsh start`` of the defined domain (run.create: signals, the point of no return)."""
+        run.create(self.create_argv(cfg, name), made)
+
+    def console(self, name: str) -> tuple[int, int | None]:
+        return run.console(self.console_argv(name))
+
     @property
     def start_cmd(self) -> str:
         return "virsh start"
@@ -124,8 +143,6 @@ class Libvirt(Toolstack):
 def _name_in(cfg: str) -> str:
     """The domain name from the XML beside the xl.cfg (an update's or a rebuild's start knows
     only the config path). Our own file, written by the deploy."""
-    from ..domain import xml_path
-
     name = ET.parse(xml_path(cfg)).getroot().findtext("name")
     if not name:
         raise Fatal(f"no <name> in {xml_path(cfg)}", "run si_mkxenvm --rebuild for the VM")

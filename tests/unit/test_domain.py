@@ -209,9 +209,3 @@ def test_libvirt_user_template_overrides(tmp_path):
     text = domain.render(base_plan(), kernel="k", ramdisk=None, cmdline="c", user_dir=str(tmp_path),
                          template=domain.LIBVIRT_TEMPLATE)
     assert text == "<domain type='xen'><name>web01</name></domain>\n"
-
-
-def test_xml_path_is_beside_the_config():
-    assert domain.xml_path("/etc/xen/web01.cfg") == "/etc/xen/web01.xml"
-    assert domain.xml_path("/etc/xen/web01") == "/etc/xen/web01.xml"
-    assert domain.xml_path("/etc/xen/web01.xml") == "/etc/xen/web01.xml.libvirt.xml"

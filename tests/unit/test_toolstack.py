@@ -301,3 +301,9 @@ def test_undo_without_virsh_is_a_leftover_not_silence(monkeypatch):
     monkeypatch.setattr(libvirt, "find_virsh", lambda: None)
     failed = journal.undo([made.LibvirtDefinition("vm1")])
     assert len(failed) == 1 and "may still be defined" in failed[0]
+
+
+def test_xml_path_is_beside_the_config():
+    assert libvirt.xml_path("/etc/xen/web01.cfg") == "/etc/xen/web01.xml"
+    assert libvirt.xml_path("/etc/xen/web01") == "/etc/xen/web01.xml"
+    assert libvirt.xml_path("/etc/xen/web01.xml") == "/etc/xen/web01.xml.libvirt.xml"

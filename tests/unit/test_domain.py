@@ -189,7 +189,8 @@ def test_libvirt_xml_says_what_the_xl_cfg_says(name, tmp_path):
     nic = dom.find("devices/interface")
     assert (nic.get("type"), nic.find("mac").get("address"), nic.find("source").get("bridge")) == \
         ("bridge", vif["mac"], vif["bridge"])
-    assert " ".join(ip.get("address") for ip in nic.findall("ip")) == vif.get("ip", "")
+    # one <ip>, the first: libvirt's libxl driver refuses a second on a bridge (the template says why)
+    assert [ip.get("address") for ip in nic.findall("ip")] == vif.get("ip", "").split()[:1]
     assert dom.find("devices/console/target").get("type") == "xen"
 
 

@@ -307,3 +307,14 @@ def test_xml_path_is_beside_the_config():
     assert libvirt.xml_path("/etc/xen/web01.cfg") == "/etc/xen/web01.xml"
     assert libvirt.xml_path("/etc/xen/web01") == "/etc/xen/web01.xml"
     assert libvirt.xml_path("/etc/xen/web01.xml") == "/etc/xen/web01.xml.libvirt.xml"
+
+
+def test_toolstack_option_is_checked(tmp_path):
+    from si_xen.request import Request
+
+    base = {"hostname": "vm1", "dir": str(tmp_path), "output": str(tmp_path), "dhcp": True}
+    assert Request.from_options({**base, "toolstack": "libvirt"}).activation.toolstack == "libvirt"
+    assert Request.from_options(base).activation.toolstack == "auto"  # the default stays auto
+    with pytest.raises(Fatal, match="invalid --toolstack 'virsh'") as e:
+        Request.from_options({**base, "toolstack": "virsh"})
+    assert "libvirt" in e.value.fix

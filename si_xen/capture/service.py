@@ -51,6 +51,7 @@ class CaptureResult:
     identity: list[str] = field(default_factory=list)  # guest paths removed or emptied
     not_reversed: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    served: bool = False  # si_mkrsyncd_conf ran: the site's rsync daemon serves the image
 
 
 def _vm_state(state_dir: str, name: str):
@@ -228,12 +229,28 @@ def _build(req: Request, cfg, target: str, read, undo, disks, origin: str, say, 
         shutil.rmtree(stage, ignore_errors=True)
         raise
     stub = image.write_stub(cfg, req.image, target)
+    served = _mkrsyncd_conf(req.image, say)
     notes = [f"WARNING: {m} is not a directory in the tree's /: its filesystem was not read" for m in copied.skipped]
     server = image.write_server_layout(cfg, req.image, server_layout) if server_layout else None
     if server:
         notes.append(f"layout copied to {server}")
     return CaptureResult(req.image, target, stub, copied.entries, copied.bytes, copied.written,
-                         round(time.monotonic() - t0, 2), copied.excluded, used, identity, not_reversed, notes)
+                         round(time.monotonic() - t0, 2), copied.excluded, used, identity, not_reversed, notes, served)
+
+
+def _mkrsyncd_conf(name: str, say) -> bool:
+    """SystemImager's si_mkrsyncd_conf, as si_getimage runs it after writing a stub: rsyncd.conf
+    made again from the stubs, so the site's rsync daemon serves the new image. Where SystemImager's
+    server is not installed, the summary says to run it; a failure is a warning (the image is made)."""
+    tool = shutil.which("si_mkrsyncd_conf")
+    if tool is None:
+        return False
+    try:
+        proc.run([tool])
+    except proc.ProcError as e:
+        say(f"WARNING: si_mkrsyncd_conf failed ({e}): the rsync daemon does not serve '{name}' yet; run it again")
+        return False
+    return True
 
 
 def _layouts(req: Request, stage: str, disks, vm_fstab: str, origin: str, label: str = "msdos") -> dict[str, str]:

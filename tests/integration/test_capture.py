@@ -233,6 +233,26 @@ def test_an_image_a_killed_capture_set_aside_is_put_back_and_never_overwritten(t
     env.run("rmxenvm", "u1", "--yes", check=True)
 
 
+def test_si_mkrsyncd_conf_is_run_where_systemimagers_server_has_it(tmp_path):
+    """As si_getimage: the stub written, then si_mkrsyncd_conf (a stand-in on PATH records its run);
+    its failure is a warning, the image made."""
+    env, image, vmdir = made(tmp_path, str(tmp_path / "vms"))
+    bindir, marker = tmp_path / "sbin", tmp_path / "ran"
+    bindir.mkdir()
+    (bindir / "si_mkrsyncd_conf").write_text(f"#!/bin/sh\nls {env.confdir}/rsync_stubs >> {marker}\nexit ${{FAIL:-0}}\n")
+    (bindir / "si_mkrsyncd_conf").chmod(0o755)
+    path = f"{bindir}:{os.environ['PATH']}"
+    run = dict(os.environ, SIS_CONFDIR=env.confdir, PYTHONPATH=REPO, PATH=path)
+    argv = [sys.executable, "-m", "si_xen.cli.getxenimage", "u1", "back", "--keep-xen", "--config", env.config]
+    cp = subprocess.run(argv, env=run, capture_output=True, text=True, timeout=300)
+    assert cp.returncode == 0 and "(si_mkrsyncd_conf run: the rsync daemon serves it)" in cp.stdout, cp.stdout + cp.stderr
+    assert marker.read_text() == "40back\n", "run once, after the stub was written"
+    cp = subprocess.run([*argv[:4], "back2", *argv[5:]], env={**run, "FAIL": "1"}, capture_output=True, text=True, timeout=300)
+    assert cp.returncode == 0 and "WARNING: si_mkrsyncd_conf failed" in cp.stdout + cp.stderr, cp.stdout + cp.stderr
+    assert "(run si_mkrsyncd_conf to serve it)" in cp.stdout
+    env.run("rmxenvm", "u1", "--yes", check=True)
+
+
 def test_a_running_vm_needs_snapshot_and_storage_that_can_make_one(tmp_path, xfs_dir):
     before = host_state(str(tmp_path), ("u1",))
     env, image, vmdir = made(tmp_path, xfs_dir)

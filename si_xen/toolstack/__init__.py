@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess  # TimeoutExpired only: commands run through proc
 from time import monotonic, sleep  # by name: a test fakes toolstack's clock, never the time module's
 
 from .. import proc
@@ -76,18 +75,9 @@ class Toolstack:
     def stop(self, name: str, timeout: float = 120) -> bool:
         """A clean shutdown within ``timeout`` seconds: True once the domain is gone. Never
         destroys it (an update must not pull the plug): on False it keeps running or shutting down."""
-        deadline = monotonic() + timeout
-        try:
-            proc.run([self.path, "shutdown", "-w", name], timeout=timeout, ok=(0, 1))
-        except subprocess.TimeoutExpired:
-            return False
         # -w returns once the guest has shut down; xl's own process for the domain destroys it
         # (on_poweroff) a moment later, and until then xl list still shows it
-        while name in self.domains():
-            if monotonic() >= deadline:
-                return False
-            sleep(0.5)
-        return True
+        return run.stop([self.path, "shutdown", "-w", name], self.domains, name, timeout, monotonic, sleep)
 
     def destroy(self, name: str) -> None:
         # a dying domain may take a while to hand its memory back on a loaded host

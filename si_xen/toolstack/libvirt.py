@@ -11,7 +11,6 @@ no toolstack object of ours).
 from __future__ import annotations
 
 import os
-import subprocess  # TimeoutExpired only: commands run through proc
 import xml.etree.ElementTree as ET
 from time import monotonic, sleep  # by name: a test fakes this module's clock
 
@@ -120,16 +119,7 @@ class Libvirt:
     def stop(self, name: str, timeout: float = 120) -> bool:
         """Ask for a clean shutdown (virsh has no --wait), then wait up to ``timeout`` for the
         domain to go; never destroys it."""
-        deadline = monotonic() + timeout
-        try:
-            proc.run(self._virsh("shutdown", name), timeout=timeout, ok=(0, 1))
-        except subprocess.TimeoutExpired:
-            return False
-        while name in self.domains():
-            if monotonic() >= deadline:
-                return False
-            sleep(0.5)
-        return True
+        return run.stop(self._virsh("shutdown", name), self.domains, name, timeout, monotonic, sleep)
 
     def destroy(self, name: str) -> None:
         deadline = monotonic() + 120

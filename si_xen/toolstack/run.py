@@ -4,6 +4,7 @@ toolstack (xl, xm, libvirt's virsh), whose argv is all that differs."""
 from __future__ import annotations
 
 import signal
+import subprocess  # TimeoutExpired only: commands run through proc
 import termios
 
 from .. import proc, rollback
@@ -73,3 +74,18 @@ def _tty_restore(state) -> None:
             termios.tcsetattr(0, termios.TCSANOW, state)
         except (termios.error, OSError):
             pass  # hung up: no terminal left to restore
+
+
+def stop(argv: list[str], domains, name: str, timeout: float, monotonic, sleep) -> bool:
+    """Ask for a clean shutdown (``argv``), then wait up to ``timeout`` for ``name`` to leave
+    ``domains()``; never destroys it. The clock is the caller's (tests fake each toolstack's)."""
+    deadline = monotonic() + timeout
+    try:
+        proc.run(argv, timeout=timeout, ok=(0, 1))
+    except subprocess.TimeoutExpired:
+        return False
+    while name in domains():
+        if monotonic() >= deadline:
+            return False
+        sleep(0.5)
+    return True

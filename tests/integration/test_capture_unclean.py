@@ -6,7 +6,6 @@ original) misses files written and synced before the crash, so these tests fail 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -17,18 +16,11 @@ from si_xen.storage.mount import unclean
 
 from .harness import host_state, make_env, tiny_image, write
 from .test_capture import capture, fatal
+from .test_drift import sha256 as sha
 from .test_update import OPTS
 
 pytestmark = pytest.mark.integration
 LATE = 40  # files written in the guest just before it "crashed"
-
-
-def sha(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(1 << 20):
-            h.update(b)
-    return h.hexdigest()
 
 
 def crashed(disk: str, where) -> None:

@@ -158,11 +158,12 @@ def scan(path: str) -> Scan:
 @dataclass(frozen=True)
 class Segment:
     """A run of the file: cpio archives as they are (``tool`` None) or one compressed stream
-    (for a dom0 tool's: the rest of the file), bytes ``start`` to ``end``."""
+    (for a dom0 tool's: the rest of the file), bytes ``start`` to ``end``, unpacking to ``unpacked``."""
 
     tool: str | None
     start: int
     end: int
+    unpacked: int
 
 
 def unpack(path: str, sink=None) -> tuple[Scan, list[Segment]]:
@@ -179,7 +180,7 @@ def unpack(path: str, sink=None) -> tuple[Scan, list[Segment]]:
             rest = _cpio(outer, names, sink)
             outer.unread(rest)
             unpacked += outer.count - before
-            segments.append(Segment(None, before, outer.count))
+            segments.append(Segment(None, before, outer.count, outer.count - before))
             if not rest:
                 if not names:
                     raise Unreadable("is empty (0 bytes)" if outer.count == 0 else "holds nothing but zeros")
@@ -199,7 +200,7 @@ def unpack(path: str, sink=None) -> tuple[Scan, list[Segment]]:
                 raise Unreadable(f"is corrupt: its {tool} data does not unpack to cpio archives")
             if len(names) == count:
                 raise Unreadable(f"is corrupt: its {tool} data holds no cpio archive")
-            segments.append(Segment(tool, start, outer.count))
+            segments.append(Segment(tool, start, outer.count, inner.count))
             unpacked += inner.count
             if unpacked > MAX_UNPACKED:
                 raise Unreadable(f"unpacks to more than {MAX_UNPACKED // 2**30} GiB")

@@ -126,7 +126,8 @@ class _Spool:
 
 def slim(src: str, dst: str, fstypes=("ext4",), extra=()) -> Result:
     """Write the slim initramfs of ``src`` to ``dst`` (whole or not at all); ``fstypes``: the
-    root's and /usr's filesystems, ``extra``: more modules to keep by name."""
+    root's and /usr's filesystems, ``extra``: more modules to keep by name. ``src`` is a host
+    path the caller resolved inside the guest (Guest.path: no symlink followed out of it)."""
     t0 = monotonic()
     size = os.path.getsize(src)
 
@@ -299,7 +300,7 @@ def _write(src: str, dst: str, spool: _Spool, segments) -> int:
             if i not in dropped:
                 f.seek(s.start)
                 _copy(f, out, s.end - s.start)
-                unpacked += s.end - s.start if s.tool is None else sum(_size(m) for m in members)
+                unpacked += s.unpacked
                 continue
             if s.tool in TOOL_ARGS:
                 with tempfile.TemporaryFile(dir=os.path.dirname(tmp)) as raw:
@@ -335,10 +336,6 @@ def _copy(f, out, n: int) -> None:
             raise OSError("the initramfs changed while it was slimmed")
         out.write(b)
         n -= len(b)
-
-
-def _size(m: _Member) -> int:
-    return 110 + len(m.name) + 1 + (-(110 + len(m.name) + 1) % 4) + m.hdr[6] + (-m.hdr[6] % 4)
 
 
 def _newc(spool: _Spool, members, write) -> int:

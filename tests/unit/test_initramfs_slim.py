@@ -196,7 +196,7 @@ def test_slim_keeps_what_a_xen_guest_loads_with_the_guests_compression(tmp_path,
     assert got["dev/console"]["rdev"] == (5, 1) and stat.S_ISCHR(got["dev/console"]["mode"])
     assert got["lib"]["data"] == b"usr/lib" and stat.S_ISLNK(got["lib"]["mode"])
     assert r.size_after < r.size_before and r.unpacked_after < r.unpacked_before
-    assert r.unpacked_before == initramfs.scan(src).unpacked
+    assert r.unpacked_before == initramfs.scan(src).unpacked and r.unpacked_after == initramfs.scan(dst).unpacked
 
 
 def test_hard_links_keep_their_data_once(tmp_path):
@@ -258,10 +258,11 @@ def test_a_segment_that_loses_nothing_is_copied_as_it_is(tmp_path):
     late = gzip.compress(archive(member("late.conf", b"x")), 9)
     src = write(tmp_path, EARLY + gzip.compress(main_archive()) + late)
     dst = str(tmp_path / "slim.img")
-    initramfs_slim.slim(src, dst)
+    r = initramfs_slim.slim(src, dst)
     out = open(dst, "rb").read()
     assert out.startswith(EARLY) and out.endswith(late)
     assert "late.conf" in initramfs.scan(dst).names
+    assert r.unpacked_after == initramfs.scan(dst).unpacked
 
 
 class SlimmedTwice(Exception):

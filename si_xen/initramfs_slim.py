@@ -46,6 +46,11 @@ MODULE = re.compile(r"\.ko(\.(xz|zst|gz))?$")
 MODDIR = re.compile(r"^((?:usr/)?lib/modules/[^/]+)/modules\.dep$")
 FIRMWARE = ("lib/firmware", "usr/lib/firmware")
 CHUNK = initramfs.CHUNK
+MAX_TEXT = 64 * 2**20  # depmod's files and the scripts read whole: the largest modules.alias is ~1 MB
+
+
+class _AsIs(Exception):
+    """The initramfs is kept as it is: the message says why."""
 
 
 @dataclass(frozen=True)
@@ -150,13 +155,16 @@ def slim(src: str, dst: str, fstypes=("ext4",), extra=()) -> Result:
             where = os.path.dirname(stray[0])
             return as_is(f"has kernel modules without a modules.dep for them ({where}): their dependencies "
                          "are unknown", scanned.unpacked)
-        wanted = {_name(x) for x in extra} | _loaded(ms, spool)
         keep, builtin, missing = set(), set(), set()
-        for d in dirs:
-            k, b, miss = _closure(d, ms, spool, wanted, fstypes)
-            keep |= k
-            builtin |= b
-            missing |= miss
+        try:
+            wanted = {_name(x) for x in extra} | _loaded(ms, spool)
+            for d in dirs:
+                k, b, miss = _closure(d, ms, spool, wanted, fstypes)
+                keep |= k
+                builtin |= b
+                missing |= miss
+        except _AsIs as e:
+            return as_is(str(e), scanned.unpacked)
         kept_names, is_module = set(), {id(m) for m in modules}
         for m in ms:
             if id(m) in is_module:
@@ -174,6 +182,8 @@ def slim(src: str, dst: str, fstypes=("ext4",), extra=()) -> Result:
 
 
 def _lines(spool: _Spool, m: _Member) -> list[str]:
+    if m.hdr[6] > MAX_TEXT:
+        raise _AsIs(f"has a {m.path} of {m.hdr[6] // 2**20} MiB: not one depmod or initramfs-tools writes")
     return spool.data(m).decode(errors="replace").splitlines()
 
 
@@ -410,8 +420,13 @@ def slim_cached(src: str, fstypes=("ext4",), extra=()) -> Result:
             return Result(**{**asdict(r), "seconds": monotonic() - t0, "cached": True})
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    os.makedirs(os.path.dirname(base), exist_ok=True)
-    r = slim(src, base + ".img", fstypes, extra)
+    try:
+        os.makedirs(os.path.dirname(base), exist_ok=True)
+        r = slim(src, base + ".img", fstypes, extra)
+    except OSError as e:  # the cache's filesystem full or read-only: the guest's own still boots
+        size = os.path.getsize(src)
+        return Result(None, f"could not be slimmed into {os.path.dirname(base)}: {e.strerror or e}", size, size, 0, 0,
+                      seconds=monotonic() - t0)
     try:
         atomic.write(base + ".json", json.dumps(asdict(r)))
     except OSError:

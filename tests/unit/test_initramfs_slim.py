@@ -254,6 +254,21 @@ def test_used_as_it_is_with_the_reason(tmp_path, case, reason):
     assert not dst.exists() and os.listdir(tmp_path) == ["initrd.img"]  # nothing half-written, no temp left
 
 
+def test_a_depmod_file_too_big_to_be_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(initramfs_slim, "MAX_TEXT", 500)  # modules.dep is ~900 bytes
+    src = write(tmp_path, gzip.compress(main_archive()))
+    r = initramfs_slim.slim(src, str(tmp_path / "slim.img"))
+    assert not r.slimmed and r.reason.startswith("has a ") and "not one depmod or initramfs-tools writes" in r.reason
+    assert not (tmp_path / "slim.img").exists()
+
+
+def test_a_cache_it_cannot_write_keeps_the_guests_own(tmp_path, monkeypatch):
+    src = write(tmp_path, gzip.compress(main_archive()))
+    (tmp_path / "cache").write_text("a file where the cache directory should be")
+    r = initramfs_slim.slim_cached(src)
+    assert not r.slimmed and r.reason.startswith("could not be slimmed into")
+
+
 def test_a_segment_that_loses_nothing_is_copied_as_it_is(tmp_path):
     late = gzip.compress(archive(member("late.conf", b"x")), 9)
     src = write(tmp_path, EARLY + gzip.compress(main_archive()) + late)

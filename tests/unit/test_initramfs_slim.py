@@ -134,20 +134,20 @@ EARLY = archive(member("kernel", mode=DIR), member("kernel/x86", mode=DIR), memb
 
 
 def compress(kind: str, data: bytes) -> bytes:
-    if kind == "zstd":
+    if kind in TOOLS:
         import subprocess
 
-        return subprocess.run(["zstd", "-q", "-c"], input=data, stdout=subprocess.PIPE, check=True).stdout
+        return subprocess.run([*TOOLS[kind], "-c"], input=data, stdout=subprocess.PIPE, check=True).stdout
     return {"gzip": lambda d: gzip.compress(d, 6), "xz": lambda d: lzma.compress(d, check=lzma.CHECK_CRC32),
             "lzma": lambda d: lzma.compress(d, format=lzma.FORMAT_ALONE), "bzip2": bz2.compress,
             "none": lambda d: d}[kind](data)
 
 
 def decompress(kind: str, data: bytes) -> bytes:
-    if kind == "zstd":
+    if kind in TOOLS:
         import subprocess
 
-        return subprocess.run(["zstd", "-q", "-dc"], input=data, stdout=subprocess.PIPE, check=True).stdout
+        return subprocess.run([TOOLS[kind][0], "-q", "-dc"], input=data, stdout=subprocess.PIPE, check=True).stdout
     return {"gzip": lambda d: zlib.decompress(d, 31), "xz": lzma.decompress, "lzma": lzma.decompress,
             "bzip2": bz2.decompress, "none": lambda d: d}[kind](data)
 
@@ -163,11 +163,14 @@ def write(tmp_path, data: bytes, name: str = "initrd.img") -> str:
     return str(p)
 
 
-@pytest.mark.parametrize("kind", ["gzip", "xz", "lzma", "bzip2", "none", pytest.param("zstd", marks=pytest.mark.allow_subprocess(
-    reason="the dom0's zstd compresses the test's input and decompresses and writes the slim one"))])
+TOOLS = {"zstd": ["zstd", "-q"], "lz4": ["lz4", "-q", "-l"], "lzop": ["lzop", "-q"]}  # lz4 -l: the kernel's frame
+
+
+@pytest.mark.parametrize("kind", ["gzip", "xz", "lzma", "bzip2", "none"] + [pytest.param(t, marks=pytest.mark.allow_subprocess(
+    reason=f"the dom0's {t} compresses the test's input and decompresses and writes the slim one")) for t in TOOLS])
 def test_slim_keeps_what_a_xen_guest_loads_with_the_guests_compression(tmp_path, kind):
-    if kind == "zstd" and not shutil.which("zstd"):
-        pytest.skip("no zstd on this host")
+    if kind in TOOLS and not shutil.which(kind):
+        pytest.skip(f"no {kind} on this host")
     original = parse(main_archive())
     src = write(tmp_path, EARLY + compress(kind, main_archive()))
     dst = str(tmp_path / "slim.img")
@@ -177,6 +180,8 @@ def test_slim_keeps_what_a_xen_guest_loads_with_the_guests_compression(tmp_path,
     assert out.startswith(EARLY)  # the microcode prefix, byte for byte
     assert r.compression == (None if kind == "none" else kind)
     body = out[len(EARLY):]
+    if kind == "lz4":
+        assert body.startswith(b"\x02\x21\x4c\x18")  # the legacy frame, the one the kernel reads
     got = parse(decompress(kind, body))
     assert {n.split("/")[-1].split(".ko")[0].replace("_", "-") for n in got if n.endswith(".ko")} == KEPT
     assert set(r.kept) == KEPT and r.missing == () and r.builtin == ()

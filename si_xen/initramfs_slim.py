@@ -174,6 +174,8 @@ def slim(src: str, dst: str, fstypes=("ext4",), extra=()) -> Result:
             elif any(m.path == f or m.path.startswith(f + "/") for f in FIRMWARE):
                 m.keep = False
         _prune_dirs(ms, dirs)
+        if all(m.keep for m in ms):
+            return as_is("holds only what a Xen guest loads: nothing to leave out", scanned.unpacked)
         unpacked_after = _write(src, dst, spool, segments)
     missing -= kept_names
     return Result(dst, "", size, os.path.getsize(dst), scanned.unpacked, unpacked_after, _shown(kept_names),

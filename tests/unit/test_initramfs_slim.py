@@ -103,7 +103,7 @@ KEPT = {"xen-blkfront", "xen-netfront", "ext4", "crc16", "mbcache", "jbd2", "crc
 DIR = 0o040755
 
 
-def main_archive(*, dep: str | None = DEP, builtin: str = "", modules=MODULE_FILES) -> bytes:
+def main_archive(*, dep: str | None = DEP, builtin: str = "", modules=MODULE_FILES, firmware: bool = True) -> bytes:
     dirs = sorted({"usr", "usr/lib", "usr/lib/modules", MD, f"{MD}/kernel"} |
                   {os.path.dirname(f"{MD}/kernel/{m}") for m in modules} |
                   {os.path.dirname(os.path.dirname(f"{MD}/kernel/{m}")) for m in modules})
@@ -116,10 +116,12 @@ def main_archive(*, dep: str | None = DEP, builtin: str = "", modules=MODULE_FIL
           # a hard link pair, the data on the last link as GNU cpio writes it
           member("usr/bin/kmod", b"", 0o100755, ino=77, nlink=2, uid=3, gid=4, mtime=1_600_000_000),
           member("usr/sbin/kmod2", b"KMOD" * 1000, 0o100755, ino=77, nlink=2, uid=3, gid=4, mtime=1_600_000_000),
-          member("usr/lib/firmware", mode=DIR), member("usr/lib/firmware/fw.bin", b"F" * 5000),
-          # a hard link whose data-carrying link is firmware (dropped): the kept link must get the data
-          member("usr/share/blob", b"", ino=88, nlink=2),
-          member("usr/lib/firmware/blob", b"B" * 3000, ino=88, nlink=2)]
+          ]
+    if firmware:
+        ms += [member("usr/lib/firmware", mode=DIR), member("usr/lib/firmware/fw.bin", b"F" * 5000),
+               # a hard link whose data-carrying link is firmware (dropped): the kept link must get the data
+               member("usr/share/blob", b"", ino=88, nlink=2),
+               member("usr/lib/firmware/blob", b"B" * 3000, ino=88, nlink=2)]
     ms += [member(d, mode=DIR) for d in dirs]
     ms += [ko(m) for m in modules]
     if dep is not None:
@@ -245,12 +247,14 @@ def test_a_missing_xen_driver_is_named(tmp_path):
     ("garbage", "is not an initramfs"),
     ("no-modules.dep", "has kernel modules without a modules.dep for them (usr/lib/modules/6.1.0-99-amd64/kernel"),
     ("no-modules", "holds no kernel modules: nothing to leave out"),
+    ("already-slim", "holds only what a Xen guest loads: nothing to leave out"),
 ])
 def test_used_as_it_is_with_the_reason(tmp_path, case, reason):
     data = {"corrupt": lambda: gzip.compress(main_archive())[:-5000],
             "garbage": lambda: os.urandom(4096),
             "no-modules.dep": lambda: gzip.compress(main_archive(dep=None)),
-            "no-modules": lambda: gzip.compress(main_archive(modules=[]))}[case]()
+            "no-modules": lambda: gzip.compress(main_archive(modules=[])),
+            "already-slim": lambda: gzip.compress(main_archive(modules=MODULE_FILES[:6], firmware=False))}[case]()
     src = write(tmp_path, data)
     dst = tmp_path / "slim.img"
     r = initramfs_slim.slim(src, str(dst))

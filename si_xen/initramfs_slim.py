@@ -9,10 +9,12 @@ modules.alias; a module in modules.builtin needs nothing). Early microcode and a
 that loses nothing are copied byte for byte; a rewritten one gets the guest's compression.
 
 The depmod files are kept as they are, though they name modules no longer there: kmod's
-modprobe looks a module up in them and inserts it with the dependencies and softdeps they
-list (tools/modprobe.c insmod -> kmod_module_probe_insert_module), all of which are kept for
-a kept module; looking up a dropped one fails as it would if the initramfs never had it
-("could not insert ...", which udev's coldplug of absent hardware ignores).
+modprobe looks a module up in them and inserts it after the dependencies and softdeps they list
+(tools/modprobe.c insmod -> libkmod-module.c kmod_module_probe_insert_module). A dependency that
+fails to insert stops the load, so every one of a kept module's is kept; a softdep's failure is
+ignored there, and they are kept too (ext4's crc32c). Looking up a dropped module fails as it
+would had the initramfs never held it ("could not insert ...": udev's coldplug of hardware a
+Xen guest lacks, which it ignores).
 Not followed: module names in shell variables, udev modalias coldplug (hardware a Xen guest
 does not have, its xen-* devices excepted), `install` commands of modprobe.d, insmod of paths.
 

@@ -32,6 +32,7 @@ import re
 import stat
 import tempfile
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from time import monotonic
 
@@ -48,6 +49,10 @@ MODULE = re.compile(r"\.ko(\.(xz|zst|gz))?$")
 MODDIR = re.compile(r"^((?:usr/)?lib/modules/[^/]+)/modules\.dep$")
 FIRMWARE = ("lib/firmware", "usr/lib/firmware")
 CHUNK = initramfs.CHUNK
+# A rewritten gzip or xz segment of this many kept bytes is compressed as two streams on two threads
+# (zlib and lzma let go of the GIL): the kernel, gzip -d and xz -d read concatenated streams as one.
+SPLIT = ("gzip", "xz")
+SPLIT_BYTES = (4 * 2**20, 512 * 2**20)  # below: not worth a thread; above: not held in memory
 MAX_TEXT = 64 * 2**20  # depmod's files and the scripts read whole: the largest modules.alias is ~1 MB
 
 
@@ -325,11 +330,36 @@ def _write(src: str, dst: str, spool: _Spool, segments) -> int:
                     proc.run([tool, f"-{LEVEL[s.tool]}", *TOOL_ARGS[s.tool]], stdin=raw, stdout=out)
                     out.seek(0, os.SEEK_END)
                 continue
+            kept = sum(m.hdr[6] for m in members if m.keep)
+            if s.tool in SPLIT and SPLIT_BYTES[0] <= kept <= SPLIT_BYTES[1] and (os.cpu_count() or 1) > 1:
+                unpacked += _two_streams(spool, members, s.tool, out)
+                continue
             c = _compressor(s.tool)
             unpacked += _newc(spool, members, out.write if c is None else (lambda b, c=c: out.write(c.compress(b))))
             if c:
                 out.write(c.flush())
     return unpacked
+
+
+def _two_streams(spool: _Spool, members, tool: str, out) -> int:
+    """The segment compressed as two streams at once, cut where a member begins: the kernel
+    wants each stream to end between members (else "junk at the end of compressed archive");
+    cpio's 4-byte alignment is counted from each stream's start, and a cut on a header keeps it."""
+    buf, starts = bytearray(), []
+    n = _newc(spool, members, buf.extend, starts)
+    cut = min((o for o in starts if o > 0), key=lambda o: abs(o - n // 2), default=0)
+    view = memoryview(buf)
+    parts = [view[:cut], view[cut:]] if cut else [view]
+
+    def pack(part) -> bytes:
+        c = _compressor(tool)
+        return c.compress(part) + c.flush()
+
+    with ThreadPoolExecutor(len(parts)) as pool:
+        for z in pool.map(pack, parts):
+            out.write(z)
+    view.release()
+    return n
 
 
 def _compressor(tool: str | None):
@@ -352,7 +382,7 @@ def _copy(f, out, n: int) -> None:
         n -= len(b)
 
 
-def _newc(spool: _Spool, members, write) -> int:
+def _newc(spool: _Spool, members, write, starts: list[int] | None = None) -> int:
     """The kept ``members`` as newc cpio through ``write``, trailers where they were, each
     archive padded to 512 bytes as cpio does; returns the bytes written.
 
@@ -381,6 +411,8 @@ def _newc(spool: _Spool, members, write) -> int:
             data_from = src
         name = m.name + b"\0"
         hdr[11] = len(name)
+        if starts is not None:
+            starts.append(n)
         head = m.magic + b"".join(b"%08X" % v for v in hdr) + name
         head += b"\0" * (-len(head) % 4)
         write(head)

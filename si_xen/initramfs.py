@@ -20,10 +20,11 @@ from dataclasses import dataclass
 
 from . import atomic, proc
 
-MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd", b"\xfd7zXZ\x00": "xz", b"\x5d\x00\x00": "xz",
+MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd", b"\xfd7zXZ\x00": "xz", b"\x5d\x00\x00": "lzma",
           b"BZh": "bzip2", b"\x02\x21\x4c\x18": "lz4", b"\x04\x22\x4d\x18": "lz4", b"\x89LZO": "lzop"}  # fmt: skip
 # Decompressed here (exactly where each stream ends is known); the others by the dom0's tool.
-INPROCESS = {"gzip": lambda: zlib.decompressobj(31), "xz": lzma.LZMADecompressor, "bzip2": bz2.BZ2Decompressor}
+INPROCESS = {"gzip": lambda: zlib.decompressobj(31), "xz": lzma.LZMADecompressor, "lzma": lzma.LZMADecompressor,
+             "bzip2": bz2.BZ2Decompressor}
 MAX_UNPACKED = 4 * 2**30  # no guest boots from more; a file that unpacks to more is a bomb
 CHUNK = 1 << 20
 
@@ -114,8 +115,10 @@ class _Inflated:
         return b""
 
 
-def _cpio(r: _Reader, names: list[str]) -> bytes:
-    """Parse newc archives until something that is not one; return those bytes (b"" at the end)."""
+def _cpio(r: _Reader, names: list[str], sink=None) -> bytes:
+    """Parse newc archives until something that is not one; return those bytes (b"" at the end).
+    ``sink(header, name, reader, size)``, if given, sees every member (trailers too) and reads
+    its ``size`` data bytes from ``reader`` (initramfs_slim rewrites the archive from it)."""
     first = b""
     while True:
         head = first + r.read(6 - len(first))
@@ -135,7 +138,11 @@ def _cpio(r: _Reader, names: list[str]) -> bytes:
         if len(raw) != namesize or namesize == 0:
             raise Unreadable("is truncated: a cpio archive ends inside a header")
         r.skip(-(110 + namesize) % 4)
-        r.skip(filesize + (-filesize % 4))
+        if sink is None:
+            r.skip(filesize)
+        else:
+            sink(hdr, raw[:-1], r, filesize)
+        r.skip(-filesize % 4)
         name = raw[:-1].decode(errors="replace")
         if name != "TRAILER!!!":
             names.append(name)
@@ -145,45 +152,68 @@ def scan(path: str) -> Scan:
     """The initramfs at ``path`` unpacked as the kernel would, to its end: uncompressed cpio
     archives and compressed streams of them, in any sequence. Unreadable if it would not
     unpack whole in the guest (a member cut short, a stream that ends early, junk)."""
+    return unpack(path)[0]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A run of the file: cpio archives as they are (``tool`` None) or one compressed stream
+    (for a dom0 tool's: the rest of the file), bytes ``start`` to ``end``, unpacking to ``unpacked``."""
+
+    tool: str | None
+    start: int
+    end: int
+    unpacked: int
+
+
+def unpack(path: str, sink=None) -> tuple[Scan, list[Segment]]:
+    """scan(), with the file's segments; ``sink`` (see _cpio) sees every member, in order, and
+    is told where each segment begins by ``sink.segment(tool)`` if it has that method."""
     names: list[str] = []
+    segments: list[Segment] = []
+    begin = getattr(sink, "segment", lambda tool: None)
     with open(path, "rb", buffering=0) as f:  # unbuffered: a decompressor tool reads from our offset
         outer, unpacked = _Reader(f), 0
         while True:
             before = outer.count
-            rest = _cpio(outer, names)
+            begin(None)
+            rest = _cpio(outer, names, sink)
             outer.unread(rest)
             unpacked += outer.count - before
+            segments.append(Segment(None, before, outer.count, outer.count - before))
             if not rest:
                 if not names:
                     raise Unreadable("is empty (0 bytes)" if outer.count == 0 else "holds nothing but zeros")
-                return Scan(tuple(names), unpacked)
+                return Scan(tuple(names), unpacked), segments
             tool = next((t for m, t in MAGIC.items() if rest.startswith(m)), None)
             if tool is None:
                 if names:
                     raise Unreadable(f"is corrupt: after {len(names)} cpio members comes data that is neither "
                                      "a cpio archive nor a known compression")
                 raise Unreadable("is not an initramfs: neither a cpio archive nor a known compression")
-            count = len(names)
+            count, start = len(names), outer.count
+            begin(tool)
             inner = _Reader(_Inflated(outer, tool)) if tool in INPROCESS else None
             if inner is None:
-                inner = _tool(f, outer, tool, names)
-            elif _cpio(inner, names):
+                inner = _tool(f, outer, tool, names, sink)
+            elif _cpio(inner, names, sink):
                 raise Unreadable(f"is corrupt: its {tool} data does not unpack to cpio archives")
             if len(names) == count:
                 raise Unreadable(f"is corrupt: its {tool} data holds no cpio archive")
+            segments.append(Segment(tool, start, outer.count, inner.count))
             unpacked += inner.count
             if unpacked > MAX_UNPACKED:
                 raise Unreadable(f"unpacks to more than {MAX_UNPACKED // 2**30} GiB")
 
 
-def _tool(f, outer: _Reader, tool: str, names: list[str]) -> _Reader:
+def _tool(f, outer: _Reader, tool: str, names: list[str], sink=None) -> _Reader:
     """The rest of the file through the dom0's ``tool -dc`` (no Python module for it)."""
     if not proc.which(tool):
         raise NoTool(tool)
     os.lseek(f.fileno(), outer.count, os.SEEK_SET)
     with proc.reading([proc.which(tool), "-dc"], stdin=f) as p:
         inner = _Reader(p.stdout)
-        junk = _cpio(inner, names)
+        junk = _cpio(inner, names, sink)
         while inner.read(CHUNK):  # read to the end: the tool's verdict needs it
             pass
     if p.returncode != 0:

@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""si-xen benchmark: the slim initramfs (issue 31) of the Debian 12 test image's own, or of the
+files given: sizes, the memory the guest needs with each (boot.memory_needed's rule), and the time
+to slim, median of N runs, beside the floor of reading it once (initramfs.scan: the decompression
+alone). The image's initramfs is also measured recompressed as zstd (Debian's COMPRESS=zstd) and
+xz, and at other levels. Usage: bench/initramfs_slim.py [--runs N] [INITRD ...]"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from si_xen import boot, initramfs, initramfs_slim  # noqa: E402
+
+IMAGE = os.path.join(os.environ.get("SI_XEN_TEST_CACHE", "/var/cache/si-xen-tests"), "images/debian12")
+MiB = 2**20
+
+
+def memory(kernel_bytes: int, size: int, unpacked: int) -> int:
+    """boot.memory_needed's rule, for a file outside a guest."""
+    need = boot.BASE_MEMORY_MIB + kernel_bytes // MiB + (size + unpacked) // MiB
+    return (need + 31) // 32 * 32
+
+
+def timed(fn, runs: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(runs):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def row(label: str, src: str, kernel_bytes: int, runs: int, work: str) -> None:
+    dst = os.path.join(work, "slim.img")
+    floor, _ = timed(lambda: initramfs.scan(src), runs)
+    took, r = timed(lambda: initramfs_slim.slim(src, dst), runs)
+    if not r.slimmed:
+        print(f"{label:<28} used as it is: {r.reason}")
+        return
+    print(f"{label:<28} {r.size_before / MiB:7.1f} {r.size_after / MiB:7.1f} {r.unpacked_before / MiB:8.1f} "
+          f"{r.unpacked_after / MiB:8.1f} {memory(kernel_bytes, r.size_before, r.unpacked_before):5d} "
+          f"{memory(kernel_bytes, r.size_after, r.unpacked_after):5d} {floor:7.2f} {took:7.2f}")
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="bench/initramfs_slim.py", description=__doc__)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("initrd", nargs="*")
+    a = p.parse_args(argv)
+    files = a.initrd or sorted(glob.glob(f"{IMAGE}/boot/initrd.img-*"))[-1:]
+    if not files:
+        print(f"no initramfs given and none in {IMAGE}/boot (tests/images/mkimage-debian12 builds it)")
+        return 1
+    print(f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, median of {a.runs}; levels written: "
+          + " ".join(f"{k} {v}" for k, v in initramfs_slim.LEVEL.items()))
+    print(f"{'initramfs':<28} {'MiB':>7} {'slim':>7} {'unpack':>8} {'slim':>8} {'mem':>5} {'slim':>5} "
+          f"{'read s':>7} {'slim s':>7}")
+    with tempfile.TemporaryDirectory(prefix="si-bench-slim.") as work:
+        for src in files:
+            kernel = src.replace("initrd.img-", "vmlinuz-")
+            kbytes = os.path.getsize(kernel) if os.path.isfile(kernel) else 0
+            row(os.path.basename(src), src, kbytes, a.runs, work)
+            if a.initrd:
+                continue
+            raw = subprocess.run(["gzip", "-dc", src], check=True, stdout=subprocess.PIPE).stdout
+            for kind, argv in (("zstd -1", ["zstd", "-q", "-1", "-T0", "-c"]), ("xz", ["xz", "--check=crc32", "-T0", "-c"])):
+                other = os.path.join(work, "other.img")
+                with open(other, "wb") as f:
+                    f.write(subprocess.run(argv, input=raw, check=True, stdout=subprocess.PIPE).stdout)
+                row(f"  as {kind}", other, kbytes, a.runs, work)
+            for kind, levels in (("gzip", (6,)), ("zstd", (1, 9))):
+                src2 = src if kind == "gzip" else os.path.join(work, "zstd.img")
+                if kind == "zstd":
+                    with open(src2, "wb") as f:
+                        f.write(subprocess.run(["zstd", "-q", "-1", "-T0", "-c"], input=raw, check=True,
+                                               stdout=subprocess.PIPE).stdout)
+                for level in levels:
+                    old, initramfs_slim.LEVEL[kind] = initramfs_slim.LEVEL[kind], level
+                    try:
+                        row(f"  {kind} written at -{level}", src2, kbytes, a.runs, work)
+                    finally:
+                        initramfs_slim.LEVEL[kind] = old
+    print("mem: MiB the guest needs to boot (boot.memory_needed); read s: initramfs.scan, the decompression "
+          "floor; slim s: initramfs_slim.slim (a further VM of the image: the cached file, ~1 ms)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -138,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--console", action="store_true", default=None, help="start it and attach its console")
     g.add_argument("--autostart", action="store_true", default=None, help="link the config into auto/ beside it (/etc/xen/auto), where xendomains starts domains at boot")
     g.add_argument("--toolstack", help=f"xl, xm or auto (xl, else xm) {_default('toolstack')}")
+    g = p.add_argument_group("cloud-init")
+    g.add_argument("--cloud-init", dest="cloud_init", help="auto: a NoCloud seed where the image has cloud-init "
+                   f"(not disabled); off: disable its cloud-init {_default('cloud_init')}")
+    g.add_argument("--user-data", dest="user_data", metavar="FILE",
+                   help="cloud-init user-data for the seed: a '#cloud-config' YAML document or a '#!' script")
     g = p.add_argument_group("behaviour")
     g.add_argument("--fixups", help="run only these fixups (comma separated; si_xenhooks list)")
     g.add_argument("--skip-fixups", dest="skip_fixups", help="fixups not to run (comma separated)")

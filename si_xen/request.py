@@ -212,7 +212,7 @@ def _kernel(kernel: str | None, initrd: str | None) -> dict:
 def _user_data(path: str | None) -> dict:
     if not path:
         return {}
-    from .fixups.cloudinit import read_user_data  # the fixups load only when a document is given
+    from .userdata import read_user_data
 
     return {"user_data": os.path.abspath(path), "user_data_text": read_user_data(path)}
 

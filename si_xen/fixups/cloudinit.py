@@ -14,7 +14,6 @@ import shutil
 import uuid
 
 from si_xen.distros.stacks import OURS
-from si_xen.errors import Fatal
 from si_xen.fixups.base import Ctx, fixup
 from si_xen.fixups.netrender import RENDERERS
 from si_xen.guestfs import Guest
@@ -63,48 +62,6 @@ def instance_id(text: str | None) -> str:
     """The instance-id of a meta-data document (YAML or JSON), "" if none."""
     m = re.search(r"""(?m)^\s*["']?instance-id["']?\s*:\s*["']?([^"'\s,}#]+)""", text or "")
     return m.group(1) if m else ""
-
-
-def check_user_data(text: str, what: str) -> None:
-    """A ``#cloud-config`` document that is a YAML mapping (checked by PyYAML where it is installed,
-    else its form only: UTF-8, no tab indenting), or a script (``#!``); anything else one FATAL."""
-    fix = "give a '#cloud-config' YAML document or a script beginning with '#!'"
-    if "\ufffd" in text or "\x00" in text:
-        raise Fatal(f"{what} is not UTF-8 text", fix)
-    first = text.split("\n", 1)[0].rstrip()
-    if first.startswith("#!"):
-        return
-    if first != "#cloud-config":
-        raise Fatal(f"{what} begins with neither '#cloud-config' nor '#!' (a MIME, gzip or include "
-                    "document is not taken)", fix)
-    try:
-        import yaml  # python3-yaml: not a dependency of si-xen
-    except ImportError:
-        bad = next((n for n, ln in enumerate(text.split("\n"), 1) if re.match(r" *\t", ln)), None)
-        if bad:
-            raise Fatal(f"{what}: line {bad} is indented with a tab, which YAML forbids", fix) from None
-        return
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        where = getattr(e, "problem_mark", None)
-        line = f" at line {where.line + 1}" if where else ""
-        raise Fatal(f"{what} is not valid YAML{line}: {getattr(e, 'problem', None) or e}", fix) from None
-    if data is not None and not isinstance(data, dict):
-        raise Fatal(f"{what} is YAML but not a mapping of cloud-config keys", fix)
-
-
-def read_user_data(path: str) -> str:
-    """``--user-data FILE``'s text, checked: a missing, unreadable or invalid file is one FATAL."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read((1 << 20) + 1)
-    except OSError as e:
-        raise Fatal(f"cannot read --user-data {path}: {e.strerror}", "give a readable file") from None
-    if len(raw) > 1 << 20:
-        raise Fatal(f"--user-data {path} is over 1 MiB", "give a smaller document")
-    check_user_data(raw.decode("utf-8", "replace"), f"--user-data {path}")
-    return raw.decode("utf-8")
 
 
 def _links(g: Guest) -> str:

@@ -9,8 +9,9 @@ from dataclasses import replace
 
 import pytest
 
+from si_xen import userdata
 from si_xen.errors import Fatal
-from si_xen.fixups import cloudinit, run_all
+from si_xen.fixups import run_all
 from si_xen.request import Request
 from tests.unit.fixups.conftest import DHCP, STATIC
 from tests.unit.fixups.trees import TREES, build, snapshot, write
@@ -277,9 +278,9 @@ def test_user_data_not_a_mapping_is_refused_where_pyyaml_is(tmp_path):
 
 def test_without_pyyaml_the_form_is_checked(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "yaml", None)  # import yaml raises ImportError
-    cloudinit.check_user_data("#cloud-config\na: [b\n", "x")  # not YAML, but passes the form check
+    userdata.check_user_data("#cloud-config\na: [b\n", "x")  # not YAML, but passes the form check
     with pytest.raises(Fatal):
-        cloudinit.check_user_data("#cloud-config\n  \tb: 1\n", "x")
+        userdata.check_user_data("#cloud-config\n  \tb: 1\n", "x")
 
 
 @pytest.mark.parametrize("path", ["missing", "dir"])

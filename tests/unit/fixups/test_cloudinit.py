@@ -305,3 +305,16 @@ def test_a_recorded_request_keeps_both(tmp_path):
     req = _request(tmp_path, cloud_init="off", user_data=str(f))
     again = Request.from_json(req.to_json())
     assert (again.cloud_init, again.user_data, again.user_data_text) == ("off", str(f), "#!/bin/sh\n")
+
+
+def test_a_capture_strips_si_xens_seed_and_keeps_a_foreign_one(tmp_path):
+    from si_xen.capture.identity import strip_identity
+
+    ours = _guest(tmp_path, extra=GOLDEN_RUN)
+    _run(ours, STATIC)
+    removed = strip_identity(ours)
+    assert not os.listdir(os.path.join(ours, SEED)) and f"removed /{SEED}/meta-data" in removed
+    assert os.listdir(os.path.join(ours, "var/lib/cloud")) == ["seed"]
+    foreign = _guest(tmp_path, extra={f"{SEED}/meta-data": "instance-id: site\n", f"{SEED}/user-data": ""}, sub="f")
+    strip_identity(foreign)
+    assert sorted(os.listdir(os.path.join(foreign, SEED))) == ["meta-data", "user-data"]

@@ -60,7 +60,7 @@ def document(d: dict) -> str:
 
 def instance_id(text: str | None) -> str:
     """The instance-id of a meta-data document (YAML or JSON), "" if none."""
-    m = re.search(r"""(?m)^\s*["']?instance-id["']?\s*:\s*["']?([^"'\s,}#]+)""", text or "")
+    m = re.search(r"""(?m)^[^#\n]*?["']?\binstance-id["']?\s*:\s*["']?([^"'\s,}#]+)""", text or "")
     return m.group(1) if m else ""
 
 

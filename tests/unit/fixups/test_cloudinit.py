@@ -318,3 +318,11 @@ def test_a_capture_strips_si_xens_seed_and_keeps_a_foreign_one(tmp_path):
     foreign = _guest(tmp_path, extra={f"{SEED}/meta-data": "instance-id: site\n", f"{SEED}/user-data": ""}, sub="f")
     strip_identity(foreign)
     assert sorted(os.listdir(os.path.join(foreign, SEED))) == ["meta-data", "user-data"]
+
+
+@pytest.mark.parametrize("text", ["instance-id: iid-1\nlocal-hostname: a\n", '{"instance-id": "iid-1", "x": 1}\n',
+                                  "# instance-id: not-this\ninstance-id: 'iid-1'\n", 'instance-id: "iid-1"\n'])
+def test_the_instance_id_is_read_from_yaml_or_json(text):
+    from si_xen.fixups.cloudinit import instance_id
+
+    assert instance_id(text) == "iid-1"

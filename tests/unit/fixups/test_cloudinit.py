@@ -326,3 +326,12 @@ def test_the_instance_id_is_read_from_yaml_or_json(text):
     from si_xen.fixups.cloudinit import instance_id
 
     assert instance_id(text) == "iid-1"
+
+
+def test_a_system_network_config_that_would_outrank_the_seeds_v2_is_warned_of(tmp_path):
+    curtin = "etc/cloud/cloud.cfg.d/50-curtin-networking.cfg"
+    root = _guest(tmp_path, "unknown", extra={curtin: "network: {version: 2, ethernets: {ens3: {dhcp4: true}}}\n"})
+    lines = _run(root, STATIC)
+    assert [ln for ln in lines if ln.startswith("WARNING: ") and curtin in ln]
+    quiet = _run(_guest(tmp_path, "unknown", sub="plain"), STATIC)
+    assert not [ln for ln in quiet if ln.startswith("WARNING: ")]

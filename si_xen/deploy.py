@@ -1,7 +1,9 @@
 """The deploy: typed steps run in order, each journaling what it makes before making it.
 
     bases → disks → filesystems → mount → copy → fixups → boot → unmount → config
-          → autostart → confirm → record → start
+          → define → autostart → confirm → record → start
+
+(``define``: --toolstack libvirt's persistent domain, whose autostart is then libvirt's.)
 
 A step that fails or is interrupted (SIGINT, SIGTERM, SIGHUP) has every thing made so far
 deleted, newest first (journal.py); a crash leaves the journal for si_rmxenvm. Once the
@@ -24,13 +26,14 @@ from .guestfs import RecordingGuest
 from .headstart import Headstart
 from .image import Image, survey
 from .image.survey import ImageChanged
-from .made import Domain, File, link_autostart
+from .made import Domain, File, LibvirtAutostart, LibvirtDefinition, link_autostart
 from .plan import Plan
 from .record import VmRecord
 from .report import Reporter
 from .rollback import Guard, signals_raise
 from .storage import backend_for
 from .storage.mount import leave, mount_tree
+from .toolstack import libvirt
 
 
 def boot_dir(storage: str, storage_root: str, name: str, state_dir: str) -> str:
@@ -165,9 +168,40 @@ def _config(c: Context) -> None:
         text = domain.render(plan, kernel=c.kernel_path, ramdisk=c.ramdisk, cmdline=boot.cmdline(plan.root.vdev),
                              user_dir=c.settings.paths["template_dir"])
         c.journal.made(File(plan.cfg_path), atomic.write, plan.cfg_path, text)
+    if _libvirt(c):  # the same VM for libvirt, beside the xl.cfg (which stays: an update's, a rebuild's reference)
+        xml = libvirt.xml_path(plan.cfg_path)
+        with c.rep.step(f"Creating libvirt domain XML: {xml}"):
+            text = domain.render(plan, kernel=c.kernel_path, ramdisk=c.ramdisk, cmdline=boot.cmdline(plan.root.vdev),
+                                 user_dir=c.settings.paths["template_dir"], template=domain.LIBVIRT_TEMPLATE)
+            c.journal.made(File(xml), atomic.write, xml, text)
+
+
+def _libvirt(c: Context) -> bool:
+    return c.plan.activation.toolstack == "libvirt"
+
+
+def _virsh():
+    # libvirtd answered preflight's check (service.preflight, under the VM's lock): not asked again
+    ts = toolstack.find("libvirt")
+    if ts is None:
+        raise Fatal("virsh is gone", "install libvirt-clients")
+    return ts
+
+
+def _define(c: Context) -> None:
+    if c.old is not None:  # its undo would undefine the old VM's domain, which a failed rebuild must keep
+        raise Fatal(f"si_mkxenvm --rebuild of a libvirt VM is not supported yet ({c.plan.hostname} is as it was)",
+                    f"si_rmxenvm {c.plan.hostname}, then si_mkxenvm --toolstack libvirt again")
+    ts = _virsh()
+    with c.rep.step(f"Defining {c.plan.hostname} in libvirt (virsh define)"):
+        c.journal.made(LibvirtDefinition(c.plan.hostname), ts.define, libvirt.xml_path(c.plan.cfg_path))
 
 
 def _autostart(c: Context) -> None:
+    if _libvirt(c):  # libvirt's autostart only: a link in /etc/xen/auto too would start it twice
+        ts = _virsh()
+        c.journal.made(LibvirtAutostart(c.plan.hostname), ts.autostart, c.plan.hostname)
+        return
     c.autostart = link_autostart(c.plan.cfg_path, c.journal)
 
 
@@ -202,11 +236,11 @@ def _request(c: Context) -> dict:
 
 def start(c: Context) -> None:
     ts = toolstack.require_running(c.plan.activation.toolstack)
-    c.rep.say(f"Starting {c.plan.hostname} with {ts.name} create")
+    c.rep.say(f"Starting {c.plan.hostname} with {ts.start_cmd}")
     c.journal.made(Domain(c.plan.hostname, ts.name))
     # The point of no return: once the domain exists, the guard only notes signals and the VM
     # stays. Its console, if wanted, is the caller's, after the deploy (cli/mkxenvm.py).
-    ts.create(c.plan.cfg_path, c.guard.keep)
+    ts.create(c.plan.cfg_path, c.guard.keep, name=c.plan.hostname)
 
 
 def _fresh(c: Context) -> bool:
@@ -223,6 +257,7 @@ STEPS = (
     Step("boot", _boot),
     Step("unmount", _unmount),
     Step("config", _config),
+    Step("define", _define, _libvirt),
     Step("autostart", _autostart, lambda c: c.plan.activation.autostart),
     Step("confirm", _confirm, lambda c: c.confirm is not None),
     Step("record", _record),
@@ -239,7 +274,7 @@ def _failed(step: Step, e: BaseException, log_path: str | None) -> BaseException
 
 
 # Onto disks someone else made and configures (Ganeti): the guest's part of a deploy only.
-INSTALL_STEPS = tuple(s for s in STEPS if s.name not in ("bases", "config", "autostart", "start"))
+INSTALL_STEPS = tuple(s for s in STEPS if s.name not in ("bases", "config", "define", "autostart", "start"))
 
 
 def execute(plan: Plan, image: Image, kernel, settings, rep: Reporter, hs: Headstart | None = None, steps=None,

@@ -1,4 +1,5 @@
-"""The domain config: jinja2 templates rendered to xl.cfg text (the deploy writes it with atomic.write).
+"""The domain config: jinja2 templates rendered to xl.cfg text (the deploy writes it with atomic.write),
+and for ``--toolstack libvirt`` the same VM as libvirt domain XML (LIBVIRT_TEMPLATE), from the same data.
 
 A template in the admin's template dir (/etc/systemimager/xen/) overrides ours, as
 /etc/xen-tools/xm.tmpl does for xen-tools.
@@ -11,6 +12,7 @@ import sys
 import sysconfig
 import threading
 import time
+import uuid
 
 from . import __version__
 from .boot import PVGRUB2
@@ -25,6 +27,16 @@ SEARCH = (
     "/usr/share/si-xen/templates",
     os.path.join(os.path.dirname(_HERE), "etc", "templates"),  # a source checkout
 )
+
+
+LIBVIRT_TEMPLATE = "libvirt.xml.j2"
+_UUIDS = uuid.UUID("5b7e1d0c-3c1e-4c8e-9f35-5a1f0e2d7c11")  # si-xen's namespace for its domains' uuids
+
+
+def domain_uuid(plan: Plan) -> str:
+    """The libvirt domain's uuid: the same for the same name and MAC (a --force or a rebuild
+    redefines the domain libvirt knows; a fresh uuid for the same name is refused)."""
+    return str(uuid.uuid5(_UUIDS, f"{plan.hostname} {plan.net.mac}"))
 
 
 def template_dirs(user_dir: str | None) -> list[str]:
@@ -65,7 +77,7 @@ def render(plan: Plan, *, kernel: str | None, ramdisk: str | None, cmdline: str,
     try:
         return tmpl.render(
             plan=plan, disks=disks, kernel=kernel, ramdisk=ramdisk, cmdline=cmdline,
-            pvgrub=PVGRUB2[plan.type], version=__version__,
+            pvgrub=PVGRUB2[plan.type], version=__version__, uuid=domain_uuid(plan),
             created=created or time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         )
     except jinja2.TemplateError as e:

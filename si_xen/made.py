@@ -3,7 +3,8 @@
 Each thing is journaled before it is made (journal.py) and deletes itself from its journal
 entry alone: a deploy's rollback, si_rmxenvm and the recovery after a crash run the same
 ``delete``. Deletes are idempotent: a thing that was never made, or is already gone, is fine.
-``link_autostart`` makes one: a VM's link in /etc/xen/auto.
+``link_autostart`` makes one: a VM's link in /etc/xen/auto. A libvirt VM's definition and
+autostart are libvirt's (toolstack/libvirt.py): LibvirtDefinition and LibvirtAutostart undo them.
 """
 
 from __future__ import annotations
@@ -248,6 +249,37 @@ class Domain(Made):
         ts = toolstack.find(self.toolstack)
         if ts is not None and toolstack.hypervisor_running():
             ts.destroy(self.name)
+
+
+@dataclass(frozen=True)
+class LibvirtDefinition(Made):
+    """The persistent libvirt domain (``virsh define``); deleted with ``virsh undefine``."""
+
+    kind = "libvirt-domain"
+    name: str
+
+    def delete(self) -> None:
+        _virsh(self.name).undefine(self.name)
+
+
+@dataclass(frozen=True)
+class LibvirtAutostart(Made):
+    """libvirt's autostart of the domain (``virsh autostart``), in place of /etc/xen/auto."""
+
+    kind = "libvirt-autostart"
+    name: str
+
+    def delete(self) -> None:
+        _virsh(self.name).autostart(self.name, on=False)
+
+
+def _virsh(name: str):
+    from .toolstack.libvirt import find_virsh
+
+    ts = find_virsh()
+    if ts is None:  # uninstalled since: the domain may be defined still, say so (a leftover)
+        raise OSError(f"virsh not found: libvirt's domain '{name}' may still be defined")
+    return ts
 
 
 def link_autostart(cfg: str, journal) -> str:

@@ -22,6 +22,7 @@ from .validate import CLI, Source, check_hostname
 
 LAYOUTS = ("default", "image")
 CLOUD_INIT = ("auto", "off")
+TOOLSTACKS = ("auto", "xl", "xm", "libvirt")  # auto: xl, else xm; libvirt only by name (toolstack/__init__.py)
 FLAGS = ("dhcp", "noswap", "start", "console", "autostart", "force", "full_copy", "dry_run")
 _AS_OPTIONS = ("image", "memory", "maxmem", "vcpus", "fs", "type", "boot", "layout", "size", "size_given", "swap",
                "noswap", "dhcp", "netmask", "gateway", "broadcast", "mac", "bridge", "output", "extension", "kernel",
@@ -106,7 +107,7 @@ class Request:
             nameservers=o.get("nameserver") or "", mac=o.get("mac") or "", bridge=o.get("bridge") or BUILTIN["bridge"],
             storage=_storage(o.get("dir"), o.get("lvm"), o.get("thin_pool"), flag["full_copy"]),
             output=_output(o["output"]), extension=o["extension"], **_kernel(o.get("kernel"), o.get("initrd")),
-            activation=Activation(o["toolstack"], flag["start"] or flag["console"], flag["console"], flag["autostart"]),
+            activation=Activation(_choice(o["toolstack"], TOOLSTACKS, "--toolstack"), flag["start"] or flag["console"], flag["console"], flag["autostart"]),
             force=flag["force"], dry_run=flag["dry_run"],
             fixups_only=_names(o.get("fixups")), fixups_skip=_names(o.get("skip_fixups")),
             cloud_init=_choice(o["cloud_init"], CLOUD_INIT, "--cloud-init"), **_user_data(o.get("user_data")),

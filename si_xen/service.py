@@ -85,6 +85,8 @@ def preflight(plan: Plan, settings, need_mib: int) -> None:
     if os.path.lexists(plan.cfg_path) and not plan.force:
         raise Fatal(f"config {plan.cfg_path} already exists", "remove the VM with si_rmxenvm or use --force")
     act = plan.activation
+    if act.toolstack == "libvirt":
+        toolstack.require_libvirt()
     if act.start or state:
         ts = toolstack.find(act.toolstack)
         if act.start:

@@ -27,7 +27,10 @@ PAUSE = "SI_XEN_DRIFT_PAUSE"  # tests: the VM side sleeps this long once mounted
 
 
 def read_mode(rec, running: bool) -> str:
-    if not running:
+    """How to read the VM's disks: ``offline`` (as they are), ``copy`` (reflinked copies) or
+    ``snapshot`` (thin snapshots), both private and their journals replayed, or ``live``. A stopped
+    VM whose journal holds changes (not shut down cleanly) is read as a running one is."""
+    if not running and not unclean(rec):
         return "offline"
     from .storage.reflink import reflinks_work
 
@@ -40,6 +43,14 @@ def read_mode(rec, running: bool) -> str:
         except OSError:
             pass
     return "live"
+
+
+def unclean(rec) -> list[str]:
+    """The VM's filesystems whose journals hold changes ("/ (xfs)"), read from its disks."""
+    from .storage.mount import RO_OPTS
+    from .storage.mount import unclean as dirty
+
+    return [f"{d.mountpoint} ({d.fs})" for d in rec.disks if d.mountpoint and d.fs in RO_OPTS and dirty(d.target, d.fs)]
 
 
 TAG = "si_xen_drift"
@@ -86,7 +97,7 @@ def read_vm(rec, mode: str, lock_dir: str) -> tuple[dict, list[str], Classify]:
         raise
     spec = {"disks": [[snaps.get(d.target, d.target), d.fs, d.mountpoint] for d in rec.disks], "storage": rec.storage,
             "root": rec.storage_root, "pool": rec.thin_pool, "lock_dir": lock_dir, "where": where,
-            "copy": mode == "copy", "token": token,
+            "copy": mode == "copy", "replay": mode in ("copy", "snapshot"), "token": token,
             "image_root": rec.image_path if rec.image_path and os.path.isdir(rec.image_path) else None,
             "nameservers": bool(rec.request.get("nameservers"))}
     try:
@@ -125,7 +136,7 @@ def mount_ro(spec: dict, prefix: str) -> tuple[list[str], list[str]]:
                 copies.append(dst)
                 disks[i] = DiskRecord("", d.mountpoint, d.fs, "", dst)
     b = backend(spec["storage"], spec["root"], spec["pool"], spec["lock_dir"])
-    mounted, skipped = mount_tree_ro(disks, b, spec["where"])
+    mounted, skipped = mount_tree_ro(disks, b, spec["where"], replay=spec.get("replay", False))
     for c in copies:
         os.unlink(c)
     return mounted, skipped

@@ -5,7 +5,7 @@ VM (clone), si_updatexenvm of a stopped VM after 1 % of the image's files change
 write; ext4: in place), si_lsxenvm --drift of a stopped VM, si_mkxenvm --rebuild of a clone. The image is a hard-link copy of
 debian12 (`lifecycle`) whose next generation is made between rounds, untimed, by replacing
 1 % of its regular files (new content, new mtime; never written through the hard links).
-Issue 29's rows: si_getxenimage --keep-xen of the stopped VM lcx, and its floor, rsync -aHAXS
+Issue 29's rows: si_getxenimage --keep-xen of the stopped VM lcx, the same V2P (reversed), and the floor, rsync -aHAXS
 --numeric-ids of the same tree (lcx's disk mounted read-only) into an empty directory beside the
 images (the done-when: capture <= 1.3 x the floor).
 """
@@ -117,6 +117,8 @@ def run(args) -> dict:
                 row["rebuild (clone; xfs)"] = timed([[mk, "--rebuild", "lcr", "--config", conf]], xfs, log, env)
                 row[CAPTURE] = timed([[gx, "lcx", f"lccap{r}", "--keep-xen", "--config", conf]], images.IMAGES, log, env)
                 shutil.rmtree(os.path.join(images.IMAGES, f"lccap{r}"), ignore_errors=True)
+                row[V2P] = timed([[gx, "lcx", f"lcv2p{r}", "--config", conf]], images.IMAGES, log, env)
+                shutil.rmtree(os.path.join(images.IMAGES, f"lcv2p{r}"), ignore_errors=True)
                 row[FLOOR] = copy_floor(f"{xfs}/domains/lcx/disk.img", workdir, r, log)
                 for case, s in row.items():
                     if s.rc:
@@ -130,6 +132,7 @@ def run(args) -> dict:
 
 
 CAPTURE, FLOOR = "capture --keep-xen (stopped VM)", "copy floor: rsync -aHAXS same tree"
+V2P = "capture, V2P (the fixups reversed)"
 
 
 def copy_floor(disk: str, workdir: str, r: int, log: str):
@@ -157,6 +160,9 @@ def table(results: dict) -> str:
     if results.get(CAPTURE) and results.get(FLOOR):
         ratio = statistics.median(results[CAPTURE]) / statistics.median(results[FLOOR])
         lines.append(f"capture / copy floor: {ratio:.2f} (issue 29's target: <= 1.3)")
+    if results.get(V2P) and results.get(FLOOR):
+        ratio = statistics.median(results[V2P]) / statistics.median(results[FLOOR])
+        lines.append(f"V2P capture / copy floor: {ratio:.2f}")
     return "\n".join(lines)
 
 

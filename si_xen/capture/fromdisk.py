@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from .. import proc, rollback
 from ..errors import Fatal
-from ..storage.mount import RO_OPTS
+from ..storage.mount import RO_OPTS, unclean
 from .fromdisk_probe import Fs
 from .fromdisk_probe import run as probe
 
@@ -46,6 +46,9 @@ class Foreign:
     fmt: str  # qemu-img's format name
     notes: tuple[str, ...]  # another hypervisor's tools and drivers found in the guest
     sizes: dict[str, int] = field(default_factory=dict)  # guest mount point: its partition's (or disk's) MiB
+    private: bool = False  # the devices are of our own raw copy, writable: journals replayed when read
+    layout: tuple[tuple[int, str, str, int], ...] = ()  # (partition number, type, mount point, MiB): probe.partitions_named
+    label: str = "msdos"  # the partition table's kind, for the layout: gpt or msdos
 
 
 def inspect(path: str) -> dict:
@@ -125,11 +128,13 @@ def _converted(path: str, info: dict, work_dir: str, say, undo: ExitStack) -> st
     return copy
 
 
-def _attach(image: str, undo: ExitStack, start: int = 0, size: int = 0) -> str:
-    """A read-only loop device of ``image`` (bytes ``start`` to ``start + size``), autoclear while we hold it."""
+def _attach(image: str, undo: ExitStack, start: int = 0, size: int = 0, writable: bool = False) -> str:
+    """A loop device of ``image`` (bytes ``start`` to ``start + size``), autoclear while we hold
+    it; read-only unless ``writable`` (our own copy, whose journals may be replayed)."""
     part = ["--offset", str(start), "--sizelimit", str(size)] if size else []
+    ro = [] if writable else ["--read-only"]
     with rollback.critical():  # attached and its undo registered: no signal in between
-        loop = proc.run(["losetup", "--read-only", "--find", "--show", *part, image]).stdout.strip()
+        loop = proc.run(["losetup", *ro, "--find", "--show", *part, image]).stdout.strip()
         fd = os.open(loop, os.O_RDONLY)
         undo.callback(_detach, loop, fd)
     status = bytearray(232)  # struct loop_info64
@@ -166,13 +171,13 @@ def _sectors(dev: str) -> int:
         return int(f.read())
 
 
-def filesystems(image: str, undo: ExitStack) -> list[Fs]:
+def filesystems(image: str, undo: ExitStack, writable: bool = False) -> list[Fs]:
     """A loop device for each partition (or the whole disk, unpartitioned), its filesystem probed
     by blkid -p. Partitions by offset: this kernel reads no partition table (losetup --partscan)."""
     out = []
     for p in partitions(image) or [{"NR": "0"}]:
         start, size = int(p.get("START", 0)) * 512, int(p.get("SECTORS", 0)) * 512
-        dev = _attach(image, undo, start, size)
+        dev = _attach(image, undo, start, size, writable)
         res = proc.run(["blkid", "-p", "-o", "export", dev], ok=(0, 2, 8))  # 2: nothing found, 8: ambivalent
         kv = dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
         out.append(Fs(dev, kv.get("TYPE", ""), int(p["NR"]), kv.get("UUID", ""), kv.get("LABEL", ""),
@@ -191,12 +196,16 @@ def attached(path: str, work_dir: str, say: Callable[[str], None]) -> Iterator[F
             info = inspect(path)
             fmt = info["format"]
             say(f"{path}: {FORMATS[fmt]} disk image of {int(info['virtual-size']) // MIB} MiB")
-            image = path if fmt == "raw" else _converted(path, info, work_dir, say, undo)
-            try:
-                fss = filesystems(image, undo)
-            except proc.ProcError as e:
-                raise Fatal(f"the partitions of disk image {path} cannot be read: {e}",
-                            "check its partition table (partx --show)") from None
+            private = fmt != "raw"
+            image = _converted(path, info, work_dir, say, undo) if private else path
+            fss = _filesystems(path, image, undo, private)
+            dirty = [f for f in fss if f.type in RO_OPTS and unclean(f.dev, f.type)]
+            if dirty and not private:  # the admin's own file is never written: a copy is
+                say(f"{path}: {', '.join(f.named() for f in dirty)} not cleanly unmounted: "
+                    "reading a private copy, its journal replayed")
+                undo.close()
+                image, private = _converted(path, info, work_dir, say, undo), True
+                fss = _filesystems(path, image, undo, private)
             found = _guest(path, fss)
         named = {f.dev: f.named() for f in fss}
         say("the guest's " + "; ".join(f"{mp}: {named[dev]}" for dev, _fs, mp in found["disks"]))
@@ -204,10 +213,20 @@ def attached(path: str, work_dir: str, say: Callable[[str], None]) -> Iterator[F
             say(f"WARNING: {line}")
         size = {f.dev: f.size // MIB for f in fss}
         yield Foreign([tuple(d) for d in found["disks"]], fmt, tuple(found["notes"]),
-                      {mp: size[dev] for dev, _fs, mp in found["disks"]})
+                      {mp: size[dev] for dev, _fs, mp in found["disks"]}, private,
+                      tuple(tuple(p) for p in found["layout"]),
+                      "gpt" if any(len(f.partuuid) == 36 for f in fss) else "msdos")
     finally:
         with rollback.critical():
             undo.close()
+
+
+def _filesystems(path: str, image: str, undo: ExitStack, writable: bool) -> list[Fs]:
+    try:
+        return filesystems(image, undo, writable)
+    except proc.ProcError as e:
+        raise Fatal(f"the partitions of disk image {path} cannot be read: {e}",
+                    "check its partition table (partx --show)") from None
 
 
 def _guest(path: str, fss: list[Fs]) -> dict:

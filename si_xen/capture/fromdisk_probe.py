@@ -117,6 +117,20 @@ def names_as_root(fstab: str, fss: list[Fs]) -> Fs | None:
     return next((find(s, fss, _disks(entries)) for s, mp, _t, _o in entries if mp == "/"), None)
 
 
+def partitions_named(fstab: str, fss: list[Fs], read: dict[str, str]) -> list[tuple[int, str, str, int]]:
+    """The guest's partitions for the image's layout, (number, type, mount point, MiB) by number:
+    those read (``read``: device -> mount point) and those its fstab names that si-xen does not
+    read (swap, an EFI system partition), so that SystemImager makes them on a physical machine."""
+    entries = parse_fstab(fstab)
+    disks = _disks(entries)
+    mps = dict(read)
+    for spec, mp, fstype, _opts in entries:
+        fs = find(spec, fss, disks)
+        if fs is not None and fs.dev not in mps and (fstype == "swap" or fs.type == "swap" or mp.startswith("/")):
+            mps[fs.dev] = "" if "swap" in (fstype, fs.type) else "/" + mp.strip("/")
+    return sorted((f.number or 1, f.type or "swap", mps[f.dev], max(1, f.size >> 20)) for f in fss if f.dev in mps)
+
+
 def mapping(fstab: str, fss: list[Fs], root: Fs) -> tuple[list[tuple[str, str, str]], list[str]]:
     """The guest's filesystems on this disk, (device, type, mount point), / first; and a line for
     each local entry left out (not on this disk, or of a type this host cannot read)."""
@@ -196,7 +210,8 @@ def child(spec: dict) -> dict:
     finally:
         for at in reversed(mounted):
             _umount(at)
-    return {"root": root.dev, "disks": kept, "left": left, "notes": found, "bad": bad}
+    layout = partitions_named(fstab, fss, {dev: mp for dev, _t, mp in kept})
+    return {"root": root.dev, "disks": kept, "left": left, "notes": found, "bad": bad, "layout": layout}
 
 
 def run(fss: list[Fs], where: str) -> dict:

@@ -22,7 +22,7 @@ from xml.sax.saxutils import escape
 from .. import atomic, locks
 from ..errors import Fatal
 from ..excludes import _fstab_field
-from ..guestfs import Guest
+from ..guestfs import Guest, GuestPathError
 from ..image.metadata import DISK_FS, LAYOUT_FILES, META_DIR
 from ..image.store import StoreConfig, stub_path
 from ..sizes import parse_mib
@@ -131,12 +131,13 @@ def _fstab_lines(fstab: str) -> list[list[str]]:
     return out
 
 
-def layout_xml(disks, fstab: str, vm: str, keep_xen: bool, header: bool = False) -> str:
+def layout_xml(disks, fstab: str, vm: str, keep_xen: bool, header: bool = False, label: str = "msdos") -> str:
     """A SystemImager layout (the <config> vocabulary of autoinstallscript.conf and disks-layout.xml)
     for the VM's ``disks`` (record DiskRecords: vdev xvdaN, mountpoint, fs, size, options): one disk
     whose partition N is the VM's xvdaN, /dev/sda unless ``keep_xen``; each filesystem's fsinfo
     takes its options, dump and pass from the VM's fstab, and the fstab's other (network, pseudo)
-    entries follow with format="no", as si_prepareclient writes them."""
+    entries follow with format="no", as si_prepareclient writes them. disks-layout.xml (v5) also
+    names the bootloader: grub2, for EFI where a vfat /boot/efi is among the disks."""
     base = "/dev/xvda" if keep_xen else "/dev/sda"
     rows, by_mp, parts, used = [], {}, [], set()
     lines = _fstab_lines(fstab)
@@ -159,8 +160,12 @@ def layout_xml(disks, fstab: str, vm: str, keep_xen: bool, header: bool = False)
             rows.append((f[0], None, f[1], f[2], f[3] if len(f) > 3 else "defaults",
                          f[4] if len(f) > 4 else "0", f[5] if len(f) > 5 else "0", True))
     out = [AIS_HEADER.format(vm=vm) if header else "", "<config>\n",
-           f'  <disk dev="{base}" label_type="msdos" unit_of_measurement="MB">\n', *(p + "\n" for p in parts),
+           f'  <disk dev="{base}" label_type="{label}" unit_of_measurement="MB">\n', *(p + "\n" for p in parts),
            "  </disk>\n\n"]
+    if not header:
+        efi = any(d.mountpoint == "/boot/efi" and d.fs == "vfat" for d in disks)
+        out.append(f'  <bootloader flavor="grub2" install_type="{"efi" if efi else "legacy"}" default_entry="0" '
+                   f'timeout="2">\n    <target dev="{base}" />\n  </bootloader>\n\n')
     for n, (dev, mdev, mp, fs, options, dump, pas, nofmt) in enumerate(rows, 1):
         md = f" mount_dev={quoteattr(mdev)}" if mdev else ""
         out.append(f'  <fsinfo line="{n * 10}" real_dev={quoteattr(dev)}{md} mp={quoteattr(mp)} fs={quoteattr(fs)} '
@@ -185,11 +190,19 @@ def _num(vdev: str, default: int) -> int:
 def write_metadata(tree: str, vm: str, layout: dict[str, str], now: float | None = None) -> list[str]:
     """SystemImager's files in the staging tree (each written anew, never in place: with --update a
     file may be a hard link into the published image): the layout files given, IMAGE_RETRIEVAL_TIME
-    (local time, as si_getimage writes it) and IMAGE_RETRIEVED_FROM. Returns the guest paths."""
+    (local time, as si_getimage writes it), IMAGE_RETRIEVED_FROM and mounted_filesystems (what
+    si_prepareclient's ``mount`` would list, from the tree's fstab: si_getimage excludes the
+    network ones from a later capture of a machine installed from it). Returns the guest paths."""
     g = Guest(tree)
     meta = g.makedirs(META_DIR)  # a guest link on the way resolves inside the tree
+    try:
+        fstab = g.read_text("etc/fstab") or ""
+    except GuestPathError:  # a link out of the tree, a directory: nothing mounted to say
+        fstab = ""
+    mounts = "".join(f"{f[0]} on {f[1]} type {f[2]} ({f[3] if len(f) > 3 else 'defaults'})\n"
+                     for f in _fstab_lines(fstab) if f[2] != "swap" and f[1].startswith("/"))
     files = {**layout, "IMAGE_RETRIEVAL_TIME": time.strftime("%Y.%m.%d %H:%M\n", time.localtime(now)),
-             "IMAGE_RETRIEVED_FROM": vm + "\n"}
+             "IMAGE_RETRIEVED_FROM": vm + "\n", "mounted_filesystems": mounts}
     for name, text in files.items():
         atomic.write(os.path.join(meta, name), text, 0o644)  # over a link there: the link replaced
     return [f"{META_DIR}/{n}" for n in files]

@@ -208,10 +208,11 @@ class _Reverser:
             os.replace(tmp, dst)
         else:
             raise _Cannot(f"{p}: a special file in the image; left as it is")
-        _xattrs(src, dst, mode)
+        # xattrs after chown: chown drops security.capability (a ping's cap_net_raw would be lost)
         os.chown(dst, facts[1], facts[2], follow_symlinks=False)
         if not stat.S_ISLNK(mode):
             os.chmod(dst, stat.S_IMODE(mode))
+        _xattrs(src, dst, mode)
         os.utime(dst, ns=(facts[4], facts[4]), follow_symlinks=False)
         self._relink(p, dst, facts)
 

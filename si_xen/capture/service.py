@@ -51,6 +51,7 @@ class CaptureResult:
     identity: list[str] = field(default_factory=list)  # guest paths removed or emptied
     not_reversed: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    served: bool = False  # si_mkrsyncd_conf ran: the site's rsync daemon serves the image
 
 
 def _vm_state(state_dir: str, name: str):
@@ -98,10 +99,7 @@ def _capture(req: Request, settings, say) -> CaptureResult:
     target = image.target_path(cfg, req.image)
     if req.force and req.update:
         raise Fatal("--force and --update contradict each other", "give one of them")
-    if os.path.lexists(target) and not (req.force or req.update):
-        raise Fatal(f"image '{req.image}' exists at {target}", "add --force to replace it, or --update to refresh it")
-    if req.update and not os.path.isdir(os.path.join(target, "etc")):
-        raise Fatal(f"image '{req.image}' is not there to update ({target})", "drop --update")
+    _check_target(req, target)
     paths = settings.paths
     os.makedirs(paths["lock_dir"], exist_ok=True)
     if req.from_disk:
@@ -115,17 +113,7 @@ def _capture(req: Request, settings, say) -> CaptureResult:
     with journal.lock(paths["lock_dir"], req.vm), _image_lock(paths["lock_dir"], req.image):
         st = _vm_state(paths["state_dir"], req.vm)  # under the lock: no other si_* command now
         rec = st.record
-        mode = "offline"
-        if _running(req.vm):
-            from .. import toolstack, vmread
-
-            if not req.snapshot:
-                ts = toolstack.find()
-                raise Fatal(f"VM '{req.vm}' is running", f"add --snapshot, or {ts.name if ts else 'xl'} shutdown {req.vm} first")
-            mode = vmread.read_mode(rec, True)
-            if mode == "live":
-                raise Fatal(f"VM '{req.vm}' is running and its storage cannot snapshot its disks",
-                            f"shut it down first ({rec.storage} storage: a snapshot needs XFS/btrfs reflinks or an LVM thin pool)")
+        mode = _read_mode(req, rec, say)
 
         def read(stage, excludes):
             return _copy(rec, mode, stage, excludes, target, say, paths["lock_dir"], req)
@@ -138,6 +126,39 @@ def _capture(req: Request, settings, say) -> CaptureResult:
         return _build(req, cfg, target, read, undo, rec.disks, rec.name, say, t0)
 
 
+def _check_target(req: Request, target: str) -> None:
+    if os.path.lexists(target) and not (req.force or req.update):
+        raise Fatal(f"image '{req.image}' exists at {target}", "add --force to replace it, or --update to refresh it")
+    if req.update and not os.path.isdir(os.path.join(target, "etc")):
+        raise Fatal(f"image '{req.image}' is not there to update ({target})", "drop --update")
+
+
+def _read_mode(req: Request, rec, say) -> str:
+    """How the VM's disks are read (vmread.read_mode): a running VM only with --snapshot, from
+    private copies; a stopped one as it is, or, if its journals hold changes (it was destroyed,
+    not shut down), from private copies where they are replayed, never stale."""
+    from .. import toolstack, vmread
+
+    ts = toolstack.find()
+    ts = ts.name if ts else "xl"
+    running = _running(req.vm)
+    if running and not req.snapshot:
+        raise Fatal(f"VM '{req.vm}' is running", f"add --snapshot, or {ts} shutdown {req.vm} first")
+    mode = vmread.read_mode(rec, running)
+    if mode == "live" and running:
+        raise Fatal(f"VM '{req.vm}' is running and its storage cannot snapshot its disks",
+                    f"shut it down first ({rec.storage} storage: a snapshot needs XFS/btrfs reflinks or an LVM thin pool)")
+    if not running and mode != "offline":
+        dirty = ", ".join(vmread.unclean(rec))
+        if mode == "live":
+            raise Fatal(f"VM '{req.vm}' was not shut down cleanly: the journal of its {dirty} holds changes "
+                        "a read-only capture would miss",
+                        f"start it and shut it down cleanly ({ts} create, then {ts} shutdown -w {req.vm}), then capture again")
+        say(f"VM '{req.vm}' was not shut down cleanly ({dirty}): reading "
+            f"{'reflinked copies' if mode == 'copy' else 'thin snapshots'} of its disks, their journals replayed")
+    return mode
+
+
 def _from_disk(fromdisk, req: Request, cfg, target: str, say, t0: float) -> CaptureResult:
     """Another hypervisor's disk (fromdisk.attached: loop devices, its root found from its fstab),
     copied as a VM's is; nothing to reverse (si-xen made none of it), the identity removed."""
@@ -147,16 +168,18 @@ def _from_disk(fromdisk, req: Request, cfg, target: str, say, t0: float) -> Capt
     work = image.work_dir(target)
     try:
         with fromdisk.attached(req.from_disk, work, say) as foreign:
-            found = [DiskRecord("", mp or "", fs, f"{_size_mib(dev)}M", dev) for dev, fs, mp in foreign.disks]
-            numbered = sorted(found, key=lambda d: (d.fs != "swap", len(d.mountpoint)))
-            disks = [DiskRecord(f"xvda{i}", d.mountpoint, d.fs, d.size, d.target) for i, d in enumerate(numbered, 1)]
+            disks = [DiskRecord("", mp or "", fs, f"{_size_mib(dev)}M", dev) for dev, fs, mp in foreign.disks]
+            # the layout: the disk's own partitions by number, swap and unread ones (an ESP) included
+            layout = [DiskRecord(f"xvda{n}", mp, fs, f"{mib}M", "") for n, fs, mp, mib in foreign.layout]
 
             def read(stage, excludes):
                 return copy.copy_tree([(d.target, d.fs, d.mountpoint) for d in disks],
                                       {"storage": "given", "root": "", "pool": None, "lock_dir": ""}, stage, excludes,
-                                      say, name=req.image, link_dest=target if req.update else None)
+                                      say, name=req.image, replay=foreign.private,
+                                      link_dest=target if req.update else None)
 
-            r = _build(req, cfg, target, read, lambda stage, excluded: [], disks, os.path.abspath(req.from_disk), say, t0)
+            r = _build(req, cfg, target, read, lambda stage, excluded: [], layout, os.path.abspath(req.from_disk), say, t0,
+                       label=foreign.label)
             unread = [f"WARNING: {d.mountpoint} ({d.fs}) was not read: si-xen mounts {', '.join(RO_OPTS)}"
                       for d in disks if d.fs != "swap" and d.fs not in RO_OPTS]
             return CaptureResult(**{**r.__dict__, "notes": [*foreign.notes, *unread, *r.notes]})
@@ -172,12 +195,14 @@ def _size_mib(dev: str) -> int:
         os.close(fd)
 
 
-def _build(req: Request, cfg, target: str, read, undo, disks, origin: str, say, t0: float) -> CaptureResult:
+def _build(req: Request, cfg, target: str, read, undo, disks, origin: str, say, t0: float,
+           label: str = "msdos") -> CaptureResult:
     """The staging image filled by ``read`` (-> copy.Copied), reversed by ``undo`` (-> what was not),
     the identity removed, SystemImager's metadata written; published whole, else removed."""
     from .. import populate
 
     image.clear_stale(target, say)
+    _check_target(req, target)  # again: a killed capture's old image may just have been put back
     excludes, used = image.getimage_excludes(cfg)
     excludes = [*populate.EXCLUDES, *excludes]
     left_out = Patterns(excludes)
@@ -187,7 +212,7 @@ def _build(req: Request, cfg, target: str, read, undo, disks, origin: str, say, 
         # what the copy left out on purpose is not "removed in the VM" to the reversal
         not_reversed = undo(stage, lambda p: left_out.matches(p, Guest(stage).isdir(p)))
         identity = strip_identity(stage)
-        layouts = _layouts(req, stage, disks, copied.fstab, origin)
+        layouts = _layouts(req, stage, disks, copied.fstab, origin, label)
         server_layout = layouts.get("disks-layout.xml") or next(iter(layouts.values()), None) or _tree_layout(stage)
         image.write_metadata(stage, origin, layouts)
         image.publish(stage, target, replace=req.force or req.update)
@@ -204,15 +229,31 @@ def _build(req: Request, cfg, target: str, read, undo, disks, origin: str, say, 
         shutil.rmtree(stage, ignore_errors=True)
         raise
     stub = image.write_stub(cfg, req.image, target)
+    served = _mkrsyncd_conf(req.image, say)
     notes = [f"WARNING: {m} is not a directory in the tree's /: its filesystem was not read" for m in copied.skipped]
     server = image.write_server_layout(cfg, req.image, server_layout) if server_layout else None
     if server:
         notes.append(f"layout copied to {server}")
     return CaptureResult(req.image, target, stub, copied.entries, copied.bytes, copied.written,
-                         round(time.monotonic() - t0, 2), copied.excluded, used, identity, not_reversed, notes)
+                         round(time.monotonic() - t0, 2), copied.excluded, used, identity, not_reversed, notes, served)
 
 
-def _layouts(req: Request, stage: str, disks, vm_fstab: str, origin: str) -> dict[str, str]:
+def _mkrsyncd_conf(name: str, say) -> bool:
+    """SystemImager's si_mkrsyncd_conf, as si_getimage runs it after writing a stub: rsyncd.conf
+    made again from the stubs, so the site's rsync daemon serves the new image. Where SystemImager's
+    server is not installed, the summary says to run it; a failure is a warning (the image is made)."""
+    tool = shutil.which("si_mkrsyncd_conf")
+    if tool is None:
+        return False
+    try:
+        proc.run([tool])
+    except proc.ProcError as e:
+        say(f"WARNING: si_mkrsyncd_conf failed ({e}): the rsync daemon does not serve '{name}' yet; run it again")
+        return False
+    return True
+
+
+def _layouts(req: Request, stage: str, disks, vm_fstab: str, origin: str, label: str = "msdos") -> dict[str, str]:
     """The layout files to write. For physical machines (V2P) the golden client's own, which the
     copy brought and the reversal left, stay as they are: SystemImager partitions from them and
     writes fstab from them, so they must say what the restored fstab and bootloader say. Else
@@ -222,7 +263,7 @@ def _layouts(req: Request, stage: str, disks, vm_fstab: str, origin: str) -> dic
     if have and not req.keep_xen:
         return {}
     fstab = vm_fstab if req.keep_xen else (Guest(stage).read_text("etc/fstab") or "")
-    return {n: image.layout_xml(disks, fstab, origin, req.keep_xen, header=n == "autoinstallscript.conf")
+    return {n: image.layout_xml(disks, fstab, origin, req.keep_xen, header=n == "autoinstallscript.conf", label=label)
             for n in image.layout_files(stage)}
 
 
@@ -252,7 +293,7 @@ def _copy(rec, mode: str, stage: str, excludes: list[str], target: str, say, loc
     try:
         return copy.copy_tree([(snaps.get(d.target, d.target), d.fs, d.mountpoint) for d in rec.disks],
                               {"storage": rec.storage, "root": rec.storage_root, "pool": rec.thin_pool, "lock_dir": lock_dir},
-                              stage, excludes, say, name=rec.name, copy_disks=mode == "copy",
+                              stage, excludes, say, name=rec.name, copy_disks=mode == "copy", replay=mode == "snapshot",
                               link_dest=target if req.update else None)
     finally:
         vmread.drop_snapshots(snaps)

@@ -26,8 +26,8 @@ MAN = {
         "etc/systemimager/disks-layout.xml and/or autoinstallscript.conf (the formats the VM's tree has, else\n"
         "both) made from the VM's disks and /etc/fstab, IMAGE_RETRIEVAL_TIME, IMAGE_RETRIEVED_FROM (the VM's\n"
         "name), the server's copy scripts/disks-layouts/IMAGE.xml where SystemImager's scripts directory\n"
-        "exists, and the rsync stub RSYNC_STUB_DIR/40IMAGE so the site's rsync daemon serves it (run\n"
-        "si_mkrsyncd_conf after).\n\n"
+        "exists, and the rsync stub RSYNC_STUB_DIR/40IMAGE so the site's rsync daemon serves it; then, as\n"
+        "si_getimage does, si_mkrsyncd_conf where SystemImager's server has it (else the summary says to run it).\n\n"
         "The image is built beside its place (IMAGE_DIR/.IMAGE.si-xen-new-PID) and renamed into place whole:\n"
         "it is never half-written. An existing image is refused unless --force (the new one replaces it in\n"
         "one rename) or --update (refreshed: unchanged files are hard links to the old image, so only what\n"
@@ -37,7 +37,11 @@ MAN = {
         "names, network configuration), and what could not be undone is listed. With --keep-xen the image\n"
         "stays Xen-ready: si_mkxenvm makes VMs of it as of any image.\n\n"
         "A running VM is refused unless --snapshot: its disks are then read from a copy-on-write copy\n"
-        "(--dir on XFS or btrfs: reflinks; LVM thin pools: a thin snapshot), what a crash would leave.\n"
+        "(--dir on XFS or btrfs: reflinks; LVM thin pools: a thin snapshot), what a crash would leave; the\n"
+        "copy's journals are replayed into it, so the image is what the guest would see after a reboot.\n"
+        "A stopped VM that was destroyed rather than shut down (its journals hold changes) is read the same\n"
+        "way, or, on storage that cannot copy, refused: start it and shut it down cleanly first. A foreign\n"
+        "disk in that state (--from-disk of a raw file) is read from a private raw copy.\n"
         "The VM is only read: its lock is held meanwhile, so no si_updatexenvm or rebuild runs."
     ),
     # from the reversal's own data (capture/reverse.py), so the page says what the code does
@@ -94,7 +98,8 @@ def body(argv) -> int:
             rep.warn(f"not reversed: {line}")
         for note in r.notes:
             rep.say(f"  {note}")
-        rep.say(f"  rsync stub: {r.stub} (run si_mkrsyncd_conf to serve it)")
+        rep.say(f"  rsync stub: {r.stub} " + ("(si_mkrsyncd_conf run: the rsync daemon serves it)" if r.served
+                                               else "(run si_mkrsyncd_conf to serve it)"))
     finally:
         rep.close()
     return 0

@@ -22,8 +22,9 @@ MAN = {
         "With --drift (root only) it compares each VM with the image generation it was made or last updated\n"
         "from: the VM's filesystems are mounted read-only (ext3/ext4 ro,noload; XFS ro,norecovery) in a private\n"
         "mount namespace, so nothing is written to its disks and nothing stays mounted even if si_lsxenvm is\n"
-        "killed. A running VM is read from copy-on-write copies of its disks: reflinks on a --dir that can\n"
-        "reflink, snapshots (tagged si_xen_drift, removed after) in a thin pool; else it is read live, with a\n"
+        "killed. A running VM, or a stopped one destroyed rather than shut down (its journals hold changes),\n"
+        "is read from copy-on-write copies of its disks, their journals replayed into them: reflinks on a --dir\n"
+        "that can reflink, snapshots (tagged si_xen_drift, removed after) in a thin pool; else it is read live, with a\n"
         "WARNING that the figures may be inconsistent. Each difference has a class: image\n"
         "(an image file edited or removed in the VM), local (only in the VM), owned (a file si-xen wrote, changed\n"
         "since), identity and excluded (never copied or updated). It also says whether the image has moved on\n"
@@ -90,6 +91,20 @@ def states() -> dict[str, str] | None:
         return None
 
 
+def libvirt_state(vm) -> str | None:
+    """A --toolstack libvirt VM as libvirt sees it (virsh domstate: ``running``, ``shut off``;
+    ``not defined``), or None for the others and when virsh or libvirtd does not answer."""
+    if vm.toolstack != "libvirt":
+        return None
+    from ..toolstack.libvirt import find_virsh
+
+    ts = find_virsh()
+    try:
+        return None if ts is None else ts.domstate(vm.name) or "not defined"
+    except Exception:  # libvirtd away: unknown, as for xl
+        return None
+
+
 def drift(args, settings) -> int:
     from .. import drift as drift_
 
@@ -138,6 +153,8 @@ def body(argv) -> int:
     if args.json:
         for vm in vms:
             extra = {"update_unfinished": updating[vm.name].update} if vm.name in updating else {}
+            if (lv := libvirt_state(vm)) is not None:
+                extra["libvirt_state"] = lv
             print(json.dumps(dict(vm.to_json(), state=state(vm), **extra), sort_keys=True))
         return 0
     print("-" * 80)
@@ -147,6 +164,8 @@ def body(argv) -> int:
         disks = ", ".join(f"{d.vdev}:{d.mountpoint or 'swap'}:{d.size}" for d in vm.disks)
         print(f"{vm.name:<20} {vm.image:<18} {state(vm):<8} {vm.boot:<8} {disks}")
         print(f"{'':<20} config {vm.config}")
+        if (lv := libvirt_state(vm)) is not None:
+            print(f"{'':<20} libvirt {lv} (virsh -c xen:///system domstate {vm.name})")
         if vm.name in rebuilding:
             print(f"{'':<20} unfinished rebuild (pid {vm.pid}) stopped in step '{rebuilding[vm.name].step}': "
                   f"si_mkxenvm --rebuild {vm.name} finishes it (si_rmxenvm {vm.name} removes old and new)")

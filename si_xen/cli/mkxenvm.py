@@ -136,8 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("activation")
     g.add_argument("--start", action="store_true", default=None, help="start the VM when it is made")
     g.add_argument("--console", action="store_true", default=None, help="start it and attach its console")
-    g.add_argument("--autostart", action="store_true", default=None, help="link the config into auto/ beside it (/etc/xen/auto), where xendomains starts domains at boot")
-    g.add_argument("--toolstack", help=f"xl, xm or auto (xl, else xm) {_default('toolstack')}")
+    g.add_argument("--autostart", action="store_true", default=None, help="link the config into auto/ beside it (/etc/xen/auto), where xendomains starts domains at boot "
+                   "(--toolstack libvirt: libvirt's autostart instead, never both)")
+    g.add_argument("--toolstack", help="xl, xm, libvirt or auto (xl, else xm; never libvirt): libvirt defines the VM in "
+                   f"libvirtd's libxl driver (virsh -c xen:///system), --autostart is then libvirt's {_default('toolstack')}")
     g = p.add_argument_group("cloud-init")
     g.add_argument("--cloud-init", dest="cloud_init", help="auto: a NoCloud seed where the image has cloud-init "
                    f"(not disabled); off: disable its cloud-init {_default('cloud_init')}")
@@ -312,11 +314,11 @@ def _console(plan, guard: Guard, rep: Reporter) -> None:
 
     ts = toolstack.find(plan.activation.toolstack)
     name = plan.hostname
-    again = f"VM {name} keeps running ({ts.name} console {name} to attach{' again' if plan.activation.console else ''})"
+    again = f"VM {name} keeps running ({ts.shown('console', name)} to attach{' again' if plan.activation.console else ''})"
     if guard.got is not None:  # came once the domain was made: it stays, no console is attached
         line = f"{signal.Signals(guard.got).name} received after the domain was made; {again}"
     else:
-        rep.say(f"\nAttaching the console of {name} ({ts.name} console; Ctrl-] detaches)")
+        rep.say(f"\nAttaching the console of {name} ({ts.shown('console')}; Ctrl-] detaches)")
         rc, sig = ts.console(name)
         how = f" by {signal.Signals(sig).name}" if sig else (f" (exit status {rc})" if rc else "")
         line = f"console closed{how}; {again}"
@@ -339,7 +341,8 @@ def summary(rec: VmRecord, plan, rep: Reporter, settings) -> None:
     rep.say(f"Config          :  {rec.config}")
     rep.say(f"Time            :  {rec.seconds} s")
     if not plan.activation.start:
-        rep.say(f"Start it with   :  xl create {rec.config}")
+        rep.say(f"Start it with   :  virsh -c xen:///system start {rec.name}" if rec.toolstack == "libvirt" else
+                f"Start it with   :  xl create {rec.config}")
     rep.say(f"\nLogfile produced at:\n  {os.path.join(settings.paths['log_dir'], rec.name + '.log')}")
 
 

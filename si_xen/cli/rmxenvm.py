@@ -56,10 +56,10 @@ def remove(name: str, args, settings) -> None:
         state = journal.load(state_dir, name)  # again: it may have changed before we held the lock
         if state is None:
             raise Fatal(f"no VM '{name}' made by si_mkxenvm", "si_lsxenvm lists the VMs")
-        ts = toolstack.find()
+        ts = toolstack.find((state.record.toolstack if state.record else "") or "auto")  # a libvirt VM: virsh's
         running = ts is not None and toolstack.hypervisor_running() and name in ts.domains()
         if running and not args.stop:
-            raise Fatal(f"VM '{name}' is running", f"add --stop to shut it down, or {ts.name} shutdown {name}")
+            raise Fatal(f"VM '{name}' is running", f"add --stop to shut it down, or {ts.shown('shutdown', name)}")
         what = "its config" if args.keep_disks else "its disks " + " ".join(t.path for t in state.things if t.disk)
         if not state.complete:
             what = f"what its unfinished deploy made ({state.summary()})"

@@ -16,7 +16,8 @@ DEFAULT_OVERRIDES_DIR = "/var/lib/systemimager/overrides"
 # Plain warning files SystemImager keeps beside the images.
 NOT_IMAGES = {"README", "ACHTUNG", "ATTENTION", "CUIDADO"}
 _PATH_RE = re.compile(r"^\s*path\s*=\s*(\S+)\s*$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.+-]*$")
+# no leading dot: hidden entries are work in progress (si_getxenimage's .IMAGE.si-xen-new-PID)
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,6 @@ def list_images(cfg: StoreConfig | None = None) -> list[tuple[str, str]]:
         entries = []
     for e in entries:
         p = os.path.join(cfg.images_dir, e)
-        if e not in NOT_IMAGES and e not in found and os.path.isdir(os.path.join(p, "etc")):
+        if _NAME_RE.match(e) and e not in NOT_IMAGES and e not in found and os.path.isdir(os.path.join(p, "etc")):
             found[e] = p
     return sorted(found.items())

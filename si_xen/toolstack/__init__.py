@@ -1,20 +1,22 @@
 """The Xen toolstack: start a domain from its config, attach its console, list, shut down and
 destroy domains (the autostart link is made.link_autostart's).
 
-``xl`` is the toolstack; ``xm`` only where ``xl`` is absent (Xen < 4.1 dom0s).
+``xl`` is the toolstack; ``xm`` only where ``xl`` is absent (Xen < 4.1 dom0s). ``libvirt``
+(libvirt.py: virsh on libvirtd's libxl driver) only when asked for by name: ``auto`` never picks
+it, since a host may run libvirtd beside VMs managed with xl, and a VM registered in both would be
+started twice (xendomains' /etc/xen/auto and libvirt's autostart). ``toolstack = libvirt`` in
+xen.conf (or --toolstack libvirt) is the admin saying this host's VMs are libvirt's.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess  # TimeoutExpired only: commands run through proc
-import termios
 from time import monotonic, sleep  # by name: a test fakes toolstack's clock, never the time module's
 
-from .. import proc, rollback
+from .. import proc
 from ..errors import Fatal
+from . import libvirt, run
 
 
 def hypervisor_running() -> bool:
@@ -31,53 +33,28 @@ class Toolstack:
     def __init__(self, name: str, path: str):
         self.name, self.path = name, path
 
-    def create(self, cfg: str, made) -> None:
+    def create(self, cfg: str, made, name: str | None = None) -> None:
         """``xl create``: the domain exists once it returns 0, and ``made(signum)`` is called
-        before any handler of the caller's runs again: its point of no return (signum: one that
-        came meanwhile, or None). A SIGINT, SIGTERM or SIGHUP meanwhile is passed on to xl, whose
-        exit decides: made, or not (ProcError; Interrupted when the signal stopped it)."""
-        got: list[int] = []
-        job = None
-
-        def forward(signum, _frame):
-            got.append(signum)
-            if job is not None:
-                job.p.send_signal(signum)
-
-        with rollback.diverted(forward):
-            job = proc.Begun([self.path, "create", cfg])
-            if got:
-                job.p.send_signal(got[0])
-            try:
-                job.result()
-            except proc.ProcError:
-                if got:
-                    raise rollback.Interrupted(got[0]) from None
-                raise
-            made(got[0] if got else None)
+        before any handler of the caller's runs again (run.create says how signals meanwhile go)."""
+        run.create(self.create_argv(cfg, name), made)
 
     def console(self, name: str) -> tuple[int, int | None]:
-        """Attach our terminal to ``name``'s console until it ends: detached (Ctrl-]), the domain
-        gone, or a SIGINT, SIGTERM or SIGHUP to us, which ends the console only (a second one
-        kills it). Returns its exit status and that signal (or None)."""
-        got: list[int] = []
-        p = None
+        """Attach our terminal to ``name``'s console until it ends (run.console)."""
+        return run.console(self.console_argv(name))
 
-        def stop(signum, _frame):
-            got.append(signum)
-            if p is not None:
-                p.send_signal(signal.SIGTERM if len(got) == 1 else signal.SIGKILL)
+    @property
+    def start_cmd(self) -> str:
+        return f"{self.name} create"
 
-        tty = _tty_state()
-        try:
-            with rollback.diverted(stop):
-                p = proc.attached([self.path, "console", name])
-                if got:
-                    p.terminate()
-                rc = p.wait()
-        finally:
-            _tty_restore(tty)  # a console killed in raw mode would leave the terminal unusable
-        return rc, got[0] if got else None
+    def shown(self, *args: str) -> str:
+        """The command an admin types for ``args`` (``xl console web01``), for messages."""
+        return " ".join((self.name, *args))
+
+    def create_argv(self, cfg: str, name: str | None) -> list[str]:
+        return [self.path, "create", cfg]
+
+    def console_argv(self, name: str) -> list[str]:
+        return [self.path, "console", name]
 
     def domains(self) -> dict[str, str]:
         """Running domains: name -> state flags (``r-----``)."""
@@ -98,18 +75,9 @@ class Toolstack:
     def stop(self, name: str, timeout: float = 120) -> bool:
         """A clean shutdown within ``timeout`` seconds: True once the domain is gone. Never
         destroys it (an update must not pull the plug): on False it keeps running or shutting down."""
-        deadline = monotonic() + timeout
-        try:
-            proc.run([self.path, "shutdown", "-w", name], timeout=timeout, ok=(0, 1))
-        except subprocess.TimeoutExpired:
-            return False
         # -w returns once the guest has shut down; xl's own process for the domain destroys it
         # (on_poweroff) a moment later, and until then xl list still shows it
-        while name in self.domains():
-            if monotonic() >= deadline:
-                return False
-            sleep(0.5)
-        return True
+        return run.stop([self.path, "shutdown", "-w", name], self.domains, name, timeout, monotonic, sleep)
 
     def destroy(self, name: str) -> None:
         # a dying domain may take a while to hand its memory back on a loaded host
@@ -122,22 +90,9 @@ class Toolstack:
             sleep(0.5)
 
 
-def _tty_state():
-    try:
-        return termios.tcgetattr(0)
-    except (termios.error, OSError, ValueError):
-        return None  # not a terminal
-
-
-def _tty_restore(state) -> None:
-    if state is not None:
-        try:
-            termios.tcsetattr(0, termios.TCSANOW, state)
-        except (termios.error, OSError):
-            pass  # hung up: no terminal left to restore
-
-
-def find(choice: str = "auto") -> Toolstack | None:
+def find(choice: str = "auto") -> Toolstack | libvirt.Libvirt | None:
+    if choice == "libvirt":
+        return libvirt.find_virsh()
     names = ("xl", "xm") if choice == "auto" else (choice,)
     for n in names:
         p = proc.which(n)
@@ -156,10 +111,21 @@ def stop_cleanly(choice: str, name: str, timeout: float, say, again: str) -> Non
                     "destroyed)", f"see why it does not stop, or give a longer --timeout, then run {again}")
 
 
+def require_libvirt() -> libvirt.Libvirt:
+    """``--toolstack libvirt``: virsh here and libvirtd answering on the Xen URI, or one Fatal
+    before anything is made."""
+    ts = libvirt.find_virsh()
+    if ts is None:
+        raise Fatal("--toolstack libvirt needs virsh, which is not installed", "install libvirt-clients; " + libvirt.FIX)
+    ts.reachable()
+    return ts
+
+
 def require_running(choice: str) -> Toolstack:
     ts = find(choice)
     if ts is None:
-        raise Fatal(f"no Xen toolstack ({'xl or xm' if choice == 'auto' else choice}) found", "install xen-utils or drop --start")
+        raise Fatal(f"no Xen toolstack ({'xl or xm' if choice == 'auto' else choice}) found",
+                    "install libvirt-clients or drop --start" if choice == "libvirt" else "install xen-utils or drop --start")
     if not hypervisor_running():
         raise Fatal("Xen is not running on this machine, so the VM cannot be started", "boot the dom0 under Xen or drop --start")
     return ts

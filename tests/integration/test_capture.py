@@ -30,7 +30,8 @@ LAYOUT = """<config>
 IDENTITY = ("etc/ssh/ssh_host_*", "etc/machine-id", "var/lib/dbus/machine-id", "etc/hostname")
 NEVER_COPIED = ("proc/*", "sys/*", "run/*", "tmp/*", "lost+found")
 METADATA = ("etc/systemimager/IMAGE_RETRIEVAL_TIME", "etc/systemimager/IMAGE_RETRIEVED_FROM",
-            "etc/systemimager/disks-layout.xml", "etc/systemimager/autoinstallscript.conf")
+            "etc/systemimager/disks-layout.xml", "etc/systemimager/autoinstallscript.conf",
+            "etc/systemimager/mounted_filesystems")
 
 
 def made(tmp_path, storage: str, layout: bool = False):
@@ -155,6 +156,9 @@ def test_round_trip(where, layout, keep_xen, request, tmp_path):
         assert f.read() == f"[back]\n\tpath={got}\n\n"
     with open(f"{got}/etc/systemimager/IMAGE_RETRIEVED_FROM") as f:
         assert f.read() == "u1\n"
+    with open(f"{got}/etc/systemimager/mounted_filesystems") as f:  # as `mount` lists them, from the fstab
+        mounts = f.read().splitlines()
+    assert any(" on / type ext4 (" in m for m in mounts) and "nfs.example:/export on /mnt/nfs type nfs (ro,soft)" in mounts
     assert not [n for n in os.listdir(os.path.dirname(got)) if ".si-xen-" in n]
     assert {n: os.stat(f"{vmdir}/{n}").st_mtime_ns for n in os.listdir(vmdir)} == disks, "the VM only read"
     # and the captured image makes a VM again
@@ -215,6 +219,38 @@ def running_env(tmp_path, env):
         return subprocess.run([sys.executable, "-c", RUNNER, "getxenimage", *args, "--config", env.config],
                               env=environ, capture_output=True, text=True, timeout=300)
     return run
+
+
+def test_an_image_a_killed_capture_set_aside_is_put_back_and_never_overwritten(tmp_path):
+    """Killed between the renames of a --force (no RENAME_EXCHANGE): the old image aside, none in
+    place. The next capture without --force puts it back and refuses, before copying anything."""
+    env, image, vmdir = made(tmp_path, str(tmp_path / "vms"))
+    images = os.path.dirname(image)
+    os.makedirs(f"{images}/.back.si-xen-old-{2**22 + 7}/etc")  # a pid above pid_max's default: dead
+    cp = capture(env, "u1", "back", "--keep-xen")
+    assert "image 'back' exists at" in fatal(cp) and "Put back" in cp.stdout + cp.stderr
+    assert sorted(os.listdir(images)) == ["back", "tiny"] and os.listdir(f"{images}/back") == ["etc"]
+    env.run("rmxenvm", "u1", "--yes", check=True)
+
+
+def test_si_mkrsyncd_conf_is_run_where_systemimagers_server_has_it(tmp_path):
+    """As si_getimage: the stub written, then si_mkrsyncd_conf (a stand-in on PATH records its run);
+    its failure is a warning, the image made."""
+    env, image, vmdir = made(tmp_path, str(tmp_path / "vms"))
+    bindir, marker = tmp_path / "sbin", tmp_path / "ran"
+    bindir.mkdir()
+    (bindir / "si_mkrsyncd_conf").write_text(f"#!/bin/sh\nls {env.confdir}/rsync_stubs >> {marker}\nexit ${{FAIL:-0}}\n")
+    (bindir / "si_mkrsyncd_conf").chmod(0o755)
+    path = f"{bindir}:{os.environ['PATH']}"
+    run = dict(os.environ, SIS_CONFDIR=env.confdir, PYTHONPATH=REPO, PATH=path)
+    argv = [sys.executable, "-m", "si_xen.cli.getxenimage", "u1", "back", "--keep-xen", "--config", env.config]
+    cp = subprocess.run(argv, env=run, capture_output=True, text=True, timeout=300)
+    assert cp.returncode == 0 and "(si_mkrsyncd_conf run: the rsync daemon serves it)" in cp.stdout, cp.stdout + cp.stderr
+    assert marker.read_text() == "40back\n", "run once, after the stub was written"
+    cp = subprocess.run([*argv[:4], "back2", *argv[5:]], env={**run, "FAIL": "1"}, capture_output=True, text=True, timeout=300)
+    assert cp.returncode == 0 and "WARNING: si_mkrsyncd_conf failed" in cp.stdout + cp.stderr, cp.stdout + cp.stderr
+    assert "(run si_mkrsyncd_conf to serve it)" in cp.stdout
+    env.run("rmxenvm", "u1", "--yes", check=True)
 
 
 def test_a_running_vm_needs_snapshot_and_storage_that_can_make_one(tmp_path, xfs_dir):

@@ -393,3 +393,22 @@ def test_sigterm_while_converting(work):
     _out, err = p.communicate(timeout=30)
     assert p.returncode == 1 and "Interrupted: SIGTERM" in err, err
     assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
+
+
+def test_the_captured_layout_is_the_disks_own(work):
+    """si_getxenimage --from-disk writes the disk's own partitions into disks-layout.xml: their
+    numbers, the swap partition it does not read, the bootloader SystemImager installs."""
+    from si_xen.image.metadata import parse_layout
+
+    from .harness import make_env
+
+    img = partitioned(work, guest_tree(work))
+    os.makedirs(work / "images")
+    env = make_env(work / "e", str(work / "images"))
+    env.run("getxenimage", "--from-disk", img, "v2v", check=True)
+    with open(work / "images" / "v2v" / "etc/systemimager/disks-layout.xml") as f:
+        text = f.read()
+    got = sorted((e.real_dev, e.mountpoint, e.fs, e.size_mib) for e in parse_layout(text, "disks-layout.xml")
+                 if e.fs in ("ext4", "swap"))
+    assert got == [("/dev/sda1", "/", "ext4", 48), ("/dev/sda2", "/var", "ext4", 32), ("/dev/sda3", "swap", "swap", 18)]
+    assert '<bootloader flavor="grub2" install_type="legacy"' in text and 'label_type="msdos"' in text

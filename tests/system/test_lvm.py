@@ -24,7 +24,8 @@ SCENARIOS = {
     # si_updatexenvm: a thin VM on a thin snapshot swapped in by lvrename, a thick one in place;
     # SIGKILL at snapshot, swap, record (thin) and transfer (thick), each finished by the next run;
     # then si_mkxenvm --rebuild of both: the thin one killed with its old LV aside, the thick --keep-old
-    "update_lvm": (420, "VMS='upd1 upd2' update_lvm upd1 upd2"),
+    # and si_getxenimage of the thin VM: V2P when stopped, then from a thin snapshot after a crash
+    "update_lvm": (540, "VMS='upd1 upd2' update_lvm upd1 upd2"),
 }
 
 
@@ -64,7 +65,9 @@ def test_sigkill_mid_deploy_then_si_rmxenvm_recovers(lvm_run, name):
 def test_update_on_lvm_thin_copy_on_write_thick_in_place(lvm_run):
     """The image's changes in both VMs, their SSH host keys and machine-id byte-equal, the thin one
     updated on a snapshot (no .upd or .si-old LV left), killed runs finished; then both rebuilt keeping
-    their identity (LVs set aside by lvrename and put back, --keep-old's kept); si_rmxenvm leaves nothing."""
+    their identity (LVs set aside by lvrename and put back, --keep-old's kept); the thin one captured
+    (V2P when stopped; after a crash, from a thin snapshot with its journal replayed, the VM's LV
+    untouched); si_rmxenvm leaves nothing."""
     lvm_run.require_ok("update_lvm")
 
 

@@ -41,6 +41,15 @@ def test_the_layout_parses_back_to_the_vms_filesystems(keep_xen, header):
     assert text.startswith("<!--") == header and ('<boel devstyle="udev"/>' in text) == header
 
 
+def test_disks_layout_xml_names_the_bootloader_efi_with_an_esp():
+    text = image.layout_xml(DISKS, FSTAB, "web01", False)
+    assert '<bootloader flavor="grub2" install_type="legacy" default_entry="0" timeout="2">' in text
+    assert '<target dev="/dev/sda" />' in text and "<bootloader" not in image.layout_xml(DISKS, FSTAB, "web01", False, header=True)
+    esp = DiskRecord("xvda4", "/boot/efi", "vfat", "256M", "")
+    text = image.layout_xml([*DISKS, esp], FSTAB, "web01", False, label="gpt")
+    assert 'install_type="efi"' in text and 'label_type="gpt"' in text and 'mp="/boot/efi" fs="vfat"' in text
+
+
 def test_a_vm_without_fstab_entries_takes_its_records_options():
     text = image.layout_xml(DISKS[1:2], "", "web01", False)
     (e,) = parse_layout(text, "disks-layout.xml")

@@ -142,6 +142,7 @@ def world(tmp_path, monkeypatch):
         return dict(vm), [], None
 
     monkeypatch.setattr(drift, "read_vm", read_vm)
+    monkeypatch.setattr(vmread, "unclean", lambda rec: [])  # their disks: cleanly shut down
     return SimpleNamespace(img=img, fp=fp, settings=settings, vm=vm, read=read, opened=opened, facts=facts)
 
 
@@ -230,13 +231,16 @@ def test_drift_needs_root(monkeypatch, capsys):
     assert e.value.code == 1 and "must be run as root" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("storage,running,reflinks,mode", [
-    ("dir", False, True, "offline"), ("dir", True, True, "copy"), ("dir", True, False, "live"),
-    ("lvm", True, True, "live"), ("given", True, True, "live")])
-def test_how_a_vm_is_read(monkeypatch, storage, running, reflinks, mode):
+@pytest.mark.parametrize("storage,running,reflinks,dirty,mode", [
+    ("dir", False, True, False, "offline"), ("dir", True, True, False, "copy"), ("dir", True, False, False, "live"),
+    ("lvm", True, True, False, "live"), ("given", True, True, False, "live"),
+    # stopped, its journal holding changes: read from a private copy, replayed, where one can be made
+    ("dir", False, True, True, "copy"), ("dir", False, False, True, "live")])
+def test_how_a_vm_is_read(monkeypatch, storage, running, reflinks, dirty, mode):
     from si_xen.storage import reflink
 
     monkeypatch.setattr(reflink, "reflinks_work", lambda d: reflinks)
+    monkeypatch.setattr(vmread, "unclean", lambda rec: ["/ (ext4)"] if dirty else [])
     rec = VmRecord("a", storage=storage, disks=(DiskRecord("xvda2", "/", "ext4", "1G", "/x/a/disk.img"),))
     assert vmread.read_mode(rec, running) == mode
 

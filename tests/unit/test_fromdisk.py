@@ -11,7 +11,7 @@ import pytest
 
 from si_xen.capture import fromdisk
 from si_xen.capture.fromdisk_notes import notes
-from si_xen.capture.fromdisk_probe import Fs, find, mapping, names_as_root, parse_fstab
+from si_xen.capture.fromdisk_probe import Fs, find, mapping, names_as_root, parse_fstab, partitions_named
 from si_xen.errors import Fatal
 from si_xen.guestfs import Guest
 from tests.unit import fakeimage
@@ -164,3 +164,14 @@ def test_notes_on_planted_link_loops(tmp_path):
     os.rename(os.path.join(root, "boot"), os.path.join(root, "oldboot"))
     os.symlink("/boot", os.path.join(root, "boot"))
     assert notes(Guest(root)) == []  # nothing there: no crash either
+
+
+def test_the_layout_holds_every_partition_the_fstab_names_by_its_number():
+    """Read ones with their mount points; swap (unformatted: no type) and an ESP si-xen does not read
+    too; a partition the fstab does not name, and entries not on this disk, not."""
+    fss = [Fs("/dev/loop1", "ext4", 1, size=48 << 20), Fs("/dev/loop2", "vfat", 2, "AB12-CD34", size=256 << 20),
+           Fs("/dev/loop3", "", 3, size=18 << 20), Fs("/dev/loop4", "ext4", 4, size=8 << 20)]
+    fstab = ("/dev/sda1 / ext4 defaults 0 1\nUUID=AB12-CD34 /boot/efi vfat umask=0077 0 1\n/dev/sda3 none swap sw 0 0\n"
+             "/dev/sdb1 /data ext4 defaults 0 2\nproc /proc proc defaults 0 0\n")
+    assert partitions_named(fstab, fss, {"/dev/loop1": "/"}) == [
+        (1, "ext4", "/", 48), (2, "vfat", "/boot/efi", 256), (3, "swap", "", 18)]

@@ -320,3 +320,20 @@ def test_without_the_generations_manifest_the_image_as_it_is_now_is_used_and_sai
     shutil.rmtree(m.facts_dir)
     diff, notes = differences(m)
     assert diff == set() and len(notes) == 1 and "is gone" in notes[0] and "as the image" in notes[0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="security.* xattrs need root (CI runs the unit tier as root)")
+def test_a_restored_file_keeps_its_capability_and_owner(tmp_path):
+    """chown drops security.capability: the reversal sets the xattrs after the owner and mode."""
+    import struct
+
+    image = build(tmp_path / "image", "debian12")
+    hosts = os.path.join(image, "etc/hosts")
+    cap = struct.pack("<5I", 0x02000001, 1 << 13, 0, 0, 0)  # v2, effective: cap_net_raw, as setcap writes it
+    os.chown(hosts, 1000, 1000)
+    os.setxattr(hosts, "security.capability", cap)
+    m = make_vm(tmp_path, image)
+    assert "/etc/hosts" in {p for paths in m.rec.owned.values() for p in paths}, "a fixup rewrote it"
+    reverse(m.vm, m.rec, m.facts_dir, quiet)
+    back = os.path.join(m.vm, "etc/hosts")
+    assert (os.stat(back).st_uid, os.getxattr(back, "security.capability")) == (1000, cap)

@@ -57,7 +57,7 @@ def test_missing_image_names_the_dir_and_si_lsimage(tmp_path):
         resolve("nope", store_config(str(tmp_path)))
 
 
-@pytest.mark.parametrize("name", ["README", "-x", "a b", ".."])
+@pytest.mark.parametrize("name", ["README", "-x", "a b", "..", ".a.si-xen-new-123"])
 def test_bad_names(tmp_path, name):
     with pytest.raises(Fatal):
         resolve(name, store_config(str(tmp_path)))
@@ -77,5 +77,6 @@ def test_list_skips_warning_files(tmp_path):
     for w in ("README", "ACHTUNG", "ATTENTION", "CUIDADO"):
         (images / w).write_text("DO NOT TOUCH")
     (images / "notimage").mkdir()
+    mkimage(images / ".b.si-xen-new-4242")  # a capture's staging tree: work in progress, not an image
     (tmp_path / "systemimager.conf").write_text(f"DEFAULT_IMAGE_DIR={images}\nRSYNC_STUB_DIR={tmp_path}/none\n")
     assert [n for n, _ in list_images(store_config(str(tmp_path)))] == ["a", "b"]

@@ -128,3 +128,193 @@ def test_stop_waits_for_xl_to_take_the_shut_down_domain_away(fp, monkeypatch):
     fp.register([xl, "list"], stdout=LIST_WITH.replace("-b----", "---s--"))
     fp.register([xl, "list"], stdout=LIST_WITHOUT)
     assert toolstack.Toolstack("xl", xl).stop("vm1", 30) is True
+
+
+# -- libvirt (--toolstack libvirt): virsh on libvirtd's libxl driver, faked
+
+from si_xen import journal, made  # noqa: E402
+from si_xen.toolstack import libvirt  # noqa: E402
+
+VIRSH = "/usr/bin/virsh"
+V = [VIRSH, "-c", "xen:///system"]
+VLIST = " Id   Name    State\n-----------------------------\n 3    vm1     running\n 4    vm2     in shutdown\n\n"
+VLIST_EMPTY = " Id   Name   State\n--------------------\n\n"
+
+
+@pytest.fixture
+def lv(monkeypatch):
+    """A Libvirt toolstack at VIRSH, which the journal's undo finds too; no real sleeping."""
+    ts = libvirt.Libvirt(VIRSH)
+    monkeypatch.setattr(libvirt, "find_virsh", lambda: ts)
+    monkeypatch.setattr(libvirt, "sleep", lambda s: None)
+    return ts
+
+
+def test_libvirt_domains_parsed_from_virsh_list(fp, lv):
+    fp.register([*V, "list"], stdout=VLIST)
+    assert lv.domains() == {"vm1": "running", "vm2": "in shutdown"}
+
+
+def test_libvirt_define_autostart_start_console_argv(fp, lv, tmp_path):
+    fp.register([*V, "define", "/etc/xen/vm1.xml"], stdout="Domain 'vm1' defined from /etc/xen/vm1.xml\n")
+    fp.register([*V, "autostart", "vm1"])
+    fp.register([*V, "start", "vm1"])
+    lv.define("/etc/xen/vm1.xml")
+    lv.autostart("vm1")
+    got = []
+    lv.create("/etc/xen/vm1.cfg", got.append, name="vm1")
+    assert got == [None]  # made, no signal meanwhile
+    assert lv.console_argv("vm1") == [*V, "console", "vm1"]
+    assert lv.shown("console", "vm1") == "virsh -c xen:///system console vm1"
+    # an update's or a rebuild's start knows only the config: the name is the XML's beside it
+    (tmp_path / "vm9.xml").write_text("<domain type='xen'><name>vm9</name></domain>")
+    assert lv.create_argv(str(tmp_path / "vm9.cfg"), None) == [*V, "start", "vm9"]
+
+
+def test_libvirt_start_failure_is_not_made(fp, lv):
+    fp.register([*V, "start", "vm1"], returncode=1, stderr="error: internal error: libxenlight failed to create")
+    got = []
+    with pytest.raises(Exception, match="libxenlight"):
+        lv.create("/etc/xen/vm1.cfg", got.append, name="vm1")
+    assert got == []
+
+
+def test_libvirt_unreachable_is_one_fatal_naming_the_fix(fp, lv):
+    fp.register([*V, "version"], returncode=1,
+                stderr="error: failed to connect to the hypervisor\nerror: Failed to connect socket to "
+                       "'/var/run/libvirt/libvirt-sock': No such file or directory\n")
+    with pytest.raises(Fatal) as e:
+        lv.reachable()
+    assert "libvirtd is not reachable" in e.value.problem and "libvirt-sock" in e.value.problem
+    assert "systemctl start libvirtd" in e.value.fix and "--toolstack xl" in e.value.fix
+    fp.register([*V, "version"], stdout="Compiled against library: libvirt 9.0.0\nUsing API: Xen 9.0.0\n")
+    lv.reachable()  # answers: no error
+
+
+def test_require_libvirt_without_virsh(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no virsh (proc.which adds only the sbin dirs)
+    monkeypatch.setattr(os.path, "exists", lambda p: False)  # shutil.which must not find /usr/sbin/virsh either
+    with pytest.raises(Fatal, match="needs virsh") as e:
+        toolstack.require_libvirt()
+    assert "libvirt-clients" in e.value.fix
+
+
+def test_auto_never_picks_libvirt(tmp_path, monkeypatch):
+    """auto keeps its meaning (xl, else xm): a virsh alone is no toolstack of auto's."""
+    virsh = tmp_path / "virsh"
+    virsh.write_text("#!/bin/sh\n")
+    virsh.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(toolstack.proc, "which", lambda n: str(tmp_path / n) if (tmp_path / n).exists() else None)
+    assert toolstack.find("auto") is None
+    ts = toolstack.find("libvirt")
+    assert ts.name == "libvirt" and ts.path == str(virsh)
+
+
+def test_libvirt_domstate(fp, lv):
+    fp.register([*V, "domstate", "vm1"], stdout="shut off\n\n")
+    assert lv.domstate("vm1") == "shut off"
+    fp.register([*V, "domstate", "vm9"], returncode=1,
+                stderr="error: failed to get domain 'vm9'\nerror: Domain not found: no domain with matching name 'vm9'\n")
+    assert lv.domstate("vm9") is None
+    fp.register([*V, "domstate", "vm1"], returncode=1, stderr="error: failed to connect to the hypervisor\n")
+    with pytest.raises(OSError, match="failed to connect"):  # unknown, never "not defined"
+        lv.domstate("vm1")
+
+
+def test_libvirt_shutdown_waits_then_destroys(fp, lv, monkeypatch):
+    clock = iter(range(0, 1000, 10))
+    monkeypatch.setattr(libvirt, "monotonic", lambda: next(clock))
+    fp.register([*V, "shutdown", "vm1"])
+    fp.register([*V, "list"], stdout=VLIST, occurrences=7)  # never goes by itself: 6 polls in 60 s, then destroy's
+    fp.register([*V, "destroy", "vm1"])
+    fp.register([*V, "list"], stdout=VLIST_EMPTY)
+    lv.shutdown("vm1", wait=60)
+    assert fp.call_count([*V, "shutdown", "vm1"]) == 1 and fp.call_count([*V, "destroy", "vm1"]) == 1
+
+
+def test_libvirt_stop_never_destroys(fp, lv, monkeypatch):
+    clock = iter(range(0, 1000, 10))
+    monkeypatch.setattr(libvirt, "monotonic", lambda: next(clock))
+    fp.register([*V, "shutdown", "vm1"])
+    fp.register([*V, "list"], stdout=VLIST, occurrences=30)
+    assert lv.stop("vm1", timeout=30) is False
+    assert fp.call_count([*V, "destroy", "vm1"]) == 0
+
+
+def test_undefine_and_autostart_off_only_what_libvirt_knows(fp, lv):
+    fp.register([*V, "list", "--all", "--name"], stdout="vm2\n\n", occurrences=2)
+    lv.undefine("vm1")  # gone already: fine, nothing run
+    lv.autostart("vm1", on=False)
+    assert fp.call_count([*V, "undefine", "vm1"]) == 0 and fp.call_count([*V, "autostart", "--disable", "vm1"]) == 0
+    fp.register([*V, "list", "--all", "--name"], stdout="vm1\nvm2\n", occurrences=2)
+    fp.register([*V, "autostart", "--disable", "vm1"])
+    fp.register([*V, "undefine", "vm1"])
+    lv.autostart("vm1", on=False)
+    lv.undefine("vm1")
+    assert fp.call_count([*V, "undefine", "vm1"]) == 1
+
+
+def test_journaled_definition_and_autostart_are_undone_newest_first(fp, lv, tmp_path):
+    """What the deploy's define and autostart steps journal: a rollback (and si_rmxenvm, and the
+    recovery after a crash, which read the journal back) disables the autostart, then undefines."""
+    from types import SimpleNamespace
+
+    from si_xen import deploy
+    from si_xen.record import VmRecord
+    from si_xen.report import Reporter
+
+    fp.register([*V, "define", "/etc/xen/vm1.xml"])
+    fp.register([*V, "autostart", "vm1"])
+    j = journal.Journal(str(tmp_path), "vm1", VmRecord("vm1"))
+    plan = SimpleNamespace(hostname="vm1", cfg_path="/etc/xen/vm1.cfg",
+                           activation=SimpleNamespace(toolstack="libvirt", autostart=True))
+    c = SimpleNamespace(plan=plan, old=None, journal=j, rep=Reporter(quiet=True), autostart=None)
+    deploy._define(c)
+    deploy._autostart(c)
+    assert c.autostart is None  # no /etc/xen/auto link: libvirt's autostart only
+    assert [t.kind for t in j.state.things] == ["libvirt-domain", "libvirt-autostart"]
+    j.close()
+    state = journal.load(str(tmp_path), "vm1")  # as a crash's recovery reads it
+    assert [str(t) for t in state.things] == ["libvirt-domain vm1", "libvirt-autostart vm1"]
+    fp.register([*V, "list", "--all", "--name"], stdout="vm1\n", occurrences=2)
+    fp.register([*V, "autostart", "--disable", "vm1"])
+    fp.register([*V, "undefine", "vm1"])
+    journal.remove(state)
+    calls = [c for c in fp.calls if c[3:4] in (["autostart"], ["undefine"])]
+    assert calls == [[*V, "autostart", "vm1"], [*V, "autostart", "--disable", "vm1"], [*V, "undefine", "vm1"]]
+    assert not os.path.exists(state.path)
+
+
+def test_a_rebuild_of_a_libvirt_vm_is_refused_before_defining(fp, lv):
+    from types import SimpleNamespace
+
+    from si_xen import deploy
+
+    c = SimpleNamespace(plan=SimpleNamespace(hostname="vm1", cfg_path="/etc/xen/vm1.cfg"), old=object())
+    with pytest.raises(Fatal, match="--rebuild of a libvirt VM"):
+        deploy._define(c)
+    assert len(fp.calls) == 0
+
+
+def test_undo_without_virsh_is_a_leftover_not_silence(monkeypatch):
+    monkeypatch.setattr(libvirt, "find_virsh", lambda: None)
+    failed = journal.undo([made.LibvirtDefinition("vm1")])
+    assert len(failed) == 1 and "may still be defined" in failed[0]
+
+
+def test_xml_path_is_beside_the_config():
+    assert libvirt.xml_path("/etc/xen/web01.cfg") == "/etc/xen/web01.xml"
+    assert libvirt.xml_path("/etc/xen/web01") == "/etc/xen/web01.xml"
+    assert libvirt.xml_path("/etc/xen/web01.xml") == "/etc/xen/web01.xml.libvirt.xml"
+
+
+def test_toolstack_option_is_checked(tmp_path):
+    from si_xen.request import Request
+
+    base = {"hostname": "vm1", "dir": str(tmp_path), "output": str(tmp_path), "dhcp": True}
+    assert Request.from_options({**base, "toolstack": "libvirt"}).activation.toolstack == "libvirt"
+    assert Request.from_options(base).activation.toolstack == "auto"  # the default stays auto
+    with pytest.raises(Fatal, match="invalid --toolstack 'virsh'") as e:
+        Request.from_options({**base, "toolstack": "virsh"})
+    assert "libvirt" in e.value.fix

@@ -335,12 +335,55 @@ update_lvm() {
     cmp -s "/tmp/identity-$n.before" "/tmp/identity-$n.after" || { echo "$n's identity changed:"; diff "/tmp/identity-$n.before" "/tmp/identity-$n.after"; return 1; }
     echo "$n: the image's changes in, its identity kept ($(grep -c ssh_host "/tmp/identity-$n.after") host key files)"
   done
+  capture_lvm "$thin" "$copy" || return 1
   rebuild_lvm "$thin" "$thick" || return 1
   si_rmxenvm --yes --prune-bases "$thin" "$thick" >/dev/null
   for n in "$thin" "$thick"; do nothing_left "$n" "after si_rmxenvm" || return 1; done
   ! lvs --noheadings -o lv_name "$VG" | grep -q "si-base-" || { echo "base LV left"; return 1; }
   [ "$(losetup -a | wc -l)" = "$loops" ] || { echo "loop devices left:"; losetup -a; return 1; }
   echo "updated, killed and finished, removed"
+}
+
+# si_getxenimage on LVM (update_lvm's thin VM, at the image's next generation): a V2P capture of
+# the stopped VM equals that generation where si-xen changed it (fstab, no hvc0 getty), without its
+# identity; then the VM "crashed" (its filesystem shut down, as by a power cut, after 40 files were
+# written and synced): captured again (--update: what changed copied) from a thin snapshot with its journal replayed,
+# the 40 files in, the VM's LV left as it was (still dirty), no snapshot left.
+capture_lvm() {
+  local thin=$1 golden=$2 t=$SECONDS cap=/srv/captured lv=$VG/sx-captured ok=0 i
+  lvcreate -q -y -L 2G -n sx-captured "$VG" >/dev/null && mkfs.ext4 -q "/dev/$lv" && mkdir -p $cap /etc/si-cap \
+    && mount "/dev/$lv" $cap || return 1
+  printf 'DEFAULT_IMAGE_DIR = %s\n' $cap > /etc/si-cap/systemimager.conf
+  { SIS_CONFDIR=/etc/si-cap si_getxenimage "$thin" v2p > /tmp/capture-v2p.out 2>&1 || { cat /tmp/capture-v2p.out; ok=1; }
+    [ $ok = 0 ] && { cat /tmp/capture-v2p.out
+      [ "$(cat $cap/v2p/etc/debian_version)" = "12.99-si-update" ] || { echo "v2p: not the VM's generation"; ok=1; }
+      [ ! -e $cap/v2p/etc/issue.net ] || { echo "v2p: a file the update removed is back"; ok=1; }
+      cmp -s "$golden/etc/fstab" $cap/v2p/etc/fstab || { echo "v2p: fstab is not the golden client's"; ok=1; }
+      ! ls $cap/v2p/etc/systemd/system/*/serial-getty@hvc0.service 2>/dev/null || { echo "v2p: hvc0 getty kept"; ok=1; }
+      ! ls $cap/v2p/etc/ssh/ssh_host_* 2>/dev/null || { echo "v2p: host keys kept"; ok=1; }
+      [ ! -s $cap/v2p/etc/machine-id ] || { echo "v2p: machine-id kept"; ok=1; }; }
+  }
+  if [ $ok = 0 ]; then  # the crash
+    mkdir -p /mnt/crash && mount "/dev/$VG/$thin-disk" /mnt/crash && mkdir -p /mnt/crash/srv/late || ok=1
+    for i in $(seq 40); do echo late > /mnt/crash/srv/late/f$i; done
+    # the crash as xfstests makes one (FS_IOC_SHUTDOWN, ext4's too): the journal flushed, never
+    # checkpointed. (A thin snapshot of the mounted LV would not do: device-mapper freezes the fs.)
+    sync -f /mnt/crash/srv/late && xfs_io -x -c "shutdown -f" /mnt/crash || ok=1
+    umount /mnt/crash
+    dumpe2fs -h "/dev/$VG/$thin-disk" 2>/dev/null | grep -q needs_recovery || { echo "the crashed VM is not dirty"; ok=1; }
+  fi
+  if [ $ok = 0 ]; then
+    SIS_CONFDIR=/etc/si-cap si_getxenimage "$thin" v2p --keep-xen --update > /tmp/capture-crash.out 2>&1 \
+      || { cat /tmp/capture-crash.out; ok=1; }
+    cat /tmp/capture-crash.out
+    grep -q "not shut down cleanly (/ (ext4)): reading thin snapshots" /tmp/capture-crash.out || { echo "no snapshot read said"; ok=1; }
+    [ "$(ls $cap/v2p/srv/late 2>/dev/null | wc -l)" = 40 ] || { echo "the crashed VM's last files are not in the image"; ok=1; }
+    dumpe2fs -h "/dev/$VG/$thin-disk" 2>/dev/null | grep -q needs_recovery || { echo "the VM's LV was written"; ok=1; }
+    ! lvs --noheadings -o lv_name "$VG" | grep -q '\.drift' || { echo "a snapshot is left"; ok=1; }
+  fi
+  umount $cap; lvremove -q -y "$lv" >/dev/null
+  timing capture_lvm $((SECONDS - t))
+  [ $ok = 0 ] && echo "captured on LVM: V2P of the stopped VM, then the crashed one from a replayed thin snapshot"
 }
 
 # si_mkxenvm --rebuild on LVM (update_lvm's VMs, from the image's current generation): the thin
@@ -580,4 +623,32 @@ lc_next_generation() {
   rm -rf "$tmp"
   echo "$LC_IMAGE's next generation: /etc/issue changed, /etc/issue.d/si-lc-added.issue added, /etc/issue.net removed," \
     "an override, $(basename "$initrd") changed"
+}
+
+# A further VM of the lifecycle VM's image (a reflink clone of the base the host built), made in dom0
+# with --toolstack libvirt (issue 30): defined in libvirt's libxl driver and started by it, then its
+# login prompt; libvirt's own conversion of the domain to xl.cfg (domxml-to-native) agrees with
+# si-xen's xl.cfg on every setting both express; si_rmxenvm leaves no domain defined.
+libvirt_vm() {
+  local name=$1 ip=$2 t=$SECONDS cfg=/srv/xen/etc/$1.cfg xml=/srv/xen/etc/$1.xml v="virsh -c xen:///system"
+  export SI_XEN_CONFIG=$HOST_CONF
+  $v version >/dev/null || { echo "libvirtd does not answer"; $v version; return 1; }
+  timing "libvirtd_$name" $((SECONDS - t)); t=$SECONDS
+  si_mkxenvm "$LC_IMAGE" --hostname "$name" --memory 512M --size 2G --swap 128M --yes --ip "$ip" \
+    --netmask 255.255.255.0 --gateway 10.0.0.1 --dir /srv/xen --boot direct --type pv --toolstack libvirt \
+    --start > /tmp/lv-made.out 2>&1 || { cat /tmp/lv-made.out; return 1; }
+  sed 's/^/  | /' /tmp/lv-made.out | tail -n 8
+  timing "mkxenvm_$name" $((SECONDS - t))
+  grep -q "copy-on-write clone" /tmp/lv-made.out || { echo "$name is no clone of the base"; return 1; }
+  $v dominfo "$name" | grep -q "^Persistent: *yes" || { echo "$name is not defined in libvirt"; $v list --all; return 1; }
+  watch_login "$name"
+  wait_login "$name"
+  [ -s "/run/sx-login-$name" ] || return 1
+  $v domxml-to-native xen-xl "$xml" > /tmp/lv-native.cfg || { echo "libvirt cannot convert $xml"; return 1; }
+  python3 ./xlsame.py "$cfg" /tmp/lv-native.cfg || { echo "libvirt's xl.cfg:"; cat /tmp/lv-native.cfg; return 1; }
+  $v destroy "$name" >/dev/null
+  GRACEFUL=1 vm_removed "$name" || return 1
+  ! $v list --all --name | grep -qx "$name" || { echo "$name is still defined in libvirt"; return 1; }
+  [ ! -e "$xml" ] || { echo "$xml left behind"; return 1; }
+  echo "$name: defined and started through libvirt, logged in, removed with its definition"
 }

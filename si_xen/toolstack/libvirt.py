@@ -1,0 +1,144 @@
+"""libvirt's libxl driver as the toolstack (``--toolstack libvirt``): the VM is a persistent
+libvirt domain, defined from the XML beside its xl.cfg (xml_path), started at the dom0's
+boot by libvirt's autostart (never also /etc/xen/auto: xendomains would start it a second time),
+started, attached, shut down and destroyed through ``virsh -c xen:///system``.
+
+The journaled things that undo a definition and an autostart are made.LibvirtDefinition and
+made.LibvirtAutostart; they call :func:`find_virsh` again at undo time (a crash's recovery has
+no toolstack object of ours).
+"""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from time import monotonic, sleep  # by name: a test fakes this module's clock
+
+from .. import proc
+from ..errors import Fatal
+from . import run
+
+URI = "xen:///system"  # libvirtd's libxl driver (xen:/// is the same)
+FIX = ("install libvirt-daemon-driver-xen and libvirt-daemon-system and start libvirtd "
+       "(systemctl start libvirtd) on the Xen dom0, or use --toolstack xl")
+
+
+def xml_path(cfg_path: str) -> str:
+    """Where the deploy writes the libvirt XML it defines: beside the xl.cfg (``/etc/xen/NAME.xml``)."""
+    root, _ = os.path.splitext(cfg_path)
+    return root + ".xml" if root + ".xml" != cfg_path else cfg_path + ".libvirt.xml"
+
+
+class Libvirt:
+    """The toolstack interface of toolstack.Toolstack (create, console, domains, shutdown, stop,
+    destroy), through virsh; plus the persistent domain's define, autostart and undefine."""
+
+    name = "libvirt"
+
+    def __init__(self, virsh: str):
+        self.path = virsh
+
+    def _virsh(self, *args: str) -> list[str]:
+        return [self.path, "-c", URI, *args]
+
+    def reachable(self) -> None:
+        """One Fatal unless libvirtd answers on the Xen URI: checked before anything is made,
+        so that a deploy never stops at its define step."""
+        r = proc.run(self._virsh("version"), ok=range(256))
+        if r.returncode != 0:
+            why = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
+            raise Fatal(f"libvirtd is not reachable at {URI} (virsh version: {why})", FIX)
+
+    # -- the persistent domain and its autostart: made.LibvirtDefinition, made.LibvirtAutostart undo them
+    def define(self, xml_path: str) -> None:
+        proc.run(self._virsh("define", xml_path))
+
+    def defined(self) -> set[str]:
+        """The domains libvirt knows, running or not."""
+        return {n.strip() for n in proc.run(self._virsh("list", "--all", "--name")).stdout.splitlines() if n.strip()}
+
+    def undefine(self, name: str) -> None:
+        """The definition gone (and with it libvirt's autostart link); a running domain stays
+        (transient) until destroyed. Gone already is fine."""
+        if name in self.defined():
+            proc.run(self._virsh("undefine", name))
+
+    def autostart(self, name: str, on: bool = True) -> None:
+        if on:
+            proc.run(self._virsh("autostart", name))
+        elif name in self.defined():
+            proc.run(self._virsh("autostart", "--disable", name))
+
+    def domstate(self, name: str) -> str | None:
+        """libvirt's view of the domain (``running``, ``shut off``, ``paused``...), None when it
+        does not know it."""
+        r = proc.run(self._virsh("domstate", name), ok=range(256))
+        if r.returncode == 0:
+            return r.stdout.strip() or None
+        if "domain not found" in r.stderr.lower():
+            return None
+        raise OSError(f"virsh domstate {name}: {r.stderr.strip() or r.returncode}")  # libvirtd away: unknown
+
+    # -- the Toolstack interface
+    def create(self, cfg: str, made, name: str | None = None) -> None:
+        """``virsh start`` of the defined domain (run.create: signals, the point of no return)."""
+        run.create(self.create_argv(cfg, name), made)
+
+    def console(self, name: str) -> tuple[int, int | None]:
+        return run.console(self.console_argv(name))
+
+    @property
+    def start_cmd(self) -> str:
+        return "virsh start"
+
+    def shown(self, *args: str) -> str:
+        return " ".join(("virsh -c", URI, *args))
+
+    def create_argv(self, cfg: str, name: str | None) -> list[str]:
+        # the domain is defined already (the deploy's define step): start it by name
+        return self._virsh("start", name or _name_in(cfg))
+
+    def console_argv(self, name: str) -> list[str]:
+        return self._virsh("console", name)
+
+    def domains(self) -> dict[str, str]:
+        """Running domains (libvirt's active ones): name -> state."""
+        out = proc.run(self._virsh("list")).stdout
+        doms = {}
+        for line in out.splitlines()[2:]:  # " Id   Name   State" and a rule of dashes
+            parts = line.split(None, 2)
+            if len(parts) == 3:
+                doms[parts[1]] = parts[2].strip()
+        return doms
+
+    def shutdown(self, name: str, wait: float = 120) -> None:
+        """Shut the domain down; destroy it if it does not go within ``wait`` seconds."""
+        self.stop(name, wait)
+        self.destroy(name)
+
+    def stop(self, name: str, timeout: float = 120) -> bool:
+        """Ask for a clean shutdown (virsh has no --wait), then wait up to ``timeout`` for the
+        domain to go; never destroys it."""
+        return run.stop(self._virsh("shutdown", name), self.domains, name, timeout, monotonic, sleep)
+
+    def destroy(self, name: str) -> None:
+        deadline = monotonic() + 120
+        while name in self.domains():
+            proc.run(self._virsh("destroy", name), ok=(0, 1))
+            if monotonic() > deadline:
+                raise Fatal(f"domain '{name}' does not go away", f"check with virsh -c {URI} list, then retry")
+            sleep(0.5)
+
+
+def _name_in(cfg: str) -> str:
+    """The domain name from the XML beside the xl.cfg (an update's or a rebuild's start knows
+    only the config path). Our own file, written by the deploy."""
+    name = ET.parse(xml_path(cfg)).getroot().findtext("name")
+    if not name:
+        raise Fatal(f"no <name> in {xml_path(cfg)}", "run si_mkxenvm --rebuild for the VM")
+    return name
+
+
+def find_virsh() -> Libvirt | None:
+    virsh = proc.which("virsh")
+    return Libvirt(virsh) if virsh else None

@@ -7,7 +7,8 @@ guest's tree, mode 0700, synced, each file with its mode and numeric owner: the 
 (GuestSpec.identity_dir) writes it into the new VM byte for byte, with both. What is carried:
 
 - every /etc/ssh/ssh_host_* file, and each HostKey of the old sshd config (and its .pub);
-- /etc/machine-id, and /var/lib/dbus/machine-id when it is a regular file (not the usual link).
+- /etc/machine-id, and /var/lib/dbus/machine-id when it is a regular file (not the usual link);
+- cloud-init's NoCloud meta-data (its instance-id: the cloudinit fixup keeps it for the VM).
 
 Regular files only, found through guestfs.Guest: a guest symlink never leads out of the tree.
 """
@@ -22,7 +23,7 @@ import tempfile
 
 from . import proc
 
-FILES = ("etc/machine-id", "var/lib/dbus/machine-id")
+FILES = ("etc/machine-id", "var/lib/dbus/machine-id", "var/lib/cloud/seed/nocloud/meta-data")
 
 
 def carry_dir(state_dir: str, name: str) -> str:

@@ -36,6 +36,7 @@ BUILTIN = {
     "extension": ".cfg",
     "toolstack": "auto",
     "layout": "default",
+    "cloud_init": "auto",
 }
 PATHS = {
     "state_dir": "/var/lib/si-xen",
@@ -47,7 +48,7 @@ PATHS = {
 KNOWN = set(BUILTIN) | {
     "maxmem", "noswap", "dir", "lvm", "dhcp", "ip", "netmask", "gateway", "broadcast",
     "nameserver", "mac", "kernel", "initrd", "autostart", "start", "fixups", "skip_fixups", "full_copy", "thin_pool",
-    "server", "ssh_user", "override",
+    "server", "ssh_user", "override", "user_data",
 }  # fmt: skip
 
 

@@ -133,6 +133,8 @@ def _fixups(c: Context) -> None:
         spec = spec_from_plan(c.plan, c.hs.keys_dir())
         if c.identity_dir:
             spec = replace(spec, identity_dir=c.identity_dir)
+        if hasattr(c.request, "cloud_init"):  # what the admin asked of the guest's cloud-init
+            spec = replace(spec, cloud_init=c.request.cloud_init, user_data=c.request.user_data_text)
         ran = run_all(c.root, spec, only=c.plan.fixups_only or None, skip=c.plan.fixups_skip or None,
                       log=c.rep.fixup_line, osinfo=c.image.os)  # said once, before the copy
     c.owned.update((r[0], r.touched) for r in ran if r.touched)

@@ -21,11 +21,12 @@ from .sizes import parse_mib
 from .validate import CLI, Source, check_hostname
 
 LAYOUTS = ("default", "image")
+CLOUD_INIT = ("auto", "off")
 TOOLSTACKS = ("auto", "xl", "xm", "libvirt")  # auto: xl, else xm; libvirt only by name (toolstack/__init__.py)
 FLAGS = ("dhcp", "noswap", "start", "console", "autostart", "force", "full_copy", "dry_run")
 _AS_OPTIONS = ("image", "memory", "maxmem", "vcpus", "fs", "type", "boot", "layout", "size", "size_given", "swap",
                "noswap", "dhcp", "netmask", "gateway", "broadcast", "mac", "bridge", "output", "extension", "kernel",
-               "initrd")  # fields whose option has their name and takes their value
+               "initrd", "cloud_init", "user_data")  # fields whose option has their name and takes their value
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,9 @@ class Request:
     dry_run: bool = False
     fixups_only: tuple[str, ...] = ()
     fixups_skip: tuple[str, ...] = ()
+    cloud_init: str = BUILTIN["cloud_init"]
+    user_data: str = ""  # --user-data FILE (recorded: a rebuild reads it again)
+    user_data_text: str = ""  # its document, checked (never recorded: it may hold secrets)
     said: Said = field(default_factory=Said)
 
     @classmethod
@@ -106,13 +110,14 @@ class Request:
             activation=Activation(_choice(o["toolstack"], TOOLSTACKS, "--toolstack"), flag["start"] or flag["console"], flag["console"], flag["autostart"]),
             force=flag["force"], dry_run=flag["dry_run"],
             fixups_only=_names(o.get("fixups")), fixups_skip=_names(o.get("skip_fixups")),
+            cloud_init=_choice(o["cloud_init"], CLOUD_INIT, "--cloud-init"), **_user_data(o.get("user_data")),
         )
 
     def to_json(self) -> dict:
         """As JSON data, for the VM's record: all the admin asked, minus how the front end
         names its settings and this run's --force and --dry-run."""
         d = asdict(self)
-        for k in ("said", "force", "dry_run"):
+        for k in ("said", "force", "dry_run", "user_data_text"):
             del d[k]
         return json.loads(json.dumps(d))  # tuples as lists, as the journal reads them back
 
@@ -203,6 +208,14 @@ def _output(directory: str) -> str:
 def _kernel(kernel: str | None, initrd: str | None) -> dict:
     boot.check_supplied(kernel or None, initrd or None)
     return {"kernel": kernel or None, "initrd": initrd or None}
+
+
+def _user_data(path: str | None) -> dict:
+    if not path:
+        return {}
+    from .userdata import read_user_data
+
+    return {"user_data": os.path.abspath(path), "user_data_text": read_user_data(path)}
 
 
 def _names(value) -> tuple[str, ...]:

@@ -16,6 +16,7 @@ import shutil
 import stat
 
 from si_xen import sshdconfig
+from si_xen.distros.stacks import OURS
 from si_xen.errors import Fatal
 from si_xen.fixups.identity import LEASES, SEEDS
 from si_xen.fixups.macs import PERSISTENT_NET
@@ -24,6 +25,7 @@ from si_xen.guestfs import Guest, GuestPathError
 # identity, as strip_identity removes it (guest paths; a trailing * is fnmatch's)
 IDENTITY_FILES = (*SEEDS, "var/lib/systemd/credential.secret", "etc/ssh/ssh_host_key", "etc/ssh/ssh_host_key.pub",
                   *(f"etc/udev/rules.d/{n}" for n in PERSISTENT_NET))
+NOCLOUD = "var/lib/cloud/seed/nocloud"
 
 
 def is_identity(p: str) -> bool:
@@ -39,7 +41,7 @@ def strip_identity(tree: str) -> list[str]:
     sshd_config names too), machine-id emptied as systemd expects (the file kept, so a read-only
     root still boots), the D-Bus machine-id file, random seeds, systemd's credential secret, DHCP
     leases, udev's persistent-net rules, cloud-init's instance data (what ``cloud-init clean`` removes: /var/lib/cloud but its
-    seed). Returns what was removed or emptied, a line each."""
+    seed) and si-xen's own NoCloud seed. Returns what was removed or emptied, a line each."""
     g, done = Guest(tree), []
 
     def rm(gpath: str) -> None:
@@ -93,4 +95,8 @@ def strip_identity(tree: str) -> list[str]:
                 done.append(f"removed /var/lib/cloud/{name}")
     except GuestPathError:
         pass
+    with contextlib.suppress(GuestPathError):  # si-xen's NoCloud seed (fixups/cloudinit.py): one VM's instance-id
+        if (g.read_text(f"{NOCLOUD}/meta-data") or "").startswith(OURS):
+            for name in ("meta-data", "network-config", "user-data"):
+                rm(f"{NOCLOUD}/{name}")
     return done

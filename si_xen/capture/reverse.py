@@ -50,6 +50,8 @@ REVERSAL = {
                "/var/lib/si-xen/golden), the VM's own configs removed, resolv.conf back",
     "hostname": "/etc/hostname, /etc/hosts, /etc/mailname, HOSTNAME=: the golden client's again",
     "identity": "the image's files back, then removed or emptied as identity (capture/identity.py)",
+    "cloudinit": "the NoCloud seed, 99_si-xen.cfg and cloud-init.disabled removed (the image's again); the golden "
+                 "client's cloud-init instance data stays out (identity)",
     "kernel": "modules copied for a supplied kernel removed; the initramfs driver lines removed",
     "fstab": "/etc/fstab: the golden client's again (its own device names)",
     "bootloader": "root=, resume=, device.map, RESUME=: the golden client's again",

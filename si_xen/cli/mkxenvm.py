@@ -140,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "(--toolstack libvirt: libvirt's autostart instead, never both)")
     g.add_argument("--toolstack", help="xl, xm, libvirt or auto (xl, else xm; never libvirt): libvirt defines the VM in "
                    f"libvirtd's libxl driver (virsh -c xen:///system), --autostart is then libvirt's {_default('toolstack')}")
+    g = p.add_argument_group("cloud-init")
+    g.add_argument("--cloud-init", dest="cloud_init", help="auto: a NoCloud seed where the image has cloud-init "
+                   f"(not disabled); off: disable its cloud-init {_default('cloud_init')}")
+    g.add_argument("--user-data", dest="user_data", metavar="FILE",
+                   help="cloud-init user-data for the seed: a '#cloud-config' YAML document or a '#!' script")
     g = p.add_argument_group("behaviour")
     g.add_argument("--fixups", help="run only these fixups (comma separated; si_xenhooks list)")
     g.add_argument("--skip-fixups", dest="skip_fixups", help="fixups not to run (comma separated)")

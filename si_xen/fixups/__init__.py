@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from si_xen.fixups import (  # noqa: F401  (imported to register their fixups)
     clock,
+    cloudinit,
     console,
     disks,
     identity,

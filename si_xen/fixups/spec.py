@@ -49,6 +49,8 @@ class GuestSpec:
     hostkeys: str = ""  # directory of prefetched TYPE, TYPE.pub keys (hostkeys.Prefetch); in-process only
     keep_identity: bool = False  # an update: the VM keeps its keys, machine-id, seeds and leases
     identity_dir: str | None = None  # a rebuild: the old VM's carried keys and machine-id, at their guest paths
+    cloud_init: str = "auto"  # auto: a NoCloud seed where the guest has cloud-init; off: cloud-init disabled
+    user_data: str = ""  # the checked --user-data document ("" = none; an update keeps the VM's)
 
     @property
     def short(self) -> str:
@@ -111,7 +113,7 @@ def spec_from_record(rec, keys_dir: str | None = None, disk: str = "xvda") -> Gu
     return GuestSpec(hostname=rec.name, net=_recorded_net(rec, req), disk=disk,
                      partitions=tuple(sorted(parts, key=lambda p: p.index)), image_source=rec.image_path, image=image,
                      pygrub=rec.boot != "direct", kernel=kernel, initrd=(req.get("initrd") or "") if kernel else "",
-                     hostkeys=keys_dir or "", keep_identity=True)
+                     hostkeys=keys_dir or "", keep_identity=True, cloud_init=req.get("cloud_init") or "auto")
 
 
 def _recorded_net(rec, req: dict) -> Network:

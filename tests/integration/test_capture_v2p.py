@@ -41,6 +41,8 @@ GOLDEN = {p: v for p, v in TREES["debian12"].items()
           if p not in MERGED and p not in ("etc/os-release", "usr/lib/os-release")}
 GOLDEN["etc/systemd/network/10-golden.link"] = "[Match]\nMACAddress=00:1a:64:aa:bb:cc\n[Link]\nName=eth0\n"
 GOLDEN["etc/udev/rules.d/70-persistent-net.rules"] = 'SUBSYSTEM=="net", ATTR{address}=="00:1a:64:aa:bb:cc", NAME="eth0"\n'
+GOLDEN["usr/bin/cloud-init"] = "#!/usr/bin/python3\n"  # its files only (never run): the cloudinit fixup's seed
+GOLDEN["etc/cloud/cloud.cfg"] = "users: [default]\n"
 EXCLUDES = [f"--exclude={x}" for x in populate.EXCLUDES]  # what no VM gets, so no capture brings
 
 

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from si_xen import plan
+from si_xen import plan, request
 from si_xen.cli import getxenimage, lsxenvm, mkxenvm, rmxenvm, updatexenvm, xenhooks
 
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -52,3 +52,4 @@ def test_subcommands_and_values_match_si_xen():
     assert lists["si_mkxenvm_fs"] == set(plan.FILESYSTEMS)
     assert lists["si_mkxenvm_type"] == set(plan.TYPES)
     assert lists["si_mkxenvm_boot"] == set(plan.BOOT_MODES)
+    assert lists["si_mkxenvm_cloud_init"] == set(request.CLOUD_INIT)

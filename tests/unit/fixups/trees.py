@@ -123,7 +123,10 @@ TREES: dict[str, dict] = {
         **MERGED, **_systemd("usr/lib"), "etc/os-release": OS.format(n="Ubuntu", v="24.04", i="ubuntu", like="debian"),
         "usr/sbin/netplan": "", "usr/lib/systemd/systemd-networkd": "",
         "etc/netplan/50-cloud-init.yaml": "network:\n  version: 2\n  ethernets:\n    ens3:\n      addresses: [10.1.2.3/24]\n      routes:\n        - to: default\n          via: 10.1.2.1\n",
-        "etc/resolv.conf": L("../run/systemd/resolve/stub-resolv.conf"), **keys("rsa", "ecdsa", "ed25519")}),
+        "etc/resolv.conf": L("../run/systemd/resolve/stub-resolv.conf"), **keys("rsa", "ecdsa", "ed25519"),
+        # a server install (subiquity) leaves cloud-init in: the cloudinit fixup's family
+        "usr/bin/cloud-init": "#!/usr/bin/python3\n", "etc/cloud/cloud.cfg": "users: [default]\n",
+        "etc/cloud/cloud.cfg.d/90_dpkg.cfg": "datasource_list: [ NoCloud, ConfigDrive, None ]\n"}),
 }
 
 _RH = {"etc/hosts": HOSTS, "etc/sysconfig/network-scripts/ifcfg-lo": "DEVICE=lo\nIPADDR=127.0.0.1\n",

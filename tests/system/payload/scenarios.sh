@@ -632,7 +632,12 @@ lc_next_generation() {
 libvirt_vm() {
   local name=$1 ip=$2 t=$SECONDS cfg=/srv/xen/etc/$1.cfg xml=/srv/xen/etc/$1.xml v="virsh -c xen:///system"
   export SI_XEN_CONFIG=$HOST_CONF
-  $v version >/dev/null || { echo "libvirtd does not answer"; $v version; return 1; }
+  systemctl start libvirtd
+  until $v version >/dev/null 2>&1; do
+    (( SECONDS - t < $(budget 60) )) || { echo "libvirtd does not answer:"; $v version
+      systemctl status libvirtd --no-pager -n 40; tail -n 30 /var/log/libvirt/libxl/libxl-driver.log; return 1; }
+    sleep 2
+  done
   timing "libvirtd_$name" $((SECONDS - t)); t=$SECONDS
   si_mkxenvm "$LC_IMAGE" --hostname "$name" --memory 512M --size 2G --swap 128M --yes --ip "$ip" \
     --netmask 255.255.255.0 --gateway 10.0.0.1 --dir /srv/xen --boot direct --type pv --toolstack libvirt \

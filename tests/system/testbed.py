@@ -118,7 +118,7 @@ def _escape(arg: str) -> str:
 def _qemu_argv(build: Path, tmp: Path, disks: Sequence[tuple[str, Path, bool]], *, xen: bool, mem: int,
                cpus: int, accel: str, nic: str = "none") -> list[str]:
     argv = ["qemu-system-x86_64", "-machine", "pc", "-accel", accel, "-cpu",
-            "host" if accel == "kvm" else os.environ.get("SI_XEN_TEST_CPU", "qemu64,+npt"), "-smp", str(cpus), "-m", str(mem),
+            "host" if accel == "kvm" else "qemu64,+npt", "-smp", str(cpus), "-m", str(mem),
             "-nic", nic, "-no-reboot", "-display", "none", "-monitor", "none",
             "-serial", f"file:{tmp / 'serial.log'}"]
     if xen:

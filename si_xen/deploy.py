@@ -194,7 +194,8 @@ def _define(c: Context) -> None:
                     f"si_rmxenvm {c.plan.hostname}, then si_mkxenvm --toolstack libvirt again")
     ts = _virsh()
     with c.rep.step(f"Defining {c.plan.hostname} in libvirt (virsh define)"):
-        c.journal.made(LibvirtDefinition(c.plan.hostname), ts.define, libvirt.xml_path(c.plan.cfg_path))
+        c.journal.made(LibvirtDefinition(c.plan.hostname, domain.domain_uuid(c.plan)), ts.define,
+                       libvirt.xml_path(c.plan.cfg_path))
 
 
 def _autostart(c: Context) -> None:

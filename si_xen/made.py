@@ -257,9 +257,12 @@ class LibvirtDefinition(Made):
 
     kind = "libvirt-domain"
     name: str
+    uuid: str = ""  # the domain si-xen defined: another of the same name (the admin's) is never undefined
 
     def delete(self) -> None:
-        _virsh(self.name).undefine(self.name)
+        ts = _virsh(self.name)
+        if not self.uuid or ts.domuuid(self.name) in (self.uuid, None):
+            ts.undefine(self.name)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from .errors import Fatal
 from .headstart import Headstart
 from .image import Image, survey
 from .image.survey import ImageChanged
+from .made import LibvirtDefinition
 from .plan import Plan, describe
 from .record import VmRecord
 from .report import Reporter
@@ -86,7 +87,11 @@ def preflight(plan: Plan, settings, need_mib: int) -> None:
         raise Fatal(f"config {plan.cfg_path} already exists", "remove the VM with si_rmxenvm or use --force")
     act = plan.activation
     if act.toolstack == "libvirt":
-        toolstack.require_libvirt()
+        virsh = toolstack.require_libvirt()
+        ours = state is not None and any(isinstance(t, LibvirtDefinition) for t in state.things)
+        if plan.hostname in virsh.defined() and not ours:  # an undo would undefine the admin's domain
+            raise Fatal(f"libvirt already has a domain '{plan.hostname}' that si-xen did not make",
+                        f"choose another --hostname, or remove it first ({virsh.shown('undefine', plan.hostname)})")
     if act.start or state:
         ts = toolstack.find(act.toolstack)
         if act.start:
@@ -248,6 +253,9 @@ def rebuild_vm(name: str, overrides: dict, image: Image, settings, rep: Reporter
         for attempt in range(1, ATTEMPTS + 1):
             state = rebuildable(journal.load(state_dir, name), name, settings, rep) if not dry_run else \
                 _checked(journal.load(state_dir, name), name, settings, rep)
+            if "libvirt" in (state.record.toolstack, overrides.get("toolstack")):  # before anything is stopped
+                raise Fatal(f"si_mkxenvm --rebuild of a libvirt VM is not supported yet ({name} is as it was)",
+                            f"si_rmxenvm {name}, then si_mkxenvm --toolstack libvirt again")
             was_running = running(name)
             ran_before = was_running if ran_before is None else ran_before
             if was_running and not restart:

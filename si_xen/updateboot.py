@@ -24,6 +24,21 @@ def check_memory(u) -> None:
     if need > u.rec.memory:
         raise Fatal(f"the image's kernel {k.version} needs {need} MiB to boot; VM '{u.rec.name}' has {u.rec.memory} MiB",
                     f"give it more (memory = {need} in {u.rec.config}), then run si_updatexenvm {u.rec.name} again")
+    libvirt_boots_as_it_did(u.rec, bool(k.initrd), k.version)
+
+
+def libvirt_boots_as_it_did(rec, initrd: bool, version: str) -> None:
+    """A libvirt VM's definition names its direct-boot files once (BOOT_DIR/vmlinuz, initrd.img):
+    new files under those names need nothing, an initramfs gained or lost would need it redefined,
+    which an update does not do yet. Refused before any change."""
+    if rec.toolstack != "libvirt" or rec.boot != "direct" or rec.request.get("kernel"):
+        return
+    with open(rec.config) as f:
+        had = RAMDISK.search(f.read()) is not None
+    if had != initrd:
+        raise Fatal(f"the image's kernel {version} {'comes without' if had else 'needs'} an initramfs now, and the "
+                    f"libvirt definition of VM '{rec.name}' is not redefined by an update yet",
+                    f"si_rmxenvm {rec.name}, then si_mkxenvm --toolstack libvirt again")
 
 
 def run(u) -> None:

@@ -122,7 +122,7 @@ def plan_update(old: dict | None, new: dict, vm: dict, classify, owned: dict[str
         """The VM holds the old generation's file, the image changed it within the same second
         (mke2fs -d left the VM whole seconds, that alone cannot tell the two apart)."""
         o = old.get(p) if old is not None else None
-        return o is not None and not stat.S_ISDIR(n[0]) and o[4] != n[4] and v[4] != n[4] and not _differs(v, o)
+        return o is not None and not stat.S_ISDIR(n[0]) and o[4] != n[4] and not _differs(v, o)
 
     for p in paths:
         n, v = new.get(p), vm.get(p)

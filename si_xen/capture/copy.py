@@ -55,18 +55,19 @@ def clear_stale(name: str) -> list[str]:
 
 
 def copy_tree(disks: list, where_from: dict, dest: str, excludes: list[str], say, *, name: str = "vm",
-              copy_disks: bool = False, replay: bool = False, link_dest: str | None = None) -> Copied:
+              copy_disks: bool = False, replay: bool | list[str] = False, link_dest: str | None = None) -> Copied:
     """Copy the tree of ``disks`` ([(target, fs, mountpoint)]) into the existing dir ``dest``.
     ``where_from``: storage, root, pool, lock_dir (storage.backend's arguments); ``excludes``:
     rsync patterns, the tree's own network mounts added in the child (it reads their fstab);
     ``copy_disks``: read reflinked copies of the disks (a running VM's --snapshot on XFS);
-    ``replay``: the disks read are private copies, their journals replayed (mount.mount_tree_ro)."""
+    ``replay``: the disks read are private copies (True: all; else the targets named), their
+    journals replayed (mount.mount_tree_ro)."""
     clear_stale(name)
     where = os.path.join(RUN_DIR, f"si-xen.{name}.capture-{os.getpid()}")
     os.mkdir(where, 0o700)
     token = f"{os.getpid()}-{secrets.token_hex(3)}"
     spec = {"disks": [list(d) for d in disks], **where_from, "where": where, "dest": dest, "excludes": excludes,
-            "copy": copy_disks, "replay": replay or copy_disks, "token": token, "link_dest": link_dest}
+            "copy": copy_disks, "replay": True if copy_disks else replay, "token": token, "link_dest": link_dest}
     say(f"Copying the filesystems into {dest}")
     try:
         # a process group of its own (proc.Begun): a signal here ends the child and its rsync with it

@@ -46,7 +46,7 @@ class Foreign:
     fmt: str  # qemu-img's format name
     notes: tuple[str, ...]  # another hypervisor's tools and drivers found in the guest
     sizes: dict[str, int] = field(default_factory=dict)  # guest mount point: its partition's (or disk's) MiB
-    private: bool = False  # the devices are of our own raw copy, writable: journals replayed when read
+    replay: tuple[str, ...] = ()  # devices of our own raw copy whose journals hold changes: replayed when read
     layout: tuple[tuple[int, str, str, int], ...] = ()  # (partition number, type, mount point, MiB): probe.partitions_named
     label: str = "msdos"  # the partition table's kind, for the layout: gpt or msdos
 
@@ -199,13 +199,14 @@ def attached(path: str, work_dir: str, say: Callable[[str], None]) -> Iterator[F
             private = fmt != "raw"
             image = _converted(path, info, work_dir, say, undo) if private else path
             fss = _filesystems(path, image, undo, private)
-            dirty = [f for f in fss if f.type in RO_OPTS and unclean(f.dev, f.type)]
+            dirty = _dirty(fss)
             if dirty and not private:  # the admin's own file is never written: a copy is
                 say(f"{path}: {', '.join(f.named() for f in dirty)} not cleanly unmounted: "
                     "reading a private copy, its journal replayed")
                 undo.close()
                 image, private = _converted(path, info, work_dir, say, undo), True
                 fss = _filesystems(path, image, undo, private)
+                dirty = _dirty(fss)
             found = _guest(path, fss)
         named = {f.dev: f.named() for f in fss}
         say("the guest's " + "; ".join(f"{mp}: {named[dev]}" for dev, _fs, mp in found["disks"]))
@@ -213,12 +214,16 @@ def attached(path: str, work_dir: str, say: Callable[[str], None]) -> Iterator[F
             say(f"WARNING: {line}")
         size = {f.dev: f.size // MIB for f in fss}
         yield Foreign([tuple(d) for d in found["disks"]], fmt, tuple(found["notes"]),
-                      {mp: size[dev] for dev, _fs, mp in found["disks"]}, private,
+                      {mp: size[dev] for dev, _fs, mp in found["disks"]}, tuple(f.dev for f in dirty) if private else (),
                       tuple(tuple(p) for p in found["layout"]),
                       "gpt" if any(len(f.partuuid) == 36 for f in fss) else "msdos")
     finally:
         with rollback.critical():
             undo.close()
+
+
+def _dirty(fss: list[Fs]) -> list[Fs]:
+    return [f for f in fss if f.type in RO_OPTS and unclean(f.dev, f.type)]
 
 
 def _filesystems(path: str, image: str, undo: ExitStack, writable: bool) -> list[Fs]:

@@ -123,12 +123,14 @@ def partitions_named(fstab: str, fss: list[Fs], read: dict[str, str]) -> list[tu
     read (swap, an EFI system partition), so that SystemImager makes them on a physical machine."""
     entries = parse_fstab(fstab)
     disks = _disks(entries)
-    mps = dict(read)
+    named = {dev: (mp, "") for dev, mp in read.items()}
     for spec, mp, fstype, _opts in entries:
         fs = find(spec, fss, disks)
-        if fs is not None and fs.dev not in mps and (fstype == "swap" or fs.type == "swap" or mp.startswith("/")):
-            mps[fs.dev] = "" if "swap" in (fstype, fs.type) else "/" + mp.strip("/")
-    return sorted((f.number or 1, f.type or "swap", mps[f.dev], max(1, f.size >> 20)) for f in fss if f.dev in mps)
+        if fs is not None and fs.dev not in named and (fstype == "swap" or fs.type == "swap" or mp.startswith("/")):
+            named[fs.dev] = ("", "swap") if "swap" in (fstype, fs.type) else ("/" + mp.strip("/"), fstype)
+    # the type blkid found, else the fstab's (an unformatted swap partition has none)
+    return sorted((f.number or 1, f.type or named[f.dev][1] or "swap", named[f.dev][0], max(1, f.size >> 20))
+                  for f in fss if f.dev in named)
 
 
 def mapping(fstab: str, fss: list[Fs], root: Fs) -> tuple[list[tuple[str, str, str]], list[str]]:

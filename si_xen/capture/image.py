@@ -143,11 +143,19 @@ def layout_xml(disks, fstab: str, vm: str, keep_xen: bool, header: bool = False,
     lines = _fstab_lines(fstab)
     for f in lines:
         by_mp.setdefault("swap" if f[2] == "swap" else os.path.normpath(f[1]), f)
-    for i, d in enumerate(sorted(disks, key=lambda d: _num(d.vdev, 0)), 1):
+    ordered = sorted(disks, key=lambda d: _num(d.vdev, 0))
+    for i, d in enumerate(ordered, 1):
         num = _num(d.vdev, i)
         dev = f"{base}{num}"
-        parts.append(f'    <part num="{num}" size="{parse_mib(d.size or "0")}" p_type="primary" p_name="-" '
-                     f'flags="{"boot" if d.mountpoint == "/" else "-"}" />')
+        # msdos: the boot flag on /, partitions 5 and up logical in an extended one (made before
+        # the first of them); gpt: parted's boot flag marks the EFI system partition, so only it
+        if label == "msdos" and num >= 5 and not any(' p_type="extended"' in p for p in parts):
+            ext = max([_num(x.vdev, 0) for x in ordered if _num(x.vdev, 0) < 5] + [0]) + 1
+            parts.append(f'    <part num="{min(ext, 4)}" size="*" p_type="extended" p_name="-" flags="-" />')
+        boot = d.mountpoint == "/boot/efi" and d.fs == "vfat" if label == "gpt" else d.mountpoint == "/"
+        kind = "logical" if label == "msdos" and num >= 5 else "primary"
+        parts.append(f'    <part num="{num}" size="{parse_mib(d.size or "0")}" p_type="{kind}" p_name="-" '
+                     f'flags="{"boot" if boot else "-"}" />')
         mp = d.mountpoint or "swap"
         f = by_mp.get(mp if d.fs != "swap" else "swap")
         used.add(id(f))

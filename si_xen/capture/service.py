@@ -139,21 +139,24 @@ def _read_mode(req: Request, rec, say) -> str:
     not shut down), from private copies where they are replayed, never stale."""
     from .. import toolstack, vmread
 
-    ts = toolstack.find()
-    ts = ts.name if ts else "xl"
+    ts = toolstack.find(rec.toolstack or "auto") or toolstack.find()
+    shown = ts.shown if ts else (lambda *a: " ".join(("xl", *a)))  # the admin's commands, for the fixes
     running = _running(req.vm)
     if running and not req.snapshot:
-        raise Fatal(f"VM '{req.vm}' is running", f"add --snapshot, or {ts} shutdown {req.vm} first")
+        raise Fatal(f"VM '{req.vm}' is running", f"add --snapshot, or {shown('shutdown', req.vm)} first")
     mode = vmread.read_mode(rec, running)
     if mode == "live" and running:
         raise Fatal(f"VM '{req.vm}' is running and its storage cannot snapshot its disks",
                     f"shut it down first ({rec.storage} storage: a snapshot needs XFS/btrfs reflinks or an LVM thin pool)")
     if not running and mode != "offline":
         dirty = ", ".join(vmread.unclean(rec))
+        lv = rec.toolstack == "libvirt"
+        start = shown("start", req.vm) if lv else shown("create", rec.config)
+        stop = shown("shutdown", req.vm) if lv else shown("shutdown", "-w", req.vm)
         if mode == "live":
             raise Fatal(f"VM '{req.vm}' was not shut down cleanly: the journal of its {dirty} holds changes "
                         "a read-only capture would miss",
-                        f"start it and shut it down cleanly ({ts} create, then {ts} shutdown -w {req.vm}), then capture again")
+                        f"start it and shut it down cleanly ({start}, then {stop}), then capture again")
         say(f"VM '{req.vm}' was not shut down cleanly ({dirty}): reading "
             f"{'reflinked copies' if mode == 'copy' else 'thin snapshots'} of its disks, their journals replayed")
     return mode
@@ -175,7 +178,7 @@ def _from_disk(fromdisk, req: Request, cfg, target: str, say, t0: float) -> Capt
             def read(stage, excludes):
                 return copy.copy_tree([(d.target, d.fs, d.mountpoint) for d in disks],
                                       {"storage": "given", "root": "", "pool": None, "lock_dir": ""}, stage, excludes,
-                                      say, name=req.image, replay=foreign.private,
+                                      say, name=req.image, replay=list(foreign.replay),
                                       link_dest=target if req.update else None)
 
             r = _build(req, cfg, target, read, lambda stage, excluded: [], layout, os.path.abspath(req.from_disk), say, t0,
@@ -247,7 +250,7 @@ def _mkrsyncd_conf(name: str, say) -> bool:
         return False
     try:
         proc.run([tool])
-    except proc.ProcError as e:
+    except (proc.ProcError, OSError) as e:
         say(f"WARNING: si_mkrsyncd_conf failed ({e}): the rsync daemon does not serve '{name}' yet; run it again")
         return False
     return True

@@ -59,9 +59,16 @@ def document(d: dict) -> str:
 
 
 def instance_id(text: str | None) -> str:
-    """The instance-id of a meta-data document (YAML or JSON), "" if none."""
-    m = re.search(r"""(?m)^[^#\n]*?["']?\binstance-id["']?\s*:\s*["']?([^"'\s,}#]+)""", text or "")
-    return m.group(1) if m else ""
+    """The instance-id of a meta-data document (JSON, or YAML's top-level key), "" if none: never
+    a value that merely holds the words (a public key's comment), nor ``local-instance-id``."""
+    text = text or ""
+    try:
+        d = json.loads(text)
+        return str(d.get("instance-id", "")) if isinstance(d, dict) else ""
+    except ValueError:
+        pass
+    m = re.search(r"""(?m)^["']?instance-id["']?[ \t]*:[ \t]*(?:"([^"\n]*)"|'([^'\n]*)'|([^\s#]+))""", text)
+    return next((g for g in m.groups() if g is not None), "") if m else ""
 
 
 def _links(g: Guest) -> str:

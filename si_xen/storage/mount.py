@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import subprocess  # TimeoutExpired only: commands run through proc
+from collections.abc import Collection
 
 from .. import proc
 from ..made import Directory, Mount
@@ -48,30 +50,37 @@ def mount_tree(disks: list[Disk], backend, journal, hostname: str) -> tuple[str,
 # Read-only and never writing: noload skips the replay of an ext3/4 journal (a ro mount would
 # otherwise replay it, writing, or fail); norecovery is XFS's (it needs ro). A ro loop mount gets a
 # read-only, autoclear loop device (checked: /sys/block/loopN/ro and loop/autoclear are 1).
-RO_OPTS = {"ext3": "ro,noload", "ext4": "ro,noload", "xfs": "ro,norecovery,nouuid"}
+# errors=remount-ro: a hostile image's superblock saying errors=panic must not panic this host.
+RO_OPTS = {"ext3": "ro,noload,errors=remount-ro", "ext4": "ro,noload,errors=remount-ro", "xfs": "ro,norecovery,nouuid"}
 
 
 def unclean(source: str, fs: str) -> bool:
     """Whether a filesystem's journal holds changes not yet written in place (a VM destroyed, not
     shut down; a copy of a running one). A mount that skips the replay reads a stale tree: an XFS
-    copy taken after 50 files were written and synced showed none of them."""
-    if fs in ("ext3", "ext4"):
-        out = proc.run(["dumpe2fs", "-h", source]).stdout
-        return re.search(r"^Filesystem features:.*\bneeds_recovery\b", out, re.M) is not None
-    if fs == "xfs":
-        return "state: <DIRTY>" in proc.run(["xfs_logprint", "-t", source]).stdout
+    copy taken after 50 files were written and synced showed none of them. A journal whose state
+    cannot be read counts as dirty: the caller then reads a private copy, replayed."""
+    try:
+        if fs in ("ext3", "ext4"):  # -f: a feature this e2fsprogs does not know is no reason to refuse
+            out = proc.run(["dumpe2fs", "-f", "-h", source], timeout=60).stdout
+            return re.search(r"^Filesystem features:.*\bneeds_recovery\b", out, re.M) is not None
+        if fs == "xfs":  # the state line comes first; a log it cannot walk exits 1 after it
+            out = proc.run(["xfs_logprint", "-t", source], ok=range(256), timeout=120).stdout
+            return "state: <CLEAN>" not in out
+    except (proc.ProcError, subprocess.TimeoutExpired, OSError):
+        return True
     return False
 
 
-def mount_tree_ro(disks, backend, where: str, replay: bool = False) -> tuple[list[str], list[str]]:
+def mount_tree_ro(disks, backend, where: str, replay: bool | Collection[str] = False) -> tuple[list[str], list[str]]:
     """Mount a VM's filesystems read-only under the existing directory ``where``, / first,
     each other one on its mount point as the guest's root fs holds it (resolved confined: a
     guest symlink never leads out). ``disks``: anything with target, fs and mountpoint.
     Returns (mounted, skipped): host mount points to unmount newest first, and the guest mount
     points that the tree lacks as a directory (not read). No journal: run it in a private mount
-    namespace (vmread.py), whose death unmounts everything. ``replay``: the disks are private
-    copies (reflinked, thin snapshots, converted): each is mounted writable first, so that its
-    journal is replayed into it, then remounted read-only."""
+    namespace (vmread.py), whose death unmounts everything. ``replay`` (True: every disk, or the
+    targets named): private copies (reflinked, thin snapshots, converted) mounted writable first,
+    so that the journal is replayed into them, then remounted read-only. Only where needed: a
+    clean foreign filesystem may have a feature this kernel mounts read-only but not writable."""
     from ..guestfs import Guest
 
     mounted: list[str] = []
@@ -86,8 +95,10 @@ def mount_tree_ro(disks, backend, where: str, replay: bool = False) -> tuple[lis
         flags = [opts[i + 1] for i, o in enumerate(opts[:-1]) if o == "-o"]  # loop
         # nosuid,nodev,noexec: nothing on an untrusted guest's filesystem is run or opened as a device
         safe = "nosuid,nodev,noexec"
-        if replay:
-            proc.run(["mount", "-o", ",".join([safe, *(["nouuid"] if d.fs == "xfs" else []), *flags]), "-t", d.fs, source, at])
+        if replay is True or (replay and d.target in replay):
+            # nouuid: clones share their UUID; noinit_itable: no ext4 thread zeroing a copy read once
+            extra = {"xfs": ["nouuid"], "ext4": ["noinit_itable", "errors=remount-ro"], "ext3": ["errors=remount-ro"]}.get(d.fs, [])
+            proc.run(["mount", "-o", ",".join([safe, *extra, *flags]), "-t", d.fs, source, at])
             proc.run(["mount", "-o", f"remount,ro,{safe}", at])
         else:
             proc.run(["mount", "-o", ",".join([RO_OPTS[d.fs], safe, *flags]), "-t", d.fs, source, at])

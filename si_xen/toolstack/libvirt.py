@@ -57,6 +57,15 @@ class Libvirt:
         """The domains libvirt knows, running or not."""
         return {n.strip() for n in proc.run(self._virsh("list", "--all", "--name")).stdout.splitlines() if n.strip()}
 
+    def domuuid(self, name: str) -> str | None:
+        """The uuid of the domain of that name, None when libvirt knows none."""
+        r = proc.run(self._virsh("domuuid", name), ok=range(256))
+        if r.returncode == 0:
+            return r.stdout.strip() or None
+        if "domain not found" in r.stderr.lower() or "failed to get domain" in r.stderr.lower():
+            return None
+        raise OSError(f"virsh domuuid {name}: {r.stderr.strip() or r.returncode}")  # libvirtd away: a leftover
+
     def undefine(self, name: str) -> None:
         """The definition gone (and with it libvirt's autostart link); a running domain stays
         (transient) until destroyed. Gone already is fine."""

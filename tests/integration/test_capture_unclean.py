@@ -68,7 +68,7 @@ def test_on_storage_without_copies_it_is_one_fatal(tmp_path, as_root):
     digest = sha(disk)
     line = fatal(capture(env, "uc1", "back", "--keep-xen"))
     assert "VM 'uc1' was not shut down cleanly: the journal of its / (xfs) holds changes" in line, line
-    assert "shut it down cleanly" in line and "xl shutdown -w uc1" in line, line
+    assert "shut it down cleanly (xl create " in line and "uc1.cfg, then xl shutdown -w uc1)" in line, line
     assert sorted(os.listdir(os.path.dirname(image))) == ["tiny"], "no image, no staging dir"
     assert sha(disk) == digest
     env.run("rmxenvm", "uc1", "--yes", check=True)

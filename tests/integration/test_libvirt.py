@@ -84,6 +84,9 @@ elif args[0] == "list":
         print("\n".join(names + [""]))
     else:
         print(" Id   Name   State\n--------------------\n")  # none running: no Xen to run them
+elif args[0] == "domuuid":
+    known(args[1])
+    print(re.search(r"<uuid>([^<]+)</uuid>", open(os.path.join(doms, args[1] + ".xml")).read())[1] + "\n")
 elif args[0] == "domstate":
     known(args[1])
     print("shut off\n")
@@ -106,7 +109,7 @@ def lv(tmp_path, monkeypatch, as_root):
     (bindir / "virsh").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_VIRSH_STATE", str(state))
-    before = host_state(env.base, ("lv-1", "lv-2", "lv-3", "lv-4"))
+    before = host_state(env.base, ("lv-1", "lv-2", "lv-3", "lv-4", "lv-5"))
     yield env, state
     hung = state / "hung"
     if hung.exists():
@@ -114,7 +117,7 @@ def lv(tmp_path, monkeypatch, as_root):
             os.kill(int(hung.read_text()), signal.SIGKILL)
         except ProcessLookupError:
             pass
-    assert host_state(env.base, ("lv-1", "lv-2", "lv-3", "lv-4")) == before, "loop devices, mounts or temp dirs left"
+    assert host_state(env.base, ("lv-1", "lv-2", "lv-3", "lv-4", "lv-5")) == before, "loop devices, mounts or temp dirs left"
 
 
 def calls(state) -> list[str]:
@@ -228,3 +231,19 @@ def test_the_real_virsh_without_libvirtd_is_one_fatal(tmp_path, as_root):
     assert cp.returncode != 0 and len(fatal) == 1 and "Traceback" not in cp.stderr, cp.stderr
     assert "libvirtd is not reachable at xen:///system" in fatal[0] and "libvirt-daemon-driver-xen" in fatal[0]
     assert not os.listdir(env.output) and not os.listdir(env.dir) and not os.path.exists(f"{env.state}/vms/lv-5.journal")
+
+
+def test_a_domain_libvirt_has_already_is_never_taken_over(lv):
+    """The admin's own domain of that name: one FATAL before anything is made (a rollback's undefine
+    would remove it), and its definition untouched."""
+    env, state = lv
+    (state / "defined").mkdir(exist_ok=True)
+    theirs = "<domain type='xen'><name>lv-5</name><uuid>0f0e0d0c-0000-4000-8000-000000000005</uuid></domain>"
+    (state / "defined" / "lv-5.xml").write_text(theirs)
+    cp = env.mk("tiny", "--hostname", "lv-5", *OPTS, "--toolstack", "libvirt", "--dir", env.dir, "--output", env.output)
+    fatal = [line for line in cp.stderr.splitlines() if "FATAL" in line]
+    assert cp.returncode != 0 and len(fatal) == 1, cp.stderr
+    assert "libvirt already has a domain 'lv-5' that si-xen did not make" in fatal[0], fatal
+    assert (state / "defined" / "lv-5.xml").read_text() == theirs
+    assert not [c for c in calls(state) if c.startswith(("define", "undefine"))]
+    assert not os.path.exists(f"{env.dir}/domains/lv-5") and not os.path.exists(f"{env.state}/vms/lv-5.journal")

@@ -123,3 +123,16 @@ def test_what_a_killed_capture_left_is_cleared(tmp_path):
     os.makedirs(f"{tmp_path}/.web.si-xen-new-{os.getpid()}")  # a live capture's: kept
     image.clear_stale(target, said.append)
     assert sorted(os.listdir(tmp_path)) == [f".web.si-xen-new-{os.getpid()}", "web"]
+
+
+def test_layout_partitions_as_the_label_wants_them():
+    """msdos: / flagged boot, partitions 5+ logical inside an extended one; gpt: only the EFI
+    system partition flagged (parted's boot flag on gpt marks the ESP)."""
+    disks = [DiskRecord("xvda1", "/", "ext4", "8G", ""), DiskRecord("xvda5", "", "swap", "1G", "")]
+    text = image.layout_xml(disks, "", "web01", False)
+    parts = re.findall(r'<part num="(\d+)" size="([^"]+)" p_type="(\w+)" p_name="-" flags="([^"]+)"', text)
+    assert parts == [("1", "8192", "primary", "boot"), ("2", "*", "extended", "-"), ("5", "1024", "logical", "-")]
+    esp = DiskRecord("xvda1", "/boot/efi", "vfat", "256M", "")
+    text = image.layout_xml([esp, DiskRecord("xvda2", "/", "ext4", "8G", "")], "", "web01", False, label="gpt")
+    parts = re.findall(r'<part num="(\d+)" size="[^"]+" p_type="(\w+)" p_name="-" flags="([^"]+)"', text)
+    assert parts == [("1", "primary", "boot"), ("2", "primary", "-")]

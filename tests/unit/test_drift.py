@@ -276,7 +276,7 @@ def test_mount_tree_ro_mounts_read_only_and_never_through_a_guest_symlink(fp, tm
     os.symlink("/etc", root / "var")  # the guest's /var leads out: never mounted on
     disks = [DiskRecord("xvda3", "/var", "xfs", "1G", "/d/var.img"), DiskRecord("xvda2", "/", "ext4", "1G", "/d/disk.img"),
              DiskRecord("xvda4", "/srv", "xfs", "1G", "/d/srv.img"), DiskRecord("xvda1", "", "swap", "1G", "/d/swap.img")]
-    fp.register(["mount", "-o", "ro,noload,nosuid,nodev,noexec,loop", "-t", "ext4", "/d/disk.img", str(root)])
+    fp.register(["mount", "-o", "ro,noload,errors=remount-ro,nosuid,nodev,noexec,loop", "-t", "ext4", "/d/disk.img", str(root)])
     fp.register(["mount", "-o", "ro,norecovery,nouuid,nosuid,nodev,noexec,loop", "-t", "xfs", "/d/srv.img", str(root / "srv")])
     mounted, skipped = mount_tree_ro(disks, backend("dir", "/d"), str(root))
     assert mounted == [str(root), str(root / "srv")] and skipped == ["/var"]

@@ -345,3 +345,14 @@ def test_used_as_it_is_is_cached_too(tmp_path, monkeypatch):
 ])
 def test_modprobe_lines(line, names):
     assert initramfs_slim._modprobe_names(line.split()) == names
+
+
+def test_millions_of_empty_members_are_refused_not_held_in_memory(tmp_path, monkeypatch):
+    """Each member costs memory (its name, the slim spool's entry): a count no guest's has is refused."""
+    monkeypatch.setattr(initramfs, "MAX_MEMBERS", 1000)
+    src = tmp_path / "initrd.img"
+    src.write_bytes(gzip.compress(archive(*(member(f"d/{i}") for i in range(1001))), 1))
+    with pytest.raises(initramfs.Unreadable, match="holds more than 1,000 files"):
+        initramfs.scan(str(src))
+    r = initramfs_slim.slim(str(src), str(tmp_path / "slim.img"))
+    assert r.path is None and "holds more than" in r.reason and not (tmp_path / "slim.img").exists()

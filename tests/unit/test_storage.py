@@ -110,3 +110,18 @@ def test_a_mount_point_that_is_a_guest_link_stays_in_the_guest(tmp_path):
     (top / "opt").write_text("a file")
     with pytest.raises(Fatal, match="mount point /opt in the VM's tree is not a directory"):
         _mount_point(str(top), "/opt")
+
+
+def test_a_journal_state_that_cannot_be_read_counts_as_dirty(fp):
+    """Then the filesystem is read from a private copy, replayed: never stale on a guess."""
+    from si_xen.storage.mount import unclean
+
+    fp.register(["dumpe2fs", "-f", "-h", "/d1"], stdout="Filesystem features:      has_journal needs_recovery extent\n")
+    fp.register(["dumpe2fs", "-f", "-h", "/d2"], stdout="Filesystem features:      has_journal extent\n")
+    fp.register(["dumpe2fs", "-f", "-h", "/d3"], returncode=1, stderr="dumpe2fs: Bad magic number in super-block\n")
+    fp.register(["xfs_logprint", "-t", "/x1"], stdout="    log tail: 44 head: 44 state: <CLEAN>\n")
+    fp.register(["xfs_logprint", "-t", "/x2"], stdout="    log tail: 2 head: 38 state: <DIRTY>\n", returncode=1)
+    fp.register(["xfs_logprint", "-t", "/x3"], returncode=1, stderr="xfs_logprint: cannot read log\n")
+    assert [unclean(d, fs) for d, fs in (("/d1", "ext4"), ("/d2", "ext4"), ("/d3", "ext4"), ("/x1", "xfs"),
+                                         ("/x2", "xfs"), ("/x3", "xfs"))] == [True, False, True, False, True, True]
+    assert unclean("/v", "vfat") is False

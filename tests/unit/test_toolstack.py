@@ -267,7 +267,7 @@ def test_journaled_definition_and_autostart_are_undone_newest_first(fp, lv, tmp_
     fp.register([*V, "define", "/etc/xen/vm1.xml"])
     fp.register([*V, "autostart", "vm1"])
     j = journal.Journal(str(tmp_path), "vm1", VmRecord("vm1"))
-    plan = SimpleNamespace(hostname="vm1", cfg_path="/etc/xen/vm1.cfg",
+    plan = SimpleNamespace(hostname="vm1", cfg_path="/etc/xen/vm1.cfg", net=SimpleNamespace(mac="00:16:3e:00:00:01"),
                            activation=SimpleNamespace(toolstack="libvirt", autostart=True))
     c = SimpleNamespace(plan=plan, old=None, journal=j, rep=Reporter(quiet=True), autostart=None)
     deploy._define(c)
@@ -279,6 +279,7 @@ def test_journaled_definition_and_autostart_are_undone_newest_first(fp, lv, tmp_
     assert [str(t) for t in state.things] == ["libvirt-domain vm1", "libvirt-autostart vm1"]
     fp.register([*V, "list", "--all", "--name"], stdout="vm1\n", occurrences=2)
     fp.register([*V, "autostart", "--disable", "vm1"])
+    fp.register([*V, "domuuid", "vm1"], stdout=state.things[0].uuid + "\n")  # the domain it defined
     fp.register([*V, "undefine", "vm1"])
     journal.remove(state)
     calls = [c for c in fp.calls if c[3:4] in (["autostart"], ["undefine"])]
@@ -318,3 +319,30 @@ def test_toolstack_option_is_checked(tmp_path):
     with pytest.raises(Fatal, match="invalid --toolstack 'virsh'") as e:
         Request.from_options({**base, "toolstack": "virsh"})
     assert "libvirt" in e.value.fix
+
+
+def test_the_undo_undefines_only_the_domain_si_xen_defined(fp, lv):
+    """Another domain of the same name (the admin's, redefined meanwhile) has another uuid: kept."""
+    fp.register([*V, "domuuid", "vm1"], stdout="0f0e0d0c-0000-4000-8000-000000000099\n")
+    assert journal.undo([made.LibvirtDefinition("vm1", "5b7e1d0c-0000-4000-8000-000000000001")]) == []
+    assert not [c for c in fp.calls if "undefine" in c]
+    fp.register([*V, "domuuid", "vm1"], stdout="5b7e1d0c-0000-4000-8000-000000000001\n")
+    fp.register([*V, "list", "--all", "--name"], stdout="vm1\n")
+    fp.register([*V, "undefine", "vm1"])
+    assert journal.undo([made.LibvirtDefinition("vm1", "5b7e1d0c-0000-4000-8000-000000000001")]) == []
+    assert [*V, "undefine", "vm1"] in fp.calls
+
+
+def test_an_update_that_adds_or_drops_a_libvirt_vms_initramfs_is_refused(tmp_path):
+    """Its definition names the initramfs or not: an update does not redefine it (yet), so it refuses."""
+    from types import SimpleNamespace
+
+    from si_xen.updateboot import libvirt_boots_as_it_did
+
+    cfg = tmp_path / "vm1.cfg"
+    cfg.write_text('kernel = "/x/vmlinuz"\nramdisk = "/x/initrd.img"\n')
+    rec = SimpleNamespace(name="vm1", toolstack="libvirt", boot="direct", request={}, config=str(cfg))
+    libvirt_boots_as_it_did(rec, True, "6.1")  # the same files' names: nothing to redefine
+    with pytest.raises(Fatal, match="comes without an initramfs now"):
+        libvirt_boots_as_it_did(rec, False, "6.1")
+    libvirt_boots_as_it_did(SimpleNamespace(**{**rec.__dict__, "toolstack": "xl"}), False, "6.1")  # xl: the cfg is rewritten

@@ -332,3 +332,5 @@ def test_an_image_file_changed_in_the_second_the_vm_was_made_from_is_still_fetch
     assert plan(old, new, vm).fetch == ("/etc/motd",)
     assert plan(new, new, vm).fetch == ()  # unchanged in the image: the whole second still matches
     assert plan(old, new, tree(etc__motd=F(mtime=t1))).fetch == ()  # the VM already has it
+    whole = 1_700_000_000_000_000_000  # the image's new file at a whole second: the VM's truncated old one matches it
+    assert plan(old, tree(etc__motd=F(mtime=whole)), vm).fetch == ("/etc/motd",)

@@ -335,3 +335,13 @@ def test_a_system_network_config_that_would_outrank_the_seeds_v2_is_warned_of(tm
     assert [ln for ln in lines if ln.startswith("WARNING: ") and curtin in ln]
     quiet = _run(_guest(tmp_path, "unknown", sub="plain"), STATIC)
     assert not [ln for ln in quiet if ln.startswith("WARNING: cloudinit")]
+
+
+@pytest.mark.parametrize("text, want", [
+    ('public-keys: ["x instance-id: evil"]\ninstance-id: real\n', "real"),  # a value holding the words
+    ("local-instance-id: x\n", ""), ('instance-id: "a b"\n', "a b"), ('{"instance-id": "j1"}', "j1"),
+    ("instance-id: si-xen-1234 # c\nlocal-hostname: h\n", "si-xen-1234"), ("", "")])
+def test_instance_id_is_the_top_level_key_only(text, want):
+    from si_xen.fixups.cloudinit import instance_id
+
+    assert instance_id(text) == want

@@ -23,36 +23,24 @@ An initramfs this cannot read or slim is used as it is: the Result says why, not
 
 from __future__ import annotations
 
-import bz2
 import hashlib
 import json
-import lzma
 import os
 import re
 import stat
 import tempfile
-import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from time import monotonic
 
-from . import atomic, initramfs, proc
+from . import atomic, initramfs
+from .initramfs_write import LEVEL  # noqa: F401 (LEVEL: the bench sets it here)
+from .initramfs_write import write as _write
 
 VERSION = 1  # bump when what slim() keeps or writes changes (the cache key)
 XEN_DRIVERS = ("xen-blkfront", "xen-netfront")
-# The guest's compression, faster than its mkinitramfs's: made once per image (cached), while the
-# size it loses (gzip 6 -> 1: ~0.5 MB of 6 MB) costs Xen next to nothing to load.
-LEVEL = {"gzip": 1, "xz": 0, "lzma": 0, "bzip2": 9, "zstd": 3, "lz4": 1, "lzop": 3}
-# By the dom0's tool: zstd -T0 uses both cores; lz4 -l is the legacy frame, the kernel's only one.
-TOOL_ARGS = {"zstd": ["-q", "-T0", "-c"], "lz4": ["-q", "-l", "-c"], "lzop": ["-q", "-c"]}
 MODULE = re.compile(r"\.ko(\.(xz|zst|gz))?$")
 MODDIR = re.compile(r"^((?:usr/)?lib/modules/[^/]+)/modules\.dep$")
 FIRMWARE = ("lib/firmware", "usr/lib/firmware")
-CHUNK = initramfs.CHUNK
-# A rewritten gzip or xz segment of this many kept bytes is compressed as two streams on two threads
-# (zlib and lzma let go of the GIL): the kernel, gzip -d and xz -d read concatenated streams as one.
-SPLIT = ("gzip", "xz")
-SPLIT_BYTES = (4 * 2**20, 512 * 2**20)  # below: not worth a thread; above: not held in memory
 MAX_TEXT = 64 * 2**20  # depmod's files and the scripts read whole: the largest modules.alias is ~1 MB
 
 
@@ -121,7 +109,7 @@ class _Spool:
         fields = [int(hdr[6 + 8 * i:14 + 8 * i], 16) for i in range(13)]
         self.members.append(_Member(self.seg, self.archive, fields, hdr[:6], name, self.f.tell()))
         while size:
-            chunk = r.read(min(size, CHUNK))
+            chunk = r.read(min(size, initramfs.CHUNK))
             if not chunk:
                 raise initramfs.Unreadable("is truncated: a cpio archive ends inside a member")
             self.f.write(chunk)
@@ -306,134 +294,6 @@ def _prune_dirs(ms, dirs) -> None:
     for m in ms:
         if stat.S_ISDIR(m.mode) and any(m.path.startswith(d + "/kernel") for d in dirs) and m.path not in needed:
             m.keep = False
-
-
-def _write(src: str, dst: str, spool: _Spool, segments) -> int:
-    """``dst`` made of ``src``'s segments: those that lose nothing copied as they are, the
-    others rewritten with their compression. Returns the bytes it unpacks to."""
-    dropped = {m.seg for m in spool.members if not m.keep}
-    unpacked = 0
-    with atomic.replacing(dst) as tmp, open(tmp, "wb") as out, open(src, "rb") as f:
-        for i, s in enumerate(segments):
-            members = [m for m in spool.members if m.seg == i]
-            if i not in dropped:
-                f.seek(s.start)
-                _copy(f, out, s.end - s.start)
-                unpacked += s.unpacked
-                continue
-            if s.tool in TOOL_ARGS:
-                with tempfile.TemporaryFile(dir=os.path.dirname(tmp)) as raw:
-                    unpacked += _newc(spool, members, raw.write)
-                    raw.seek(0)
-                    out.flush()
-                    tool = proc.which(s.tool)
-                    proc.run([tool, f"-{LEVEL[s.tool]}", *TOOL_ARGS[s.tool]], stdin=raw, stdout=out)
-                    out.seek(0, os.SEEK_END)
-                continue
-            kept = sum(m.hdr[6] for m in members if m.keep)
-            if s.tool in SPLIT and SPLIT_BYTES[0] <= kept <= SPLIT_BYTES[1] and (os.cpu_count() or 1) > 1:
-                unpacked += _two_streams(spool, members, s.tool, out)
-                continue
-            c = _compressor(s.tool)
-            unpacked += _newc(spool, members, out.write if c is None else (lambda b, c=c: out.write(c.compress(b))))
-            if c:
-                out.write(c.flush())
-    return unpacked
-
-
-def _two_streams(spool: _Spool, members, tool: str, out) -> int:
-    """The segment compressed as two streams at once, cut where a member begins: the kernel
-    wants each stream to end between members (else "junk at the end of compressed archive");
-    cpio's 4-byte alignment is counted from each stream's start, and a cut on a header keeps it."""
-    buf, starts = bytearray(), []
-    n = _newc(spool, members, buf.extend, starts)
-    cut = min((o for o in starts if o > 0), key=lambda o: abs(o - n // 2), default=0)
-    view = memoryview(buf)
-    parts = [view[:cut], view[cut:]] if cut else [view]
-
-    def pack(part) -> bytes:
-        c = _compressor(tool)
-        return c.compress(part) + c.flush()
-
-    with ThreadPoolExecutor(len(parts)) as pool:
-        for z in pool.map(pack, parts):
-            out.write(z)
-    view.release()
-    return n
-
-
-def _compressor(tool: str | None):
-    if tool is None:
-        return None
-    level = LEVEL[tool]
-    return {"gzip": lambda: zlib.compressobj(level, zlib.DEFLATED, 31),
-            # the kernel's xz decoder knows CRC32 and no check only, not xz's default CRC64
-            "xz": lambda: lzma.LZMACompressor(lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, preset=level),
-            "lzma": lambda: lzma.LZMACompressor(lzma.FORMAT_ALONE, preset=level),
-            "bzip2": lambda: bz2.BZ2Compressor(level)}[tool]()
-
-
-def _copy(f, out, n: int) -> None:
-    while n > 0:
-        b = f.read(min(n, CHUNK))
-        if not b:
-            raise OSError("the initramfs changed while it was slimmed")
-        out.write(b)
-        n -= len(b)
-
-
-def _newc(spool: _Spool, members, write, starts: list[int] | None = None) -> int:
-    """The kept ``members`` as newc cpio through ``write``, trailers where they were, each
-    archive padded to 512 bytes as cpio does; returns the bytes written.
-
-    Hard links (one inode, nlink >= 2) are matched per archive by the kernel and carry their
-    data once: on the last kept link, whichever link held it before, nlink their kept count."""
-    groups: dict[tuple, list[_Member]] = {}
-    for m in members:
-        if stat.S_ISREG(m.mode) and m.hdr[4] >= 2:
-            groups.setdefault((m.archive, m.hdr[0], m.hdr[7], m.hdr[8]), []).append(m)
-    holder, last = {}, {}
-    for links in groups.values():
-        kept = [m for m in links if m.keep]
-        if kept:
-            holder[id(kept[-1])] = max(links, key=lambda m: m.hdr[6])
-            for m in kept:
-                last[id(m)] = len(kept)
-    n = 0
-    for m in members:
-        if not m.keep:
-            continue
-        hdr, data_from = list(m.hdr), m
-        if id(m) in last:
-            src = holder.get(id(m))
-            hdr[4] = last[id(m)]
-            hdr[6], hdr[12] = (src.hdr[6], src.hdr[12]) if src else (0, 0)
-            data_from = src
-        name = m.name + b"\0"
-        hdr[11] = len(name)
-        if starts is not None:
-            starts.append(n)
-        head = m.magic + b"".join(b"%08X" % v for v in hdr) + name
-        head += b"\0" * (-len(head) % 4)
-        write(head)
-        n += len(head)
-        size = hdr[6]
-        if size:
-            spool.f.seek(data_from.off)
-            left = size
-            while left:
-                b = spool.f.read(min(left, CHUNK))
-                write(b)
-                left -= len(b)
-            pad = b"\0" * (-size % 4)
-            write(pad)
-            n += size + len(pad)
-        if m.name == b"TRAILER!!!":
-            pad = b"\0" * (-n % 512)
-            write(pad)
-            n += len(pad)
-    spool.f.seek(0, os.SEEK_END)
-    return n
 
 
 # The cache: the slim file belongs to the image's base, made once per initramfs and parameters.

@@ -16,7 +16,7 @@ import zlib
 
 import pytest
 
-from si_xen import initramfs, initramfs_slim
+from si_xen import initramfs, initramfs_slim, initramfs_write
 
 V = "6.1.0-99-amd64"
 MD = f"usr/lib/modules/{V}"
@@ -222,9 +222,9 @@ def test_hard_links_keep_their_data_once(tmp_path):
 @pytest.mark.parametrize("kind", ["gzip", "xz"])
 def test_two_streams_compressed_at_once_unpack_to_the_same(tmp_path, monkeypatch, kind):
     src = write(tmp_path, EARLY + compress(kind, main_archive()))
-    monkeypatch.setattr(initramfs_slim, "SPLIT_BYTES", (10**12, 10**12))
+    monkeypatch.setattr(initramfs_write, "SPLIT_BYTES", (10**12, 10**12))
     initramfs_slim.slim(src, str(tmp_path / "one.img"))
-    monkeypatch.setattr(initramfs_slim, "SPLIT_BYTES", (0, 10**12))
+    monkeypatch.setattr(initramfs_write, "SPLIT_BYTES", (0, 10**12))
     initramfs_slim.slim(src, str(tmp_path / "two.img"))
     one, two = ((tmp_path / n).read_bytes()[len(EARLY):] for n in ("one.img", "two.img"))
     d = zlib.decompressobj(31) if kind == "gzip" else lzma.LZMADecompressor()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from . import atomic, initramfs, kernelimage
 from .errors import Fatal
@@ -19,6 +19,7 @@ from .storage.reflink import beside, reflink
 
 PVGRUB2 = {"pv": "/usr/lib/grub-xen/grub-x86_64-xen.bin", "pvh": "/usr/lib/grub-xen/grub-i386-xen_pvh.bin"}
 INITRD_NAMES = ("initrd.img-{v}", "initramfs-{v}.img", "initrd-{v}.img", "initrd-{v}")
+XEN_SUFFIX = ".xen"  # the Xen-sized initramfs in a guest booted by its grub.cfg: /boot/initrd.img-V.xen
 BASE_MEMORY_MIB = 192  # kernel, page tables and a minimal userland, measured with Debian 12 PV
 
 
@@ -27,7 +28,10 @@ class GuestKernel:
     version: str
     kernel: str  # guest path
     initrd: str | None  # guest path
-    memory_need: int | None = None  # MiB to get past the initramfs (planner.check_boot)
+    memory_need: int | None = None  # MiB to get past the initramfs that boots (planner.check_boot)
+    slim: str | None = None  # host path of the Xen-sized initramfs that boots instead of ``initrd`` (choose_initramfs)
+    own_need: int | None = None  # MiB the guest's own initramfs would need
+    note: str = ""  # the initramfs chosen, as the admin reads it
 
 
 def _vkey(v: str):
@@ -58,18 +62,52 @@ def memory_needed(guest: Guest, k: GuestKernel, image: str | None = None) -> int
     problem = kernelimage.problem(kpath)
     if problem:
         raise _broken("kernel", k.kernel, problem, image)
-    need = BASE_MEMORY_MIB + os.path.getsize(kpath) // 2**20
-    if k.initrd:
-        path = guest.path(k.initrd)
-        try:
-            unpacked = initramfs.scan_cached(path).unpacked
-        except initramfs.NoTool as e:
-            package = {"xz": "xz-utils"}.get(e.tool, e.tool)
-            raise Fatal(f"cannot check the initramfs {k.initrd}: it {e}", f"apt-get install {package}") from None
-        except initramfs.Unreadable as e:
-            raise _broken("initrd", k.initrd, str(e), image) from None
-        need += (os.path.getsize(path) + unpacked) // 2**20
+    if not k.initrd:
+        return need_mib(os.path.getsize(kpath))
+    path = guest.path(k.initrd)
+    try:
+        unpacked = initramfs.scan_cached(path).unpacked
+    except initramfs.NoTool as e:
+        package = {"xz": "xz-utils"}.get(e.tool, e.tool)
+        raise Fatal(f"cannot check the initramfs {k.initrd}: it {e}", f"apt-get install {package}") from None
+    except initramfs.Unreadable as e:
+        raise _broken("initrd", k.initrd, str(e), image) from None
+    return need_mib(os.path.getsize(kpath), os.path.getsize(path), unpacked)
+
+
+def need_mib(kernel_bytes: int, initrd_bytes: int = 0, unpacked: int = 0) -> int:
+    """The rule: a minimal guest, its kernel, and its initramfs both as loaded and as unpacked
+    (both are in memory until the initramfs is freed), rounded up to 32 MiB."""
+    need = BASE_MEMORY_MIB + kernel_bytes // 2**20 + (initrd_bytes + unpacked) // 2**20
     return (need + 31) // 32 * 32
+
+
+def choose_initramfs(guest: Guest, k: GuestKernel, need: int, mode: str, fstypes) -> GuestKernel:
+    """The initramfs the VM boots, with the memory it needs: ``mode`` auto (a Xen-sized one made
+    from the guest's where that is at most half of it: Debian's MODULES=most carries every
+    machine's drivers, a Xen guest uses a dozen), slim (that one, or one FATAL) or image (the
+    guest's own). ``need``: the guest's own's (memory_needed). Never a guest binary run: the
+    initramfs is read and written as data (initramfs_slim)."""
+    k = replace(k, memory_need=need, own_need=need, slim=None, note="")
+    if mode == "image" or not k.initrd:
+        return replace(k, note="the image's own (--initramfs image)" if k.initrd else "")
+    from . import initramfs_slim
+
+    r = initramfs_slim.slim_cached(guest.path(k.initrd), fstypes=tuple(sorted(fstypes)))
+    own = f"{k.initrd}, {r.size_before / 2**20:.1f} MiB"
+    if not r.slimmed:
+        if mode == "slim":
+            raise Fatal(f"--initramfs slim: the image's initramfs {k.initrd} {r.reason}",
+                        "use --initramfs image (or auto) to boot it as it is")
+        return replace(k, note=f"the image's own ({own}): it {r.reason}")
+    if mode == "auto" and r.size_before + r.unpacked_before < 2 * (r.size_after + r.unpacked_after):
+        return replace(k, note=f"the image's own ({own}): a Xen-sized one would be more than half of it")
+    slim_need = need_mib(os.path.getsize(guest.path(k.kernel)), r.size_after, r.unpacked_after)
+    lacks = [m for m in initramfs_slim.XEN_DRIVERS if m in r.missing]
+    warn = f"; WARNING: it has no {', '.join(lacks)}, the guest may not find its disks" if lacks else ""
+    return replace(k, slim=r.path, memory_need=min(need, slim_need),
+                   note=f"Xen-sized, {r.size_after / 2**20:.1f} MiB made from {own}, {len(r.kept)} modules "
+                        f"kept; needs {slim_need} MiB of memory instead of {need}{warn}")
 
 
 def _broken(what: str, path: str, problem: str, image: str | None) -> Fatal:
@@ -92,48 +130,56 @@ def copy_out(guest: Guest, k: GuestKernel, boot_dir: str, journal, shared: str |
     """Copy the guest's kernel/initrd out of the guest to where Xen reads them (dom0 side).
 
     With ``shared`` (a cloned VM's base disk), they are kept once beside the base and each
-    VM gets a reflink, so a clone costs no kernel-sized copy."""
+    VM gets a reflink, so a clone costs no kernel-sized copy. A Xen-sized initramfs (``k.slim``)
+    boots under the same name as the guest's would."""
     journal.makedirs(boot_dir)
     out = []
     for gpath, name in ((k.kernel, "vmlinuz"), (k.initrd, "initrd.img")):
         if gpath is None:
             out.append(None)
             continue
+        src = k.slim if name == "initrd.img" and k.slim else guest.path(gpath)
         old = File(os.path.join(boot_dir, name))
         dst = journal.made(old, old.delete).path  # journaled first: a copy cut short is removed too
         if shared:
-            cached = beside(shared, name.split(".")[0])
+            cached = beside(shared, "initrd-xen" if src == k.slim else name.split(".")[0])
             if not os.path.isfile(cached):
                 with atomic.replacing(cached) as tmp:
-                    shutil.copyfile(guest.path(gpath), tmp)
+                    shutil.copyfile(src, tmp)
             try:
                 reflink(cached, dst)
             except OSError:
                 shutil.copyfile(cached, dst)
         else:
-            shutil.copyfile(guest.path(gpath), dst)
+            shutil.copyfile(src, dst)
         out.append(dst)
     return out[0], out[1]
 
 
 def write_grub_cfg(guest: Guest, k: GuestKernel, root_vdev: str, boot_is_separate: bool, title: str) -> None:
-    """A grub.cfg both pygrub and pvgrub2 read (a golden client's own may name other disks)."""
+    """A grub.cfg both pygrub and pvgrub2 read (a golden client's own may name other disks).
+    A Xen-sized initramfs (``k.slim``) goes beside the guest's as ``NAME.xen``, a name
+    update-initramfs and dracut never write, so the guest's tools keep theirs; the first entry
+    boots it, the second the guest's own (pygrub's menu shows both)."""
     prefix = "" if boot_is_separate else "/boot"
     old = "/boot/grub/grub.cfg"
     if guest.isfile(old) and not guest.exists(old + ".si-xen-orig"):
         guest.write_text(old + ".si-xen-orig", guest.read_text(old) or "")
-    kname, iname = os.path.basename(k.kernel), os.path.basename(k.initrd) if k.initrd else None
-    lines = [
-        "# Written by si_mkxenvm: boots this guest under Xen (pygrub or pvgrub2).",
-        "set default=0",
-        "set timeout=2",
-        f"menuentry '{title}' {{",
-        f"    linux {prefix}/{kname} {cmdline(root_vdev)}",
-    ]
-    if iname:
-        lines.append(f"    initrd {prefix}/{iname}")
-    lines += ["}", ""]
-    guest.write_text(old, "\n".join(lines))
+    xen = f"{k.initrd}{XEN_SUFFIX}" if k.initrd and k.slim else None
+    for stale in guest.glob("/boot", f"*{XEN_SUFFIX}"):  # an earlier kernel's, or one no longer wanted
+        if stale != xen:
+            guest.unlink(stale)
+    if xen:
+        guest.copy_in(k.slim, xen)
+    kname = os.path.basename(k.kernel)
+    entries = [(title, xen), (f"{title}, the image's own initramfs", k.initrd)] if xen else [(title, k.initrd)]
+    lines = ["# Written by si_mkxenvm: boots this guest under Xen (pygrub or pvgrub2).", "set default=0", "set timeout=2"]
+    for name, initrd in entries:
+        lines += [f"menuentry '{name}' {{", f"    linux {prefix}/{kname} {cmdline(root_vdev)}"]
+        if initrd:
+            lines.append(f"    initrd {prefix}/{os.path.basename(initrd)}")
+        lines.append("}")
+    guest.write_text(old, "\n".join(lines + [""]))
 
 
 def check_supplied(kernel: str | None, initrd: str | None) -> None:

@@ -37,6 +37,7 @@ BUILTIN = {
     "toolstack": "auto",
     "layout": "default",
     "cloud_init": "auto",
+    "initramfs": "auto",
 }
 PATHS = {
     "state_dir": "/var/lib/si-xen",

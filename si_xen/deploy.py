@@ -217,7 +217,15 @@ def _confirm(c: Context) -> None:
 def built(c: Context) -> VmRecord:
     """The record of what the steps made."""
     return VmRecord.built(c.plan, c.image, c.autostart, c.fingerprints, c.bases.values(), time.monotonic() - c.t0,
-                          request=_request(c), source=c.source, owned=c.owned, owned_facts=c.owned_facts)
+                          request=_request(c), source=c.source, owned=c.owned, owned_facts=c.owned_facts,
+                          initramfs=initramfs_kind(c.kernel, c.plan))
+
+
+def initramfs_kind(k, plan) -> str:
+    """The record's word for the initramfs the VM boots."""
+    if plan.kernel:
+        return "given" if plan.initrd else "-"
+    return "-" if k is None or not k.initrd else "slim" if k.slim else "image"
 
 
 def _record(c: Context) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import shutil
 import stat
 
 from . import atomic
@@ -139,6 +140,17 @@ class Guest:
         atomic.write(host, text.encode("utf-8", "surrogateescape"), 0o644 if mode is None else mode)
         self._wrote(host)
         return True
+
+    def copy_in(self, src: str, gpath: str, mode: int = 0o644) -> None:
+        """Atomically replace a guest file with a copy of the host file ``src``."""
+        host = self.path(gpath)
+        if os.path.isdir(host):
+            raise GuestPathError(gpath, self.root, "is a directory where a file must go")
+        d = self.makedirs(os.path.dirname(gpath) or "/")
+        host = os.path.join(d, os.path.basename(host))
+        with atomic.replacing(host, mode) as tmp:
+            shutil.copyfile(src, tmp)
+        self._wrote(host)
 
     def unlink(self, gpath: str) -> bool:
         """Remove a file or link (never what a link points to); False if absent."""

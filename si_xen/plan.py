@@ -87,6 +87,8 @@ class Plan:
     excluded: tuple[str, ...] = ()  # guest paths with content the copy leaves out (Survey.excluded)
     fixups_only: tuple[str, ...] = ()
     fixups_skip: tuple[str, ...] = ()
+    initramfs: str = "auto"  # auto, slim or image: boot.choose_initramfs
+    initramfs_note: str = ""  # what it chose (planner.noted)
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -119,6 +121,7 @@ def describe(plan: Plan) -> str:
         f"Image          : {plan.image_name} ({plan.image_path})",
         f"Guest OS       : {getattr(plan.os, 'pretty', plan.os)}",
         f"Type / boot    : {plan.type} / {plan.boot}",
+        *([f"Initramfs      : {plan.initramfs_note}"] if plan.initramfs_note else []),
         f"Memory         : {plan.memory}M" + (f" (max {plan.maxmem}M)" if plan.maxmem else ""),
         f"VCPUs          : {plan.vcpus}",
         "",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 from . import atomic, boot
 from .errors import Fatal
@@ -94,7 +94,7 @@ def make_plan(req: Request, image: Image, survey: Survey, index: int = 0, warn=l
         activation=req.activation, force=req.force,
         layout=req.layout, layout_from=image.layout_from, thin_pool=storage.pool, clone=clone,
         fingerprint=survey.fingerprint if survey else "", excluded=survey.excluded if survey else (), notes=(note,),
-        fixups_only=req.fixups_only, fixups_skip=req.fixups_skip,
+        fixups_only=req.fixups_only, fixups_skip=req.fixups_skip, initramfs=req.initramfs,
     )
     if storage.kind == "given":
         return plan
@@ -155,6 +155,11 @@ def check_boot(plan: Plan, image: Image, cache_dir: str | None = None,
                     )
                 need = boot.memory_needed(image.guest, k, image.name)
     k = replace(k, memory_need=need)
+    if not plan.kernel:
+        with image.reading():
+            k = boot.choose_initramfs(image.guest, k, need, plan.initramfs,
+                                      {d.fs for d in plan.disks if d.mountpoint in ("/", "/usr")})
+        need = k.memory_need
     if plan.memory < need:
         raise Fatal(
             f"{memory_option[0]} {plan.memory}M is too small for this guest: its kernel and initramfs need {need} MiB to boot",
@@ -163,6 +168,11 @@ def check_boot(plan: Plan, image: Image, cache_dir: str | None = None,
     if plan.boot == "pvgrub2" and not os.path.isfile(boot.PVGRUB2[plan.type]):
         raise Fatal(f"pvgrub2 image {boot.PVGRUB2[plan.type]} not found", "apt-get install grub-xen-host, or use --boot direct")
     return k
+
+
+def noted(plans: list[Plan], kernel: boot.GuestKernel | None) -> list[Plan]:
+    """The plans with the initramfs check_boot chose, as the admin reads it."""
+    return [replace(p, initramfs_note=kernel.note) for p in plans] if kernel and kernel.note else plans
 
 
 def _cache_file(cache_dir: str | None, plan: Plan) -> str | None:
@@ -187,4 +197,5 @@ def remember_boot(plan: Plan, kernel: boot.GuestKernel | None, cache_dir: str | 
     path = _cache_file(cache_dir, plan)
     if kernel and path and not plan.kernel and not os.path.exists(path):
         os.makedirs(cache_dir, exist_ok=True)
-        atomic.write(path, json.dumps({"kernel": asdict(kernel), "memory_need": kernel.memory_need}))
+        own = {f: getattr(kernel, f) for f in ("version", "kernel", "initrd")}  # the image's facts, not a VM's choice
+        atomic.write(path, json.dumps({"kernel": own, "memory_need": kernel.own_need or kernel.memory_need}))

@@ -52,6 +52,7 @@ class VmRecord:
     mac: str = ""
     ips: tuple[str, ...] = ()  # () = DHCP
     memory: int = 0
+    initramfs: str = "-"  # what boots: slim (Xen-sized, made from the image's), image, given (--initrd), - none
     ssh_fingerprints: tuple[str, ...] = ()
     version: str = ""
     seconds: float = 0.0

@@ -22,11 +22,12 @@ from .validate import CLI, Source, check_hostname
 
 LAYOUTS = ("default", "image")
 CLOUD_INIT = ("auto", "off")
+INITRAMFS = ("auto", "slim", "image")  # boot.choose_initramfs
 TOOLSTACKS = ("auto", "xl", "xm", "libvirt")  # auto: xl, else xm; libvirt only by name (toolstack/__init__.py)
 FLAGS = ("dhcp", "noswap", "start", "console", "autostart", "force", "full_copy", "dry_run")
 _AS_OPTIONS = ("image", "memory", "maxmem", "vcpus", "fs", "type", "boot", "layout", "size", "size_given", "swap",
                "noswap", "dhcp", "netmask", "gateway", "broadcast", "mac", "bridge", "output", "extension", "kernel",
-               "initrd", "cloud_init", "user_data")  # fields whose option has their name and takes their value
+               "initrd", "cloud_init", "user_data", "initramfs")  # fields whose option has their name and takes their value
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class Request:
     dry_run: bool = False
     fixups_only: tuple[str, ...] = ()
     fixups_skip: tuple[str, ...] = ()
+    initramfs: str = BUILTIN["initramfs"]
     cloud_init: str = BUILTIN["cloud_init"]
     user_data: str = ""  # --user-data FILE (recorded: a rebuild reads it again)
     user_data_text: str = ""  # its document, checked (never recorded: it may hold secrets)
@@ -110,6 +112,7 @@ class Request:
             activation=Activation(_choice(o["toolstack"], TOOLSTACKS, "--toolstack"), flag["start"] or flag["console"], flag["console"], flag["autostart"]),
             force=flag["force"], dry_run=flag["dry_run"],
             fixups_only=_names(o.get("fixups")), fixups_skip=_names(o.get("skip_fixups")),
+            initramfs=_initramfs(o["initramfs"], o.get("kernel")),
             cloud_init=_choice(o["cloud_init"], CLOUD_INIT, "--cloud-init"), **_user_data(o.get("user_data")),
         )
 
@@ -208,6 +211,14 @@ def _output(directory: str) -> str:
 def _kernel(kernel: str | None, initrd: str | None) -> dict:
     boot.check_supplied(kernel or None, initrd or None)
     return {"kernel": kernel or None, "initrd": initrd or None}
+
+
+def _initramfs(mode: str, kernel: str | None) -> str:
+    mode = _choice(mode, INITRAMFS, "--initramfs")
+    if kernel and mode == "slim":
+        raise Fatal("--initramfs slim makes a Xen-sized initramfs from the image's, and --kernel boots dom0's files",
+                    "drop --initramfs slim (the --initrd given boots as it is), or --kernel/--initrd")
+    return mode
 
 
 def _user_data(path: str | None) -> dict:

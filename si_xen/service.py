@@ -157,8 +157,9 @@ def _ahead(req: Request, image: Image, walk, facts_dir, settings, warn):
 
 
 def _make(req, image, settings, rep, plans, hs, tree, pending, facts_dir, guard, ask, source) -> Outcome:
+    kernel = planner.check_boot(plans[0], image, facts_dir, req.said.memory)
+    plans = planner.noted(plans, kernel)
     plan = plans[0]
-    kernel = planner.check_boot(plan, image, facts_dir, req.said.memory)
     need = 0
     if plan.storage == "dir" and not plan.clone:  # a clone needs no room for a copy
         need = sum(survey.needed_mib(*u) for u in tree.usage([d.mountpoint for d in plan.disks if d.mountpoint]).values())
@@ -265,8 +266,9 @@ def rebuild_vm(name: str, overrides: dict, image: Image, settings, rep: Reporter
                  "start": bool(overrides.get("start") or ran_before)}
             req = Request.from_json(state.record.request, o)
             tree, plans, pending = _ahead(req, image, hs.walk if attempt == 1 else None, facts, settings, rep.warn)
+            kernel = planner.check_boot(plans[0], image, facts, req.said.memory)
+            plans = planner.noted(plans, kernel)
             plan = plans[0]
-            kernel = planner.check_boot(plan, image, facts, req.said.memory)
             need = 0
             if plan.storage == "dir" and not plan.clone:  # the old disks stay until the new VM is made
                 need = sum(survey.needed_mib(*u) for u in tree.usage([d.mountpoint for d in plan.disks if d.mountpoint]).values())

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import stat
+from dataclasses import replace
 
 from . import atomic
 from .deploy import boot_dir
@@ -20,11 +21,22 @@ def check_memory(u) -> None:
     k = boot.find_kernel(u.image.guest)
     if k is None:
         raise Fatal(f"image '{u.image.name}' has no kernel in /boot any more", "fix the image, then update")
-    need = boot.memory_needed(u.image.guest, k, u.image.path)
+    need = chosen(u, k, boot.memory_needed(u.image.guest, k, u.image.path)).memory_need
     if need > u.rec.memory:
         raise Fatal(f"the image's kernel {k.version} needs {need} MiB to boot; VM '{u.rec.name}' has {u.rec.memory} MiB",
                     f"give it more (memory = {need} in {u.rec.config}), then run si_updatexenvm {u.rec.name} again")
     libvirt_boots_as_it_did(u.rec, bool(k.initrd), k.version)
+
+
+def chosen(u, k, need: int | None = None):
+    """The initramfs the VM boots of the image's kernel ``k``, chosen as its deploy did (a VM
+    recorded before si-xen could choose boots the image's own). ``need``: the image's own's."""
+    from . import boot
+
+    if need is None:
+        need = boot.memory_needed(u.image.guest, k, u.image.path)
+    fstypes = {d.fs for d in u.rec.disks if d.mountpoint in ("/", "/usr")}
+    return boot.choose_initramfs(u.image.guest, k, need, u.rec.request.get("initramfs") or "image", fstypes)
 
 
 def libvirt_boots_as_it_did(rec, initrd: bool, version: str) -> None:
@@ -50,6 +62,9 @@ def run(u) -> None:
 
     guest = RecordingGuest(u.root)
     k = boot.find_kernel(guest)
+    img = boot.find_kernel(u.image.guest)
+    if k and img and (img.version, img.initrd) == (k.version, k.initrd):  # the image's: slimmed as it chose
+        k = replace(k, slim=chosen(u, img).slim)
     if u.rec.boot != "direct":
         root = next(d for d in u.disks if d.mountpoint == "/")
         boot.write_grub_cfg(guest, k, root.vdev, any(d.mountpoint == "/boot" for d in u.disks),
@@ -64,7 +79,7 @@ def run(u) -> None:
             u.kernel_files[os.path.join(where, name)] = ""
             continue
         new = u.journal.made(File(os.path.join(where, f".{name}.upd-{os.getpid()}"))).path
-        shutil.copyfile(guest.path(gpath), new)
+        shutil.copyfile(k.slim if name == "initrd.img" and k.slim else guest.path(gpath), new)
         u.kernel_files[os.path.join(where, name)] = new
 
 

@@ -133,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--boot", help=f"direct (guest's kernel handed to Xen), pygrub or pvgrub2 {_default('boot')}")
     g.add_argument("--kernel", help="a Xen-capable kernel to boot instead of the guest's own")
     g.add_argument("--initrd", help="the initrd for --kernel")
+    g.add_argument("--initramfs", help="auto: a Xen-sized initramfs made from the image's (its Xen drivers, root "
+                   "filesystem and what it loads by name; read as data, nothing of the guest run) where that is at "
+                   "most half of it; slim: always that one; image: the image's own "
+                   f"{_default('initramfs')}")
     g = p.add_argument_group("activation")
     g.add_argument("--start", action="store_true", default=None, help="start the VM when it is made")
     g.add_argument("--console", action="store_true", default=None, help="start it and attach its console")

@@ -71,7 +71,7 @@ class FileBackend:
 
     def remove_base(self, base: str) -> None:
         # its .json first: a base without one is incomplete, and no VM clones it
-        for p in (beside(base, "json"), beside(base, "vmlinuz"), beside(base, "initrd"), base):
+        for p in (beside(base, "json"), beside(base, "vmlinuz"), beside(base, "initrd"), beside(base, "initrd-xen"), base):
             if os.path.lexists(p):
                 os.unlink(p)
 

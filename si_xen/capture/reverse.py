@@ -57,7 +57,7 @@ REVERSAL = {
     "bootloader": "root=, resume=, device.map, RESUME=: the golden client's again",
     "systemimager": "IMAGE_LAST_SYNCED_TO: the image's, or removed",
     "issue": "/etc/issue without the VM's address line",
-    "boot": "grub.cfg written for pygrub: the image's again; grub.cfg.si-xen-orig removed",
+    "boot": "grub.cfg written for pygrub: the image's again; grub.cfg.si-xen-orig and the Xen-sized NAME.xen initramfs removed",
 }
 
 BOOT_FILE = re.compile(r"(vmlinu[xz]|bzImage|kernel|initrd(\.img)?|initramfs)-.+")

@@ -203,9 +203,12 @@ def test_the_debian12_test_image_round_trips(tools, debian12_image, tmp_path):
     into a VM in one pass and captured back: the image, plus the change, minus identity."""
     images = os.path.dirname(debian12_image)
     env = make_env(tmp_path / "e", images)
-    env.mk("debian12", "--hostname", "v1", *OPTS, "--size", "1G", "--dir", str(tmp_path / "vms"), "--output", env.output, check=True)
+    env.mk("debian12", "--hostname", "v1", *OPTS, "--size", "1G", "--dir", str(tmp_path / "vms"), "--output", env.output,
+           "--boot", "pygrub", check=True)  # grub.cfg and a Xen-sized NAME.xen initramfs written in the guest
     rec = journal.load(env.state, "v1").record
     tree = copied(rec, tmp_path)
+    xen = [p for p in rec.owned["boot"] if p.endswith(".xen")]
+    assert rec.initramfs == "slim" and len(xen) == 1 and os.path.isfile(tree + xen[0])
     assert {"etc/fstab", "etc/network/interfaces", "etc/hosts", "var/lib/si-xen"} <= differences(debian12_image, tree)
     said = []
     assert reverse(tree, rec, f"{env.state}/images", said.append) == []

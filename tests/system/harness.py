@@ -69,6 +69,7 @@ class Prerequisites:
     dom0: Path  # the cached dom0 build
     image_disk: Path  # the test image, slimmed for Xen guests, as an ext4 disk
     payload: Path  # si-xen's Debian package from this work tree, and the dom0-side scripts
+    image: Path  # the test image as the image store holds it (debootstrap's, MODULES=most)
 
 
 def _prerequisites(work: Path, say) -> Prerequisites:
@@ -84,7 +85,7 @@ def _prerequisites(work: Path, say) -> Prerequisites:
         raise testbed.TestbedError(f"test image build failed:\n{out.stderr[-2000:]}")
     disk = testbed.image_disk(image, slim=True)
     record("test image + its disk", time.monotonic() - t)
-    return Prerequisites(dom0, disk, payload(work / "payload"))
+    return Prerequisites(dom0, disk, payload(work / "payload"), image)
 
 
 # Shared by the session's runs: the first to ask builds them, the others wait.

@@ -48,6 +48,17 @@ def test_hung_guest_fails_alone(xen_run):
     assert after in xen_run.ok, f"the scenario after the hung one ({after}) never ran"
 
 
+@pytest.mark.parametrize("name", ["pvstatic", "pygrub"])
+def test_the_articles_256m(xen_run, name):
+    """Issue 31: the test image as the store holds it (Debian's MODULES=most initramfs, which needs
+    384 MiB), made with --memory 256M, boots to its login prompt with the Xen-sized initramfs
+    si_mkxenvm made of the image's: direct (Xen loads it) and pygrub (grub.cfg's first entry)."""
+    xen_run.require_login(name, name)
+    xen_run.require_ok(name)
+    section = xen_run.section(name)
+    assert f"{name}: 256 MiB, a Xen-sized initramfs (Xen-sized, " in section, section
+
+
 def test_lifecycle_keeps_identity(xen_run):
     """A running VM rebuilt and then updated to its image's next generation, each with --restart:
     after each, the SSH host keys, MAC and address it was made with; after the update, the image's

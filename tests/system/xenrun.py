@@ -22,8 +22,11 @@ from tests.system import background, testbed
 from tests.system.background import Context
 from tests.system.harness import Run, make_host_vms, prerequisites, run_scenarios, scenario_script
 
-# The test image as a site's si_getimage leaves it (getimage.exclude applied), beside it.
+# The test image as a site's si_getimage leaves it (getimage.exclude applied), beside it; and as
+# the image store holds it (debootstrap's, not the tiers' slimmed copy): the article's 256 MB
+# proofs, whose VMs boot the Xen-sized initramfs si_mkxenvm makes of the image's (issue 31).
 GETIMAGE = "debian12-getimage"
+STORE = "debian12-store"
 
 # The image the lifecycle scenario's VM is made from: a writable copy of the test image (lib.sh's LC_IMAGE).
 LC_IMAGE = "debian12u"
@@ -34,11 +37,11 @@ HOST_VMS = {
     # Static address: the console banner shows it and dom0 reaches it over xenbr0. Made from the
     # image as si_getimage leaves it (no SSH host keys, no /etc/hostname): it must answer SSH anyway.
     "pvstatic": f"@{GETIMAGE} --ip 10.0.0.5 --netmask 255.255.255.0 --gateway 10.0.0.1 --dir /srv/xen --full-copy "
-                "--boot direct --type pv",
+                "--boot direct --type pv --memory 256M",
     # The harness's own test: this guest is made to hang in its initramfs (break=init).
     "hung": "--dhcp --dir /srv/xen --boot direct --type pv",
     # /srv/xen is XFS: these VMs are reflink clones of the image's base disk
-    "pygrub": "--dhcp --dir /srv/xen --boot pygrub --type pv",
+    "pygrub": f"@{STORE} --dhcp --dir /srv/xen --boot pygrub --type pv --memory 256M",
     "pvh": "--dhcp --dir /srv/xen --boot direct --type pvh",
     "pvgrub2": "--dhcp --dir /srv/xen --boot pvgrub2 --type pv",
     # Captured back into images (issue 29), each then deployed again: pygrub's VM for physical
@@ -61,9 +64,9 @@ SERVER = "10.0.2.100"
 
 # name -> (base budget in s on a quiet machine, with margin; the dom0 call). Run in this order.
 XEN_SCENARIOS = {
-    "pvstatic": (170, "GRACEFUL=1 EXPECT_CONSOLE=10.0.0.5 PING=10.0.0.5 KEYSCAN=10.0.0.5 host_vm pvstatic"),
+    "pvstatic": (170, "GRACEFUL=1 EXPECT_CONSOLE=10.0.0.5 PING=10.0.0.5 KEYSCAN=10.0.0.5 EXPECT_SLIM=1 host_vm pvstatic"),
     "hung": (45, "CMDLINE_EXTRA=break=init host_vm hung"),
-    "pygrub": (240, "EXPECT_CLONE=1 host_vm pygrub"),
+    "pygrub": (240, "EXPECT_CLONE=1 EXPECT_SLIM=1 host_vm pygrub"),
     "pvgrub2": (300, "host_vm pvgrub2"),
     # VMs made from images si_getxenimage captured on the host (V2P of a VM; V2V of a vmdk)
     "captured": (300, "host_vm captured"),
@@ -108,8 +111,9 @@ def xen_scenarios(ctx: Context) -> Run:
     try:
         conf = write_rsyncd_conf(str(ctx.work / "server"), {"debian12": str(served)})
         nic = f"user,restrict=on,model=virtio-net-pci,guestfwd=tcp:{SERVER}:873-cmd:rsync --daemon --config={conf}"
-        getimage_copy(str(served), str(tree))
-        make_host_vms(pre.image_disk, "debian12", HOST_VMS, vms, trees={GETIMAGE: tree}, copies=(LC_IMAGE,))
+        getimage_copy(str(pre.image), str(tree))
+        make_host_vms(pre.image_disk, "debian12", HOST_VMS, vms, trees={GETIMAGE: tree, STORE: pre.image},
+                      copies=(LC_IMAGE,))
         script = scenario_script(["setup_dom0 || exit 1", "scratch_vg vg0 || exit 1",
                                   "thin_pool vg0 pool0 4G || exit 1", "si_mkxenvm --version"],
                                  {**XEN_SCENARIOS, **GANETI_SCENARIOS})

@@ -27,6 +27,12 @@ host_vm() {
     grep '^cmdline' "$cfg" || { echo "no kernel command line in $cfg"; return 1; }
   fi
   export SI_XEN_CONFIG=$HOST_CONF
+  if [ -n "${EXPECT_SLIM:-}" ]; then  # the article's 256 MB: made so by the host, the Xen-sized initramfs said
+    grep -q '^memory *= *256$' "$cfg" || { echo "$name was not made with 256 MiB:"; grep '^memory' "$cfg"; return 1; }
+    grep -q "^Initramfs *: Xen-sized" "/srv/xen/log/$name.out" \
+      || { echo "si_mkxenvm did not say $name boots a Xen-sized initramfs:"; head -n 12 "/srv/xen/log/$name.out"; return 1; }
+    echo "$name: 256 MiB, a Xen-sized initramfs ($(grep -o 'Xen-sized, [0-9.]* MiB made from [^,]*, [0-9.]* MiB' "/srv/xen/log/$name.out"))"
+  fi
   local t=$SECONDS
   xl create "$cfg"
   timing "xl_create_$name" $((SECONDS - t))

@@ -26,8 +26,7 @@ MiB = 2**20
 
 def memory(kernel_bytes: int, size: int, unpacked: int) -> int:
     """boot.memory_needed's rule, for a file outside a guest."""
-    need = boot.BASE_MEMORY_MIB + kernel_bytes // MiB + (size + unpacked) // MiB
-    return (need + 31) // 32 * 32
+    return boot.need_mib(kernel_bytes, size, unpacked)
 
 
 def timed(fn, runs: int) -> tuple[float, object]:

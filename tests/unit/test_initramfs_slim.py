@@ -325,6 +325,25 @@ def test_cached_by_the_files_identity(tmp_path, monkeypatch):
         initramfs_slim.slim_cached(src, fstypes=("xfs",))  # other parameters: another file
 
 
+def test_cached_by_content_not_by_what_a_hostile_image_can_fake(tmp_path, monkeypatch):
+    """Another image's initramfs of the same size, mtime and first and last 64 KiB (what
+    initramfs.scan_cached's identity covers) is slimmed for itself, never given the first's file."""
+    extra = [f"drivers/gpu/g{i}.ko" for i in range(60)]
+    data = gzip.compress(main_archive(modules=MODULE_FILES + extra), 0)  # stored: the middle is a module's
+    assert len(data) > 3 * 65536
+    a = write(tmp_path, data, "a.img")
+    mid = len(data) // 2
+    b = write(tmp_path, data[:mid] + bytes([data[mid] ^ 1]) + data[mid + 1:], "b.img")
+    st = os.stat(a)
+    os.utime(b, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert initramfs._key(a) == initramfs._key(b)
+    first = initramfs_slim.slim_cached(a)
+    monkeypatch.setattr(initramfs_slim, "slim", slimmed_twice)
+    with pytest.raises(SlimmedTwice):
+        initramfs_slim.slim_cached(b)
+    assert initramfs_slim.slim_cached(a).path == first.path
+
+
 def test_used_as_it_is_is_cached_too(tmp_path, monkeypatch):
     src = write(tmp_path, gzip.compress(main_archive(modules=[])))
     assert not initramfs_slim.slim_cached(src).slimmed

@@ -13,7 +13,7 @@ import pytest
 
 from tests.unit import fakeimage
 
-from .harness import record
+from .harness import make_env, record, tiny_image
 from .test_update import leftovers, made
 
 pytestmark = pytest.mark.integration
@@ -78,3 +78,32 @@ def test_killed_at_the_boot_steps_the_next_run_puts_the_kernel_in_place(where, s
     boot = f"{storage}/domains/u1"
     assert read(f"{boot}/vmlinuz") == kernel and read(f"{boot}/initrd.img") == initrd
     assert leftovers(storage) == [], "no .upd copy of a kernel left"
+
+
+
+def test_a_vm_that_boots_a_xen_sized_initramfs_gets_one_made_of_the_new(tmp_path):
+    """Made with the default --initramfs auto from an image whose initramfs carries every machine's
+    drivers, the VM boots a Xen-sized one; when the image's initramfs changes, the update gives it
+    a Xen-sized one of the new, never the image's whole one nor the old one."""
+    from si_xen import initramfs
+    from tests.unit.test_initramfs_choice import BIG, INITRD, most_like
+
+    images = tmp_path / "images"
+    image = tiny_image(images)
+    most_like(image)
+    env = make_env(tmp_path / "e", str(images))
+    storage = str(tmp_path / "vms")
+    env.mk("tiny", "--hostname", "u1", "--memory", "512M", "--size", "512M", "--noswap", "--dhcp", "--dir", storage,
+           "--output", env.output, check=True)
+    boot = f"{storage}/domains/u1"
+    assert record(env, "u1")["initramfs"] == "slim"
+    big = {os.path.basename(m) for m in BIG}
+
+    def names() -> set[str]:
+        return {os.path.basename(n) for n in initramfs.scan(f"{boot}/initrd.img").names}
+
+    assert "xen-blkfront.ko" in names() and not names() & big and "si-marker" not in names()
+    most_like(image, marker=b"generation 2\n")
+    env.run("updatexenvm", "u1", check=True)
+    assert {"xen-blkfront.ko", "si-marker"} <= names() and not names() & big
+    assert os.path.getsize(f"{boot}/initrd.img") * 2 < os.path.getsize(image + INITRD)

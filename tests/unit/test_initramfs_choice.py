@@ -31,10 +31,12 @@ def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SI_XEN_CACHE", str(tmp_path / "cache"))
 
 
-def most_like(root: str) -> str:
-    """The image's initramfs replaced by one that carries every machine's drivers."""
+def most_like(root: str, marker: bytes = b"") -> str:
+    """The image's initramfs replaced by one that carries every machine's drivers (and a file
+    si-marker holding ``marker``, if given)."""
     data = main_archive(modules=MODULE_FILES + BIG)
     big = b"".join(member(f"{MD}/kernel/{m}", random.Random(m).randbytes(400_000)) for m in BIG)
+    big += member("si-marker", marker) if marker else b""
     end = data.rindex(b"070701")  # the trailer: the big modules go before it
     with open(os.path.join(root, INITRD.lstrip("/")), "wb") as f:
         f.write(gzip.compress(data[:end] + big + data[end:], 1))

@@ -103,6 +103,12 @@ class Libvirt:
     def shown(self, *args: str) -> str:
         return " ".join(("virsh -c", URI, *args))
 
+    def start_shown(self, name: str, cfg: str) -> str:
+        return self.shown("start", name)  # the defined domain, by name (its XML beside cfg)
+
+    def stop_shown(self, name: str) -> str:
+        return self.shown("shutdown", name)
+
     def create_argv(self, cfg: str, name: str | None) -> list[str]:
         # the domain is defined already (the deploy's define step): start it by name
         return self._virsh("start", name or _name_in(cfg))

@@ -41,13 +41,14 @@ class Libvirt:
     def _virsh(self, *args: str) -> list[str]:
         return [self.path, "-c", URI, *args]
 
-    def reachable(self) -> None:
-        """One Fatal unless libvirtd answers on the Xen URI: checked before anything is made,
-        so that a deploy never stops at its define step."""
+    def reachable(self, then: str = "", fix: str = FIX) -> None:
+        """One Fatal unless libvirtd answers on the Xen URI: checked before anything is made (or
+        removed), so that a deploy never stops at its define step, nor a removal at its undefine.
+        ``then``: what the refusal leaves as it was, said after the reason."""
         r = proc.run(self._virsh("version"), ok=range(256))
         if r.returncode != 0:
             why = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
-            raise Fatal(f"libvirtd is not reachable at {URI} (virsh version: {why})", FIX)
+            raise Fatal(f"libvirtd is not reachable at {URI} (virsh version: {why}){then}", fix)
 
     # -- the persistent domain and its autostart: made.LibvirtDefinition, made.LibvirtAutostart undo them
     def define(self, xml_path: str) -> None:

@@ -231,6 +231,7 @@ def _build(req: Request, cfg, target: str, read, undo, disks, origin: str, say, 
     stub = image.write_stub(cfg, req.image, target)
     served = _mkrsyncd_conf(req.image, say)
     notes = [f"WARNING: {m} is not a directory in the tree's /: its filesystem was not read" for m in copied.skipped]
+    notes += image.layout_notes(layouts)
     server = image.write_server_layout(cfg, req.image, server_layout) if server_layout else None
     if server:
         notes.append(f"layout copied to {server}")

@@ -25,6 +25,7 @@ from ..excludes import _fstab_field
 from ..guestfs import Guest, GuestPathError
 from ..image.metadata import DISK_FS, LAYOUT_FILES, META_DIR
 from ..image.store import StoreConfig, stub_path
+from ..record import DiskRecord
 from ..sizes import parse_mib
 from .fromdisk_probe import BIOS_BOOT
 
@@ -147,8 +148,6 @@ UNTYPED = ("BIOS boot partition for grub-pc: SystemImager 5's disks-layout.xsd h
 def _with_bios_boot(numbered: list[tuple[int, object]], label: str) -> list[tuple[int, object]]:
     """gpt and a legacy (BIOS) boot, no ESP: the disk's BIOS boot partition, or one added (1 MiB, under the
     lowest free number: the first on the disk where 1 is free, and no other partition renumbered)."""
-    from ..record import DiskRecord
-
     ds = [d for _, d in numbered]
     if label != "gpt" or any(d.fs == BIOS_BOOT or d.mountpoint == "/boot/efi" and d.fs == "vfat" for d in ds):
         return numbered

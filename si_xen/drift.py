@@ -19,7 +19,7 @@ import stat
 import time
 from dataclasses import dataclass, field
 
-from . import proc
+from . import proc, vmread
 from .errors import Fatal
 from .image import manifest, survey
 from .locks import LockBusy, exclusive
@@ -46,7 +46,7 @@ class VmDrift:
     name: str
     image: str
     state: str
-    read: str = ""  # offline | copy (a reflink of a running VM's disks) | live
+    read: str = ""  # offline | copy, snapshot (private, replayed: a running or uncleanly stopped VM's disks) | live
     seconds: float = 0.0
     generation: dict = field(default_factory=dict)
     image_now: dict | None = None
@@ -227,6 +227,22 @@ def drift(states, settings, running: set[str] | None, classify: Classify | None 
                 a.close()
 
 
+def _how_read(rec, state: str, mode: str) -> list[str]:
+    """What the figures rest on, truthfully: a VM that is not running but was read as a running
+    one is (not ``offline``) was not shut down cleanly (vmread.read_mode), and must not be said to run."""
+    if mode == "offline":
+        return []
+    if state == "running":
+        return ["WARNING: the VM runs and its disks cannot be copied: read live, "
+                "so these figures may be inconsistent"] if mode == "live" else []
+    dirty = ", ".join(vmread.unclean(rec)) or "its journal"
+    if mode == "live":
+        return [f"WARNING: the VM was not shut down cleanly ({dirty}) and its disks cannot be copied: read as they "
+                "are, without what its journal holds, so these figures may miss recent changes"]
+    return [f"the VM was not shut down cleanly ({dirty}): read from a {'copy' if mode == 'copy' else 'thin snapshot'} "
+            "of its disks with its journal replayed"]
+
+
 def _one(st, settings, running, classify, sides, got, facts_dir) -> VmDrift:
     t0 = time.monotonic()
     rec = st.record
@@ -238,9 +254,7 @@ def _one(st, settings, running, classify, sides, got, facts_dir) -> VmDrift:
     try:
         with exclusive(os.path.join(lock_dir, f"{rec.name}.lock"), wait=False):
             out.read = read_mode(rec, state == "running")
-            if out.read == "live":
-                out.notes.append("WARNING: the VM runs and its disks cannot be copied: read live, "
-                                 "so these figures may be inconsistent")
+            out.notes += _how_read(rec, state, out.read)
             vm, notes, own_rules = read_vm(rec, out.read, lock_dir)
             out.notes += notes
     except LockBusy as e:

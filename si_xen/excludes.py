@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from si_xen import populate, sshdconfig
 from si_xen.distros.table import STACKS
 from si_xen.errors import Fatal
+from si_xen.fixups.cloudinit import INSTANCE_DATA as CLOUD_INSTANCE
 from si_xen.fixups.identity import LEASES, SEEDS
 from si_xen.guestfs import Guest, GuestPathError
 
@@ -69,7 +70,8 @@ IDENTITY = (
     "/etc/fstab", "/etc/adjtime", "/boot/grub/device.map",
     *(f"/etc/udev/rules.d/{n}.rules" for n in ("70-persistent-net", "z25_persistent-net",
                                               "30-net_persistent_names")),
-    "/var/lib/si-xen/**", "/etc/systemimager/IMAGE_LAST_SYNCED_TO", "/var/lib/cloud/instance*",
+    "/var/lib/si-xen/**", "/etc/systemimager/IMAGE_LAST_SYNCED_TO",
+    *(f"/{p}" for p in CLOUD_INSTANCE),  # cloud-init's run of this VM: its instance-id, its once-only semaphores
     "/etc/lvm/backup/*", "/etc/lvm/archive/*", "/etc/krb5.keytab",
 )
 MAILNAME_FAMILIES = ("debian", "unknown")  # where the hostname fixup always writes /etc/mailname

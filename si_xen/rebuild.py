@@ -136,8 +136,8 @@ def rebuild(plan: Plan, image: Image, kernel, settings, rep: Reporter, old: jour
             try:
                 start(c)
             except (OSError, proc.ProcError, Fatal) as e:
-                raise Fatal(f"VM '{plan.hostname}' was rebuilt but not started: {e}",
-                            f"start it with xl create {plan.cfg_path}") from None
+                shown = toolstack.for_messages(plan.activation.toolstack).start_shown(plan.hostname, plan.cfg_path)
+                raise Fatal(f"VM '{plan.hostname}' was rebuilt but not started: {e}", f"start it with {shown}") from None
     finally:
         c.journal.close()
         if c.confirm is not None and c.confirm is not confirm:

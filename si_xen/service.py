@@ -97,7 +97,7 @@ def preflight(plan: Plan, settings, need_mib: int) -> None:
         if act.start:
             ts = toolstack.require_running(act.toolstack)
         if ts and toolstack.hypervisor_running() and plan.hostname in ts.domains():
-            raise Fatal(f"domain '{plan.hostname}' is running", f"stop it first: {ts.name} shutdown {plan.hostname}")
+            raise Fatal(f"domain '{plan.hostname}' is running", f"stop it first: {ts.shown('shutdown', plan.hostname)}")
 
 
 def deploy_one(plan: Plan, image: Image, kernel, settings, rep: Reporter, hs: Headstart | None = None,
@@ -260,8 +260,8 @@ def rebuild_vm(name: str, overrides: dict, image: Image, settings, rep: Reporter
             was_running = running(name)
             ran_before = was_running if ran_before is None else ran_before
             if was_running and not restart:
-                ts = toolstack.find(state.record.toolstack or "auto")
-                raise Fatal(f"VM '{name}' is running", f"add --restart, or {ts.name if ts else 'xl'} shutdown {name} first")
+                ts = toolstack.for_messages(state.record.toolstack)
+                raise Fatal(f"VM '{name}' is running", f"add --restart, or {ts.shown('shutdown', name)} first")
             o = {**overrides, "hostname": name, "force": True, "dry_run": dry_run,
                  "start": bool(overrides.get("start") or ran_before)}
             req = Request.from_json(state.record.request, o)
@@ -301,12 +301,13 @@ def _start_again(name: str, state_dir: str, ran_before: bool | None, rep: Report
     st = journal.load(state_dir, name)
     if not ran_before or st is None or st.replaces is not None or not st.complete or running(name):
         return
+    shown = toolstack.for_messages(st.record.toolstack).start_shown(name, st.record.config)
     try:
         ts = toolstack.require_running(st.record.toolstack or "auto")
-        rep.say(f"Starting {name} again as it was ({ts.name} create)")
+        rep.say(f"Starting {name} again as it was ({shown})")
         ts.create(st.record.config, lambda _signum: None)
     except Exception as e:  # the rebuild's own error is the one to raise
-        rep.warn(f"could not start {name} again: {e}; start it with xl create {st.record.config}")
+        rep.warn(f"could not start {name} again: {e}; start it with {shown}")
 
 
 def _checked(state, name, settings, rep):

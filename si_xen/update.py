@@ -246,8 +246,13 @@ def _discard(u: Update) -> None:
 
 def _start(u: Update) -> None:
     ts = toolstack.require_running(u.rec.toolstack or "auto")
-    u.rep.say(f"Starting {u.rec.name} with {ts.name} create")
+    u.rep.say(f"Starting {u.rec.name} with {ts.start_shown(u.rec.name, u.rec.config)}")
     ts.create(u.rec.config, lambda signum: None)  # recorded already: a signal now changes nothing
+
+
+def _start_shown(u: Update) -> str:
+    """The start command for the admin's fix (``xl create CFG``, ``virsh ... start NAME``)."""
+    return toolstack.for_messages(u.rec.toolstack).start_shown(u.rec.name, u.rec.config)
 
 
 STEPS = (
@@ -343,7 +348,7 @@ def _failed(u: Update, step: Step, e: BaseException) -> BaseException:
     name, steps = u.rec.name, u.journal.state.update_steps
     what = e.problem if isinstance(e, Fatal) else f"step '{step.name}' failed: {e}"
     if u.record is not None:  # recorded: only the start is left, and the update stands
-        return Fatal(f"VM '{name}' was updated but not started: {what}", f"start it with xl create {u.rec.config}")
+        return Fatal(f"VM '{name}' was updated but not started: {what}", f"start it with {_start_shown(u)}")
     if (not u.copies and IN_PLACE_POINT in steps) or "swap" in steps:
         try:
             unmount(u.mounts)
@@ -369,7 +374,7 @@ def ts_gone(u: Update) -> bool:
         _start(u)
         return False
     except Exception as err:  # the update's own failure is what the admin is told; this is a warning
-        u.rep.warn(f"could not start {u.rec.name} again: {err} (xl create {u.rec.config})")
+        u.rep.warn(f"could not start {u.rec.name} again: {err} ({_start_shown(u)})")
         return True
 
 

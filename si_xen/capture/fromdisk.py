@@ -181,7 +181,7 @@ def filesystems(image: str, undo: ExitStack, writable: bool = False) -> list[Fs]
         res = proc.run(["blkid", "-p", "-o", "export", dev], ok=(0, 2, 8))  # 2: nothing found, 8: ambivalent
         kv = dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
         out.append(Fs(dev, kv.get("TYPE", ""), int(p["NR"]), kv.get("UUID", ""), kv.get("LABEL", ""),
-                      p.get("UUID", ""), p.get("NAME", ""), size or _sectors(dev) * 512))
+                      p.get("UUID", ""), p.get("NAME", ""), size or _sectors(dev) * 512, p.get("TYPE", "")))
     return out
 
 

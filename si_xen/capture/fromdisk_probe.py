@@ -31,6 +31,7 @@ class Fs:
     partuuid: str = ""
     partlabel: str = ""
     size: int = 0  # bytes
+    ptype: str = ""  # the partition's type as partx reads it: a GPT type GUID, an msdos id (0x83)
 
     def named(self) -> str:
         where = f"partition {self.number}" if self.number else "the whole disk"
@@ -44,6 +45,8 @@ NOT_LOCAL = {"proc", "sysfs", "devpts", "devtmpfs", "tmpfs", "ramfs", "cgroup", 
 # Disk names an fstab may give this disk's partitions: sda2, vda2, xvda2, hda2, nvme0n1p2, mmcblk0p2.
 DEVNAME = re.compile(r"/dev/(?:(?:s|v|xv|h)d([a-z]+)(\d*)|(nvme\d+n\d+|mmcblk\d+)(?:p(\d+))?)$")
 FIRST_DISKS = {"a", "nvme0n1", "mmcblk0"}
+# GPT's "BIOS boot partition" type (sgdisk's ef02, parted's bios_grub), and the layout's word for it (capture/image.py)
+BIOS_BOOT_GUID, BIOS_BOOT = "21686148-6449-6e6f-744e-656564454649", "bios_grub"
 BY = {"by-uuid": "UUID", "by-label": "LABEL", "by-partuuid": "PARTUUID", "by-partlabel": "PARTLABEL"}
 
 
@@ -120,17 +123,19 @@ def names_as_root(fstab: str, fss: list[Fs]) -> Fs | None:
 def partitions_named(fstab: str, fss: list[Fs], read: dict[str, str]) -> list[tuple[int, str, str, int]]:
     """The guest's partitions for the image's layout, (number, type, mount point, MiB) by number:
     those read (``read``: device -> mount point) and those its fstab names that si-xen does not
-    read (swap, an EFI system partition), so that SystemImager makes them on a physical machine."""
+    read (swap, an EFI system partition), so that SystemImager makes them on a physical machine;
+    and its BIOS boot partition (type bios_grub: no filesystem, no fstab line; grub-pc's on gpt)."""
     entries = parse_fstab(fstab)
     disks = _disks(entries)
     named = {dev: (mp, "") for dev, mp in read.items()}
+    named.update({f.dev: ("", BIOS_BOOT) for f in fss if f.ptype.lower() == BIOS_BOOT_GUID and f.number})
     for spec, mp, fstype, _opts in entries:
         fs = find(spec, fss, disks)
         if fs is not None and fs.dev not in named and (fstype == "swap" or fs.type == "swap" or mp.startswith("/")):
             named[fs.dev] = ("", "swap") if "swap" in (fstype, fs.type) else ("/" + mp.strip("/"), fstype)
     # the type blkid found, else the fstab's (an unformatted swap partition has none)
-    return sorted((f.number or 1, f.type or named[f.dev][1] or "swap", named[f.dev][0], max(1, f.size >> 20))
-                  for f in fss if f.dev in named)
+    return sorted((f.number or 1, named[f.dev][1] if named[f.dev][1] == BIOS_BOOT else f.type or named[f.dev][1] or "swap",
+                   named[f.dev][0], max(1, f.size >> 20)) for f in fss if f.dev in named)
 
 
 def mapping(fstab: str, fss: list[Fs], root: Fs) -> tuple[list[tuple[str, str, str]], list[str]]:

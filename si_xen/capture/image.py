@@ -25,7 +25,9 @@ from ..excludes import _fstab_field
 from ..guestfs import Guest, GuestPathError
 from ..image.metadata import DISK_FS, LAYOUT_FILES, META_DIR
 from ..image.store import StoreConfig, stub_path
+from ..record import DiskRecord
 from ..sizes import parse_mib
+from .fromdisk_probe import BIOS_BOOT
 
 # SystemImager's getimage.exclude as master ships it (systemimager.md §4.1), used when the server has none.
 GETIMAGE_EXCLUDE = """\
@@ -131,21 +133,54 @@ def _fstab_lines(fstab: str) -> list[list[str]]:
     return out
 
 
+# A BIOS boot partition in a layout's disks (DiskRecord.fs; no filesystem): grub-pc on a gpt disk embeds its
+# core.img there (GPT type ef02), there being no gap after the MBR to take it as on msdos; without one,
+# grub-install refuses (blocklists only with --force, which SystemImager 5 uses: unreliable).
+BIOS_BOOT_MIB = 1
+# SystemImager 4.x runs ``parted set N FLAG on`` for each flag of autoinstallscript.conf (Server.pm), and
+# si_prepareclient writes parted's own flag names: bios_grub is its word. SystemImager 5's disks-layout.xsd
+# allows only root, boot, hidden, raid, lvm, lba, swap, legacy_boot and esp (and a 1-2 digit msdos id), and its
+# installer refuses a layout the xsd rejects: there the partition is made, untyped, and the summary says so.
+UNTYPED = ("BIOS boot partition for grub-pc: SystemImager 5's disks-layout.xsd has no flag for it; give it "
+           "GPT type ef02 (sgdisk -t {n}:ef02) before the bootloader is installed")
+
+
+def _with_bios_boot(numbered: list[tuple[int, object]], label: str) -> list[tuple[int, object]]:
+    """gpt and a legacy (BIOS) boot, no ESP: the disk's BIOS boot partition, or one added (1 MiB, under the
+    lowest free number: the first on the disk where 1 is free, and no other partition renumbered)."""
+    ds = [d for _, d in numbered]
+    if label != "gpt" or any(d.fs == BIOS_BOOT or d.mountpoint == "/boot/efi" and d.fs == "vfat" for d in ds):
+        return numbered
+    used = {n for n, _ in numbered}
+    n = next(i for i in range(1, len(used) + 2) if i not in used)
+    return sorted([(n, DiskRecord(f"xvda{n}", "", BIOS_BOOT, f"{BIOS_BOOT_MIB}M")), *numbered], key=lambda nd: nd[0])
+
+
+def layout_notes(layouts: dict[str, str]) -> list[str]:
+    """What the summary says of the layouts written: a BIOS boot partition disks-layout.xml cannot type."""
+    text = layouts.get("disks-layout.xml", "")
+    at = text.find("BIOS boot partition for grub-pc")
+    if at < 0:
+        return []
+    return ["WARNING: disks-layout.xml: " + text[at:text.index(" -->", at)]]
+
+
 def layout_xml(disks, fstab: str, vm: str, keep_xen: bool, header: bool = False, label: str = "msdos") -> str:
     """A SystemImager layout (the <config> vocabulary of autoinstallscript.conf and disks-layout.xml)
     for the VM's ``disks`` (record DiskRecords: vdev xvdaN, mountpoint, fs, size, options): one disk
     whose partition N is the VM's xvdaN, /dev/sda unless ``keep_xen``; each filesystem's fsinfo
     takes its options, dump and pass from the VM's fstab, and the fstab's other (network, pseudo)
     entries follow with format="no", as si_prepareclient writes them. disks-layout.xml (v5) also
-    names the bootloader: grub2, for EFI where a vfat /boot/efi is among the disks."""
+    names the bootloader: grub2, for EFI where a vfat /boot/efi is among the disks; a gpt disk booted
+    legacy gets a BIOS boot partition (_with_bios_boot)."""
     base = "/dev/xvda" if keep_xen else "/dev/sda"
     rows, by_mp, parts, used = [], {}, [], set()
     lines = _fstab_lines(fstab)
     for f in lines:
         by_mp.setdefault("swap" if f[2] == "swap" else os.path.normpath(f[1]), f)
     ordered = sorted(disks, key=lambda d: _num(d.vdev, 0))
-    for i, d in enumerate(ordered, 1):
-        num = _num(d.vdev, i)
+    numbered = _with_bios_boot([(_num(d.vdev, i), d) for i, d in enumerate(ordered, 1)], label)
+    for num, d in numbered:
         dev = f"{base}{num}"
         # msdos: the boot flag on /, partitions 5 and up logical in an extended one (made before
         # the first of them); gpt: parted's boot flag marks the EFI system partition, so only it
@@ -154,8 +189,15 @@ def layout_xml(disks, fstab: str, vm: str, keep_xen: bool, header: bool = False,
             parts.append(f'    <part num="{min(ext, 4)}" size="*" p_type="extended" p_name="-" flags="-" />')
         boot = d.mountpoint == "/boot/efi" and d.fs == "vfat" if label == "gpt" else d.mountpoint == "/"
         kind = "logical" if label == "msdos" and num >= 5 else "primary"
+        flags = "boot" if boot else "-"
+        if d.fs == BIOS_BOOT:  # no filesystem: no fsinfo
+            if not header:
+                parts.append(f"    <!-- {UNTYPED.format(n=num)} -->")
+            parts.append(f'    <part num="{num}" size="{parse_mib(d.size or "0")}" p_type="primary" p_name="-" '
+                         f'flags="{BIOS_BOOT if header else "-"}" />')
+            continue
         parts.append(f'    <part num="{num}" size="{parse_mib(d.size or "0")}" p_type="{kind}" p_name="-" '
-                     f'flags="{"boot" if boot else "-"}" />')
+                     f'flags="{flags}" />')
         mp = d.mountpoint or "swap"
         f = by_mp.get(mp if d.fs != "swap" else "swap")
         used.add(id(f))

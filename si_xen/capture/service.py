@@ -139,20 +139,17 @@ def _read_mode(req: Request, rec, say) -> str:
     not shut down), from private copies where they are replayed, never stale."""
     from .. import toolstack, vmread
 
-    ts = toolstack.find(rec.toolstack or "auto") or toolstack.find()
-    shown = ts.shown if ts else (lambda *a: " ".join(("xl", *a)))  # the admin's commands, for the fixes
+    ts = toolstack.for_messages(rec.toolstack)  # the admin's commands, for the fixes
     running = _running(req.vm)
     if running and not req.snapshot:
-        raise Fatal(f"VM '{req.vm}' is running", f"add --snapshot, or {shown('shutdown', req.vm)} first")
+        raise Fatal(f"VM '{req.vm}' is running", f"add --snapshot, or {ts.shown('shutdown', req.vm)} first")
     mode = vmread.read_mode(rec, running)
     if mode == "live" and running:
         raise Fatal(f"VM '{req.vm}' is running and its storage cannot snapshot its disks",
                     f"shut it down first ({rec.storage} storage: a snapshot needs XFS/btrfs reflinks or an LVM thin pool)")
     if not running and mode != "offline":
         dirty = ", ".join(vmread.unclean(rec))
-        lv = rec.toolstack == "libvirt"
-        start = shown("start", req.vm) if lv else shown("create", rec.config)
-        stop = shown("shutdown", req.vm) if lv else shown("shutdown", "-w", req.vm)
+        start, stop = ts.start_shown(req.vm, rec.config), ts.stop_shown(req.vm)
         if mode == "live":
             raise Fatal(f"VM '{req.vm}' was not shut down cleanly: the journal of its {dirty} holds changes "
                         "a read-only capture would miss",
@@ -234,6 +231,7 @@ def _build(req: Request, cfg, target: str, read, undo, disks, origin: str, say, 
     stub = image.write_stub(cfg, req.image, target)
     served = _mkrsyncd_conf(req.image, say)
     notes = [f"WARNING: {m} is not a directory in the tree's /: its filesystem was not read" for m in copied.skipped]
+    notes += image.layout_notes(layouts)
     server = image.write_server_layout(cfg, req.image, server_layout) if server_layout else None
     if server:
         notes.append(f"layout copied to {server}")

@@ -6,6 +6,8 @@ import sys
 
 from .. import bases, config, journal, toolstack
 from ..errors import Fatal
+from ..made import LibvirtAutostart, LibvirtDefinition
+from ..toolstack import libvirt
 from .common import confirm, need_root, parser, run_main
 
 PROG = "si_rmxenvm"
@@ -19,7 +21,9 @@ MAN = {
         "the kernel files copied out of the guest, the disks (files or logical volumes) and the VM's journal,\n"
         "newest first, as the journal names them. A deploy that never finished (killed, or the power went)\n"
         "is removed the same way: its mounts, loop devices, disks and files. It asks first unless --yes.\n"
-        "A running domain is refused unless --stop, which shuts it down (and destroys it if it does not stop)."
+        "A running domain is refused unless --stop, which shuts it down (and destroys it if it does not stop).\n"
+        "A VM of --toolstack libvirt is removed only while libvirtd answers (its domain is undefined):\n"
+        "otherwise one FATAL, and nothing is removed."
     ),
     "see_also": "si_mkxenvm(8), si_lsxenvm(8), si-xen.conf(5), xl(1)",
 }
@@ -56,6 +60,7 @@ def remove(name: str, args, settings) -> None:
         state = journal.load(state_dir, name)  # again: it may have changed before we held the lock
         if state is None:
             raise Fatal(f"no VM '{name}' made by si_mkxenvm", "si_lsxenvm lists the VMs")
+        _libvirt_answers(state, name)
         ts = toolstack.find((state.record.toolstack if state.record else "") or "auto")  # a libvirt VM: virsh's
         running = ts is not None and toolstack.hypervisor_running() and name in ts.domains()
         if running and not args.stop:
@@ -73,6 +78,18 @@ def remove(name: str, args, settings) -> None:
         journal.prune_manifests(state_dir)
     if not args.quiet:
         print(f"Removed VM '{name}'" + ("." if state.complete else " (an unfinished deploy)."))
+
+
+def _libvirt_answers(state, name: str) -> None:
+    """A libvirt VM is removed only while libvirtd answers: without it the undefine fails after
+    the disks are gone, leaving a half-removed VM whose domain libvirt still starts at boot."""
+    lv = (state.record.toolstack if state.record else "") == "libvirt" or any(
+        isinstance(t, (LibvirtDefinition, LibvirtAutostart))
+        for t in (*state.update_things, *state.things, *state.replaced_things))
+    virsh = libvirt.find_virsh() if lv else None
+    if virsh is not None:  # no virsh at all (uninstalled since): the undo names the leftover domain
+        virsh.reachable(f"; VM '{name}' is libvirt's, so nothing was removed",
+                        f"start libvirtd (systemctl start libvirtd), then run si_rmxenvm {name} again")
 
 
 def main(argv=None) -> int:

@@ -153,8 +153,8 @@ def one(job: Job, config_path: str | None, opts, rep):
         state = _updatable(journal.load(state_dir, name), name)  # under the lock: no other si_* command now
         running = _running(name)
         if running and not (opts.restart or opts.dry_run):
-            ts = toolstack.find()
-            raise Fatal(f"VM '{name}' is running", f"add --restart, or {ts.name if ts else 'xl'} shutdown {name} first")
+            ts = toolstack.for_messages(state.record.toolstack)
+            raise Fatal(f"VM '{name}' is running", f"add --restart, or {ts.shown('shutdown', name)} first")
         if opts.dry_run:
             if state.update:
                 rep.warn(f"VM '{name}' has an unfinished update: the figures are those of a part-updated VM")

@@ -30,6 +30,9 @@ INSTANCE_DATA = ("var/lib/cloud/instance", "var/lib/cloud/instances", "var/lib/c
 # where a link would make the seed land elsewhere than the guest's cloud-init reads at boot
 NO_LINKS = ("var/lib/cloud", "var/lib/cloud/seed", SEED, "etc/cloud", "etc/cloud/cloud.cfg.d")
 HEADER = f"{OURS} for this Xen VM (si_mkxenvm --cloud-init, --user-data).\n"
+# si-xen's own uuid5 namespace (uuid5(NAMESPACE_URL, "https://si-xen/cloud-init/instance-id")): never change
+# it, or the VMs that got their instance-id from it get another one at their next update or rebuild
+NAMESPACE = uuid.UUID("de59b2de-0e3a-5661-bd04-a2852c9be7af")
 
 
 def present(g: Guest) -> bool:
@@ -86,7 +89,9 @@ def _carried_id(ctx: Ctx) -> str:
 
 def _instance_id(ctx: Ctx) -> str:
     """Stable for the VM: an update keeps the seed's, a rebuild takes the carried one; a new VM gets a new
-    one, except when this fixup runs again on it (its seed's, which is not the image's)."""
+    one, except when this fixup runs again on it (its seed's, which is not the image's). A VM that has
+    none yet (made before this fixup) gets one from its name and MAC: its first update and a rebuild,
+    whichever comes first, agree, and cloud-init sees one instance change, not one per run."""
     g, s = ctx.guest, ctx.s
     have = instance_id(g.read_text(META))
     carried = _carried_id(ctx)
@@ -98,7 +103,15 @@ def _instance_id(ctx: Ctx) -> str:
         image = Guest(s.image_source) if s.image_source and os.path.isdir(s.image_source) else None
         if image is None or instance_id(image.read_text(META)) != have:
             return have  # made for this VM already
+    if s.keep_identity or s.identity_dir:
+        return vm_instance_id(s.hostname, s.net.mac)
     return f"si-xen-{uuid.uuid4()}"
+
+
+def vm_instance_id(name: str, mac: str | None) -> str:
+    """The instance-id of an existing VM that has none: the same from its name and first MAC for
+    whichever of an update or a rebuild writes it."""
+    return f"si-xen-{uuid.uuid5(NAMESPACE, name + ' ' + (mac or '').lower())}"
 
 
 def _network(ctx: Ctx) -> dict:

@@ -50,6 +50,14 @@ class Toolstack:
         """The command an admin types for ``args`` (``xl console web01``), for messages."""
         return " ".join((self.name, *args))
 
+    def start_shown(self, name: str, cfg: str) -> str:
+        """The command an admin types to start the VM, for a fix line (``xl create CFG``)."""
+        return self.shown("create", cfg)
+
+    def stop_shown(self, name: str) -> str:
+        """The command an admin types to shut the VM down cleanly, for a fix line."""
+        return self.shown("shutdown", "-w", name)
+
     def create_argv(self, cfg: str, name: str | None) -> list[str]:
         return [self.path, "create", cfg]
 
@@ -101,11 +109,25 @@ def find(choice: str = "auto") -> Toolstack | libvirt.Libvirt | None:
     return None
 
 
+def for_messages(choice: str | None = "auto") -> Toolstack | libvirt.Libvirt:
+    """The toolstack a VM's fix lines name (shown, start_shown, stop_shown): the one its record
+    chose, found on this host, else by name (a message must not say ``libvirt shutdown``, and
+    must name a command even where the tool is not installed here)."""
+    choice = choice or "auto"
+    found = find(choice)
+    if found is not None:
+        return found
+    if choice == "libvirt":
+        return libvirt.Libvirt("virsh")
+    n = "xm" if choice == "xm" else "xl"
+    return Toolstack(n, n)
+
+
 def stop_cleanly(choice: str, name: str, timeout: float, say, again: str) -> None:
     """A running VM shut down before si-xen changes it (an update, a rebuild): a clean shutdown
     within ``timeout``, never a destroy; one Fatal if it does not stop (``again``: what to run after)."""
     ts = require_running(choice)
-    say(f"Shutting {name} down ({ts.name} shutdown, {timeout:.0f} s at most)")
+    say(f"Shutting {name} down ({ts.stop_shown(name)}, {timeout:.0f} s at most)")
     if not ts.stop(name, timeout):
         raise Fatal(f"VM '{name}' did not shut down within {timeout:.0f} s (its shutdown was asked for; it was never "
                     "destroyed)", f"see why it does not stop, or give a longer --timeout, then run {again}")

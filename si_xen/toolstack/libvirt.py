@@ -41,13 +41,14 @@ class Libvirt:
     def _virsh(self, *args: str) -> list[str]:
         return [self.path, "-c", URI, *args]
 
-    def reachable(self) -> None:
-        """One Fatal unless libvirtd answers on the Xen URI: checked before anything is made,
-        so that a deploy never stops at its define step."""
+    def reachable(self, then: str = "", fix: str = FIX) -> None:
+        """One Fatal unless libvirtd answers on the Xen URI: checked before anything is made (or
+        removed), so that a deploy never stops at its define step, nor a removal at its undefine.
+        ``then``: what the refusal leaves as it was, said after the reason."""
         r = proc.run(self._virsh("version"), ok=range(256))
         if r.returncode != 0:
             why = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
-            raise Fatal(f"libvirtd is not reachable at {URI} (virsh version: {why})", FIX)
+            raise Fatal(f"libvirtd is not reachable at {URI} (virsh version: {why}){then}", fix)
 
     # -- the persistent domain and its autostart: made.LibvirtDefinition, made.LibvirtAutostart undo them
     def define(self, xml_path: str) -> None:
@@ -102,6 +103,12 @@ class Libvirt:
 
     def shown(self, *args: str) -> str:
         return " ".join(("virsh -c", URI, *args))
+
+    def start_shown(self, name: str, cfg: str) -> str:
+        return self.shown("start", name)  # the defined domain, by name (its XML beside cfg)
+
+    def stop_shown(self, name: str) -> str:
+        return self.shown("shutdown", name)
 
     def create_argv(self, cfg: str, name: str | None) -> list[str]:
         # the domain is defined already (the deploy's define step): start it by name

@@ -7,6 +7,7 @@ even after a SIGKILL."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -87,12 +88,13 @@ def mbr(img: str, parts: list[tuple[int, int, int]]) -> None:
         f.write(table)
 
 
-def gpt(img: str, parts: list[tuple[int, int, str, str]]) -> None:
-    """A GPT of (start MiB, size MiB, partition UUID, name) Linux partitions, primary and backup."""
+def gpt(img: str, parts: list[tuple[int, int, str, str]], types: dict[int, str] | None = None) -> None:
+    """A GPT of (start MiB, size MiB, partition UUID, name) Linux partitions (``types``: index -> another
+    type GUID), primary and backup."""
     sectors = os.path.getsize(img) // 512
-    linux = uuid.UUID("0fc63daf-8483-4772-8e79-3d69d8477de4").bytes_le
     table = bytearray(128 * 128)
     for i, (start, size, puuid, name) in enumerate(parts):
+        linux = uuid.UUID((types or {}).get(i, "0fc63daf-8483-4772-8e79-3d69d8477de4")).bytes_le
         struct.pack_into("<16s16sQQQ72s", table, 128 * i, linux, uuid.UUID(puuid).bytes_le, start * 2048,
                          (start + size) * 2048 - 1, 0, name.encode("utf-16-le"))
 
@@ -412,3 +414,35 @@ def test_the_captured_layout_is_the_disks_own(work):
                  if e.fs in ("ext4", "swap"))
     assert got == [("/dev/sda1", "/", "ext4", 48), ("/dev/sda2", "/var", "ext4", 32), ("/dev/sda3", "swap", "swap", 18)]
     assert '<bootloader flavor="grub2" install_type="legacy"' in text and 'label_type="msdos"' in text
+
+
+@pytest.mark.parametrize("bios_boot", [True, False])
+def test_a_gpt_disk_booted_legacy_keeps_or_gets_a_bios_boot_partition(work, bios_boot):
+    """grub-pc on a gpt disk needs a BIOS boot partition: the disk's own is in the layout as it was
+    (number, size), else one of 1 MiB is added under a free number; autoinstallscript.conf flags it
+    bios_grub, disks-layout.xml cannot (SystemImager 5's xsd) and the summary says how to type it."""
+    from .harness import make_env
+
+    root = guest_tree(work)
+    root_uuid = "6a1b2c3d-0000-4000-8000-00000000abcd"
+    write(root, "/etc/fstab", f"PARTUUID={root_uuid} / ext4 defaults 0 1\n")
+    img = str(work / "gpt.raw")
+    sparse(img, 100 * 2**20)
+    parts = [(4, 60, root_uuid, "root")]
+    if bios_boot:
+        parts.insert(0, (1, 2, "6a1b2c3d-0000-4000-8000-00000000b105", "bios"))
+    gpt(img, parts, {0: "21686148-6449-6e6f-744e-656564454649"} if bios_boot else None)
+    run(["mkfs.ext4", "-q", "-E", f"offset={4 * 2**20}", "-d", root, img, "60M"])
+    os.makedirs(work / "images")
+    env = make_env(work / "e", str(work / "images"))
+    cp = env.run("getxenimage", "--from-disk", img, "gptbios", check=True)
+    meta = work / "images" / "gptbios" / "etc/systemimager"
+    v5, v4 = (meta / "disks-layout.xml").read_text(), (meta / "autoinstallscript.conf").read_text()
+    part = re.compile(r'<part num="(\d+)" size="([^"]+)" p_type="primary" p_name="-" flags="([^"]+)"')
+    # the disk's own: number 1, 2 MiB, root number 2; added: root is number 1, so the next free one, 1 MiB
+    want, root_num = (("1", "2"), "2") if bios_boot else (("2", "1"), "1")
+    got4 = part.findall(v4)
+    assert sorted(got4) == sorted([(*want, "bios_grub"), (root_num, "60", "-")]), got4
+    assert [p for p in part.findall(v5) if p[:2] == want] == [(*want, "-")] and 'install_type="legacy"' in v5
+    assert f'real_dev="/dev/sda{root_num}" mp="/"' in v5 and f"sgdisk -t {want[0]}:ef02" in v5
+    assert f"sgdisk -t {want[0]}:ef02" in cp.stdout + cp.stderr, "the summary says how to type it"

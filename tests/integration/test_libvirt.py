@@ -109,7 +109,7 @@ def lv(tmp_path, monkeypatch, as_root):
     (bindir / "virsh").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_VIRSH_STATE", str(state))
-    before = host_state(env.base, ("lv-1", "lv-2", "lv-3", "lv-4", "lv-5"))
+    before = host_state(env.base, ("lv-1", "lv-2", "lv-3", "lv-4", "lv-5", "lv-6"))
     yield env, state
     hung = state / "hung"
     if hung.exists():
@@ -117,7 +117,7 @@ def lv(tmp_path, monkeypatch, as_root):
             os.kill(int(hung.read_text()), signal.SIGKILL)
         except ProcessLookupError:
             pass
-    assert host_state(env.base, ("lv-1", "lv-2", "lv-3", "lv-4", "lv-5")) == before, "loop devices, mounts or temp dirs left"
+    assert host_state(env.base, ("lv-1", "lv-2", "lv-3", "lv-4", "lv-5", "lv-6")) == before, "loop devices, mounts or temp dirs left"
 
 
 def calls(state) -> list[str]:
@@ -217,6 +217,32 @@ def test_a_deploy_killed_after_its_define_is_removed_by_rmxenvm(lv, monkeypatch)
     assert rm.returncode == 0, rm.stdout + rm.stderr
     assert calls(state)[-1] == "undefine lv-4"
     nothing_left(env, state, "lv-4")
+
+
+def test_rmxenvm_with_libvirtd_away_is_one_fatal_and_removes_nothing(lv, monkeypatch):
+    """Without libvirtd the undefine cannot happen: si_rmxenvm refuses before it removes anything
+    (not the disks first, then a generic 'could not remove all'), naming libvirtd and its start."""
+    env, state = lv
+    cp = env.mk("tiny", "--hostname", "lv-6", *OPTS, "--toolstack", "libvirt", "--autostart", "--dir", env.dir,
+                "--output", env.output)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    made = sorted(os.listdir(env.output)), sorted(os.listdir(f"{env.dir}/domains/lv-6"))
+    journal = open(f"{env.state}/vms/lv-6.journal").read()
+    monkeypatch.setenv("FAKE_VIRSH_DOWN", "1")
+    before = len(calls(state))
+    rm = env.run("rmxenvm", "lv-6", "--yes")
+    fatal = [line for line in rm.stderr.splitlines() if "FATAL" in line]
+    assert rm.returncode != 0 and len(fatal) == 1 and "Traceback" not in rm.stderr, rm.stderr
+    assert "libvirtd is not reachable at xen:///system" in fatal[0] and "nothing was removed" in fatal[0], fatal
+    assert "systemctl start libvirtd" in fatal[0] and "si_rmxenvm lv-6 again" in fatal[0], fatal
+    assert calls(state)[before:] == ["version"], "asked libvirtd once, before any undo"
+    assert (sorted(os.listdir(env.output)), sorted(os.listdir(f"{env.dir}/domains/lv-6"))) == made
+    assert open(f"{env.state}/vms/lv-6.journal").read() == journal
+    assert (state / "defined" / "lv-6.xml").exists() and (state / "defined" / "lv-6.autostart").exists()
+    monkeypatch.delenv("FAKE_VIRSH_DOWN")
+    rm = env.run("rmxenvm", "lv-6", "--yes")  # libvirtd back: removed whole
+    assert rm.returncode == 0, rm.stdout + rm.stderr
+    nothing_left(env, state, "lv-6")
 
 
 def test_the_real_virsh_without_libvirtd_is_one_fatal(tmp_path, as_root):

@@ -136,3 +136,48 @@ def test_layout_partitions_as_the_label_wants_them():
     text = image.layout_xml([esp, DiskRecord("xvda2", "/", "ext4", "8G", "")], "", "web01", False, label="gpt")
     parts = re.findall(r'<part num="(\d+)" size="[^"]+" p_type="(\w+)" p_name="-" flags="([^"]+)"', text)
     assert parts == [("1", "primary", "boot"), ("2", "primary", "-")]
+
+
+# SystemImager 5's disks-layout.xsd (master): the only flags its installer accepts (it validates the file first)
+XSD_FLAGS = {"root", "boot", "hidden", "raid", "lvm", "lba", "swap", "legacy_boot", "esp", "-"}
+PART = re.compile(r'<part num="(\d+)" size="([^"]+)" p_type="(\w+)" p_name="-" flags="([^"]+)"')
+
+
+def test_a_gpt_disk_booted_legacy_gets_a_bios_boot_partition():
+    """grub-pc on gpt needs a BIOS boot partition (ef02): 1 MiB, first where number 1 is free, no
+    other partition renumbered; autoinstallscript.conf says bios_grub (4.x runs parted's set N bios_grub on),
+    disks-layout.xml cannot (5.x's xsd), so it is made untyped there and the summary says how to type it."""
+    disks = [DiskRecord("xvda2", "/", "ext4", "8G", ""), DiskRecord("xvda3", "", "swap", "1G", "")]
+    fstab = "/dev/sda2 / ext4 defaults 0 1\n/dev/sda3 none swap sw 0 0\n"
+    v5 = image.layout_xml(disks, fstab, "web01", False, label="gpt")
+    v4 = image.layout_xml(disks, fstab, "web01", False, header=True, label="gpt")
+    assert PART.findall(v4) == [("1", "1", "primary", "bios_grub"), ("2", "8192", "primary", "-"),
+                                ("3", "1024", "primary", "-")]
+    assert PART.findall(v5) == [("1", "1", "primary", "-"), ("2", "8192", "primary", "-"), ("3", "1024", "primary", "-")]
+    assert {f for *_, f in PART.findall(v5)} <= XSD_FLAGS and 'install_type="legacy"' in v5
+    assert "sgdisk -t 1:ef02" in v5 and not re.search(r'real_dev="/dev/sda1"', v5 + v4), "no filesystem on it"
+    (note,) = image.layout_notes({"disks-layout.xml": v5, "autoinstallscript.conf": v4})
+    assert note.startswith("WARNING: disks-layout.xml: BIOS boot partition") and "sgdisk -t 1:ef02" in note
+    for text in (v4, v5):  # what si_mkxenvm --layout image reads of it: the same filesystems
+        assert [(e.mountpoint, e.real_dev) for e in parse_layout(text, "disks-layout.xml")] == \
+            [("/", "/dev/sda2"), ("swap", "/dev/sda3")]
+    # partitions 1..3 taken: the next free number, at the end; nothing renumbered
+    full = [DiskRecord(f"xvda{n}", mp, fs, "1G", "") for n, mp, fs in ((1, "/", "ext4"), (2, "/var", "ext4"),
+                                                                      (3, "", "swap"))]
+    assert [p[0] for p in PART.findall(image.layout_xml(full, "", "w", False, header=True, label="gpt"))
+            if p[3] == "bios_grub"] == ["4"]
+
+
+@pytest.mark.parametrize("disks,label", [
+    ([DiskRecord("xvda1", "/boot/efi", "vfat", "256M", ""), DiskRecord("xvda2", "/", "ext4", "8G", "")], "gpt"),
+    ([DiskRecord("xvda1", "/", "ext4", "8G", "")], "msdos"),
+    ([DiskRecord("xvda1", "", "bios_grub", "2M", ""), DiskRecord("xvda2", "/", "ext4", "8G", "")], "gpt")])
+def test_no_bios_boot_partition_added_where_none_is_wanted_or_one_is_there(disks, label):
+    """EFI boots from its ESP; msdos has the gap after the MBR; a source disk's own is kept as it was."""
+    for header in (True, False):
+        text = image.layout_xml(disks, "", "web01", False, header=header, label=label)
+        parts = PART.findall(text)
+        assert [p[0] for p in parts] == [d.vdev[4:] for d in disks]
+        own = [p for p in parts if p[0] == "1" and disks[0].fs == "bios_grub"]
+        assert own == ([("1", "2", "primary", "bios_grub" if header else "-")] if own else [])
+        assert bool(image.layout_notes({"disks-layout.xml": text})) == (bool(own) and not header)  # untyped there

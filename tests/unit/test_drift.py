@@ -298,3 +298,25 @@ def test_a_server_image_is_its_cached_current_never_pulled(tmp_path):
     os.unlink(d / "current")
     with pytest.raises(Fatal, match="not in this host's cache"):
         drift.open_image(rec, paths)
+
+
+@pytest.mark.parametrize("running,reflinks,dirty,says,never", [
+    (set(), True, True, "not shut down cleanly (/ (ext4)): read from a copy of its disks with its journal replayed",
+     "runs"),
+    (set(), False, True, "not shut down cleanly (/ (ext4)) and its disks cannot be copied: read as they are", "runs"),
+    ({"a"}, False, False, "the VM runs and its disks cannot be copied", "shut down"),
+    (set(), True, False, None, "runs")])
+def test_the_note_says_why_a_vm_was_read_as_it_was(world, monkeypatch, running, reflinks, dirty, says, never):
+    """A stopped VM with a dirty journal is read as a running one is (a replayed copy): its note
+    says it was not shut down cleanly, never that it runs."""
+    from si_xen.storage import reflink
+
+    monkeypatch.setattr(reflink, "reflinks_work", lambda d: reflinks)
+    monkeypatch.setattr(vmread, "unclean", lambda rec: ["/ (ext4)"] if dirty else [])
+    (out,) = drift.drift([state("a", world.fp)], world.settings, running)
+    notes = " ".join(out.notes)
+    assert out.state == ("running" if running else "stopped")
+    assert (says in notes) if says else not out.notes, out.notes
+    assert never not in notes
+    assert world.read == [("a", out.read)] and out.read == ("offline" if not (dirty or running) else
+                                                            "copy" if reflinks else "live")

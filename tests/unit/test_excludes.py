@@ -225,7 +225,7 @@ ORACLE = re.compile(r"""^/(
   | var/lib/(systemd/|urandom/|misc/)?random-seed | boot/grub/device\.map
   | var/lib/(dhcp|dhcp3|dhclient|dhcpcd|dhcpcd5)/[^/]*\.lease[^/]* | var/lib/NetworkManager/[^/]*\.lease
   | var/lib/wicked/[^/]+ | etc/udev/rules\.d/(70-persistent-net|z25_persistent-net|30-net_persistent_names)\.rules
-  | var/lib/si-xen/.+ | etc/systemimager/IMAGE_LAST_SYNCED_TO | var/lib/cloud/instance[^/]*(/.*)?
+  | var/lib/si-xen/.+ | etc/systemimager/IMAGE_LAST_SYNCED_TO | var/lib/cloud/(instances?|data|sem)(/.*)?
   | etc/lvm/(backup|archive)/[^/]+ | etc/network/interfaces | etc/network/interfaces\.d/[^/]+
   | etc/NetworkManager/system-connections/[^/]+ | etc/systemd/network/[^/]+\.(network|netdev|link)
   | etc/netplan/[^/]+\.yaml | etc/sysconfig/network-scripts/(ifcfg|route|route6)-[^/]+
@@ -245,7 +245,9 @@ EXTRA = ["/etc/network/interfaces.d/eth1", "/etc/netplan/01-netcfg.yaml", "/etc/
          "/etc/sysconfig/network/routes", "/etc/sysconfig/network/config", "/var/lib/wicked/lease-eth0-dhcp-ipv4.xml",
          "/var/lib/dhcpcd/eth0.lease", "/var/lib/NetworkManager/internal-x-ens3.lease", "/var/lib/NetworkManager/timestamps",
          "/var/lib/misc/random-seed", "/var/lib/si-xen/golden/etc/hosts", "/var/lib/cloud/instance/obj.pkl",
-         "/var/lib/cloud/instances/i-1/sem/x", "/var/lib/cloud/seed/nocloud/meta-data", "/etc/lvm/backup/vg0",
+         "/var/lib/cloud/instances/i-1/sem/x", "/var/lib/cloud/seed/nocloud/meta-data",
+         "/var/lib/cloud/data/instance-id", "/var/lib/cloud/data/previous-instance-id", "/var/lib/cloud/database",
+         "/var/lib/cloud/sem/config_scripts_per_once.once", "/var/lib/cloud/scripts/per-boot/site.sh", "/etc/lvm/backup/vg0",
          "/etc/lvm/lvm.conf", "/etc/krb5.keytab", "/etc/krb5.conf", "/etc/adjtime", "/etc/hosts", "/etc/issue",
          "/etc/systemimager/IMAGE_LAST_SYNCED_TO", "/etc/systemimager/updateclient.local.exclude",
          "/boot/grub/device.map", "/boot/grub/grub.cfg", "/etc/ssh/sshd_config", "/etc/ssh/ssh_config",
@@ -326,6 +328,29 @@ def test_rules_for(tmp_path):
     assert excludes.rules_for(vm, image, detect(Guest(vm)), True).classify("/etc/resolv.conf", False) == "identity"
     r = excludes.rules_for(vm, None, detect(Guest(vm)))
     assert r.classify("/var/log/syslog", False) == "excluded" and r.classify("/etc/fstab", False) == "excluded"
+
+
+def test_an_update_never_overwrites_cloud_inits_run_of_the_vm(tmp_path):
+    """An image that carries the golden client's cloud-init run (its instance-id, its once-only
+    semaphores): an update plans no fetch and no delete there, so the VM's own run stands and
+    cloud-init does not take the VM for a new instance."""
+    from si_xen.updateplan import plan_update
+
+    vm = build(tmp_path / "vm", "debian12")
+    rules = excludes.rules_for(vm, None, detect(Guest(vm)))
+    d, f = (0o40755, 0, 0, 4096, 1, 0, ""), (0o100644, 0, 0, 9, 1, 0, "")
+    dirs = {p: d for p in ("/var", "/var/lib", "/var/lib/cloud", "/var/lib/cloud/data", "/var/lib/cloud/sem",
+                           "/var/lib/cloud/instances", "/var/lib/cloud/instances/golden")}
+    run = {"/var/lib/cloud/data/instance-id": f, "/var/lib/cloud/sem/config_scripts_per_once.once": f,
+           "/var/lib/cloud/instances/golden/obj.pkl": f, "/var/lib/cloud/instance": (0o120777, 0, 0, 9, 1, 0, "x")}
+    image = {**dirs, **run}
+    mine = {**{p: d for p in dirs if "golden" not in p}, "/var/lib/cloud/instances/vm1": d,
+            "/var/lib/cloud/data/instance-id": f[:3] + (12, 2) + f[5:], "/var/lib/cloud/sem/config_x.once": f}
+    for mode in ("image", "local"):
+        c = plan_update(image, image, mine, rules.classify, {}, {}, (), delete=mode)
+        touched = [p for p in (*c.fetch, *c.delete) if p.startswith("/var/lib/cloud/")]
+        assert touched == [], (mode, touched)
+    assert rules.classify("/var/lib/cloud/scripts/per-boot/site.sh", False) is None  # the image's own: updated
 
 
 @pytest.mark.parametrize("name", sorted(TREES))

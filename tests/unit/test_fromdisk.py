@@ -175,3 +175,12 @@ def test_the_layout_holds_every_partition_the_fstab_names_by_its_number():
              "/dev/sdb1 /data ext4 defaults 0 2\nproc /proc proc defaults 0 0\n")
     assert partitions_named(fstab, fss, {"/dev/loop1": "/"}) == [
         (1, "ext4", "/", 48), (2, "vfat", "/boot/efi", 256), (3, "swap", "", 18)]
+
+
+def test_the_source_disks_bios_boot_partition_is_in_the_layout():
+    """No filesystem and no fstab line, but its GPT type: kept under its number and size (not a second one)."""
+    fss = [Fs("/dev/loop1", "", 1, size=1 << 20, ptype="21686148-6449-6E6F-744E-656564454649"),
+           Fs("/dev/loop2", "ext4", 2, size=48 << 20, ptype="0fc63daf-8483-4772-8e79-3d69d8477de4"),
+           Fs("/dev/loop3", "", 3, size=5 << 20, ptype="0fc63daf-8483-4772-8e79-3d69d8477de4")]
+    assert partitions_named("/dev/sda2 / ext4 defaults 0 1\n", fss, {"/dev/loop2": "/"}) == [
+        (1, "bios_grub", "", 1), (2, "ext4", "/", 48)]

@@ -257,6 +257,9 @@ class FakeTs:
     def destroy(self, name):
         self.calls.append(("destroy", name))
 
+    def stop_shown(self, name):
+        return f"xl shutdown -w {name}"
+
 
 @pytest.mark.parametrize("stops", [True, False])
 def test_restart_stops_cleanly_and_never_destroys(monkeypatch, stops):

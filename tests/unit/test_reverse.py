@@ -281,6 +281,30 @@ def test_strip_identity_removes_the_machine_and_keeps_systemds_empty_machine_id(
     assert strip_identity(root) == []  # a second run: nothing left
 
 
+def test_a_capture_removes_the_cloud_init_run_an_update_keeps(tmp_path):
+    """What an update keeps as the VM's own cloud-init run (excludes.IDENTITY: instance-id, semaphores,
+    instance data) is one machine's: a captured image never carries it (cloud-init would take each
+    machine installed from it for that VM, and skip its per-instance modules). Its seed stays."""
+    from si_xen import excludes
+    from si_xen.capture.identity import is_identity
+
+    cloud = [p.lstrip("/") for p in excludes.IDENTITY if p.startswith("/var/lib/cloud/")]
+    assert {"var/lib/cloud/data", "var/lib/cloud/sem", "var/lib/cloud/instance", "var/lib/cloud/instances"} <= set(cloud)
+    root = build(tmp_path / "t", "debian12")
+    for p in cloud:
+        os.makedirs(os.path.join(root, p))
+        with open(os.path.join(root, p, "instance-id"), "w") as f:
+            f.write("vm1-iid\n")
+    os.makedirs(os.path.join(root, "var/lib/cloud/seed/nocloud"))
+    with open(os.path.join(root, "var/lib/cloud/seed/nocloud/meta-data"), "w") as f:
+        f.write("instance-id: site\n")
+    done = strip_identity(root)
+    for p in cloud:
+        assert not os.path.lexists(os.path.join(root, p)) and f"removed /{p}" in done, p
+        assert is_identity(f"/{p}/instance-id"), p
+    assert os.listdir(os.path.join(root, "var/lib/cloud")) == ["seed"]
+
+
 def test_a_kernel_or_initramfs_the_vm_made_is_listed(tmp_path):
     m = family(tmp_path, "debian12")
     write(m.vm, {"boot/vmlinuz-6.1.0-99-cloud-amd64": "k", "boot/initrd.img-6.1.0-99-cloud-amd64": "i"})

@@ -178,6 +178,31 @@ def test_a_rebuild_takes_the_carried_instance_id(tmp_path):
     assert _doc(new, f"{SEED}/meta-data")["instance-id"] == iid
 
 
+def test_a_vm_made_before_the_seed_gets_one_id_from_its_update_or_its_rebuild(tmp_path):
+    """A VM whose guest has cloud-init but no seed of ours (made before this fixup): its first update
+    and a rebuild (nothing to carry) give it the same instance-id, from its name and MAC, every time;
+    another VM's differs; a carried id still wins."""
+    image = _guest(tmp_path, sub="image")
+
+    def update(sub, spec=STATIC):
+        root = _guest(tmp_path, extra=GOLDEN_RUN, sub=sub)
+        _run(root, replace(spec, keep_identity=True, image_source=image))
+        return _doc(root, f"{SEED}/meta-data")["instance-id"]
+
+    def rebuild(sub, spec=STATIC, carried=None):
+        d = tmp_path / f"carry-{sub}"
+        write(d, carried or {"etc/machine-id": "0123\n"})  # the old VM's identity, no meta-data in it
+        root = _guest(tmp_path, sub=sub)
+        _run(root, replace(spec, image_source=image, identity_dir=str(d)))
+        return _doc(root, f"{SEED}/meta-data")["instance-id"]
+
+    iid = update("u1")
+    assert iid.startswith("si-xen-") and iid == update("u2") == rebuild("r1") == rebuild("r2")
+    other_mac = replace(STATIC, net=replace(STATIC.net, mac="00:16:3e:0a:0b:0c"))
+    assert len({iid, update("u3", other_mac), update("u4", replace(STATIC, hostname="vm9.example.org"))}) == 3
+    assert rebuild("r3", carried={f"{SEED}/meta-data": "instance-id: iid-kept\n"}) == "iid-kept"
+
+
 def test_the_carry_keeps_the_seeds_meta_data(tmp_path):
     from si_xen import carry
     from si_xen.guestfs import Guest

@@ -345,8 +345,9 @@ def summary(rec: VmRecord, plan, rep: Reporter, settings) -> None:
     rep.say(f"Config          :  {rec.config}")
     rep.say(f"Time            :  {rec.seconds} s")
     if not plan.activation.start:
-        rep.say(f"Start it with   :  virsh -c xen:///system start {rec.name}" if rec.toolstack == "libvirt" else
-                f"Start it with   :  xl create {rec.config}")
+        from ..toolstack import for_messages
+
+        rep.say(f"Start it with   :  {for_messages(rec.toolstack).start_shown(rec.name, rec.config)}")
     rep.say(f"\nLogfile produced at:\n  {os.path.join(settings.paths['log_dir'], rec.name + '.log')}")
 
 

@@ -20,9 +20,11 @@ from .initramfs import CHUNK
 LEVEL = {"gzip": 1, "xz": 0, "lzma": 0, "bzip2": 9, "zstd": 3, "lz4": 1, "lzop": 3}
 # By the dom0's tool: zstd -T0 uses both cores; lz4 -l is the legacy frame, the kernel's only one.
 TOOL_ARGS = {"zstd": ["-q", "-T0", "-c"], "lz4": ["-q", "-l", "-c"], "lzop": ["-q", "-c"]}
-# A rewritten gzip or xz segment of this many kept bytes is compressed as two streams on two threads
-# (zlib and lzma let go of the GIL): the kernel, gzip -d and xz -d read concatenated streams as one.
-SPLIT = ("gzip", "xz")
+# A rewritten xz segment of this many kept bytes is compressed as two streams on two threads (lzma
+# lets go of the GIL): the kernel and xz -d read concatenated streams as one. Never gzip: Xen's PV
+# domain builder inflates a gzip ramdisk itself into a buffer sized by the file's last 4 bytes
+# (xc_dom_check_gzip), the second stream's size only ("xc_dom_do_gunzip: inflate failed (rc=-5)").
+SPLIT = ("xz",)
 SPLIT_BYTES = (4 * 2**20, 512 * 2**20)  # below: not worth a thread; above: not held in memory
 
 

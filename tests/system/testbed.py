@@ -327,6 +327,12 @@ def slim_tree(image: Path, tree: Path) -> None:
         tmp.rename(initrd)
 
 
+def _slim_version() -> int:
+    from si_xen import initramfs_slim
+
+    return initramfs_slim.VERSION  # what it writes changed: the disk is made again
+
+
 def image_disk(image: Path, *, slim: bool = False) -> Path:
     """A cached ext4 copy of a SystemImager image tree, rebuilt when the tree's stamp is newer.
 
@@ -334,7 +340,7 @@ def image_disk(image: Path, *, slim: bool = False) -> Path:
     """
     image = Path(image)
     stamp = image / ".si-xen-test-image"
-    key = repr((SLIM_VERSION, SLIM_FILTER, SLIM_FSTYPES)).encode()
+    key = repr((SLIM_VERSION, SLIM_FILTER, SLIM_FSTYPES, _slim_version())).encode()
     variant = "-slim-" + hashlib.sha256(key).hexdigest()[:8] if slim else ""
     dest = CACHE / "disks" / f"{image.name}{variant}.ext4"
     dest.parent.mkdir(parents=True, exist_ok=True)

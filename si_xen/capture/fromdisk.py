@@ -62,6 +62,8 @@ def inspect(path: str) -> dict:
     if os.path.isdir(path):
         raise Fatal(f"disk image {path} is a directory", "give the disk image file in it (.vmdk, .qcow2, .vhdx...)")
     path = os.path.abspath(path)  # qemu-img names a VMDK's extents as it opened them: absolute
+    if not proc.which("qemu-img"):
+        return _raw_without_qemu_img(path)
     try:
         info = json.loads(proc.run(["qemu-img", "info", "--output=json", path], timeout=300).stdout)
     except proc.ProcError as e:
@@ -87,6 +89,27 @@ def inspect(path: str) -> dict:
     return info
 
 
+# The other formats' signatures (offset, bytes; negative: from the end), for a host without qemu-img
+MAGIC = ((0, b"QFI\xfb"), (0, b"KDMV"), (0, b"# Disk DescriptorFile"), (0, b"vhdxfile"), (0, b"conectix"),
+         (-512, b"conectix"), (64, b"\x7f\x10\xda\xbe"), (0, b"COWD"))
+
+
+def _raw_without_qemu_img(path: str) -> dict:
+    """Where qemu-img is not installed (a dom0 without qemu-utils): a raw image is read as it is,
+    the other formats (known by their signatures) refused with the fix."""
+    try:
+        with open(path, "rb") as f:
+            head, size = f.read(4096), os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - 512))
+            tail = f.read(512)
+    except OSError as e:
+        raise Fatal(f"disk image {path} cannot be read: {e.strerror}", "check it is a readable disk image file") from None
+    if any((tail if at < 0 else head[at:]).startswith(magic) for at, magic in MAGIC):
+        raise Fatal(f"disk image {path} is no raw image, and qemu-img is not installed to read it",
+                    "install qemu-utils (apt-get install qemu-utils), or capture a raw copy of it")
+    return {"format": "raw", "virtual-size": size}
+
+
 def _tail(e: proc.ProcError) -> str:
     lines = (e.result.stderr or e.result.stdout).strip().splitlines()
     return lines[-1].removeprefix("qemu-img: ") if lines else f"qemu-img exited {e.result.returncode}"
@@ -104,6 +127,9 @@ def _data_bytes(path: str, fmt: str, virtual: int) -> int:
 def _converted(path: str, info: dict, work_dir: str, say, undo: ExitStack) -> str:
     """A sparse raw copy of the image in ``work_dir``, unnamed; the path its users open."""
     fmt, virtual = info["format"], int(info["virtual-size"])
+    if not proc.which("qemu-img"):
+        raise Fatal(f"disk image {path} needs a private copy (a journal to replay), and qemu-img is not installed",
+                    "install qemu-utils (apt-get install qemu-utils)")
     need = _data_bytes(path, fmt, virtual)
     try:
         st = os.statvfs(work_dir)

@@ -686,17 +686,23 @@ fromdisk_lvm() {
 struct.pack_into("<B3sB3sII", t, 446, 0, b"\xfe\xff\xff", 0x8e, b"\xfe\xff\xff", 2048, 419 * 2048)
 t[510:] = b"\x55\xaa"; open(sys.argv[1], "r+b").write(t)' $img
   loop=$(losetup --find --show --offset $((1 << 20)) $img)
-  vgcreate -q "${no_backup[@]}" --devices "$loop" "$VG" "$loop"  # our VG's name, seen by this command only
-  lvcreate -q -y "${no_backup[@]}" --devices "$loop" -L 64M -n root "$VG"
-  lvcreate -q -y "${no_backup[@]}" --devices "$loop" -L 320M -n var "$VG"
-  mkfs.ext4 -q "/dev/mapper/$VG-root" && mkfs.xfs -q "/dev/mapper/$VG-var"
-  mount "/dev/mapper/$VG-root" $m && mkdir -p $m/etc $m/var && mount "/dev/mapper/$VG-var" $m/var
+  # made as fdlvm-tmp (vgcreate refuses a name /dev has), then named $VG in its metadata: LVM's
+  # commands here see this loop device only, so there is no second $VG for them
+  vgcreate -q "${no_backup[@]}" --devices "$loop" fdlvm-tmp "$loop"
+  lvcreate -q -y "${no_backup[@]}" --devices "$loop" -L 64M -n root fdlvm-tmp
+  lvcreate -q -y "${no_backup[@]}" --devices "$loop" -L 320M -n var fdlvm-tmp
+  mkfs.ext4 -q /dev/mapper/fdlvm--tmp-root && mkfs.xfs -q /dev/mapper/fdlvm--tmp-var
+  mount /dev/mapper/fdlvm--tmp-root $m && mkdir -p $m/etc $m/var && mount /dev/mapper/fdlvm--tmp-var $m/var
   cp /etc/os-release /etc/passwd /etc/group $m/etc/ && echo fdlvm > $m/etc/hostname && echo "on /" > $m/etc/fd-lvm-root
   printf '/dev/mapper/%s-root / ext4 errors=remount-ro 0 1\n/dev/%s/var /var xfs defaults 0 2\n' \
     "$(echo "$VG" | sed 's/-/--/g')" "$VG" > $m/etc/fstab
   mkdir -p $m/var/lib/app && echo "kept on /var" > $m/var/lib/app/state
   umount $m/var && umount $m
-  vgchange -q -an "${no_backup[@]}" --devices "$loop" "$VG" && losetup -d "$loop"
+  vgchange -q -an "${no_backup[@]}" --devices "$loop" fdlvm-tmp
+  vgcfgbackup -q "${no_backup[@]}" --devices "$loop" -f $d/meta fdlvm-tmp
+  sed -i "s/^fdlvm-tmp {/$VG {/" $d/meta
+  vgcfgrestore -q "${no_backup[@]}" --devices "$loop" -f $d/meta "$VG"
+  pvs --devices "$loop" -o pv_name,vg_name,vg_uuid && losetup -d "$loop" && udevadm settle
   timing fromdisk_lvm_made $((SECONDS - t)); t=$SECONDS
   dm_before=$(dmsetup ls | sort); loops_before=$(losetup -a | sort)
   printf 'DEFAULT_IMAGE_DIR = %s\n' $cap > /etc/si-fd/systemimager.conf

@@ -686,8 +686,8 @@ fromdisk_lvm() {
 struct.pack_into("<B3sB3sII", t, 446, 0, b"\xfe\xff\xff", 0x8e, b"\xfe\xff\xff", 2048, 419 * 2048)
 t[510:] = b"\x55\xaa"; open(sys.argv[1], "r+b").write(t)' $img
   loop=$(losetup --find --show --offset $((1 << 20)) $img)
-  # made as fdlvm-tmp (vgcreate refuses a name /dev has), then named $VG in its metadata: LVM's
-  # commands here see this loop device only, so there is no second $VG for them
+  # made as fdlvm-tmp (vgcreate refuses a name /dev has), then named $VG in its metadata (vgrename
+  # refuses it too): LVM's commands here see this loop device only, so there is no second $VG for them
   vgcreate -q "${no_backup[@]}" --devices "$loop" fdlvm-tmp "$loop"
   lvcreate -q -y "${no_backup[@]}" --devices "$loop" -L 64M -n root fdlvm-tmp
   lvcreate -q -y "${no_backup[@]}" --devices "$loop" -L 320M -n var fdlvm-tmp
@@ -701,7 +701,9 @@ t[510:] = b"\x55\xaa"; open(sys.argv[1], "r+b").write(t)' $img
   vgchange -q -an "${no_backup[@]}" --devices "$loop" fdlvm-tmp
   vgcfgbackup -q "${no_backup[@]}" --devices "$loop" -f $d/meta fdlvm-tmp
   sed -i "s/^fdlvm-tmp {/$VG {/" $d/meta
-  vgcfgrestore -q "${no_backup[@]}" --devices "$loop" -f $d/meta "$VG"
+  # It asks whether to go on while "$VG has active volumes" (the run's, found by name): yes, as it
+  # writes this metadata to the PVs the file names, our loop device only ($VG's state checked below)
+  echo y | vgcfgrestore -q "${no_backup[@]}" --devices "$loop" -f $d/meta "$VG"
   pvs --devices "$loop" -o pv_name,vg_name,vg_uuid && losetup -d "$loop" && udevadm settle
   timing fromdisk_lvm_made $((SECONDS - t)); t=$SECONDS
   dm_before=$(dmsetup ls | sort); loops_before=$(losetup -a | sort)

@@ -96,23 +96,9 @@ def _map(name: str, text: str, writable: bool, undo: ExitStack) -> str:
     return dev
 
 
-def volumes(path: str, pvs: list[Fs], undo: ExitStack, writable: bool = False) -> list[Fs]:
-    """The logical volumes on the physical volumes ``pvs`` (our loop devices of disk image
-    ``path``), each mapped by device-mapper (read-only unless ``writable``: our private copy whose
-    journals are replayed) and probed by blkid -p. Fatal where this host cannot map them."""
-    if not pvs:
-        return []
-    if not proc.which("lvs") or not proc.which("dmsetup"):
-        raise Fatal(f"disk image {path} keeps its filesystems in LVM and lvs or dmsetup is not installed here",
-                    "install lvm2 (apt-get install lvm2)")
-    if not device_mapper_ok():
-        vgs = _vg_names(path, pvs)
-        what = f"volume group {', '.join(vgs)}" if vgs else "a volume group"
-        raise Fatal(f"disk image {path} keeps its filesystems in LVM ({what} on {pvs[0].named()}), and this host "
-                    "cannot map it: its kernel has no device-mapper",
-                    "run si_getxenimage on a host with device-mapper (modprobe dm-mod)")
-    clear_stale()
-    devs = [f.dev for f in pvs]
+def lv_tables(path: str, devs: list[str]) -> dict[tuple[str, str], str]:
+    """(VG, LV): its device-mapper table, from the metadata on ``devs`` (read-only, those only);
+    Fatal for an LV si-xen does not read (before any is mapped)."""
     try:
         pv_rows = _report("pvs", devs, "pv_name,vg_name,pe_start,vg_extent_size")
         seg_rows = _report("lvs", devs, "vg_name,lv_name,lv_attr,segtype,seg_start,seg_size,stripe_size,seg_pe_ranges",
@@ -131,6 +117,26 @@ def volumes(path: str, pvs: list[Fs], undo: ExitStack, writable: bool = False) -
             raise Fatal(f"logical volume {vg}/{lv} is of type snapshot, which si_getxenimage does not read",
                         "merge or remove the snapshot (on a copy of the disk) and capture that")
         tables[(vg, lv)] = table(segs, pe_start, extent[vg], f"{vg}/{lv}")
+    return tables
+
+
+def volumes(path: str, pvs: list[Fs], undo: ExitStack, writable: bool = False) -> list[Fs]:
+    """The logical volumes on the physical volumes ``pvs`` (our loop devices of disk image
+    ``path``), each mapped by device-mapper (read-only unless ``writable``: our private copy whose
+    journals are replayed) and probed by blkid -p. Fatal where this host cannot map them."""
+    if not pvs:
+        return []
+    if not proc.which("lvs") or not proc.which("dmsetup"):
+        raise Fatal(f"disk image {path} keeps its filesystems in LVM and lvs or dmsetup is not installed here",
+                    "install lvm2 (apt-get install lvm2)")
+    if not device_mapper_ok():
+        vgs = _vg_names(path, pvs)
+        what = f"volume group {', '.join(vgs)}" if vgs else "a volume group"
+        raise Fatal(f"disk image {path} keeps its filesystems in LVM ({what} on {pvs[0].named()}), and this host "
+                    "cannot map it: its kernel has no device-mapper",
+                    "run si_getxenimage on a host with device-mapper (modprobe dm-mod)")
+    clear_stale()
+    tables = lv_tables(path, [f.dev for f in pvs])
     out = []
     for n, ((vg, lv), text) in enumerate(tables.items()):
         dev = _map(f"{PREFIX}{os.getpid()}-{n}", text, writable, undo)

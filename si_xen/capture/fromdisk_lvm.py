@@ -125,6 +125,8 @@ def volumes(path: str, pvs: list[Fs], undo: ExitStack, writable: bool = False) -
     ``path``), each mapped by device-mapper (read-only unless ``writable``: our private copy whose
     journals are replayed) and probed by blkid -p. Fatal where this host cannot map them."""
     if not pvs:
+        if proc.which("dmsetup") and device_mapper_ok():
+            clear_stale()  # a killed capture's maps hold its loop devices: gone with the next capture
         return []
     if not proc.which("lvs") or not proc.which("dmsetup"):
         raise Fatal(f"disk image {path} keeps its filesystems in LVM and lvs or dmsetup is not installed here",

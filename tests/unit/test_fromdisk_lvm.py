@@ -185,9 +185,20 @@ def test_no_device_mapper_one_fatal_naming_the_vg(fp, monkeypatch):
     assert not any(c[0] == "dmsetup" for c in fp.calls)
 
 
-def test_no_pv_nothing_run(fp):
+def test_no_pv_nothing_run(fp, monkeypatch):
+    monkeypatch.setattr(fromdisk_lvm, "device_mapper_ok", lambda: False)
     assert volumes("d.raw", [], ExitStack()) == []
     assert list(fp.calls) == []
+
+
+def test_no_pv_a_dead_runs_maps_removed_all_the_same(fp, monkeypatch):
+    monkeypatch.setattr(fromdisk_lvm, "device_mapper_ok", lambda: True)
+    monkeypatch.setattr(proc, "which", lambda p: f"/sbin/{p}")
+    monkeypatch.setattr(fromdisk_lvm.locks, "pid_alive", lambda pid: False)
+    fp.register(["dmsetup", "ls"], stdout="si-xen-ro-77-0\t(253:2)\n")
+    fp.register(["dmsetup", "remove", "--retry", "si-xen-ro-77-0"])
+    assert volumes("d.raw", [], ExitStack()) == []
+    assert [c[:2] for c in fp.calls] == [["dmsetup", "ls"], ["dmsetup", "remove"]]
 
 
 def test_a_dead_runs_maps_removed_a_live_ones_kept(fp, monkeypatch):

@@ -5,12 +5,14 @@ si_getxenimage --from-disk can capture its guest's filesystems (V2V).
 with their types and guest mount points, / first (found by fromdisk_probe.py: the root holds
 etc/fstab, the others are where that fstab puts them), valid until the with-block ends.
 
-Why this way: this dom0's kernel has loop devices but no device-mapper and reads no partition
+Why this way: a dom0's kernel may have loop devices but no device-mapper, and reads no partition
 table, so a non-raw image is converted to a sparse raw copy (qemu-img convert), and each
-partition is read through a read-only loop device at its offset (partx reads the table).
-Nothing is left behind, even by a SIGKILL: the copy is an O_TMPFILE in work_dir (no name: it
-goes with its last user), each loop device is made autoclear while we hold it open (it detaches
-when its last user closes it), and the probing mounts live in a private mount namespace.
+partition is read through a read-only loop device at its offset (partx reads the table). LVM
+inside: its LVs mapped read-only by device-mapper where the host has it, never activated
+(fromdisk_lvm.py). Nothing is left behind, even by a SIGKILL: the copy is an O_TMPFILE in
+work_dir (no name: it goes with its last user), each loop device is made autoclear while we
+hold it open (it detaches when its last user closes it), the probing mounts live in a private
+mount namespace; only LVM's maps outlive a SIGKILL, until the next capture removes them.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 from .. import proc, rollback
 from ..errors import Fatal
 from ..storage.mount import RO_OPTS, unclean
+from .fromdisk_lvm import volumes as lvm_volumes
 from .fromdisk_probe import Fs
 from .fromdisk_probe import run as probe
 
@@ -59,6 +62,8 @@ def inspect(path: str) -> dict:
     if os.path.isdir(path):
         raise Fatal(f"disk image {path} is a directory", "give the disk image file in it (.vmdk, .qcow2, .vhdx...)")
     path = os.path.abspath(path)  # qemu-img names a VMDK's extents as it opened them: absolute
+    if not proc.which("qemu-img"):
+        return _raw_without_qemu_img(path)
     try:
         info = json.loads(proc.run(["qemu-img", "info", "--output=json", path], timeout=300).stdout)
     except proc.ProcError as e:
@@ -84,6 +89,27 @@ def inspect(path: str) -> dict:
     return info
 
 
+# The other formats' signatures (offset, bytes; negative: from the end), for a host without qemu-img
+MAGIC = ((0, b"QFI\xfb"), (0, b"KDMV"), (0, b"# Disk DescriptorFile"), (0, b"vhdxfile"), (0, b"conectix"),
+         (-512, b"conectix"), (64, b"\x7f\x10\xda\xbe"), (0, b"COWD"))
+
+
+def _raw_without_qemu_img(path: str) -> dict:
+    """Where qemu-img is not installed (a dom0 without qemu-utils): a raw image is read as it is,
+    the other formats (known by their signatures) refused with the fix."""
+    try:
+        with open(path, "rb") as f:
+            head, size = f.read(4096), os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - 512))
+            tail = f.read(512)
+    except OSError as e:
+        raise Fatal(f"disk image {path} cannot be read: {e.strerror}", "check it is a readable disk image file") from None
+    if any((tail if at < 0 else head[at:]).startswith(magic) for at, magic in MAGIC):
+        raise Fatal(f"disk image {path} is no raw image, and qemu-img is not installed to read it",
+                    "install qemu-utils (apt-get install qemu-utils), or capture a raw copy of it")
+    return {"format": "raw", "virtual-size": size}
+
+
 def _tail(e: proc.ProcError) -> str:
     lines = (e.result.stderr or e.result.stdout).strip().splitlines()
     return lines[-1].removeprefix("qemu-img: ") if lines else f"qemu-img exited {e.result.returncode}"
@@ -101,6 +127,9 @@ def _data_bytes(path: str, fmt: str, virtual: int) -> int:
 def _converted(path: str, info: dict, work_dir: str, say, undo: ExitStack) -> str:
     """A sparse raw copy of the image in ``work_dir``, unnamed; the path its users open."""
     fmt, virtual = info["format"], int(info["virtual-size"])
+    if not proc.which("qemu-img"):
+        raise Fatal(f"disk image {path} needs a private copy (a journal to replay), and qemu-img is not installed",
+                    "install qemu-utils (apt-get install qemu-utils)")
     need = _data_bytes(path, fmt, virtual)
     try:
         st = os.statvfs(work_dir)
@@ -227,22 +256,20 @@ def _dirty(fss: list[Fs]) -> list[Fs]:
 
 
 def _filesystems(path: str, image: str, undo: ExitStack, writable: bool) -> list[Fs]:
+    """The disk's filesystems: its partitions', then those of the LVs on its LVM physical volumes."""
     try:
-        return filesystems(image, undo, writable)
+        fss = filesystems(image, undo, writable)
     except proc.ProcError as e:
         raise Fatal(f"the partitions of disk image {path} cannot be read: {e}",
                     "check its partition table (partx --show)") from None
+    try:
+        return fss + lvm_volumes(path, [f for f in fss if f.type == "LVM2_member"], undo, writable)
+    except proc.ProcError as e:
+        raise Fatal(f"the logical volumes of disk image {path} cannot be mapped: {e}",
+                    "report this as a bug, with the disk's LVM layout (pvs, lvs --segments on a copy)") from None
 
 
 def _guest(path: str, fss: list[Fs]) -> dict:
-    lvm = [f for f in fss if f.type == "LVM2_member"]
-    if lvm:
-        with open("/proc/misc") as f:
-            dm = "" if " device-mapper\n" in f.read() else ", and this host's kernel has no device-mapper"
-        raise Fatal(f"disk image {path} keeps filesystems in LVM (a physical volume on {lvm[0].named()}): "
-                    f"si_getxenimage reads plain partitions only{dm}",
-                    "copy the logical volumes onto plain partitions of a new disk image (on a host with "
-                    "device-mapper) and capture that")
     where = tempfile.mkdtemp(prefix="si-xen.fromdisk.", dir="/run" if os.path.isdir("/run") else "/tmp")
     try:
         found = probe(fss, where)

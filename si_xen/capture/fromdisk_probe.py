@@ -32,9 +32,10 @@ class Fs:
     partlabel: str = ""
     size: int = 0  # bytes
     ptype: str = ""  # the partition's type as partx reads it: a GPT type GUID, an msdos id (0x83)
+    lv: str = ""  # VG/LV: a logical volume of the disk's LVM (fromdisk_lvm.py), mapped by device-mapper
 
     def named(self) -> str:
-        where = f"partition {self.number}" if self.number else "the whole disk"
+        where = f"logical volume {self.lv}" if self.lv else f"partition {self.number}" if self.number else "the whole disk"
         return f"{where} ({self.type or 'no filesystem'}{f' LABEL={self.label}' if self.label else ''})"
 
 
@@ -48,6 +49,21 @@ FIRST_DISKS = {"a", "nvme0n1", "mmcblk0"}
 # GPT's "BIOS boot partition" type (sgdisk's ef02, parted's bios_grub), and the layout's word for it (capture/image.py)
 BIOS_BOOT_GUID, BIOS_BOOT = "21686148-6449-6e6f-744e-656564454649", "bios_grub"
 BY = {"by-uuid": "UUID", "by-label": "LABEL", "by-partuuid": "PARTUUID", "by-partlabel": "PARTLABEL"}
+
+
+def mapper_name(vg: str, lv: str) -> str:
+    """The name LVM gives VG/LV under /dev/mapper: each dash doubled, one dash between."""
+    return f"{vg.replace('-', '--')}-{lv.replace('-', '--')}"
+
+
+def _lv_named(spec: str, fss: list[Fs]) -> Fs | None:
+    """The logical volume of /dev/mapper/VG-LV or /dev/VG/LV (None: no LV's name)."""
+    parts = spec.split("/")
+    for f in (f for f in fss if f.lv):
+        vg, lv = f.lv.split("/", 1)
+        if spec == f"/dev/mapper/{mapper_name(vg, lv)}" or parts == ["", "dev", vg, lv]:
+            return f
+    return None
 
 
 def _unescape(field: str) -> str:
@@ -86,6 +102,8 @@ def find(spec: str, fss: list[Fs], disks: set[str]) -> Fs | None:
         fold = field in ("uuid", "partuuid")  # hex: any case
         return next((f for f in fss if getattr(f, field) and (getattr(f, field).lower() == value.lower() if fold
                                                                else getattr(f, field) == value)), None)
+    if spec.startswith("/dev/") and (lv := _lv_named(spec, fss)) is not None:
+        return lv
     named = _disk_of(spec)
     if named and named[0] in disks:
         return next((f for f in fss if f.number == named[1]), None)
@@ -133,8 +151,12 @@ def partitions_named(fstab: str, fss: list[Fs], read: dict[str, str]) -> list[tu
         fs = find(spec, fss, disks)
         if fs is not None and fs.dev not in named and (fstype == "swap" or fs.type == "swap" or mp.startswith("/")):
             named[fs.dev] = ("", "swap") if "swap" in (fstype, fs.type) else ("/" + mp.strip("/"), fstype)
+    # LVs become plain partitions after the disk's own (a physical machine's layout has no LVM here)
+    last = max([f.number for f in fss if not f.lv and f.dev in named] + [0])
+    lvs = sorted((f for f in fss if f.lv and f.dev in named), key=lambda f: (named[f.dev][0] or "~", f.lv))
+    number = {f.dev: f.number or 1 for f in fss if not f.lv} | {f.dev: last + i for i, f in enumerate(lvs, 1)}
     # the type blkid found, else the fstab's (an unformatted swap partition has none)
-    return sorted((f.number or 1, named[f.dev][1] if named[f.dev][1] == BIOS_BOOT else f.type or named[f.dev][1] or "swap",
+    return sorted((number[f.dev], named[f.dev][1] if named[f.dev][1] == BIOS_BOOT else f.type or named[f.dev][1] or "swap",
                    named[f.dev][0], max(1, f.size >> 20)) for f in fss if f.dev in named)
 
 

@@ -41,7 +41,9 @@ MAN = {
         "copy's journals are replayed into it, so the image is what the guest would see after a reboot.\n"
         "A stopped VM that was destroyed rather than shut down (its journals hold changes) is read the same\n"
         "way, or, on storage that cannot copy, refused: start it and shut it down cleanly first. A foreign\n"
-        "disk in that state (--from-disk of a raw file) is read from a private raw copy.\n"
+        "disk in that state (--from-disk of a raw file) is read from a private raw copy. LVM inside a foreign\n"
+        "disk is read where the host has device-mapper: its linear and striped LVs mapped read-only under\n"
+        "si-xen's own names (si-xen-ro-PID-N), never activated, so a host VG of the same name is no clash.\n"
         "The VM is only read: its lock is held meanwhile, so no si_updatexenvm or rebuild runs."
     ),
     # from the reversal's own data (capture/reverse.py), so the page says what the code does

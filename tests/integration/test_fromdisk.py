@@ -18,6 +18,7 @@ import zlib
 
 import pytest
 
+from si_xen.capture import fromdisk_lvm
 from si_xen.capture.fromdisk import attached
 from si_xen.errors import Fatal
 from si_xen.record import DiskRecord
@@ -314,18 +315,24 @@ def test_formats_refused(work):
     fatal(broken, str(work), "cannot be read")
 
 
-def test_lvm(work):
-    need_tools("pvcreate", "partx")
+def test_lvm_where_the_host_has_no_device_mapper(work):
+    """A disk whose partition 1 is an LVM PV of VG lv-guest-vg (pvcreate and vgcreate write their
+    metadata without device-mapper): one FATAL naming the VG and the fix, nothing left behind."""
+    need_tools("pvcreate", "vgcreate", "partx")
+    if fromdisk_lvm.device_mapper_ok():
+        pytest.skip("this host has device-mapper: the LVM tier's fromdisk_lvm scenario reads such disks")
     img = str(work / "lvm.raw")
     sparse(img, 32 * 2**20)
     mbr(img, [(1, 30, 0x8E)])
     loop = run(["losetup", "--find", "--show", "--offset", str(2**20), "--sizelimit", str(30 * 2**20), img]).strip()
-    try:
-        made = subprocess.run(["pvcreate", "-q", "--devices", loop, loop], capture_output=True, text=True)
+    try:  # --devices: this loop device only, whatever VGs the host has; no backup of it in the host's /etc/lvm
+        made = subprocess.run(["vgcreate", "-q", "--config", "backup { backup = 0 archive = 0 }", "--devices", loop,
+                               "lv-guest-vg", loop], capture_output=True, text=True)
     finally:
         run(["losetup", "-d", loop])
-    assert made.returncode == 0, made.stderr  # writes its label without device-mapper
-    fatal(img, str(work), "LVM", "partition 1", "device-mapper", "plain partitions")
+    assert made.returncode == 0, made.stderr
+    fatal(img, str(work), "LVM (volume group lv-guest-vg on partition 1 (LVM2_member))", "no device-mapper",
+          "run si_getxenimage on a host with device-mapper (modprobe dm-mod)")
 
 
 def test_no_room_for_the_copy(work):
@@ -446,3 +453,80 @@ def test_a_gpt_disk_booted_legacy_keeps_or_gets_a_bios_boot_partition(work, bios
     assert [p for p in part.findall(v5) if p[:2] == want] == [(*want, "-")] and 'install_type="legacy"' in v5
     assert f'real_dev="/dev/sda{root_num}" mp="/"' in v5 and f"sgdisk -t {want[0]}:ef02" in v5
     assert f"sgdisk -t {want[0]}:ef02" in cp.stdout + cp.stderr, "the summary says how to type it"
+
+
+LVS_META = """
+    logical_volumes {
+        my-root {
+            id = "aaaaaa-aaaa-aaaa-aaaa-aaaa-aaaa-aaaaa1"
+            status = ["READ", "WRITE", "VISIBLE"]
+            segment_count = 2
+            segment1 { start_extent = 0  extent_count = 8  type = "striped"  stripe_count = 1  stripes = ["pv0", 0] }
+            segment2 { start_extent = 8  extent_count = 8  type = "striped"  stripe_count = 1  stripes = ["pv0", 40] }
+        }
+        var {
+            id = "aaaaaa-aaaa-aaaa-aaaa-aaaa-aaaa-aaaaa2"
+            status = ["READ", "WRITE", "VISIBLE"]
+            segment_count = 1
+            segment1 { start_extent = 0  extent_count = 16  type = "striped"  stripe_count = 2  stripe_size = 128
+                       stripes = ["pv0", 8, "pv0", 24] }
+        }
+    }
+"""
+
+
+def test_lvm_tables_from_real_metadata_read_the_lvs_extents(work):
+    """LVM's own metadata (written without device-mapper: vgcreate, then LVs added by vgcfgrestore,
+    a linear LV in two pieces and a 2-stripe one, in a VG named vg0 like a host's): the tables
+    si-xen would load, read back through a loop device as device-mapper would, give each logical
+    extent its physical extent (each PE of the disk is marked with its number)."""
+    need_tools("vgcreate", "vgcfgbackup", "vgcfgrestore", "partx")
+    img, meta = str(work / "lvm.raw"), str(work / "vg.meta")
+    sparse(img, 420 * 2**20)
+    mbr(img, [(1, 419, 0x8E)])
+    quiet = ["-q", "--config", "backup { backup = 0 archive = 0 }"]
+    loop = run(["losetup", "--find", "--show", "--offset", str(2**20), img]).strip()
+    try:
+        run(["vgcreate", *quiet, "--devices", loop, "lv-fd-tmp", loop])
+        run(["vgcfgbackup", *quiet, "--devices", loop, "-f", meta, "lv-fd-tmp"])
+        text = open(meta).read().replace("lv-fd-tmp {", "vg0 {", 1)
+        at = text.rindex("}")
+        with open(meta, "w") as f:
+            f.write(text[:at] + LVS_META + text[at:])
+        subprocess.run(["vgcfgrestore", *quiet, "--devices", loop, "-f", meta, "vg0"], input="y\n", text=True,
+                       capture_output=True, check=True)
+    finally:
+        run(["losetup", "-d", loop])
+    with open(img, "r+b") as f:  # each 4 MiB physical extent (from pe_start, 1 MiB in) marked with its number
+        for pe in range(104):
+            f.seek(2**20 + 2**20 + pe * 4 * 2**20)
+            f.write(b"PE%04d" % pe + bytes(128 * 512 - 6))  # the first stripe chunk of each
+            f.seek(2**20 + 2**20 + pe * 4 * 2**20 + 128 * 512)
+            f.write(b"PE%04d+" % pe)
+    loop = run(["losetup", "--read-only", "--find", "--show", "--offset", str(2**20), img]).strip()
+    try:
+        tables = fromdisk_lvm.lv_tables(img, [loop])
+        fd = os.open(loop, os.O_RDONLY)
+        try:
+            def read(lv: str, sector: int) -> bytes:  # device-mapper's linear and striped targets
+                for line in tables[("vg0", lv)].splitlines():
+                    f = line.split()
+                    start, size = int(f[0]), int(f[1])
+                    if start <= sector < start + size:
+                        s = sector - start
+                        if f[2] == "linear":
+                            return os.pread(fd, 7, (int(f[4]) + s) * 512)
+                        n, chunk = int(f[3]), int(f[4])
+                        stripe, row = (s // chunk) % n, s // chunk // n
+                        return os.pread(fd, 7, (int(f[6 + 2 * stripe]) + row * chunk + s % chunk) * 512)
+                raise AssertionError(f"{lv}: sector {sector} is in no segment")
+
+            le = 8192  # sectors in an extent
+            assert [read("my-root", k * le)[:6] for k in (0, 7, 8, 15)] == [b"PE0000", b"PE0007", b"PE0040", b"PE0047"]
+            # 2 stripes of 128 sectors: chunk 0 on the first (PE 8), chunk 1 on the second (PE 24), chunk 2 back
+            assert [read("var", s) for s in (0, 128, 256)] == [b"PE0008\0", b"PE0024\0", b"PE0008+"]
+            assert read("var", 16 * le - 1) is not None and sorted(tables) == [("vg0", "my-root"), ("vg0", "var")]
+        finally:
+            os.close(fd)
+    finally:
+        run(["losetup", "-d", loop])

@@ -26,6 +26,8 @@ SCENARIOS = {
     # then si_mkxenvm --rebuild of both: the thin one killed with its old LV aside, the thick --keep-old
     # and si_getxenimage of the thin VM: V2P when stopped, then from a thin snapshot after a crash
     "update_lvm": (540, "VMS='upd1 upd2' update_lvm upd1 upd2"),
+    # si_getxenimage --from-disk of a raw disk with LVM inside, its VG named as the run's own
+    "fromdisk_lvm": (120, "fromdisk_lvm"),
 }
 
 
@@ -69,6 +71,13 @@ def test_update_on_lvm_thin_copy_on_write_thick_in_place(lvm_run):
     (V2P when stopped; after a crash, from a thin snapshot with its journal replayed, the VM's LV
     untouched); si_rmxenvm leaves nothing."""
     lvm_run.require_ok("update_lvm")
+
+
+def test_from_disk_reads_lvm_inside_without_activating_it(lvm_run):
+    """A foreign raw disk whose / and /var are LVs of a VG named as the host's own: captured through
+    read-only device-mapper maps of si-xen's names, both filesystems in the image and its layout,
+    no map, loop device or mount left, the host's VG untouched."""
+    lvm_run.require_ok("fromdisk_lvm")
 
 
 def test_the_cache_builds_left_no_scratch(lvm_run):

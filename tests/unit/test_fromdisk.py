@@ -184,3 +184,20 @@ def test_the_source_disks_bios_boot_partition_is_in_the_layout():
            Fs("/dev/loop3", "", 3, size=5 << 20, ptype="0fc63daf-8483-4772-8e79-3d69d8477de4")]
     assert partitions_named("/dev/sda2 / ext4 defaults 0 1\n", fss, {"/dev/loop2": "/"}) == [
         (1, "bios_grub", "", 1), (2, "ext4", "/", 48)]
+
+
+@pytest.mark.parametrize("head, tail, refused", [
+    (b"", b"", False), (b"\xeb\x63\x90" + bytes(509), bytes(512), False),  # raw: a boot sector, or nothing
+    (b"QFI\xfb\x00\x00\x00\x03", b"", True), (b"KDMV", b"", True), (b"# Disk DescriptorFile\n", b"", True),
+    (b"vhdxfile", b"", True), (bytes(1024), b"conectix" + bytes(504), True),  # a VHD's footer
+    (bytes(64) + b"\x7f\x10\xda\xbe", b"", True)])  # a VDI
+def test_without_qemu_img_a_raw_image_is_read_the_others_refused(fp, tmp_path, monkeypatch, head, tail, refused):
+    monkeypatch.setattr(fromdisk.proc, "which", lambda p: None)
+    img = tmp_path / "disk.img"
+    img.write_bytes(head + bytes(8192) + tail)
+    if refused:
+        with pytest.raises(Fatal, match="no raw image, and qemu-img is not installed.*install qemu-utils"):
+            fromdisk.inspect(str(img))
+    else:
+        assert fromdisk.inspect(str(img)) == {"format": "raw", "virtual-size": len(head) + 8192 + len(tail)}
+    assert list(fp.calls) == []

@@ -667,3 +667,67 @@ libvirt_vm() {
   [ ! -e "$xml" ] || { echo "$xml left behind"; return 1; }
   echo "$name: defined and started through libvirt, logged in, removed with its definition"
 }
+
+# si_getxenimage --from-disk of another hypervisor's raw disk whose guest keeps / and /var in LVM
+# (issue 29), its VG named as this run's own ($VG, active here): / named /dev/mapper/VG-root and
+# /var /dev/VG/var in its fstab. Its LVs are read through read-only device-mapper maps of si-xen's
+# own names, never activated: the image holds both filesystems' files, its layout both as plain
+# partitions; no map, loop device or mount of si-xen's left, $VG untouched. (Raw: no qemu-img here.)
+fromdisk_lvm() {
+  local t=$SECONDS d=/var/tmp/fd-lvm cap=/var/tmp/fd-cap img=/var/tmp/fd-lvm/guest.raw m=/mnt/fd-lvm loop
+  local ok=0 vg_before vg_after dm_before loops_before layout
+  local -a no_backup=(--config "backup { backup = 0 archive = 0 }")  # /etc/lvm/backup/$VG is the run's VG's
+  vg_state() { vgs --noheadings -o vg_uuid,pv_count,lv_count "$VG"; lvs --noheadings -o lv_uuid,lv_name,lv_attr "$VG"
+    sha256sum "/etc/lvm/backup/$VG" 2>/dev/null || true; }
+  vg_before=$(vg_state)
+  rm -rf $d $cap && mkdir -p $d $cap $m /etc/si-fd
+  truncate -s 420M $img
+  python3 -c 'import struct, sys; t = bytearray(512)
+struct.pack_into("<B3sB3sII", t, 446, 0, b"\xfe\xff\xff", 0x8e, b"\xfe\xff\xff", 2048, 419 * 2048)
+t[510:] = b"\x55\xaa"; open(sys.argv[1], "r+b").write(t)' $img
+  loop=$(losetup --find --show --offset $((1 << 20)) $img)
+  # made as fdlvm-tmp (vgcreate refuses a name /dev has), then named $VG in its metadata (vgrename
+  # refuses it too): LVM's commands here see this loop device only, so there is no second $VG for them
+  vgcreate -q "${no_backup[@]}" --devices "$loop" fdlvm-tmp "$loop"
+  lvcreate -q -y "${no_backup[@]}" --devices "$loop" -L 64M -n root fdlvm-tmp
+  lvcreate -q -y "${no_backup[@]}" --devices "$loop" -L 320M -n var fdlvm-tmp
+  mkfs.ext4 -q /dev/mapper/fdlvm--tmp-root && mkfs.xfs -q /dev/mapper/fdlvm--tmp-var
+  mount /dev/mapper/fdlvm--tmp-root $m && mkdir -p $m/etc $m/var && mount /dev/mapper/fdlvm--tmp-var $m/var
+  cp /etc/os-release /etc/passwd /etc/group $m/etc/ && echo fdlvm > $m/etc/hostname && echo "on /" > $m/etc/fd-lvm-root
+  printf '/dev/mapper/%s-root / ext4 errors=remount-ro 0 1\n/dev/%s/var /var xfs defaults 0 2\n' \
+    "$(echo "$VG" | sed 's/-/--/g')" "$VG" > $m/etc/fstab
+  mkdir -p $m/var/lib/app && echo "kept on /var" > $m/var/lib/app/state
+  umount $m/var && umount $m
+  vgchange -q -an "${no_backup[@]}" --devices "$loop" fdlvm-tmp
+  vgcfgbackup -q "${no_backup[@]}" --devices "$loop" -f $d/meta fdlvm-tmp
+  sed -i "s/^fdlvm-tmp {/$VG {/" $d/meta
+  # It asks whether to go on while "$VG has active volumes" (the run's, found by name): yes, as it
+  # writes this metadata to the PVs the file names, our loop device only ($VG's state checked below)
+  echo y | vgcfgrestore -q "${no_backup[@]}" --devices "$loop" -f $d/meta "$VG"
+  pvs --devices "$loop" -o pv_name,vg_name,vg_uuid && losetup -d "$loop" && udevadm settle
+  timing fromdisk_lvm_made $((SECONDS - t)); t=$SECONDS
+  dm_before=$(dmsetup ls | sort); loops_before=$(losetup -a | sort)
+  printf 'DEFAULT_IMAGE_DIR = %s\n' $cap > /etc/si-fd/systemimager.conf
+  SIS_CONFDIR=/etc/si-fd si_getxenimage --from-disk $img fdlvm > /tmp/fd-lvm.out 2>&1 || ok=1
+  timing fromdisk_lvm_capture $((SECONDS - t))
+  cat /tmp/fd-lvm.out
+  [ $ok = 0 ] || { echo "si_getxenimage --from-disk failed"; return 1; }
+  grep -q "logical volume $VG/root (ext4)" /tmp/fd-lvm.out || { echo "/ not read from $VG/root"; ok=1; }
+  [ "$(cat $cap/fdlvm/etc/fd-lvm-root 2>/dev/null)" = "on /" ] || { echo "/'s files not in the image"; ok=1; }
+  [ "$(cat $cap/fdlvm/var/lib/app/state 2>/dev/null)" = "kept on /var" ] || { echo "/var's files not in the image"; ok=1; }
+  layout=$(sed -n 's/.*layout copied to \([^ ]*\).*/\1/p' /tmp/fd-lvm.out | head -n 1)
+  [ -n "$layout" ] && [ -f "$layout" ] || layout=$cap/fdlvm/etc/systemimager/disks-layout.xml
+  grep -E 'mp="/"|"/var"|xfs|ext4|part ' "$layout" || true
+  grep -q '"/var"' "$layout" && grep -q xfs "$layout" && ! grep -q LVM2 "$layout" \
+    || { echo "the layout ($layout) lacks /var (xfs) as a partition"; cat "$layout"; ok=1; }
+  ! dmsetup ls | grep -q si-xen-ro || { echo "si-xen's maps left:"; dmsetup ls; ok=1; }
+  [ "$(dmsetup ls | sort)" = "$dm_before" ] || { echo "device-mapper changed:"; dmsetup ls; ok=1; }
+  [ "$(losetup -a | sort)" = "$loops_before" ] || { echo "loop devices left:"; losetup -a; ok=1; }
+  ! grep -q " /run/si-xen\." /proc/mounts || { echo "mounts left"; ok=1; }
+  ! ls -d /run/si-xen.* >/dev/null 2>&1 || { echo "mount dirs left"; ok=1; }
+  vg_after=$(vg_state)
+  [ "$vg_after" = "$vg_before" ] || { echo "$VG changed:"; diff <(echo "$vg_before") <(echo "$vg_after"); ok=1; }
+  [ "$layout" = "$cap/fdlvm/etc/systemimager/disks-layout.xml" ] || rm -f "$layout"
+  rm -rf $d $cap /etc/si-fd; rmdir $m
+  [ $ok = 0 ] && echo "captured from a disk with LVM inside (VG $VG, as this host's): both LVs read, nothing left"
+}

@@ -73,6 +73,15 @@ def test_lifecycle_keeps_identity(xen_run):
         assert proof in section, f"the lifecycle scenario did not show {proof!r}:\n{section}"
 
 
+def test_a_vm_defined_through_libvirt_boots_and_is_undefined(xen_run):
+    """Issue 30 under Xen: si_mkxenvm --toolstack libvirt defines and starts the VM through libvirtd's
+    libxl driver; it logs in; `virsh domxml-to-native xen-xl` of its domain agrees with si-xen's
+    xl.cfg; si_rmxenvm leaves no domain defined."""
+    xen_run.require_ok("libvirt")
+    section = xen_run.section("libvirt")
+    assert "xl.cfg and libvirt's agree on" in section and "removed with its definition" in section, section
+
+
 @pytest.mark.parametrize("name", ["captured", "fromvmdk"])
 def test_a_vm_of_a_captured_image_boots(xen_run, name):
     """Issue 29's proofs under Xen: an image si_getxenimage captured from a VM (for physical

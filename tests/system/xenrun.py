@@ -77,6 +77,9 @@ XEN_SCENARIOS = {
     # that is hung up once the guest is up (the VM must stay), and autostarted by si_mkxenvm
     "server": (600, f"SERVER={SERVER} EXPECT_CLONE=1 EXPECT_AUTOSTART=1 CONSOLE_HUP=1 server_vm server --dhcp --lvm vg0 "
                     "--thin-pool pool0 --boot direct --type pv --autostart"),
+    # made in dom0 with --toolstack libvirt (a clone of the lifecycle image's base, before that image
+    # changes): defined and started by libvirt's libxl driver; its xl conversion agrees with xl.cfg
+    "libvirt": (300, "libvirt_vm libvirt 10.0.0.7"),
     # rebuilt with --restart (identity carried), then updated with --restart to the image's next
     # generation: each boot answers SSH with the same host keys at the same address
     "lifecycle": (600, "lifecycle lifecycle 10.0.0.6"),

@@ -635,10 +635,8 @@ lc_next_generation() {
 # with --toolstack libvirt (issue 30): defined in libvirt's libxl driver and started by it, then its
 # login prompt; libvirt's own conversion of the domain to xl.cfg (domxml-to-native) agrees with
 # si-xen's xl.cfg on every setting both express; si_rmxenvm leaves no domain defined.
-# NOT RUN YET (2026-12-05): in this testbed (TCG, -cpu qemu64,+npt and Opteron_G1,+svm,+npt alike)
-# libvirtd 9.0's libxl driver fails to start ("Cannot find suitable CPU model for given data",
-# "cannot create capabilities for libxenlight"); the dom0 would need libvirt-daemon-driver-xen,
-# libvirt-daemon-system and libvirt-clients (tests/system/mkdom0's late_packages).
+# libvirtd's libxl driver starts in this TCG dom0 only with the testbed's own cpu_map model
+# (tests/system/dom0-files/x86_si-testbed-tcg.xml, README "libvirt's libxl driver in this dom0").
 libvirt_vm() {
   local name=$1 ip=$2 t=$SECONDS cfg=/srv/xen/etc/$1.cfg xml=/srv/xen/etc/$1.xml v="virsh -c xen:///system"
   export SI_XEN_CONFIG=$HOST_CONF

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from . import atomic, initramfs, kernelimage
 from .errors import Fatal
@@ -32,6 +32,7 @@ class GuestKernel:
     slim: str | None = None  # host path of the Xen-sized initramfs that boots instead of ``initrd`` (choose_initramfs)
     own_need: int | None = None  # MiB the guest's own initramfs would need
     note: str = ""  # the initramfs chosen, as the admin reads it
+    slim_result: object = field(default=None, compare=False)  # initramfs_slim.Result: kept with the image's boot facts
 
 
 def _vkey(v: str):
@@ -51,13 +52,14 @@ def find_kernel(guest: Guest) -> GuestKernel | None:
     return found[-1] if found else None
 
 
-def memory_needed(guest: Guest, k: GuestKernel, image: str | None = None) -> int:
+def memory_needed(guest: Guest, k: GuestKernel, image: str | None = None, unpacked: int = 0) -> int:
     """Memory (MiB) the guest needs to get past its initramfs, rounded up to 32 MiB, once the
     kernel and initramfs are proven to be what they claim (else one Fatal naming the file).
 
     The initramfs counts as its file plus what it really unpacks to (measured, never taken
     from a trailer a corrupt file could fake): it cannot need more than it holds.
-    ``image``: the image's name, None for files given with --kernel/--initrd."""
+    ``image``: the image's name, None for files given with --kernel/--initrd; ``unpacked``: what
+    the initramfs unpacks to when another reading of it (initramfs_slim's) measured it already."""
     kpath = guest.path(k.kernel)
     problem = kernelimage.problem(kpath)
     if problem:
@@ -66,7 +68,7 @@ def memory_needed(guest: Guest, k: GuestKernel, image: str | None = None) -> int
         return need_mib(os.path.getsize(kpath))
     path = guest.path(k.initrd)
     try:
-        unpacked = initramfs.scan_cached(path).unpacked
+        unpacked = unpacked or initramfs.scan_cached(path).unpacked
     except initramfs.NoTool as e:
         package = {"xz": "xz-utils"}.get(e.tool, e.tool)
         raise Fatal(f"cannot check the initramfs {k.initrd}: it {e}", f"apt-get install {package}") from None
@@ -82,18 +84,21 @@ def need_mib(kernel_bytes: int, initrd_bytes: int = 0, unpacked: int = 0) -> int
     return (need + 31) // 32 * 32
 
 
-def choose_initramfs(guest: Guest, k: GuestKernel, need: int, mode: str, fstypes) -> GuestKernel:
+def choose_initramfs(guest: Guest, k: GuestKernel, need: int, mode: str, fstypes, known=None) -> GuestKernel:
     """The initramfs the VM boots, with the memory it needs: ``mode`` auto (a Xen-sized one made
     from the guest's where that is at most half of it: Debian's MODULES=most carries every
     machine's drivers, a Xen guest uses a dozen), slim (that one, or one FATAL) or image (the
-    guest's own). ``need``: the guest's own's (memory_needed). Never a guest binary run: the
-    initramfs is read and written as data (initramfs_slim)."""
+    guest's own). ``need``: the guest's own's (memory_needed); ``known``: the Result of an earlier
+    VM of this image generation (planner's boot facts), which spares the file's hash. Never a guest
+    binary run: the initramfs is read and written as data (initramfs_slim)."""
     k = replace(k, memory_need=need, own_need=need, slim=None, note="")
     if mode == "image" or not k.initrd:
         return replace(k, note="the image's own (--initramfs image)" if k.initrd else "")
     from . import initramfs_slim
 
-    r = initramfs_slim.slim_cached(guest.path(k.initrd), fstypes=tuple(sorted(fstypes)))
+    r = known if known is not None and (known.path is None or os.path.isfile(known.path)) else \
+        initramfs_slim.slim_cached(guest.path(k.initrd), fstypes=tuple(sorted(fstypes)))
+    k = replace(k, slim_result=r)
     own = f"{k.initrd}, {r.size_before / 2**20:.1f} MiB"
     if not r.slimmed:
         if mode == "slim":

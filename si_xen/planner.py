@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import replace
+from dataclasses import asdict, replace
 
-from . import atomic, boot
+from . import atomic, boot, initramfs_slim
 from .errors import Fatal
 from .image import Image
 from .image.survey import Survey, needed_mib
@@ -144,8 +144,9 @@ def check_boot(plan: Plan, image: Image, cache_dir: str | None = None,
     else:
         cached = _cached(cache_dir, plan)
         if cached:
-            k, need = cached
+            k, need, slim_facts = cached
         else:
+            slim_facts = {}
             with image.reading():
                 k = boot.find_kernel(image.guest)
                 if k is None:
@@ -153,12 +154,16 @@ def check_boot(plan: Plan, image: Image, cache_dir: str | None = None,
                         f"image '{image.name}' has no kernel in /boot",
                         "supply a Xen-capable kernel with --kernel and --initrd",
                     )
-                need = boot.memory_needed(image.guest, k, image.name)
+                unpacked = 0
+                if k.initrd and plan.initramfs != "image":  # one reading of the initramfs for both
+                    r = initramfs_slim.slim_cached(image.guest.path(k.initrd), tuple(sorted(_root_fs(plan))))
+                    slim_facts, unpacked = {_fs_key(_root_fs(plan)): asdict(r)}, r.unpacked_before
+                need = boot.memory_needed(image.guest, k, image.name, unpacked)
     k = replace(k, memory_need=need)
     if not plan.kernel:
         with image.reading():
-            k = boot.choose_initramfs(image.guest, k, need, plan.initramfs,
-                                      {d.fs for d in plan.disks if d.mountpoint in ("/", "/usr")})
+            k = boot.choose_initramfs(image.guest, k, need, plan.initramfs, _root_fs(plan),
+                                      known=_slim_known(slim_facts.get(_fs_key(_root_fs(plan)))))
         need = k.memory_need
     if plan.memory < need:
         raise Fatal(
@@ -179,17 +184,38 @@ def _cache_file(cache_dir: str | None, plan: Plan) -> str | None:
     return os.path.join(cache_dir, f"{plan.image_name}-{plan.fingerprint}.json") if cache_dir else None
 
 
-def _cached(cache_dir, plan) -> tuple[boot.GuestKernel, int] | None:
-    """What check_boot measured for this image before (its kernel was proven then), or None:
-    a file that is not what remember_boot wrote only costs a new measurement."""
+def _cached(cache_dir, plan) -> tuple[boot.GuestKernel, int, dict] | None:
+    """What check_boot measured for this image before (its kernel was proven then; its Xen-sized
+    initramfs by root filesystems), or None: a file that is not what remember_boot wrote only
+    costs a new measurement."""
     path = _cache_file(cache_dir, plan)
     try:
         with open(path) as f:
             d = json.load(f)
-        k, need = boot.GuestKernel(**d["kernel"]), d["memory_need"]
+        k, need, slim = boot.GuestKernel(**d["kernel"]), d["memory_need"], d.get("slim") or {}
     except (TypeError, OSError, ValueError, KeyError, AttributeError):
         return None
-    return (k, need) if isinstance(need, int) and 0 < need < 2**20 and isinstance(k.kernel, str) else None
+    ok = isinstance(need, int) and 0 < need < 2**20 and isinstance(k.kernel, str) and isinstance(slim, dict)
+    return (k, need, slim) if ok else None
+
+
+def _root_fs(plan: Plan) -> set[str]:
+    """The filesystems a Xen-sized initramfs must mount: the root's and /usr's."""
+    return {d.fs for d in plan.disks if d.mountpoint in ("/", "/usr")}
+
+
+def _fs_key(fstypes) -> str:
+    return ",".join(sorted(fstypes))
+
+
+def _slim_known(d):
+    """An earlier VM's initramfs_slim.Result from the boot facts, or None (then it is looked up)."""
+    from . import initramfs_slim
+
+    try:
+        return initramfs_slim.Result(**{**d, **{k: tuple(d[k]) for k in ("kept", "builtin", "missing")}})
+    except (TypeError, KeyError):
+        return None
 
 
 def remember_boot(plan: Plan, kernel: boot.GuestKernel | None, cache_dir: str | None) -> None:
@@ -198,4 +224,6 @@ def remember_boot(plan: Plan, kernel: boot.GuestKernel | None, cache_dir: str | 
     if kernel and path and not plan.kernel and not os.path.exists(path):
         os.makedirs(cache_dir, exist_ok=True)
         own = {f: getattr(kernel, f) for f in ("version", "kernel", "initrd")}  # the image's facts, not a VM's choice
-        atomic.write(path, json.dumps({"kernel": own, "memory_need": kernel.own_need or kernel.memory_need}))
+        slim = {_fs_key(_root_fs(plan)): asdict(kernel.slim_result)} if kernel.slim_result is not None else {}
+        atomic.write(path, json.dumps({"kernel": own, "memory_need": kernel.own_need or kernel.memory_need,
+                                       "slim": slim}))

@@ -48,15 +48,17 @@ def test_ssh_dir_linked_out_of_the_root_stays_inside(root):
     assert sshdconfig.key_types(open_image(root).guest) == []
 
 
-def test_an_unreadable_initramfs_is_named(root, tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", ["image", "auto"])  # read to measure it, or to make the Xen-sized one
+def test_an_unreadable_initramfs_is_named(root, tmp_path, monkeypatch, mode):
     image = open_image(root)
-    plan = planner.make_plan(Request.from_options(dict(config.BUILTIN, hostname="vm1", dhcp=True, dir=str(tmp_path), output=str(tmp_path))),
-                             image, survey(root))
+    plan = planner.make_plan(Request.from_options(dict(config.BUILTIN, hostname="vm1", dhcp=True, dir=str(tmp_path),
+                                                       output=str(tmp_path), initramfs=mode)), image, survey(root))
 
-    def denied(path):
+    def denied(path, *a):
         raise PermissionError(13, "Permission denied", path)
 
     monkeypatch.setattr(initramfs, "scan_cached", denied)
+    monkeypatch.setattr(planner.initramfs_slim, "slim_cached", denied)
     with pytest.raises(Fatal, match=r"^image 'img' is unusable: cannot read /boot/initrd.img-6.1.0-99-amd64: "
                                     r"Permission denied \(fix it in .*, or get the image again\)$"):
         planner.check_boot(plan, image)

@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from si_xen import boot, config, initramfs, planner
+from si_xen import boot, config, initramfs, initramfs_slim, planner
 from si_xen.errors import Fatal
 from si_xen.guestfs import Guest, RecordingGuest
 from si_xen.image import open_image
@@ -95,6 +95,14 @@ def test_the_boot_facts_kept_are_the_images_not_a_vms_choice(tmp_path, monkeypat
     plan, image = plan_of(root, tmp_path, initramfs="image")
     own = planner.check_boot(plan, image, facts)
     assert own.slim is None and own.memory_need == first.own_need
+    # a further VM's Xen-sized initramfs comes from the facts: no hash of the image's file, no slimming
+    monkeypatch.setattr(initramfs_slim, "slim_cached", lambda *a, **k: pytest.fail("looked up again"))
+    plan, image = plan_of(root, tmp_path)
+    again = planner.check_boot(plan, image, facts)
+    assert again.slim == first.slim and again.memory_need == first.memory_need
+    os.unlink(first.slim)  # the cache emptied: looked up (made) again, never a missing file booted
+    with pytest.raises(pytest.fail.Exception, match="looked up again"):
+        planner.check_boot(plan, image, facts)
 
 
 def test_direct_boot_copies_the_slim_one_out_and_a_clone_shares_it(tmp_path):

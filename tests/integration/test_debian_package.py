@@ -148,11 +148,12 @@ def check_dry_run(c: Chroot) -> None:
 
 
 def check_template(c: Chroot) -> None:
-    """si-xen finds its xl.cfg template where the package put it, and Debian's jinja2 parses it."""
+    """si-xen finds its templates (xl.cfg, and libvirt's domain XML) where the package put them, and
+    Debian's jinja2 parses them."""
     cp = c.run("python3", "-c", "import jinja2; from si_xen import domain; "
                "env = jinja2.Environment(loader=jinja2.FileSystemLoader(domain.template_dirs(None))); "
-               "print(env.get_template('xl.cfg.j2').filename)")
-    assert cp.stdout.strip() == "/usr/share/si-xen/templates/xl.cfg.j2"
+               "print(env.get_template('xl.cfg.j2').filename); print(env.get_template('libvirt.xml.j2').filename)")
+    assert cp.stdout.split() == ["/usr/share/si-xen/templates/xl.cfg.j2", "/usr/share/si-xen/templates/libvirt.xml.j2"]
 
 
 def check_completion(c: Chroot) -> None:

@@ -22,7 +22,8 @@ def parse(path: str) -> dict:
 
 
 def fields(spec: str) -> dict:
-    return dict(f.split("=", 1) for f in spec.split(",") if "=" in f)
+    """xl's key=value list; si-xen writes ", " between them, libvirt "," (xl reads both)."""
+    return dict(f.strip().split("=", 1) for f in spec.split(",") if "=" in f)
 
 
 def disks(cfg: dict) -> set:

@@ -103,7 +103,8 @@ def choose_initramfs(guest: Guest, k: GuestKernel, need: int, mode: str, fstypes
     if not r.slimmed:
         if mode == "slim":
             raise Fatal(f"--initramfs slim: the image's initramfs {k.initrd} {r.reason}",
-                        "use --initramfs image (or auto) to boot it as it is")
+                        "use --initramfs image (or auto) to boot it as it is (an existing VM: "
+                        "si_mkxenvm --rebuild NAME --initramfs image)")
         return replace(k, note=f"the image's own ({own}): it {r.reason}")
     if mode == "auto" and r.size_before + r.unpacked_before < 2 * (r.size_after + r.unpacked_after):
         return replace(k, note=f"the image's own ({own}): a Xen-sized one would be more than half of it")
@@ -147,7 +148,8 @@ def copy_out(guest: Guest, k: GuestKernel, boot_dir: str, journal, shared: str |
         old = File(os.path.join(boot_dir, name))
         dst = journal.made(old, old.delete).path  # journaled first: a copy cut short is removed too
         if shared:
-            cached = beside(shared, "initrd-xen" if src == k.slim else name.split(".")[0])
+            # the slim one by its cache name (its source's hash, VERSION, filesystems): never an older one
+            cached = beside(shared, f"initrd-xen-{os.path.basename(k.slim)}" if src == k.slim else name.split(".")[0])
             if not os.path.isfile(cached):
                 with atomic.replacing(cached) as tmp:
                     shutil.copyfile(src, tmp)
@@ -171,9 +173,6 @@ def write_grub_cfg(guest: Guest, k: GuestKernel, root_vdev: str, boot_is_separat
     if guest.isfile(old) and not guest.exists(old + ".si-xen-orig"):
         guest.write_text(old + ".si-xen-orig", guest.read_text(old) or "")
     xen = f"{k.initrd}{XEN_SUFFIX}" if k.initrd and k.slim else None
-    for stale in guest.glob("/boot", f"*{XEN_SUFFIX}"):  # an earlier kernel's, or one no longer wanted
-        if stale != xen:
-            guest.unlink(stale)
     if xen:
         guest.copy_in(k.slim, xen)
     kname = os.path.basename(k.kernel)
@@ -185,6 +184,9 @@ def write_grub_cfg(guest: Guest, k: GuestKernel, root_vdev: str, boot_is_separat
             lines.append(f"    initrd {prefix}/{os.path.basename(initrd)}")
         lines.append("}")
     guest.write_text(old, "\n".join(lines + [""]))
+    for stale in guest.glob("/boot", f"*{XEN_SUFFIX}"):  # an earlier kernel's, or one no longer wanted:
+        if stale != xen:  # gone once grub.cfg names it no more (a kill before leaves a bootable VM)
+            guest.unlink(stale)
 
 
 def check_supplied(kernel: str | None, initrd: str | None) -> None:

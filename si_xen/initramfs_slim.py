@@ -302,10 +302,16 @@ def _cache_name(src: str, fstypes, extra) -> str:
     """Keyed by the whole file's sha256 (~30 ms for 35 MB), not its identity as initramfs.scan_cached
     is: the slim file boots VMs of every image whose initramfs has the key, so an image must not
     be able to fake another's (same size, mtime and ends) and have its own file boot the other's VMs."""
-    params = hashlib.sha256(repr((VERSION, sorted(fstypes), sorted(extra), LEVEL)).encode()).hexdigest()[:8]
     with open(src, "rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()[:32]
-    return os.path.join(initramfs.cache_dir(), f"{digest}-slim-{params}")
+    return os.path.join(initramfs.cache_dir(), f"{digest}-slim-{params(fstypes, extra)}")
+
+
+def params(fstypes, extra=()) -> str:
+    """What a slim file is made with besides its source (VERSION, filesystems, modules, levels), as
+    a short hash: it names the cached file, and keys what a caller keeps of a Result (planner's boot
+    facts) so that a new VERSION never boots an old file."""
+    return hashlib.sha256(repr((VERSION, sorted(fstypes), sorted(extra), LEVEL)).encode()).hexdigest()[:8]
 
 
 def slim_cached(src: str, fstypes=("ext4",), extra=()) -> Result:

@@ -205,7 +205,7 @@ def _root_fs(plan: Plan) -> set[str]:
 
 
 def _fs_key(fstypes) -> str:
-    return ",".join(sorted(fstypes))
+    return f"{','.join(sorted(fstypes))}:{initramfs_slim.params(fstypes)}"  # a new VERSION: made again
 
 
 def _slim_known(d):

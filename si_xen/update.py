@@ -67,6 +67,7 @@ class Update:
     owned_facts: dict = field(default_factory=dict)
     fingerprints: list[str] = field(default_factory=list)
     kernel_files: dict[str, str] = field(default_factory=dict)  # where Xen reads a kernel -> its new copy ("": none now)
+    initramfs: str | None = None  # what boots now (record.initramfs), where the boot step looked
     boot_changed: bool = False
     rerun_all: bool = False
     stopped: bool = False  # shut down by this update: started again if it is undone
@@ -228,7 +229,7 @@ def _record(u: Update) -> None:
     u.record = replace(rec, image=u.image.name, request=request, image_path=u.image.path, image_time=u.image.meta.retrieval_time,
                        image_fingerprint=u.survey.fingerprint, owned=u.owned, owned_facts=u.owned_facts,
                        ssh_fingerprints=tuple(u.fingerprints) or rec.ssh_fingerprints, updated=summary["at"],
-                       updates=(*rec.updates, summary)[-KEPT_UPDATES:])
+                       updates=(*rec.updates, summary)[-KEPT_UPDATES:], initramfs=u.initramfs or rec.initramfs)
     u.journal.close()  # the journal is the VM's record again: the update's section goes with the rewrite
     journal.rewrite(u.settings.paths["state_dir"], rec.name, u.state.begin, u.state.things, u.record)
     journal.prune_manifests(u.settings.paths["state_dir"])

@@ -65,6 +65,14 @@ def run(u) -> None:
     img = boot.find_kernel(u.image.guest)
     if k and img and (img.version, img.initrd) == (k.version, k.initrd):  # the image's: slimmed as it chose
         k = replace(k, slim=chosen(u, img).slim)
+    elif k and k.initrd:  # a kernel the VM installed itself boots its own initramfs: is there room for it?
+        need = boot.memory_needed(guest, k, u.image.name)
+        if need > u.rec.memory:
+            raise Fatal(f"VM '{u.rec.name}' would boot its own kernel {k.version}, whose initramfs needs {need} MiB; "
+                        f"it has {u.rec.memory} MiB", f"give it more (memory = {need} in {u.rec.config}), then run "
+                        f"si_updatexenvm {u.rec.name} again")
+    if not u.rec.request.get("kernel"):
+        u.initramfs = "-" if not (k and k.initrd) else "slim" if k.slim else "image"
     if u.rec.boot != "direct":
         root = next(d for d in u.disks if d.mountpoint == "/")
         boot.write_grub_cfg(guest, k, root.vdev, any(d.mountpoint == "/boot" for d in u.disks),

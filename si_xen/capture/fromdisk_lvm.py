@@ -26,6 +26,7 @@ STALE = re.compile(rf"{PREFIX}(\d+)-\d+$")
 SUPPORTED = ("linear", "striped")
 ENV = {"LVM_SUPPRESS_FD_WARNINGS": "1"}  # our open fds (the autoclear loops) are no leak
 MAPPER = "/dev/mapper"
+SYS = "/sys/class/block"
 
 
 def _report(cmd: str, devs: list[str], fields: str, *extra: str) -> list[dict]:
@@ -96,6 +97,36 @@ def _map(name: str, text: str, writable: bool, undo: ExitStack) -> str:
     return dev
 
 
+def _release(devs: list[str]) -> None:
+    """Device-mapper devices that stand on our loop devices and are not our maps, removed (their
+    holders first): udev's LVM rule (69-lvm.rules: pvscan --autoactivation event) may activate the
+    guest's VG by its name as soon as the loops appear, and its LVs would hold them after the capture.
+    What holds our loop devices is the guest's alone; deactivating its VG by name or UUID could reach
+    the host's (a disk cloned from the host's own has its UUIDs)."""
+    if proc.which("udevadm"):
+        proc.run(["udevadm", "settle", "--timeout=10"], ok=(0, 1))
+    for dev in devs:
+        for name in _holders(os.path.basename(os.path.realpath(dev))):
+            proc.run(["dmsetup", "remove", "--retry", name], ok=(0, 1))
+
+
+def _holders(block: str) -> list[str]:
+    """The dm names holding block device ``block`` (sysfs), the outermost first."""
+    out = []
+    try:
+        held = sorted(os.listdir(os.path.join(SYS, block, "holders")))
+    except OSError:
+        return []
+    for h in held:
+        try:
+            with open(os.path.join(SYS, h, "dm", "name")) as f:
+                name = f.read().strip()
+        except OSError:
+            continue
+        out = [*_holders(h), *out, *([name] if not name.startswith(PREFIX) else [])]
+    return out
+
+
 def lv_tables(path: str, devs: list[str]) -> dict[tuple[str, str], str]:
     """(VG, LV): its device-mapper table, from the metadata on ``devs`` (read-only, those only);
     Fatal for an LV si-xen does not read (before any is mapped)."""
@@ -138,7 +169,9 @@ def volumes(path: str, pvs: list[Fs], undo: ExitStack, writable: bool = False) -
                     "cannot map it: its kernel has no device-mapper",
                     "run si_getxenimage on a host with device-mapper (modprobe dm-mod)")
     clear_stale()
-    tables = lv_tables(path, [f.dev for f in pvs])
+    devs = [f.dev for f in pvs]
+    undo.callback(_release, devs)  # after our maps are removed, before the loop devices go
+    tables = lv_tables(path, devs)
     out = []
     for n, ((vg, lv), text) in enumerate(tables.items()):
         dev = _map(f"{PREFIX}{os.getpid()}-{n}", text, writable, undo)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 
@@ -71,7 +72,8 @@ class FileBackend:
 
     def remove_base(self, base: str) -> None:
         # its .json first: a base without one is incomplete, and no VM clones it
-        for p in (beside(base, "json"), beside(base, "vmlinuz"), beside(base, "initrd"), beside(base, "initrd-xen"), base):
+        slims = glob.glob(glob.escape(beside(base, "initrd-xen-")) + "*")  # the Xen-sized initramfs kept with it
+        for p in (beside(base, "json"), beside(base, "vmlinuz"), beside(base, "initrd"), *slims, base):
             if os.path.lexists(p):
                 os.unlink(p)
 

@@ -102,10 +102,13 @@ def lvm(fp, monkeypatch, tmp_path):
     fp.register(["pvs", fp.any()], stdout=json.dumps(PVS), occurrences=10)
     fp.register(["dmsetup", "ls"], stdout="No devices found\n", occurrences=10)
     fp.register(["blkid", "-p", "-o", "export", fp.any()], stdout="TYPE=ext4\nUUID=u1\n", occurrences=10)
+    fp.register(["udevadm", "settle", fp.any()], occurrences=10)
+    monkeypatch.setattr(fromdisk_lvm, "SYS", str(tmp_path / "sys"))  # nothing holds the loop devices
 
     def remove(p):
-        del made[p.args[-1]]
-        os.unlink(tmp_path / p.args[-1])
+        if p.args[-1].startswith("si-xen-ro-"):
+            del made[p.args[-1]]
+            os.unlink(tmp_path / p.args[-1])
 
     fp.register(["dmsetup", "remove", "--retry", fp.any()], callback=remove, occurrences=10)
     return made
@@ -147,6 +150,27 @@ def test_volumes_mapped_read_only_under_our_names_then_removed(lvm, fp, tmp_path
     for argv in fp.calls:
         if argv[0] in ("pvs", "lvs"):  # our loop devices only, nothing written
             assert argv[1:4] == ["--devices", "/dev/loop2", "--readonly"], argv
+
+
+def test_what_udev_activated_on_our_loop_devices_is_removed_after_our_maps(lvm, fp, tmp_path, monkeypatch):
+    """udev's LVM rule may activate the guest's VG by name when the loops appear: its LVs hold our
+    loop device (sysfs holders) and are removed, outermost first, after our maps and before the
+    loops go; a host device-mapper device not on our loops is never named."""
+    sys = tmp_path / "sys"
+    for dev, name, holders in (("loop2", None, ["dm-5"]), ("dm-5", "vg0-pool_tdata", ["dm-7"]),
+                               ("dm-7", "vg0-pool", []), ("dm-1", "vg0-root", [])):  # dm-1: the host's
+        (sys / dev / "holders").mkdir(parents=True)
+        for h in holders:
+            (sys / dev / "holders" / h).touch()
+        if name:
+            (sys / dev / "dm").mkdir()
+            (sys / dev / "dm" / "name").write_text(name + "\n")
+    creating(fp, tmp_path, lvm)
+    with ExitStack() as undo:
+        volumes("d.raw", [Fs("/dev/loop2", "LVM2_member", 2)], undo)
+    removed = [list(c)[-1] for c in fp.calls if list(c)[:2] == ["dmsetup", "remove"]]
+    pid = os.getpid()
+    assert removed == [f"si-xen-ro-{pid}-1", f"si-xen-ro-{pid}-0", "vg0-pool", "vg0-pool_tdata"]
 
 
 def test_a_private_copy_is_mapped_writable_for_its_journal(lvm, fp, tmp_path):

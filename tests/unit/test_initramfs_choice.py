@@ -96,6 +96,7 @@ def test_the_boot_facts_kept_are_the_images_not_a_vms_choice(tmp_path, monkeypat
     own = planner.check_boot(plan, image, facts)
     assert own.slim is None and own.memory_need == first.own_need
     # a further VM's Xen-sized initramfs comes from the facts: no hash of the image's file, no slimming
+    slim_cached = initramfs_slim.slim_cached
     monkeypatch.setattr(initramfs_slim, "slim_cached", lambda *a, **k: pytest.fail("looked up again"))
     plan, image = plan_of(root, tmp_path)
     again = planner.check_boot(plan, image, facts)
@@ -103,6 +104,11 @@ def test_the_boot_facts_kept_are_the_images_not_a_vms_choice(tmp_path, monkeypat
     os.unlink(first.slim)  # the cache emptied: looked up (made) again, never a missing file booted
     with pytest.raises(pytest.fail.Exception, match="looked up again"):
         planner.check_boot(plan, image, facts)
+    monkeypatch.setattr(initramfs_slim, "slim_cached", slim_cached)
+    again = planner.check_boot(plan, image, facts)  # made again
+    monkeypatch.setattr(initramfs_slim, "VERSION", initramfs_slim.VERSION + 1)  # si-xen upgraded
+    newer = planner.check_boot(plan, image, facts)
+    assert newer.slim != again.slim and os.path.isfile(newer.slim), "a new VERSION boots a new file"
 
 
 def test_direct_boot_copies_the_slim_one_out_and_a_clone_shares_it(tmp_path):
@@ -122,7 +128,8 @@ def test_direct_boot_copies_the_slim_one_out_and_a_clone_shares_it(tmp_path):
     base.write_bytes(b"")
     _, initrd = boot.copy_out(Guest(root), k, str(tmp_path / "vm"), Journal(), shared=str(base))
     slim = open(k.slim, "rb").read()
-    assert open(initrd, "rb").read() == slim and (tmp_path / "bases" / "b.initrd-xen").read_bytes() == slim
+    kept = tmp_path / "bases" / f"b.initrd-xen-{os.path.basename(k.slim)}"  # named by what made it
+    assert open(initrd, "rb").read() == slim and kept.read_bytes() == slim
     assert (tmp_path / "bases" / "b.vmlinuz").exists() and not (tmp_path / "bases" / "b.initrd").exists()
 
 

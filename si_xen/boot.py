@@ -149,7 +149,8 @@ def copy_out(guest: Guest, k: GuestKernel, boot_dir: str, journal, shared: str |
         dst = journal.made(old, old.delete).path  # journaled first: a copy cut short is removed too
         if shared:
             # the slim one by its cache name (its source's hash, VERSION, filesystems): never an older one
-            cached = beside(shared, f"initrd-xen-{os.path.basename(k.slim)}" if src == k.slim else name.split(".")[0])
+            slim = os.path.splitext(os.path.basename(k.slim or ""))[0]  # no .img: a base is listed by its .img
+            cached = beside(shared, f"initrd-xen-{slim}" if src == k.slim else name.split(".")[0])
             if not os.path.isfile(cached):
                 with atomic.replacing(cached) as tmp:
                     shutil.copyfile(src, tmp)

@@ -128,7 +128,7 @@ def test_direct_boot_copies_the_slim_one_out_and_a_clone_shares_it(tmp_path):
     base.write_bytes(b"")
     _, initrd = boot.copy_out(Guest(root), k, str(tmp_path / "vm"), Journal(), shared=str(base))
     slim = open(k.slim, "rb").read()
-    kept = tmp_path / "bases" / f"b.initrd-xen-{os.path.basename(k.slim)}"  # named by what made it
+    kept = tmp_path / "bases" / f"b.initrd-xen-{os.path.basename(k.slim)[:-4]}"  # named by what made it, no .img
     assert open(initrd, "rb").read() == slim and kept.read_bytes() == slim
     assert (tmp_path / "bases" / "b.vmlinuz").exists() and not (tmp_path / "bases" / "b.initrd").exists()
 

@@ -84,6 +84,17 @@ def need_mib(kernel_bytes: int, initrd_bytes: int = 0, unpacked: int = 0) -> int
     return (need + 31) // 32 * 32
 
 
+def root_fstypes(disks) -> set[str]:
+    """The filesystems a Xen-sized initramfs must mount: the root's and /usr's (a plan's or a
+    record's disks)."""
+    return {d.fs for d in disks if d.mountpoint in ("/", "/usr")}
+
+
+def initramfs_kind(k: GuestKernel | None) -> str:
+    """The record's word for the initramfs a guest kernel boots: slim, image, or - (none)."""
+    return "-" if k is None or not k.initrd else "slim" if k.slim else "image"
+
+
 def choose_initramfs(guest: Guest, k: GuestKernel, need: int, mode: str, fstypes, known=None) -> GuestKernel:
     """The initramfs the VM boots, with the memory it needs: ``mode`` auto (a Xen-sized one made
     from the guest's where that is at most half of it: Debian's MODULES=most carries every

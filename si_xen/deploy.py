@@ -222,10 +222,10 @@ def built(c: Context) -> VmRecord:
 
 
 def initramfs_kind(k, plan) -> str:
-    """The record's word for the initramfs the VM boots."""
+    """The record's word for the initramfs the VM boots (given: dom0's, with --kernel/--initrd)."""
     if plan.kernel:
         return "given" if plan.initrd else "-"
-    return "-" if k is None or not k.initrd else "slim" if k.slim else "image"
+    return boot.initramfs_kind(k)
 
 
 def _record(c: Context) -> None:

@@ -67,6 +67,11 @@ class Result:
     def slimmed(self) -> bool:
         return self.path is not None
 
+    @classmethod
+    def from_json(cls, d: dict) -> Result:
+        """As asdict() wrote it (lists for the tuples); TypeError or KeyError if it is not one."""
+        return cls(**{**d, **{k: tuple(d[k]) for k in ("kept", "builtin", "missing")}})
+
 
 def _name(mod: str) -> str:
     """kmod's module name: xen-blkfront.ko.xz -> xen_blkfront."""
@@ -322,7 +327,7 @@ def slim_cached(src: str, fstypes=("ext4",), extra=()) -> Result:
     try:
         with open(base + ".json") as f:
             d = json.load(f)
-        r = Result(**{**d, **{k: tuple(d[k]) for k in ("kept", "builtin", "missing")}})
+        r = Result.from_json(d)
         if r.path is None or os.path.isfile(r.path):
             return Result(**{**asdict(r), "seconds": monotonic() - t0, "cached": True})
     except (OSError, ValueError, KeyError, TypeError):

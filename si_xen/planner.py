@@ -200,8 +200,7 @@ def _cached(cache_dir, plan) -> tuple[boot.GuestKernel, int, dict] | None:
 
 
 def _root_fs(plan: Plan) -> set[str]:
-    """The filesystems a Xen-sized initramfs must mount: the root's and /usr's."""
-    return {d.fs for d in plan.disks if d.mountpoint in ("/", "/usr")}
+    return boot.root_fstypes(plan.disks)
 
 
 def _fs_key(fstypes) -> str:
@@ -210,10 +209,8 @@ def _fs_key(fstypes) -> str:
 
 def _slim_known(d):
     """An earlier VM's initramfs_slim.Result from the boot facts, or None (then it is looked up)."""
-    from . import initramfs_slim
-
     try:
-        return initramfs_slim.Result(**{**d, **{k: tuple(d[k]) for k in ("kept", "builtin", "missing")}})
+        return initramfs_slim.Result.from_json(d)
     except (TypeError, KeyError):
         return None
 

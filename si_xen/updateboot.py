@@ -35,8 +35,8 @@ def chosen(u, k, need: int | None = None):
 
     if need is None:
         need = boot.memory_needed(u.image.guest, k, u.image.path)
-    fstypes = {d.fs for d in u.rec.disks if d.mountpoint in ("/", "/usr")}
-    return boot.choose_initramfs(u.image.guest, k, need, u.rec.request.get("initramfs") or "image", fstypes)
+    return boot.choose_initramfs(u.image.guest, k, need, u.rec.request.get("initramfs") or "image",
+                                 boot.root_fstypes(u.rec.disks))
 
 
 def libvirt_boots_as_it_did(rec, initrd: bool, version: str) -> None:
@@ -72,7 +72,7 @@ def run(u) -> None:
                         f"it has {u.rec.memory} MiB", f"give it more (memory = {need} in {u.rec.config}), then run "
                         f"si_updatexenvm {u.rec.name} again")
     if not u.rec.request.get("kernel"):
-        u.initramfs = "-" if not (k and k.initrd) else "slim" if k.slim else "image"
+        u.initramfs = boot.initramfs_kind(k)
     if u.rec.boot != "direct":
         root = next(d for d in u.disks if d.mountpoint == "/")
         boot.write_grub_cfg(guest, k, root.vdev, any(d.mountpoint == "/boot" for d in u.disks),

@@ -68,18 +68,6 @@ def _sec(facts) -> tuple:
     return (facts[0], facts[1], facts[2], facts[3], facts[4] // 10**9)
 
 
-def _golden(g: Guest) -> dict[str, tuple[str, str]]:
-    """The aside MANIFEST: original path -> ("file", kept copy) or ("link", target); a path kept
-    more than once: the last (the newest golden version an update saw)."""
-    out = {}
-    for line in (g.read_text(aside.MANIFEST) or "").splitlines():
-        kind, _, rest = line.partition("\t")
-        orig, _, where = rest.partition("\t")
-        if kind in ("file", "link") and orig.startswith("/") and where:
-            out[orig] = (kind, where)
-    return out
-
-
 class _Reverser:
     def __init__(self, tree: str, rec, facts_dir: str, excluded: Callable[[str], bool] | None = None):
         self.excluded = excluded or (lambda p: False)
@@ -87,7 +75,7 @@ class _Reverser:
         self.image = Guest(rec.image_path) if rec.image_path and os.path.isdir(rec.image_path) else None
         self.gen = manifest.load(facts_dir, rec.image_fingerprint) if rec.image_fingerprint else None
         self.rec = rec
-        self.golden = _golden(self.g)
+        self.golden = aside.read_manifest(self.g)
         self.notes: list[str] = []
         self.counts = {"image": 0, "golden": 0, "removed": 0}
         self.dirs: set[str] = set()  # directories whose entries changed: their mtimes go back

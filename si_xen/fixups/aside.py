@@ -20,6 +20,18 @@ MANIFEST_HEAD = ("# si-xen kept the golden client's network settings aside: move
                  " recreate each link, to restore them\n")
 
 
+def read_manifest(guest) -> dict[str, tuple[str, str]]:
+    """MANIFEST as written here: original path -> ("file", kept copy) or ("link", target); a path
+    kept more than once: the last (the newest golden version an update saw). Capture reads it."""
+    out = {}
+    for line in (guest.read_text(MANIFEST) or "").splitlines():
+        kind, _, rest = line.partition("\t")
+        orig, _, where = rest.partition("\t")
+        if kind in ("file", "link") and orig.startswith("/") and where:
+            out[orig] = (kind, where)
+    return out
+
+
 def _record(ctx: Ctx, line: str) -> None:
     old = ctx.guest.read_text(MANIFEST) or MANIFEST_HEAD
     if line + "\n" not in old:

@@ -162,6 +162,8 @@ class FakeRsync:
                     with open(os.path.join(dest, os.path.basename(rel)), "w") as f:
                         f.write(self.files[rel])
             return
+        if "--list-only" in process.args:  # a listing: its last argument is the server's URL, never a directory here
+            return
         if "--out-format=%i %n" in process.args:  # the incremental pull's dry run: what it would fetch
             process.stdout.write("".join(f">f.st...... {rel}\n" for rel in self.files))
             return

@@ -154,7 +154,7 @@ def cloudinit(ctx: Ctx) -> None:
     user-data (--user-data FILE, else empty) and network-config; /etc/cloud/cloud.cfg.d/99_si-xen.cfg
     limits the datasources to NoCloud (no network probing at boot) and keeps si-xen's work when
     cloud-init runs its per-instance modules: SSH host keys (ssh_deletekeys: false, ssh_genkeytypes:
-    []), hostname and /etc/hosts (preserve_hostname, manage_etc_hosts: false), apt's sources.list,
+    the kinds it has), hostname and /etc/hosts (preserve_hostname, manage_etc_hosts: false), apt's sources.list,
     and the network where si-xen configured the guest's stack (network: config: disabled). A new VM
     loses the golden client's cloud-init instance data. With --cloud-init off,
     /etc/cloud/cloud-init.disabled is written instead.
@@ -200,8 +200,12 @@ def cloudinit(ctx: Ctx) -> None:
         ctx.write(f"{SEED}/user-data", s.user_data, mode=0o600)
     elif not g.exists(f"{SEED}/user-data") or not s.keep_identity:
         ctx.write(f"{SEED}/user-data", "", mode=0o600)  # NoCloud ignores a seed dir without one
-    cfg = {"datasource_list": ["NoCloud", "None"], "ssh_deletekeys": False, "ssh_genkeytypes": [],
-           "preserve_hostname": True, "manage_etc_hosts": False,
+    # cloud-init makes each of ssh_genkeytypes that is missing; "none" is not a value its schema
+    # takes (an empty list: "Invalid cloud-config provided" at every boot), so: the kinds si-xen made
+    keys = sorted(m.group(1) for p in g.glob("etc/ssh", "ssh_host_*_key")
+                  if (m := re.fullmatch(r"etc/ssh/ssh_host_(dsa|ecdsa|ed25519|rsa)_key", p)))  # its schema's kinds
+    cfg = {"datasource_list": ["NoCloud", "None"], "ssh_deletekeys": False,
+           **({"ssh_genkeytypes": keys} if keys else {}), "preserve_hostname": True, "manage_etc_hosts": False,
            "apt": {"preserve_sources_list": True},  # the golden client's sources.list, not a generated one
            **({"network": {"config": "disabled"}} if ours else {})}
     ctx.write(CFG, HEADER + document(cfg))

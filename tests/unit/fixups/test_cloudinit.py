@@ -46,6 +46,26 @@ def test_what_it_writes_is_yaml_where_pyyaml_is(tmp_path):
             assert yaml.safe_load(f) == _doc(root, p)
 
 
+def test_cloud_init_makes_no_host_key_beside_the_kinds_the_vm_has(tmp_path):
+    """ssh_genkeytypes names the kinds of host key the guest has, never an empty list: cloud-init's
+    schema refuses that (minItems 1), and says "Invalid cloud-config provided" at every boot."""
+    root = _guest(tmp_path)
+    for name in os.listdir(os.path.join(root, "etc/ssh")):
+        if name.startswith("ssh_host_"):
+            os.remove(os.path.join(root, "etc/ssh", name))
+    _run(root, STATIC)
+    assert "ssh_genkeytypes" not in _doc(root, CFG)  # none: cloud-init's own default, not []
+    write(root, {f"etc/ssh/ssh_host_{k}_key{e}": "k\n" for k in ("ed25519", "rsa") for e in ("", ".pub")})
+    _run(root, STATIC)
+    assert _doc(root, CFG)["ssh_genkeytypes"] == ["ed25519", "rsa"]
+
+
+def _key_kinds(root) -> list[str]:
+    d = os.path.join(root, "etc/ssh")
+    return sorted(n[9:-4] for n in os.listdir(d) if n.startswith("ssh_host_") and n.endswith("_key") and len(n) > 12) \
+        if os.path.isdir(d) else []
+
+
 def _guest(tmp_path, name="debian12", extra=None, sub="vm"):
     root = build(tmp_path / sub, name)
     write(root, {**CLOUD_INIT, **(extra or {})})
@@ -88,7 +108,7 @@ def test_the_seed_parses_back_and_says_what_the_vm_is(tmp_path, name):
     assert meta["instance-id"].startswith("si-xen-")
     cfg = _doc(root, CFG)
     assert cfg["datasource_list"] == ["NoCloud", "None"]
-    assert cfg["ssh_deletekeys"] is False and cfg["ssh_genkeytypes"] == []
+    assert cfg["ssh_deletekeys"] is False and cfg.get("ssh_genkeytypes", ["-"]) == (_key_kinds(root) or ["-"])
     assert cfg["preserve_hostname"] is True and cfg["manage_etc_hosts"] is False
     assert os.path.getsize(os.path.join(root, SEED, "user-data")) == 0  # NoCloud needs the file
     net = _doc(root, f"{SEED}/network-config")

@@ -3,7 +3,8 @@
     bases → disks → filesystems → mount → copy → fixups → boot → unmount → config
           → define → autostart → confirm → record → start
 
-(``define``: --toolstack libvirt's persistent domain, whose autostart is then libvirt's.)
+(``define``: --toolstack libvirt's persistent domain, whose autostart is then libvirt's; a
+rebuild's redefines it, its old definition kept in the journal for the undo.)
 
 A step that fails or is interrupted (SIGINT, SIGTERM, SIGHUP) has every thing made so far
 deleted, newest first (journal.py); a crash leaves the journal for si_rmxenvm. Once the
@@ -26,7 +27,7 @@ from .guestfs import RecordingGuest
 from .headstart import Headstart
 from .image import Image, survey
 from .image.survey import ImageChanged
-from .made import Domain, File, LibvirtAutostart, LibvirtDefinition, link_autostart
+from .made import Domain, File, LibvirtAutostart, LibvirtDefinition, LibvirtRedefinition, link_autostart
 from .plan import Plan
 from .record import VmRecord
 from .report import Reporter
@@ -189,13 +190,16 @@ def _virsh():
 
 
 def _define(c: Context) -> None:
-    if c.old is not None:  # its undo would undefine the old VM's domain, which a failed rebuild must keep
-        raise Fatal(f"si_mkxenvm --rebuild of a libvirt VM is not supported yet ({c.plan.hostname} is as it was)",
-                    f"si_rmxenvm {c.plan.hostname}, then si_mkxenvm --toolstack libvirt again")
-    ts = _virsh()
-    with c.rep.step(f"Defining {c.plan.hostname} in libvirt (virsh define)"):
-        c.journal.made(LibvirtDefinition(c.plan.hostname, domain.domain_uuid(c.plan)), ts.define,
-                       libvirt.xml_path(c.plan.cfg_path))
+    """``virsh define`` of the XML. A rebuild's replaces the domain libvirt has (the same name and
+    uuid), whose definition is saved in the journal first: its undo defines that again, never
+    undefines the VM a failed rebuild keeps."""
+    ts, name, uuid = _virsh(), c.plan.hostname, domain.domain_uuid(c.plan)
+    held = ts.definition(name) if c.old is not None else None  # (xml, autostart), or None: libvirt lost it
+    with c.rep.step(f"{'Redefining' if held else 'Defining'} {name} in libvirt (virsh define)"):
+        thing = LibvirtRedefinition(name, uuid, *held) if held else LibvirtDefinition(name, uuid)
+        c.journal.made(thing, ts.define, libvirt.xml_path(c.plan.cfg_path))
+    if held and held[1] and not c.plan.activation.autostart:  # as the request says, like an xl rebuild's link
+        ts.autostart(name, on=False)  # the undo above turns it on again
 
 
 def _autostart(c: Context) -> None:

@@ -266,6 +266,27 @@ class LibvirtDefinition(Made):
 
 
 @dataclass(frozen=True)
+class LibvirtRedefinition(LibvirtDefinition):
+    """A rebuild's ``virsh define`` over the domain it replaces (the same name and uuid, so libvirt
+    replaces its persistent config): undone by defining the old one again, saved here as libvirt
+    held it, with its autostart as it was; never undefined (a failed rebuild keeps the old VM).
+    Once the rebuild is recorded it is the VM's definition like any other (:meth:`kept`)."""
+
+    kind = "libvirt-redefinition"
+    old_xml: str = ""
+    old_autostart: bool = False
+
+    def delete(self) -> None:
+        ts = _virsh(self.name)
+        if ts.domuuid(self.name) in (self.uuid, None):  # another uuid: the admin's since, theirs
+            ts.define_text(self.old_xml)
+            ts.autostart(self.name, self.old_autostart)
+
+    def kept(self) -> LibvirtDefinition:
+        return LibvirtDefinition(self.name, self.uuid)
+
+
+@dataclass(frozen=True)
 class LibvirtAutostart(Made):
     """libvirt's autostart of the domain (``virsh autostart``), in place of /etc/xen/auto."""
 

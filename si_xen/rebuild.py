@@ -5,7 +5,9 @@
 Its journal is replaced first by one that keeps the old (journal.Journal.replacing), its identity
 carried from the old disks (carry.py), its old config, autostart link, kernel copies and disks
 moved aside (made.Aside) until the new record is in: a failure or a signal before that moves
-them back and the VM is exactly as before.
+them back and the VM is exactly as before. A libvirt VM's domain is redefined in place (the same
+name and uuid); the journal keeps its old definition (made.LibvirtRedefinition), which an undo
+defines again.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from .errors import Fatal
 from .headstart import Headstart
 from .image import Image
 from .image.survey import ImageChanged
-from .made import Aside, CarryDir, LogicalVolume, _present, _rename
+from .made import Aside, CarryDir, LibvirtRedefinition, LogicalVolume, _present, _rename
 from .made import DiskFile as Df
 from .plan import Plan
 from .record import VmRecord, stamp
@@ -92,7 +94,7 @@ def discard(state_dir: str, st: journal.State, lock_dir: str | None = None) -> V
             t.delete()
     # the old VM's directories and base locks (a lock goes only when free), and kept disks of earlier rebuilds
     mine = [t for t in st.replaced_things if t.kind in ("dir", "lock") or (t.kind in REPLACEABLE and t.path not in asided)]
-    new = [t for t in st.things if not isinstance(t, (Aside, CarryDir))]
+    new = [t.kept() if isinstance(t, LibvirtRedefinition) else t for t in st.things if not isinstance(t, (Aside, CarryDir))]
     rec = st.record
     if kept:
         rec = replace(rec, extra={**rec.extra, "old_disks": [k.path for k in kept]})

@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import bases, batch, deploy, journal, planner, rebuild, toolstack
+from . import bases, batch, deploy, domain, journal, planner, rebuild, toolstack
 from .errors import Fatal
 from .headstart import Headstart
 from .image import Image, survey
@@ -236,9 +236,24 @@ def _said_again(rec: VmRecord) -> str:
     return f"--memory {rec.memory}M --type {rec.type} --boot {rec.boot} --mac {rec.mac} {net} {where}"
 
 
-def running(name: str) -> bool:
-    ts = toolstack.find()
+def running(name: str, choice: str | None = "auto") -> bool:
+    ts = toolstack.find(choice or "auto")
     return ts is not None and toolstack.hypervisor_running() and name in ts.domains()
+
+
+def _same_toolstack(rec: VmRecord, plan: Plan) -> None:
+    """A libvirt VM is rebuilt as the same libvirt domain, its definition replaced (deploy._define):
+    checked before anything is stopped. A move into or out of libvirt is no rebuild: the old
+    domain would stay defined beside (or be missing from) the new registration."""
+    was, now = rec.toolstack == "libvirt", plan.activation.toolstack == "libvirt"
+    if was != now:
+        raise Fatal(f"VM '{rec.name}' is {'' if was else 'not '}libvirt's, and a rebuild keeps its toolstack",
+                    f"drop --toolstack, or si_rmxenvm {rec.name}, then si_mkxenvm --toolstack {plan.activation.toolstack}")
+    if now:
+        uuid = toolstack.require_libvirt().domuuid(rec.name)
+        if uuid not in (None, domain.domain_uuid(plan)):  # a redefinition would fail on it: said before the stop
+            raise Fatal(f"libvirt's domain '{rec.name}' has uuid {uuid}, not the one si-xen defined (the admin's since)",
+                        f"si_rmxenvm {rec.name} and undefine that domain, then si_mkxenvm again")
 
 
 def rebuild_vm(name: str, overrides: dict, image: Image, settings, rep: Reporter, hs: Headstart, guard: Guard,
@@ -254,10 +269,7 @@ def rebuild_vm(name: str, overrides: dict, image: Image, settings, rep: Reporter
         for attempt in range(1, ATTEMPTS + 1):
             state = rebuildable(journal.load(state_dir, name), name, settings, rep) if not dry_run else \
                 _checked(journal.load(state_dir, name), name, settings, rep)
-            if "libvirt" in (state.record.toolstack, overrides.get("toolstack")):  # before anything is stopped
-                raise Fatal(f"si_mkxenvm --rebuild of a libvirt VM is not supported yet ({name} is as it was)",
-                            f"si_rmxenvm {name}, then si_mkxenvm --toolstack libvirt again")
-            was_running = running(name)
+            was_running = running(name, state.record.toolstack)
             ran_before = was_running if ran_before is None else ran_before
             if was_running and not restart:
                 ts = toolstack.for_messages(state.record.toolstack)
@@ -269,6 +281,7 @@ def rebuild_vm(name: str, overrides: dict, image: Image, settings, rep: Reporter
             kernel = planner.check_boot(plans[0], image, facts, req.said.memory)
             plans = planner.noted(plans, kernel)
             plan = plans[0]
+            _same_toolstack(state.record, plan)
             need = 0
             if plan.storage == "dir" and not plan.clone:  # the old disks stay until the new VM is made
                 need = sum(survey.needed_mib(*u) for u in tree.usage([d.mountpoint for d in plan.disks if d.mountpoint]).values())
@@ -299,13 +312,13 @@ def rebuild_vm(name: str, overrides: dict, image: Image, settings, rep: Reporter
 def _start_again(name: str, state_dir: str, ran_before: bool | None, rep: Reporter) -> None:
     """A rebuild put back after its stop: the old VM runs again, as it did before."""
     st = journal.load(state_dir, name)
-    if not ran_before or st is None or st.replaces is not None or not st.complete or running(name):
+    if not ran_before or st is None or st.replaces is not None or not st.complete or running(name, st.record.toolstack):
         return
     shown = toolstack.for_messages(st.record.toolstack).start_shown(name, st.record.config)
     try:
         ts = toolstack.require_running(st.record.toolstack or "auto")
         rep.say(f"Starting {name} again as it was ({shown})")
-        ts.create(st.record.config, lambda _signum: None)
+        ts.create(st.record.config, lambda _signum: None, name=name)
     except Exception as e:  # the rebuild's own error is the one to raise
         rep.warn(f"could not start {name} again: {e}; start it with {shown}")
 

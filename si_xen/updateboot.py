@@ -1,5 +1,6 @@
 """si_updatexenvm's boot step: the image's new kernel checked for its memory need before any change,
-copied out where Xen reads it under new names, and put in place once the update's disks are."""
+copied out where Xen reads it under new names, and put in place once the update's disks are (a
+libvirt VM's definition names the same files; an initramfs gained or lost redefines its ``<initrd>``)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import shutil
 import stat
 from dataclasses import replace
 
-from . import atomic
+from . import atomic, toolstack
 from .deploy import boot_dir
 from .errors import Fatal
+from .toolstack import libvirt
 
 
 def check_memory(u) -> None:
@@ -25,7 +27,7 @@ def check_memory(u) -> None:
     if need > u.rec.memory:
         raise Fatal(f"the image's kernel {k.version} needs {need} MiB to boot; VM '{u.rec.name}' has {u.rec.memory} MiB",
                     f"give it more (memory = {need} in {u.rec.config}), then run si_updatexenvm {u.rec.name} again")
-    libvirt_boots_as_it_did(u.rec, bool(k.initrd), k.version)
+    check_libvirt(u.rec, bool(k.initrd), k.version)
 
 
 def chosen(u, k, need: int | None = None):
@@ -39,18 +41,28 @@ def chosen(u, k, need: int | None = None):
                                  boot.root_fstypes(u.rec.disks))
 
 
-def libvirt_boots_as_it_did(rec, initrd: bool, version: str) -> None:
+def check_libvirt(rec, initrd: bool, version: str) -> None:
     """A libvirt VM's definition names its direct-boot files once (BOOT_DIR/vmlinuz, initrd.img):
-    new files under those names need nothing, an initramfs gained or lost would need it redefined,
-    which an update does not do yet. Refused before any change."""
-    if rec.toolstack != "libvirt" or rec.boot != "direct" or rec.request.get("kernel"):
-        return
-    with open(rec.config) as f:
-        had = RAMDISK.search(f.read()) is not None
-    if had != initrd:
-        raise Fatal(f"the image's kernel {version} {'comes without' if had else 'needs'} an initramfs now, and the "
-                    f"libvirt definition of VM '{rec.name}' is not redefined by an update yet",
-                    f"si_rmxenvm {rec.name}, then si_mkxenvm --toolstack libvirt again")
+    new files under those names need nothing; an initramfs gained or lost is a redefinition of its
+    ``<initrd>`` (put_in_place), for which libvirtd must answer: checked before any change."""
+    if redefined(rec) and libvirt.has_initrd(_read(libvirt.xml_path(rec.config))) != initrd:
+        virsh = libvirt.find_virsh()
+        if virsh is None:
+            toolstack.require_libvirt()  # its FATAL: install virsh
+        virsh.reachable(
+            f"; the image's kernel {version} {'needs' if initrd else 'comes without'} an initramfs now, so the "
+            f"libvirt definition of VM '{rec.name}' changes; nothing was changed",
+            f"start libvirtd (systemctl start libvirtd), then run si_updatexenvm {rec.name} again")
+
+
+def redefined(rec) -> bool:
+    """A libvirt VM booted from its own copy of the image's kernel (dom0's --kernel never changes)."""
+    return rec.toolstack == "libvirt" and rec.boot == "direct" and not rec.request.get("kernel")
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
 
 
 def run(u) -> None:
@@ -104,6 +116,20 @@ def put_in_place(u) -> None:
             ramdisk = final if new else ""
     if ramdisk is not None:
         set_ramdisk(u.rec.config, ramdisk)
+        if redefined(u.rec):
+            set_initrd(u.rec, ramdisk)
+
+
+def set_initrd(rec, path: str) -> None:
+    """A libvirt VM's ``<initrd>`` as its xl.cfg's ramdisk line: in libvirt's definition, then in
+    the XML beside the config (in that order: run again after a crash between the two, the file
+    still differs, and libvirt's definition, already right, is left as it is)."""
+    xml = libvirt.xml_path(rec.config)
+    text = _read(xml)
+    new = libvirt.with_initrd(text, path)
+    if new != text:
+        toolstack.require_libvirt().set_initrd(rec.name, path)
+        atomic.write(xml, new, stat.S_IMODE(os.stat(xml).st_mode))
 
 
 RAMDISK = re.compile(r"^ramdisk\s*=.*\n?", re.M)

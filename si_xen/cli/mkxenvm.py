@@ -50,7 +50,11 @@ MAN = {
         "si_rmxenvm). A failure or signal before that puts the VM back exactly as it was; after a crash the\n"
         "next --rebuild rolls back (or, once recorded, tidies) first, and si_rmxenvm removes old and new.\n"
         "A running VM is refused unless --restart: a clean shutdown within --timeout (never a destroy),\n"
-        "and the VM is started again. A VM made by si-xen < 0.2 has no recorded options: the FATAL names them.\n\n"
+        "and the VM is started again. A --toolstack libvirt VM stays the same libvirt domain (its name and\n"
+        "uuid): its new XML is defined over the old definition, which the journal keeps (as libvirtd held\n"
+        "it) until the new VM is recorded; a failure defines the old one again, never undefines the domain.\n"
+        "Its autostart is the record's, its shutdown and start libvirt's. A VM moves into or out of libvirt\n"
+        "only by si_rmxenvm and a new si_mkxenvm. A VM made by si-xen < 0.2 has no recorded options: the FATAL names them.\n\n"
         "Defaults come from /etc/systemimager/xen.conf (si-xen.conf(5)); options override them."
     ),
     "examples": (

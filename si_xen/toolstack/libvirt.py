@@ -11,8 +11,11 @@ no toolstack object of ours).
 from __future__ import annotations
 
 import os
+import re
+import tempfile
 import xml.etree.ElementTree as ET
 from time import monotonic, sleep  # by name: a test fakes this module's clock
+from xml.sax.saxutils import escape
 
 from .. import proc
 from ..errors import Fatal
@@ -54,6 +57,36 @@ class Libvirt:
     def define(self, xml_path: str) -> None:
         proc.run(self._virsh("define", xml_path))
 
+    def define_text(self, xml: str) -> None:
+        """``virsh define`` of XML held here (a saved definition, an edited one), from a private
+        temporary file: it may hold the domain's secrets (--security-info)."""
+        with tempfile.NamedTemporaryFile("w", prefix="si-xen-", suffix=".xml") as f:
+            f.write(xml)
+            f.flush()
+            self.define(f.name)
+
+    def definition(self, name: str) -> tuple[str, bool] | None:
+        """The domain's persistent definition as libvirt holds it (the admin's ``virsh edit``s and
+        secrets included, so that defining it again loses nothing) and whether it autostarts;
+        None when libvirt knows no such domain."""
+        r = proc.run(self._virsh("dumpxml", "--inactive", "--security-info", name), ok=range(256))
+        if r.returncode != 0:
+            if _not_found(r.stderr):
+                return None
+            raise OSError(f"virsh dumpxml {name}: {r.stderr.strip() or r.returncode}")
+        auto = re.search(r"^Autostart:\s*(\S+)", proc.run(self._virsh("dominfo", name)).stdout, re.M)
+        return r.stdout, bool(auto and auto[1] == "enable")
+
+    def set_initrd(self, name: str, path: str) -> None:
+        """The defined domain's ``<initrd>`` made ``path`` (none if empty), the rest of its
+        definition as libvirt holds it: an update's new kernel that gained or lost its initramfs."""
+        held = self.definition(name)
+        if held is None:
+            raise Fatal(f"libvirt has no domain '{name}' to give its new initramfs", f"si_mkxenvm --rebuild {name}")
+        new = with_initrd(held[0], path)
+        if new != held[0]:
+            self.define_text(new)
+
     def defined(self) -> set[str]:
         """The domains libvirt knows, running or not."""
         return {n.strip() for n in proc.run(self._virsh("list", "--all", "--name")).stdout.splitlines() if n.strip()}
@@ -63,7 +96,7 @@ class Libvirt:
         r = proc.run(self._virsh("domuuid", name), ok=range(256))
         if r.returncode == 0:
             return r.stdout.strip() or None
-        if "domain not found" in r.stderr.lower() or "failed to get domain" in r.stderr.lower():
+        if _not_found(r.stderr):
             return None
         raise OSError(f"virsh domuuid {name}: {r.stderr.strip() or r.returncode}")  # libvirtd away: a leftover
 
@@ -85,7 +118,7 @@ class Libvirt:
         r = proc.run(self._virsh("domstate", name), ok=range(256))
         if r.returncode == 0:
             return r.stdout.strip() or None
-        if "domain not found" in r.stderr.lower():
+        if _not_found(r.stderr):
             return None
         raise OSError(f"virsh domstate {name}: {r.stderr.strip() or r.returncode}")  # libvirtd away: unknown
 
@@ -144,6 +177,28 @@ class Libvirt:
             if monotonic() > deadline:
                 raise Fatal(f"domain '{name}' does not go away", f"check with virsh -c {URI} list, then retry")
             sleep(0.5)
+
+
+def _not_found(stderr: str) -> bool:
+    """virsh's word for a name libvirt does not know (any other failure: libvirtd away)."""
+    return "domain not found" in stderr.lower() or "failed to get domain" in stderr.lower()
+
+
+INITRD = re.compile(r"^[ \t]*<initrd>.*</initrd>[ \t]*\n?", re.M)
+KERNEL = re.compile(r"^([ \t]*)<kernel>.*</kernel>[ \t]*\n", re.M)
+
+
+def with_initrd(xml: str, path: str) -> str:
+    """Domain XML whose ``<os>`` names the initramfs ``path`` after its kernel, or none (``path``
+    empty): the one line, as in our template and virsh dumpxml, so that the rest stays as written."""
+    new = INITRD.sub("", xml)
+    if path:
+        new = KERNEL.sub(lambda m: f"{m[0]}{m[1]}<initrd>{escape(path)}</initrd>\n", new, count=1)
+    return new
+
+
+def has_initrd(xml: str) -> bool:
+    return INITRD.search(xml) is not None
 
 
 def _name_in(cfg: str) -> str:

@@ -13,6 +13,7 @@ domain defined -- is the Xen tier's (tests/system), not this file's.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ from .harness import host_state, make_env, tiny_image
 
 pytestmark = pytest.mark.integration
 OPTS = ["--memory", "512M", "--size", "512M", "--noswap", "--dhcp"]
+NAMES = tuple(f"lv-{n}" for n in range(1, 11))
 
 FAKE_VIRSH = r'''#!/usr/bin/env python3
 import os, re, shutil, sys, time
@@ -54,11 +56,13 @@ if args[0] == "version":
     print("Compiled against library: libvirt 9.0.0\nUsing library: libvirt 9.0.0\nUsing API: Xen 9.0.0\n"
           "Running hypervisor: Xen 4.17.0")
 elif args[0] == "define":
-    if os.environ.get("FAKE_VIRSH_REFUSE"):
+    if os.environ.get("FAKE_VIRSH_REFUSE") in ("1", args[1]):  # every define, or that file's
         sys.stderr.write("error: Failed to define domain from x.xml\nerror: unsupported configuration\n")
         sys.exit(1)
     name = re.search(r"<name>([^<]+)</name>", open(args[1]).read())[1]
     shutil.copy(args[1], os.path.join(doms, name + ".xml"))
+    os.makedirs(os.path.join(state, "history"), exist_ok=True)  # what each define defined, in order
+    shutil.copy(args[1], os.path.join(state, "history", "%03d.xml" % len(os.listdir(os.path.join(state, "history")))))
     print(f"Domain '{name}' defined from {args[1]}")
     if os.environ.get("FAKE_VIRSH_HANG"):  # the deploy dies here (the test kills it)
         with open(os.path.join(state, "hung"), "w") as f:
@@ -87,6 +91,13 @@ elif args[0] == "list":
 elif args[0] == "domuuid":
     known(args[1])
     print(re.search(r"<uuid>([^<]+)</uuid>", open(os.path.join(doms, args[1] + ".xml")).read())[1] + "\n")
+elif args[0] == "dumpxml":
+    known(args[-1])
+    print(open(os.path.join(doms, args[-1] + ".xml")).read(), end="")
+elif args[0] == "dominfo":
+    known(args[1])
+    auto = "enable" if os.path.exists(os.path.join(doms, args[1] + ".autostart")) else "disable"
+    print(f"Id:             -\nName:           {args[1]}\nState:          shut off\nAutostart:      {auto}\n")
 elif args[0] == "domstate":
     known(args[1])
     print("shut off\n")
@@ -109,7 +120,7 @@ def lv(tmp_path, monkeypatch, as_root):
     (bindir / "virsh").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_VIRSH_STATE", str(state))
-    before = host_state(env.base, ("lv-1", "lv-2", "lv-3", "lv-4", "lv-5", "lv-6"))
+    before = host_state(env.base, NAMES)
     yield env, state
     hung = state / "hung"
     if hung.exists():
@@ -117,7 +128,7 @@ def lv(tmp_path, monkeypatch, as_root):
             os.kill(int(hung.read_text()), signal.SIGKILL)
         except ProcessLookupError:
             pass
-    assert host_state(env.base, ("lv-1", "lv-2", "lv-3", "lv-4", "lv-5", "lv-6")) == before, "loop devices, mounts or temp dirs left"
+    assert host_state(env.base, NAMES) == before, "loop devices, mounts or temp dirs left"
 
 
 def calls(state) -> list[str]:
@@ -276,3 +287,133 @@ def test_a_domain_libvirt_has_already_is_never_taken_over(lv):
     assert (state / "defined" / "lv-5.xml").read_text() == theirs
     assert not [c for c in calls(state) if c.startswith(("define", "undefine"))]
     assert not os.path.exists(f"{env.dir}/domains/lv-5") and not os.path.exists(f"{env.state}/vms/lv-5.journal")
+
+
+def history(state) -> list[str]:
+    h = state / "history"
+    return [(h / n).read_text() for n in sorted(os.listdir(h))] if h.exists() else []
+
+
+def journal_of(env, name) -> list[str]:
+    """The journal's lines but its step lines (which say when, not what)."""
+    return [x for x in open(f"{env.state}/vms/{name}.journal") if not x.startswith('{"step"')]
+
+
+def deployed(env, state, name):
+    cp = env.mk("tiny", "--hostname", name, *OPTS, "--toolstack", "libvirt", "--autostart", "--dir", env.dir,
+                "--output", env.output)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    return (state / "defined" / f"{name}.xml").read_text()
+
+
+def test_rebuild_redefines_the_same_domain(lv):
+    """--rebuild of a libvirt VM: its XML re-rendered (here with more memory) and defined over the
+    domain libvirt has (the same name and uuid), its old definition saved first; autostart kept;
+    the journal's definition a plain one again, which si_rmxenvm undefines."""
+    env, state = lv
+    old = deployed(env, state, "lv-7")
+    cp = env.mk("--rebuild", "lv-7", "--memory", "768M")
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    xml = f"{env.output}/lv-7.xml"
+    now = (state / "defined" / "lv-7.xml").read_text()
+    assert now == open(xml).read() and now != old and "<memory unit='MiB'>768</memory>" in now
+    assert ET.fromstring(now).findtext("uuid") == ET.fromstring(old).findtext("uuid")
+    assert (state / "defined" / "lv-7.autostart").exists()
+    made = calls(state)
+    assert not [c for c in made if c.startswith("undefine")], made
+    last = len(made) - 1 - made[::-1].index("define " + xml)
+    assert made[last - 2:last] == ["dumpxml --inactive --security-info lv-7", "dominfo lv-7"], made  # saved first
+    require(shutil.which("virt-xml-validate") and shutil.which("xmllint"), "virt-xml-validate needed")
+    v = subprocess.run(["virt-xml-validate", xml, "domain"], capture_output=True, text=True)
+    assert v.returncode == 0, v.stdout + v.stderr
+    kinds = [json.loads(x)["made"]["kind"] for x in journal_of(env, "lv-7") if x.startswith('{"made"')]
+    assert kinds[-2:] == ["libvirt-domain", "libvirt-autostart"], kinds
+    assert "old_xml" not in "".join(journal_of(env, "lv-7")), "the old definition leaves the journal once rebuilt"
+    assert not [n for n in os.listdir(env.output) if "si-old" in n]
+    rm = env.run("rmxenvm", "lv-7", "--yes")
+    assert rm.returncode == 0, rm.stdout + rm.stderr
+    nothing_left(env, state, "lv-7")
+
+
+def test_a_failed_rebuild_keeps_the_old_definition(lv, monkeypatch):
+    """libvirt refuses the new XML: the undo defines the old one again (never an undefine), the
+    XML file and journal are the old ones, autostart as it was."""
+    env, state = lv
+    old = deployed(env, state, "lv-8")
+    xml = f"{env.output}/lv-8.xml"
+    file_before, journal_before = open(xml).read(), journal_of(env, "lv-8")
+    monkeypatch.setenv("FAKE_VIRSH_REFUSE", xml)
+    before = len(calls(state))
+    cp = env.mk("--rebuild", "lv-8", "--memory", "768M")
+    fatal = [x for x in cp.stderr.splitlines() if x.startswith("FATAL")]
+    assert cp.returncode != 0 and len(fatal) == 1 and "VM 'lv-8' is as it was" in fatal[0], cp.stderr
+    assert "unsupported configuration" in fatal[0], fatal
+    assert (state / "defined" / "lv-8.xml").read_text() == old and history(state)[-1] == old
+    assert (state / "defined" / "lv-8.autostart").exists()
+    changes = [c for c in calls(state)[before:] if c.startswith(("define", "undefine", "autostart"))]
+    assert changes[0] == "define " + xml and changes[1].startswith("define ") and changes[1] != changes[0], changes
+    assert changes[2:] == ["autostart lv-8"], changes  # the old one defined again, with its autostart as it was
+    assert open(xml).read() == file_before and journal_of(env, "lv-8") == journal_before
+    monkeypatch.delenv("FAKE_VIRSH_REFUSE")
+    rm = env.run("rmxenvm", "lv-8", "--yes")
+    assert rm.returncode == 0, rm.stdout + rm.stderr
+    nothing_left(env, state, "lv-8")
+
+
+def test_a_rebuild_killed_after_its_define_is_put_back_by_the_next(lv, monkeypatch):
+    """A crash after the redefinition (SIGKILL as the record step starts): the next --rebuild first
+    defines the old definition again from the journal, then rebuilds; no undefine ever."""
+    env, state = lv
+    old = deployed(env, state, "lv-9")
+    monkeypatch.setenv("SI_XEN_KILL_AT", "record")
+    assert env.mk("--rebuild", "lv-9", "--memory", "768M").returncode == -9
+    monkeypatch.delenv("SI_XEN_KILL_AT")
+    assert "<memory unit='MiB'>768</memory>" in (state / "defined" / "lv-9.xml").read_text()
+    cp = env.mk("--rebuild", "lv-9")
+    assert cp.returncode == 0 and "an earlier rebuild" in cp.stderr, cp.stdout + cp.stderr
+    defined = history(state)
+    assert len(defined) == 4 and defined[2] == old, "deploy, killed rebuild, the old one again, the rebuild"
+    assert "<memory unit='MiB'>512</memory>" in defined[3] and defined[3] == open(f"{env.output}/lv-9.xml").read()
+    assert not [c for c in calls(state) if c.startswith("undefine")]
+    assert (state / "defined" / "lv-9.autostart").exists()
+    rm = env.run("rmxenvm", "lv-9", "--yes")
+    assert rm.returncode == 0, rm.stdout + rm.stderr
+    nothing_left(env, state, "lv-9")
+
+
+def test_an_update_whose_kernel_drops_or_gains_its_initramfs_redefines_the_initrd(lv, monkeypatch):
+    """The definition names BOOT_DIR/vmlinuz and initrd.img: a new kernel under those names needs
+    nothing of libvirt; one without an initramfs (and then with one again) has the domain's <initrd>
+    redefined, in libvirt's definition and the XML beside the config. libvirtd away: one FATAL first."""
+    from .test_update_kernel import NEW, next_kernel
+
+    env, state = lv
+    deployed(env, state, "lv-10")
+    image, xml = os.path.join(os.path.dirname(env.base), "images", "tiny"), f"{env.output}/lv-10.xml"
+    initrd = f"{env.dir}/domains/lv-10/initrd.img"
+    assert ET.parse(xml).getroot().findtext("os/initrd") == initrd
+    next_kernel(image, False)
+    monkeypatch.setenv("FAKE_VIRSH_DOWN", "1")
+    down = env.run("updatexenvm", "lv-10")
+    fatal = [x for x in down.stderr.splitlines() if x.startswith("FATAL")]
+    assert down.returncode != 0 and len(fatal) == 1 and "libvirtd is not reachable" in fatal[0], down.stderr
+    assert "comes without an initramfs now" in fatal[0] and "nothing was changed" in fatal[0], fatal
+    assert os.path.exists(initrd) and ET.parse(xml).getroot().findtext("os/initrd") == initrd
+    monkeypatch.delenv("FAKE_VIRSH_DOWN")
+    env.run("updatexenvm", "lv-10", check=True)
+    defined = (state / "defined" / "lv-10.xml").read_text()
+    assert "<initrd>" not in defined and "<initrd>" not in open(xml).read() and not os.path.exists(initrd)
+    assert f"<kernel>{env.dir}/domains/lv-10/vmlinuz</kernel>" in defined
+    n = len(history(state))
+    next_kernel(image, True)
+    for f in glob.glob(f"{image}/boot/*-{NEW}"):
+        os.rename(f, f + ".1")  # a newer version
+    env.run("updatexenvm", "lv-10", check=True)
+    assert len(history(state)) == n + 1
+    assert ET.fromstring((state / "defined" / "lv-10.xml").read_text()).findtext("os/initrd") == initrd
+    assert ET.parse(xml).getroot().findtext("os/initrd") == initrd and os.path.exists(initrd)
+    require(shutil.which("virt-xml-validate") and shutil.which("xmllint"), "virt-xml-validate needed")
+    v = subprocess.run(["virt-xml-validate", xml, "domain"], capture_output=True, text=True)
+    assert v.returncode == 0, v.stdout + v.stderr
+    env.run("rmxenvm", "lv-10", "--yes", check=True)
+    nothing_left(env, state, "lv-10")

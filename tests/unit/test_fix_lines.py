@@ -61,7 +61,7 @@ def test_a_rebuild_put_back_names_the_start_command(nothing_installed, monkeypat
     rec = VmRecord("vm1", toolstack="libvirt", config="/etc/xen/vm1.cfg")
     st = SimpleNamespace(record=rec, replaces=None, complete=True)
     monkeypatch.setattr(service.journal, "load", lambda d, n: st)
-    monkeypatch.setattr(service, "running", lambda n: False)
+    monkeypatch.setattr(service, "running", lambda n, choice="auto": False)
     warned = []
     service._start_again("vm1", "/state", True, SimpleNamespace(warn=warned.append, say=warned.append))
     assert warned and warned[-1].endswith(f"start it with {LV_START}")

@@ -206,7 +206,7 @@ def test_refusals_are_one_fatal_each(tmp_path):
 def test_a_running_vm_needs_restart(tmp_path, monkeypatch):
     s, p = deployed(tmp_path)
     os.makedirs(tmp_path / "lock")
-    monkeypatch.setattr(service, "running", lambda name: True)
+    monkeypatch.setattr(service, "running", lambda name, choice="auto": True)
     hs = SimpleNamespace(walk=None)
     said = fatal(service.rebuild_vm, "vm", {}, None, settings(tmp_path, s), Reporter(quiet=True), hs, None)
     assert "VM 'vm' is running" in said and "--restart" in said

@@ -287,17 +287,6 @@ def test_journaled_definition_and_autostart_are_undone_newest_first(fp, lv, tmp_
     assert not os.path.exists(state.path)
 
 
-def test_a_rebuild_of_a_libvirt_vm_is_refused_before_defining(fp, lv):
-    from types import SimpleNamespace
-
-    from si_xen import deploy
-
-    c = SimpleNamespace(plan=SimpleNamespace(hostname="vm1", cfg_path="/etc/xen/vm1.cfg"), old=object())
-    with pytest.raises(Fatal, match="--rebuild of a libvirt VM"):
-        deploy._define(c)
-    assert len(fp.calls) == 0
-
-
 def test_undo_without_virsh_is_a_leftover_not_silence(monkeypatch):
     monkeypatch.setattr(libvirt, "find_virsh", lambda: None)
     failed = journal.undo([made.LibvirtDefinition("vm1")])
@@ -331,18 +320,3 @@ def test_the_undo_undefines_only_the_domain_si_xen_defined(fp, lv):
     fp.register([*V, "undefine", "vm1"])
     assert journal.undo([made.LibvirtDefinition("vm1", "5b7e1d0c-0000-4000-8000-000000000001")]) == []
     assert [*V, "undefine", "vm1"] in fp.calls
-
-
-def test_an_update_that_adds_or_drops_a_libvirt_vms_initramfs_is_refused(tmp_path):
-    """Its definition names the initramfs or not: an update does not redefine it (yet), so it refuses."""
-    from types import SimpleNamespace
-
-    from si_xen.updateboot import libvirt_boots_as_it_did
-
-    cfg = tmp_path / "vm1.cfg"
-    cfg.write_text('kernel = "/x/vmlinuz"\nramdisk = "/x/initrd.img"\n')
-    rec = SimpleNamespace(name="vm1", toolstack="libvirt", boot="direct", request={}, config=str(cfg))
-    libvirt_boots_as_it_did(rec, True, "6.1")  # the same files' names: nothing to redefine
-    with pytest.raises(Fatal, match="comes without an initramfs now"):
-        libvirt_boots_as_it_did(rec, False, "6.1")
-    libvirt_boots_as_it_did(SimpleNamespace(**{**rec.__dict__, "toolstack": "xl"}), False, "6.1")  # xl: the cfg is rewritten

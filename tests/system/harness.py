@@ -70,6 +70,7 @@ class Prerequisites:
     image_disk: Path  # the test image, slimmed for Xen guests, as an ext4 disk
     payload: Path  # si-xen's Debian package from this work tree, and the dom0-side scripts
     image: Path  # the test image as the image store holds it (debootstrap's, MODULES=most)
+    cloud: Path  # that image with Debian's cloud-init installed (issue 30's golden image)
 
 
 def _prerequisites(work: Path, say) -> Prerequisites:
@@ -85,7 +86,13 @@ def _prerequisites(work: Path, say) -> Prerequisites:
         raise testbed.TestbedError(f"test image build failed:\n{out.stderr[-2000:]}")
     disk = testbed.image_disk(image, slim=True)
     record("test image + its disk", time.monotonic() - t)
-    return Prerequisites(dom0, disk, payload(work / "payload"), image)
+    t = time.monotonic()
+    cloud = image.with_name(image.name + "-cloud")
+    out = subprocess.run([str(REPO / "tests/images/mkimage-cloud"), str(image), str(cloud)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise testbed.TestbedError(f"cloud-init test image build failed:\n{out.stderr[-2000:]}")
+    record("cloud-init test image", time.monotonic() - t)
+    return Prerequisites(dom0, disk, payload(work / "payload"), image, cloud)
 
 
 # Shared by the session's runs: the first to ask builds them, the others wait.

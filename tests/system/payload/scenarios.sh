@@ -120,7 +120,52 @@ vm_checked() {
   [ -z "${KEYSCAN:-}" ] || keyscan_guest "$name" "$KEYSCAN"
   [ -z "${EXPECT_CLONE:-}" ] || si_lsxenvm "$name" | grep "clone of" \
     || { echo "$name is not a clone of a base"; return 1; }
+  [ -z "${CLOUD:-}" ] || cloud_checked "$name" || return 1
   vm_removed "$name"
+}
+
+# Issue 30: a guest with cloud-init, made with --user-data (the harness's: the test's SSH key for
+# the image's default user, a runcmd writing a marker). Reached over SSH at its DHCP lease, once its
+# host keys are the ones si_mkxenvm printed: cloud-init done, without errors, from si-xen's NoCloud
+# seed, no network datasource probed, the user-data ran, the hostname si_mkxenvm gave; and how long
+# cloud-init's stages took (CLOUD_INIT line: the test compares the boot with a guest without it).
+cloud_checked() {
+  local name=$1 mac ip= t=$SECONDS kh=/run/kh-$1 key=/run/cloud-key out
+  mac=$(grep -o 'mac=[0-9a-f:]*' "/srv/xen/etc/$name.cfg" | head -n 1 | cut -d= -f2)
+  until ip=$(awk -v m="$mac" '$2 == m {print $3}' /run/dnsmasq-xenbr0.leases 2>/dev/null) && [ -n "$ip" ]; do
+    (( SECONDS - t < $(budget 60) )) || { echo "no DHCP lease for $name ($mac)"; return 1; }
+    sleep 2
+  done
+  keyscan_guest "$name" "$ip" || return 1
+  ssh-keyscan -T 5 "$ip" 2>/dev/null > "$kh"  # the keys just proved to be si_mkxenvm's
+  install -m 600 cloud-key "$key"
+  out=$(timeout "$(budget 240)" ssh -i "$key" -o BatchMode=yes -o UserKnownHostsFile="$kh" -o ConnectTimeout=20 \
+    "debian@$ip" 'cloud-init status --long --wait; echo "hostname: $(hostname)"
+      echo "marker: $(cat /var/lib/si-xen-test-marker)"; echo "instance-id: $(cat /var/lib/cloud/data/instance-id)"
+      echo "network probes: $(grep -c url_helper /var/log/cloud-init.log)"
+      echo "warnings: $(grep -cE "\[(WARNING|ERROR|CRITICAL)\]" /var/log/cloud-init.log)"
+      grep -E "\[(WARNING|ERROR|CRITICAL)\]" /var/log/cloud-init.log | head -n 5
+      journalctl -b -o short-monotonic -u cloud-init-local -u cloud-init -u cloud-config -u cloud-final \
+        | grep -E "systemd\[1\]: (Starting|Finished) cloud-"' 2>&1)
+  echo "$out" | sed "s/^/  $name: /"
+  timing "cloud_checked_$name" $((SECONDS - t))
+  grep -q "^status: done" <<<"$out" || { echo "cloud-init of $name is not done without errors"; return 1; }
+  grep -q "DataSourceNoCloud \[seed=/var/lib/cloud/seed/nocloud\]" <<<"$out" \
+    || { echo "cloud-init of $name did not run from si-xen's NoCloud seed"; return 1; }
+  grep -qx "hostname: $name" <<<"$out" || { echo "$name's hostname is not the one si_mkxenvm gave"; return 1; }
+  grep -qx "marker: si-xen user-data ran" <<<"$out" || { echo "the user-data of $name did not run"; return 1; }
+  grep -qx "network probes: 0" <<<"$out" || { echo "cloud-init of $name probed the network for a datasource"; return 1; }
+  grep -qx "warnings: 0" <<<"$out" || { echo "cloud-init of $name logged warnings"; return 1; }
+  grep -q "^instance-id: si-xen-" <<<"$out" || { echo "$name's instance-id is not si-xen's"; return 1; }
+  # systemd's own times (seconds since boot, the journal's): local and init run before the login
+  # prompt (getty waits for them); the boot as a whole is compared in the test (test_xen_boot.py)
+  awk -v name="$name" '/systemd\[1\]: (Starting|Finished) cloud-/ {
+         t = $0; sub(/^[^[]*\[ */, "", t); sub(/\].*/, "", t)
+         u = $0; sub(/.*(Starting|Finished) /, "", u); sub(/\.service.*/, "", u)
+         if ($0 ~ /Starting/) s[u] = t; else d[u] = t - s[u] }
+       END {printf "CLOUD_INIT %s before_login=%.1f local=%.1f init=%.1f config=%.1f final=%.1f\n", name,
+            d["cloud-init-local"] + d["cloud-init"], d["cloud-init-local"], d["cloud-init"], d["cloud-config"],
+            d["cloud-final"]}' <<<"$out"
 }
 
 ping_guest() {
@@ -660,6 +705,18 @@ libvirt_vm() {
   $v domxml-to-native xen-xl "$xml" > /tmp/lv-native.cfg || { echo "libvirt cannot convert $xml"; return 1; }
   python3 ./xlsame.py "$cfg" /tmp/lv-native.cfg || { echo "libvirt's xl.cfg:"; cat /tmp/lv-native.cfg; return 1; }
   $v destroy "$name" >/dev/null
+  # Rebuilt while stopped (no second boot): the same domain redefined by the real libvirtd, its uuid
+  # kept, its new memory in libvirt's definition, left stopped as it was
+  local uuid
+  uuid=$($v domuuid "$name"); t=$SECONDS
+  si_mkxenvm --rebuild "$name" --memory 640M --yes > /tmp/lv-rebuilt.out 2>&1 || { cat /tmp/lv-rebuilt.out; return 1; }
+  timing "rebuild_$name" $((SECONDS - t))
+  grep -q "Redefining $name in libvirt" /tmp/lv-rebuilt.out || { echo "the rebuild did not redefine $name:"; cat /tmp/lv-rebuilt.out; return 1; }
+  [ "$($v domuuid "$name")" = "$uuid" ] || { echo "$name's uuid changed from $uuid"; return 1; }
+  $v dumpxml --inactive "$name" | grep -q "<memory unit='KiB'>655360</memory>" \
+    || { echo "libvirt's definition of $name lacks the rebuild's memory:"; $v dumpxml --inactive "$name" | grep -i memory; return 1; }
+  [ "$($v domstate "$name")" = "shut off" ] || { echo "$name is $($v domstate "$name") after a rebuild of it stopped"; return 1; }
+  echo "$name: rebuilt as the same libvirt domain (uuid $uuid), 640 MiB in its definition"
   GRACEFUL=1 vm_removed "$name" || return 1
   ! $v list --all --name | grep -qx "$name" || { echo "$name is still defined in libvirt"; return 1; }
   [ ! -e "$xml" ] || { echo "$xml left behind"; return 1; }

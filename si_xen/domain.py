@@ -36,7 +36,11 @@ _UUIDS = uuid.UUID("5b7e1d0c-3c1e-4c8e-9f35-5a1f0e2d7c11")  # si-xen's namespace
 def domain_uuid(plan: Plan) -> str:
     """The libvirt domain's uuid: the same for the same name and MAC (a --force or a rebuild
     redefines the domain libvirt knows; a fresh uuid for the same name is refused)."""
-    return str(uuid.uuid5(_UUIDS, f"{plan.hostname} {plan.net.mac}"))
+    return uuid_of(plan.hostname, plan.net.mac)
+
+
+def uuid_of(name: str, mac: str) -> str:
+    return str(uuid.uuid5(_UUIDS, f"{name} {mac}"))
 
 
 def template_dirs(user_dir: str | None) -> list[str]:

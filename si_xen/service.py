@@ -249,6 +249,10 @@ def _same_toolstack(rec: VmRecord, plan: Plan) -> None:
     if was != now:
         raise Fatal(f"VM '{rec.name}' is {'' if was else 'not '}libvirt's, and a rebuild keeps its toolstack",
                     f"drop --toolstack, or si_rmxenvm {rec.name}, then si_mkxenvm --toolstack {plan.activation.toolstack}")
+    if now and rec.mac and plan.net.mac != rec.mac:  # the domain's uuid is made from the name and MAC
+        raise Fatal(f"VM '{rec.name}' is libvirt's, whose domain keeps its uuid (made from its name and MAC "
+                    f"{rec.mac}) in a rebuild: --mac {plan.net.mac} would make it another domain",
+                    f"drop --mac, or si_rmxenvm {rec.name}, then si_mkxenvm --toolstack libvirt --mac {plan.net.mac}")
     if now:
         uuid = toolstack.require_libvirt().domuuid(rec.name)
         if uuid not in (None, domain.domain_uuid(plan)):  # a redefinition would fail on it: said before the stop

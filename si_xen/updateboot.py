@@ -10,7 +10,7 @@ import shutil
 import stat
 from dataclasses import replace
 
-from . import atomic, toolstack
+from . import atomic, domain, toolstack
 from .deploy import boot_dir
 from .errors import Fatal
 from .toolstack import libvirt
@@ -49,10 +49,17 @@ def check_libvirt(rec, initrd: bool, version: str) -> None:
         virsh = libvirt.find_virsh()
         if virsh is None:
             toolstack.require_libvirt()  # its FATAL: install virsh
-        virsh.reachable(
-            f"; the image's kernel {version} {'needs' if initrd else 'comes without'} an initramfs now, so the "
-            f"libvirt definition of VM '{rec.name}' changes; nothing was changed",
-            f"start libvirtd (systemctl start libvirtd), then run si_updatexenvm {rec.name} again")
+        why = (f"the image's kernel {version} {'needs' if initrd else 'comes without'} an initramfs now, so the "
+               f"libvirt definition of VM '{rec.name}' changes")
+        virsh.reachable(f"; {why}; nothing was changed",
+                        f"start libvirtd (systemctl start libvirtd), then run si_updatexenvm {rec.name} again")
+        # libvirt's domain must still be the one si-xen defined: not one the admin undefined (the
+        # update would stop half-way at its kernel step) nor another of that name (edited unasked)
+        has, ours = virsh.domuuid(rec.name), domain.uuid_of(rec.name, rec.mac)
+        if has != ours:
+            raise Fatal(f"{why}, and libvirt {'has no domain ' + repr(rec.name) if has is None else f'has {rec.name} as uuid {has}, not the one si-xen defined'}; "
+                        "nothing was changed", f"si_mkxenvm --rebuild {rec.name} --toolstack libvirt after si_rmxenvm {rec.name}, "
+                        "or define si-xen's domain again: virsh define " + libvirt.xml_path(rec.config))
 
 
 def redefined(rec) -> bool:

@@ -32,6 +32,9 @@ def xml_path(cfg_path: str) -> str:
     return root + ".xml" if root + ".xml" != cfg_path else cfg_path + ".libvirt.xml"
 
 
+C_LOCALE = {"LC_ALL": "C"}
+
+
 class Libvirt:
     """The toolstack interface of toolstack.Toolstack (create, console, domains, shutdown, stop,
     destroy), through virsh; plus the persistent domain's define, autostart and undefine."""
@@ -44,18 +47,23 @@ class Libvirt:
     def _virsh(self, *args: str) -> list[str]:
         return [self.path, "-c", URI, *args]
 
+    def _run(self, *args: str, ok=(0,)):
+        """virsh whose output is read: in the C locale, since libvirt-l10n translates what we parse
+        (dominfo's "Autostart: enable", "domain not found") into the admin's language."""
+        return proc.run(self._virsh(*args), ok=ok, env=C_LOCALE)
+
     def reachable(self, then: str = "", fix: str = FIX) -> None:
         """One Fatal unless libvirtd answers on the Xen URI: checked before anything is made (or
         removed), so that a deploy never stops at its define step, nor a removal at its undefine.
         ``then``: what the refusal leaves as it was, said after the reason."""
-        r = proc.run(self._virsh("version"), ok=range(256))
+        r = self._run("version", ok=range(256))
         if r.returncode != 0:
             why = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
             raise Fatal(f"libvirtd is not reachable at {URI} (virsh version: {why}){then}", fix)
 
     # -- the persistent domain and its autostart: made.LibvirtDefinition, made.LibvirtAutostart undo them
     def define(self, xml_path: str) -> None:
-        proc.run(self._virsh("define", xml_path))
+        self._run("define", xml_path)
 
     def define_text(self, xml: str) -> None:
         """``virsh define`` of XML held here (a saved definition, an edited one), from a private
@@ -69,12 +77,12 @@ class Libvirt:
         """The domain's persistent definition as libvirt holds it (the admin's ``virsh edit``s and
         secrets included, so that defining it again loses nothing) and whether it autostarts;
         None when libvirt knows no such domain."""
-        r = proc.run(self._virsh("dumpxml", "--inactive", "--security-info", name), ok=range(256))
+        r = self._run("dumpxml", "--inactive", "--security-info", name, ok=range(256))
         if r.returncode != 0:
             if _not_found(r.stderr):
                 return None
             raise OSError(f"virsh dumpxml {name}: {r.stderr.strip() or r.returncode}")
-        auto = re.search(r"^Autostart:\s*(\S+)", proc.run(self._virsh("dominfo", name)).stdout, re.M)
+        auto = re.search(r"^Autostart:\s*(\S+)", self._run("dominfo", name).stdout, re.M)
         return r.stdout, bool(auto and auto[1] == "enable")
 
     def set_initrd(self, name: str, path: str) -> None:
@@ -89,11 +97,11 @@ class Libvirt:
 
     def defined(self) -> set[str]:
         """The domains libvirt knows, running or not."""
-        return {n.strip() for n in proc.run(self._virsh("list", "--all", "--name")).stdout.splitlines() if n.strip()}
+        return {n.strip() for n in self._run("list", "--all", "--name").stdout.splitlines() if n.strip()}
 
     def domuuid(self, name: str) -> str | None:
         """The uuid of the domain of that name, None when libvirt knows none."""
-        r = proc.run(self._virsh("domuuid", name), ok=range(256))
+        r = self._run("domuuid", name, ok=range(256))
         if r.returncode == 0:
             return r.stdout.strip() or None
         if _not_found(r.stderr):
@@ -104,18 +112,18 @@ class Libvirt:
         """The definition gone (and with it libvirt's autostart link); a running domain stays
         (transient) until destroyed. Gone already is fine."""
         if name in self.defined():
-            proc.run(self._virsh("undefine", name))
+            self._run("undefine", name)
 
     def autostart(self, name: str, on: bool = True) -> None:
         if on:
-            proc.run(self._virsh("autostart", name))
+            self._run("autostart", name)
         elif name in self.defined():
-            proc.run(self._virsh("autostart", "--disable", name))
+            self._run("autostart", "--disable", name)
 
     def domstate(self, name: str) -> str | None:
         """libvirt's view of the domain (``running``, ``shut off``, ``paused``...), None when it
         does not know it."""
-        r = proc.run(self._virsh("domstate", name), ok=range(256))
+        r = self._run("domstate", name, ok=range(256))
         if r.returncode == 0:
             return r.stdout.strip() or None
         if _not_found(r.stderr):
@@ -152,7 +160,7 @@ class Libvirt:
 
     def domains(self) -> dict[str, str]:
         """Running domains (libvirt's active ones): name -> state."""
-        out = proc.run(self._virsh("list")).stdout
+        out = self._run("list").stdout
         doms = {}
         for line in out.splitlines()[2:]:  # " Id   Name   State" and a rule of dashes
             parts = line.split(None, 2)
@@ -173,7 +181,7 @@ class Libvirt:
     def destroy(self, name: str) -> None:
         deadline = monotonic() + 120
         while name in self.domains():
-            proc.run(self._virsh("destroy", name), ok=(0, 1))
+            self._run("destroy", name, ok=(0, 1))
             if monotonic() > deadline:
                 raise Fatal(f"domain '{name}' does not go away", f"check with virsh -c {URI} list, then retry")
             sleep(0.5)

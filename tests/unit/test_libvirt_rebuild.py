@@ -167,6 +167,9 @@ def test_a_rebuild_keeps_the_toolstack_and_libvirts_domain(fp, lv, monkeypatch):
         service._same_toolstack(VmRecord("vm1", toolstack="libvirt"), plan)
     fp.register([*V, "domuuid", "vm1"], stdout=deploy.domain.domain_uuid(plan) + "\n")
     service._same_toolstack(VmRecord("vm1", toolstack="libvirt"), plan)  # ours: rebuilt
+    # --mac X would be another domain (its uuid is made from the MAC): refused for what it is
+    with pytest.raises(Fatal, match="keeps its uuid .* --mac 00:16:3e:00:00:01 would make it another domain"):
+        service._same_toolstack(VmRecord("vm1", toolstack="libvirt", mac="00:16:3e:00:00:02"), plan)
 
 
 def test_with_initrd_adds_replaces_and_drops_the_one_line():
@@ -183,7 +186,10 @@ def vm(tmp_path, initrd=True, toolstack="libvirt"):
     cfg.write_text('kernel      = "/srv/domains/vm1/vmlinuz"\n'
                    + ('ramdisk     = "/srv/domains/vm1/initrd.img"\n' if initrd else ""))
     xml.write_text(OLD if initrd else libvirt.with_initrd(OLD, ""))
-    return SimpleNamespace(name="vm1", toolstack=toolstack, boot="direct", request={}, config=str(cfg))
+    return SimpleNamespace(name="vm1", toolstack=toolstack, boot="direct", request={}, config=str(cfg), mac=MAC)
+
+
+MAC = "00:16:3e:00:00:01"
 
 
 def test_an_update_checks_libvirtd_only_when_the_initramfs_comes_or_goes(fp, lv, tmp_path):
@@ -195,8 +201,16 @@ def test_an_update_checks_libvirtd_only_when_the_initramfs_comes_or_goes(fp, lv,
         updateboot.check_libvirt(rec, False, "6.1")
     assert "comes without an initramfs now" in e.value.problem and "nothing was changed" in e.value.problem
     assert "si_updatexenvm vm1 again" in e.value.fix
+    # libvirtd answers, but the domain is gone, or is another of that name: refused before any change
+    for has in ({"returncode": 1, "stderr": "error: failed to get domain 'vm1'\n"}, {"stdout": UUID + "\n"}):
+        fp.register([*V, "version"])
+        fp.register([*V, "domuuid", "vm1"], **has)
+        with pytest.raises(Fatal, match="nothing was changed") as e:
+            updateboot.check_libvirt(rec, False, "6.1")
+        assert ("has no domain" if "stderr" in has else f"as uuid {UUID}, not the one si-xen defined") in e.value.problem
     fp.register([*V, "version"])
-    updateboot.check_libvirt(rec, False, "6.1")  # libvirtd answers: the update goes ahead
+    fp.register([*V, "domuuid", "vm1"], stdout=deploy.domain.uuid_of("vm1", MAC) + "\n")
+    updateboot.check_libvirt(rec, False, "6.1")  # libvirtd answers, si-xen's domain: the update goes ahead
     updateboot.check_libvirt(vm(tmp_path, toolstack="xl"), False, "6.1")  # xl: the cfg is rewritten
 
 
@@ -227,3 +241,22 @@ def test_an_update_that_keeps_the_initramfs_asks_libvirt_nothing(fp, lv, tmp_pat
     new.write_text("new")
     updateboot.put_in_place(SimpleNamespace(rec=rec, kernel_files={str(final): str(new)}))
     assert final.read_text() == "new" and not fp.calls
+
+
+def test_virsh_is_read_in_the_c_locale_whatever_the_admins_language(monkeypatch, lv):
+    """libvirt-l10n translates what si-xen parses (German dominfo: "Automatischer Start: aktivieren"):
+    under the admin's LANG a failed rebuild would read every VM as not autostarting and turn its
+    autostart off when putting the old definition back. Every virsh si-xen reads runs with LC_ALL=C."""
+    seen = []
+
+    def run(argv, ok=(0,), env=None, **kw):
+        seen.append((argv[3], env))
+        out = DOMINFO.format(UUID, "enable") if argv[3] == "dominfo" else OLD
+        return SimpleNamespace(returncode=0, stdout=out, stderr="")
+
+    monkeypatch.setenv("LANG", "de_DE.UTF-8")
+    monkeypatch.setattr(libvirt.proc, "run", run)
+    assert lv.definition("vm1") == (OLD, True)
+    lv.domuuid("vm1")
+    assert [c for c, _ in seen] == ["dumpxml", "dominfo", "domuuid"]
+    assert all(env == {"LC_ALL": "C"} for _, env in seen), seen

@@ -36,7 +36,7 @@ from . import atomic, initramfs
 from .initramfs_write import LEVEL  # noqa: F401 (LEVEL: the bench sets it here)
 from .initramfs_write import write as _write
 
-VERSION = 2  # bump when what slim() keeps or writes changes (the cache key)
+VERSION = 3  # bump when what slim() keeps or writes changes (the cache key)
 XEN_DRIVERS = ("xen-blkfront", "xen-netfront")
 MODULE = re.compile(r"\.ko(\.(xz|zst|gz))?$")
 MODDIR = re.compile(r"^((?:usr/)?lib/modules/[^/]+)/modules\.dep$")

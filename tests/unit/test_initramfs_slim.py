@@ -8,12 +8,15 @@ from __future__ import annotations
 import bz2
 import gzip
 import io
+import json
 import lzma
 import os
 import random
 import shutil
 import stat
+import time
 import zlib
+from dataclasses import asdict
 
 import pytest
 
@@ -438,3 +441,59 @@ def test_millions_of_empty_members_are_refused_not_held_in_memory(tmp_path, monk
         initramfs.scan(str(src))
     r = initramfs_slim.slim(str(src), str(tmp_path / "slim.img"))
     assert r.path is None and "holds more than" in r.reason and not (tmp_path / "slim.img").exists()
+
+
+def aged(path, days: float) -> None:
+    t = time.time() - days * 86400
+    os.utime(path, (t, t))
+
+
+def test_prune_keeps_what_generations_in_use_boot_and_what_was_used_lately(tmp_path, monkeypatch):
+    cache, facts = tmp_path / "cache" / "initramfs", tmp_path / "facts"
+    facts.mkdir()
+    made = {}
+    for i, n in enumerate("abc"):  # three images' initramfs (their gzip headers' mtimes differ)
+        made[n] = initramfs_slim.slim_cached(write(tmp_path, gzip.compress(main_archive(), mtime=i), f"{n}.img"))
+        (facts / f"deb-{n * 4}.json").write_text(json.dumps({"kernel": {}, "slim": {"ext4:x": asdict(made[n])}}))
+    initramfs.scan_cached(str(tmp_path / "a.img"))  # the memory check's scan, by the file's identity
+    (cache / ".dead-run.img.x1y2").write_bytes(b"half")
+    (facts / "deb-dddd.json").write_text("not remember_boot's")
+    for p in cache.iterdir():
+        aged(p, initramfs_slim.UNUSED_DAYS + 1)
+    initramfs_slim.slim_cached(str(tmp_path / "c.img"))  # used just now: a deploy under way
+    (cache / "young.img").write_bytes(b"")  # made just now
+    gone = initramfs_slim.prune(str(facts), {"aaaa", "dddd", "nothing"})
+    stem = {n: os.path.basename(made[n].path)[:-4] for n in made}
+    assert sorted(os.listdir(cache)) == sorted([f"{stem['a']}.img", f"{stem['a']}.json", f"{stem['c']}.img",
+                                                f"{stem['c']}.json", "young.img"])
+    assert {f"{stem['b']}.img", f"{stem['b']}.json", ".dead-run.img.x1y2"} <= set(gone) and len(gone) == 4
+    assert initramfs_slim.prune(str(facts), {"aaaa"}) == []
+    monkeypatch.setattr(initramfs_slim, "slim", slimmed_twice)
+    assert initramfs_slim.slim_cached(str(tmp_path / "a.img")).cached  # further VMs of a still cost nothing
+    monkeypatch.setenv("SI_XEN_CACHE", str(tmp_path / "none"))
+    assert initramfs_slim.prune(str(tmp_path / "none"), set()) == []  # no cache yet, no boot facts
+
+
+def test_rmxenvm_prunes_the_cache_by_the_vms_left(tmp_path, monkeypatch):
+    from si_xen import journal
+    from si_xen.cli import rmxenvm
+    from si_xen.record import VmRecord
+
+    state = tmp_path / "state"
+    conf = tmp_path / "xen.conf"
+    conf.write_text(f"[paths]\nstate_dir = {state}\nlog_dir = {tmp_path}/log\nlock_dir = {tmp_path}/lock\n")
+    monkeypatch.setenv("SI_XEN_CONFIG", str(conf))
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    (state / "images").mkdir(parents=True)
+    kept = {}
+    for i, (name, fpr) in enumerate((("web1", "aaaa"), ("web2", "bbbb"))):
+        r = kept[name] = initramfs_slim.slim_cached(write(tmp_path, gzip.compress(main_archive(), mtime=i), f"{name}.img"))
+        (state / "images" / f"deb-{fpr}.json").write_text(json.dumps({"slim": {"ext4:x": asdict(r)}}))
+        j = journal.Journal(str(state), name, VmRecord.from_json({"name": name, "pid": 1}))
+        j.finish(VmRecord.from_json({"name": name, "image": "deb", "image_fingerprint": fpr}))
+        j.close()
+    for p in (tmp_path / "cache" / "initramfs").iterdir():
+        aged(p, initramfs_slim.UNUSED_DAYS + 1)
+    assert rmxenvm.body(["--yes", "--quiet", "web2"]) == 0
+    web1 = os.path.basename(kept["web1"].path)[:-4]
+    assert sorted(os.listdir(tmp_path / "cache" / "initramfs")) == [f"{web1}.img", f"{web1}.json"]

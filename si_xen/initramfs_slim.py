@@ -373,7 +373,7 @@ def prune(facts_dir: str, generations: set[str], unused_days: float = UNUSED_DAY
     cdir = initramfs.cache_dir()
     try:
         names = sorted(os.listdir(cdir))
-    except FileNotFoundError:
+    except OSError:  # none yet, or not readable: a cache only costs disk space
         return []
     gone = []
     for n in names:
@@ -385,7 +385,7 @@ def prune(facts_dir: str, generations: set[str], unused_days: float = UNUSED_DAY
             if not stat.S_ISREG(st.st_mode) or st.st_mtime > old:
                 continue
             os.unlink(p)
-        except FileNotFoundError:
+        except OSError:  # gone already (another si_rmxenvm), or a read-only cache
             continue
         gone.append(n)
     return gone
@@ -396,7 +396,7 @@ def _named(facts_dir: str, generations: set[str]) -> set[str]:
     out: set[str] = set()
     try:
         names = os.listdir(facts_dir)
-    except FileNotFoundError:
+    except OSError:
         return out
     for n in names:
         if not (n.endswith(".json") and n[:-5].rsplit("-", 1)[-1] in generations):

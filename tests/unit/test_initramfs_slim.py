@@ -472,6 +472,8 @@ def test_prune_keeps_what_generations_in_use_boot_and_what_was_used_lately(tmp_p
     assert initramfs_slim.slim_cached(str(tmp_path / "a.img")).cached  # further VMs of a still cost nothing
     monkeypatch.setenv("SI_XEN_CACHE", str(tmp_path / "none"))
     assert initramfs_slim.prune(str(tmp_path / "none"), set()) == []  # no cache yet, no boot facts
+    monkeypatch.setenv("SI_XEN_CACHE", str(tmp_path / "a.img"))
+    assert initramfs_slim.prune(str(tmp_path / "a.img"), set()) == []  # not directories: nothing raised
 
 
 def test_rmxenvm_prunes_the_cache_by_the_vms_left(tmp_path, monkeypatch):

@@ -392,7 +392,9 @@ def prune(facts_dir: str, generations: set[str], unused_days: float = UNUSED_DAY
 
 
 def _named(facts_dir: str, generations: set[str]) -> set[str]:
-    """The cache names (DIGEST-slim-PARAMS) the boot facts of ``generations`` give their VMs."""
+    """The cache names (DIGEST-slim-PARAMS) the boot facts of ``generations`` give their VMs, by
+    today's parameters only (planner keys them FSTYPES:PARAMS): after a new VERSION the VMs of a
+    generation get a new file, and the old one is no longer used."""
     out: set[str] = set()
     try:
         names = os.listdir(facts_dir)
@@ -404,7 +406,8 @@ def _named(facts_dir: str, generations: set[str]) -> set[str]:
         try:
             with open(os.path.join(facts_dir, n)) as f:
                 slim = json.load(f).get("slim") or {}
-            out |= {os.path.basename(r["path"]).removesuffix(".img") for r in slim.values() if r.get("path")}
+            out |= {os.path.basename(r["path"]).removesuffix(".img") for key, r in slim.items()
+                    if r.get("path") and key.rpartition(":")[2] == params(key.rpartition(":")[0].split(","))}
         except (OSError, ValueError, AttributeError, TypeError, KeyError):
             continue  # not remember_boot's: it names nothing
     return out

@@ -20,7 +20,7 @@ from dataclasses import asdict
 
 import pytest
 
-from si_xen import initramfs, initramfs_slim, initramfs_write
+from si_xen import initramfs, initramfs_slim, initramfs_write, planner
 
 V = "6.1.0-99-amd64"
 MD = f"usr/lib/modules/{V}"
@@ -443,6 +443,9 @@ def test_millions_of_empty_members_are_refused_not_held_in_memory(tmp_path, monk
     assert r.path is None and "holds more than" in r.reason and not (tmp_path / "slim.img").exists()
 
 
+KEY = planner._fs_key(("ext4",))  # how planner's boot facts key a Result (FSTYPES:PARAMS)
+
+
 def aged(path, days: float) -> None:
     t = time.time() - days * 86400
     os.utime(path, (t, t))
@@ -454,19 +457,22 @@ def test_prune_keeps_what_generations_in_use_boot_and_what_was_used_lately(tmp_p
     made = {}
     for i, n in enumerate("abc"):  # three images' initramfs (their gzip headers' mtimes differ)
         made[n] = initramfs_slim.slim_cached(write(tmp_path, gzip.compress(main_archive(), mtime=i), f"{n}.img"))
-        (facts / f"deb-{n * 4}.json").write_text(json.dumps({"kernel": {}, "slim": {"ext4:x": asdict(made[n])}}))
+        (facts / f"deb-{n * 4}.json").write_text(json.dumps({"kernel": {}, "slim": {KEY: asdict(made[n])}}))
     initramfs.scan_cached(str(tmp_path / "a.img"))  # the memory check's scan, by the file's identity
+    old = initramfs_slim.slim_cached(write(tmp_path, gzip.compress(main_archive(), mtime=9), "old.img"))
+    (facts / "deb-eeee.json").write_text(json.dumps({"slim": {"ext4:0ldvers1": asdict(old)}}))  # an older VERSION's
     (cache / ".dead-run.img.x1y2").write_bytes(b"half")
     (facts / "deb-dddd.json").write_text("not remember_boot's")
     for p in cache.iterdir():
         aged(p, initramfs_slim.UNUSED_DAYS + 1)
     initramfs_slim.slim_cached(str(tmp_path / "c.img"))  # used just now: a deploy under way
     (cache / "young.img").write_bytes(b"")  # made just now
-    gone = initramfs_slim.prune(str(facts), {"aaaa", "dddd", "nothing"})
+    gone = initramfs_slim.prune(str(facts), {"aaaa", "dddd", "eeee", "nothing"})
     stem = {n: os.path.basename(made[n].path)[:-4] for n in made}
     assert sorted(os.listdir(cache)) == sorted([f"{stem['a']}.img", f"{stem['a']}.json", f"{stem['c']}.img",
                                                 f"{stem['c']}.json", "young.img"])
-    assert {f"{stem['b']}.img", f"{stem['b']}.json", ".dead-run.img.x1y2"} <= set(gone) and len(gone) == 4
+    old = os.path.basename(old.path)[:-4]
+    assert {f"{stem['b']}.img", f"{stem['b']}.json", ".dead-run.img.x1y2", f"{old}.img"} <= set(gone) and len(gone) == 6
     assert initramfs_slim.prune(str(facts), {"aaaa"}) == []
     monkeypatch.setattr(initramfs_slim, "slim", slimmed_twice)
     assert initramfs_slim.slim_cached(str(tmp_path / "a.img")).cached  # further VMs of a still cost nothing
@@ -490,7 +496,7 @@ def test_rmxenvm_prunes_the_cache_by_the_vms_left(tmp_path, monkeypatch):
     kept = {}
     for i, (name, fpr) in enumerate((("web1", "aaaa"), ("web2", "bbbb"))):
         r = kept[name] = initramfs_slim.slim_cached(write(tmp_path, gzip.compress(main_archive(), mtime=i), f"{name}.img"))
-        (state / "images" / f"deb-{fpr}.json").write_text(json.dumps({"slim": {"ext4:x": asdict(r)}}))
+        (state / "images" / f"deb-{fpr}.json").write_text(json.dumps({"slim": {KEY: asdict(r)}}))
         j = journal.Journal(str(state), name, VmRecord.from_json({"name": name, "pid": 1}))
         j.finish(VmRecord.from_json({"name": name, "image": "deb", "image_fingerprint": fpr}))
         j.close()

@@ -386,8 +386,14 @@ SPARE_MANIFESTS = 3600  # s: a manifest this young may be a command's under way 
 def prune_manifests(state_dir: str) -> None:
     """The image manifests no VM is at any more (an update or a drift report reads the one its VM
     is at), keeping each image's last walk: a deploy under way has not recorded its VM yet."""
-    from .image import manifest, survey
+    from .image import manifest
 
-    facts_dir = os.path.join(state_dir, "images")
+    manifest.prune(os.path.join(state_dir, "images"), generations_in_use(state_dir), spare_seconds=SPARE_MANIFESTS)
+
+
+def generations_in_use(state_dir: str) -> set[str]:
+    """The image fingerprints a VM's record names, and each image's last walk."""
+    from .image import survey
+
     keep = {s.record.image_fingerprint for s in all_states(state_dir) if s.record}
-    manifest.prune(facts_dir, keep | survey.remembered_fingerprints(facts_dir), spare_seconds=SPARE_MANIFESTS)
+    return keep | survey.remembered_fingerprints(os.path.join(state_dir, "images"))

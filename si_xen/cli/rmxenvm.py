@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
-from .. import bases, config, journal, toolstack
+from .. import bases, config, initramfs_slim, journal, toolstack
 from ..errors import Fatal
 from ..made import LibvirtAutostart, LibvirtDefinition
 from ..toolstack import libvirt
@@ -23,7 +24,10 @@ MAN = {
         "is removed the same way: its mounts, loop devices, disks and files. It asks first unless --yes.\n"
         "A running domain is refused unless --stop, which shuts it down (and destroys it if it does not stop).\n"
         "A VM of --toolstack libvirt is removed only while libvirtd answers (its domain is undefined):\n"
-        "otherwise one FATAL, and nothing is removed."
+        "otherwise one FATAL, and nothing is removed.\n"
+        "It also prunes the cache of Xen-sized initramfs files (/var/cache/si-xen/initramfs): a file stays\n"
+        "while a remaining VM's image generation, or an image's current one, boots it (so further VMs of\n"
+        f"the image cost nothing), and otherwise until it has not been made or used for {initramfs_slim.UNUSED_DAYS} days."
     ),
     "see_also": "si_mkxenvm(8), si_lsxenvm(8), si-xen.conf(5), xl(1)",
 }
@@ -76,6 +80,7 @@ def remove(name: str, args, settings) -> None:
         if args.prune_bases and state.record:
             bases.prune(state.record, state_dir, settings.paths["lock_dir"])
         journal.prune_manifests(state_dir)
+        initramfs_slim.prune(os.path.join(state_dir, "images"), journal.generations_in_use(state_dir))
     if not args.quiet:
         print(f"Removed VM '{name}'" + ("." if state.complete else " (an unfinished deploy)."))
 

@@ -4,6 +4,7 @@ fakes never start anything (and an unregistered command it lets through hits thi
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 
@@ -42,3 +43,11 @@ def no_real_processes(request, monkeypatch):
     for name in OS_STARTS:
         if hasattr(os, name):
             monkeypatch.setattr(os, name, _refuse(f"os.{name}"))
+
+
+@pytest.fixture(autouse=True)
+def private_cache(request, tmp_path_factory, monkeypatch):
+    """The initramfs caches (scans, Xen-sized files) of a test are its own, never the host's
+    /var/cache/si-xen, which si_rmxenvm prunes; made only when a test writes there."""
+    key = hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:16]
+    monkeypatch.setenv("SI_XEN_CACHE", str(tmp_path_factory.getbasetemp() / "si-xen-cache" / key))

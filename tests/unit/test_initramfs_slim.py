@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
+import json
 import lzma
 import os
 import random
 import shutil
 import stat
+import time
 import zlib
+from dataclasses import asdict
 
 import pytest
 
-from si_xen import initramfs, initramfs_slim, initramfs_write
+from si_xen import initramfs, initramfs_slim, initramfs_write, planner
 
 V = "6.1.0-99-amd64"
 MD = f"usr/lib/modules/{V}"
@@ -219,17 +223,66 @@ def test_hard_links_keep_their_data_once(tmp_path):
     assert (blob["data"], blob["nlink"]) == (b"B" * 3000, 1)
 
 
-def test_gzip_is_one_stream_whose_trailer_gives_its_whole_size(tmp_path, monkeypatch):
-    """Xen's PV domain builder inflates a gzip ramdisk into a buffer of the size its last 4 bytes
-    give (xc_dom_check_gzip): two streams would give the second's only, and it fails to load."""
-    monkeypatch.setattr(initramfs_write, "SPLIT_BYTES", (0, 10**12))
-    monkeypatch.setattr(initramfs_write.os, "cpu_count", lambda: 8)  # where it would split if it could
+def one_gzip_member(data: bytes) -> bytes:
+    """What Xen's PV domain builder needs of a gzip ramdisk (xc_dom_check_gzip, xc_dom_do_gunzip):
+    ONE member, inflated whole by one inflate into a buffer of the size its last 4 bytes give.
+    Two members would give the second's size only, and it fails to load."""
+    d = zlib.decompressobj(31)
+    whole = d.decompress(data)
+    assert d.eof and d.unused_data == b"" and not d.unconsumed_tail
+    assert int.from_bytes(data[-4:], "little") == len(whole) % 2**32
+    assert gzip.decompress(data) == whole
+    return whole
+
+
+@pytest.mark.allow_subprocess(reason="gzip -t: the dom0's gzip checks the member and its trailer")
+def test_gzip_is_one_member_made_in_chunks_on_threads(tmp_path, monkeypatch):
+    monkeypatch.setattr(initramfs_write, "GZIP_CHUNK", 4096)  # many chunks, the last one short
+    monkeypatch.setattr(initramfs_write.os, "cpu_count", lambda: 2)
     src = write(tmp_path, compress("gzip", main_archive()))
     initramfs_slim.slim(src, str(tmp_path / "slim.img"))
     data = (tmp_path / "slim.img").read_bytes()
-    d = zlib.decompressobj(31)
-    whole = d.decompress(data)
-    assert d.eof and not d.unused_data and int.from_bytes(data[-4:], "little") == len(whole)
+    whole = one_gzip_member(data)
+    assert len(whole) > 10 * 4096 and len(whole) % 4096
+    monkeypatch.setattr(initramfs_write, "GZIP_CHUNK", 2**30)  # one chunk: the same archive
+    initramfs_slim.slim(src, str(tmp_path / "one.img"))
+    assert one_gzip_member((tmp_path / "one.img").read_bytes()) == whole
+    import subprocess
+
+    subprocess.run(["gzip", "-t", str(tmp_path / "slim.img")], check=True)
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 3 * 4096, 100_000])
+def test_pigz_chunks_join_into_the_data_given(monkeypatch, size):
+    """Chunk edges anywhere: none, mid-write, exactly on a chunk (the last chunk is then empty)."""
+    monkeypatch.setattr(initramfs_write, "GZIP_CHUNK", 4096)
+    data = bytes(random.Random(size).choice(b"abcdefgh ") for _ in range(size))  # compressible, back-references
+    out = io.BytesIO()
+    with initramfs_write._Pigz(out, 1) as z:
+        for i in range(0, size, 1000):
+            z.write(data[i:i + 1000])
+    got = out.getvalue()
+    assert got.startswith(b"\x1f\x8b\x08") and one_gzip_member(got) == data
+
+
+def test_pigz_chunks_are_primed_with_the_data_before_them(monkeypatch):
+    """Each chunk deflated with the previous 32 KiB as its dictionary: a chunk repeating the one
+    before costs next to nothing, as it does in one stream."""
+    monkeypatch.setattr(initramfs_write, "GZIP_CHUNK", 8192)
+    block = random.Random(0).randbytes(8192)
+    out = io.BytesIO()
+    with initramfs_write._Pigz(out, 1) as z:
+        z.write(block * 8)
+    assert one_gzip_member(out.getvalue()) == block * 8
+    assert len(out.getvalue()) < 8192 * 1.2
+
+
+def test_pigz_writes_nothing_more_after_a_failure():
+    out = io.BytesIO()
+    with pytest.raises(OSError), initramfs_write._Pigz(out, 1) as z:
+        z.write(b"x" * 10)
+        raise OSError("the spool could not be read")
+    assert out.getvalue() == initramfs_write.GZIP_HEADER  # no trailer: never a member that looks whole
 
 
 @pytest.mark.parametrize("kind", ["xz"])
@@ -388,3 +441,67 @@ def test_millions_of_empty_members_are_refused_not_held_in_memory(tmp_path, monk
         initramfs.scan(str(src))
     r = initramfs_slim.slim(str(src), str(tmp_path / "slim.img"))
     assert r.path is None and "holds more than" in r.reason and not (tmp_path / "slim.img").exists()
+
+
+KEY = planner._fs_key(("ext4",))  # how planner's boot facts key a Result (FSTYPES:PARAMS)
+
+
+def aged(path, days: float) -> None:
+    t = time.time() - days * 86400
+    os.utime(path, (t, t))
+
+
+def test_prune_keeps_what_generations_in_use_boot_and_what_was_used_lately(tmp_path, monkeypatch):
+    cache, facts = tmp_path / "cache" / "initramfs", tmp_path / "facts"
+    facts.mkdir()
+    made = {}
+    for i, n in enumerate("abc"):  # three images' initramfs (their gzip headers' mtimes differ)
+        made[n] = initramfs_slim.slim_cached(write(tmp_path, gzip.compress(main_archive(), mtime=i), f"{n}.img"))
+        (facts / f"deb-{n * 4}.json").write_text(json.dumps({"kernel": {}, "slim": {KEY: asdict(made[n])}}))
+    initramfs.scan_cached(str(tmp_path / "a.img"))  # the memory check's scan, by the file's identity
+    old = initramfs_slim.slim_cached(write(tmp_path, gzip.compress(main_archive(), mtime=9), "old.img"))
+    (facts / "deb-eeee.json").write_text(json.dumps({"slim": {"ext4:0ldvers1": asdict(old)}}))  # an older VERSION's
+    (cache / ".dead-run.img.x1y2").write_bytes(b"half")
+    (facts / "deb-dddd.json").write_text("not remember_boot's")
+    for p in cache.iterdir():
+        aged(p, initramfs_slim.UNUSED_DAYS + 1)
+    initramfs_slim.slim_cached(str(tmp_path / "c.img"))  # used just now: a deploy under way
+    (cache / "young.img").write_bytes(b"")  # made just now
+    gone = initramfs_slim.prune(str(facts), {"aaaa", "dddd", "eeee", "nothing"})
+    stem = {n: os.path.basename(made[n].path)[:-4] for n in made}
+    assert sorted(os.listdir(cache)) == sorted([f"{stem['a']}.img", f"{stem['a']}.json", f"{stem['c']}.img",
+                                                f"{stem['c']}.json", "young.img"])
+    old = os.path.basename(old.path)[:-4]
+    assert {f"{stem['b']}.img", f"{stem['b']}.json", ".dead-run.img.x1y2", f"{old}.img"} <= set(gone) and len(gone) == 6
+    assert initramfs_slim.prune(str(facts), {"aaaa"}) == []
+    monkeypatch.setattr(initramfs_slim, "slim", slimmed_twice)
+    assert initramfs_slim.slim_cached(str(tmp_path / "a.img")).cached  # further VMs of a still cost nothing
+    monkeypatch.setenv("SI_XEN_CACHE", str(tmp_path / "none"))
+    assert initramfs_slim.prune(str(tmp_path / "none"), set()) == []  # no cache yet, no boot facts
+    monkeypatch.setenv("SI_XEN_CACHE", str(tmp_path / "a.img"))
+    assert initramfs_slim.prune(str(tmp_path / "a.img"), set()) == []  # not directories: nothing raised
+
+
+def test_rmxenvm_prunes_the_cache_by_the_vms_left(tmp_path, monkeypatch):
+    from si_xen import journal
+    from si_xen.cli import rmxenvm
+    from si_xen.record import VmRecord
+
+    state = tmp_path / "state"
+    conf = tmp_path / "xen.conf"
+    conf.write_text(f"[paths]\nstate_dir = {state}\nlog_dir = {tmp_path}/log\nlock_dir = {tmp_path}/lock\n")
+    monkeypatch.setenv("SI_XEN_CONFIG", str(conf))
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    (state / "images").mkdir(parents=True)
+    kept = {}
+    for i, (name, fpr) in enumerate((("web1", "aaaa"), ("web2", "bbbb"))):
+        r = kept[name] = initramfs_slim.slim_cached(write(tmp_path, gzip.compress(main_archive(), mtime=i), f"{name}.img"))
+        (state / "images" / f"deb-{fpr}.json").write_text(json.dumps({"slim": {KEY: asdict(r)}}))
+        j = journal.Journal(str(state), name, VmRecord.from_json({"name": name, "pid": 1}))
+        j.finish(VmRecord.from_json({"name": name, "image": "deb", "image_fingerprint": fpr}))
+        j.close()
+    for p in (tmp_path / "cache" / "initramfs").iterdir():
+        aged(p, initramfs_slim.UNUSED_DAYS + 1)
+    assert rmxenvm.body(["--yes", "--quiet", "web2"]) == 0
+    web1 = os.path.basename(kept["web1"].path)[:-4]
+    assert sorted(os.listdir(tmp_path / "cache" / "initramfs")) == [f"{web1}.img", f"{web1}.json"]

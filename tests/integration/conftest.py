@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from tests.conftest import need_tools
+from tests.conftest import TEST_CACHE, need_tools
 
 from .harness import loop_fs
+
+# si_mkxenvm's own cache (the Xen-sized initramfs files) under the tests' cache, never the host's
+# /var/cache/si-xen, which si_rmxenvm prunes by the host's VMs: the test cache goes with the run
+os.environ.setdefault("SI_XEN_CACHE", os.path.join(TEST_CACHE, "si-xen-cache"))
 
 
 @pytest.fixture

@@ -145,6 +145,7 @@ cloud_checked() {
       echo "network probes: $(grep -c url_helper /var/log/cloud-init.log)"
       echo "warnings: $(grep -cE "\[(WARNING|ERROR|CRITICAL)\]" /var/log/cloud-init.log)"
       grep -E "\[(WARNING|ERROR|CRITICAL)\]" /var/log/cloud-init.log | head -n 5
+      cloud-init analyze blame | grep -E "/search-" | sed "s/^ */search /"
       journalctl -b -o short-monotonic -u cloud-init-local -u cloud-init -u cloud-config -u cloud-final \
         | grep -E "systemd\[1\]: (Starting|Finished) cloud-"' 2>&1)
   echo "$out" | sed "s/^/  $name: /"
@@ -157,15 +158,19 @@ cloud_checked() {
   grep -qx "network probes: 0" <<<"$out" || { echo "cloud-init of $name probed the network for a datasource"; return 1; }
   grep -qx "warnings: 0" <<<"$out" || { echo "cloud-init of $name logged warnings"; return 1; }
   grep -q "^instance-id: si-xen-" <<<"$out" || { echo "$name's instance-id is not si-xen's"; return 1; }
+  # cloud-init's own account of its datasource search (analyze blame): NoCloud's seed only, read at once
+  grep -q "^search .*/search-NoCloud)" <<<"$out" || { echo "cloud-init of $name searched no NoCloud datasource"; return 1; }
+  ! grep "^search " <<<"$out" | grep -v "/search-NoCloud)" || { echo "cloud-init of $name searched other datasources"; return 1; }
   # systemd's own times (seconds since boot, the journal's): local and init run before the login
   # prompt (getty waits for them); the boot as a whole is compared in the test (test_xen_boot.py)
-  awk -v name="$name" '/systemd\[1\]: (Starting|Finished) cloud-/ {
+  awk -v name="$name" '$1 == "search" {search += $2 + 0}
+       /systemd\[1\]: (Starting|Finished) cloud-/ {
          t = $0; sub(/^[^[]*\[ */, "", t); sub(/\].*/, "", t)
          u = $0; sub(/.*(Starting|Finished) /, "", u); sub(/\.service.*/, "", u)
          if ($0 ~ /Starting/) s[u] = t; else d[u] = t - s[u] }
-       END {printf "CLOUD_INIT %s before_login=%.1f local=%.1f init=%.1f config=%.1f final=%.1f\n", name,
+       END {printf "CLOUD_INIT %s before_login=%.1f local=%.1f init=%.1f config=%.1f final=%.1f search=%.2f\n", name,
             d["cloud-init-local"] + d["cloud-init"], d["cloud-init-local"], d["cloud-init"], d["cloud-config"],
-            d["cloud-final"]}' <<<"$out"
+            d["cloud-final"], search}' <<<"$out"
 }
 
 ping_guest() {

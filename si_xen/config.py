@@ -17,6 +17,7 @@ import configparser
 import os
 from dataclasses import dataclass
 
+from . import initramfs
 from .errors import Fatal
 
 DEFAULT_CONFIG = "/etc/systemimager/xen.conf"
@@ -91,4 +92,5 @@ def load(path: str | None = None, image: str | None = None) -> Settings:
                 paths[k] = v
     except configparser.InterpolationError as e:
         raise Fatal(f"bad interpolation in {path}: {e.message}", "fix the ${...} reference") from None
+    initramfs.use_cache_root(paths["cache_dir"])  # read deep in planning, where no settings reach
     return Settings(options, paths, path)

@@ -32,8 +32,18 @@ MAX_MEMBERS = 500_000
 CHUNK = 1 << 20
 
 
+_root: str | None = None  # [paths] cache_dir of the settings loaded last (config.load)
+
+
+def use_cache_root(path: str) -> None:
+    global _root
+    _root = path
+
+
 def cache_dir() -> str:
-    return os.path.join(os.environ.get("SI_XEN_CACHE", "/var/cache/si-xen"), "initramfs")
+    """Where scans and Xen-sized initramfs files are kept: SI_XEN_CACHE (the tests'), else the
+    config's cache_dir, else si-xen's default."""
+    return os.path.join(os.environ.get("SI_XEN_CACHE") or _root or "/var/cache/si-xen", "initramfs")
 
 
 class Unreadable(Exception):

@@ -44,3 +44,18 @@ def test_explicit_missing_config_is_fatal(tmp_path):
 def test_env_names_the_default_file(tmp_path, monkeypatch):
     monkeypatch.setenv("SI_XEN_CONFIG", str(_write(tmp_path, "[defaults]\nvcpus = 4\n")))
     assert config.load().options["vcpus"] == "4"
+
+
+def test_the_initramfs_cache_follows_cache_dir(tmp_path, monkeypatch):
+    """The Xen-sized initramfs files and scans go where [paths] cache_dir says (they were kept in
+    /var/cache/si-xen whatever it said); SI_XEN_CACHE still wins (the tests' own cache)."""
+    from si_xen import initramfs
+    monkeypatch.setattr(initramfs, "_root", None)
+    monkeypatch.delenv("SI_XEN_CACHE", raising=False)
+    assert initramfs.cache_dir() == "/var/cache/si-xen/initramfs"
+    cfg = tmp_path / "xen.conf"
+    cfg.write_text(f"[paths]\ncache_dir = {tmp_path}/big\n")
+    config.load(str(cfg))
+    assert initramfs.cache_dir() == f"{tmp_path}/big/initramfs"
+    monkeypatch.setenv("SI_XEN_CACHE", str(tmp_path / "tests"))
+    assert initramfs.cache_dir() == f"{tmp_path}/tests/initramfs"

@@ -383,12 +383,14 @@ def lock(lock_dir: str, name: str):
 SPARE_MANIFESTS = 3600  # s: a manifest this young may be a command's under way (its walk, no record yet)
 
 
-def prune_manifests(state_dir: str) -> None:
+def prune_manifests(state_dir: str, generations: set[str] | None = None) -> None:
     """The image manifests no VM is at any more (an update or a drift report reads the one its VM
-    is at), keeping each image's last walk: a deploy under way has not recorded its VM yet."""
+    is at), keeping each image's last walk: a deploy under way has not recorded its VM yet.
+    ``generations``: generations_in_use(state_dir), where the caller has it already."""
     from .image import manifest
 
-    manifest.prune(os.path.join(state_dir, "images"), generations_in_use(state_dir), spare_seconds=SPARE_MANIFESTS)
+    keep = generations_in_use(state_dir) if generations is None else generations
+    manifest.prune(os.path.join(state_dir, "images"), keep, spare_seconds=SPARE_MANIFESTS)
 
 
 def generations_in_use(state_dir: str) -> set[str]:

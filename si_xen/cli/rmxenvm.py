@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .. import bases, config, initramfs_slim, journal, toolstack
+from .. import bases, config, initramfs_prune, journal, toolstack
 from ..errors import Fatal
 from ..made import LibvirtAutostart, LibvirtDefinition
 from ..toolstack import libvirt
@@ -25,9 +25,9 @@ MAN = {
         "A running domain is refused unless --stop, which shuts it down (and destroys it if it does not stop).\n"
         "A VM of --toolstack libvirt is removed only while libvirtd answers (its domain is undefined):\n"
         "otherwise one FATAL, and nothing is removed.\n"
-        "It also prunes the cache of Xen-sized initramfs files (/var/cache/si-xen/initramfs): a file stays\n"
+        "It also prunes the cache of Xen-sized initramfs files (cache_dir/initramfs): a file stays\n"
         "while a remaining VM's image generation, or an image's current one, boots it (so further VMs of\n"
-        f"the image cost nothing), and otherwise until it has not been made or used for {initramfs_slim.UNUSED_DAYS} days."
+        f"the image cost nothing), and otherwise until it has not been made or used for {initramfs_prune.UNUSED_DAYS} days."
     ),
     "see_also": "si_mkxenvm(8), si_lsxenvm(8), si-xen.conf(5), xl(1)",
 }
@@ -79,8 +79,9 @@ def remove(name: str, args, settings) -> None:
         journal.remove(state, keep_disks=args.keep_disks)
         if args.prune_bases and state.record:
             bases.prune(state.record, state_dir, settings.paths["lock_dir"])
-        journal.prune_manifests(state_dir)
-        initramfs_slim.prune(os.path.join(state_dir, "images"), journal.generations_in_use(state_dir))
+        in_use = journal.generations_in_use(state_dir)  # every VM's journal read once, for both
+        journal.prune_manifests(state_dir, in_use)
+        initramfs_prune.prune(os.path.join(state_dir, "images"), in_use)
     if not args.quiet:
         print(f"Removed VM '{name}'" + ("." if state.complete else " (an unfinished deploy)."))
 

@@ -20,7 +20,7 @@ from dataclasses import asdict
 
 import pytest
 
-from si_xen import initramfs, initramfs_slim, initramfs_write, planner
+from si_xen import initramfs, initramfs_prune, initramfs_slim, initramfs_write, planner
 
 V = "6.1.0-99-amd64"
 MD = f"usr/lib/modules/{V}"
@@ -464,22 +464,22 @@ def test_prune_keeps_what_generations_in_use_boot_and_what_was_used_lately(tmp_p
     (cache / ".dead-run.img.x1y2").write_bytes(b"half")
     (facts / "deb-dddd.json").write_text("not remember_boot's")
     for p in cache.iterdir():
-        aged(p, initramfs_slim.UNUSED_DAYS + 1)
+        aged(p, initramfs_prune.UNUSED_DAYS + 1)
     initramfs_slim.slim_cached(str(tmp_path / "c.img"))  # used just now: a deploy under way
     (cache / "young.img").write_bytes(b"")  # made just now
-    gone = initramfs_slim.prune(str(facts), {"aaaa", "dddd", "eeee", "nothing"})
+    gone = initramfs_prune.prune(str(facts), {"aaaa", "dddd", "eeee", "nothing"})
     stem = {n: os.path.basename(made[n].path)[:-4] for n in made}
     assert sorted(os.listdir(cache)) == sorted([f"{stem['a']}.img", f"{stem['a']}.json", f"{stem['c']}.img",
                                                 f"{stem['c']}.json", "young.img"])
     old = os.path.basename(old.path)[:-4]
     assert {f"{stem['b']}.img", f"{stem['b']}.json", ".dead-run.img.x1y2", f"{old}.img"} <= set(gone) and len(gone) == 6
-    assert initramfs_slim.prune(str(facts), {"aaaa"}) == []
+    assert initramfs_prune.prune(str(facts), {"aaaa"}) == []
     monkeypatch.setattr(initramfs_slim, "slim", slimmed_twice)
     assert initramfs_slim.slim_cached(str(tmp_path / "a.img")).cached  # further VMs of a still cost nothing
     monkeypatch.setenv("SI_XEN_CACHE", str(tmp_path / "none"))
-    assert initramfs_slim.prune(str(tmp_path / "none"), set()) == []  # no cache yet, no boot facts
+    assert initramfs_prune.prune(str(tmp_path / "none"), set()) == []  # no cache yet, no boot facts
     monkeypatch.setenv("SI_XEN_CACHE", str(tmp_path / "a.img"))
-    assert initramfs_slim.prune(str(tmp_path / "a.img"), set()) == []  # not directories: nothing raised
+    assert initramfs_prune.prune(str(tmp_path / "a.img"), set()) == []  # not directories: nothing raised
 
 
 def test_rmxenvm_prunes_the_cache_by_the_vms_left(tmp_path, monkeypatch):
@@ -501,7 +501,7 @@ def test_rmxenvm_prunes_the_cache_by_the_vms_left(tmp_path, monkeypatch):
         j.finish(VmRecord.from_json({"name": name, "image": "deb", "image_fingerprint": fpr}))
         j.close()
     for p in (tmp_path / "cache" / "initramfs").iterdir():
-        aged(p, initramfs_slim.UNUSED_DAYS + 1)
+        aged(p, initramfs_prune.UNUSED_DAYS + 1)
     assert rmxenvm.body(["--yes", "--quiet", "web2"]) == 0
     web1 = os.path.basename(kept["web1"].path)[:-4]
     assert sorted(os.listdir(tmp_path / "cache" / "initramfs")) == [f"{web1}.img", f"{web1}.json"]

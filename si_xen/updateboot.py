@@ -57,9 +57,11 @@ def check_libvirt(rec, initrd: bool, version: str) -> None:
         # update would stop half-way at its kernel step) nor another of that name (edited unasked)
         has, ours = virsh.domuuid(rec.name), domain.uuid_of(rec.name, rec.mac)
         if has != ours:
-            raise Fatal(f"{why}, and libvirt {'has no domain ' + repr(rec.name) if has is None else f'has {rec.name} as uuid {has}, not the one si-xen defined'}; "
-                        "nothing was changed", f"si_mkxenvm --rebuild {rec.name} --toolstack libvirt after si_rmxenvm {rec.name}, "
-                        "or define si-xen's domain again: virsh define " + libvirt.xml_path(rec.config))
+            held = f"has no domain '{rec.name}'" if has is None else \
+                f"has {rec.name} as uuid {has}, not the one si-xen defined"
+            raise Fatal(f"{why}, and libvirt {held}; nothing was changed",
+                        f"define si-xen's domain again (virsh define {libvirt.xml_path(rec.config)}), or "
+                        f"si_rmxenvm {rec.name}, then si_mkxenvm --toolstack libvirt again")
 
 
 def redefined(rec) -> bool:

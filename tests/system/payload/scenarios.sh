@@ -130,12 +130,8 @@ vm_checked() {
 # seed, no network datasource probed, the user-data ran, the hostname si_mkxenvm gave; and how long
 # cloud-init's stages took (CLOUD_INIT line: the test compares the boot with a guest without it).
 cloud_checked() {
-  local name=$1 mac ip= t=$SECONDS kh=/run/kh-$1 key=/run/cloud-key out
-  mac=$(grep -o 'mac=[0-9a-f:]*' "/srv/xen/etc/$name.cfg" | head -n 1 | cut -d= -f2)
-  until ip=$(awk -v m="$mac" '$2 == m {print $3}' /run/dnsmasq-xenbr0.leases 2>/dev/null) && [ -n "$ip" ]; do
-    (( SECONDS - t < $(budget 60) )) || { echo "no DHCP lease for $name ($mac)"; return 1; }
-    sleep 2
-  done
+  local name=$1 ip t=$SECONDS kh=/run/kh-$1 key=/run/cloud-key out
+  ip=$(leased "$name" "$(grep -o 'mac=[0-9a-f:]*' "/srv/xen/etc/$name.cfg" | head -n 1 | cut -d= -f2)") || return 1
   keyscan_guest "$name" "$ip" || return 1
   ssh-keyscan -T 5 "$ip" 2>/dev/null > "$kh"  # the keys just proved to be si_mkxenvm's
   install -m 600 cloud-key "$key"
@@ -526,14 +522,20 @@ gnt_boot() {
   gnt-instance shutdown --timeout=0 "$fqdn" || gnt_failed || return 1
 }
 
-# The SSH host keys instance FQDN answers with, at the address dnsmasq leased to its MAC.
-gnt_keys() {
-  local fqdn=$1 mac ip= t=$SECONDS
-  mac=$(gnt-instance list --no-headers -o nic.mac/0 "$fqdn" | tr -d ' ')
+# leased NAME MAC: the address dnsmasq leased to MAC (NAME's), waiting for it a while.
+leased() {
+  local name=$1 mac=$2 ip= t=$SECONDS
   until ip=$(awk -v m="$mac" '$2 == m {print $3}' /run/dnsmasq-xenbr0.leases 2>/dev/null) && [ -n "$ip" ]; do
-    (( SECONDS - t < $(budget 60) )) || { echo "no DHCP lease for $fqdn ($mac)" >&2; return 1; }
+    (( SECONDS - t < $(budget 60) )) || { echo "no DHCP lease for $name ($mac)" >&2; return 1; }
     sleep 2
   done
+  echo "$ip"
+}
+
+# The SSH host keys instance FQDN answers with, at the address dnsmasq leased to its MAC.
+gnt_keys() {
+  local fqdn=$1 ip
+  ip=$(leased "$fqdn" "$(gnt-instance list --no-headers -o nic.mac/0 "$fqdn" | tr -d ' ')") || return 1
   scan_keys "$ip" || { echo "no SSH host key from $fqdn at $ip" >&2; return 1; }
   echo "$fqdn answers SSH at $ip" >&2
 }

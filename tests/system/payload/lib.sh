@@ -2,6 +2,9 @@
 # Lines read back by the host (streamed over the console, so a run cut short still reports):
 #   TIMING name seconds | CALIBRATION ... | SCENARIO name ok|FAIL seconds | REACHED name login
 set -uo pipefail
+# Under pipefail `cmd | grep -q X` is racy: grep exits at the first match, and a cmd that writes on
+# (si_* run with PYTHONUNBUFFERED, lvs, virsh) dies of the broken pipe, failing the pipeline. So
+# the scripts match on a whole output: `grep -q X <<< "$(cmd)"` (tests/unit/test_payload_shell.py).
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 timing() { echo "TIMING $1 $2"; }

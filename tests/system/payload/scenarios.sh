@@ -53,7 +53,7 @@ dom0_vm() {
     watch_login "$name"
   fi
   timing "mkxenvm_$name" $((SECONDS - t))
-  xl list | awk '{print $1}' | grep -qx "$name" || { echo "xl list does not show $name"; return 1; }
+  grep -qx "$name" <<< "$(xl list | awk '{print $1}')" || { echo "xl list does not show $name"; return 1; }
   [ -z "${EXPECT_AUTOSTART:-}" ] || [ -L "/etc/xen/auto/$name.cfg" ] || { echo "no /etc/xen/auto/$name.cfg link"; return 1; }
   vm_checked "$name"
 }
@@ -101,7 +101,7 @@ server_vm() {
   [ -n "$ifc" ] || { echo "dom0 has no network interface"; return 1; }
   ip link set "$ifc" up
   ip addr add 10.0.2.15/24 dev "$ifc" 2>/dev/null || true
-  until rsync --contimeout=10 "rsync://$SERVER/" 2>/dev/null | grep -qw "$IMAGE"; do
+  until grep -qw "$IMAGE" <<< "$(rsync --contimeout=10 "rsync://$SERVER/" 2>/dev/null)"; do
     (( SECONDS - t < $(budget 60) )) || { echo "image server $SERVER does not list $IMAGE:"; rsync "rsync://$SERVER/"; return 1; }
     sleep 2
   done
@@ -213,9 +213,9 @@ vm_removed() {
   si_rmxenvm --yes --stop "$name"
   if xl domid "$name" >/dev/null 2>&1; then echo "domain $name still running"; return 1; fi
   if [ -e "$etc/$name.cfg" ] || [ -L "$etc/auto/$name.cfg" ]; then echo "$etc/$name.cfg left behind"; return 1; fi
-  if lvs --noheadings -o lv_name 2>/dev/null | grep -q "^ *$name-"; then echo "LVs of $name left"; return 1; fi
+  if grep -q "^ *$name-" <<< "$(lvs --noheadings -o lv_name 2>/dev/null)"; then echo "LVs of $name left"; return 1; fi
   if [ -e "/srv/xen/domains/$name" ]; then echo "/srv/xen/domains/$name left behind"; return 1; fi
-  if losetup -a | grep -q "/srv/xen/domains/$name/"; then echo "loop devices of $name left"; return 1; fi
+  if grep -q "/srv/xen/domains/$name/" <<< "$(losetup -a)"; then echo "loop devices of $name left"; return 1; fi
   timing "removal_$name" $((SECONDS - t))
   echo "$name removed"
 }
@@ -260,7 +260,7 @@ lvm_made() {
   umount "/mnt/$name"
   [ $ok = 0 ] || return 1
   si_rmxenvm --yes "$name"
-  if lvs --noheadings -o lv_name "$VG" | grep -q "^ *$name-"; then echo "LVs of $name left"; return 1; fi
+  if grep -q "^ *$name-" <<< "$(lvs --noheadings -o lv_name "$VG")"; then echo "LVs of $name left"; return 1; fi
   [ ! -e "/etc/xen/$name.cfg" ] || { echo "/etc/xen/$name.cfg left behind"; return 1; }
   echo "$name removed"
 }
@@ -301,7 +301,7 @@ thin_made() {
   si_lsxenvm >/tmp/lsxenvm.out 2>&1
   grep -q "clone of /dev/$VG/$origin" /tmp/lsxenvm.out || { echo "si_lsxenvm does not show the base:"; cat /tmp/lsxenvm.out; return 1; }
   si_rmxenvm --yes --prune-bases "$a" "$b" || return 1
-  if lvs --noheadings -o lv_name "$VG" | grep -q "si-base-\|$a-\|$b-"; then echo "LVs left"; return 1; fi
+  if grep -q "si-base-\|$a-\|$b-" <<< "$(lvs --noheadings -o lv_name "$VG")"; then echo "LVs left"; return 1; fi
   echo "thin clones made and removed"
 }
 
@@ -315,7 +315,7 @@ crash_recovered() {
   for step in $steps; do
     rc=0; SI_XEN_KILL_AT=$step si_mkxenvm "${argv[@]}" >/dev/null 2>&1 || rc=$?
     [ "$rc" = 137 ] || { echo "not killed at $step (exit $rc)"; return 1; }
-    si_lsxenvm "$name" | grep -q "stopped in step '$step'" || { echo "si_lsxenvm does not show $name stopped at $step"; si_lsxenvm; return 1; }
+    grep -q "stopped in step '$step'" <<< "$(si_lsxenvm "$name")" || { echo "si_lsxenvm does not show $name stopped at $step"; si_lsxenvm; return 1; }
     rc=0; si_mkxenvm "${argv[@]}" 2>"/tmp/rerun.err" || rc=$?
     [ "$rc" = 1 ] && grep -q "^FATAL: VM '$name' has an unfinished deploy.*si_rmxenvm $name" /tmp/rerun.err \
       || { echo "a plain re-run after the crash at $step was not refused:"; cat /tmp/rerun.err; return 1; }
@@ -354,7 +354,7 @@ update_lvm() {
   for step in snapshot swap record; do  # each run first finishes the one killed before it
     rc=0; SI_XEN_KILL_AT=$step si_updatexenvm "$thin" >/dev/null 2>&1 || rc=$?
     [ "$rc" = 137 ] || { echo "$thin: not killed at $step (exit $rc)"; return 1; }
-    si_lsxenvm "$thin" | grep -q "unfinished update .* stopped in step '$step'" || { echo "si_lsxenvm does not show $thin's update stopped at $step"; si_lsxenvm "$thin"; return 1; }
+    grep -q "unfinished update .* stopped in step '$step'" <<< "$(si_lsxenvm "$thin")" || { echo "si_lsxenvm does not show $thin's update stopped at $step"; si_lsxenvm "$thin"; return 1; }
     if [ "$step" = swap ]; then
       lvs "$VG/$thin-disk.upd" >/dev/null 2>&1 || { echo "no thin snapshot $thin-disk.upd before the swap"; lvs "$VG"; return 1; }
     fi
@@ -391,7 +391,7 @@ update_lvm() {
   rebuild_lvm "$thin" "$thick" || return 1
   si_rmxenvm --yes --prune-bases "$thin" "$thick" >/dev/null
   for n in "$thin" "$thick"; do nothing_left "$n" "after si_rmxenvm" || return 1; done
-  ! lvs --noheadings -o lv_name "$VG" | grep -q "si-base-" || { echo "base LV left"; return 1; }
+  ! grep -q "si-base-" <<< "$(lvs --noheadings -o lv_name "$VG")" || { echo "base LV left"; return 1; }
   [ "$(losetup -a | wc -l)" = "$loops" ] || { echo "loop devices left:"; losetup -a; return 1; }
   echo "updated, killed and finished, removed"
 }
@@ -422,7 +422,7 @@ capture_lvm() {
     # checkpointed. (A thin snapshot of the mounted LV would not do: device-mapper freezes the fs.)
     sync -f /mnt/crash/srv/late && xfs_io -x -c "shutdown -f" /mnt/crash || ok=1
     umount /mnt/crash
-    dumpe2fs -h "/dev/$VG/$thin-disk" 2>/dev/null | grep -q needs_recovery || { echo "the crashed VM is not dirty"; ok=1; }
+    grep -q needs_recovery <<< "$(dumpe2fs -h "/dev/$VG/$thin-disk" 2>/dev/null)" || { echo "the crashed VM is not dirty"; ok=1; }
   fi
   if [ $ok = 0 ]; then
     SIS_CONFDIR=/etc/si-cap si_getxenimage "$thin" v2p --keep-xen --update > /tmp/capture-crash.out 2>&1 \
@@ -430,8 +430,8 @@ capture_lvm() {
     cat /tmp/capture-crash.out
     grep -q "not shut down cleanly (/ (ext4)): reading thin snapshots" /tmp/capture-crash.out || { echo "no snapshot read said"; ok=1; }
     [ "$(ls $cap/v2p/srv/late 2>/dev/null | wc -l)" = 40 ] || { echo "the crashed VM's last files are not in the image"; ok=1; }
-    dumpe2fs -h "/dev/$VG/$thin-disk" 2>/dev/null | grep -q needs_recovery || { echo "the VM's LV was written"; ok=1; }
-    ! lvs --noheadings -o lv_name "$VG" | grep -q '\.drift' || { echo "a snapshot is left"; ok=1; }
+    grep -q needs_recovery <<< "$(dumpe2fs -h "/dev/$VG/$thin-disk" 2>/dev/null)" || { echo "the VM's LV was written"; ok=1; }
+    ! grep -q '\.drift' <<< "$(lvs --noheadings -o lv_name "$VG")" || { echo "a snapshot is left"; ok=1; }
   fi
   umount $cap; lvremove -q -y "$lv" >/dev/null
   timing capture_lvm $((SECONDS - t))
@@ -453,7 +453,7 @@ rebuild_lvm() {
   lvs -o lv_name,pool_lv,origin "$VG"
   lvs "$VG/$thick-disk.si-old" >/dev/null 2>&1 || { echo "--keep-old kept no $thick-disk.si-old"; return 1; }
   ! lvs "$VG/$thin-disk.si-old" >/dev/null 2>&1 || { echo "$thin's old LV is left"; return 1; }
-  si_lsxenvm "$thick" | grep -q "old disk kept /dev/$VG/$thick-disk.si-old" || { echo "si_lsxenvm does not show $thick's kept disk"; si_lsxenvm "$thick"; return 1; }
+  grep -q "old disk kept /dev/$VG/$thick-disk.si-old" <<< "$(si_lsxenvm "$thick")" || { echo "si_lsxenvm does not show $thick's kept disk"; si_lsxenvm "$thick"; return 1; }
   for n in "$thin" "$thick"; do
     identity_of "$n" > "/tmp/identity-$n.rebuilt" || return 1
     cmp -s "/tmp/identity-$n.before" "/tmp/identity-$n.rebuilt" || { echo "$n's identity changed in the rebuild:"; diff "/tmp/identity-$n.before" "/tmp/identity-$n.rebuilt"; return 1; }
@@ -705,7 +705,7 @@ libvirt_vm() {
   sed 's/^/  | /' /tmp/lv-made.out | tail -n 8
   timing "mkxenvm_$name" $((SECONDS - t))
   grep -q "copy-on-write clone" /tmp/lv-made.out || { echo "$name is no clone of the base"; return 1; }
-  $v dominfo "$name" | grep -q "^Persistent: *yes" || { echo "$name is not defined in libvirt"; $v list --all; return 1; }
+  grep -q "^Persistent: *yes" <<< "$($v dominfo "$name")" || { echo "$name is not defined in libvirt"; $v list --all; return 1; }
   watch_login "$name"
   wait_login "$name"
   [ -s "/run/sx-login-$name" ] || return 1
@@ -720,12 +720,12 @@ libvirt_vm() {
   timing "rebuild_$name" $((SECONDS - t))
   grep -q "Redefining $name in libvirt" /tmp/lv-rebuilt.out || { echo "the rebuild did not redefine $name:"; cat /tmp/lv-rebuilt.out; return 1; }
   [ "$($v domuuid "$name")" = "$uuid" ] || { echo "$name's uuid changed from $uuid"; return 1; }
-  $v dumpxml --inactive "$name" | grep -q "<memory unit='KiB'>655360</memory>" \
+  grep -q "<memory unit='KiB'>655360</memory>" <<< "$($v dumpxml --inactive "$name")" \
     || { echo "libvirt's definition of $name lacks the rebuild's memory:"; $v dumpxml --inactive "$name" | grep -i memory; return 1; }
   [ "$($v domstate "$name")" = "shut off" ] || { echo "$name is $($v domstate "$name") after a rebuild of it stopped"; return 1; }
   echo "$name: rebuilt as the same libvirt domain (uuid $uuid), 640 MiB in its definition"
   GRACEFUL=1 vm_removed "$name" || return 1
-  ! $v list --all --name | grep -qx "$name" || { echo "$name is still defined in libvirt"; return 1; }
+  ! grep -qx "$name" <<< "$($v list --all --name)" || { echo "$name is still defined in libvirt"; return 1; }
   [ ! -e "$xml" ] || { echo "$xml left behind"; return 1; }
   echo "$name: defined and started through libvirt, logged in, removed with its definition"
 }
@@ -782,7 +782,7 @@ t[510:] = b"\x55\xaa"; open(sys.argv[1], "r+b").write(t)' $img
   grep -E 'mp="/"|"/var"|xfs|ext4|part ' "$layout" || true
   grep -q '"/var"' "$layout" && grep -q xfs "$layout" && ! grep -q LVM2 "$layout" \
     || { echo "the layout ($layout) lacks /var (xfs) as a partition"; cat "$layout"; ok=1; }
-  ! dmsetup ls | grep -q si-xen-ro || { echo "si-xen's maps left:"; dmsetup ls; ok=1; }
+  ! grep -q si-xen-ro <<< "$(dmsetup ls)" || { echo "si-xen's maps left:"; dmsetup ls; ok=1; }
   [ "$(dmsetup ls | sort)" = "$dm_before" ] || { echo "device-mapper changed:"; dmsetup ls; ok=1; }
   [ "$(losetup -a | sort)" = "$loops_before" ] || { echo "loop devices left:"; losetup -a; ok=1; }
   ! grep -q " /run/si-xen\." /proc/mounts || { echo "mounts left"; ok=1; }

@@ -232,7 +232,11 @@ def _record(u: Update) -> None:
                        updates=(*rec.updates, summary)[-KEPT_UPDATES:], initramfs=u.initramfs or rec.initramfs)
     u.journal.close()  # the journal is the VM's record again: the update's section goes with the rewrite
     journal.rewrite(u.settings.paths["state_dir"], rec.name, u.state.begin, u.state.things, u.record)
-    journal.prune_manifests(u.settings.paths["state_dir"])
+    try:  # the image's walk is this one now (the next deploy's start), so the older generation's facts can go
+        survey.remember(u.facts_dir, u.image.path, u.survey)
+    except OSError as e:
+        u.rep.warn(f"could not remember the image's walk for the next VM: {e}")
+    journal.prune_unused(u.settings.paths["state_dir"])
 
 
 def _discard(u: Update) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 from .. import bases, config, initramfs_prune, journal, toolstack
@@ -25,7 +24,8 @@ MAN = {
         "A running domain is refused unless --stop, which shuts it down (and destroys it if it does not stop).\n"
         "A VM of --toolstack libvirt is removed only while libvirtd answers (its domain is undefined):\n"
         "otherwise one FATAL, and nothing is removed.\n"
-        "It also prunes the cache of Xen-sized initramfs files (cache_dir/initramfs): a file stays\n"
+        "It also prunes the cache of Xen-sized initramfs files (cache_dir/initramfs), as si_updatexenvm(8)\n"
+        "and si_mkxenvm --rebuild do: a file stays\n"
         "while a remaining VM's image generation, or an image's current one, boots it (so further VMs of\n"
         f"the image cost nothing), and otherwise until it has not been made or used for {initramfs_prune.UNUSED_DAYS} days."
     ),
@@ -79,9 +79,7 @@ def remove(name: str, args, settings) -> None:
         journal.remove(state, keep_disks=args.keep_disks)
         if args.prune_bases and state.record:
             bases.prune(state.record, state_dir, settings.paths["lock_dir"])
-        in_use = journal.generations_in_use(state_dir)  # every VM's journal read once, for both
-        journal.prune_manifests(state_dir, in_use)
-        initramfs_prune.prune(os.path.join(state_dir, "images"), in_use)
+        journal.prune_unused(state_dir)
     if not args.quiet:
         print(f"Removed VM '{name}'" + ("." if state.complete else " (an unfinished deploy)."))
 

@@ -8,6 +8,7 @@ import glob
 import gzip
 import os
 import re
+import time
 
 import pytest
 
@@ -81,17 +82,20 @@ def test_killed_at_the_boot_steps_the_next_run_puts_the_kernel_in_place(where, s
 
 
 
-def test_a_vm_that_boots_a_xen_sized_initramfs_gets_one_made_of_the_new(tmp_path):
+def test_a_vm_that_boots_a_xen_sized_initramfs_gets_one_made_of_the_new(tmp_path, monkeypatch):
     """Made with the default --initramfs auto from an image whose initramfs carries every machine's
     drivers, the VM boots a Xen-sized one; when the image's initramfs changes, the update gives it
-    a Xen-sized one of the new, never the image's whole one nor the old one."""
-    from si_xen import initramfs
+    a Xen-sized one of the new, never the image's whole one nor the old one; and it prunes the
+    cache's old one, which no generation in use boots any more, once unused for a week."""
+    from si_xen import initramfs, initramfs_prune
     from tests.unit.test_initramfs_choice import BIG, INITRD, most_like
 
     images = tmp_path / "images"
     image = tiny_image(images)
     most_like(image)
     env = make_env(tmp_path / "e", str(images))
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SI_XEN_CACHE", str(cache))
     storage = str(tmp_path / "vms")
     env.mk("tiny", "--hostname", "u1", "--memory", "512M", "--size", "512M", "--noswap", "--dhcp", "--dir", storage,
            "--output", env.output, check=True)
@@ -103,7 +107,14 @@ def test_a_vm_that_boots_a_xen_sized_initramfs_gets_one_made_of_the_new(tmp_path
         return {os.path.basename(n) for n in initramfs.scan(f"{boot}/initrd.img").names}
 
     assert "xen-blkfront.ko" in names() and not names() & big and "si-marker" not in names()
+    first = {p.name for p in (cache / "initramfs").glob("*-slim-*.img")}
+    assert len(first) == 1
+    week = time.time() - (initramfs_prune.UNUSED_DAYS + 1) * 86400
+    for p in (cache / "initramfs").iterdir():
+        os.utime(p, (week, week))
     most_like(image, marker=b"generation 2\n")
     env.run("updatexenvm", "u1", check=True)
     assert {"xen-blkfront.ko", "si-marker"} <= names() and not names() & big
+    now = {p.name for p in (cache / "initramfs").glob("*-slim-*.img")}
+    assert len(now) == 1 and not now & first, (first, now)
     assert os.path.getsize(f"{boot}/initrd.img") * 2 < os.path.getsize(image + INITRD)

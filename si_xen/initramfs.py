@@ -240,10 +240,8 @@ def _tool(f, outer: _Reader, tool: str, names: list[str], sink=None) -> _Reader:
 
 
 def _key(path: str) -> str:
-    # This very file, unchanged: another image's file cannot share device and inode, and no write
-    # leaves ctime as it was (an image could copy a size, an mtime, a head and a tail)
     st = os.stat(path)
-    h = hashlib.sha256(f"{st.st_dev}:{st.st_ino}:{st.st_ctime_ns}:{st.st_size}:{st.st_mtime_ns}".encode())
+    h = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode())
     with open(path, "rb") as f:
         h.update(f.read(65536))
         f.seek(max(0, st.st_size - 65536))

@@ -109,6 +109,8 @@ def choose_initramfs(guest: Guest, k: GuestKernel, need: int, mode: str, fstypes
 
     r = known if known is not None and (known.path is None or os.path.isfile(known.path)) else \
         initramfs_slim.slim_cached(guest.path(k.initrd), fstypes=tuple(sorted(fstypes)))
+    if r is known and r.path:
+        initramfs_slim.used(r.path)  # so no prune takes it as unused while VMs of the image boot it
     k = replace(k, slim_result=r)
     own = f"{k.initrd}, {r.size_before / 2**20:.1f} MiB"
     if not r.slimmed:

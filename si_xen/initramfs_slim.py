@@ -329,7 +329,7 @@ def slim_cached(src: str, fstypes=("ext4",), extra=()) -> Result:
             d = json.load(f)
         r = Result.from_json(d)
         if r.path is None or os.path.isfile(r.path):
-            _used(base)
+            used(base + ".img")
             return Result(**{**asdict(r), "seconds": monotonic() - t0, "cached": True})
     except (OSError, ValueError, KeyError, TypeError):
         pass
@@ -347,8 +347,10 @@ def slim_cached(src: str, fstypes=("ext4",), extra=()) -> Result:
     return r
 
 
-def _used(base: str) -> None:
-    """A cache entry found and booted: its times say so (initramfs_prune keeps what was used lately)."""
+def used(path: str) -> None:
+    """A cache entry (its .img) found and booted: its times say so (initramfs_prune keeps what was
+    used lately), whether found by its digest or by the boot facts of the image's generation."""
+    base = path.removesuffix(".img")
     for p in (base + ".img", base + ".json"):
         try:
             os.utime(p)

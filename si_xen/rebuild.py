@@ -99,7 +99,6 @@ def discard(state_dir: str, st: journal.State, lock_dir: str | None = None) -> V
     if kept:
         rec = replace(rec, extra={**rec.extra, "old_disks": [k.path for k in kept]})
     journal.rewrite(state_dir, st.name, st.begin, mine + new + kept, rec)
-    journal.prune_unused(state_dir)
     if lock_dir is not None and st.replaces.get("record"):
         bases.prune(VmRecord.from_json(st.replaces["record"]), state_dir, lock_dir)
     return rec

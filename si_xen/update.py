@@ -232,11 +232,21 @@ def _record(u: Update) -> None:
                        updates=(*rec.updates, summary)[-KEPT_UPDATES:], initramfs=u.initramfs or rec.initramfs)
     u.journal.close()  # the journal is the VM's record again: the update's section goes with the rewrite
     journal.rewrite(u.settings.paths["state_dir"], rec.name, u.state.begin, u.state.things, u.record)
-    try:  # the image's walk is this one now (the next deploy's start), so the older generation's facts can go
+    _remember_walk(u)
+    journal.prune_unused(u.settings.paths["state_dir"], u.rep.warn)
+
+
+def _remember_walk(u: Update) -> None:
+    """This update's walk as the image's last (the next deploy starts from it; the generation the
+    VM left is then no image's current one, and its facts can go), unless a deploy remembered a
+    newer one while the update ran: only the walk of the generation the VM came from is replaced."""
+    last = survey.remembered(u.facts_dir, u.image.path)
+    if last is not None and last.fingerprint != u.rec.image_fingerprint:
+        return
+    try:
         survey.remember(u.facts_dir, u.image.path, u.survey)
     except OSError as e:
         u.rep.warn(f"could not remember the image's walk for the next VM: {e}")
-    journal.prune_unused(u.settings.paths["state_dir"])
 
 
 def _discard(u: Update) -> None:

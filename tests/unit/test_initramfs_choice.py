@@ -99,8 +99,11 @@ def test_the_boot_facts_kept_are_the_images_not_a_vms_choice(tmp_path, monkeypat
     slim_cached = initramfs_slim.slim_cached
     monkeypatch.setattr(initramfs_slim, "slim_cached", lambda *a, **k: pytest.fail("looked up again"))
     plan, image = plan_of(root, tmp_path)
+    old = os.stat(first.slim).st_mtime - 8 * 86400
+    os.utime(first.slim, (old, old))
     again = planner.check_boot(plan, image, facts)
     assert again.slim == first.slim and again.memory_need == first.memory_need
+    assert os.stat(first.slim).st_mtime > old + 86400, "booted from the facts: marked used, never pruned as unused"
     os.unlink(first.slim)  # the cache emptied: looked up (made) again, never a missing file booted
     with pytest.raises(pytest.fail.Exception, match="looked up again"):
         planner.check_boot(plan, image, facts)

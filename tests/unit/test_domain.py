@@ -158,6 +158,19 @@ def test_libvirt_schema_rejects_what_libvirt_would(tmp_path):
     assert _validate(bad).returncode != 0
 
 
+@VALIDATE
+def test_names_with_two_hyphens_make_valid_xml(tmp_path):
+    """An IDN hostname (xn--) and an image named with "--": no XML comment holds them (a comment
+    cannot), the schema accepts the domain and its description names both."""
+    _need_validator()
+    plan = base_plan(hostname="xn--bcher-kva", image_name="rhel9--test", cfg_path="/etc/xen/xn--bcher-kva.cfg")
+    text = domain.render(plan, kernel="/k", ramdisk=None, cmdline="root=/dev/xvda2", template=domain.LIBVIRT_TEMPLATE)
+    (tmp_path / "d.xml").write_text(text)
+    assert _validate(tmp_path / "d.xml").returncode == 0, text
+    desc = ET.fromstring(text).findtext("description")
+    assert "rhel9--test" in desc and desc.endswith("si_rmxenvm xn--bcher-kva")
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_libvirt_xml_says_what_the_xl_cfg_says(name, tmp_path):
     """Every setting both formats express, from the one plan: the xl.cfg as Xen's own parser

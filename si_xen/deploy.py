@@ -205,7 +205,7 @@ def _define(c: Context) -> None:
 def _autostart(c: Context) -> None:
     if _libvirt(c):  # libvirt's autostart only: a link in /etc/xen/auto too would start it twice
         ts = _virsh()
-        c.journal.made(LibvirtAutostart(c.plan.hostname), ts.autostart, c.plan.hostname)
+        c.journal.made(LibvirtAutostart(c.plan.hostname, domain.domain_uuid(c.plan)), ts.autostart, c.plan.hostname)
         return
     c.autostart = link_autostart(c.plan.cfg_path, c.journal)
 

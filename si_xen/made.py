@@ -292,9 +292,12 @@ class LibvirtAutostart(Made):
 
     kind = "libvirt-autostart"
     name: str
+    uuid: str = ""  # as LibvirtDefinition's: another domain of the name (the admin's) keeps its autostart
 
     def delete(self) -> None:
-        _virsh(self.name).autostart(self.name, on=False)
+        ts = _virsh(self.name)
+        if not self.uuid or ts.domuuid(self.name) == self.uuid:
+            ts.autostart(self.name, on=False)
 
 
 def _virsh(name: str):

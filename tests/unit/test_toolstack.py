@@ -279,8 +279,9 @@ def test_journaled_definition_and_autostart_are_undone_newest_first(fp, lv, tmp_
     assert [str(t) for t in state.things] == ["libvirt-domain vm1", "libvirt-autostart vm1"]
     fp.register([*V, "list", "--all", "--name"], stdout="vm1\n", occurrences=2)
     fp.register([*V, "autostart", "--disable", "vm1"])
-    fp.register([*V, "domuuid", "vm1"], stdout=state.things[0].uuid + "\n")  # the domain it defined
+    fp.register([*V, "domuuid", "vm1"], stdout=state.things[0].uuid + "\n", occurrences=2)  # the domain it defined
     fp.register([*V, "undefine", "vm1"])
+    assert state.things[1].uuid == state.things[0].uuid
     journal.remove(state)
     calls = [c for c in fp.calls if c[3:4] in (["autostart"], ["undefine"])]
     assert calls == [[*V, "autostart", "vm1"], [*V, "autostart", "--disable", "vm1"], [*V, "undefine", "vm1"]]
@@ -320,3 +321,16 @@ def test_the_undo_undefines_only_the_domain_si_xen_defined(fp, lv):
     fp.register([*V, "undefine", "vm1"])
     assert journal.undo([made.LibvirtDefinition("vm1", "5b7e1d0c-0000-4000-8000-000000000001")]) == []
     assert [*V, "undefine", "vm1"] in fp.calls
+
+
+def test_the_undo_turns_autostart_off_only_for_the_domain_si_xen_defined(fp, lv):
+    """The admin's domain of the same name keeps its autostart; si-xen's loses it."""
+    mine, theirs = "5b7e1d0c-0000-4000-8000-000000000001", "0f0e0d0c-0000-4000-8000-000000000099"
+    fp.register([*V, "domuuid", "vm1"], stdout=theirs + "\n")
+    assert journal.undo([made.LibvirtAutostart("vm1", mine)]) == []
+    assert not [c for c in fp.calls if "autostart" in c]
+    fp.register([*V, "domuuid", "vm1"], stdout=mine + "\n")
+    fp.register([*V, "list", "--all", "--name"], stdout="vm1\n")
+    fp.register([*V, "autostart", "--disable", "vm1"])
+    assert journal.undo([made.LibvirtAutostart("vm1", mine)]) == []
+    assert [*V, "autostart", "--disable", "vm1"] in fp.calls

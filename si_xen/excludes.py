@@ -18,6 +18,7 @@ from si_xen import populate, sshdconfig
 from si_xen.distros.table import STACKS
 from si_xen.errors import Fatal
 from si_xen.fixups.cloudinit import INSTANCE_DATA as CLOUD_INSTANCE
+from si_xen.fixups.cloudinit import SEED as CLOUD_SEED
 from si_xen.fixups.identity import LEASES, SEEDS
 from si_xen.guestfs import Guest, GuestPathError
 
@@ -72,6 +73,7 @@ IDENTITY = (
                                               "30-net_persistent_names")),
     "/var/lib/si-xen/**", "/etc/systemimager/IMAGE_LAST_SYNCED_TO",
     *(f"/{p}" for p in CLOUD_INSTANCE),  # cloud-init's run of this VM: its instance-id, its once-only semaphores
+    f"/{CLOUD_SEED}/*",  # the VM's NoCloud seed: an image's (a golden's, changed) would give it the image's instance-id
     "/etc/lvm/backup/*", "/etc/lvm/archive/*", "/etc/krb5.keytab",
 )
 MAILNAME_FAMILIES = ("debian", "unknown")  # where the hostname fixup always writes /etc/mailname

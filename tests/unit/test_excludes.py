@@ -225,7 +225,7 @@ ORACLE = re.compile(r"""^/(
   | var/lib/(systemd/|urandom/|misc/)?random-seed | boot/grub/device\.map
   | var/lib/(dhcp|dhcp3|dhclient|dhcpcd|dhcpcd5)/[^/]*\.lease[^/]* | var/lib/NetworkManager/[^/]*\.lease
   | var/lib/wicked/[^/]+ | etc/udev/rules\.d/(70-persistent-net|z25_persistent-net|30-net_persistent_names)\.rules
-  | var/lib/si-xen/.+ | etc/systemimager/IMAGE_LAST_SYNCED_TO | var/lib/cloud/(instances?|data|sem)(/.*)?
+  | var/lib/si-xen/.+ | etc/systemimager/IMAGE_LAST_SYNCED_TO | var/lib/cloud/(instances?|data|sem)(/.*)? | var/lib/cloud/seed/nocloud/[^/]+
   | etc/lvm/(backup|archive)/[^/]+ | etc/network/interfaces | etc/network/interfaces\.d/[^/]+
   | etc/NetworkManager/system-connections/[^/]+ | etc/systemd/network/[^/]+\.(network|netdev|link)
   | etc/netplan/[^/]+\.yaml | etc/sysconfig/network-scripts/(ifcfg|route|route6)-[^/]+
@@ -348,6 +348,19 @@ def test_an_update_never_overwrites_cloud_inits_run_of_the_vm(tmp_path):
             "/var/lib/cloud/data/instance-id": f[:3] + (12, 2) + f[5:], "/var/lib/cloud/sem/config_x.once": f}
     for mode in ("image", "local"):
         c = plan_update(image, image, mine, rules.classify, {}, {}, (), delete=mode)
+        touched = [p for p in (*c.fetch, *c.delete) if p.startswith("/var/lib/cloud/")]
+        assert touched == [], (mode, touched)
+    # the image's own NoCloud seed (a golden's) changed between generations: the VM's seed, which the
+    # cloudinit fixup wrote (its instance-id), is neither fetched over nor deleted, nor the image's vendor-data added
+    seed = "/var/lib/cloud/seed/nocloud"
+    sdirs = {p: d for p in ("/var/lib/cloud/seed", seed)}
+    old = {**image, **sdirs, f"{seed}/meta-data": f, f"{seed}/user-data": f}
+    new = {**old, f"{seed}/meta-data": f[:3] + (30,) + f[4:], f"{seed}/vendor-data": f}
+    vm_seed = {**mine, **sdirs, f"{seed}/meta-data": f[:3] + (70,) + f[4:], f"{seed}/user-data": f,
+               f"{seed}/network-config": f}
+    owned = {"cloudinit": (f"{seed}/meta-data", f"{seed}/user-data", f"{seed}/network-config")}
+    for mode in ("image", "local"):
+        c = plan_update(old, new, vm_seed, rules.classify, owned, {}, ("cloudinit",), delete=mode)
         touched = [p for p in (*c.fetch, *c.delete) if p.startswith("/var/lib/cloud/")]
         assert touched == [], (mode, touched)
     assert rules.classify("/var/lib/cloud/scripts/per-boot/site.sh", False) is None  # the image's own: updated

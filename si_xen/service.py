@@ -254,10 +254,13 @@ def _same_toolstack(rec: VmRecord, plan: Plan) -> None:
                     f"{rec.mac}) in a rebuild: --mac {plan.net.mac} would make it another domain",
                     f"drop --mac, or si_rmxenvm {rec.name}, then si_mkxenvm --toolstack libvirt --mac {plan.net.mac}")
     if now:
-        uuid = toolstack.require_libvirt().domuuid(rec.name)
+        virsh = toolstack.require_libvirt()
+        uuid = virsh.domuuid(rec.name)
         if uuid not in (None, domain.domain_uuid(plan)):  # a redefinition would fail on it: said before the stop
             raise Fatal(f"libvirt's domain '{rec.name}' has uuid {uuid}, not the one si-xen defined (the admin's since)",
                         f"si_rmxenvm {rec.name} and undefine that domain, then si_mkxenvm again")
+        if uuid is not None:
+            virsh.refuse_managed_save(rec.name, "a rebuild")
 
 
 def rebuild_vm(name: str, overrides: dict, image: Image, settings, rep: Reporter, hs: Headstart, guard: Guard,

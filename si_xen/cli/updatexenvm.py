@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from .. import config, journal, toolstack
 from ..errors import Fatal
 from ..report import Reporter
+from ..toolstack import libvirt
 from .common import need_root, parser, run_main
 
 PROG = "si_updatexenvm"
@@ -157,6 +158,8 @@ def one(job: Job, config_path: str | None, opts, rep):
         if running and not (opts.restart or opts.dry_run):
             ts = toolstack.for_messages(state.record.toolstack)
             raise Fatal(f"VM '{name}' is running", f"add --restart, or {ts.shown('shutdown', name)} first")
+        if not opts.dry_run and state.record.toolstack == "libvirt" and (virsh := libvirt.find_virsh()):
+            virsh.refuse_managed_save(name, "an update")
         if opts.dry_run:
             if state.update:
                 rep.warn(f"VM '{name}' has an unfinished update: the figures are those of a part-updated VM")

@@ -109,10 +109,26 @@ class Libvirt:
         raise OSError(f"virsh domuuid {name}: {r.stderr.strip() or r.returncode}")  # libvirtd away: a leftover
 
     def undefine(self, name: str) -> None:
-        """The definition gone (and with it libvirt's autostart link); a running domain stays
-        (transient) until destroyed. Gone already is fine."""
+        """The definition gone (and with it libvirt's autostart link and any managed save image,
+        memory of disks that go with it: libvirt refuses to undefine with one); a running domain
+        stays (transient) until destroyed. Gone already is fine."""
         if name in self.defined():
-            self._run("undefine", name)
+            self._run("undefine", "--managed-save", name)
+
+    def managed_save(self, name: str) -> bool:
+        """Whether libvirt holds a saved memory image of the domain (``virsh managedsave``, or
+        libvirt-guests' suspend at shutdown), which its next start resumes instead of booting."""
+        r = self._run("dominfo", name, ok=range(256))
+        return r.returncode == 0 and re.search(r"^Managed save:\s*yes\b", r.stdout, re.M) is not None
+
+    def refuse_managed_save(self, name: str, what: str) -> None:
+        """One Fatal when a ``what`` (a rebuild, an update) would change the disks under a saved
+        memory image: its next start would resume the old memory over the new filesystems."""
+        if self.managed_save(name):
+            raise Fatal(f"libvirt holds a managed save image of VM '{name}' (its memory as it was), which its next "
+                        f"start would resume over the disks {what} changes; nothing was changed",
+                        f"start it and shut it down ({self.shown('start', name)}), or drop that memory "
+                        f"({self.shown('managedsave-remove', name)}), then run this again")
 
     def autostart(self, name: str, on: bool = True) -> None:
         if on:

@@ -78,10 +78,19 @@ elif args[0] == "autostart":
     else:
         open(flag, "w").close()
 elif args[0] == "undefine":
+    name = args[-1]
+    known(name)
+    if os.path.exists(os.path.join(doms, name + ".managedsave")) and "--managed-save" not in args:
+        sys.stderr.write("error: Failed to undefine domain '%s'\nerror: Requested operation is not valid: "
+                         "Refusing to undefine while domain managed save image exists\n" % name)
+        sys.exit(1)
+    for ext in (".xml", ".autostart", ".managedsave"):
+        if os.path.exists(os.path.join(doms, name + ext)):
+            os.unlink(os.path.join(doms, name + ext))
+elif args[0] == "managedsave-remove":
     known(args[1])
-    for ext in (".xml", ".autostart"):
-        if os.path.exists(os.path.join(doms, args[1] + ext)):
-            os.unlink(os.path.join(doms, args[1] + ext))
+    if os.path.exists(os.path.join(doms, args[1] + ".managedsave")):
+        os.unlink(os.path.join(doms, args[1] + ".managedsave"))
 elif args[0] == "list":
     names = sorted(n[:-4] for n in os.listdir(doms) if n.endswith(".xml"))
     if "--name" in args:
@@ -97,7 +106,9 @@ elif args[0] == "dumpxml":
 elif args[0] == "dominfo":
     known(args[1])
     auto = "enable" if os.path.exists(os.path.join(doms, args[1] + ".autostart")) else "disable"
-    print(f"Id:             -\nName:           {args[1]}\nState:          shut off\nAutostart:      {auto}\n")
+    saved = "yes" if os.path.exists(os.path.join(doms, args[1] + ".managedsave")) else "no"
+    print(f"Id:             -\nName:           {args[1]}\nState:          shut off\nAutostart:      {auto}\n"
+          f"Managed save:   {saved}\n")
 elif args[0] == "domstate":
     known(args[1])
     print("shut off\n")
@@ -178,7 +189,7 @@ def test_defined_autostarted_listed_and_removed_through_libvirt(lv):
     assert rm.returncode == 0, rm.stdout + rm.stderr
     assert "domuuid lv-1" in calls(state), "the undo asked which domain it is before undefining it"
     changes = [c for c in calls(state) if not c.startswith(("list", "version", "domstate", "domuuid"))]
-    assert changes[-2:] == ["autostart --disable lv-1", "undefine lv-1"], changes  # newest first
+    assert changes[-2:] == ["autostart --disable lv-1", "undefine --managed-save lv-1"], changes  # newest first
     nothing_left(env, state, "lv-1")
 
 
@@ -226,7 +237,7 @@ def test_a_deploy_killed_after_its_define_is_removed_by_rmxenvm(lv, monkeypatch)
     assert not ls["complete"]
     rm = env.run("rmxenvm", "lv-4", "--yes")
     assert rm.returncode == 0, rm.stdout + rm.stderr
-    assert calls(state)[-1] == "undefine lv-4"
+    assert calls(state)[-1] == "undefine --managed-save lv-4"
     nothing_left(env, state, "lv-4")
 
 
@@ -417,3 +428,23 @@ def test_an_update_whose_kernel_drops_or_gains_its_initramfs_redefines_the_initr
     assert v.returncode == 0, v.stdout + v.stderr
     env.run("rmxenvm", "lv-10", "--yes", check=True)
     nothing_left(env, state, "lv-10")
+
+
+def test_a_managed_save_image_refuses_rebuild_and_update_and_goes_with_the_vm(lv):
+    """libvirt holds the VM's memory (virsh managedsave, libvirt-guests' suspend at shutdown), which
+    its next start resumes: a rebuild or an update under it would resume the old memory over new
+    filesystems, so each is one FATAL that changes nothing; si_rmxenvm removes it with the VM
+    (libvirt refuses a plain undefine while it exists)."""
+    env, state = lv
+    old = deployed(env, state, "lv-5")
+    (state / "defined" / "lv-5.managedsave").touch()
+    for cmd in (lambda: env.mk("--rebuild", "lv-5", "--memory", "768M"), lambda: env.run("updatexenvm", "lv-5")):
+        cp = cmd()
+        fatal = [x for x in cp.stderr.splitlines() if x.startswith("FATAL")]
+        assert cp.returncode != 0 and len(fatal) == 1 and "managed save image of VM 'lv-5'" in fatal[0], cp.stderr
+        assert "nothing was changed" in fatal[0] and "managedsave-remove lv-5" in fatal[0]
+        assert (state / "defined" / "lv-5.xml").read_text() == old
+    rm = env.run("rmxenvm", "lv-5", "--yes")
+    assert rm.returncode == 0, rm.stdout + rm.stderr
+    assert "undefine --managed-save lv-5" in calls(state)
+    nothing_left(env, state, "lv-5")

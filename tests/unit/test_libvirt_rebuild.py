@@ -165,8 +165,15 @@ def test_a_rebuild_keeps_the_toolstack_and_libvirts_domain(fp, lv, monkeypatch):
     fp.register([*V, "domuuid", "vm1"], stdout="0f0e0d0c-0000-4000-8000-000000000099\n")
     with pytest.raises(Fatal, match="not the one si-xen defined"):
         service._same_toolstack(VmRecord("vm1", toolstack="libvirt"), plan)
-    fp.register([*V, "domuuid", "vm1"], stdout=deploy.domain.domain_uuid(plan) + "\n")
-    service._same_toolstack(VmRecord("vm1", toolstack="libvirt"), plan)  # ours: rebuilt
+    fp.register([*V, "version"], occurrences=2)
+    fp.register([*V, "domuuid", "vm1"], stdout=deploy.domain.domain_uuid(plan) + "\n", occurrences=2)
+    # a managed save image (virsh managedsave, libvirt-guests' suspend): its memory would resume over new disks
+    fp.register([*V, "dominfo", "vm1"], stdout="Name:           vm1\nState:          shut off\nManaged save:   yes\n")
+    with pytest.raises(Fatal, match="managed save image of VM 'vm1'.* nothing was changed") as e:
+        service._same_toolstack(VmRecord("vm1", toolstack="libvirt"), plan)
+    assert "managedsave-remove vm1" in e.value.fix
+    fp.register([*V, "dominfo", "vm1"], stdout="Name:           vm1\nState:          shut off\nManaged save:   no\n")
+    service._same_toolstack(VmRecord("vm1", toolstack="libvirt"), plan)  # ours, no saved memory: rebuilt
     # --mac X would be another domain (its uuid is made from the MAC): refused for what it is
     with pytest.raises(Fatal, match="keeps its uuid .* --mac 00:16:3e:00:00:01 would make it another domain"):
         service._same_toolstack(VmRecord("vm1", toolstack="libvirt", mac="00:16:3e:00:00:02"), plan)

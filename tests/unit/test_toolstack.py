@@ -246,13 +246,13 @@ def test_undefine_and_autostart_off_only_what_libvirt_knows(fp, lv):
     fp.register([*V, "list", "--all", "--name"], stdout="vm2\n\n", occurrences=2)
     lv.undefine("vm1")  # gone already: fine, nothing run
     lv.autostart("vm1", on=False)
-    assert fp.call_count([*V, "undefine", "vm1"]) == 0 and fp.call_count([*V, "autostart", "--disable", "vm1"]) == 0
+    assert fp.call_count([*V, "undefine", "--managed-save", "vm1"]) == 0 and fp.call_count([*V, "autostart", "--disable", "vm1"]) == 0
     fp.register([*V, "list", "--all", "--name"], stdout="vm1\nvm2\n", occurrences=2)
     fp.register([*V, "autostart", "--disable", "vm1"])
-    fp.register([*V, "undefine", "vm1"])
+    fp.register([*V, "undefine", "--managed-save", "vm1"])
     lv.autostart("vm1", on=False)
     lv.undefine("vm1")
-    assert fp.call_count([*V, "undefine", "vm1"]) == 1
+    assert fp.call_count([*V, "undefine", "--managed-save", "vm1"]) == 1
 
 
 def test_journaled_definition_and_autostart_are_undone_newest_first(fp, lv, tmp_path):
@@ -280,11 +280,11 @@ def test_journaled_definition_and_autostart_are_undone_newest_first(fp, lv, tmp_
     fp.register([*V, "list", "--all", "--name"], stdout="vm1\n", occurrences=2)
     fp.register([*V, "autostart", "--disable", "vm1"])
     fp.register([*V, "domuuid", "vm1"], stdout=state.things[0].uuid + "\n", occurrences=2)  # the domain it defined
-    fp.register([*V, "undefine", "vm1"])
+    fp.register([*V, "undefine", "--managed-save", "vm1"])
     assert state.things[1].uuid == state.things[0].uuid
     journal.remove(state)
     calls = [c for c in fp.calls if c[3:4] in (["autostart"], ["undefine"])]
-    assert calls == [[*V, "autostart", "vm1"], [*V, "autostart", "--disable", "vm1"], [*V, "undefine", "vm1"]]
+    assert calls == [[*V, "autostart", "vm1"], [*V, "autostart", "--disable", "vm1"], [*V, "undefine", "--managed-save", "vm1"]]
     assert not os.path.exists(state.path)
 
 
@@ -318,9 +318,9 @@ def test_the_undo_undefines_only_the_domain_si_xen_defined(fp, lv):
     assert not [c for c in fp.calls if "undefine" in c]
     fp.register([*V, "domuuid", "vm1"], stdout="5b7e1d0c-0000-4000-8000-000000000001\n")
     fp.register([*V, "list", "--all", "--name"], stdout="vm1\n")
-    fp.register([*V, "undefine", "vm1"])
+    fp.register([*V, "undefine", "--managed-save", "vm1"])
     assert journal.undo([made.LibvirtDefinition("vm1", "5b7e1d0c-0000-4000-8000-000000000001")]) == []
-    assert [*V, "undefine", "vm1"] in fp.calls
+    assert [*V, "undefine", "--managed-save", "vm1"] in fp.calls
 
 
 def test_the_undo_turns_autostart_off_only_for_the_domain_si_xen_defined(fp, lv):

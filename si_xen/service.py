@@ -26,6 +26,7 @@ from .report import Reporter
 from .request import Request
 from .rollback import Guard, signals_raise
 from .storage import backend_for
+from .toolstack import libvirt
 
 ATTEMPTS = 3  # deploys of one command while the image keeps changing under them
 
@@ -87,6 +88,9 @@ def preflight(plan: Plan, settings, need_mib: int) -> None:
         raise Fatal(f"config {plan.cfg_path} already exists", "remove the VM with si_rmxenvm or use --force")
     act = plan.activation
     if act.toolstack == "libvirt":
+        xml = libvirt.xml_path(plan.cfg_path)
+        if os.path.lexists(xml) and not plan.force:  # the admin's (a virsh dumpxml kept there): never overwritten
+            raise Fatal(f"libvirt XML {xml} already exists", "move it away, remove the VM with si_rmxenvm, or use --force")
         virsh = toolstack.require_libvirt()
         ours = state is not None and any(isinstance(t, LibvirtDefinition) for t in state.things)
         if plan.hostname in virsh.defined() and not ours:  # an undo would undefine the admin's domain

@@ -262,7 +262,7 @@ def _discard(u: Update) -> None:
 def _start(u: Update) -> None:
     ts = toolstack.require_running(u.rec.toolstack or "auto")
     u.rep.say(f"Starting {u.rec.name} with {ts.start_shown(u.rec.name, u.rec.config)}")
-    ts.create(u.rec.config, lambda signum: None)  # recorded already: a signal now changes nothing
+    ts.create(u.rec.config, lambda signum: None, u.rec.name)  # recorded already: a signal now changes nothing
 
 
 def _start_shown(u: Update) -> str:

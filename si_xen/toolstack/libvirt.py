@@ -10,7 +10,6 @@ no toolstack object of ours).
 
 from __future__ import annotations
 
-import os
 import re
 import tempfile
 import xml.etree.ElementTree as ET
@@ -27,9 +26,12 @@ FIX = ("install libvirt-daemon-driver-xen and libvirt-daemon-system and start li
 
 
 def xml_path(cfg_path: str) -> str:
-    """Where the deploy writes the libvirt XML it defines: beside the xl.cfg (``/etc/xen/NAME.xml``)."""
-    root, _ = os.path.splitext(cfg_path)
-    return root + ".xml" if root + ".xml" != cfg_path else cfg_path + ".libvirt.xml"
+    """Where the deploy writes the libvirt XML it defines: beside the xl.cfg (``/etc/xen/NAME.xml``
+    for NAME.cfg). Only .cfg is taken off: with --extension "" the config is NAME itself, and
+    db.example.com and db.example.net must not share db.example.xml."""
+    if cfg_path.endswith(".cfg"):
+        return cfg_path[:-4] + ".xml"
+    return cfg_path + (".libvirt.xml" if cfg_path.endswith(".xml") else ".xml")
 
 
 C_LOCALE = {"LC_ALL": "C"}

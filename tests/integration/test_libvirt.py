@@ -448,3 +448,19 @@ def test_a_managed_save_image_refuses_rebuild_and_update_and_goes_with_the_vm(lv
     assert rm.returncode == 0, rm.stdout + rm.stderr
     assert "undefine --managed-save lv-5" in calls(state)
     nothing_left(env, state, "lv-5")
+
+
+def test_an_xml_file_already_there_is_never_overwritten(lv):
+    """The admin's XML where si_mkxenvm would write its own (a `virsh dumpxml` kept as NAME.xml):
+    one FATAL, the file as it was, nothing defined."""
+    env, state = lv
+    theirs = f"{env.output}/lv-6.xml"
+    os.makedirs(env.output, exist_ok=True)
+    with open(theirs, "w") as f:
+        f.write("<domain type='xen'><name>lv-6</name></domain>\n")
+    cp = env.mk("tiny", "--hostname", "lv-6", *OPTS, "--toolstack", "libvirt", "--dir", env.dir, "--output", env.output)
+    fatal = [x for x in cp.stderr.splitlines() if x.startswith("FATAL")]
+    assert cp.returncode != 0 and len(fatal) == 1 and f"libvirt XML {theirs} already exists" in fatal[0], cp.stderr
+    assert open(theirs).read() == "<domain type='xen'><name>lv-6</name></domain>\n"
+    assert not [c for c in calls(state) if c.startswith("define")]
+    assert not os.path.exists(f"{env.state}/vms/lv-6.journal")

@@ -297,6 +297,9 @@ def test_undo_without_virsh_is_a_leftover_not_silence(monkeypatch):
 def test_xml_path_is_beside_the_config():
     assert libvirt.xml_path("/etc/xen/web01.cfg") == "/etc/xen/web01.xml"
     assert libvirt.xml_path("/etc/xen/web01") == "/etc/xen/web01.xml"
+    # --extension "": two names that differ after their last dot get XML files of their own
+    assert libvirt.xml_path("/etc/xen/db.example.com") != libvirt.xml_path("/etc/xen/db.example.net")
+    assert libvirt.xml_path("/etc/xen/db.example.com") == "/etc/xen/db.example.com.xml"
     assert libvirt.xml_path("/etc/xen/web01.xml") == "/etc/xen/web01.xml.libvirt.xml"
 
 

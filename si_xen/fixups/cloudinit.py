@@ -149,7 +149,8 @@ def _remove_tree(ctx: Ctx, gpath: str) -> None:
 def cloudinit(ctx: Ctx) -> None:
     """A NoCloud seed for the guest's cloud-init, or cloud-init turned off (--cloud-init off).
 
-    Only where the guest has cloud-init and it is not disabled: /var/lib/cloud/seed/nocloud gets
+    Only where the guest has cloud-init and it is not disabled (si-xen's own switch, in an image
+    captured from a VM made with --cloud-init off, does not count for a new VM): /var/lib/cloud/seed/nocloud gets
     meta-data (an instance-id kept by updates and rebuilds, new for a new VM; local-hostname),
     user-data (--user-data FILE, else empty) and network-config; /etc/cloud/cloud.cfg.d/99_si-xen.cfg
     limits the datasources to NoCloud (no network probing at boot) and keeps si-xen's work when
@@ -164,6 +165,9 @@ def cloudinit(ctx: Ctx) -> None:
         ctx.log("cloudinit: cloud-init not present; nothing to do")
         return
     why = disabled(g)
+    if why and s.cloud_init != "off" and not s.keep_identity and (g.read_text(DISABLED) or "").startswith(OURS):
+        ctx.remove(DISABLED)  # a captured VM's --cloud-init off, not the image's choice: a new VM's cloud-init runs
+        why = disabled(g)
     if s.cloud_init == "off":
         if not why:
             ctx.write(DISABLED, HEADER)

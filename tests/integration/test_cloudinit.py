@@ -96,6 +96,21 @@ def test_cloud_init_off_disables_it(tmp_path):
     env.run("rmxenvm", "ci-off", "--yes", check=True)
 
 
+def test_si_xens_own_off_switch_in_an_image_is_a_captured_vms_not_the_images(tmp_path):
+    """An image captured from a VM made with --cloud-init off carries si-xen's cloud-init.disabled:
+    a new VM's cloud-init runs (seeded), as for the image before; --cloud-init off keeps it off."""
+    from si_xen.fixups.cloudinit import HEADER
+
+    env, _ = setup(tmp_path, **{"/etc/cloud/cloud-init.disabled": HEADER})
+    mk(env, "ci-cap", check=True)
+    d = disk(env, "ci-cap")
+    assert debugfs_cat(d, "/etc/cloud/cloud-init.disabled") is None and debugfs_cat(d, f"{SEED}/meta-data")
+    mk(env, "ci-off2", "--cloud-init", "off", check=True)
+    assert debugfs_cat(disk(env, "ci-off2"), "/etc/cloud/cloud-init.disabled") == HEADER
+    for name in ("ci-cap", "ci-off2"):
+        env.run("rmxenvm", name, "--yes", check=True)
+
+
 @pytest.mark.parametrize("case", ["absent", "disabled"])
 def test_an_image_without_cloud_init_or_with_it_disabled_is_left_alone(tmp_path, case):
     extra = {"/etc/cloud/cloud-init.disabled": ""} if case == "disabled" else {}

@@ -194,11 +194,15 @@ def cloudinit(ctx: Ctx) -> None:
     # Only a guest whose stack si-xen cannot render gets the VM's addressing as v2 for cloud-init.
     ours = ctx.os.network in RENDERERS
     net = {"config": "disabled"} if ours else _network(ctx)
-    if not ours:
-        for p in ["etc/cloud/cloud.cfg", *g.glob("etc/cloud/cloud.cfg.d", "*.cfg")]:
-            if p != CFG and re.search(r"(?m)^network\s*:", g.read_text(p) or ""):
-                ctx.warn(f"cloudinit: /{p} has a network config, which cloud-init takes before the seed's; "
-                         "remove it from the image for the VM's addressing to apply")
+    for p in ["etc/cloud/cloud.cfg", *g.glob("etc/cloud/cloud.cfg.d", "*.cfg")]:
+        text = "" if p == CFG else g.read_text(p) or ""
+        if not ours and re.search(r"(?m)^network\s*:", text):
+            ctx.warn(f"cloudinit: /{p} has a network config, which cloud-init takes before the seed's; "
+                     "remove it from the image for the VM's addressing to apply")
+        # NoCloud takes its system config's seedfrom (a URL) or inline meta-data/user-data before a seed dir
+        if re.search(r"(?ms)^datasource\s*:.*?\bNoCloud\s*:.*?^\s+(seedfrom|meta-data|user-data)\s*:", text):
+            ctx.warn(f"cloudinit: /{p} gives NoCloud a seed of its own, which cloud-init takes before si-xen's "
+                     "(its instance-id, hostname, user-data); remove it from the image")
     ctx.write(f"{SEED}/network-config", HEADER + document(net), mode=0o600)
     if s.user_data:
         ctx.write(f"{SEED}/user-data", s.user_data, mode=0o600)

@@ -137,3 +137,18 @@ def test_bad_user_data_is_one_fatal_and_nothing_is_made(tmp_path, bad):
     assert not os.path.exists(f"{env.dir}/domains/ci-bad") and not os.listdir(env.output)
     assert not os.path.exists(f"{env.state}/vms/ci-bad.journal")
     assert host_state(str(tmp_path), ("ci-bad",)) == before
+
+
+def test_an_images_own_nocloud_seed_config_is_warned_of(tmp_path):
+    """A golden client's cloud.cfg.d giving NoCloud a seedfrom (cloud-init takes it before the seed
+    dir): one WARNING naming the file; a NoCloud section without a seed of its own says nothing."""
+    lab = "datasource:\n  NoCloud:\n    seedfrom: http://lab.example/seed/\n"
+    env, image = setup(tmp_path, **{"/etc/cloud/cloud.cfg.d/10_lab.cfg": lab})
+    cp = mk(env, "ci-lab", check=True)
+    warned = [x for x in cp.stderr.splitlines() if "10_lab.cfg" in x]
+    assert len(warned) == 1 and "gives NoCloud a seed of its own" in warned[0], cp.stderr
+    env.run("rmxenvm", "ci-lab", "--yes", check=True)
+    write(image, "/etc/cloud/cloud.cfg.d/10_lab.cfg", "datasource:\n  NoCloud:\n    fs_label: cidata\n")
+    cp = mk(env, "ci-lab", check=True)
+    assert "10_lab.cfg" not in cp.stderr, cp.stderr
+    env.run("rmxenvm", "ci-lab", "--yes", check=True)

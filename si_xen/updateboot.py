@@ -137,7 +137,7 @@ def set_initrd(rec, path: str) -> None:
     text = _read(xml)
     new = libvirt.with_initrd(text, path)
     if new != text:
-        toolstack.require_libvirt().set_initrd(rec.name, path)
+        toolstack.require_libvirt().set_initrd(rec.name, path, domain.uuid_of(rec.name, rec.mac))
         atomic.write(xml, new, stat.S_IMODE(os.stat(xml).st_mode))
 
 

@@ -87,12 +87,18 @@ class Libvirt:
         auto = re.search(r"^Autostart:\s*(\S+)", self._run("dominfo", name).stdout, re.M)
         return r.stdout, bool(auto and auto[1] == "enable")
 
-    def set_initrd(self, name: str, path: str) -> None:
+    def set_initrd(self, name: str, path: str, uuid: str) -> None:
         """The defined domain's ``<initrd>`` made ``path`` (none if empty), the rest of its
-        definition as libvirt holds it: an update's new kernel that gained or lost its initramfs."""
+        definition as libvirt holds it: an update's new kernel that gained or lost its initramfs.
+        ``uuid``: si-xen's domain, checked again here (the update's check was minutes before)."""
         held = self.definition(name)
         if held is None:
             raise Fatal(f"libvirt has no domain '{name}' to give its new initramfs", f"si_mkxenvm --rebuild {name}")
+        has = re.search(r"<uuid>\s*([^<\s]+)\s*</uuid>", held[0])
+        if not has or has[1] != uuid:
+            raise Fatal(f"libvirt's domain '{name}' is no longer the one si-xen defined (uuid "
+                        f"{has[1] if has else 'none'}, not {uuid}); its definition was left as it is",
+                        f"si_rmxenvm {name} and undefine that domain, then si_mkxenvm --toolstack libvirt again")
         new = with_initrd(held[0], path)
         if new != held[0]:
             self.define_text(new)

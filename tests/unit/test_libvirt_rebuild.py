@@ -192,7 +192,8 @@ def vm(tmp_path, initrd=True, toolstack="libvirt"):
     cfg, xml = tmp_path / "vm1.cfg", tmp_path / "vm1.xml"
     cfg.write_text('kernel      = "/srv/domains/vm1/vmlinuz"\n'
                    + ('ramdisk     = "/srv/domains/vm1/initrd.img"\n' if initrd else ""))
-    xml.write_text(OLD if initrd else libvirt.with_initrd(OLD, ""))
+    ours = OLD.replace(UUID, deploy.domain.uuid_of("vm1", MAC))  # the domain si-xen defined
+    xml.write_text(ours if initrd else libvirt.with_initrd(ours, ""))
     return SimpleNamespace(name="vm1", toolstack=toolstack, boot="direct", request={}, config=str(cfg), mac=MAC)
 
 
@@ -267,3 +268,15 @@ def test_virsh_is_read_in_the_c_locale_whatever_the_admins_language(monkeypatch,
     lv.domuuid("vm1")
     assert [c for c, _ in seen] == ["dumpxml", "dominfo", "domuuid"]
     assert all(env == {"LC_ALL": "C"} for _, env in seen), seen
+
+
+def test_an_update_never_redefines_a_domain_that_is_no_longer_si_xens(fp, lv, tmp_path):
+    """Between the update's check and its kernel step the admin defined another domain of the name:
+    its definition is left as it is, one FATAL."""
+    rec = vm(tmp_path, initrd=False)
+    fp.register([*V, "version"])
+    held(fp, xml=OLD)  # uuid UUID: not the one si-xen made from the name and MAC
+    got = defines(fp)
+    with pytest.raises(Fatal, match="no longer the one si-xen defined"):
+        updateboot.set_initrd(rec, str(tmp_path / "initrd.img"))
+    assert got == [] and "<initrd>" not in open(libvirt.xml_path(rec.config)).read()

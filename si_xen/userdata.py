@@ -28,9 +28,15 @@ def check_user_data(text: str, what: str) -> None:
     try:
         import yaml  # python3-yaml: not a dependency of si-xen
     except ImportError:
-        bad = next((n for n, ln in enumerate(text.split("\n"), 1) if re.match(r" *\t", ln)), None)
+        lines = text.split("\n")
+        bad = next((n for n, ln in enumerate(lines, 1) if re.match(r" *\t", ln)), None)
         if bad:
             raise Fatal(f"{what}: line {bad} is indented with a tab, which YAML forbids", fix) from None
+        # a mapping's first entry is a key at the left margin (a list or a scalar cloud-init rejects at every boot)
+        n, first = next(((n, ln) for n, ln in enumerate(lines, 1) if ln.strip() and not ln.lstrip().startswith("#")),
+                        (0, ""))
+        if first and not re.match(r"""[^\s#\-\[{'"][^:]*:(\s|$)|(?P<q>['"]).+?(?P=q)\s*:(\s|$)""", first):
+            raise Fatal(f"{what}: line {n} does not begin a mapping of cloud-config keys ('key: value')", fix) from None
         return
     try:
         data = yaml.safe_load(text)

@@ -326,6 +326,12 @@ def test_without_pyyaml_the_form_is_checked(tmp_path, monkeypatch):
     userdata.check_user_data("#cloud-config\na: [b\n", "x")  # not YAML, but passes the form check
     with pytest.raises(Fatal):
         userdata.check_user_data("#cloud-config\n  \tb: 1\n", "x")
+    for not_a_mapping in ("#cloud-config\n- a\n- b\n", "#cloud-config\n# c\n\njust words\n", "#cloud-config\n[a, b]\n"):
+        with pytest.raises(Fatal, match="does not begin a mapping"):
+            userdata.check_user_data(not_a_mapping, "x")
+    for mapping in ("#cloud-config\n", "#cloud-config\n# only a comment\n", "#cloud-config\nruncmd:\n  - [ls]\n",
+                    "#cloud-config\n\n'quoted key': 1\n", "#cloud-config\nhostname: a:b\n"):
+        userdata.check_user_data(mapping, "x")
 
 
 @pytest.mark.parametrize("path", ["missing", "dir"])

@@ -92,7 +92,9 @@ def preflight(plan: Plan, settings, need_mib: int) -> None:
         if os.path.lexists(xml) and not plan.force:  # the admin's (a virsh dumpxml kept there): never overwritten
             raise Fatal(f"libvirt XML {xml} already exists", "move it away, remove the VM with si_rmxenvm, or use --force")
         virsh = toolstack.require_libvirt()
-        ours = state is not None and any(isinstance(t, LibvirtDefinition) for t in state.things)
+        made = {t.uuid for t in state.things if isinstance(t, LibvirtDefinition)} if state else set()
+        # si-xen's own domain (--force over its VM), by uuid: one the admin defined since is not
+        ours = bool(made) and ("" in made or virsh.domuuid(plan.hostname) in made)
         if plan.hostname in virsh.defined() and not ours:  # an undo would undefine the admin's domain
             raise Fatal(f"libvirt already has a domain '{plan.hostname}' that si-xen did not make",
                         f"choose another --hostname, or remove it first ({virsh.shown('undefine', plan.hostname)})")

@@ -298,6 +298,17 @@ def test_a_domain_libvirt_has_already_is_never_taken_over(lv):
     assert (state / "defined" / "lv-5.xml").read_text() == theirs
     assert not [c for c in calls(state) if c.startswith(("define", "undefine"))]
     assert not os.path.exists(f"{env.dir}/domains/lv-5") and not os.path.exists(f"{env.state}/vms/lv-5.journal")
+    # si-xen's VM whose domain the admin replaced since (another uuid): --force takes it over no more
+    (state / "defined" / "lv-5.xml").unlink()
+    deployed(env, state, "lv-5")
+    (state / "defined" / "lv-5.xml").write_text(theirs)
+    cp = env.mk("tiny", "--hostname", "lv-5", *OPTS, "--toolstack", "libvirt", "--dir", env.dir, "--output",
+                env.output, "--force", "--yes")
+    fatal = [line for line in cp.stderr.splitlines() if "FATAL" in line]
+    assert cp.returncode != 0 and len(fatal) == 1 and "that si-xen did not make" in fatal[0], cp.stderr
+    assert (state / "defined" / "lv-5.xml").read_text() == theirs and os.path.exists(f"{env.state}/vms/lv-5.journal")
+    env.run("rmxenvm", "lv-5", "--yes", check=True)  # si-xen's VM goes; the admin's domain stays
+    assert (state / "defined" / "lv-5.xml").read_text() == theirs
 
 
 def history(state) -> list[str]:

@@ -378,33 +378,3 @@ def lock(lock_dir: str, name: str):
             raise
         who = f" (pid {e.pid})" if e.pid else ""
         raise Fatal(f"another si_* command{who} is working on VM '{name}' ({path})", "wait for it to finish") from None
-
-
-SPARE_MANIFESTS = 3600  # s: a manifest this young may be a command's under way (its walk, no record yet)
-
-
-def prune_unused(state_dir: str, warn, generations: set[str] | None = None) -> None:
-    """What no VM needs any more, after a VM's generation changed (update, rebuild, removal): the
-    image manifests no VM is at (an update or a drift report reads the one its VM is at), keeping
-    each image's last walk, as a deploy under way has not recorded its VM yet; and the Xen-sized
-    initramfs files none of those generations boot. ``generations``: generations_in_use(state_dir),
-    where the caller has it already. It runs once the VM is done, so a failure is ``warn``ed only."""
-    from . import initramfs_prune
-    from .image import manifest
-
-    try:
-        keep = generations_in_use(state_dir) if generations is None else generations
-        facts = os.path.join(state_dir, "images")
-        manifest.prune(facts, keep, spare_seconds=SPARE_MANIFESTS)
-        initramfs_prune.prune(facts, keep)
-    except (OSError, Fatal) as e:  # e.g. another VM's damaged journal: that VM's commands say so
-        warn(f"the image facts and initramfs files no VM uses were not pruned: {e} (the next si_rmxenvm, "
-             "si_updatexenvm or --rebuild tries again)")
-
-
-def generations_in_use(state_dir: str) -> set[str]:
-    """The image fingerprints a VM's record names, and each image's last walk."""
-    from .image import survey
-
-    keep = {s.record.image_fingerprint for s in all_states(state_dir) if s.record}
-    return keep | survey.remembered_fingerprints(os.path.join(state_dir, "images"))

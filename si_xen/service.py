@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import bases, batch, deploy, domain, journal, planner, rebuild, toolstack
+from . import bases, batch, deploy, domain, journal, planner, prune, rebuild, toolstack
 from .errors import Fatal
 from .headstart import Headstart
 from .image import Image, survey
@@ -318,7 +318,7 @@ def rebuild_vm(name: str, overrides: dict, image: Image, settings, rep: Reporter
                 _start_again(name, state_dir, ran_before, rep)
                 raise
             _remember(plan, kernel, facts, image, tree if pending is None else None, rep)
-            journal.prune_unused(state_dir, rep.warn)  # after _remember: the generation it left is no image's now
+            prune.unused(state_dir, rep.warn)  # after _remember: the generation it left is no image's now
             return Outcome(plans, [rec])
     raise AssertionError("unreachable")
 

@@ -19,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 
-from . import journal, proc, sshdconfig, toolstack, updateboot
+from . import journal, proc, prune, sshdconfig, toolstack, updateboot
 from .deploy import Step
 from .errors import Fatal
 from .guestfs import Guest
@@ -232,21 +232,11 @@ def _record(u: Update) -> None:
                        updates=(*rec.updates, summary)[-KEPT_UPDATES:], initramfs=u.initramfs or rec.initramfs)
     u.journal.close()  # the journal is the VM's record again: the update's section goes with the rewrite
     journal.rewrite(u.settings.paths["state_dir"], rec.name, u.state.begin, u.state.things, u.record)
-    _remember_walk(u)
-    journal.prune_unused(u.settings.paths["state_dir"], u.rep.warn)
-
-
-def _remember_walk(u: Update) -> None:
-    """This update's walk as the image's last (the next deploy starts from it; the generation the
-    VM left is then no image's current one, and its facts can go), unless a deploy remembered a
-    newer one while the update ran: only the walk of the generation the VM came from is replaced."""
-    last = survey.remembered(u.facts_dir, u.image.path)
-    if last is not None and last.fingerprint != u.rec.image_fingerprint:
-        return
-    try:
-        survey.remember(u.facts_dir, u.image.path, u.survey)
+    try:  # this walk the image's last (the next deploy's start; the generation left can go), over that one's only
+        survey.remember(u.facts_dir, u.image.path, u.survey, over=rec.image_fingerprint)
     except OSError as e:
         u.rep.warn(f"could not remember the image's walk for the next VM: {e}")
+    prune.unused(u.settings.paths["state_dir"], u.rep.warn)
 
 
 def _discard(u: Update) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .. import bases, config, initramfs_prune, journal, toolstack
+from .. import bases, config, initramfs_prune, journal, prune, toolstack
 from ..errors import Fatal
 from ..made import LibvirtAutostart, LibvirtDefinition
 from ..toolstack import libvirt
@@ -79,7 +79,7 @@ def remove(name: str, args, settings) -> None:
         journal.remove(state, keep_disks=args.keep_disks)
         if args.prune_bases and state.record:
             bases.prune(state.record, state_dir, settings.paths["lock_dir"])
-        journal.prune_unused(state_dir, lambda m: print(f"WARNING: {m}", file=sys.stderr))
+        prune.unused(state_dir, lambda m: print(f"WARNING: {m}", file=sys.stderr))
     if not args.quiet:
         print(f"Removed VM '{name}'" + ("." if state.complete else " (an unfinished deploy)."))
 

@@ -162,11 +162,13 @@ def remembered_fingerprints(cache_dir: str) -> set[str]:
     return out
 
 
-def remember(cache_dir: str | None, image: str, s: Survey) -> None:
+def remember(cache_dir: str | None, image: str, s: Survey, over: str | None = None) -> None:
+    """``s`` as the image's last walk; with ``over``, only in place of the walk of that generation
+    (or none): an update's walk, older than a deploy's that came meanwhile, never replaces it."""
     if not cache_dir:
         return
     last = remembered(cache_dir, image)
-    if last is not None and last.fingerprint == s.fingerprint:
+    if last is not None and (last.fingerprint == s.fingerprint or over is not None and last.fingerprint != over):
         return
     os.makedirs(cache_dir, exist_ok=True)
     path = _walk_file(cache_dir, image)

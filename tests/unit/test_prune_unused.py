@@ -4,9 +4,8 @@ update's walk becomes the image's last unless a deploy remembered a newer one me
 from __future__ import annotations
 
 import os
-from types import SimpleNamespace
 
-from si_xen import journal, update
+from si_xen import journal, prune
 from si_xen.image import survey
 from si_xen.record import VmRecord
 
@@ -24,24 +23,22 @@ def test_another_vms_damaged_journal_is_a_warning_not_a_failure(tmp_path):
     with open(journal.load(state, "web2").path, "a") as f:
         f.write('{"made": {"kind": "fi\n{"step": "copy"}\n')  # a corrupt middle: load() raises Fatal
     warned = []
-    journal.prune_unused(state, warned.append)
+    prune.unused(state, warned.append)
     assert len(warned) == 1 and "corrupt" in warned[0] and "not pruned" in warned[0]
     os.unlink(os.path.join(journal.vm_dir(state), "web2.journal"))
     warned.clear()
-    journal.prune_unused(state, warned.append)
+    prune.unused(state, warned.append)
     assert warned == []
 
 
 def test_an_update_replaces_only_the_walk_of_the_generation_it_left(tmp_path):
     facts, image = str(tmp_path / "facts"), str(tmp_path / "img")
     g1, g2, g3 = (survey.Survey(f, (), []) for f in ("g1", "g2", "g3"))
-    u = SimpleNamespace(facts_dir=facts, image=SimpleNamespace(path=image), rec=SimpleNamespace(image_fingerprint="g1"),
-                        survey=g2, rep=SimpleNamespace(warn=lambda m: None))
-    update._remember_walk(u)  # none yet: the update's
+    survey.remember(facts, image, g2, over="g1")  # none yet: the update's
     assert survey.remembered(facts, image).fingerprint == "g2"
     survey.remember(facts, image, g1)
-    update._remember_walk(u)  # the VM's old generation: replaced
+    survey.remember(facts, image, g2, over="g1")  # the VM's old generation: replaced
     assert survey.remembered(facts, image).fingerprint == "g2"
     survey.remember(facts, image, g3)  # a deploy walked a newer one while the update ran
-    update._remember_walk(u)
+    survey.remember(facts, image, g2, over="g1")
     assert survey.remembered(facts, image).fingerprint == "g3"

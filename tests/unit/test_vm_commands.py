@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from si_xen import journal, populate
+from si_xen import journal, populate, prune
 from si_xen.cli import lsxenvm, rmxenvm
 from si_xen.errors import Fatal
 from si_xen.made import Directory, DiskFile, File
@@ -167,7 +167,7 @@ def test_rm_drops_the_manifests_no_vm_is_at_and_keeps_the_others(paths, fp):
     state = paths / "state"
     facts = state / "images"
     facts.mkdir(parents=True)
-    old = time.time() - journal.SPARE_MANIFESTS - 60
+    old = time.time() - prune.SPARE_MANIFESTS - 60
     for fpr in ("aaaa", "bbbb", "cccc", "dddd", "eeee"):
         (facts / f"manifest-{fpr}").write_bytes(b"x")
         if fpr != "eeee":  # eeee: saved a minute ago by a command under way
